@@ -1,0 +1,6 @@
+//! Pure, clock-injected account selection and cooldown policy for rotating requests over a pool of accounts.
+//!
+//! This crate is part of a workspace of small crates for tools that manage
+//! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
