@@ -1,6 +1,48 @@
-//! Codex `auth.json` token data, JWT claims, secrets that never print, redaction and OAuth error classification.
+//! Codex `auth.json` token data, JWT claims, secrets that never print, redaction and
+//! OAuth error classification.
 //!
-//! This crate is part of a workspace of small crates for tools that manage
-//! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
+//! A tool that manages ChatGPT/OpenAI OAuth accounts for the Codex CLI can use this
+//! crate instead of its own token plumbing:
+//!
+//! * [`AuthDocument`] reads and writes `$CODEX_HOME/auth.json` byte-compatibly with the
+//!   Codex CLI, keeping fields it does not know.
+//! * [`TokenData`] holds the ChatGPT tokens; [`jwt`] decodes id-token claims (email,
+//!   plan, account id, expiry) **without verifying signatures**.
+//! * [`Secret`] wraps every token and key: it never prints, is zeroized on drop and
+//!   compares in constant time.
+//!
+//! ```
+//! use auth_core::{AuthDocument, AuthMode, Secret, TokenData, Timestamp};
+//! use auth_core::jwt::{self, IdTokenClaims, PlanType};
+//!
+//! // A real-shaped (unsigned, test-only) id token.
+//! let id_token = jwt::encode_unsigned_for_testing(&IdTokenClaims {
+//!     email: Some("user@example.com".into()),
+//!     exp: Some(1_900_000_000),
+//!     chatgpt_plan_type: Some(PlanType::Pro),
+//!     ..IdTokenClaims::default()
+//! });
+//! let tokens = TokenData::new(id_token.into(), "at-SECRET".into(), "rt-SECRET".into(), None)?;
+//! let doc = AuthDocument::chatgpt(tokens, Timestamp::now());
+//!
+//! let text = doc.to_json_pretty(); // what you write to auth.json
+//! let back = AuthDocument::from_json_str(&text).expect("round trip");
+//! assert_eq!(back.effective_mode(), Some(AuthMode::Chatgpt));
+//! let claims = back.tokens.as_ref().unwrap().id_token_claims()?;
+//! assert_eq!(claims.chatgpt_plan_type, Some(PlanType::Pro));
+//! // Nothing secret in Debug output.
+//! assert!(!format!("{back:?}").contains("SECRET"));
+//! # Ok::<(), auth_core::jwt::JwtError>(())
+//! ```
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth_json;
+pub mod jwt;
+pub mod secret;
+
+pub use auth_json::{
+    AuthDocument, AuthJsonError, AuthMode, MAX_AUTH_JSON_LEN, Timestamp, TimestampError, TokenData,
+};
+pub use jwt::{IdTokenClaims, JwtError, PlanType};
+pub use secret::Secret;
