@@ -1,6 +1,72 @@
-//! Who holds the OAuth callback port? Identify it natively and free it only from a provably stale Codex login helper.
+//! Who holds the OAuth callback port? Identify it natively and free it only from a provably
+//! stale Codex login helper.
 //!
-//! This crate is part of a workspace of small crates for tools that manage
-//! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
+//! `codex login` serves its OAuth callback on `127.0.0.1:1455`. When a login is killed
+//! mid-flow, an orphaned helper can keep the port and the next login fails with
+//! "Address already in use". This crate answers *who* holds the port ([`inspect`]) and
+//! frees it ([`free`]) when — and only when — every holder is a login helper (by program
+//! identity, see [`ProgramMatcher`]) owned by the current user. Anything else is refused
+//! with a message naming the port, pid and process, and nothing is killed.
+//!
+//! ```no_run
+//! use oauth_preflight::{free, FreePolicy};
+//!
+//! let outcome = free("127.0.0.1:1455".parse()?, &FreePolicy::default());
+//! println!("{outcome}"); // e.g. "Freed port 127.0.0.1:1455: stopped pid 4242 (codex) with SIGTERM, …"
+//! if !outcome.is_ready() {
+//!     std::process::exit(1);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Inspecting without touching anything:
+//!
+//! ```
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let found = oauth_preflight::inspect(listener.local_addr()?)?;
+//! for holder in &found.holders {
+//!     println!("{} on {} (via {})", holder.process.as_ref().unwrap(), holder.socket, found.method);
+//! }
+//! assert_eq!(found.holders.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How holders are found
+//! Only LISTEN sockets count (a browser still connected to the port is not a holder), on
+//! the asked address, a wildcard, or the other `localhost` family (`[::1]` for `127.0.0.1`).
+//! Linux reads `/proc/net/tcp{,6}` and matches socket inodes against `/proc/<pid>/fd` —
+//! no process is spawned. macOS and Windows use their native socket tables (best-effort,
+//! untested in CI). `lsof` is the fallback; every result says which [`LookupMethod`]
+//! answered. Processes of other users that cannot be inspected are reported as such.
+//!
+//! # Blocking
+//! Everything here is synchronous; async callers use `spawn_blocking`.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+mod free;
+mod inspect;
+#[cfg(unix)]
+mod lsof;
+mod matcher;
+mod outcome;
+mod process;
+mod sys;
+
+pub use error::Error;
+pub use free::{FreePolicy, free};
+pub use inspect::{
+    BindProbe, HolderLookup, Inspection, LookupMethod, PortHolder, blocks, default_lookups,
+    inspect, inspect_with, native_lookup,
+};
+#[cfg(unix)]
+pub use lsof::LsofLookup;
+pub use matcher::{HolderMatcher, ProgramMatcher};
+pub use outcome::{Outcome, Stopped, investigate_command};
+pub use process::{ProcessInfo, StartTime};
+#[cfg(target_os = "linux")]
+pub use sys::linux::ProcfsLookup;
+
+/// The port `codex login` listens on for the OAuth callback.
+pub const CODEX_CALLBACK_PORT: u16 = 1455;

@@ -1,0 +1,64 @@
+//! The crate's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong while looking up port holders.
+///
+/// [`free`](crate::free) never returns these: it folds them into
+/// [`Outcome::Unknown`](crate::Outcome::Unknown) so the caller always has a message to show.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Port 0 means "any port" to the OS; there is nothing to inspect.
+    #[error("port 0 cannot be inspected or freed; pass the callback port (e.g. 1455)")]
+    PortZero,
+    /// A socket table could not be read.
+    #[error("could not read the socket table {}: {source}", path.display())]
+    SocketTable {
+        /// The file, e.g. `/proc/net/tcp6`.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A socket table line did not have the expected shape.
+    #[error("line {line} of {} is not a socket row the kernel would write: {reason}", path.display())]
+    MalformedSocketTable {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// `lsof` could not be started.
+    #[error("could not run `lsof` ({source}); install lsof to use the fallback lookup")]
+    LsofSpawn {
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// `lsof` ran and failed.
+    #[error("`lsof` failed ({status}): {stderr}")]
+    LsofFailed {
+        /// Exit status as text.
+        status: String,
+        /// What lsof printed on stderr.
+        stderr: String,
+    },
+    /// A platform lookup reported an error.
+    #[error("the {method} lookup failed: {message}")]
+    Platform {
+        /// Which lookup.
+        method: crate::LookupMethod,
+        /// Its message.
+        message: String,
+    },
+    /// Every lookup failed.
+    #[error("could not find out who listens on port {port}: {failures}")]
+    NoLookup {
+        /// The port.
+        port: u16,
+        /// Each lookup's failure, `method: reason; …` (empty when none was available).
+        failures: String,
+    },
+}

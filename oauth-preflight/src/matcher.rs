@@ -1,0 +1,282 @@
+//! Deciding whether a port holder is a login helper we may stop.
+//!
+//! The decision looks at the program's identity only: the basename of the executable or of
+//! `argv[0]`, and for an interpreter such as `node`, the script it runs. Words elsewhere in
+//! the command line (`vim codex`, `python3 -m http.server -d /home/me/codex`) never count.
+
+use std::fmt;
+
+use crate::ProcessInfo;
+
+/// Decides whether a process holding the callback port is a login helper that may be stopped.
+///
+/// [`ProgramMatcher::codex`] is the default. Implement this trait (or use a closure) for
+/// other CLIs with the same problem.
+///
+/// ```
+/// use oauth_preflight::{HolderMatcher, ProcessInfo};
+///
+/// // Any closure `Fn(&ProcessInfo) -> bool + Send + Sync` is a matcher.
+/// let only_pid_42 = |p: &ProcessInfo| p.pid == 42;
+/// assert!(only_pid_42.is_login_helper(&ProcessInfo::new(42, "x")));
+/// ```
+pub trait HolderMatcher: Send + Sync {
+    /// True when `process` is a login helper this matcher allows stopping.
+    fn is_login_helper(&self, process: &ProcessInfo) -> bool;
+
+    /// What the matcher accepts, for messages ("a Codex login helper").
+    fn description(&self) -> String {
+        "a login helper".to_owned()
+    }
+}
+
+impl<F> HolderMatcher for F
+where
+    F: Fn(&ProcessInfo) -> bool + Send + Sync,
+{
+    fn is_login_helper(&self, process: &ProcessInfo) -> bool {
+        self(process)
+    }
+}
+
+/// Matches a program by exact basename, or by the npm package its script lives in.
+///
+/// ```
+/// use oauth_preflight::{HolderMatcher, ProcessInfo, ProgramMatcher};
+///
+/// let m = ProgramMatcher::codex();
+/// let npm = ProcessInfo::new(10, "node").with_argv([
+///     "node",
+///     "/usr/lib/node_modules/@openai/codex/bin/codex.js",
+///     "login",
+/// ]);
+/// assert!(m.is_login_helper(&npm));
+/// let vim = ProcessInfo::new(11, "vim").with_exe("/usr/bin/vim").with_argv(["vim", "codex"]);
+/// assert!(!m.is_login_helper(&vim));
+///
+/// // Another CLI with the same problem:
+/// let other = ProgramMatcher::new("My CLI", ["mycli", "mycli.exe"]).with_package("@me/mycli");
+/// assert!(!other.is_login_helper(&npm));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramMatcher {
+    label: String,
+    names: Vec<String>,
+    packages: Vec<String>,
+    interpreters: Vec<String>,
+}
+
+impl ProgramMatcher {
+    /// Matches programs whose executable or `argv[0]` basename is exactly one of `names`
+    /// (also checked for the script an interpreter runs). `label` names the program in
+    /// messages ("Codex").
+    pub fn new<I, S>(label: impl Into<String>, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            label: label.into(),
+            names: names.into_iter().map(Into::into).collect(),
+            packages: Vec::new(),
+            interpreters: ["node", "node.exe", "nodejs", "bun", "bun.exe"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// The Codex CLI: `codex`, `codex.js`, `codex.exe`, or a script inside `@openai/codex`.
+    pub fn codex() -> Self {
+        Self::new("Codex", ["codex", "codex.js", "codex.exe"]).with_package("@openai/codex")
+    }
+
+    /// Also accept an interpreter running a script that lives inside this npm package
+    /// (`@scope/name` or `name`), matched as whole path components.
+    #[must_use]
+    pub fn with_package(mut self, package: impl Into<String>) -> Self {
+        self.packages.push(package.into());
+        self
+    }
+
+    fn name_matches(&self, basename: &str) -> bool {
+        self.names.iter().any(|n| n == basename)
+    }
+
+    fn is_interpreter(&self, basename: &str) -> bool {
+        self.interpreters.iter().any(|n| n == basename)
+    }
+
+    fn in_package(&self, script: &str) -> bool {
+        let parts: Vec<&str> = components(script).collect();
+        self.packages.iter().any(|package| {
+            let want: Vec<&str> = components(package).collect();
+            !want.is_empty() && parts.windows(want.len()).any(|w| w == want.as_slice())
+        })
+    }
+}
+
+impl Default for ProgramMatcher {
+    fn default() -> Self {
+        Self::codex()
+    }
+}
+
+impl HolderMatcher for ProgramMatcher {
+    fn is_login_helper(&self, process: &ProcessInfo) -> bool {
+        let exe = process
+            .exe
+            .as_deref()
+            .and_then(|p| p.to_str())
+            .map(basename);
+        let argv0 = process.argv.first().map(|a| basename(a));
+        if exe.is_some_and(|b| self.name_matches(b)) || argv0.is_some_and(|b| self.name_matches(b))
+        {
+            return true;
+        }
+        let interpreted = exe.is_some_and(|b| self.is_interpreter(b))
+            || argv0.is_some_and(|b| self.is_interpreter(b));
+        if !interpreted {
+            return false;
+        }
+        // The script is the first argument that is not an interpreter option.
+        let Some(script) = process.argv.iter().skip(1).find(|a| !a.starts_with('-')) else {
+            return false;
+        };
+        self.name_matches(basename(script)) || self.in_package(script)
+    }
+
+    fn description(&self) -> String {
+        format!("a {} login helper", self.label)
+    }
+}
+
+impl fmt::Display for ProgramMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&HolderMatcher::description(self))
+    }
+}
+
+/// Path components, split on both separators so Windows paths work on any host.
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split(['/', '\\']).filter(|c| !c.is_empty())
+}
+
+/// Last path component; a trailing " (deleted)" (Linux, binary replaced while running) is dropped.
+fn basename(path: &str) -> &str {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    components(path).last().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn proc_(exe: Option<&str>, argv: &[&str]) -> ProcessInfo {
+        let mut p = ProcessInfo::new(1, "x").with_argv(argv.iter().copied());
+        if let Some(e) = exe {
+            p = p.with_exe(e);
+        }
+        p
+    }
+
+    #[test]
+    fn accepts_codex_programs() {
+        let m = ProgramMatcher::codex();
+        let ok = [
+            proc_(
+                Some("/usr/local/bin/codex"),
+                &["/usr/local/bin/codex", "login"],
+            ),
+            proc_(
+                Some(
+                    "/usr/lib/node_modules/@openai/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+                ),
+                &["codex", "login"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &[
+                    "node",
+                    "/usr/lib/node_modules/@openai/codex/bin/codex.js",
+                    "login",
+                ],
+            ),
+            proc_(
+                None,
+                &[
+                    "node",
+                    "--no-warnings",
+                    "/x/@openai/codex/bin/run.js",
+                    "login",
+                ],
+            ),
+            proc_(Some("/opt/codex/codex (deleted)"), &[]),
+            proc_(None, &["C:\\Users\\me\\AppData\\codex.exe", "login"]),
+            proc_(Some("/usr/bin/python3.11"), &["/tmp/t/codex", "-c", "pass"]),
+        ];
+        for p in ok {
+            assert!(m.is_login_helper(&p), "should match: {p:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_lookalikes_and_mentions() {
+        let m = ProgramMatcher::codex();
+        let bad = [
+            proc_(Some("/usr/bin/vscodex"), &["vscodex"]),
+            proc_(Some("/usr/bin/not-codex-tool"), &["not-codex-tool"]),
+            proc_(Some("/usr/bin/codex-helper"), &["codex-helper", "login"]),
+            proc_(None, &[]),
+            proc_(
+                Some("/usr/bin/python3.11"),
+                &["python3", "-m", "http.server", "-d", "/home/me/codex"],
+            ),
+            proc_(Some("/usr/bin/vim"), &["vim", "codex"]),
+            proc_(Some("/home/codex/bin/server"), &["/home/codex/bin/server"]),
+            proc_(Some("/usr/bin/python3"), &["python3", "codex"]),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "/x/@openai/codex-tools/run.js"],
+            ),
+            proc_(Some("/usr/bin/node"), &["node"]),
+        ];
+        for p in bad {
+            assert!(!m.is_login_helper(&p), "should not match: {p:?}");
+        }
+    }
+
+    #[test]
+    fn description_names_the_program() {
+        assert_eq!(ProgramMatcher::codex().to_string(), "a Codex login helper");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(exe in proptest::option::of(".{0,40}"), argv in proptest::collection::vec(".{0,30}", 0..5)) {
+            let p = proc_(exe.as_deref(), &argv.iter().map(String::as_str).collect::<Vec<_>>());
+            let _ = ProgramMatcher::codex().is_login_helper(&p);
+        }
+
+        /// "codex" embedded in a longer name is never enough.
+        #[test]
+        fn substrings_never_match(prefix in "[a-z_.-]{0,6}", suffix in "[a-z_-]{0,6}", dir in "[a-z/]{0,12}") {
+            prop_assume!(!(prefix.is_empty() && (suffix.is_empty())));
+            let name = format!("{prefix}codex{suffix}");
+            prop_assume!(!["codex.js", "codex.exe"].contains(&name.as_str()));
+            let path = format!("/{dir}/{name}");
+            let p = proc_(Some(&path), &[path.as_str(), "login"]);
+            prop_assert!(!ProgramMatcher::codex().is_login_helper(&p));
+        }
+
+        /// Mentions of codex in arguments or directories never match a non-codex program.
+        #[test]
+        fn mentions_never_match(args in proptest::collection::vec("[a-z/@]{0,8}codex[a-z/]{0,8}", 0..4)) {
+            let mut argv = vec!["/usr/bin/python3".to_owned()];
+            argv.extend(args);
+            let p = proc_(Some("/usr/bin/python3.11"), &argv.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert!(!ProgramMatcher::codex().is_login_helper(&p));
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! What [`free`](crate::free) did, as a value and as the sentence a user sees.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::{LookupMethod, ProcessInfo};
+
+/// One process [`free`](crate::free) stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Stopped {
+    /// Its pid.
+    pub pid: u32,
+    /// Its short name.
+    pub name: String,
+    /// True when it ignored SIGTERM for the grace period and was SIGKILLed.
+    pub forced: bool,
+    /// True when signals went through a pidfd (or a process handle), false when the start
+    /// time was re-verified before each `kill`.
+    pub pinned: bool,
+}
+
+/// The result of [`free`](crate::free). `Display` is the message to show the user.
+///
+/// ```
+/// use oauth_preflight::{LookupMethod, Outcome};
+/// let free = Outcome::Free { addr: "127.0.0.1:1455".parse()?, method: LookupMethod::Procfs };
+/// assert!(free.is_ready());
+/// assert_eq!(free.to_string(), "Port 127.0.0.1:1455 is free (checked via /proc (native)).");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "outcome", rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Nobody held the port; nothing was done.
+    Free {
+        /// The address.
+        addr: SocketAddr,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Matching holders were stopped and the port can be bound again.
+    Freed {
+        /// The address.
+        addr: SocketAddr,
+        /// What was stopped.
+        stopped: Vec<Stopped>,
+        /// What the matcher accepts, e.g. "a Codex login helper".
+        helper: String,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Dry run: these holders match and would be stopped. Nothing was killed.
+    WouldFree {
+        /// The address.
+        addr: SocketAddr,
+        /// The holders that would be stopped.
+        holders: Vec<ProcessInfo>,
+        /// What the matcher accepts.
+        helper: String,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Held by a process that is not a login helper. Nothing was killed.
+    HeldByForeign {
+        /// The address.
+        addr: SocketAddr,
+        /// The holder.
+        holder: ProcessInfo,
+        /// What the matcher accepts.
+        helper: String,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Held by a login helper that belongs to another user. Nothing was killed.
+    HeldByOtherUser {
+        /// The address.
+        addr: SocketAddr,
+        /// The holder.
+        holder: ProcessInfo,
+        /// Our own uid, when the platform has uids.
+        our_uid: Option<u32>,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Held through a socket whose process we cannot see (another user's, without root).
+    HeldByUnknown {
+        /// The address.
+        addr: SocketAddr,
+        /// The listening socket.
+        socket: SocketAddr,
+        /// The socket owner's uid per the socket table, if known.
+        socket_uid: Option<u32>,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
+    /// Binding failed for another reason than "address in use"; the port is neither
+    /// known to be held nor free.
+    BindFailed {
+        /// The address.
+        addr: SocketAddr,
+        /// `std::io::ErrorKind` name.
+        kind: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// We stopped the holders, but the port could not be bound within the wait.
+    StillHeld {
+        /// The address.
+        addr: SocketAddr,
+        /// What was stopped.
+        stopped: Vec<Stopped>,
+        /// How long we waited for the port, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The operating system refused a signal to a verified holder.
+    SignalFailed {
+        /// The address.
+        addr: SocketAddr,
+        /// The holder that could not be signalled.
+        holder: ProcessInfo,
+        /// The operating system's message.
+        message: String,
+        /// Holders that were stopped before the failure.
+        stopped: Vec<Stopped>,
+    },
+    /// We could not tell who holds the port (every lookup failed, or "address in use"
+    /// without a visible listener). Nothing was killed.
+    Unknown {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// True when the port can be bound now (`Free` or `Freed`).
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Self::Free { .. } | Self::Freed { .. })
+    }
+
+    /// The address this outcome is about.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Free { addr, .. }
+            | Self::Freed { addr, .. }
+            | Self::WouldFree { addr, .. }
+            | Self::HeldByForeign { addr, .. }
+            | Self::HeldByOtherUser { addr, .. }
+            | Self::HeldByUnknown { addr, .. }
+            | Self::BindFailed { addr, .. }
+            | Self::StillHeld { addr, .. }
+            | Self::SignalFailed { addr, .. }
+            | Self::Unknown { addr, .. } => *addr,
+        }
+    }
+}
+
+/// The commands a user can run to see who holds `port`.
+pub fn investigate_command(port: u16) -> String {
+    if cfg!(windows) {
+        format!("`netstat -ano | findstr :{port}`")
+    } else if cfg!(target_os = "linux") {
+        format!("`lsof -i tcp:{port}` or `ss -ltnp 'sport = :{port}'`")
+    } else {
+        format!("`lsof -i tcp:{port}`")
+    }
+}
+
+fn list_stopped(stopped: &[Stopped]) -> String {
+    stopped
+        .iter()
+        .map(|s| {
+            let how = if s.forced {
+                "SIGKILL after it ignored SIGTERM"
+            } else {
+                "SIGTERM"
+            };
+            format!("pid {} ({}) with {how}", s.pid, s.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = self.addr().port();
+        match self {
+            Self::Free { addr, method } => write!(f, "Port {addr} is free (checked via {method})."),
+            Self::Freed {
+                addr,
+                stopped,
+                helper,
+                method,
+            } => {
+                let s = list_stopped(stopped);
+                if stopped.is_empty() {
+                    write!(
+                        f,
+                        "Port {addr} is free: the stale {} exited on its own (checked via {method}).",
+                        helper.trim_start_matches("a ")
+                    )
+                } else {
+                    write!(
+                        f,
+                        "Freed port {addr}: stopped {s}, {helper} (found via {method})."
+                    )
+                }
+            }
+            Self::WouldFree {
+                addr,
+                holders,
+                helper,
+                method,
+            } => {
+                let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "Dry run: port {addr} is held by {}, {helper} owned by you (found via {method}); \
+                     it would be stopped (SIGTERM, then SIGKILL if it ignores that). Nothing was killed.",
+                    who.join(", ")
+                )
+            }
+            Self::HeldByForeign {
+                addr,
+                holder,
+                helper,
+                method,
+            } => write!(
+                f,
+                "Port {addr} is held by {holder}, which does NOT look like {helper} (found via {method}); \
+                 nothing was killed. Stop it yourself or pick another port. Investigate with {}.",
+                investigate_command(port)
+            ),
+            Self::HeldByOtherUser {
+                addr,
+                holder,
+                method,
+                ..
+            } => {
+                let owner = holder
+                    .uid
+                    .map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
+                write!(
+                    f,
+                    "Port {addr} is held by {holder}, owned by {owner}, not by you (found via {method}); \
+                     nothing was killed. Ask that user or an administrator to stop it. Investigate with {}.",
+                    investigate_command(port)
+                )
+            }
+            Self::HeldByUnknown {
+                addr,
+                socket,
+                socket_uid,
+                method,
+            } => {
+                let owner =
+                    socket_uid.map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
+                write!(
+                    f,
+                    "Port {addr} is held by a process we cannot inspect (socket {socket}, owned by {owner}; \
+                     found via {method}); nothing was killed. Investigate with {} (as root to see other users' processes).",
+                    investigate_command(port)
+                )
+            }
+            Self::BindFailed { addr, message, .. } => write!(
+                f,
+                "Cannot bind {addr}: {message}. This is not a port conflict, so nothing was killed; \
+                 check the address and your permissions."
+            ),
+            Self::StillHeld {
+                addr,
+                stopped,
+                waited_ms,
+            } => {
+                let s = if stopped.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    list_stopped(stopped)
+                };
+                write!(
+                    f,
+                    "Stopped {s}, but port {addr} could still not be bound after {waited_ms} ms; \
+                     another process may have taken it. Investigate with {}.",
+                    investigate_command(port)
+                )
+            }
+            Self::SignalFailed {
+                addr,
+                holder,
+                message,
+                stopped,
+            } => {
+                let s = if stopped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (already stopped: {})", list_stopped(stopped))
+                };
+                write!(
+                    f,
+                    "Could not signal {holder}, which holds port {addr}: {message}{s}. \
+                     Investigate with {}.",
+                    investigate_command(port)
+                )
+            }
+            Self::Unknown { addr, reason } => write!(
+                f,
+                "Could not tell whether port {addr} can be freed: {reason}. Nothing was killed. \
+                 Investigate with {}.",
+                investigate_command(port)
+            ),
+        }
+    }
+}

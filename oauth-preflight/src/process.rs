@@ -1,0 +1,140 @@
+//! What we know about a process that holds a port.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// When a process started, in the platform's finest unit.
+///
+/// On Linux this is field 22 of `/proc/<pid>/stat` (clock ticks since boot); on macOS
+/// microseconds since the epoch; on Windows the creation `FILETIME`. Values are only
+/// compared with each other on the same machine, never converted: two processes that
+/// share a pid (after the pid was reused) have different start times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct StartTime(pub u64);
+
+/// Identity of one process, as far as the operating system lets us see it.
+///
+/// Fields that could not be read (another user's process, a process that exited while we
+/// looked) are `None` or empty rather than guessed.
+///
+/// ```
+/// use oauth_preflight::ProcessInfo;
+///
+/// let p = ProcessInfo::new(4242, "codex")
+///     .with_exe("/usr/local/bin/codex")
+///     .with_argv(["codex", "login"]);
+/// assert_eq!(p.to_string(), "pid 4242 (codex)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Short name (`/proc/<pid>/comm` on Linux, cut at 15 bytes there).
+    pub name: String,
+    /// Path of the executable, when readable. A trailing ` (deleted)` is kept out.
+    pub exe: Option<PathBuf>,
+    /// Command line, when readable (may be empty for kernel threads or zombies).
+    pub argv: Vec<String>,
+    /// Real user id of the process owner, when known (always `None` on Windows).
+    pub uid: Option<u32>,
+    /// Start time, used to detect pid reuse before signalling.
+    pub start_time: Option<StartTime>,
+}
+
+impl ProcessInfo {
+    /// A process known only by pid and name; add more with the `with_*` methods.
+    pub fn new(pid: u32, name: impl Into<String>) -> Self {
+        Self {
+            pid,
+            name: name.into(),
+            exe: None,
+            argv: Vec::new(),
+            uid: None,
+            start_time: None,
+        }
+    }
+
+    /// Sets the executable path.
+    #[must_use]
+    pub fn with_exe(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.exe = Some(exe.into());
+        self
+    }
+
+    /// Sets the command line.
+    #[must_use]
+    pub fn with_argv<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.argv = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the owner's user id.
+    #[must_use]
+    pub fn with_uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Sets the start time.
+    #[must_use]
+    pub fn with_start_time(mut self, start: StartTime) -> Self {
+        self.start_time = Some(start);
+        self
+    }
+
+    /// The executable path, if known.
+    pub fn exe(&self) -> Option<&Path> {
+        self.exe.as_deref()
+    }
+
+    /// The command line joined with spaces, for display only.
+    pub fn command_line(&self) -> String {
+        self.argv.join(" ")
+    }
+
+    /// True when `other` is provably the same process: same pid, a known and equal start
+    /// time, and no disagreement about the executable or command line.
+    pub fn is_same_process(&self, other: &ProcessInfo) -> bool {
+        self.pid == other.pid
+            && self.start_time.is_some()
+            && self.start_time == other.start_time
+            && (self.exe.is_none() || other.exe.is_none() || self.exe == other.exe)
+            && (self.argv.is_empty() || other.argv.is_empty() || self.argv == other.argv)
+    }
+}
+
+impl fmt::Display for ProcessInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_process_needs_a_known_equal_start_time() {
+        let a = ProcessInfo::new(7, "codex").with_argv(["codex", "login"]);
+        assert!(!a.is_same_process(&a), "unknown start time proves nothing");
+        let a = a.with_start_time(StartTime(100));
+        assert!(a.is_same_process(&a.clone()));
+        let reused = a.clone().with_start_time(StartTime(101));
+        assert!(!a.is_same_process(&reused));
+        let other_cmd = a.clone().with_argv(["python3"]);
+        assert!(!a.is_same_process(&other_cmd));
+        let other_pid = ProcessInfo {
+            pid: 8,
+            ..a.clone()
+        };
+        assert!(!a.is_same_process(&other_pid));
+    }
+}

@@ -1,0 +1,489 @@
+//! Linux: socket owners from `/proc/net/tcp{,6}` + `/proc/<pid>/fd`, stopping through pidfds.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use super::{Signalled, Stop, StopHandle};
+use crate::{Error, HolderLookup, LookupMethod, PortHolder, ProcessInfo, StartTime};
+
+/// TCP state `LISTEN` in `/proc/net/tcp*` (`TCP_LISTEN` in the kernel's `tcp_states.h`).
+const TCP_LISTEN: u8 = 0x0A;
+
+/// Native Linux lookup: LISTEN rows of `/proc/net/tcp` and `/proc/net/tcp6`, matched by
+/// socket inode against every readable `/proc/<pid>/fd`.
+///
+/// Sockets whose owner cannot be read (another user's process while we are not root) are
+/// reported with `process: None` and the socket's uid from the table — never guessed.
+///
+/// ```
+/// use oauth_preflight::{HolderLookup, ProcfsLookup};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let port = listener.local_addr()?.port();
+/// let holders = ProcfsLookup::new().find_listeners(port)?;
+/// assert!(holders.iter().any(|h| h.process.as_ref().is_some_and(|p| p.pid == std::process::id())));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcfsLookup {
+    root: PathBuf,
+}
+
+impl ProcfsLookup {
+    /// Reads the live `/proc`.
+    pub fn new() -> Self {
+        Self {
+            root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl Default for ProcfsLookup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HolderLookup for ProcfsLookup {
+    fn method(&self) -> LookupMethod {
+        LookupMethod::Procfs
+    }
+
+    fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        let mut sockets = Vec::new();
+        for (name, v6) in [("net/tcp", false), ("net/tcp6", true)] {
+            let path = self.root.join(name);
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                // No IPv6 in this kernel or namespace: nothing listens there.
+                Err(e) if v6 && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(Error::SocketTable { path, source }),
+            };
+            for (index, line) in text.lines().enumerate().skip(1) {
+                let row =
+                    parse_socket_row(line, v6).map_err(|reason| Error::MalformedSocketTable {
+                        path: path.clone(),
+                        line: index + 1,
+                        reason,
+                    })?;
+                if row.state == TCP_LISTEN && row.local.port() == port {
+                    sockets.push(row);
+                }
+            }
+        }
+        if sockets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<u64> = sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let owners = self.pids_holding(&wanted);
+        let mut holders = Vec::new();
+        for s in sockets {
+            let pids = owners.get(&s.inode).map(Vec::as_slice).unwrap_or_default();
+            let described: Vec<ProcessInfo> = pids
+                .iter()
+                .filter_map(|&pid| describe_in(&self.root, pid))
+                .collect();
+            if described.is_empty() {
+                holders.push(PortHolder {
+                    socket: s.local,
+                    socket_uid: Some(s.uid),
+                    process: None,
+                });
+            }
+            for p in described {
+                holders.push(PortHolder {
+                    socket: s.local,
+                    socket_uid: Some(s.uid),
+                    process: Some(p),
+                });
+            }
+        }
+        Ok(holders)
+    }
+}
+
+/// One row of `/proc/net/tcp*`, the fields we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketRow {
+    pub(crate) local: SocketAddr,
+    pub(crate) state: u8,
+    pub(crate) uid: u32,
+    pub(crate) inode: u64,
+}
+
+/// Parses one data row: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`.
+pub(crate) fn parse_socket_row(line: &str, v6: bool) -> Result<SocketRow, String> {
+    let mut fields = line.split_whitespace();
+    let mut next = |what: &str| {
+        fields
+            .next()
+            .ok_or_else(|| format!("missing the {what} column"))
+    };
+    next("sl")?;
+    let local = next("local_address")?;
+    next("rem_address")?;
+    let state = next("st")?;
+    next("tx_queue:rx_queue")?;
+    next("tr:tm->when")?;
+    next("retrnsmt")?;
+    let uid = next("uid")?;
+    next("timeout")?;
+    let inode = next("inode")?;
+    let (ip, port) = local
+        .split_once(':')
+        .ok_or_else(|| format!("local address {local:?} has no ':'"))?;
+    let port = u16::from_str_radix(port, 16).map_err(|_| format!("port {port:?} is not hex"))?;
+    let ip = parse_hex_ip(ip, v6).ok_or_else(|| format!("address {ip:?} is not a hex IP"))?;
+    Ok(SocketRow {
+        local: SocketAddr::new(ip, port),
+        state: u8::from_str_radix(state, 16).map_err(|_| format!("state {state:?} is not hex"))?,
+        uid: uid
+            .parse()
+            .map_err(|_| format!("uid {uid:?} is not a number"))?,
+        inode: inode
+            .parse()
+            .map_err(|_| format!("inode {inode:?} is not a number"))?,
+    })
+}
+
+/// The kernel prints each 32-bit word of the address with `%08X` in host byte order.
+fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
+    let want = if v6 { 32 } else { 8 };
+    if hex.len() != want || !hex.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in hex.as_bytes().chunks(8).enumerate() {
+        let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(if v6 {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    })
+}
+
+impl ProcfsLookup {
+    /// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
+    fn pids_holding(&self, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+        let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+                continue; // another user's process, or it just exited
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let Some(inode) = socket_inode(&target) else {
+                    continue;
+                };
+                if wanted.contains(&inode) {
+                    let pids = found.entry(inode).or_default();
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &Path) -> Option<u64> {
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Reads a process's identity from `/proc/<pid>`; `None` when it no longer exists.
+pub(crate) fn describe(pid: u32) -> Option<ProcessInfo> {
+    describe_in(Path::new("/proc"), pid)
+}
+
+fn describe_in(root: &Path, pid: u32) -> Option<ProcessInfo> {
+    let dir = root.join(pid.to_string());
+    let stat = fs::read_to_string(dir.join("stat")).ok()?;
+    let parsed = parse_stat(&stat)?;
+    let name = fs::read_to_string(dir.join("comm"))
+        .map(|s| s.trim_end_matches('\n').to_owned())
+        .unwrap_or(parsed.comm);
+    let mut info = ProcessInfo::new(pid, name).with_start_time(StartTime(parsed.start_ticks));
+    if let Ok(exe) = fs::read_link(dir.join("exe")) {
+        let exe = exe
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .map(PathBuf::from)
+            .unwrap_or(exe);
+        info = info.with_exe(exe);
+    }
+    if let Ok(cmdline) = fs::read(dir.join("cmdline")) {
+        info.argv = split_cmdline(&cmdline);
+    }
+    if let Ok(status) = fs::read_to_string(dir.join("status")) {
+        info.uid = parse_status_uid(&status);
+    }
+    Some(info)
+}
+
+fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .skip_while(String::is_empty)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+/// Fields of `/proc/<pid>/stat` we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) comm: String,
+    pub(crate) state: char,
+    pub(crate) start_ticks: u64,
+}
+
+/// Parses `/proc/<pid>/stat`. `comm` may hold spaces and parentheses, so fields are
+/// counted after the *last* `)`; start time is field 22.
+pub(crate) fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    // rest now starts at field 4; field 22 is 18 further on.
+    let start_ticks = rest.nth(18)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        state,
+        start_ticks,
+    })
+}
+
+/// Real uid from the `Uid:` line of `/proc/<pid>/status`.
+fn parse_status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// True when the process `pid` with this start time has exited (gone, zombie or pid reused).
+fn has_exited_by_stat(pid: u32, start: Option<StartTime>) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(parse_stat)
+    {
+        None => true,
+        Some(s) => Some(StartTime(s.start_ticks)) != start || matches!(s.state, 'Z' | 'X' | 'x'),
+    }
+}
+
+/// A verified process we may signal: through a pidfd when the kernel gives us one.
+#[derive(Debug)]
+pub(crate) struct LinuxTarget {
+    expected: ProcessInfo,
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl StopHandle for LinuxTarget {
+    fn open(expected: &ProcessInfo) -> io::Result<Option<Self>> {
+        let Some(pid) = i32::try_from(expected.pid).ok().and_then(Pid::from_raw) else {
+            return Ok(None);
+        };
+        // Open first, verify second: if the identity still matches after the pidfd exists,
+        // the pidfd refers to the process we inspected and can never hit a reused pid.
+        let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => Some(fd),
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            // Old kernel (ENOSYS) or a seccomp filter (EPERM): fall back to re-verifying
+            // the start time right before each signal.
+            Err(_) => None,
+        };
+        match describe(expected.pid) {
+            Some(now) if expected.is_same_process(&now) => Ok(Some(Self {
+                expected: expected.clone(),
+                pid,
+                pidfd,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    fn signal(&self, stop: Stop) -> io::Result<Signalled> {
+        let sig = match stop {
+            Stop::Terminate => Signal::TERM,
+            Stop::Kill => Signal::KILL,
+        };
+        let result = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, sig),
+            None => {
+                match describe(self.expected.pid) {
+                    Some(now) if self.expected.is_same_process(&now) => {}
+                    _ => return Ok(Signalled::AlreadyGone),
+                }
+                rustix::process::kill_process(self.pid, sig)
+            }
+        };
+        match result {
+            Ok(()) => Ok(Signalled::Sent),
+            Err(rustix::io::Errno::SRCH) => Ok(Signalled::AlreadyGone),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn wait_exit(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        if let Some(fd) = &self.pidfd {
+            // A pidfd becomes readable when the process exits (zombies included).
+            let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            let ts = rustix::event::Timespec {
+                tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(timeout.subsec_nanos()),
+            };
+            // Interrupted polls fall through to the bounded /proc check below.
+            if let Ok(n) = rustix::event::poll(&mut fds, Some(&ts))
+                && n > 0
+            {
+                return true;
+            }
+        }
+        loop {
+            if has_exited_by_stat(self.expected.pid, self.expected.start_time) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
+        }
+    }
+
+    fn used_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
+}
+
+/// The current user's real uid.
+pub(crate) fn current_uid() -> Option<u32> {
+    Some(rustix::process::getuid().as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_ipv4_listen_row() {
+        let line = "   1: 0100007F:05AF 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 123456 1 0000000000000000 100 0 0 10 0";
+        let row = parse_socket_row(line, false).unwrap();
+        assert_eq!(row.local, "127.0.0.1:1455".parse().unwrap());
+        assert_eq!(row.state, TCP_LISTEN);
+        assert_eq!(row.uid, 1000);
+        assert_eq!(row.inode, 123456);
+    }
+
+    #[test]
+    fn parses_ipv6_rows() {
+        let loopback = "   0: 00000000000000000000000001000000:05AF 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 100 0 0 10 0";
+        let row = parse_socket_row(loopback, true).unwrap();
+        assert_eq!(row.local, "[::1]:1455".parse().unwrap());
+        let mapped = "   0: 0000000000000000FFFF00000100007F:05AF 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5 1 0 100 0 0 10 0";
+        let row = parse_socket_row(mapped, true).unwrap();
+        assert_eq!(row.local, "[::ffff:127.0.0.1]:1455".parse().unwrap());
+    }
+
+    #[test]
+    fn time_wait_rows_have_inode_zero_and_are_not_listen() {
+        let line = "   3: 0100007F:05AF 0100007F:C350 06 00000000:00000000 03:00001234 00000000     0        0 0 3 0000000000000000";
+        let row = parse_socket_row(line, false).unwrap();
+        assert_ne!(row.state, TCP_LISTEN);
+        assert_eq!(row.inode, 0);
+    }
+
+    #[test]
+    fn rejects_malformed_rows_with_a_reason() {
+        assert!(parse_socket_row("", false).unwrap_err().contains("sl"));
+        let bad = "0: XYZ:05AF 0:0 0A 0:0 0:0 0 0 0 1";
+        assert!(parse_socket_row(bad, false).unwrap_err().contains("hex IP"));
+    }
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let stat = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000000 100 18446744073709551615";
+        let s = parse_stat(stat).unwrap();
+        assert_eq!(s.comm, "my (odd) prog");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.start_ticks, 987_654);
+    }
+
+    #[test]
+    fn own_stat_parses() {
+        let me = describe(std::process::id()).unwrap();
+        assert!(me.start_time.is_some());
+        assert_eq!(me.uid, current_uid());
+        assert!(me.exe.is_some());
+    }
+
+    #[test]
+    fn cmdline_split_drops_only_the_trailing_nul() {
+        assert_eq!(split_cmdline(b"a\0\0b\0"), vec!["a", "", "b"]);
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn socket_row_parser_never_panics(line in ".{0,200}", v6: bool) {
+            let _ = parse_socket_row(&line, v6);
+        }
+
+        #[test]
+        fn stat_parser_never_panics(stat in ".{0,200}") {
+            let _ = parse_stat(&stat);
+        }
+
+        #[test]
+        fn ipv4_round_trip(a: u8, b: u8, c: u8, d: u8, port: u16) {
+            let word = u32::from_ne_bytes([a, b, c, d]);
+            let line = format!("0: {word:08X}:{port:04X} 00000000:0000 0A 0:0 0:0 0 0 0 7");
+            let row = parse_socket_row(&line, false).unwrap();
+            prop_assert_eq!(row.local, SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port));
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! macOS and Windows (best-effort, not built in CI): LISTEN sockets from the native socket
+//! tables through the `listeners` crate (libproc on macOS, `GetExtendedTcpTable` on Windows).
+
+use crate::{Error, HolderLookup, LookupMethod, PortHolder, ProcessInfo};
+
+/// Native lookup on macOS (libproc) and Windows (TCP table API), via `listeners`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListenersLookup;
+
+impl HolderLookup for ListenersLookup {
+    fn method(&self) -> LookupMethod {
+        if cfg!(windows) {
+            LookupMethod::TcpTable
+        } else {
+            LookupMethod::Libproc
+        }
+    }
+
+    fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        let all = listeners::get_all().map_err(|e| Error::Platform {
+            method: self.method(),
+            message: e.to_string(),
+        })?;
+        Ok(all
+            .into_iter()
+            .filter(|l| {
+                l.protocol == listeners::Protocol::TCP
+                    && l.state == listeners::SocketState::Listen
+                    && l.socket.port() == port
+            })
+            .map(|l| {
+                let mut p = super::describe(l.process.pid)
+                    .unwrap_or_else(|| ProcessInfo::new(l.process.pid, String::new()));
+                if p.name.is_empty() {
+                    p.name = l.process.name.clone();
+                }
+                if p.exe.is_none() && !l.process.path.is_empty() {
+                    p.exe = Some(l.process.path.clone().into());
+                }
+                PortHolder::new(l.socket, Some(p))
+            })
+            .collect())
+    }
+}
