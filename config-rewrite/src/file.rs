@@ -1,0 +1,509 @@
+//! The I/O shell: read, edit and atomically replace `config.toml`; keep revert records on disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::edit::{RestoreOutcome, apply_to_str, restore_str};
+use crate::error::{EditError, Error, line_col};
+use crate::provider::Rewrite;
+use crate::record::RevertRecord;
+
+/// How many times an edit is recomputed when another writer changes the file meanwhile.
+const ATTEMPTS: usize = 3;
+
+/// What [`restore`] did to which file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// What happened to it.
+    pub outcome: RestoreOutcome,
+}
+
+/// Applies `rewrite` to the file at `config` and returns the record that undoes it.
+///
+/// The file is read, edited in memory, checked, and replaced atomically (temporary file in the
+/// same directory, fsync, rename, fsync of the directory), keeping its permission bits. A
+/// missing file is created (mode 0600); a symlink is followed and its target replaced. A file
+/// that is not valid TOML is refused with its line and column and left untouched. Applying
+/// the same rewrite twice writes nothing the second time.
+///
+/// Keep the returned record somewhere safe *before* relying on the edit — or use
+/// [`RevertFile::apply`], which stores it beside the configuration first so a crashed
+/// program can restore on its next start.
+///
+/// This is blocking I/O; async callers should use `spawn_blocking`.
+///
+/// # Errors
+/// [`Error::Config`] for invalid TOML or a refused edit, [`Error::Io`] when the file cannot be
+/// read or replaced, [`Error::ConcurrentModification`] when another writer keeps changing it.
+///
+/// ```
+/// use config_rewrite::{ProviderSpec, Rewrite, Target};
+/// let dir = tempfile::tempdir()?;
+/// let config = dir.path().join("config.toml");
+/// std::fs::write(&config, "model = \"o3\"\n")?;
+/// let rewrite = Rewrite::route_to(ProviderSpec::new("proxy", "http://127.0.0.1:9/v1"), Target::TopLevel);
+/// let record = config_rewrite::apply(&config, &rewrite)?;
+/// assert!(std::fs::read_to_string(&config)?.contains("[model_providers.proxy]"));
+/// config_rewrite::restore(&record)?;
+/// assert_eq!(std::fs::read_to_string(&config)?, "model = \"o3\"\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn apply(config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
+    let (record, _) = apply_with(config, rewrite, |_| Ok(()))?;
+    Ok(record)
+}
+
+/// Applies, calling `before_write` with the record after everything was checked and just
+/// before the configuration is replaced (used to persist the record first).
+fn apply_with(
+    config: &Path,
+    rewrite: &Rewrite,
+    mut before_write: impl FnMut(&RevertRecord) -> Result<(), Error>,
+) -> Result<(RevertRecord, bool), Error> {
+    let target = resolve(config)?;
+    for _ in 0..ATTEMPTS {
+        let current = read_text(&target)?;
+        let applied =
+            apply_to_str(config, current.as_deref(), rewrite).map_err(|source| Error::Config {
+                path: config.to_path_buf(),
+                source,
+            })?;
+        let changed = applied.changed();
+        let (text, record) = applied.into_parts();
+        if !changed {
+            return Ok((record, false));
+        }
+        before_write(&record)?;
+        match replace_if_unchanged(&target, current.as_deref(), Some(&text))? {
+            true => return Ok((record, true)),
+            false => continue,
+        }
+    }
+    Err(Error::ConcurrentModification {
+        path: config.to_path_buf(),
+    })
+}
+
+/// Undoes the apply described by `record` on the file it names (see [`restore_str`] for the
+/// rules). Restoring twice is harmless.
+///
+/// This is blocking I/O; async callers should use `spawn_blocking`.
+///
+/// # Errors
+/// [`Error::Config`] when the file was made invalid since (it is left alone),
+/// [`Error::Io`] when it cannot be read or replaced.
+///
+/// ```
+/// use config_rewrite::{ProviderSpec, RestoreOutcome, Rewrite, Target};
+/// let dir = tempfile::tempdir()?;
+/// let config = dir.path().join("config.toml");
+/// let rewrite = Rewrite::route_to(ProviderSpec::new("proxy", "http://127.0.0.1:9/v1"), Target::TopLevel);
+/// let record = config_rewrite::apply(&config, &rewrite)?; // creates the file
+/// let report = config_rewrite::restore(&record)?;          // removes it again
+/// assert_eq!(report.outcome, RestoreOutcome::Exact);
+/// assert!(!config.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn restore(record: &RevertRecord) -> Result<RestoreReport, Error> {
+    let config = record.config();
+    let target = resolve(config)?;
+    for _ in 0..ATTEMPTS {
+        let current = read_text(&target)?;
+        let restored = restore_str(current.as_deref(), record).map_err(|source| Error::Config {
+            path: config.to_path_buf(),
+            source,
+        })?;
+        let (text, outcome) = restored.into_parts();
+        if text.as_deref() == current.as_deref() {
+            return Ok(RestoreReport {
+                config: config.to_path_buf(),
+                outcome,
+            });
+        }
+        if replace_if_unchanged(&target, current.as_deref(), text.as_deref())? {
+            return Ok(RestoreReport {
+                config: config.to_path_buf(),
+                outcome,
+            });
+        }
+    }
+    Err(Error::ConcurrentModification {
+        path: config.to_path_buf(),
+    })
+}
+
+/// Where a revert record lives on disk, normally right beside the configuration
+/// (`config.toml.revert.json`), so that a program that crashed while its rewrite was in place
+/// finds and undoes it on the next start.
+///
+/// The flow for a tool that routes Codex through itself while it runs:
+///
+/// ```
+/// use config_rewrite::{ProviderSpec, RevertFile, Rewrite, Target};
+/// let codex_home = tempfile::tempdir()?;
+/// let config = codex_home.path().join("config.toml");
+/// std::fs::write(&config, "model = \"o3\"\n")?;
+///
+/// let revert = RevertFile::beside(&config);
+/// // 1. On start: undo what a crashed earlier run left behind.
+/// if let Some(report) = revert.restore()? {
+///     eprintln!("undid a stale rewrite of {}: {:?}", report.config.display(), report.outcome);
+/// }
+/// // 2. Route Codex through us. The record is on disk before config.toml changes.
+/// let rewrite = Rewrite::route_to(
+///     ProviderSpec::new("rotation-proxy", "http://127.0.0.1:8080/v1").env_key("ROTATION_PROXY_TOKEN"),
+///     Target::TopLevel,
+/// );
+/// revert.apply(&config, &rewrite)?;
+/// assert!(revert.is_pending()?);
+/// // ... serve ...
+/// // 3. On exit (and from signal handlers): put everything back, delete the record.
+/// revert.restore()?;
+/// assert_eq!(std::fs::read_to_string(&config)?, "model = \"o3\"\n");
+/// assert!(!revert.is_pending()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevertFile {
+    path: PathBuf,
+}
+
+impl RevertFile {
+    /// The record file beside `config`: `<config file name>.revert.json` in the same directory.
+    ///
+    /// ```
+    /// let r = config_rewrite::RevertFile::beside("/home/me/.codex/config.toml".as_ref());
+    /// assert_eq!(r.path(), std::path::Path::new("/home/me/.codex/config.toml.revert.json"));
+    /// ```
+    pub fn beside(config: &Path) -> Self {
+        let mut name = config
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "config.toml".into());
+        name.push(".revert.json");
+        RevertFile {
+            path: config.with_file_name(name),
+        }
+    }
+
+    /// A record file at an explicit path.
+    ///
+    /// ```
+    /// let r = config_rewrite::RevertFile::at("/run/user/1000/proxy-revert.json");
+    /// assert_eq!(r.path(), std::path::Path::new("/run/user/1000/proxy-revert.json"));
+    /// ```
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        RevertFile { path: path.into() }
+    }
+
+    /// Where the record is stored.
+    ///
+    /// ```
+    /// let r = config_rewrite::RevertFile::at("x.json");
+    /// assert_eq!(r.path(), std::path::Path::new("x.json"));
+    /// ```
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a record is waiting to be restored (a rewrite is in place, or an earlier run
+    /// crashed before restoring).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the record's directory cannot be read.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// assert!(!config_rewrite::RevertFile::beside(&dir.path().join("config.toml")).is_pending()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_pending(&self) -> Result<bool, Error> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("inspect", &self.path, e)),
+        }
+    }
+
+    /// Loads the pending record, if any.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read, [`Error::InvalidRecordFile`] when it is not a record.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// assert!(config_rewrite::RevertFile::beside(&dir.path().join("config.toml")).load()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load(&self) -> Result<Option<RevertRecord>, Error> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &self.path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::InvalidRecordFile {
+                path: self.path.clone(),
+                reason: format!("not valid JSON at line {}, column {}", e.line(), e.column()),
+            })
+    }
+
+    /// Applies `rewrite` to `config`, storing the revert record here first.
+    ///
+    /// Refuses with [`Error::PendingRevert`] while an earlier record is pending, because
+    /// applying on top of a rewrite would make the rewritten file look like the original.
+    /// If replacing the configuration fails, the record is removed again.
+    ///
+    /// # Errors
+    /// As [`apply`], plus [`Error::PendingRevert`] and [`Error::Io`] for the record file.
+    ///
+    /// ```
+    /// use config_rewrite::{Error, ProviderSpec, RevertFile, Rewrite, Target};
+    /// let dir = tempfile::tempdir()?;
+    /// let config = dir.path().join("config.toml");
+    /// let revert = RevertFile::beside(&config);
+    /// let rewrite = Rewrite::route_to(ProviderSpec::new("p", "http://127.0.0.1:9/v1"), Target::TopLevel);
+    /// revert.apply(&config, &rewrite)?;
+    /// assert!(matches!(revert.apply(&config, &rewrite), Err(Error::PendingRevert { .. })));
+    /// revert.restore()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply(&self, config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
+        if self.is_pending()? {
+            return Err(Error::PendingRevert {
+                config: config.to_path_buf(),
+                record: self.path.clone(),
+            });
+        }
+        let mut stored = false;
+        let result = apply_with(config, rewrite, |record| {
+            self.store(record)?;
+            stored = true;
+            Ok(())
+        });
+        match result {
+            Ok((record, _)) => {
+                if !stored {
+                    // Nothing changed, but keep the promise that a successful apply leaves a
+                    // pending record for the matching restore.
+                    self.store(&record)?;
+                }
+                Ok(record)
+            }
+            Err(e) => {
+                if stored {
+                    let _ = self.discard();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores the pending record, if any, then deletes it. Returns `None` when nothing was
+    /// pending. Safe to call at every start and every exit.
+    ///
+    /// # Errors
+    /// As [`restore`], plus errors reading the record. The record is kept when restoring fails.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// assert!(config_rewrite::RevertFile::beside(&dir.path().join("config.toml")).restore()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore(&self) -> Result<Option<RestoreReport>, Error> {
+        let Some(record) = self.load()? else {
+            return Ok(None);
+        };
+        let report = restore(&record)?;
+        self.discard()?;
+        Ok(Some(report))
+    }
+
+    /// Writes `record` here (atomically, mode 0600), replacing any previous one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written.
+    ///
+    /// ```
+    /// # use config_rewrite::{Rewrite, RevertFile};
+    /// let dir = tempfile::tempdir()?;
+    /// let applied = config_rewrite::apply_to_str(&dir.path().join("config.toml"), Some(""), &Rewrite::new())?;
+    /// let file = RevertFile::at(dir.path().join("r.json"));
+    /// file.store(applied.record())?;
+    /// assert_eq!(file.load()?.as_ref(), Some(applied.record()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn store(&self, record: &RevertRecord) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(record).map_err(|e| {
+            Error::io(
+                "serialize the revert record for",
+                &self.path,
+                io::Error::other(e),
+            )
+        })?;
+        write_atomic(&self.path, &json, Some(0o600))
+    }
+
+    /// Deletes the record file (no error when it is already gone).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be removed.
+    ///
+    /// ```
+    /// config_rewrite::RevertFile::at("/nonexistent/r.json").discard()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn discard(&self) -> Result<(), Error> {
+        remove_durably(&self.path)
+    }
+}
+
+/// Follows a symlinked config to its target so renaming replaces the target, not the link.
+fn resolve(config: &Path) -> Result<PathBuf, Error> {
+    let mut path = config.to_path_buf();
+    // Bounded: a symlink loop ends with an error instead of spinning.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
+                path = match path.parent() {
+                    Some(parent) => parent.join(link),
+                    None => link,
+                };
+            }
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(Error::io("inspect", &path, e)),
+        }
+    }
+    Err(Error::io(
+        "resolve",
+        config,
+        io::Error::other("too many levels of symbolic links"),
+    ))
+}
+
+fn read_text(path: &Path) -> Result<Option<String>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        // ok: the prefix up to `valid_up_to` is valid UTF-8 by definition.
+        let prefix = String::from_utf8_lossy(&bytes[..valid]);
+        let (line, column) = line_col(&prefix, valid);
+        Error::Config {
+            path: path.to_path_buf(),
+            source: EditError::NotUtf8 { line, column },
+        }
+    })
+}
+
+/// Replaces (or, with `None`, removes) `path` unless its content changed from `expected`
+/// since we read it. Returns `false` when it changed.
+fn replace_if_unchanged(
+    path: &Path,
+    expected: Option<&str>,
+    new: Option<&str>,
+) -> Result<bool, Error> {
+    if read_text(path).ok().flatten().as_deref() != expected {
+        return Ok(false);
+    }
+    match new {
+        Some(text) => {
+            let mode = current_mode(path)?;
+            write_atomic(path, text.as_bytes(), mode.or(Some(0o600)))?;
+        }
+        None => remove_durably(path)?,
+    }
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn current_mode(path: &Path) -> Result<Option<u32>, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(path) {
+        Ok(meta) => Ok(Some(meta.permissions().mode() & 0o7777)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("inspect", path, e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn current_mode(_path: &Path) -> Result<Option<u32>, Error> {
+    Ok(None)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".config-rewrite-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("write", tmp.path().to_path_buf(), e))?;
+    set_mode(tmp.as_file(), tmp.path(), mode)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("flush", tmp.path().to_path_buf(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("replace", path, e.error))?;
+    sync_dir(dir)
+}
+
+#[cfg(unix)]
+fn set_mode(file: &File, path: &Path, mode: Option<u32>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(mode) = mode {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_mode(_file: &File, _path: &Path, _mode: Option<u32>) -> Result<(), Error> {
+    Ok(())
+}
+
+fn remove_durably(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(parent_dir(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    OpenOptions::new()
+        .read(true)
+        .open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("flush directory", dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), Error> {
+    // Directories cannot be opened for fsync on Windows; the rename is already durable enough.
+    let _ = OpenOptions::new;
+    Ok(())
+}
