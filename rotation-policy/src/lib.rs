@@ -1,6 +1,162 @@
-//! Pure, clock-injected account selection and cooldown policy for rotating requests over a pool of accounts.
+//! Pure, clock-injected account selection and cooldown policy for rotating requests over a
+//! pool of accounts.
 //!
-//! This crate is part of a workspace of small crates for tools that manage
-//! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
+//! A rotation proxy spreads Codex/OpenAI traffic over several accounts. This crate is the
+//! policy part of such a proxy as a plain data structure, [`Pool`]: which account serves the
+//! next attempt, how long an account cools down after a 429, a 401 or a burst of 5xx, when to
+//! retry on another account and when to give up, and exactly how long the client should wait.
+//!
+//! - **No I/O, no clock, no hidden randomness.** Every call takes `now` as a [`Timestamp`]
+//!   (milliseconds since an epoch *you* choose: wall clock in a proxy, zero in a simulation).
+//!   Jitter comes from a generator seeded by [`Pool::new`]. Same inputs, same decisions.
+//! - **Accounts are addressed by your stable [`AccountId`]**; emails are refused, so none can
+//!   end up in a status snapshot or error.
+//! - **The policy decides**: [`Pool::report`] returns a [`Decision`] — retry on another
+//!   account, wait N ms, or return to the client with an exact `retry_after`.
+//!
+//! # The request loop
+//!
+//! This is the whole integration surface a proxy needs (here with a fake upstream):
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::{HeaderMap, StatusCode};
+//! use rotation_policy::{
+//!     AccountId, Decision, Outcome, PolicyConfig, Pool, Request, Selection, Timestamp,
+//! };
+//!
+//! let mut pool = Pool::new(PolicyConfig::default(), /* jitter seed */ 42)?;
+//! for id in ["acct-1", "acct-2"] {
+//!     pool.add(AccountId::new(id)?)?;
+//! }
+//!
+//! // Stand-in for the upstream call with this account's token: acct-1 is rate limited.
+//! let upstream = |account: &AccountId| -> (StatusCode, HeaderMap) {
+//!     let mut headers = HeaderMap::new();
+//!     if account.as_str() == "acct-1" {
+//!         headers.insert("retry-after-ms", "30000".parse().unwrap());
+//!         (StatusCode::TOO_MANY_REQUESTS, headers)
+//!     } else {
+//!         (StatusCode::OK, headers)
+//!     }
+//! };
+//!
+//! // One client request (the model family and an optional session key come from it).
+//! let mut request = Request::new("gpt-5").with_session("conversation-1");
+//! let reply = loop {
+//!     let wall = SystemTime::now();
+//!     let now = Timestamp::from_system_time(wall);
+//!     let account = match pool.select(&mut request, now) {
+//!         Selection::Account(account) => account,
+//!         // Every account is cooling down: tell the client exactly when to come back.
+//!         Selection::Exhausted { retry_after } => {
+//!             break format!("429, retry_after_ms={}", retry_after.as_millis());
+//!         }
+//!         Selection::NoAccount => break "503, no usable account".to_owned(),
+//!     };
+//!     pool.consume(&account, now)?; // one token per dispatch, under the same lock as select
+//!     let (status, headers) = upstream(&account);
+//!     let outcome = Outcome::from_response(status.as_u16(), &headers, wall);
+//!     match pool.report(&mut request, &account, outcome, now) {
+//!         Decision::Retry => continue,
+//!         Decision::Wait(delay) => {
+//!             std::thread::sleep(delay); // tokio::time::sleep(delay).await in an async proxy
+//!             continue;
+//!         }
+//!         Decision::ReturnToClient { retry_after: None } => break format!("{status} via {account}"),
+//!         Decision::ReturnToClient { retry_after: Some(wait) } => {
+//!             // e.g. a 429 with `Retry-After: {ceil(secs)}` and `retry_after_ms`.
+//!             break format!("{status}, retry_after_ms={}", wait.as_millis());
+//!         }
+//!     }
+//! };
+//! assert_eq!(reply, "200 OK via acct-2");
+//!
+//! // A serializable snapshot for a status endpoint (serde): counters + every account.
+//! let status = pool.status(Timestamp::from_system_time(SystemTime::now()));
+//! assert_eq!(status.counters.rotations, 1);
+//! assert_eq!(status.accounts[0].family_cooldowns[0].family, "gpt-5");
+//! let json = serde_json::to_string(&status)?;
+//! assert!(json.contains("\"acct-1\""));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The rules
+//!
+//! An account is a **candidate** for a request when it is enabled, past its account-wide
+//! cooldown, past its rate-limit cooldown for the request's model family, has a whole token
+//! in its bucket, and has not been tried for this request yet. Among candidates a session's
+//! bound account wins (affinity, renewed for [`PolicyConfig::session_ttl`] on each use);
+//! otherwise the [`Strategy`] picks (least recently used, round robin, or health-weighted) and
+//! the session moves to the pick.
+//!
+//! | outcome | effect on the account |
+//! |---|---|
+//! | [`Success`](Outcome::Success) | health +10; resets the 401, 429 and failure-burst streaks |
+//! | [`RateLimited`](Outcome::RateLimited) | cooldown **for that family only**: `Retry-After` clamped to `min_cooldown..=max_cooldown`, else `rate_limit_backoff × 2^(streak−1)` + jitter; health −15 |
+//! | [`Unauthorized`](Outcome::Unauthorized) | `needs_refresh`; account-wide `unauthorized_cooldown` (ended by [`Pool::mark_refreshed`]); disabled after `disable_after_unauthorized` in a row; health −40 |
+//! | [`Forbidden`](Outcome::Forbidden) | account-wide `forbidden_cooldown`; health −40 |
+//! | [`ServerError`](Outcome::ServerError), [`NetworkError`](Outcome::NetworkError), [`Timeout`](Outcome::Timeout) | health −20; `failure_burst` of them within `failure_window` → account-wide `failure_cooldown × 2^(bursts−1)` + jitter |
+//!
+//! Cooldowns only ever extend, never shorten, a running one.
+//!
+//! **Token refunds follow one rule for every outcome**: [`Pool::consume`] takes a token at
+//! dispatch; [`Pool::report`] gives it back for *every* outcome except `Success` (failures
+//! are paid for by cooldowns and health, not also by pacing budget), and [`Pool::refund`]
+//! gives it back for a dispatch that is never reported. Only consumed tokens are refunded,
+//! each at most once, and a refund never lifts the bucket above its capacity.
+//!
+//! After a failure, [`Pool::report`] retries on another account while the request has
+//! attempts left ([`PolicyConfig::max_attempts`]) — never on an account this request already
+//! tried, so one bad request cannot replay across the whole pool.
+//!
+//! # Complexity
+//!
+//! For each model family the pool keeps two ordered indexes: accounts usable now, keyed by
+//! the strategy's order, and accounts that are waiting, keyed by the exact time they become
+//! usable (the latest of their cooldown ends and their bucket's next token). Accounts move
+//! from waiting to usable lazily, when a call's `now` passes their time; each such move
+//! pairs with the state change that put them there. With n accounts and F model families
+//! seen so far:
+//!
+//! - [`Pool::select`], [`Pool::consume`], [`Pool::report`], [`Pool::refund`]: O(F · log n)
+//!   amortized, plus O(attempts) to skip accounts the request already tried;
+//! - `Exhausted { retry_after }` is the first entry of the waiting index: O(log n), exact;
+//! - [`Pool::add`]/[`Pool::remove`]/[`Pool::disable`]/[`Pool::enable`]: O(F · log n);
+//! - the first request of a new model family indexes every account once: O(n log n);
+//!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"`;
+//! - [`Pool::status`]: O(n log n) (a full snapshot).
+//!
+//! The `select_report` benchmark measures select + consume + report against a linear scan
+//! of the same policy at 10, 1,000 and 100,000 accounts.
+//!
+//! # Time
+//!
+//! Timestamps have millisecond resolution; durations passed in are rounded up to whole
+//! milliseconds, so a wait is never shorter than asked. A `now` earlier than one already
+//! seen is treated as the latest one seen.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod error;
+mod id;
+mod pool;
+mod request;
+mod retry_after;
+mod rng;
+pub mod sim;
+mod status;
+mod time;
+
+pub use config::{PolicyConfig, Strategy, TokenBucket};
+pub use error::PolicyError;
+pub use id::{AccountId, MAX_ACCOUNT_ID_LEN};
+pub use pool::Pool;
+pub use request::{Decision, Outcome, Request, Selection};
+pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
+pub use status::{
+    AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,
+    PoolStatus,
+};
+pub use time::Timestamp;

@@ -1,0 +1,1072 @@
+//! The pool: account state, the per-family availability index, and the policy rules.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::config::Strategy;
+use crate::rng::SplitMix64;
+use crate::status::{
+    AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,
+    PoolStatus,
+};
+use crate::time::ceil_millis;
+use crate::{
+    AccountId, Decision, Outcome, PolicyConfig, PolicyError, Request, Selection, Timestamp,
+};
+
+/// Health bounds and the change each outcome makes.
+const HEALTH_MAX: u8 = 100;
+const HEALTH_SUCCESS: u8 = 10;
+const HEALTH_RATE_LIMITED: u8 = 15;
+const HEALTH_FAILURE: u8 = 20;
+const HEALTH_AUTH: u8 = 40;
+
+/// The family name shared by model families beyond `max_families`.
+const OVERFLOW_FAMILY: &str = "*";
+
+/// Ordering key of a usable account within a family; smaller is picked first. The account's
+/// insertion order is always part of it, so keys are unique.
+type Key = (u64, u64, u64);
+
+/// Where an account sits in one family's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Disabled: in neither set.
+    Absent,
+    /// Usable at the pool clock, ordered by this key.
+    Ready(Key),
+    /// Usable from this time (ms) on.
+    Waiting(u64),
+}
+
+#[derive(Clone, Debug)]
+struct FamilySlot {
+    /// Rate-limit cooldown end (ms).
+    until: u64,
+    /// Consecutive rate limits.
+    streak: u32,
+    place: Place,
+}
+
+impl FamilySlot {
+    const NEW: FamilySlot = FamilySlot {
+        until: 0,
+        streak: 0,
+        place: Place::Absent,
+    };
+}
+
+#[derive(Clone, Debug)]
+struct Account {
+    id: AccountId,
+    /// Insertion sequence number (unique, never reused).
+    order: u64,
+    /// Generation of the slot when this account was added.
+    generation: u32,
+    disabled: Option<DisabledReason>,
+    /// Account-wide cooldown end (ms) and its reason.
+    until: u64,
+    until_reason: Option<CooldownReason>,
+    needs_refresh: bool,
+    unauthorized_streak: u32,
+    burst_streak: u32,
+    /// Times (ms) of the latest failures, at most `failure_burst` of them.
+    failures: VecDeque<u64>,
+    health: u8,
+    /// Sequence number of the last hand-out (0 = never).
+    last_used: u64,
+    /// Token bucket as GCRA: the time (ms) at which the bucket is full again.
+    tat: u64,
+    in_flight: u32,
+    attempts: u64,
+    outcomes: OutcomeCounts,
+    families: Vec<FamilySlot>,
+}
+
+#[derive(Clone, Debug)]
+struct Family {
+    name: String,
+    ready: BTreeMap<Key, u32>,
+    /// `(available_at, order) -> slot`.
+    waiting: BTreeMap<(u64, u64), u32>,
+    /// Insertion order of the last account round-robin picked.
+    cursor: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Binding {
+    slot: u32,
+    generation: u32,
+    expires: u64,
+    seq: u64,
+}
+
+/// Immutable policy numbers, pre-converted to milliseconds.
+#[derive(Clone, Debug)]
+struct Rules {
+    strategy: Strategy,
+    /// `(capacity, refill_ms)`.
+    bucket: Option<(u64, u64)>,
+    session_ttl: Option<u64>,
+    max_attempts: u32,
+    max_wait: u64,
+    min_cooldown: u64,
+    max_cooldown: u64,
+    rate_limit_backoff: u64,
+    failure_burst: usize,
+    failure_window: u64,
+    failure_cooldown: u64,
+    unauthorized_cooldown: u64,
+    disable_after_unauthorized: u32,
+    forbidden_cooldown: u64,
+    jitter_percent: u64,
+    max_families: usize,
+}
+
+impl Rules {
+    fn new(c: &PolicyConfig) -> Self {
+        Rules {
+            strategy: c.strategy,
+            bucket: c
+                .bucket
+                .map(|b| (u64::from(b.capacity), ceil_millis(b.refill_every))),
+            session_ttl: c.session_ttl.map(ceil_millis),
+            max_attempts: c.max_attempts,
+            max_wait: ceil_millis(c.max_wait),
+            min_cooldown: ceil_millis(c.min_cooldown),
+            max_cooldown: ceil_millis(c.max_cooldown),
+            rate_limit_backoff: ceil_millis(c.rate_limit_backoff),
+            failure_burst: usize::try_from(c.failure_burst).unwrap_or(usize::MAX),
+            failure_window: ceil_millis(c.failure_window),
+            failure_cooldown: ceil_millis(c.failure_cooldown),
+            unauthorized_cooldown: ceil_millis(c.unauthorized_cooldown),
+            disable_after_unauthorized: c.disable_after_unauthorized,
+            forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
+            jitter_percent: u64::from(c.jitter_percent),
+            max_families: c.max_families,
+        }
+    }
+
+    fn key(&self, a: &Account) -> Key {
+        match self.strategy {
+            Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
+            Strategy::RoundRobin => (a.order, 0, 0),
+            Strategy::HealthWeighted => (u64::from(HEALTH_MAX - a.health), a.last_used, a.order),
+        }
+    }
+
+    /// When the bucket next holds a whole token.
+    fn bucket_ready_at(&self, a: &Account) -> u64 {
+        match self.bucket {
+            Some((capacity, refill)) => a.tat.saturating_sub((capacity - 1).saturating_mul(refill)),
+            None => 0,
+        }
+    }
+
+    fn available_at(&self, a: &Account, family: usize) -> u64 {
+        a.until
+            .max(a.families[family].until)
+            .max(self.bucket_ready_at(a))
+    }
+
+    /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
+    fn place(
+        &self,
+        a: &mut Account,
+        families: &mut [Family],
+        slot: u32,
+        family: usize,
+        clock: u64,
+    ) {
+        let desired = if a.disabled.is_some() {
+            Place::Absent
+        } else {
+            let at = self.available_at(a, family);
+            if at <= clock {
+                Place::Ready(self.key(a))
+            } else {
+                Place::Waiting(at)
+            }
+        };
+        let current = a.families[family].place;
+        if current == desired {
+            return;
+        }
+        let index = &mut families[family];
+        match current {
+            Place::Absent => {}
+            Place::Ready(key) => {
+                index.ready.remove(&key);
+            }
+            Place::Waiting(at) => {
+                index.waiting.remove(&(at, a.order));
+            }
+        }
+        match desired {
+            Place::Absent => {}
+            Place::Ready(key) => {
+                index.ready.insert(key, slot);
+            }
+            Place::Waiting(at) => {
+                index.waiting.insert((at, a.order), slot);
+            }
+        }
+        a.families[family].place = desired;
+    }
+
+    fn place_everywhere(&self, a: &mut Account, families: &mut [Family], slot: u32, clock: u64) {
+        for family in 0..families.len() {
+            self.place(a, families, slot, family, clock);
+        }
+    }
+}
+
+/// A pool of accounts and the rotation policy over them. See the [crate docs](crate) for the
+/// request loop, the rules and their complexity.
+///
+/// All methods take `&mut self` or `&self` and never block or read a clock; a concurrent
+/// proxy keeps the pool behind one `Mutex` and holds it across `select` + `consume` so two
+/// requests cannot both take an account's last token.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    config: PolicyConfig,
+    rules: Rules,
+    rng: SplitMix64,
+    /// Latest `now` seen (ms).
+    clock: u64,
+    slots: Vec<Option<Account>>,
+    /// Generation of each slot; bumped when its account is removed.
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    by_id: HashMap<AccountId, u32>,
+    families: Vec<Family>,
+    family_ids: HashMap<String, usize>,
+    sessions: HashMap<String, Binding>,
+    /// `(expires, seq) -> session key`, to drop expired bindings in order.
+    expiry: BTreeMap<(u64, u64), String>,
+    session_seq: u64,
+    use_seq: u64,
+    order_seq: u64,
+    counters: Counters,
+}
+
+impl Pool {
+    /// An empty pool. `seed` feeds the jitter generator: the same seed, config and call
+    /// sequence always give the same decisions.
+    ///
+    /// ```
+    /// use rotation_policy::{PolicyConfig, Pool};
+    /// let pool = Pool::new(PolicyConfig::default(), 7)?;
+    /// assert!(pool.is_empty());
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn new(config: PolicyConfig, seed: u64) -> Result<Self, PolicyError> {
+        config.validate()?;
+        Ok(Pool {
+            rules: Rules::new(&config),
+            config,
+            rng: SplitMix64::new(seed),
+            clock: 0,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            families: Vec::new(),
+            family_ids: HashMap::new(),
+            sessions: HashMap::new(),
+            expiry: BTreeMap::new(),
+            session_seq: 0,
+            use_seq: 0,
+            order_seq: 0,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration the pool runs with.
+    ///
+    /// ```
+    /// # use rotation_policy::{PolicyConfig, Pool};
+    /// let pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// assert_eq!(pool.config().max_attempts, 3);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Number of accounts (enabled or not).
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// pool.add(AccountId::new("a")?)?;
+    /// assert_eq!(pool.len(), 1);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the pool has no accounts.
+    ///
+    /// ```
+    /// # use rotation_policy::{PolicyConfig, Pool};
+    /// assert!(Pool::new(PolicyConfig::default(), 0)?.is_empty());
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Whether `id` is in the pool.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// assert!(pool.contains(&id));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn contains(&self, id: &AccountId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Adds an enabled account with a full bucket and full health, usable at once.
+    /// O(F log n) for F model families seen so far.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, PolicyError, Pool};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// pool.add(AccountId::new("a")?)?;
+    /// assert!(matches!(pool.add(AccountId::new("a")?), Err(PolicyError::DuplicateAccount { .. })));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn add(&mut self, id: AccountId) -> Result<(), PolicyError> {
+        if self.by_id.contains_key(&id) {
+            return Err(PolicyError::DuplicateAccount { id });
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot =
+                    u32::try_from(self.slots.len()).map_err(|_| PolicyError::InvalidConfig {
+                        field: "accounts",
+                        reason: "would exceed 4,294,967,295 accounts".to_owned(),
+                    })?;
+                self.slots.push(None);
+                self.generations.push(0);
+                slot
+            }
+        };
+        self.order_seq += 1;
+        let mut account = Account {
+            id: id.clone(),
+            order: self.order_seq,
+            generation: self.generations[slot as usize],
+            disabled: None,
+            until: 0,
+            until_reason: None,
+            needs_refresh: false,
+            unauthorized_streak: 0,
+            burst_streak: 0,
+            failures: VecDeque::new(),
+            health: HEALTH_MAX,
+            last_used: 0,
+            tat: 0,
+            in_flight: 0,
+            attempts: 0,
+            outcomes: OutcomeCounts::default(),
+            families: vec![FamilySlot::NEW; self.families.len()],
+        };
+        self.rules
+            .place_everywhere(&mut account, &mut self.families, slot, self.clock);
+        self.slots[slot as usize] = Some(account);
+        self.by_id.insert(id, slot);
+        Ok(())
+    }
+
+    /// Removes an account and everything known about it. Session bindings to it lapse.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// pool.remove(&id)?;
+    /// assert!(pool.remove(&id).is_err());
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn remove(&mut self, id: &AccountId) -> Result<(), PolicyError> {
+        let slot = self.slot_of(id)?;
+        if let Some(mut account) = self.slots[slot as usize].take() {
+            account.disabled = Some(DisabledReason::Manual);
+            self.rules
+                .place_everywhere(&mut account, &mut self.families, slot, self.clock);
+        }
+        self.by_id.remove(id);
+        let generation = &mut self.generations[slot as usize];
+        *generation = generation.wrapping_add(1);
+        self.free.push(slot);
+        Ok(())
+    }
+
+    /// Takes an account out of selection until [`enable`](Self::enable); its state is kept.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// pool.disable(&id)?;
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), Timestamp::ZERO), Selection::NoAccount);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn disable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
+        self.update(id, |account| {
+            account.disabled.get_or_insert(DisabledReason::Manual);
+        })
+    }
+
+    /// Makes a disabled account selectable again (running cooldowns still apply) and
+    /// resets its count of consecutive 401s.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// pool.disable(&id)?;
+    /// pool.enable(&id)?;
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), Timestamp::ZERO), Selection::Account(id));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn enable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
+        self.update(id, |account| {
+            account.disabled = None;
+            account.unauthorized_streak = 0;
+        })
+    }
+
+    /// Tells the pool the account's token was refreshed after a 401: clears `needs_refresh`
+    /// and ends a running 401 cooldown (other cooldowns stay).
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, Outcome, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// let mut request = Request::new("gpt-5");
+    /// pool.select(&mut request, Timestamp::ZERO);
+    /// pool.report(&mut request, &id, Outcome::Unauthorized, Timestamp::ZERO);
+    /// assert!(matches!(pool.select(&mut Request::new("gpt-5"), Timestamp::ZERO), Selection::Exhausted { .. }));
+    /// pool.mark_refreshed(&id, Timestamp::ZERO)?;
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), Timestamp::ZERO), Selection::Account(id));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn mark_refreshed(&mut self, id: &AccountId, now: Timestamp) -> Result<(), PolicyError> {
+        self.tick(now);
+        self.update(id, |account| {
+            account.needs_refresh = false;
+            if account.until_reason == Some(CooldownReason::Unauthorized) {
+                account.until = 0;
+                account.until_reason = None;
+            }
+        })
+    }
+
+    /// Picks the account for the next attempt of `request`, or says why there is none.
+    ///
+    /// Only enabled accounts that are out of every cooldown for the request's family, have
+    /// a whole token, and have not been tried for this request are candidates. A session's
+    /// bound account wins while it is a candidate; otherwise the [`Strategy`] picks and the
+    /// session is (re)bound. The pick counts as an attempt of `request`.
+    /// O(log n + F log n) amortized; see the crate docs.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let a = AccountId::new("a")?;
+    /// pool.add(a.clone())?;
+    /// let mut request = Request::new("gpt-5");
+    /// assert_eq!(pool.select(&mut request, Timestamp::ZERO), Selection::Account(a));
+    /// assert_eq!(request.attempts(), 1);
+    /// // The only account was tried by this request already:
+    /// assert_eq!(pool.select(&mut request, Timestamp::ZERO), Selection::NoAccount);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn select(&mut self, request: &mut Request, now: Timestamp) -> Selection {
+        self.tick(now);
+        let family = self.family_index(&request.family);
+        self.promote(family);
+        self.prune_sessions();
+
+        let mut bound_live = false;
+        let mut chosen = None;
+        if let (Some(_), Some(session)) = (self.rules.session_ttl, request.session.as_ref())
+            && let Some(binding) = self.sessions.get(session)
+        {
+            bound_live = true;
+            if let Some(Some(account)) = self.slots.get(binding.slot as usize)
+                && account.generation == binding.generation
+                && matches!(account.families[family].place, Place::Ready(_))
+                && !request.tried.contains(&(binding.slot, binding.generation))
+            {
+                chosen = Some(binding.slot);
+            }
+        }
+        let by_affinity = chosen.is_some();
+        let Some(slot) = chosen.or_else(|| self.pick(family, request)) else {
+            self.counters.exhausted += 1;
+            return match self.earliest(family, Some(request)) {
+                Some(at) => Selection::Exhausted {
+                    retry_after: Duration::from_millis(at.saturating_sub(self.clock)),
+                },
+                None => Selection::NoAccount,
+            };
+        };
+
+        let rotated = request.attempts > 0 || (bound_live && !by_affinity);
+        self.use_seq += 1;
+        let Some(account) = self.slots[slot as usize].as_mut() else {
+            // ok: indexed slots always hold an account; answer conservatively if not.
+            return Selection::NoAccount;
+        };
+        if !by_affinity && self.rules.strategy == Strategy::RoundRobin {
+            self.families[family].cursor = account.order;
+        }
+        account.last_used = self.use_seq;
+        account.attempts += 1;
+        let generation = account.generation;
+        let id = account.id.clone();
+        self.rules
+            .place_everywhere(account, &mut self.families, slot, self.clock);
+
+        request.attempts = request.attempts.saturating_add(1);
+        request.tried.push((slot, generation));
+        self.counters.attempts += 1;
+        if request.attempts == 1 {
+            self.counters.requests += 1;
+        } else {
+            self.counters.retries += 1;
+        }
+        if rotated {
+            self.counters.rotations += 1;
+        }
+        if let (Some(ttl), Some(session)) = (self.rules.session_ttl, request.session.as_ref()) {
+            self.bind(session, slot, generation, self.clock.saturating_add(ttl));
+        }
+        Selection::Account(id)
+    }
+
+    /// Takes one token from the account's bucket as the request is dispatched.
+    ///
+    /// Fails with [`PolicyError::NoToken`] if the bucket is empty (only possible when the
+    /// caller did not `select` under the same lock) and [`PolicyError::UnknownAccount`] for
+    /// an id not in the pool. The token is given back by [`report`](Self::report) for
+    /// every outcome except [`Outcome::Success`], or by [`refund`](Self::refund).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rotation_policy::{AccountId, PolicyConfig, PolicyError, Pool, Timestamp, TokenBucket};
+    /// let mut config = PolicyConfig::default();
+    /// config.bucket = Some(TokenBucket::new(1, Duration::from_secs(1)));
+    /// let mut pool = Pool::new(config, 0)?;
+    /// let a = AccountId::new("a")?;
+    /// pool.add(a.clone())?;
+    /// pool.consume(&a, Timestamp::ZERO)?;
+    /// let err = pool.consume(&a, Timestamp::from_millis(400)).unwrap_err();
+    /// assert_eq!(err, PolicyError::NoToken { id: a.clone(), ready_in: Duration::from_millis(600) });
+    /// pool.consume(&a, Timestamp::from_millis(1000))?;
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn consume(&mut self, id: &AccountId, now: Timestamp) -> Result<(), PolicyError> {
+        self.tick(now);
+        let slot = self.slot_of(id)?;
+        let clock = self.clock;
+        let rules = &self.rules;
+        let Some(account) = self.slots[slot as usize].as_mut() else {
+            return Err(PolicyError::UnknownAccount { id: id.clone() });
+        };
+        if let Some((_, refill)) = rules.bucket {
+            let ready = rules.bucket_ready_at(account);
+            if ready > clock {
+                return Err(PolicyError::NoToken {
+                    id: id.clone(),
+                    ready_in: Duration::from_millis(ready - clock),
+                });
+            }
+            account.tat = account.tat.max(clock).saturating_add(refill);
+        }
+        account.in_flight = account.in_flight.saturating_add(1);
+        rules.place_everywhere(account, &mut self.families, slot, clock);
+        Ok(())
+    }
+
+    /// Gives back the token of a dispatch that will not be reported (e.g. the client went
+    /// away before the upstream call). Returns whether a token was outstanding; never fills
+    /// the bucket above capacity.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let a = AccountId::new("a")?;
+    /// pool.add(a.clone())?;
+    /// pool.consume(&a, Timestamp::ZERO)?;
+    /// assert!(pool.refund(&a, Timestamp::ZERO)?);
+    /// assert!(!pool.refund(&a, Timestamp::ZERO)?); // nothing outstanding
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn refund(&mut self, id: &AccountId, now: Timestamp) -> Result<bool, PolicyError> {
+        self.tick(now);
+        let slot = self.slot_of(id)?;
+        let clock = self.clock;
+        let rules = &self.rules;
+        let Some(account) = self.slots[slot as usize].as_mut() else {
+            return Err(PolicyError::UnknownAccount { id: id.clone() });
+        };
+        if account.in_flight == 0 {
+            return Ok(false);
+        }
+        account.in_flight -= 1;
+        refund_token(rules, account, clock);
+        rules.place_everywhere(account, &mut self.families, slot, clock);
+        Ok(true)
+    }
+
+    /// Records what happened on `account` for `request` and says what to do next.
+    ///
+    /// Applies the outcome's rule (see the crate docs: cooldowns, health, refund), then:
+    /// success → [`Decision::ReturnToClient`]; a failure with attempts left and an untried
+    /// account usable now → [`Decision::Retry`]; usable within `max_wait` →
+    /// [`Decision::Wait`]; otherwise [`Decision::ReturnToClient`] with the exact time until
+    /// any account is usable for the family (when none is now). An `account` no longer in
+    /// the pool only affects the decision. O(F log n + attempts).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rotation_policy::*;
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let (a, b) = (AccountId::new("a")?, AccountId::new("b")?);
+    /// pool.add(a.clone())?;
+    /// pool.add(b.clone())?;
+    /// let mut request = Request::new("gpt-5");
+    /// let now = Timestamp::ZERO;
+    /// assert_eq!(pool.select(&mut request, now), Selection::Account(a.clone()));
+    /// let limited = Outcome::RateLimited { retry_after: Some(Duration::from_secs(20)) };
+    /// assert_eq!(pool.report(&mut request, &a, limited, now), Decision::Retry);
+    /// assert_eq!(pool.select(&mut request, now), Selection::Account(b.clone()));
+    /// assert_eq!(pool.report(&mut request, &b, limited, now),
+    ///            Decision::ReturnToClient { retry_after: Some(Duration::from_secs(20)) });
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn report(
+        &mut self,
+        request: &mut Request,
+        account: &AccountId,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Decision {
+        self.tick(now);
+        let family = self.family_index(&request.family);
+        if let Some(&slot) = self.by_id.get(account) {
+            self.apply(slot, family, outcome);
+        }
+        self.promote(family);
+        if outcome == Outcome::Success {
+            return Decision::ReturnToClient { retry_after: None };
+        }
+        if request.attempts < self.rules.max_attempts {
+            match self.earliest(family, Some(request)) {
+                Some(at) if at <= self.clock => return Decision::Retry,
+                Some(at) if at - self.clock <= self.rules.max_wait => {
+                    self.counters.waits += 1;
+                    return Decision::Wait(Duration::from_millis(at - self.clock));
+                }
+                _ => {}
+            }
+        }
+        let retry_after = self
+            .earliest(family, None)
+            .filter(|&at| at > self.clock)
+            .map(|at| Duration::from_millis(at - self.clock));
+        Decision::ReturnToClient { retry_after }
+    }
+
+    /// A consistent snapshot of counters and every account at `now` (or the latest time
+    /// the pool has seen, if later). O(n log n); meant for status endpoints, not per request.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// pool.add(AccountId::new("a")?)?;
+    /// let status = pool.status(Timestamp::ZERO);
+    /// assert_eq!(status.accounts.len(), 1);
+    /// assert_eq!(status.accounts[0].health, 100);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn status(&self, now: Timestamp) -> PoolStatus {
+        let t = self.clock.max(now.as_millis());
+        let mut accounts: Vec<&Account> = self.slots.iter().flatten().collect();
+        accounts.sort_by_key(|a| a.order);
+        PoolStatus {
+            now: Timestamp::from_millis(t),
+            counters: self.counters.clone(),
+            sessions: self.sessions.values().filter(|b| b.expires > t).count(),
+            accounts: accounts.into_iter().map(|a| self.describe(a, t)).collect(),
+        }
+    }
+
+    /// One account's part of [`status`](Self::status), or `None` if it is not in the pool.
+    /// O(F).
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let a = AccountId::new("a")?;
+    /// pool.add(a.clone())?;
+    /// assert_eq!(pool.account_status(&a, Timestamp::ZERO).map(|s| s.tokens), Some(Some(60)));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn account_status(&self, id: &AccountId, now: Timestamp) -> Option<AccountStatus> {
+        let t = self.clock.max(now.as_millis());
+        let slot = *self.by_id.get(id)?;
+        let account = self.slots.get(slot as usize)?.as_ref()?;
+        Some(self.describe(account, t))
+    }
+
+    fn describe(&self, a: &Account, t: u64) -> AccountStatus {
+        let tokens = self.rules.bucket.map(|(capacity, refill)| {
+            let missing = a.tat.saturating_sub(t).div_ceil(refill);
+            u32::try_from(capacity.saturating_sub(missing)).unwrap_or(u32::MAX)
+        });
+        AccountStatus {
+            id: a.id.clone(),
+            disabled: a.disabled,
+            cooldown_until: (a.until > t).then_some(Timestamp::from_millis(a.until)),
+            cooldown_reason: if a.until > t { a.until_reason } else { None },
+            family_cooldowns: a
+                .families
+                .iter()
+                .zip(&self.families)
+                .filter(|(slot, _)| slot.until > t)
+                .map(|(slot, family)| FamilyCooldown {
+                    family: family.name.clone(),
+                    until: Timestamp::from_millis(slot.until),
+                    streak: slot.streak,
+                })
+                .collect(),
+            needs_refresh: a.needs_refresh,
+            health: a.health,
+            tokens,
+            in_flight: a.in_flight,
+            attempts: a.attempts,
+            outcomes: a.outcomes,
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp) {
+        self.clock = self.clock.max(now.as_millis());
+    }
+
+    fn slot_of(&self, id: &AccountId) -> Result<u32, PolicyError> {
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| PolicyError::UnknownAccount { id: id.clone() })
+    }
+
+    fn update(
+        &mut self,
+        id: &AccountId,
+        change: impl FnOnce(&mut Account),
+    ) -> Result<(), PolicyError> {
+        let slot = self.slot_of(id)?;
+        if let Some(account) = self.slots[slot as usize].as_mut() {
+            change(account);
+            self.rules
+                .place_everywhere(account, &mut self.families, slot, self.clock);
+        }
+        Ok(())
+    }
+
+    /// The index of `name`'s family, creating it (O(n log n), once per family) if new.
+    fn family_index(&mut self, name: &str) -> usize {
+        if let Some(&index) = self.family_ids.get(name) {
+            return index;
+        }
+        let name = if self.families.len() >= self.rules.max_families {
+            if let Some(&index) = self.family_ids.get(OVERFLOW_FAMILY) {
+                return index;
+            }
+            OVERFLOW_FAMILY
+        } else {
+            name
+        };
+        let index = self.families.len();
+        self.families.push(Family {
+            name: name.to_owned(),
+            ready: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            cursor: 0,
+        });
+        for (slot, account) in self.slots.iter_mut().enumerate() {
+            if let Some(account) = account {
+                account.families.push(FamilySlot::NEW);
+                // ok: slots.len() fits in u32, checked in `add`.
+                self.rules
+                    .place(account, &mut self.families, slot as u32, index, self.clock);
+            }
+        }
+        self.family_ids.insert(name.to_owned(), index);
+        index
+    }
+
+    /// Moves every account of `family` whose wait is over into the ready set. Each move
+    /// undoes one earlier move to waiting, so this is amortized O(log n) per state change.
+    fn promote(&mut self, family: usize) {
+        let index = &mut self.families[family];
+        while let Some((&(at, _), &slot)) = index.waiting.first_key_value() {
+            if at > self.clock {
+                break;
+            }
+            index.waiting.pop_first();
+            if let Some(Some(account)) = self.slots.get_mut(slot as usize) {
+                let key = self.rules.key(account);
+                index.ready.insert(key, slot);
+                account.families[family].place = Place::Ready(key);
+            }
+        }
+    }
+
+    fn is_untried(&self, request: &Request, slot: u32) -> bool {
+        match self.slots.get(slot as usize) {
+            Some(Some(account)) => !request.tried.contains(&(slot, account.generation)),
+            _ => false,
+        }
+    }
+
+    /// The best ready, untried account by strategy: skips at most `request.tried.len()`
+    /// entries.
+    fn pick(&self, family: usize, request: &Request) -> Option<u32> {
+        let index = &self.families[family];
+        let untried = |slot: &u32| self.is_untried(request, *slot);
+        if self.rules.strategy == Strategy::RoundRobin {
+            let start = (index.cursor.saturating_add(1), 0, 0);
+            index
+                .ready
+                .range(start..)
+                .chain(index.ready.range(..start))
+                .map(|(_, slot)| *slot)
+                .find(untried)
+        } else {
+            index.ready.values().copied().find(untried)
+        }
+    }
+
+    /// Earliest time (ms) an enabled account (untried by `request`, if given) is usable for
+    /// `family`; the pool clock if one is usable now. Assumes `promote(family)` ran.
+    fn earliest(&self, family: usize, request: Option<&Request>) -> Option<u64> {
+        let index = &self.families[family];
+        let ok = |slot: &u32| request.is_none_or(|r| self.is_untried(r, *slot));
+        if index.ready.values().any(ok) {
+            return Some(self.clock);
+        }
+        index
+            .waiting
+            .iter()
+            .find(|(_, slot)| ok(slot))
+            .map(|(&(at, _), _)| at)
+    }
+
+    fn bind(&mut self, session: &str, slot: u32, generation: u32, expires: u64) {
+        self.session_seq += 1;
+        let seq = self.session_seq;
+        if let Some(binding) = self.sessions.get_mut(session) {
+            self.expiry.remove(&(binding.expires, binding.seq));
+            *binding = Binding {
+                slot,
+                generation,
+                expires,
+                seq,
+            };
+        } else {
+            self.sessions.insert(
+                session.to_owned(),
+                Binding {
+                    slot,
+                    generation,
+                    expires,
+                    seq,
+                },
+            );
+        }
+        self.expiry.insert((expires, seq), session.to_owned());
+    }
+
+    fn prune_sessions(&mut self) {
+        while let Some((&(expires, seq), _)) = self.expiry.first_key_value() {
+            if expires > self.clock {
+                break;
+            }
+            if let Some((_, session)) = self.expiry.pop_first()
+                && self.sessions.get(&session).is_some_and(|b| b.seq == seq)
+            {
+                self.sessions.remove(&session);
+            }
+        }
+    }
+
+    /// Backoff `base * 2^(streak-1)` plus seeded jitter, capped at `max_cooldown` (ms).
+    fn backoff(&mut self, base: u64, streak: u32) -> u64 {
+        let factor = 1u64
+            .checked_shl(streak.saturating_sub(1))
+            .unwrap_or(u64::MAX);
+        let mut wait = base.saturating_mul(factor);
+        if self.rules.jitter_percent > 0 {
+            let spread = wait.saturating_mul(self.rules.jitter_percent) / 100;
+            wait = wait.saturating_add(self.rng.below(spread.saturating_add(1)));
+        }
+        wait.min(self.rules.max_cooldown)
+    }
+
+    fn apply(&mut self, slot: u32, family: usize, outcome: Outcome) {
+        let clock = self.clock;
+        // Compute any backoff first: it needs `&mut self` for the generator.
+        let (streak, burst) = match self.slots[slot as usize].as_ref() {
+            Some(a) => (
+                a.families[family].streak.saturating_add(1),
+                a.burst_streak.saturating_add(1),
+            ),
+            None => return,
+        };
+        let rate_limit_wait = match outcome {
+            Outcome::RateLimited { retry_after } => Some(match retry_after {
+                Some(hint) => ceil_millis(hint).min(self.rules.max_cooldown),
+                None => self.backoff(self.rules.rate_limit_backoff, streak),
+            }),
+            _ => None,
+        };
+        let is_failure = matches!(
+            outcome,
+            Outcome::ServerError | Outcome::NetworkError | Outcome::Timeout
+        );
+        let bursting = match self.slots[slot as usize].as_mut() {
+            Some(account) if is_failure => {
+                account.failures.push_back(clock);
+                while account.failures.len() > self.rules.failure_burst {
+                    account.failures.pop_front();
+                }
+                let burst = account.failures.len() >= self.rules.failure_burst
+                    && account
+                        .failures
+                        .front()
+                        .is_some_and(|&first| clock - first <= self.rules.failure_window);
+                if burst {
+                    account.failures.clear();
+                }
+                burst
+            }
+            _ => false,
+        };
+        let burst_wait = bursting.then(|| self.backoff(self.rules.failure_cooldown, burst));
+        let rules = &self.rules;
+        let Some(account) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+
+        if account.in_flight > 0 {
+            account.in_flight -= 1;
+            if outcome != Outcome::Success {
+                refund_token(rules, account, clock);
+            }
+        }
+        count(&mut self.counters.outcomes, outcome);
+        count(&mut account.outcomes, outcome);
+
+        match outcome {
+            Outcome::Success => {
+                account.health = account
+                    .health
+                    .saturating_add(HEALTH_SUCCESS)
+                    .min(HEALTH_MAX);
+                account.unauthorized_streak = 0;
+                account.burst_streak = 0;
+                account.needs_refresh = false;
+                account.families[family].streak = 0;
+            }
+            Outcome::RateLimited { .. } => {
+                account.health = account.health.saturating_sub(HEALTH_RATE_LIMITED);
+                let wait = rate_limit_wait
+                    .unwrap_or(rules.min_cooldown)
+                    .max(rules.min_cooldown);
+                let slot_state = &mut account.families[family];
+                slot_state.streak = streak;
+                slot_state.until = slot_state.until.max(clock.saturating_add(wait));
+            }
+            Outcome::Unauthorized => {
+                account.health = account.health.saturating_sub(HEALTH_AUTH);
+                account.needs_refresh = true;
+                account.unauthorized_streak = account.unauthorized_streak.saturating_add(1);
+                if account.unauthorized_streak >= rules.disable_after_unauthorized {
+                    account.disabled.get_or_insert(DisabledReason::Unauthorized);
+                } else {
+                    cool(
+                        account,
+                        clock.saturating_add(rules.unauthorized_cooldown),
+                        CooldownReason::Unauthorized,
+                    );
+                }
+            }
+            Outcome::Forbidden => {
+                account.health = account.health.saturating_sub(HEALTH_AUTH);
+                cool(
+                    account,
+                    clock.saturating_add(rules.forbidden_cooldown),
+                    CooldownReason::Forbidden,
+                );
+            }
+            Outcome::ServerError | Outcome::NetworkError | Outcome::Timeout => {
+                account.health = account.health.saturating_sub(HEALTH_FAILURE);
+                if let Some(wait) = burst_wait {
+                    account.burst_streak = burst;
+                    cool(
+                        account,
+                        clock.saturating_add(wait),
+                        CooldownReason::FailureBurst,
+                    );
+                }
+            }
+        }
+        rules.place_everywhere(account, &mut self.families, slot, clock);
+    }
+}
+
+/// Extends the account-wide cooldown to `until` (never shortens it).
+fn cool(account: &mut Account, until: u64, reason: CooldownReason) {
+    if until > account.until {
+        account.until = until;
+        account.until_reason = Some(reason);
+    }
+}
+
+/// Gives one token back: the bucket's full-at time moves one refill earlier, but never
+/// before `clock` (a full bucket stays full).
+fn refund_token(rules: &Rules, account: &mut Account, clock: u64) {
+    if let Some((_, refill)) = rules.bucket {
+        account.tat = account.tat.saturating_sub(refill).max(clock);
+    }
+}
+
+fn count(counts: &mut OutcomeCounts, outcome: Outcome) {
+    let field = match outcome {
+        Outcome::Success => &mut counts.success,
+        Outcome::RateLimited { .. } => &mut counts.rate_limited,
+        Outcome::Unauthorized => &mut counts.unauthorized,
+        Outcome::Forbidden => &mut counts.forbidden,
+        Outcome::ServerError => &mut counts.server_error,
+        Outcome::NetworkError => &mut counts.network_error,
+        Outcome::Timeout => &mut counts.timeout,
+    };
+    *field += 1;
+}
