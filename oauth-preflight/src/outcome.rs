@@ -197,17 +197,20 @@ impl fmt::Display for Outcome {
                 helper,
                 method,
             } => {
-                let s = list_stopped(stopped);
+                let noun = helper
+                    .strip_prefix("a ")
+                    .or_else(|| helper.strip_prefix("an "))
+                    .unwrap_or(helper);
                 if stopped.is_empty() {
                     write!(
                         f,
-                        "Port {addr} is free: the stale {} exited on its own (checked via {method}).",
-                        helper.trim_start_matches("a ")
+                        "Port {addr} is free: the stale {noun} exited on its own (checked via {method})."
                     )
                 } else {
+                    let s = list_stopped(stopped);
                     write!(
                         f,
-                        "Freed port {addr}: stopped {s}, {helper} (found via {method})."
+                        "Freed port {addr} by stopping the stale {noun}: {s} (found via {method})."
                     )
                 }
             }
@@ -314,5 +317,41 @@ impl fmt::Display for Outcome {
                 investigate_command(port)
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_and_still_held_messages_list_what_was_stopped() {
+        let addr: SocketAddr = "127.0.0.1:1455".parse().unwrap();
+        let stopped = vec![
+            Stopped {
+                pid: 10,
+                name: "codex".into(),
+                forced: false,
+                pinned: true,
+            },
+            Stopped {
+                pid: 11,
+                name: "codex".into(),
+                forced: true,
+                pinned: true,
+            },
+        ];
+        let freed = Outcome::Freed {
+            addr,
+            stopped: stopped.clone(),
+            helper: "a Codex login helper".into(),
+            method: LookupMethod::Procfs,
+        };
+        let still = Outcome::StillHeld {
+            addr,
+            stopped,
+            waited_ms: 1500,
+        };
+        insta::assert_snapshot!(format!("{freed}\n{still}"));
     }
 }

@@ -467,6 +467,69 @@ mod tests {
         assert!(split_cmdline(b"").is_empty());
     }
 
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reused_pid_is_never_opened() {
+        let mut child = sleeper();
+        let real = describe(child.id()).unwrap();
+        // Same pid, different start time: what a reused pid looks like.
+        let mut stale = real.clone();
+        stale.start_time = real.start_time.map(|StartTime(t)| StartTime(t + 1));
+        assert!(LinuxTarget::open(&stale).unwrap().is_none());
+        let mut other_exe = real.clone();
+        other_exe.exe = Some("/usr/bin/codex".into());
+        assert!(LinuxTarget::open(&other_exe).unwrap().is_none());
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "nothing was signalled"
+        );
+
+        let target = LinuxTarget::open(&real).unwrap().unwrap();
+        assert!(target.used_pidfd());
+        assert_eq!(target.signal(Stop::Terminate).unwrap(), Signalled::Sent);
+        assert!(target.wait_exit(Duration::from_secs(5)));
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn without_a_pidfd_the_start_time_is_rechecked_before_each_signal() {
+        let mut child = sleeper();
+        let real = describe(child.id()).unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let mut stale = real.clone();
+        stale.start_time = real.start_time.map(|StartTime(t)| StartTime(t + 1));
+        // As if the pid had been reused between open and signal.
+        let reused = LinuxTarget {
+            expected: stale,
+            pid,
+            pidfd: None,
+        };
+        assert_eq!(reused.signal(Stop::Kill).unwrap(), Signalled::AlreadyGone);
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the new process was not signalled"
+        );
+
+        let target = LinuxTarget {
+            expected: real,
+            pid,
+            pidfd: None,
+        };
+        assert!(!target.used_pidfd());
+        assert_eq!(target.signal(Stop::Kill).unwrap(), Signalled::Sent);
+        assert!(
+            target.wait_exit(Duration::from_secs(5)),
+            "a zombie counts as exited"
+        );
+        let _ = child.wait();
+    }
+
     proptest! {
         #[test]
         fn socket_row_parser_never_panics(line in ".{0,200}", v6: bool) {

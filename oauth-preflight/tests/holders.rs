@@ -1,0 +1,340 @@
+//! Real processes holding real ephemeral loopback ports: found, freed or refused.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Family, Spec, skip, spawn, v4};
+use oauth_preflight::{
+    Error, FreePolicy, HolderLookup, LookupMethod, LsofLookup, Outcome, PortHolder, ProcfsLookup,
+    free, inspect, inspect_with,
+};
+
+fn quick() -> FreePolicy {
+    FreePolicy::default().with_grace(Duration::from_millis(500))
+}
+
+#[test]
+fn codex_named_holder_is_found_with_full_identity_and_freed() {
+    let mut h = spawn(Spec::named("codex"));
+    let found = inspect(h.addr).unwrap();
+    assert_eq!(found.method, LookupMethod::Procfs);
+    assert!(!found.is_free());
+    let p = found.processes()[0].clone();
+    assert_eq!(p.pid, h.pid());
+    assert_eq!(p.exe.as_deref(), Some(h.exe.as_path()));
+    assert_eq!(p.argv[0], h.exe.to_str().unwrap());
+    assert!(p.start_time.is_some() && p.uid.is_some());
+
+    let outcome = free(h.addr, &quick());
+    let Outcome::Freed { stopped, .. } = &outcome else {
+        panic!("expected Freed, got {outcome}")
+    };
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].pid, h.pid());
+    assert!(!stopped[0].forced, "exits on SIGTERM");
+    assert!(stopped[0].pinned, "signalled through a pidfd");
+    assert!(
+        outcome.to_string().contains(&format!("pid {}", h.pid())),
+        "{outcome}"
+    );
+    std::net::TcpListener::bind(h.addr).expect("port is bindable after free");
+    let status = h.child.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "stopped by SIGTERM");
+}
+
+#[test]
+fn python_holder_is_refused_and_left_alive() {
+    let mut h = spawn(Spec::python());
+    let outcome = free(h.addr, &quick());
+    let Outcome::HeldByForeign { holder, .. } = &outcome else {
+        panic!("expected refusal, got {outcome}")
+    };
+    assert_eq!(holder.pid, h.pid());
+    let msg = outcome.to_string();
+    let (port, pid) = (h.addr.port().to_string(), h.pid().to_string());
+    for needle in [
+        port.as_str(),
+        pid.as_str(),
+        "python3",
+        "does NOT look like",
+        "nothing was killed",
+        "lsof -i tcp:",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive(), "a refused holder must survive");
+    assert!(!inspect(h.addr).unwrap().is_free());
+}
+
+#[test]
+fn vscodex_holder_is_refused_and_left_alive() {
+    let mut h = spawn(Spec::named("vscodex"));
+    let outcome = free(h.addr, &quick());
+    assert!(
+        matches!(outcome, Outcome::HeldByForeign { .. }),
+        "{outcome}"
+    );
+    assert!(outcome.to_string().contains("vscodex"), "{outcome}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive());
+}
+
+#[test]
+fn dry_run_names_the_helper_and_kills_nothing() {
+    let mut h = spawn(Spec::named("codex"));
+    let outcome = free(h.addr, &quick().dry_run(true));
+    let Outcome::WouldFree { holders, .. } = &outcome else {
+        panic!("expected WouldFree, got {outcome}")
+    };
+    assert_eq!(holders[0].pid, h.pid());
+    assert!(
+        outcome.to_string().contains("Nothing was killed"),
+        "{outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive());
+}
+
+#[test]
+fn codex_holder_of_another_user_is_refused_and_left_alive() {
+    if !common::is_root() {
+        skip(
+            "codex_holder_of_another_user_is_refused_and_left_alive",
+            "needs root to start a process as uid 65534",
+        );
+        return;
+    }
+    let mut h = spawn(Spec {
+        uid: Some(65534),
+        ..Spec::named("codex")
+    });
+    let found = inspect(h.addr).unwrap();
+    assert_eq!(found.processes()[0].uid, Some(65534));
+    let outcome = free(h.addr, &quick());
+    let Outcome::HeldByOtherUser { holder, .. } = &outcome else {
+        panic!("expected HeldByOtherUser, got {outcome}")
+    };
+    assert_eq!(holder.pid, h.pid());
+    assert!(outcome.to_string().contains("uid 65534"), "{outcome}");
+    assert!(
+        outcome.to_string().contains("nothing was killed"),
+        "{outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive(), "another user's process must survive");
+}
+
+#[test]
+fn ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed() {
+    if !common::ipv6_available() {
+        skip(
+            "ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed",
+            "no IPv6 loopback here",
+        );
+        return;
+    }
+    let mut h = spawn(Spec {
+        family: Family::V6Only,
+        ..Spec::named("codex")
+    });
+    let addr = v4(h.addr.port());
+    let found = inspect(addr).unwrap();
+    assert_eq!(found.holders.len(), 1, "{found:?}");
+    assert_eq!(
+        found.holders[0].socket, h.addr,
+        "the [::1] socket counts for 127.0.0.1"
+    );
+    assert!(!found.is_free());
+    let outcome = free(addr, &quick());
+    assert!(matches!(outcome, Outcome::Freed { .. }), "{outcome}");
+    assert!(h.child.wait().unwrap().signal().is_some());
+}
+
+#[test]
+fn holder_ignoring_sigterm_is_sigkilled() {
+    let mut h = spawn(Spec {
+        ignore_term: true,
+        ..Spec::named("codex")
+    });
+    let policy = FreePolicy::default().with_grace(Duration::from_millis(300));
+    let outcome = free(h.addr, &policy);
+    let Outcome::Freed { stopped, .. } = &outcome else {
+        panic!("expected Freed, got {outcome}")
+    };
+    assert!(stopped[0].forced, "{outcome}");
+    assert!(outcome.to_string().contains("SIGKILL"), "{outcome}");
+    assert_eq!(h.child.wait().unwrap().signal(), Some(9));
+    std::net::TcpListener::bind(h.addr).unwrap();
+}
+
+#[test]
+fn forked_holders_sharing_a_socket_are_all_found_and_stopped() {
+    let h = spawn(Spec {
+        fork: true,
+        ..Spec::named("codex")
+    });
+    // The forked child may not be visible for an instant after the parent printed its port.
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        pids = inspect(h.addr)
+            .unwrap()
+            .processes()
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>();
+        if pids.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        pids.len(),
+        2,
+        "parent and forked child share the socket: {pids:?}"
+    );
+    assert!(pids.contains(&h.pid()));
+    let outcome = free(h.addr, &quick());
+    let Outcome::Freed { stopped, .. } = &outcome else {
+        panic!("expected Freed, got {outcome}")
+    };
+    assert_eq!(stopped.len(), 2, "{outcome}");
+    assert!(inspect(h.addr).unwrap().is_free());
+}
+
+#[test]
+fn a_free_port_reports_free() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let found = inspect(v4(port)).unwrap();
+    assert!(found.is_free(), "{found:?}");
+    let outcome = free(v4(port), &quick());
+    assert!(matches!(outcome, Outcome::Free { .. }), "{outcome}");
+    assert!(outcome.is_ready());
+}
+
+#[test]
+fn connected_sockets_are_not_holders() {
+    // A browser still connected to the callback port is not a holder: only LISTEN rows count.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    assert_eq!(
+        ProcfsLookup::new()
+            .find_listeners(addr.port())
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(listener);
+    assert!(
+        ProcfsLookup::new()
+            .find_listeners(addr.port())
+            .unwrap()
+            .is_empty()
+    );
+    assert!(inspect(addr).unwrap().holders.is_empty());
+    drop((client, server_side));
+}
+
+#[test]
+fn non_addr_in_use_bind_errors_are_neither_held_nor_free() {
+    // 192.0.2.1 (TEST-NET-1) is not a local address: bind fails with AddrNotAvailable.
+    let addr = "192.0.2.1:1455".parse().unwrap();
+    let outcome = free(addr, &quick());
+    let Outcome::BindFailed { kind, .. } = &outcome else {
+        panic!("expected BindFailed, got {outcome}")
+    };
+    assert_eq!(kind, "AddrNotAvailable");
+    assert!(!outcome.is_ready());
+    assert!(
+        outcome.to_string().contains("not a port conflict"),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn lsof_fallback_finds_the_same_holder_and_says_so() {
+    if std::process::Command::new("lsof")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        skip(
+            "lsof_fallback_finds_the_same_holder_and_says_so",
+            "lsof is not installed",
+        );
+        return;
+    }
+    let h = spawn(Spec::named("codex"));
+    let found = inspect_with(h.addr, &[Arc::new(LsofLookup::new())]).unwrap();
+    assert_eq!(found.method, LookupMethod::Lsof);
+    let p = found.processes()[0].clone();
+    assert_eq!(p.pid, h.pid());
+    assert_eq!(
+        p.exe.as_deref(),
+        Some(h.exe.as_path()),
+        "described natively after lsof"
+    );
+}
+
+/// A native lookup that always fails, to prove the fallback answers and is reported.
+struct Broken;
+impl HolderLookup for Broken {
+    fn method(&self) -> LookupMethod {
+        LookupMethod::Procfs
+    }
+    fn find_listeners(&self, _: u16) -> Result<Vec<PortHolder>, Error> {
+        Err(Error::Platform {
+            method: LookupMethod::Procfs,
+            message: "no /proc in this sandbox".into(),
+        })
+    }
+}
+
+#[test]
+fn fallback_is_used_when_native_fails_and_the_outcome_says_which_answered() {
+    if std::process::Command::new("lsof")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        skip(
+            "fallback_is_used_when_native_fails_and_the_outcome_says_which_answered",
+            "lsof is not installed",
+        );
+        return;
+    }
+    let mut h = spawn(Spec::python());
+    let policy = quick().with_lookups(vec![Arc::new(Broken), Arc::new(LsofLookup::new())]);
+    let outcome = free(h.addr, &policy);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::HeldByForeign {
+                method: LookupMethod::Lsof,
+                ..
+            }
+        ),
+        "{outcome}"
+    );
+    assert!(outcome.to_string().contains("lsof (fallback)"), "{outcome}");
+    assert!(h.is_alive());
+
+    // Every lookup failing is Unknown, never "free" and never a kill.
+    let outcome = free(h.addr, &quick().with_lookups(vec![Arc::new(Broken)]));
+    assert!(matches!(outcome, Outcome::Unknown { .. }), "{outcome}");
+    assert!(
+        outcome.to_string().contains("no /proc in this sandbox"),
+        "{outcome}"
+    );
+    assert!(h.is_alive());
+}

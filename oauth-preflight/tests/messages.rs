@@ -1,0 +1,153 @@
+//! The sentences users see, pinned with insta (Linux wording of the investigate hint).
+#![cfg(target_os = "linux")]
+
+use oauth_preflight::{LookupMethod, Outcome, ProcessInfo, StartTime};
+
+fn addr() -> std::net::SocketAddr {
+    "127.0.0.1:1455".parse().unwrap()
+}
+
+fn codex() -> ProcessInfo {
+    ProcessInfo::new(4242, "codex")
+        .with_exe("/usr/local/bin/codex")
+        .with_argv(["codex", "login"])
+        .with_uid(1000)
+        .with_start_time(StartTime(123_456))
+}
+
+fn all_outcomes() -> Vec<(&'static str, Outcome)> {
+    let helper = "a Codex login helper".to_owned();
+    let python = ProcessInfo::new(777, "python3")
+        .with_exe("/usr/bin/python3.11")
+        .with_argv(["python3", "-m", "http.server", "-d", "/home/me/codex"])
+        .with_uid(1000);
+    vec![
+        (
+            "free",
+            Outcome::Free {
+                addr: addr(),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "freed_none_left",
+            Outcome::Freed {
+                addr: addr(),
+                stopped: vec![],
+                helper: helper.clone(),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "would_free",
+            Outcome::WouldFree {
+                addr: addr(),
+                holders: vec![codex()],
+                helper: helper.clone(),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "foreign",
+            Outcome::HeldByForeign {
+                addr: addr(),
+                holder: python,
+                helper: helper.clone(),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "foreign_via_lsof",
+            Outcome::HeldByForeign {
+                addr: addr(),
+                holder: ProcessInfo::new(31, "vscodex").with_uid(1000),
+                helper,
+                method: LookupMethod::Lsof,
+            },
+        ),
+        (
+            "other_user",
+            Outcome::HeldByOtherUser {
+                addr: addr(),
+                holder: codex().with_uid(1001),
+                our_uid: Some(1000),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "unknown_holder",
+            Outcome::HeldByUnknown {
+                addr: addr(),
+                socket: "[::]:1455".parse().unwrap(),
+                socket_uid: Some(1001),
+                method: LookupMethod::Procfs,
+            },
+        ),
+        (
+            "bind_failed",
+            Outcome::BindFailed {
+                addr: "192.0.2.1:1455".parse().unwrap(),
+                kind: "AddrNotAvailable".into(),
+                message: "Cannot assign requested address (os error 99)".into(),
+            },
+        ),
+        (
+            "still_held",
+            Outcome::StillHeld {
+                addr: addr(),
+                stopped: vec![],
+                waited_ms: 1500,
+            },
+        ),
+        (
+            "signal_failed",
+            Outcome::SignalFailed {
+                addr: addr(),
+                holder: codex(),
+                message: "Operation not permitted (os error 1)".into(),
+                stopped: vec![],
+            },
+        ),
+        (
+            "unknown",
+            Outcome::Unknown {
+                addr: addr(),
+                reason: "could not find out who listens on port 1455: /proc (native): no /proc"
+                    .into(),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn user_facing_messages() {
+    let text: String = all_outcomes()
+        .iter()
+        .map(|(name, o)| format!("{name}:\n  {o}\n"))
+        .collect();
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn refusals_say_nothing_was_killed_and_how_to_investigate() {
+    for (name, o) in all_outcomes() {
+        if o.is_ready() || matches!(o, Outcome::StillHeld { .. } | Outcome::SignalFailed { .. }) {
+            continue;
+        }
+        let msg = o.to_string().to_lowercase();
+        if name != "bind_failed" && name != "would_free" {
+            assert!(msg.contains("lsof -i tcp:1455"), "{name}: {msg}");
+        }
+        assert!(msg.contains("nothing was killed"), "{name}: {msg}");
+    }
+}
+
+#[test]
+fn json_shape() {
+    let json: Vec<serde_json::Value> = all_outcomes()
+        .into_iter()
+        .filter(|(n, _)| ["would_free", "other_user", "bind_failed"].contains(n))
+        .map(|(_, o)| serde_json::to_value(o).unwrap())
+        .collect();
+    insta::assert_json_snapshot!(json);
+}
