@@ -1,0 +1,161 @@
+//! Crash-safe file replacement: temp file in the same directory, write, fsync, rename, fsync
+//! the directory.
+//!
+//! A reader (or a crash at any instant) sees either the complete old file or the complete new
+//! one, never a mix, and the file is never readable by others, even briefly: the temporary file
+//! is created with mode 0600 before any byte is written.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Result, StorageError};
+
+/// How many times a rename is retried when Windows reports a sharing violation (another
+/// process, often an anti-virus scanner or the Codex CLI, has the target open).
+pub(crate) const RENAME_ATTEMPTS: u32 = 10;
+const RENAME_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Replace `path` with `bytes` atomically. The file ends up with mode 0600 on Unix.
+///
+/// `temp_prefix` names the temporary file (e.g. `.auth-` like the Codex CLI does) so a stray
+/// temp left by a crash is recognisable.
+pub fn write_atomic(path: &Path, bytes: &[u8], temp_prefix: &str) -> Result<()> {
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create the directory", dir, e))?;
+    // tempfile creates the file with O_EXCL and mode 0600 on Unix.
+    let mut temp = tempfile::Builder::new()
+        .prefix(temp_prefix)
+        .tempfile_in(dir)
+        .map_err(|e| StorageError::io("create a temporary file in", dir, e))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|e| StorageError::io("write a temporary file in", dir, e))?;
+    rename_with_retry(temp, path)?;
+    sync_dir(dir)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn rename_with_retry(mut temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match temp.persist(path) {
+            Ok(_) => return Ok(()),
+            Err(err) if attempt < RENAME_ATTEMPTS && is_sharing_violation(&err.error) => {
+                temp = err.file;
+                attempt += 1;
+                std::thread::sleep(RENAME_BACKOFF * attempt);
+            }
+            // Dropping `err.file` removes the temporary file, so nothing is left behind.
+            Err(err) => {
+                return Err(StorageError::io(
+                    "rename a temporary file over",
+                    path,
+                    err.error,
+                ));
+            }
+        }
+    }
+}
+
+/// Windows reports a file another process has open as EBUSY/EPERM/EACCES-like errors
+/// (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED, ERROR_LOCK_VIOLATION); they are transient.
+/// On Unix a rename never fails for that reason, so nothing is retried there.
+fn is_sharing_violation(err: &std::io::Error) -> bool {
+    if cfg!(windows) {
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ResourceBusy
+        ) || matches!(err.raw_os_error(), Some(5 | 32 | 33))
+    } else {
+        false
+    }
+}
+
+/// Make a rename durable: fsync the directory that holds the entry (Unix only; Windows has
+/// no directory handles to sync and NTFS journals metadata).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io("fsync the directory", dir, e))?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+    }
+    Ok(())
+}
+
+/// Read a whole file; `Ok(None)` when it does not exist.
+pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("read", path, e)),
+    }
+}
+
+/// Remove a file; `Ok(false)` when it did not exist.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StorageError::io("remove", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        write_atomic(&path, b"one", ".auth-").unwrap();
+        write_atomic(&path, b"two", ".auth-").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("auth.json")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_is_private_even_when_umask_is_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        // A pre-existing world-readable file must not keep its mode.
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"new", ".auth-").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn failure_names_the_path_and_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Target is a directory: the rename must fail and the error must say where.
+        let target = dir.path().join("occupied");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"x").unwrap();
+        let err = write_atomic(&target, b"new", ".t-").unwrap_err();
+        assert!(err.to_string().contains("occupied"), "{err}");
+        assert!(target.join("keep").exists());
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary file must be cleaned up");
+    }
+}

@@ -1,0 +1,165 @@
+//! The Codex home directory and the files the Codex CLI keeps in it.
+//!
+//! Facts (observed with Codex CLI 0.169.0 under `strace`, and in openai/codex
+//! `codex-rs/login`):
+//!
+//! * credentials live in `auth.json`, mode 0600, written through a temporary `.auth-XXXXXX`
+//!   file that is fsynced and renamed over `auth.json`;
+//! * before saving, the CLI takes a blocking exclusive `flock` on **`auth.lock`** (created
+//!   with mode 0666 minus umask, so usually 0644). It is the *commit* lock: it serializes
+//!   whole load → decide → save sequences (logins, token refreshes) between processes;
+//! * while holding it, the CLI takes an exclusive `flock` on **`auth.json.lock`** (mode 0600)
+//!   by polling a non-blocking attempt every 10 ms. It guards the file replacement itself;
+//! * both lock files are left in place (empty) and are used in file *and* keyring mode;
+//! * reads (`codex login status`) take no lock — the rename makes them safe.
+//!
+//! [`CodexHome::lock_for_commit`] takes the two locks in the same order, so this crate and
+//! the real CLI never interleave their writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StorageError};
+use crate::lock::{DEFAULT_LOCK_TIMEOUT, FileLock};
+
+/// File name of the credentials file inside a Codex home.
+pub const AUTH_FILE: &str = "auth.json";
+/// The commit lock the Codex CLI holds around every credential change.
+pub const COMMIT_LOCK_FILE: &str = "auth.lock";
+/// The lock the Codex CLI holds while replacing `auth.json`.
+pub const FILE_LOCK_FILE: &str = "auth.json.lock";
+/// Keyring service name used by the Codex CLI.
+pub const KEYRING_SERVICE: &str = "Codex Auth";
+/// Prefix of the temporary file the Codex CLI writes before renaming over `auth.json`.
+pub(crate) const AUTH_TEMP_PREFIX: &str = ".auth-";
+
+const COMMIT_LOCK_MODE: u32 = 0o644;
+const FILE_LOCK_MODE: u32 = 0o600;
+
+/// A Codex home directory (`$CODEX_HOME`, by default `~/.codex`).
+///
+/// ```
+/// use auth_storage::CodexHome;
+/// let home = CodexHome::new("/tmp/some-codex-home");
+/// assert!(home.auth_file().ends_with("auth.json"));
+/// assert!(home.keyring_account().starts_with("cli|"));
+/// assert_eq!(home.keyring_account().len(), 4 + 16);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CodexHome {
+    dir: PathBuf,
+}
+
+impl CodexHome {
+    /// A Codex home at `dir` (it need not exist yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The Codex home the CLI would use: `$CODEX_HOME` if set and non-empty, else
+    /// `~/.codex`. `None` when neither that variable nor a home directory is known.
+    pub fn from_env() -> Option<Self> {
+        if let Some(dir) = std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
+            return Some(Self::new(dir));
+        }
+        user_home().map(|home| Self::new(home.join(".codex")))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/auth.json`.
+    pub fn auth_file(&self) -> PathBuf {
+        self.dir.join(AUTH_FILE)
+    }
+
+    /// `<dir>/auth.lock`.
+    pub fn commit_lock_file(&self) -> PathBuf {
+        self.dir.join(COMMIT_LOCK_FILE)
+    }
+
+    /// `<dir>/auth.json.lock`.
+    pub fn file_lock_file(&self) -> PathBuf {
+        self.dir.join(FILE_LOCK_FILE)
+    }
+
+    /// The keyring account the Codex CLI uses for this home: `cli|` followed by the first 16
+    /// hex digits of SHA-256 of the canonical path (the path as given if it cannot be
+    /// canonicalized, e.g. because it does not exist yet).
+    pub fn keyring_account(&self) -> String {
+        let canonical = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        let digest = Sha256::digest(canonical.to_string_lossy().as_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("cli|{hex}")
+    }
+
+    /// Take the Codex CLI's commit lock (`auth.lock`) and then its file lock
+    /// (`auth.json.lock`), waiting at most `timeout` for each. Hold the returned guard for the
+    /// whole load → decide → save sequence.
+    pub fn lock_for_commit(&self, timeout: Duration) -> Result<CommitGuard> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| StorageError::io("create the directory", &self.dir, e))?;
+        let commit = FileLock::acquire(&self.commit_lock_file(), COMMIT_LOCK_MODE, timeout)?;
+        let file = FileLock::acquire(&self.file_lock_file(), FILE_LOCK_MODE, timeout)?;
+        Ok(CommitGuard {
+            _file: file,
+            _commit: commit,
+        })
+    }
+
+    /// [`lock_for_commit`](Self::lock_for_commit) with [`DEFAULT_LOCK_TIMEOUT`].
+    pub fn lock(&self) -> Result<CommitGuard> {
+        self.lock_for_commit(DEFAULT_LOCK_TIMEOUT)
+    }
+}
+
+/// Both Codex credential locks; released (inner first) when dropped.
+#[derive(Debug)]
+#[must_use = "the locks are released as soon as the guard is dropped"]
+pub struct CommitGuard {
+    // Field order is drop order: the file lock is released before the commit lock, the
+    // reverse of acquisition, as the CLI does.
+    _file: FileLock,
+    _commit: FileLock,
+}
+
+pub(crate) fn user_home() -> Option<PathBuf> {
+    let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_account_matches_codex_formula() {
+        // sha256("/nonexistent/codex-home") computed independently:
+        // printf %s /nonexistent/codex-home | sha256sum
+        let home = CodexHome::new("/nonexistent/codex-home");
+        let expected = {
+            let d = Sha256::digest(b"/nonexistent/codex-home");
+            format!("cli|{}", &format!("{d:x}")[..16])
+        };
+        assert_eq!(home.keyring_account(), expected);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn lock_files_have_the_cli_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        drop(home.lock().unwrap());
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(home.file_lock_file()), 0o600);
+        // 0644 requested; a stricter umask may only remove bits.
+        assert_eq!(mode(home.commit_lock_file()) & !0o644, 0);
+    }
+}

@@ -1,0 +1,178 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while loading, saving or locking credentials.
+///
+/// Every variant names the file it is about; none carries a token, key or full email.
+/// `Display` is a sentence a user can act on.
+///
+/// ```
+/// use auth_storage::StorageError;
+/// use std::path::PathBuf;
+///
+/// let err = StorageError::LockTimeout {
+///     path: PathBuf::from("/home/me/.codex/auth.lock"),
+///     waited: std::time::Duration::from_secs(10),
+/// };
+/// assert!(err.to_string().contains("auth.lock"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A file or directory operation failed.
+    #[error("could not {action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "read", "rename a temporary file over".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process held a lock for longer than we were willing to wait.
+    #[error(
+        "timed out after {waited:?} waiting for the lock {path}; another process (maybe `codex`) \
+         is holding it — retry when it has finished"
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A Codex `auth.json` (or the auth document stored in the keyring) is not usable.
+    #[error("{path} is not a usable Codex auth file: {source}")]
+    AuthFile {
+        /// The file (or `keyring:<service>/<account>`).
+        path: PathBuf,
+        /// What is wrong; never contains token values.
+        #[source]
+        source: auth_core::AuthJsonError,
+    },
+    /// The pool file was written by a newer version of this crate; we refuse to touch it.
+    #[error(
+        "{path} has pool schema version {found}, newer than the {supported} this program \
+         understands; upgrade the program instead of overwriting the file"
+    )]
+    NewerVersion {
+        /// The pool file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Newest version this crate understands.
+        supported: u32,
+    },
+    /// The pool file is damaged and no backup could be loaded.
+    #[error(
+        "{path} is damaged ({detail}) and no valid backup exists in {backups}; the damaged file \
+         was left untouched for inspection"
+    )]
+    Unrecoverable {
+        /// The pool file.
+        path: PathBuf,
+        /// The backup directory that was searched.
+        backups: PathBuf,
+        /// Why the main file could not be used.
+        detail: String,
+    },
+    /// A value given by the caller (mode string, account selector…) is not acceptable.
+    #[error("invalid {what}: {detail}")]
+    Invalid {
+        /// Which input is wrong, e.g. "credential store mode".
+        what: &'static str,
+        /// Why, with the accepted values when there are few.
+        detail: String,
+    },
+    /// The OS keyring refused or failed an operation.
+    #[error(
+        "the OS keyring could not {action} the entry {account:?} of service {service:?}: {detail}"
+    )]
+    Keyring {
+        /// What was being done: "read", "write" or "delete".
+        action: &'static str,
+        /// Keyring service name (`Codex Auth`).
+        service: String,
+        /// Keyring account name (`cli|<hash>`), not a secret.
+        account: String,
+        /// The keyring's own message.
+        detail: String,
+    },
+    /// The document could not be serialized (should not happen for our own types).
+    #[error("could not serialize {what}: {detail}")]
+    Serialize {
+        /// What was being serialized.
+        what: &'static str,
+        /// serde's message.
+        detail: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// serde_json's messages can quote input (e.g. `invalid type: string "sk-…"`); keep only the
+/// category so no secret from the file can reach an error message.
+pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Eof => "the file ends early (truncated)".to_owned(),
+        Category::Syntax => "malformed JSON".to_owned(),
+        Category::Io => "read error".to_owned(),
+        Category::Data => {
+            // Data errors name fields ("missing field `tokens`") which is useful and safe, but
+            // may also quote values ("invalid value: string \"…\""). Keep the text only up to
+            // the first quote character.
+            let text = err.to_string();
+            let text = text.split(" at line ").next().unwrap_or("");
+            match text.find(['"', '\'']) {
+                Some(cut) => format!("unexpected content: {}", text[..cut].trim_end()),
+                None => format!("unexpected content: {text}"),
+            }
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_quote_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Doc {
+            n: u32,
+        }
+        let err = serde_json::from_str::<Doc>(r#"{"n": "sk-secret-value"}"#).unwrap_err();
+        let text = describe_json_error(&err);
+        assert!(!text.contains("sk-secret"), "{text}");
+        assert!(
+            text.starts_with("unexpected content: invalid type"),
+            "{text}"
+        );
+        let err = serde_json::from_str::<Doc>(r#"{"m": 1}"#).unwrap_err();
+        assert_eq!(
+            describe_json_error(&err),
+            "unexpected content: missing field `n`"
+        );
+        let err = serde_json::from_str::<Doc>(r#"{"n": 1"#).unwrap_err();
+        assert_eq!(describe_json_error(&err), "the file ends early (truncated)");
+    }
+}

@@ -1,0 +1,141 @@
+//! Forward migrations of the pool document.
+//!
+//! * **v1** (first release; a document without `version` is v1): camelCase keys,
+//!   millisecond timestamps, the active account by position, a `disabled` flag and
+//!   `rateLimitResetAt` per model family:
+//!   `{"version":1,"activeIndex":0,"accounts":[{"accountId":…,"email":…,"plan":…,
+//!   "tokens":{…},"addedAt":ms,"lastUsed":ms,"disabled":false,"rateLimitResetAt":{"gpt-5":ms}}]}`
+//! * **v2** (current): snake_case, seconds, `active` by account key, `enabled`, `cooldowns`,
+//!   `health`, `revision`.
+//!
+//! Migrations work on `serde_json::Value` so they never need the old Rust types, and they
+//! keep fields they do not know.
+
+use serde_json::{Map, Value};
+
+use super::document::CURRENT_VERSION;
+
+/// Why a document could not be migrated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MigrateError {
+    /// The document is from a newer version of this crate.
+    Newer(u32),
+    /// The document is not a JSON object or has a bad `version`.
+    Shape(String),
+}
+
+/// The document's schema version (`1` when absent).
+pub(crate) fn version_of(doc: &Value) -> Result<u32, MigrateError> {
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| MigrateError::Shape("the top level is not a JSON object".to_owned()))?;
+    match obj.get("version") {
+        None => Ok(1),
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| MigrateError::Shape("`version` is not a positive integer".to_owned())),
+    }
+}
+
+/// Bring `doc` up to [`CURRENT_VERSION`]. Returns the version it started at.
+pub(crate) fn migrate(doc: &mut Value) -> Result<u32, MigrateError> {
+    let from = version_of(doc)?;
+    if from > CURRENT_VERSION {
+        return Err(MigrateError::Newer(from));
+    }
+    if from == 1 {
+        v1_to_v2(doc)?;
+    }
+    Ok(from)
+}
+
+fn ms_to_s(v: Option<Value>) -> Option<Value> {
+    v.and_then(|v| v.as_u64()).map(|ms| Value::from(ms / 1000))
+}
+
+fn v1_to_v2(doc: &mut Value) -> Result<(), MigrateError> {
+    let Some(obj) = doc.as_object_mut() else {
+        return Err(MigrateError::Shape(
+            "the top level is not a JSON object".to_owned(),
+        ));
+    };
+    let active_index = obj.remove("activeIndex").and_then(|v| v.as_u64());
+    let accounts = match obj.remove("accounts") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(MigrateError::Shape("`accounts` is not a list".to_owned())),
+    };
+    let mut migrated = Vec::with_capacity(accounts.len());
+    for (i, account) in accounts.into_iter().enumerate() {
+        let Value::Object(mut old) = account else {
+            return Err(MigrateError::Shape(format!(
+                "accounts[{i}] is not an object"
+            )));
+        };
+        let mut new = Map::new();
+        if let Some(id) = old.remove("accountId") {
+            new.insert("account_id".into(), id);
+        }
+        for key in ["email", "plan", "tokens"] {
+            if let Some(v) = old.remove(key) {
+                new.insert(key.into(), v);
+            }
+        }
+        if let Some(v) = old.remove("lastRefresh") {
+            new.insert("last_refresh".into(), v);
+        }
+        new.insert(
+            "added_at".into(),
+            ms_to_s(old.remove("addedAt")).unwrap_or(Value::from(0)),
+        );
+        if let Some(v) = ms_to_s(old.remove("lastUsed")) {
+            new.insert("last_used_at".into(), v);
+        }
+        let disabled = old
+            .remove("disabled")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        new.insert("enabled".into(), Value::Bool(!disabled));
+        if let Some(Value::Object(limits)) = old.remove("rateLimitResetAt") {
+            let cooldowns: Map<String, Value> = limits
+                .into_iter()
+                .filter_map(|(family, until)| ms_to_s(Some(until)).map(|s| (family, s)))
+                .collect();
+            new.insert("cooldowns".into(), Value::Object(cooldowns));
+        }
+        // Whatever else v1 had is kept verbatim.
+        new.extend(old);
+        migrated.push(Value::Object(new));
+    }
+    obj.insert("version".into(), Value::from(2));
+    obj.insert(
+        "revision".into(),
+        obj.get("revision").cloned().unwrap_or(Value::from(0)),
+    );
+    let active = active_index
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(|i| migrated.get(i))
+        .map(active_key_of);
+    if let Some(Some(key)) = active {
+        obj.insert("active".into(), Value::String(key));
+    }
+    obj.insert("accounts".into(), Value::Array(migrated));
+    Ok(())
+}
+
+/// Same rule as [`Account::key`](super::Account::key), on raw JSON.
+fn active_key_of(account: &Value) -> Option<String> {
+    let id = account.get("account_id").and_then(Value::as_str);
+    let email = account
+        .get("email")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase);
+    match (id, email) {
+        (Some(id), Some(e)) => Some(format!("{id}|{e}")),
+        (Some(id), None) => Some(id.to_owned()),
+        (None, Some(e)) => Some(format!("email:{e}")),
+        (None, None) => None,
+    }
+}

@@ -1,0 +1,420 @@
+//! [`PoolStore`]: the pool on disk, with locking, backups and recovery.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::document::{CURRENT_VERSION, Pool};
+use super::migrate::{MigrateError, migrate};
+use crate::atomic::{read_if_exists, remove_if_exists, sync_dir, write_atomic};
+use crate::codex_home::CodexHome;
+use crate::error::{Result, StorageError, describe_json_error};
+use crate::lock::{DEFAULT_LOCK_TIMEOUT, FileLock};
+
+/// Environment variable that overrides the default pool directory.
+pub const POOL_DIR_ENV: &str = "CODEX_POOL_DIR";
+/// Name of the pool file inside the pool directory.
+pub const POOL_FILE: &str = "pool.json";
+const LOCK_FILE: &str = "pool.lock";
+const RESET_MARKER: &str = "pool.reset";
+const BACKUP_PREFIX: &str = "pool.json.bak-";
+const DAMAGED_PREFIX: &str = "pool.json.damaged-";
+const TEMP_PREFIX: &str = ".pool-";
+/// How many backups [`PoolStore`] keeps unless told otherwise.
+pub const DEFAULT_BACKUPS: usize = 5;
+
+/// Why a load did not come from an intact `pool.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub enum RestoreReason {
+    /// The user removed everything with [`PoolStore::reset`]; backups are deliberately
+    /// *not* used.
+    IntentionalReset,
+    /// `pool.json` exists but is empty (0 bytes or only whitespace).
+    EmptyStorage,
+    /// `pool.json` does not exist but backups do.
+    MissingStorage,
+    /// `pool.json` ends in the middle of the document (a torn write by some other tool).
+    TruncatedStorage,
+    /// `pool.json` is not valid JSON or not a pool document.
+    CorruptStorage {
+        /// What is wrong (line/column and category; never file contents).
+        detail: String,
+    },
+}
+
+/// Where a load came from when it was not a plain read of `pool.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// Why.
+    pub reason: RestoreReason,
+    /// The backup the pool was restored from; `None` when the pool started empty.
+    pub backup: Option<PathBuf>,
+}
+
+/// The result of [`PoolStore::load`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The pool (migrated to the current version).
+    pub pool: Pool,
+    /// Set when `pool.json` was missing, empty or damaged.
+    pub recovery: Option<Recovery>,
+    /// The schema version found on disk when it was older than [`CURRENT_VERSION`].
+    pub migrated_from: Option<u32>,
+}
+
+/// A multi-account pool kept in a directory:
+///
+/// * `pool.json` — the document, replaced atomically, mode 0600;
+/// * `pool.lock` — the cross-process lock every [`update`](Self::update) holds;
+/// * `pool.json.bak-<revision>` — the last N versions (hard links, so cheap);
+/// * `pool.json.damaged-…` — a damaged main file moved aside, never deleted by us;
+/// * `pool.reset` — marks an intentional [`reset`](Self::reset).
+///
+/// ```
+/// use auth_storage::PoolStore;
+/// # fn main() -> Result<(), auth_storage::StorageError> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = PoolStore::new(dir.path());
+/// let revision = store.update(|pool| {
+///     pool.extra.insert("note".into(), "hello".into());
+///     pool.revision
+/// })?;
+/// let loaded = store.load()?;
+/// assert_eq!(loaded.pool.revision, revision + 1);
+/// assert!(loaded.recovery.is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolStore {
+    dir: PathBuf,
+    backups: usize,
+    lock_timeout: Duration,
+}
+
+impl PoolStore {
+    /// A pool kept in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            backups: DEFAULT_BACKUPS,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    /// The default pool directory: `$CODEX_POOL_DIR` if set, else `<codex home>/accounts`
+    /// (`$CODEX_HOME/accounts` or `~/.codex/accounts`).
+    pub fn default_dir() -> Result<PathBuf> {
+        if let Some(dir) = std::env::var_os(POOL_DIR_ENV).filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        CodexHome::from_env()
+            .map(|home| home.dir().join("accounts"))
+            .ok_or_else(|| StorageError::Invalid {
+                what: "pool location",
+                detail: format!(
+                    "neither {POOL_DIR_ENV}, CODEX_HOME nor a home directory is set; pass a \
+                     directory explicitly"
+                ),
+            })
+    }
+
+    /// The pool at [`default_dir`](Self::default_dir).
+    pub fn open_default() -> Result<Self> {
+        Self::default_dir().map(Self::new)
+    }
+
+    /// A pool scoped to one project: `<base>/projects/<16 hex of SHA-256 of the project's
+    /// canonical path>`, so each checkout can keep its own accounts.
+    pub fn for_project(base: &Path, project_root: &Path) -> Self {
+        use sha2::{Digest, Sha256};
+        let canonical = project_root
+            .canonicalize()
+            .unwrap_or_else(|_| project_root.to_path_buf());
+        let digest = Sha256::digest(canonical.to_string_lossy().as_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Self::new(base.join("projects").join(hex))
+    }
+
+    /// Keep the last `n` versions as backups (default [`DEFAULT_BACKUPS`]; 0 disables them).
+    pub fn with_backups(mut self, n: usize) -> Self {
+        self.backups = n;
+        self
+    }
+
+    /// Wait at most `timeout` for the pool lock (default [`DEFAULT_LOCK_TIMEOUT`]).
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The pool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/pool.json`.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(POOL_FILE)
+    }
+
+    /// Read the pool without locking (writers replace the file atomically, so a reader never
+    /// sees a torn document). Falls back to the newest valid backup when `pool.json` is
+    /// missing, empty or damaged, and says so in [`Loaded::recovery`].
+    ///
+    /// # Errors
+    /// [`StorageError::NewerVersion`] when the file comes from a newer program,
+    /// [`StorageError::Unrecoverable`] when it is damaged and no backup is valid.
+    pub fn load(&self) -> Result<Loaded> {
+        let path = self.file();
+        let problem = match read_if_exists(&path)? {
+            None => RestoreReason::MissingStorage,
+            Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RestoreReason::EmptyStorage,
+            Some(bytes) => match parse(&bytes) {
+                Ok((pool, from)) => {
+                    return Ok(Loaded {
+                        pool,
+                        recovery: None,
+                        migrated_from: (from < CURRENT_VERSION).then_some(from),
+                    });
+                }
+                Err(ParseFailure::Newer(found)) => {
+                    return Err(StorageError::NewerVersion {
+                        path,
+                        found,
+                        supported: CURRENT_VERSION,
+                    });
+                }
+                Err(ParseFailure::Truncated) => RestoreReason::TruncatedStorage,
+                Err(ParseFailure::Corrupt(detail)) => RestoreReason::CorruptStorage { detail },
+            },
+        };
+        if self.dir.join(RESET_MARKER).exists() {
+            return Ok(Loaded {
+                pool: Pool::default(),
+                recovery: Some(Recovery {
+                    reason: RestoreReason::IntentionalReset,
+                    backup: None,
+                }),
+                migrated_from: None,
+            });
+        }
+        for backup in self.backups_newest_first()? {
+            let Ok(Some(bytes)) = read_if_exists(&backup) else {
+                continue;
+            };
+            if let Ok((pool, from)) = parse(&bytes) {
+                tracing::warn!(
+                    pool = %path.display(),
+                    backup = %backup.display(),
+                    reason = ?problem,
+                    "pool file unusable; restored from backup"
+                );
+                return Ok(Loaded {
+                    pool,
+                    recovery: Some(Recovery {
+                        reason: problem,
+                        backup: Some(backup),
+                    }),
+                    migrated_from: (from < CURRENT_VERSION).then_some(from),
+                });
+            }
+        }
+        match problem {
+            // Nothing there yet (or an empty file): a fresh pool, nothing lost.
+            RestoreReason::MissingStorage => Ok(Loaded {
+                pool: Pool::default(),
+                recovery: None,
+                migrated_from: None,
+            }),
+            RestoreReason::EmptyStorage => Ok(Loaded {
+                pool: Pool::default(),
+                recovery: Some(Recovery {
+                    reason: RestoreReason::EmptyStorage,
+                    backup: None,
+                }),
+                migrated_from: None,
+            }),
+            other => Err(StorageError::Unrecoverable {
+                path,
+                backups: self.dir.clone(),
+                detail: match other {
+                    RestoreReason::CorruptStorage { detail } => detail,
+                    _ => "the file ends early (truncated)".to_owned(),
+                },
+            }),
+        }
+    }
+
+    /// Read-modify-write under the pool lock: load (with recovery), call `change`, and save
+    /// the result atomically if it differs. Concurrent updaters in any number of processes
+    /// never lose each other's changes.
+    ///
+    /// Returns what `change` returned.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Pool) -> T) -> Result<T> {
+        self.try_update(|pool| Ok::<T, StorageError>(change(pool)))
+    }
+
+    /// Like [`update`](Self::update), but `change` may fail; then nothing is written and its
+    /// error is returned.
+    pub fn try_update<T, E>(&self, change: impl FnOnce(&mut Pool) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StorageError>,
+    {
+        let _lock = self.lock()?;
+        let loaded = self.load()?;
+        let before = loaded.pool.clone();
+        let mut pool = loaded.pool;
+        let out = change(&mut pool)?;
+        if pool == before && loaded.recovery.is_none() && loaded.migrated_from.is_none() {
+            return Ok(out);
+        }
+        if let Some(recovery) = &loaded.recovery {
+            self.set_aside_damaged(recovery, before.revision)?;
+        }
+        self.write_locked(&mut pool, true)?;
+        Ok(out)
+    }
+
+    /// Remove every account intentionally: writes an empty pool and a reset marker, so a
+    /// later load never "recovers" the old accounts from a backup. Backups stay on disk.
+    pub fn reset(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        let previous = self.load().map(|l| l.pool.revision).unwrap_or(0);
+        write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
+        let mut pool = Pool {
+            revision: previous,
+            ..Pool::default()
+        };
+        self.write_locked(&mut pool, false)
+    }
+
+    fn lock(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.dir.join(LOCK_FILE), 0o600, self.lock_timeout)
+    }
+
+    /// Save `pool` (bumping its revision), linking the current file into the backups first.
+    fn write_locked(&self, pool: &mut Pool, clear_reset: bool) -> Result<()> {
+        pool.version = CURRENT_VERSION;
+        pool.revision = pool.revision.wrapping_add(1);
+        let bytes = serde_json::to_vec_pretty(&*pool).map_err(|e| StorageError::Serialize {
+            what: "the account pool",
+            detail: e.to_string(),
+        })?;
+        let main = self.file();
+        if self.backups > 0 {
+            self.link_backup(&main)?;
+        }
+        write_atomic(&main, &bytes, TEMP_PREFIX)?;
+        if clear_reset && !pool.accounts.is_empty() {
+            remove_if_exists(&self.dir.join(RESET_MARKER))?;
+        }
+        if self.backups > 0 {
+            self.prune_backups()?;
+        }
+        Ok(())
+    }
+
+    /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
+    /// copy, and it is the exact bytes that were live).
+    fn link_backup(&self, main: &Path) -> Result<()> {
+        let Some(bytes) = read_if_exists(main)? else {
+            return Ok(());
+        };
+        let Ok((current, _)) = parse(&bytes) else {
+            return Ok(());
+        };
+        let backup = self
+            .dir
+            .join(format!("{BACKUP_PREFIX}{:012}", current.revision));
+        remove_if_exists(&backup)?;
+        if std::fs::hard_link(main, &backup).is_err() {
+            // File systems without hard links: copy (still atomic, still 0600).
+            write_atomic(&backup, &bytes, TEMP_PREFIX)?;
+        }
+        Ok(())
+    }
+
+    fn prune_backups(&self) -> Result<()> {
+        for old in self.backups_newest_first()?.into_iter().skip(self.backups) {
+            remove_if_exists(&old)?;
+        }
+        Ok(())
+    }
+
+    /// Backup files, newest revision first.
+    pub fn backups_newest_first(&self) -> Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io("list", &self.dir, e)),
+        };
+        let mut found: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let rev = name.to_str()?.strip_prefix(BACKUP_PREFIX)?.parse().ok()?;
+                Some((rev, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|b| std::cmp::Reverse(b.0));
+        Ok(found.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Before overwriting a damaged `pool.json`, move it aside so nothing is lost.
+    fn set_aside_damaged(&self, recovery: &Recovery, revision: u64) -> Result<()> {
+        if matches!(
+            recovery.reason,
+            RestoreReason::MissingStorage | RestoreReason::IntentionalReset
+        ) {
+            return Ok(());
+        }
+        let main = self.file();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = self
+            .dir
+            .join(format!("{DAMAGED_PREFIX}{now}-after-{revision}"));
+        match std::fs::rename(&main, &aside) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("move aside the damaged", &main, e)),
+        }
+    }
+}
+
+enum ParseFailure {
+    Newer(u32),
+    Truncated,
+    Corrupt(String),
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<(Pool, u32), ParseFailure> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| classify(&e))?;
+    let from = migrate(&mut value).map_err(|e| match e {
+        MigrateError::Newer(v) => ParseFailure::Newer(v),
+        MigrateError::Shape(detail) => ParseFailure::Corrupt(detail),
+    })?;
+    let pool: Pool = serde_json::from_value(value).map_err(|e| classify(&e))?;
+    Ok((pool, from))
+}
+
+fn classify(e: &serde_json::Error) -> ParseFailure {
+    if e.classify() == serde_json::error::Category::Eof {
+        ParseFailure::Truncated
+    } else if e.line() > 0 {
+        ParseFailure::Corrupt(format!(
+            "line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            describe_json_error(e)
+        ))
+    } else {
+        ParseFailure::Corrupt(describe_json_error(e))
+    }
+}

@@ -1,0 +1,395 @@
+//! Single-login credential stores that read and write what the Codex CLI reads and writes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use auth_core::AuthDocument;
+
+use crate::atomic::{read_if_exists, remove_if_exists, write_atomic};
+use crate::codex_home::{AUTH_TEMP_PREFIX, CodexHome, CommitGuard, KEYRING_SERVICE};
+use crate::error::{Result, StorageError};
+use crate::keyring_backend::KeyringBackend;
+use crate::mode::StoreMode;
+
+/// Load, save and delete the Codex auth document of one Codex home.
+///
+/// Writers must hold the home's [`CommitGuard`] (the Codex CLI's `auth.lock` +
+/// `auth.json.lock`); [`save`](Self::save) and [`delete`](Self::delete) take it for you,
+/// the `_locked` variants let you keep it across a load → decide → save sequence (see
+/// [`CodexHome::lock`]). Loads take no lock: every write is atomic.
+///
+/// All methods block; call them from `spawn_blocking` in async code.
+///
+/// ```
+/// use auth_storage::{CodexHome, CredentialStore, FileStore};
+/// use auth_core::{AuthDocument, Secret};
+/// # fn main() -> Result<(), auth_storage::StorageError> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = FileStore::new(CodexHome::new(dir.path()));
+/// store.save(&AuthDocument::api_key(Secret::new("sk-test".into())))?;
+/// let back = store.load()?.expect("saved");
+/// assert_eq!(back.openai_api_key.unwrap().expose(), "sk-test");
+/// assert!(store.delete()?);
+/// # Ok(()) }
+/// ```
+pub trait CredentialStore: fmt::Debug + Send + Sync {
+    /// The Codex home this store belongs to.
+    fn home(&self) -> &CodexHome;
+
+    /// The stored document, `None` when there is none.
+    fn load(&self) -> Result<Option<AuthDocument>>;
+
+    /// Store `doc`, replacing what was there. The caller holds the commit lock.
+    fn save_locked(&self, doc: &AuthDocument, guard: &CommitGuard) -> Result<()>;
+
+    /// Remove the stored document; `Ok(false)` when there was none. The caller holds the
+    /// commit lock.
+    fn delete_locked(&self, guard: &CommitGuard) -> Result<bool>;
+
+    /// Take the commit lock and store `doc`.
+    fn save(&self, doc: &AuthDocument) -> Result<()> {
+        let guard = self.home().lock()?;
+        self.save_locked(doc, &guard)
+    }
+
+    /// Take the commit lock and remove the stored document.
+    fn delete(&self) -> Result<bool> {
+        let guard = self.home().lock()?;
+        self.delete_locked(&guard)
+    }
+}
+
+/// `$CODEX_HOME/auth.json`, byte-compatible with the Codex CLI: pretty JSON (two spaces, no
+/// trailing newline), mode 0600, replaced atomically through a `.auth-XXXXXX` temp file.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    home: CodexHome,
+}
+
+impl FileStore {
+    /// The file store of `home`.
+    pub fn new(home: CodexHome) -> Self {
+        Self { home }
+    }
+}
+
+fn parse_auth(bytes: &[u8], path: PathBuf) -> Result<AuthDocument> {
+    AuthDocument::from_json_slice(bytes).map_err(|source| StorageError::AuthFile { path, source })
+}
+
+impl CredentialStore for FileStore {
+    fn home(&self) -> &CodexHome {
+        &self.home
+    }
+
+    fn load(&self) -> Result<Option<AuthDocument>> {
+        let path = self.home.auth_file();
+        read_if_exists(&path)?
+            .map(|bytes| parse_auth(&bytes, path))
+            .transpose()
+    }
+
+    fn save_locked(&self, doc: &AuthDocument, _guard: &CommitGuard) -> Result<()> {
+        write_atomic(
+            &self.home.auth_file(),
+            doc.to_json_pretty().as_bytes(),
+            AUTH_TEMP_PREFIX,
+        )
+    }
+
+    fn delete_locked(&self, _guard: &CommitGuard) -> Result<bool> {
+        remove_if_exists(&self.home.auth_file())
+    }
+}
+
+/// The OS keyring, under service `Codex Auth` and account `cli|<16 hex>` (see
+/// [`CodexHome::keyring_account`]) — where the Codex CLI looks with
+/// `cli_auth_credentials_store = "keyring"`. The value is the compact JSON document.
+///
+/// Like the CLI, a successful save removes the `auth.json` fallback file so a stale file
+/// cannot shadow the keyring, and delete removes both.
+#[derive(Debug, Clone)]
+pub struct KeyringStore {
+    home: CodexHome,
+    backend: Arc<dyn KeyringBackend>,
+}
+
+impl KeyringStore {
+    /// A keyring store for `home` on `backend` ([`OsKeyring`](crate::keyring_backend::OsKeyring)
+    /// for the real one, [`MockKeyring`](crate::keyring_backend::MockKeyring) in tests).
+    pub fn new(home: CodexHome, backend: Arc<dyn KeyringBackend>) -> Self {
+        Self { home, backend }
+    }
+
+    fn failure(
+        &self,
+        action: &'static str,
+        f: crate::keyring_backend::KeyringFailure,
+    ) -> StorageError {
+        StorageError::Keyring {
+            action,
+            service: KEYRING_SERVICE.to_owned(),
+            account: self.home.keyring_account(),
+            detail: f.message,
+        }
+    }
+
+    fn load_inner(&self) -> std::result::Result<Option<AuthDocument>, KeyringOutcome> {
+        let account = self.home.keyring_account();
+        match self.backend.load(KEYRING_SERVICE, &account) {
+            Ok(None) => Ok(None),
+            Ok(Some(text)) => parse_auth(
+                text.as_bytes(),
+                PathBuf::from(format!("keyring:{KEYRING_SERVICE}/{account}")),
+            )
+            .map(Some)
+            .map_err(KeyringOutcome::Fatal),
+            Err(f) => Err(KeyringOutcome::Failed(self.failure("read", f))),
+        }
+    }
+
+    fn save_inner(&self, doc: &AuthDocument) -> std::result::Result<(), KeyringOutcome> {
+        let text = serde_json::to_string(doc).map_err(|e| {
+            KeyringOutcome::Fatal(StorageError::Serialize {
+                what: "the auth document",
+                detail: e.to_string(),
+            })
+        })?;
+        self.backend
+            .save(KEYRING_SERVICE, &self.home.keyring_account(), &text)
+            .map_err(|f| KeyringOutcome::Failed(self.failure("write", f)))?;
+        if let Err(err) = remove_if_exists(&self.home.auth_file()) {
+            tracing::warn!(%err, "saved to the keyring but could not remove the auth.json fallback");
+        }
+        Ok(())
+    }
+}
+
+/// A keyring failure (fall back in auto mode) vs. a problem with the data itself.
+enum KeyringOutcome {
+    Failed(StorageError),
+    Fatal(StorageError),
+}
+
+impl From<KeyringOutcome> for StorageError {
+    fn from(o: KeyringOutcome) -> Self {
+        match o {
+            KeyringOutcome::Failed(e) | KeyringOutcome::Fatal(e) => e,
+        }
+    }
+}
+
+impl CredentialStore for KeyringStore {
+    fn home(&self) -> &CodexHome {
+        &self.home
+    }
+
+    fn load(&self) -> Result<Option<AuthDocument>> {
+        Ok(self.load_inner()?)
+    }
+
+    fn save_locked(&self, doc: &AuthDocument, _guard: &CommitGuard) -> Result<()> {
+        Ok(self.save_inner(doc)?)
+    }
+
+    fn delete_locked(&self, _guard: &CommitGuard) -> Result<bool> {
+        let removed = self
+            .backend
+            .delete(KEYRING_SERVICE, &self.home.keyring_account())
+            .map_err(|f| self.failure("delete", f))?;
+        let file_removed = remove_if_exists(&self.home.auth_file())?;
+        Ok(removed || file_removed)
+    }
+}
+
+/// Where [`AutoStore`] put or found the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Placement {
+    /// In the OS keyring.
+    Keyring,
+    /// In `auth.json`, because the keyring failed with this (secret-free) message.
+    FileFallback {
+        /// Why the keyring was not used.
+        keyring_error: String,
+    },
+    /// In `auth.json`, because the keyring was reachable but had no entry.
+    File,
+}
+
+/// Keyring first, `auth.json` when the keyring is unusable — the Codex CLI's `auto` mode.
+/// Falling back is logged with `tracing::warn!` and reported by
+/// [`save_reporting`](Self::save_reporting) / [`load_reporting`](Self::load_reporting).
+#[derive(Debug, Clone)]
+pub struct AutoStore {
+    keyring: KeyringStore,
+    file: FileStore,
+}
+
+impl AutoStore {
+    /// An auto store for `home` on `backend`.
+    pub fn new(home: CodexHome, backend: Arc<dyn KeyringBackend>) -> Self {
+        Self {
+            keyring: KeyringStore::new(home.clone(), backend),
+            file: FileStore::new(home),
+        }
+    }
+
+    /// Load and say where the document came from.
+    pub fn load_reporting(&self) -> Result<(Option<AuthDocument>, Placement)> {
+        match self.keyring.load_inner() {
+            Ok(Some(doc)) => Ok((Some(doc), Placement::Keyring)),
+            Ok(None) => Ok((self.file.load()?, Placement::File)),
+            Err(KeyringOutcome::Fatal(e)) => Err(e),
+            Err(KeyringOutcome::Failed(e)) => {
+                tracing::warn!(%e, "keyring unusable; reading auth.json instead");
+                Ok((
+                    self.file.load()?,
+                    Placement::FileFallback {
+                        keyring_error: e.to_string(),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Save and say where the document went.
+    pub fn save_reporting(&self, doc: &AuthDocument, guard: &CommitGuard) -> Result<Placement> {
+        match self.keyring.save_inner(doc) {
+            Ok(()) => Ok(Placement::Keyring),
+            Err(KeyringOutcome::Fatal(e)) => Err(e),
+            Err(KeyringOutcome::Failed(e)) => {
+                tracing::warn!(%e, "keyring unusable; saving to auth.json instead");
+                self.file.save_locked(doc, guard)?;
+                Ok(Placement::FileFallback {
+                    keyring_error: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl CredentialStore for AutoStore {
+    fn home(&self) -> &CodexHome {
+        self.file.home()
+    }
+
+    fn load(&self) -> Result<Option<AuthDocument>> {
+        self.load_reporting().map(|(doc, _)| doc)
+    }
+
+    fn save_locked(&self, doc: &AuthDocument, guard: &CommitGuard) -> Result<()> {
+        self.save_reporting(doc, guard).map(|_| ())
+    }
+
+    fn delete_locked(&self, guard: &CommitGuard) -> Result<bool> {
+        match self.keyring.delete_locked(guard) {
+            Ok(removed) => Ok(removed),
+            Err(e) => {
+                tracing::warn!(%e, "keyring unusable; deleting auth.json only");
+                self.file.delete_locked(guard)
+            }
+        }
+    }
+}
+
+type EphemeralMap = Mutex<HashMap<String, AuthDocument>>;
+
+fn ephemeral_map() -> &'static EphemeralMap {
+    static MAP: OnceLock<EphemeralMap> = OnceLock::new();
+    MAP.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// In-memory, process-wide, keyed like the keyring (one entry per Codex home) — the CLI's
+/// `ephemeral` mode. Nothing touches the disk except the lock files.
+#[derive(Debug, Clone)]
+pub struct EphemeralStore {
+    home: CodexHome,
+}
+
+impl EphemeralStore {
+    /// The ephemeral store of `home`.
+    pub fn new(home: CodexHome) -> Self {
+        Self { home }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, AuthDocument>, String) -> T) -> T {
+        // A panic while holding the lock cannot leave a half-written document (inserts are
+        // single operations), so a poisoned map is still consistent.
+        let mut map = ephemeral_map()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut map, self.home.keyring_account())
+    }
+}
+
+impl CredentialStore for EphemeralStore {
+    fn home(&self) -> &CodexHome {
+        &self.home
+    }
+
+    fn load(&self) -> Result<Option<AuthDocument>> {
+        Ok(self.with(|m, k| m.get(&k).cloned()))
+    }
+
+    fn save_locked(&self, doc: &AuthDocument, _guard: &CommitGuard) -> Result<()> {
+        self.with(|m, k| m.insert(k, doc.clone()));
+        Ok(())
+    }
+
+    fn delete_locked(&self, _guard: &CommitGuard) -> Result<bool> {
+        Ok(self.with(|m, k| m.remove(&k).is_some()))
+    }
+}
+
+/// The store for `mode`, using the real OS keyring for `keyring` and `auto`.
+///
+/// Without the `keyring` feature, `keyring` mode is an error and `auto` uses the file (and
+/// logs why).
+///
+/// ```
+/// use auth_storage::{open_store, CodexHome, StoreMode};
+/// let store = open_store(CodexHome::new("/tmp/x"), StoreMode::File).unwrap();
+/// assert!(format!("{store:?}").contains("FileStore"));
+/// ```
+pub fn open_store(home: CodexHome, mode: StoreMode) -> Result<Box<dyn CredentialStore>> {
+    #[cfg(feature = "keyring")]
+    {
+        let backend: Arc<dyn KeyringBackend> = Arc::new(crate::keyring_backend::OsKeyring);
+        Ok(open_store_with(home, mode, backend))
+    }
+    #[cfg(not(feature = "keyring"))]
+    {
+        match mode {
+            StoreMode::Keyring => Err(StorageError::Invalid {
+                what: "credential store mode",
+                detail: "keyring mode needs auth-storage built with the `keyring` feature"
+                    .to_owned(),
+            }),
+            StoreMode::Auto => {
+                tracing::warn!(
+                    "auth-storage built without the `keyring` feature; auto mode uses auth.json"
+                );
+                Ok(Box::new(FileStore::new(home)))
+            }
+            StoreMode::File => Ok(Box::new(FileStore::new(home))),
+            StoreMode::Ephemeral => Ok(Box::new(EphemeralStore::new(home))),
+        }
+    }
+}
+
+/// The store for `mode` on a keyring backend of your choice (e.g. a mock in tests).
+pub fn open_store_with(
+    home: CodexHome,
+    mode: StoreMode,
+    backend: Arc<dyn KeyringBackend>,
+) -> Box<dyn CredentialStore> {
+    match mode {
+        StoreMode::File => Box::new(FileStore::new(home)),
+        StoreMode::Keyring => Box::new(KeyringStore::new(home, backend)),
+        StoreMode::Auto => Box::new(AutoStore::new(home, backend)),
+        StoreMode::Ephemeral => Box::new(EphemeralStore::new(home)),
+    }
+}
