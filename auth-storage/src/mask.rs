@@ -1,12 +1,12 @@
 //! Email masking for anything this crate prints.
 
 /// `alice@example.com` → `al***@example.com`; short local parts keep one character; a
-/// string without `@` is masked entirely except its first character.
+/// string without `@` is masked the same way.
 ///
 /// ```
 /// assert_eq!(auth_storage::mask_email("alice@example.com"), "al***@example.com");
 /// assert_eq!(auth_storage::mask_email("a@b.io"), "a***@b.io");
-/// assert_eq!(auth_storage::mask_email("nonsense"), "n***");
+/// assert_eq!(auth_storage::mask_email("nonsense"), "no***");
 /// ```
 pub fn mask_email(email: &str) -> String {
     let (local, domain) = match email.rsplit_once('@') {
