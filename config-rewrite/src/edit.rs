@@ -137,6 +137,8 @@ impl Restored {
 struct Layout {
     bom: bool,
     crlf: bool,
+    /// toml_edit always ends the last line; the user's file may not.
+    no_final_newline: bool,
 }
 
 impl Layout {
@@ -159,6 +161,12 @@ impl Layout {
         } else {
             out.push_str(&printed);
         }
+        if self.no_final_newline && out.ends_with('\n') {
+            out.pop();
+            if out.ends_with('\r') {
+                out.pop();
+            }
+        }
         out
     }
 }
@@ -180,7 +188,11 @@ fn parse(text: &str) -> Result<(DocumentMut, Layout), EditError> {
             message: e.message().trim().to_owned(),
         }
     })?;
-    let layout = Layout { bom, crlf };
+    let layout = Layout {
+        bom,
+        crlf,
+        no_final_newline: !body.is_empty() && !body.ends_with('\n'),
+    };
     let printed = layout.render(&doc);
     if printed != text {
         let at = printed
@@ -776,3 +788,7 @@ pub fn read_string(text: &str, target: &Target, key: &str) -> Result<Option<Stri
         },
     }
 }
+
+#[cfg(test)]
+#[path = "edit_tests.rs"]
+mod tests;
