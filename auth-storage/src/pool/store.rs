@@ -192,9 +192,20 @@ impl PoolStore {
                 Err(ParseFailure::Corrupt(detail)) => RestoreReason::CorruptStorage { detail },
             },
         };
+        // A pool that starts over continues the revision numbering after the newest backup,
+        // so its saves never take the name of an older backup.
+        let backups = self.backups_newest_first()?;
+        let newest = backups
+            .first()
+            .and_then(|p| backup_revision(p))
+            .unwrap_or(0);
+        let fresh = || Pool {
+            revision: newest,
+            ..Pool::default()
+        };
         if self.dir.join(RESET_MARKER).exists() {
             return Ok(Loaded {
-                pool: Pool::default(),
+                pool: fresh(),
                 recovery: Some(Recovery {
                     reason: RestoreReason::IntentionalReset,
                     backup: None,
@@ -202,11 +213,12 @@ impl PoolStore {
                 migrated_from: None,
             });
         }
-        for backup in self.backups_newest_first()? {
+        for backup in backups {
             let Ok(Some(bytes)) = read_if_exists(&backup) else {
                 continue;
             };
-            if let Ok((pool, from)) = parse(&bytes) {
+            if let Ok((mut pool, from)) = parse(&bytes) {
+                pool.revision = pool.revision.max(newest);
                 tracing::warn!(
                     pool = %path.display(),
                     backup = %backup.display(),
@@ -226,12 +238,12 @@ impl PoolStore {
         match problem {
             // Nothing there yet (or an empty file): a fresh pool, nothing lost.
             RestoreReason::MissingStorage => Ok(Loaded {
-                pool: Pool::default(),
+                pool: fresh(),
                 recovery: None,
                 migrated_from: None,
             }),
             RestoreReason::EmptyStorage => Ok(Loaded {
-                pool: Pool::default(),
+                pool: fresh(),
                 recovery: Some(Recovery {
                     reason: RestoreReason::EmptyStorage,
                     backup: None,
@@ -305,6 +317,7 @@ impl PoolStore {
             detail: e.to_string(),
         })?;
         let main = self.file();
+        self.remove_stale_temps();
         if self.backups > 0 {
             self.link_backup(&main)?;
         }
@@ -316,6 +329,19 @@ impl PoolStore {
             self.prune_backups()?;
         }
         Ok(())
+    }
+
+    /// Temporary files left by a writer that was killed mid-write. Only the lock holder
+    /// writes temporaries, so under the lock every one that exists is stale.
+    fn remove_stale_temps(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
@@ -355,9 +381,8 @@ impl PoolStore {
         let mut found: Vec<(u64, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let name = e.file_name();
-                let rev = name.to_str()?.strip_prefix(BACKUP_PREFIX)?.parse().ok()?;
-                Some((rev, e.path()))
+                let path = e.path();
+                Some((backup_revision(&path)?, path))
             })
             .collect();
         found.sort_by_key(|b| std::cmp::Reverse(b.0));
@@ -386,6 +411,14 @@ impl PoolStore {
             Err(e) => Err(StorageError::io("move aside the damaged", &main, e)),
         }
     }
+}
+
+fn backup_revision(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(BACKUP_PREFIX)?
+        .parse()
+        .ok()
 }
 
 enum ParseFailure {

@@ -1,0 +1,325 @@
+//! The pool on disk: recovery matrix, intentional reset, migrations, round trips.
+
+mod common;
+
+use std::path::Path;
+
+use auth_storage::PoolStore;
+use auth_storage::pool::{Account, Pool, RestoreReason};
+use common::tokens;
+use proptest::prelude::*;
+
+fn account(email: &str, id: &str) -> Account {
+    Account::from_login(tokens(email, id, &format!("rt-{id}")), None, 1_700_000_000)
+}
+
+/// A pool with three saves (revisions 1..=3): backups hold revisions 1 and 2.
+fn seeded(dir: &Path) -> PoolStore {
+    let store = PoolStore::new(dir);
+    for (email, id) in [
+        ("alice@example.com", "acct-a"),
+        ("bob@example.com", "acct-b"),
+        ("carol@example.com", "acct-c"),
+    ] {
+        store.update(|p| p.upsert(account(email, id))).unwrap();
+    }
+    store
+}
+
+fn summary(store: &PoolStore) -> String {
+    match store.load() {
+        Ok(loaded) => {
+            let from = loaded
+                .recovery
+                .as_ref()
+                .map(|r| {
+                    let backup = r
+                        .backup
+                        .as_ref()
+                        .and_then(|b| b.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "none".into());
+                    format!("{:?} (backup: {backup})", r.reason)
+                })
+                .unwrap_or_else(|| "pool.json".into());
+            let emails: Vec<String> = loaded
+                .pool
+                .accounts
+                .iter()
+                .map(|a| a.masked_email())
+                .collect();
+            format!(
+                "ok: from {from}; revision {}; accounts {emails:?}",
+                loaded.pool.revision
+            )
+        }
+        Err(e) => format!(
+            "error: {}",
+            e.to_string()
+                .replace(&store.dir().display().to_string(), "<dir>")
+        ),
+    }
+}
+
+#[test]
+fn corruption_recovery_matrix() {
+    type Damage = fn(&Path);
+    let cases: Vec<(&str, Damage)> = vec![
+        ("intact", |_| {}),
+        ("missing", |p| std::fs::remove_file(p).unwrap()),
+        ("empty", |p| std::fs::write(p, b"").unwrap()),
+        ("whitespace", |p| std::fs::write(p, b" \n\t\n").unwrap()),
+        ("truncated", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..b.len() / 2]).unwrap();
+        }),
+        ("garbage", |p| {
+            std::fs::write(p, b"\x00\x01not json at all").unwrap()
+        }),
+        ("wrong shape", |p| std::fs::write(p, b"[1, 2, 3]").unwrap()),
+        ("bad account", |p| {
+            std::fs::write(p, br#"{"version": 2, "accounts": [{"email": 5}]}"#).unwrap()
+        }),
+        ("newer version", |p| {
+            std::fs::write(p, br#"{"version": 99, "accounts": []}"#).unwrap()
+        }),
+    ];
+    let mut out = String::new();
+    for (name, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        damage(&store.file());
+        out.push_str(&format!("{name:>13}: {}\n", summary(&store)));
+    }
+    // And with every backup gone too.
+    for (name, bytes) in [
+        ("garbage, no backups", &b"{{{"[..]),
+        ("empty, no backups", &b""[..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        for b in store.backups_newest_first().unwrap() {
+            std::fs::remove_file(b).unwrap();
+        }
+        std::fs::write(store.file(), bytes).unwrap();
+        out.push_str(&format!("{name:>13}: {}\n", summary(&store)));
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_damaged_file_is_set_aside_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded(dir.path());
+    std::fs::write(store.file(), b"{\"version\": 2, \"accounts\": [").unwrap();
+    store
+        .update(|p| p.upsert(account("dave@example.com", "acct-d")))
+        .unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.recovery.is_none());
+    // Restored revision 2 (alice, bob) + dave.
+    let ids: Vec<_> = loaded
+        .pool
+        .accounts
+        .iter()
+        .map(|a| a.account_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["acct-a", "acct-b", "acct-d"]);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pool.json.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).unwrap(),
+        b"{\"version\": 2, \"accounts\": ["
+    );
+}
+
+#[test]
+fn a_newer_pool_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded(dir.path());
+    let newer = br#"{"version": 3, "accounts": [], "future": true}"#;
+    std::fs::write(store.file(), newer).unwrap();
+    let err = store.update(|p| p.accounts.clear()).unwrap_err();
+    assert!(err.to_string().contains("version 3"), "{err}");
+    assert_eq!(std::fs::read(store.file()).unwrap(), newer);
+}
+
+#[test]
+fn removing_every_account_is_not_undone_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded(dir.path());
+    store.update(|p| p.accounts.clear()).unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.pool.accounts.is_empty());
+    assert!(loaded.recovery.is_none());
+
+    // An explicit reset, then the file disappears: still empty, and it says why.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store = seeded(dir2.path());
+    store.reset().unwrap();
+    assert!(store.load().unwrap().pool.accounts.is_empty());
+    std::fs::remove_file(store.file()).unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.pool.accounts.is_empty());
+    assert_eq!(
+        loaded.recovery.unwrap().reason,
+        RestoreReason::IntentionalReset
+    );
+    // Adding an account afterwards clears the reset: later damage recovers again.
+    store
+        .update(|p| p.upsert(account("erin@example.com", "acct-e")))
+        .unwrap();
+    store
+        .update(|p| p.upsert(account("fred@example.com", "acct-f")))
+        .unwrap();
+    std::fs::remove_file(store.file()).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(
+        loaded.recovery.unwrap().reason,
+        RestoreReason::MissingStorage
+    );
+    assert_eq!(loaded.pool.accounts.len(), 1);
+}
+
+#[test]
+fn backups_rotate_and_keep_the_last_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path()).with_backups(3);
+    for i in 0..10 {
+        store
+            .update(|p| p.upsert(account(&format!("u{i}@example.com"), &format!("acct-{i}"))))
+            .unwrap();
+    }
+    let names: Vec<_> = store
+        .backups_newest_first()
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pool.json.bak-000000000009",
+            "pool.json.bak-000000000008",
+            "pool.json.bak-000000000007"
+        ]
+    );
+    // An unchanged update writes nothing.
+    let before = std::fs::read(store.file()).unwrap();
+    store.update(|_| ()).unwrap();
+    assert_eq!(std::fs::read(store.file()).unwrap(), before);
+}
+
+const V1_FIXTURE: &str = r#"{
+  "version": 1,
+  "activeIndex": 1,
+  "accounts": [
+    {"accountId": "acct-a", "email": "alice@example.com", "plan": "plus", "tokens": TOKENS_A,
+     "addedAt": 1700000000123, "lastUsed": 1700000500999, "disabled": false},
+    {"accountId": "acct-b", "email": "Bob@Example.com", "tokens": TOKENS_B,
+     "addedAt": 1700000100000, "disabled": true,
+     "rateLimitResetAt": {"gpt-5": 1700003600000}, "nickname": "work"}
+  ],
+  "theme": "dark"
+}"#;
+
+fn tokens_json(email: &str, id: &str) -> String {
+    serde_json::to_string(&tokens(email, id, &format!("rt-{id}"))).unwrap()
+}
+
+#[test]
+fn migrates_v1_documents_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    let v1 = V1_FIXTURE
+        .replace("TOKENS_A", &tokens_json("alice@example.com", "acct-a"))
+        .replace("TOKENS_B", &tokens_json("Bob@Example.com", "acct-b"));
+    std::fs::write(store.file(), v1).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.migrated_from, Some(1));
+    assert_eq!(loaded.pool.active_index(), Some(1));
+    // The first write stores it as v2; the v1 file stays as a backup.
+    store.update(|_| ()).unwrap();
+    let mut on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.file()).unwrap()).unwrap();
+    for a in on_disk["accounts"].as_array_mut().unwrap() {
+        a["tokens"] = "<tokens>".into();
+    }
+    insta::assert_json_snapshot!(on_disk);
+    assert!(store.load().unwrap().migrated_from.is_none());
+    assert_eq!(store.backups_newest_first().unwrap().len(), 1);
+}
+
+#[test]
+fn debug_output_masks_emails_and_redacts_tokens() {
+    let mut pool = Pool::default();
+    pool.upsert(account("alice@example.com", "acct-a"));
+    pool.set_active(0, 5);
+    let text = format!("{pool:?}");
+    assert!(!text.contains("alice@"), "{text}");
+    assert!(!text.contains("rt-acct-a"), "{text}");
+    assert!(text.contains("al***@example.com"), "{text}");
+}
+
+fn arb_account() -> impl Strategy<Value = Account> {
+    (
+        "[a-z]{1,8}",
+        proptest::option::of("acct-[a-z0-9]{1,6}"),
+        any::<bool>(),
+        proptest::collection::btree_map("[a-z0-9.-]{1,8}", any::<u64>(), 0..3),
+        0u32..10,
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(user, id, enabled, cooldowns, failures, added, used)| {
+            let id_for_token = id.clone().unwrap_or_else(|| "none".into());
+            let mut a = Account::from_login(
+                tokens(
+                    &format!("{user}@example.com"),
+                    &id_for_token,
+                    &format!("rt-{user}"),
+                ),
+                None,
+                added,
+            );
+            a.account_id = id;
+            a.enabled = enabled;
+            a.cooldowns = cooldowns;
+            a.health.consecutive_failures = failures;
+            a.last_used_at = used;
+            a
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_documents_round_trip(accounts in proptest::collection::vec(arb_account(), 0..5), active in any::<proptest::sample::Index>()) {
+        let mut pool = Pool::default();
+        for a in accounts { pool.upsert(a); }
+        if !pool.accounts.is_empty() {
+            let i = active.index(pool.accounts.len());
+            pool.set_active(i, 7);
+        }
+        let text = serde_json::to_string_pretty(&pool).unwrap();
+        let back: Pool = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(&back, &pool);
+
+        // Through the store too: what update writes, load returns (revision bumped once).
+        prop_assume!(pool != Pool::default());
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path()).with_backups(0);
+        let written = pool.clone();
+        store.update(move |p| *p = written).unwrap();
+        let loaded = store.load().unwrap().pool;
+        prop_assert_eq!(loaded.revision, pool.revision + 1);
+        let mut expected = pool;
+        expected.revision += 1;
+        prop_assert_eq!(loaded, expected);
+    }
+}
