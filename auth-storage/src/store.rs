@@ -393,3 +393,112 @@ pub fn open_store_with(
         StoreMode::Ephemeral => Box::new(EphemeralStore::new(home)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyring_backend::MockKeyring;
+    use auth_core::Secret;
+
+    fn doc(key: &str) -> AuthDocument {
+        AuthDocument::api_key(Secret::new(key.to_owned()))
+    }
+
+    #[test]
+    fn keyring_save_stores_compact_json_under_the_cli_names_and_drops_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        std::fs::write(home.auth_file(), b"{}").unwrap();
+        let kr = MockKeyring::default();
+        let store = KeyringStore::new(home.clone(), Arc::new(kr.clone()));
+        store.save(&doc("sk-1")).unwrap();
+        assert!(
+            !home.auth_file().exists(),
+            "fallback file removed like the CLI does"
+        );
+        let raw = kr
+            .load(KEYRING_SERVICE, &home.keyring_account())
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw, r#"{"auth_mode":"apikey","OPENAI_API_KEY":"sk-1"}"#);
+        assert_eq!(store.load().unwrap().unwrap(), doc("sk-1"));
+        assert!(store.delete().unwrap());
+        assert!(store.load().unwrap().is_none());
+    }
+
+    #[test]
+    fn keyring_errors_name_the_entry_but_not_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let kr = MockKeyring::default();
+        kr.set_failure(Some(MockKeyring::unavailable()));
+        let store = KeyringStore::new(home.clone(), Arc::new(kr));
+        let err = store.save(&doc("sk-secret-value")).unwrap_err().to_string();
+        assert!(err.contains(&home.keyring_account()), "{err}");
+        assert!(!err.contains("sk-secret"), "{err}");
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_file_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let kr = MockKeyring::default();
+        let auto = AutoStore::new(home.clone(), Arc::new(kr.clone()));
+        kr.set_failure(Some(MockKeyring::unavailable()));
+        let guard = home.lock().unwrap();
+        let placed = auto.save_reporting(&doc("sk-f"), &guard).unwrap();
+        drop(guard);
+        assert!(
+            matches!(placed, Placement::FileFallback { .. }),
+            "{placed:?}"
+        );
+        assert!(home.auth_file().exists());
+        let (loaded, from) = auto.load_reporting().unwrap();
+        assert_eq!(loaded.unwrap(), doc("sk-f"));
+        assert!(matches!(from, Placement::FileFallback { .. }));
+        // Keyring back: saves go there and the file is removed.
+        kr.set_failure(None);
+        auto.save(&doc("sk-k")).unwrap();
+        assert!(!home.auth_file().exists());
+        assert_eq!(auto.load_reporting().unwrap().1, Placement::Keyring);
+    }
+
+    #[test]
+    fn a_corrupt_keyring_entry_is_an_error_not_a_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let kr = MockKeyring::default();
+        kr.save(KEYRING_SERVICE, &home.keyring_account(), "{not json")
+            .unwrap();
+        let auto = AutoStore::new(home.clone(), Arc::new(kr));
+        let err = auto.load().unwrap_err();
+        assert!(matches!(err, StorageError::AuthFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn ephemeral_is_per_home_and_in_memory() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let sa = EphemeralStore::new(CodexHome::new(a.path()));
+        let sb = EphemeralStore::new(CodexHome::new(b.path()));
+        sa.save(&doc("sk-a")).unwrap();
+        assert!(sb.load().unwrap().is_none());
+        assert_eq!(sa.load().unwrap().unwrap(), doc("sk-a"));
+        assert!(!a.path().join("auth.json").exists());
+        assert!(sa.delete().unwrap());
+    }
+
+    #[test]
+    fn file_store_reports_a_damaged_auth_json_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        std::fs::write(
+            home.auth_file(),
+            br#"{"OPENAI_API_KEY": "sk-leak", "tokens": 5}"#,
+        )
+        .unwrap();
+        let err = FileStore::new(home).load().unwrap_err().to_string();
+        assert!(err.contains("auth.json"), "{err}");
+        assert!(!err.contains("sk-leak"), "{err}");
+    }
+}
