@@ -38,11 +38,19 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth_json;
+pub mod codex;
+pub mod events;
 pub mod jwt;
+pub mod oauth_error;
+pub mod pkce;
+pub mod redact;
+#[cfg(feature = "refresh")]
+pub mod refresh;
 pub mod secret;
 
 pub use auth_json::{
     AuthDocument, AuthJsonError, AuthMode, MAX_AUTH_JSON_LEN, Timestamp, TimestampError, TokenData,
 };
 pub use jwt::{IdTokenClaims, JwtError, PlanType};
+pub use oauth_error::{OAuthError, OAuthErrorKind};
 pub use secret::Secret;
