@@ -507,3 +507,33 @@ fn sync_dir(_dir: &Path) -> Result<(), Error> {
     let _ = OpenOptions::new;
     Ok(())
 }
+
+/// The profile layer file Codex reads for `--profile <name>`: `<name>.config.toml` beside the
+/// base `config.toml` (Codex CLI 0.169 and later; older CLIs used `[profiles.<name>]` tables,
+/// see [`Target::Profile`](crate::Target::Profile)). Apply a [`Target::TopLevel`](crate::Target::TopLevel)
+/// rewrite to this path to route only that profile through a provider; a missing file is
+/// created on apply and removed again on restore.
+///
+/// # Errors
+/// [`EditError::InvalidInput`] when `name` is empty or could escape the directory.
+///
+/// ```
+/// let p = config_rewrite::profile_config_path("/home/me/.codex/config.toml".as_ref(), "work")?;
+/// assert_eq!(p, std::path::Path::new("/home/me/.codex/work.config.toml"));
+/// assert!(config_rewrite::profile_config_path("config.toml".as_ref(), "../x").is_err());
+/// # Ok::<(), config_rewrite::EditError>(())
+/// ```
+pub fn profile_config_path(config: &Path, name: &str) -> Result<PathBuf, EditError> {
+    let bad = name.is_empty()
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(EditError::InvalidInput {
+            field: "profile name".to_owned(),
+            reason: "it must be a plain file-name part (no path separators, not starting with '.')"
+                .to_owned(),
+        });
+    }
+    Ok(config.with_file_name(format!("{name}.config.toml")))
+}

@@ -61,6 +61,6 @@ mod record;
 
 pub use edit::{Applied, RestoreOutcome, Restored, apply_to_str, read_string, restore_str};
 pub use error::{EditError, Error};
-pub use file::{RestoreReport, RevertFile, apply, restore};
+pub use file::{RestoreReport, RevertFile, apply, profile_config_path, restore};
 pub use provider::{ProviderSpec, RESERVED_PROVIDER_IDS, Rewrite, Target, WireApi};
 pub use record::RevertRecord;

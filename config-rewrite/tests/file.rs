@@ -64,14 +64,20 @@ fn invalid_toml_is_refused_and_left_untouched() {
     let modified = fs::metadata(&config).unwrap().modified().unwrap();
     let err = apply(&config, &common::proxy_rewrite(9, Target::TopLevel)).unwrap_err();
     match &err {
-        Error::Config { path, source: EditError::InvalidToml { line, column, .. } } => {
+        Error::Config {
+            path,
+            source: EditError::InvalidToml { line, column, .. },
+        } => {
             assert_eq!(path, &config);
             assert_eq!((*line, *column), (2, 5));
         }
         other => panic!("{other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains("config.toml: invalid TOML at line 2, column 5"), "{message}");
+    assert!(
+        message.contains("config.toml: invalid TOML at line 2, column 5"),
+        "{message}"
+    );
     assert_eq!(fs::read_to_string(&config).unwrap(), broken);
     assert_eq!(fs::metadata(&config).unwrap().modified().unwrap(), modified);
     assert_eq!(dir_entries(dir.path()), ["config.toml"]);
@@ -84,7 +90,13 @@ fn non_utf8_is_refused_with_position() {
     fs::write(&config, b"a = 1\nb = \"\xff\"\n").unwrap();
     let err = apply(&config, &common::proxy_rewrite(9, Target::TopLevel)).unwrap_err();
     assert!(
-        matches!(err, Error::Config { source: EditError::NotUtf8 { line: 2, column: 6 }, .. }),
+        matches!(
+            err,
+            Error::Config {
+                source: EditError::NotUtf8 { line: 2, column: 6 },
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -97,10 +109,24 @@ fn symlinked_config_keeps_the_link() {
     let link = dir.path().join("config.toml");
     std::os::unix::fs::symlink("dotfiles-config.toml", &link).unwrap();
     let record = apply(&link, &common::proxy_rewrite(9, Target::TopLevel)).unwrap();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert!(fs::read_to_string(&real).unwrap().contains("rotation-proxy"));
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        fs::read_to_string(&real)
+            .unwrap()
+            .contains("rotation-proxy")
+    );
     restore(&record).unwrap();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(fs::read_to_string(&real).unwrap(), "model = \"o3\"\n");
 }
 
@@ -114,25 +140,36 @@ fn revert_file_recovers_a_crashed_run() {
     // Run 1 applies, then "crashes" (never restores).
     {
         let revert = RevertFile::beside(&config);
-        revert.apply(&config, &common::proxy_rewrite(9, Target::TopLevel)).unwrap();
+        revert
+            .apply(&config, &common::proxy_rewrite(9, Target::TopLevel))
+            .unwrap();
         assert_eq!(mode(revert.path()), 0o600);
     }
     // Meanwhile the user edits something else.
-    let edited = fs::read_to_string(&config).unwrap().replace("enabled = true", "enabled = false");
+    let edited = fs::read_to_string(&config)
+        .unwrap()
+        .replace("enabled = true", "enabled = false");
     fs::write(&config, &edited).unwrap();
 
     // Run 2 finds the stale rewrite and must not stack a new one on top of it.
     let revert = RevertFile::beside(&config);
     assert!(revert.is_pending().unwrap());
-    let err = revert.apply(&config, &common::proxy_rewrite(10, Target::TopLevel)).unwrap_err();
+    let err = revert
+        .apply(&config, &common::proxy_rewrite(10, Target::TopLevel))
+        .unwrap_err();
     assert!(matches!(err, Error::PendingRevert { .. }), "{err:?}");
     let report = revert.restore().unwrap().unwrap();
     assert!(matches!(report.outcome, RestoreOutcome::Merged { ref kept, .. } if kept.is_empty()));
-    assert_eq!(fs::read_to_string(&config).unwrap(), original.replace("enabled = true", "enabled = false"));
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        original.replace("enabled = true", "enabled = false")
+    );
     assert!(!revert.is_pending().unwrap());
 
     // And starts cleanly.
-    revert.apply(&config, &common::proxy_rewrite(10, Target::TopLevel)).unwrap();
+    revert
+        .apply(&config, &common::proxy_rewrite(10, Target::TopLevel))
+        .unwrap();
     revert.restore().unwrap();
     assert_eq!(dir_entries(dir.path()), ["config.toml"]);
 }
@@ -144,7 +181,12 @@ fn crash_between_record_and_config_write_is_harmless() {
     fs::write(&config, "model = \"o3\"\n").unwrap();
     // The record is stored first; simulate dying before config.toml was replaced.
     let text = fs::read_to_string(&config).unwrap();
-    let applied = config_rewrite::apply_to_str(&config, Some(&text), &common::proxy_rewrite(9, Target::TopLevel)).unwrap();
+    let applied = config_rewrite::apply_to_str(
+        &config,
+        Some(&text),
+        &common::proxy_rewrite(9, Target::TopLevel),
+    )
+    .unwrap();
     let revert = RevertFile::beside(&config);
     revert.store(applied.record()).unwrap();
     let report = revert.restore().unwrap().unwrap();
@@ -158,8 +200,19 @@ fn failed_apply_leaves_no_record() {
     let config = dir.path().join("config.toml");
     fs::write(&config, "profiles = 1\n").unwrap();
     let revert = RevertFile::beside(&config);
-    let err = revert.apply(&config, &common::proxy_rewrite(9, Target::profile("w"))).unwrap_err();
-    assert!(matches!(err, Error::Config { source: EditError::NotATable { .. }, .. }), "{err:?}");
+    let err = revert
+        .apply(&config, &common::proxy_rewrite(9, Target::profile("w")))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                source: EditError::NotATable { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(!revert.is_pending().unwrap());
     assert_eq!(fs::read_to_string(&config).unwrap(), "profiles = 1\n");
 }
@@ -180,10 +233,21 @@ fn user_made_the_file_invalid_restore_refuses_and_keeps_the_record() {
     let config = dir.path().join("config.toml");
     fs::write(&config, "model = \"o3\"\n").unwrap();
     let revert = RevertFile::beside(&config);
-    revert.apply(&config, &common::proxy_rewrite(9, Target::TopLevel)).unwrap();
+    revert
+        .apply(&config, &common::proxy_rewrite(9, Target::TopLevel))
+        .unwrap();
     fs::write(&config, "model = \n").unwrap();
     let err = revert.restore().unwrap_err();
-    assert!(matches!(err, Error::Config { source: EditError::InvalidToml { .. }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                source: EditError::InvalidToml { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(fs::read_to_string(&config).unwrap(), "model = \n");
     assert!(revert.is_pending().unwrap());
 }
@@ -194,6 +258,8 @@ fn error_messages_name_the_file_and_never_values() {
     let config = dir.path().join("config.toml");
     fs::write(&config, "[profiles]\nwork = \"sk-do-not-print\"\n").unwrap();
     let err = apply(&config, &common::proxy_rewrite(9, Target::profile("work"))).unwrap_err();
-    let message = err.to_string().replace(&dir.path().display().to_string(), "<dir>");
+    let message = err
+        .to_string()
+        .replace(&dir.path().display().to_string(), "<dir>");
     insta::assert_snapshot!(message, @"<dir>/config.toml: `profiles.work` is a string, not a table; rename or remove it and retry");
 }

@@ -1,7 +1,9 @@
 //! Property tests over generated TOML documents: apply/restore round trips byte for byte,
 //! bytes outside our edits are kept, and `model_provider` always ends up at the top level.
 
-use config_rewrite::{ProviderSpec, RestoreOutcome, Rewrite, Target, apply_to_str, read_string, restore_str};
+use config_rewrite::{
+    ProviderSpec, RestoreOutcome, Rewrite, Target, apply_to_str, read_string, restore_str,
+};
 use proptest::prelude::*;
 
 /// A generated document plus facts the properties need.
@@ -29,12 +31,15 @@ fn value(le: &'static str) -> impl Strategy<Value = String> {
 }
 
 fn kv_line(key: String, le: &'static str) -> impl Strategy<Value = String> {
-    (value(le), prop::option::of(Just(" # trailing")), prop::bool::ANY).prop_map(
-        move |(v, comment, tight)| {
+    (
+        value(le),
+        prop::option::of(Just(" # trailing")),
+        prop::bool::ANY,
+    )
+        .prop_map(move |(v, comment, tight)| {
             let eq = if tight { "=" } else { " = " };
             format!("{key}{eq}{v}{}", comment.unwrap_or(""))
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +155,11 @@ fn spec() -> impl Strategy<Value = ProviderSpec> {
 
 /// Lines of `applied` that are not a subsequence match of `original`'s lines.
 fn extra_lines(original: &str, applied: &str) -> Result<Vec<String>, String> {
-    let norm = |l: &str| l.trim_end_matches('\r').trim_start_matches('\u{feff}').to_owned();
+    let norm = |l: &str| {
+        l.trim_end_matches('\r')
+            .trim_start_matches('\u{feff}')
+            .to_owned()
+    };
     let orig: Vec<String> = original.split('\n').map(norm).collect();
     let mut extra = Vec::new();
     let mut i = 0;

@@ -1,0 +1,328 @@
+//! Interop with the real Codex CLI: it loads every rewritten corpus config without a
+//! configuration error, it *does* report broken ones (so these tests can fail), and
+//! `codex exec` really talks to the provider we wrote, on a loopback server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use config_rewrite::{RevertFile, Target, apply, restore};
+
+const TOKEN: &str = "loopback-test-token-7f3a";
+
+/// Runs the CLI with `CODEX_HOME` set, bounded in time; returns (success, stdout+stderr).
+fn run_codex(bin: &Path, home: &Path, args: &[&str], timeout: Duration) -> (bool, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("CODEX_HOME", home)
+        .env("ROTATION_PROXY_TOKEN", TOKEN)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env("NO_COLOR", "1")
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn codex");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let output = format!(
+        "{}{}",
+        out_thread.join().unwrap(),
+        err_thread.join().unwrap()
+    );
+    match status {
+        Some(status) => (status.success(), output),
+        None => (false, format!("TIMED OUT after {timeout:?}\n{output}")),
+    }
+}
+
+fn config_error(output: &str) -> bool {
+    output.contains("Error loading configuration") || output.contains("Error loading config.toml")
+}
+
+fn login_status(bin: &Path, home: &Path) -> String {
+    run_codex(bin, home, &["login", "status"], Duration::from_secs(30)).1
+}
+
+#[test]
+fn rewritten_corpus_configs_load_without_a_config_error() {
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "rewritten_corpus_configs_load_without_a_config_error",
+            "Codex CLI not found",
+        );
+    };
+    for (name, original, target) in common::corpus() {
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("config.toml");
+        std::fs::write(&config, &original).unwrap();
+        let before = login_status(&bin, home.path());
+        assert!(
+            !config_error(&before),
+            "{name}: corpus file itself rejected:\n{before}"
+        );
+
+        let record = apply(&config, &common::proxy_rewrite(9, target)).unwrap();
+        let after = login_status(&bin, home.path());
+        assert!(
+            !config_error(&after),
+            "{name}: rewritten config rejected:\n{after}"
+        );
+
+        restore(&record).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            original,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn codex_does_report_broken_configs() {
+    let Some(bin) = common::codex_bin() else {
+        return common::skip("codex_does_report_broken_configs", "Codex CLI not found");
+    };
+    let provider =
+        "[model_providers.rotation-proxy]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    let cases = [
+        ("invalid TOML", "model = \"o3\"\n[tui\n".to_owned()),
+        (
+            "unknown provider selected",
+            "model_provider = \"rotation-proxy\"\n".to_owned(),
+        ),
+        (
+            "wire_api chat",
+            format!("model_provider = \"rotation-proxy\"\n{provider}wire_api = \"chat\"\n"),
+        ),
+        (
+            "wrong field type",
+            format!("model_provider = \"rotation-proxy\"\n{provider}request_max_retries = \"3\"\n"),
+        ),
+        (
+            "reserved id",
+            "[model_providers.openai]\nname = \"x\"\n".to_owned(),
+        ),
+    ];
+    for (what, text) in cases {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.toml"), text).unwrap();
+        let output = login_status(&bin, home.path());
+        assert!(
+            config_error(&output),
+            "{what}: expected a configuration error, got:\n{output}"
+        );
+    }
+}
+
+/// A loopback Responses API: answers `POST …/responses` with a minimal SSE stream and
+/// records each request line and whether it carried our bearer token.
+struct Upstream {
+    port: u16,
+    seen: Arc<Mutex<Vec<(String, bool)>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let handle = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut served = 0;
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline && served < 50 {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        served += 1;
+                        let _ = handle_conn(stream, &seen2);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Upstream {
+            port,
+            seen,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn handle_conn(stream: TcpStream, seen: &Mutex<Vec<(String, bool)>>) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut content_length = 0usize;
+    let mut authorized = false;
+    for _ in 0..200 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("authorization:")
+            && line.trim_end().ends_with(&format!("Bearer {TOKEN}"))
+        {
+            authorized = true;
+        }
+    }
+    let mut body = vec![0u8; content_length.min(16 << 20)];
+    reader.read_exact(&mut body)?;
+    let request_line = request_line.trim().to_owned();
+    seen.lock()
+        .unwrap()
+        .push((request_line.clone(), authorized));
+    let mut stream = stream;
+    if request_line.starts_with("POST ") && request_line.contains("/v1/responses") {
+        let events = [
+            (
+                "response.created",
+                r#"{"type":"response.created","response":{"id":"resp_1"}}"#,
+            ),
+            (
+                "response.output_item.done",
+                r#"{"type":"response.output_item.done","item":{"type":"message","role":"assistant","id":"msg_1","content":[{"type":"output_text","text":"hello from the loopback provider"}]}}"#,
+            ),
+            (
+                "response.completed",
+                r#"{"type":"response.completed","response":{"id":"resp_1","usage":{"input_tokens":1,"input_tokens_details":null,"output_tokens":1,"output_tokens_details":null,"total_tokens":2}}}"#,
+            ),
+        ];
+        let mut sse = String::new();
+        for (event, data) in events {
+            sse.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+        }
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{sse}",
+            sse.len()
+        )?;
+    } else {
+        stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )?;
+    }
+    stream.flush()
+}
+
+fn exec_through(bin: &Path, home: &Path, upstream: &Upstream, extra: &[&str]) -> String {
+    let mut args = vec!["exec", "--skip-git-repo-check"];
+    args.extend_from_slice(extra);
+    args.push("say hi");
+    let (ok, output) = run_codex(bin, home, &args, Duration::from_secs(90));
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert!(ok, "codex exec failed:\n{output}\nrequests: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(line, auth)| line.starts_with("POST /v1/responses") && *auth),
+        "no authorized POST /v1/responses reached the provider we wrote: {seen:?}\n{output}"
+    );
+    assert!(
+        output.contains("hello from the loopback provider"),
+        "{output}"
+    );
+    output
+}
+
+#[test]
+fn codex_exec_uses_the_provider_we_wrote() {
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "codex_exec_uses_the_provider_we_wrote",
+            "Codex CLI not found",
+        );
+    };
+    let upstream = Upstream::start();
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    // The hardest corpus case for placement: an array of tables comes first.
+    let original = common::corpus()
+        .into_iter()
+        .find(|(n, ..)| *n == "skills_first")
+        .unwrap()
+        .1;
+    std::fs::write(&config, &original).unwrap();
+
+    let revert = RevertFile::beside(&config);
+    revert
+        .apply(
+            &config,
+            &common::proxy_rewrite(upstream.port, Target::TopLevel),
+        )
+        .unwrap();
+    exec_through(&bin, home.path(), &upstream, &[]);
+    revert.restore().unwrap();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+}
+
+#[test]
+fn codex_exec_with_a_profile_file() {
+    // Codex 0.169 profiles are layered files: `--profile work` reads `$CODEX_HOME/work.config.toml`.
+    let Some(bin) = common::codex_bin() else {
+        return common::skip("codex_exec_with_a_profile_file", "Codex CLI not found");
+    };
+    let upstream = Upstream::start();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("config.toml"), "model = \"gpt-5\"\n").unwrap();
+    let profile =
+        config_rewrite::profile_config_path(&home.path().join("config.toml"), "work").unwrap();
+    let record = apply(
+        &profile,
+        &common::proxy_rewrite(upstream.port, Target::TopLevel),
+    )
+    .unwrap();
+    exec_through(&bin, home.path(), &upstream, &["--profile", "work"]);
+    restore(&record).unwrap();
+    assert!(!profile.exists());
+}
