@@ -342,6 +342,9 @@ pub enum AuthJsonError {
         /// The limit.
         max: usize,
     },
+    /// The input is empty or only whitespace.
+    #[error("auth.json is empty; it holds no login (sign in again or restore it from a backup)")]
+    Empty,
     /// The input ends early (e.g. a file cut off by a crash or a full disk).
     #[error("auth.json is truncated: the JSON ends early at line {line}, column {column}")]
     Truncated {
@@ -363,7 +366,8 @@ pub enum AuthJsonError {
     /// Well-formed JSON, but a field has the wrong type or value.
     #[error("auth.json field `{field}` is invalid at line {line}, column {column}: {detail}")]
     Field {
-        /// Dotted path of the field (e.g. `tokens.id_token`), `.` for the top level.
+        /// Dotted path of the field (e.g. `tokens.id_token`), `(top level)` for the
+        /// document itself.
         field: String,
         /// 1-based line.
         line: usize,
@@ -451,14 +455,23 @@ impl AuthDocument {
                 max: MAX_AUTH_JSON_LEN,
             });
         }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(AuthJsonError::Empty);
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let result: Result<Self, _> = serde_path_to_error::deserialize(&mut de);
         let doc = result.map_err(|err| {
-            let field = err.path().to_string();
+            let path = err.path().to_string();
+            let field = if path == "." {
+                "(top level)".to_owned()
+            } else {
+                path
+            };
             let inner = err.into_inner();
             classify(&inner, field)
         })?;
-        de.end().map_err(|err| classify(&err, ".".to_owned()))?;
+        de.end()
+            .map_err(|err| classify(&err, "(top level)".to_owned()))?;
         Ok(doc)
     }
 
@@ -598,10 +611,10 @@ mod tests {
             AuthDocument::from_json_str("{} trailing").unwrap_err(),
             AuthJsonError::Syntax { .. }
         ));
-        assert!(matches!(
-            AuthDocument::from_json_str("").unwrap_err(),
-            AuthJsonError::Truncated { .. }
-        ));
+        assert_eq!(
+            AuthDocument::from_json_str(" \n").unwrap_err(),
+            AuthJsonError::Empty
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub enum JwtError {
         /// The limit, [`MAX_JWT_LEN`].
         max: usize,
     },
+    /// The input is empty.
+    #[error("token is empty")]
+    Empty,
     /// The input is not three non-empty, dot-separated parts.
     #[error(
         "not a JWT: expected three non-empty dot-separated parts (header.payload.signature), found {parts} part(s){}",
@@ -347,6 +350,9 @@ fn split(token: &str) -> Result<[&str; 3], JwtError> {
             len: token.len(),
             max: MAX_JWT_LEN,
         });
+    }
+    if token.is_empty() {
+        return Err(JwtError::Empty);
     }
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {

@@ -107,7 +107,10 @@ pub type PersistError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum RefreshError {
     /// The server rejected the refresh token for good (HTTP 401, or an error code that
     /// means the token is expired, reused, revoked or an invalid grant). Sign in again.
-    #[error("token refresh was rejected (HTTP {status}): {error}")]
+    #[error(
+        "token refresh was rejected (HTTP {status}): {error}{}",
+        if error.requires_new_login() { "" } else { "; sign in again" }
+    )]
     Rejected {
         /// HTTP status.
         status: u16,
@@ -115,7 +118,10 @@ pub enum RefreshError {
         error: OAuthError,
     },
     /// The endpoint answered with another error status; trying again later may work.
-    #[error("the token endpoint answered HTTP {status} ({error}); try again later")]
+    #[error(
+        "the token endpoint answered HTTP {status} ({}); try again later",
+        match error.code() { Some(code) => format!("error code `{code}`"), None => "no error code".to_owned() }
+    )]
     Endpoint {
         /// HTTP status.
         status: u16,
