@@ -13,6 +13,8 @@ use crate::{Error, ProcessInfo};
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum LookupMethod {
+    /// Linux `NETLINK_SOCK_DIAG` for LISTEN sockets + `/proc/<pid>/fd` (native, default).
+    SockDiag,
     /// Linux `/proc/net/tcp{,6}` + `/proc/<pid>/fd` (native).
     Procfs,
     /// macOS libproc socket enumeration (native, best-effort).
@@ -33,6 +35,7 @@ impl LookupMethod {
 impl fmt::Display for LookupMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::SockDiag => "sock_diag + /proc (native)",
             Self::Procfs => "/proc (native)",
             Self::Libproc => "libproc (native)",
             Self::TcpTable => "TCP table API (native)",
@@ -93,20 +96,22 @@ pub trait HolderLookup: Send + Sync {
     fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error>;
 }
 
-/// The native lookup for this platform, or `None` where there is none.
-pub fn native_lookup() -> Option<Arc<dyn HolderLookup>> {
+/// The native lookups for this platform, best first (empty where there is none).
+pub fn native_lookups() -> Vec<Arc<dyn HolderLookup>> {
     #[cfg(target_os = "linux")]
-    return Some(Arc::new(crate::ProcfsLookup::new()));
+    return vec![
+        Arc::new(crate::SockDiagLookup::new()),
+        Arc::new(crate::ProcfsLookup::new()),
+    ];
     #[cfg(any(target_os = "macos", target_os = "windows"))]
-    return Some(Arc::new(crate::sys::ListenersLookup));
+    return vec![Arc::new(crate::sys::ListenersLookup)];
     #[allow(unreachable_code)]
-    None
+    Vec::new()
 }
 
-/// The lookups [`inspect`] tries, in order: the native one, then `lsof` (Unix only).
+/// The lookups [`inspect`] tries, in order: the native ones, then `lsof` (Unix only).
 pub fn default_lookups() -> Vec<Arc<dyn HolderLookup>> {
-    let mut lookups = Vec::new();
-    lookups.extend(native_lookup());
+    let mut lookups = native_lookups();
     #[cfg(unix)]
     lookups.push(Arc::new(crate::LsofLookup::new()) as Arc<dyn HolderLookup>);
     lookups

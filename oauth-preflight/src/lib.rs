@@ -34,8 +34,9 @@
 //! # How holders are found
 //! Only LISTEN sockets count (a browser still connected to the port is not a holder), on
 //! the asked address, a wildcard, or the other `localhost` family (`[::1]` for `127.0.0.1`).
-//! Linux reads `/proc/net/tcp{,6}` and matches socket inodes against `/proc/<pid>/fd` —
-//! no process is spawned. macOS and Windows use their native socket tables (best-effort,
+//! Linux asks the kernel for LISTEN sockets over `NETLINK_SOCK_DIAG` (falling back to
+//! `/proc/net/tcp{,6}`) and matches socket inodes against `/proc/<pid>/fd` — no process
+//! is spawned. macOS and Windows use their native socket tables (best-effort,
 //! untested in CI). `lsof` is the fallback; every result says which [`LookupMethod`]
 //! answered. Processes of other users that cannot be inspected are reported as such.
 //!
@@ -58,7 +59,7 @@ pub use error::Error;
 pub use free::{FreePolicy, free};
 pub use inspect::{
     BindProbe, HolderLookup, Inspection, LookupMethod, PortHolder, blocks, default_lookups,
-    inspect, inspect_with, native_lookup,
+    inspect, inspect_with, native_lookups,
 };
 #[cfg(unix)]
 pub use lsof::LsofLookup;
@@ -66,7 +67,7 @@ pub use matcher::{HolderMatcher, ProgramMatcher};
 pub use outcome::{Outcome, Stopped, investigate_command};
 pub use process::{ProcessInfo, StartTime};
 #[cfg(target_os = "linux")]
-pub use sys::linux::ProcfsLookup;
+pub use sys::linux::{ProcfsLookup, SockDiagLookup};
 
 /// The port `codex login` listens on for the OAuth callback.
 pub const CODEX_CALLBACK_PORT: u16 = 1455;

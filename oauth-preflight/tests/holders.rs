@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Family, Spec, skip, spawn, v4};
 use oauth_preflight::{
     Error, FreePolicy, HolderLookup, LookupMethod, LsofLookup, Outcome, PortHolder, ProcfsLookup,
-    free, inspect, inspect_with,
+    SockDiagLookup, free, inspect, inspect_with,
 };
 
 fn quick() -> FreePolicy {
@@ -21,7 +21,7 @@ fn quick() -> FreePolicy {
 fn codex_named_holder_is_found_with_full_identity_and_freed() {
     let mut h = spawn(Spec::named("codex"));
     let found = inspect(h.addr).unwrap();
-    assert_eq!(found.method, LookupMethod::Procfs);
+    assert_eq!(found.method, LookupMethod::SockDiag);
     assert!(!found.is_free());
     let p = found.processes()[0].clone();
     assert_eq!(p.pid, h.pid());
@@ -44,6 +44,17 @@ fn codex_named_holder_is_found_with_full_identity_and_freed() {
     std::net::TcpListener::bind(h.addr).expect("port is bindable after free");
     let status = h.child.wait().unwrap();
     assert_eq!(status.signal(), Some(15), "stopped by SIGTERM");
+}
+
+#[test]
+fn both_native_lookups_agree_on_a_real_holder() {
+    let h = spawn(Spec::named("codex"));
+    let a = ProcfsLookup::new().find_listeners(h.addr.port()).unwrap();
+    let b = SockDiagLookup::new().find_listeners(h.addr.port()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].process.as_ref().map(|p| p.pid), Some(h.pid()));
+    assert_eq!(a[0].socket, h.addr);
 }
 
 #[test]

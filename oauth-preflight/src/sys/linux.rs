@@ -78,39 +78,92 @@ impl HolderLookup for ProcfsLookup {
                 }
             }
         }
-        if sockets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let wanted: HashSet<u64> = sockets
-            .iter()
-            .map(|s| s.inode)
-            .filter(|&i| i != 0)
-            .collect();
-        let owners = self.pids_holding(&wanted);
-        let mut holders = Vec::new();
-        for s in sockets {
-            let pids = owners.get(&s.inode).map(Vec::as_slice).unwrap_or_default();
-            let described: Vec<ProcessInfo> = pids
-                .iter()
-                .filter_map(|&pid| describe_in(&self.root, pid))
-                .collect();
-            if described.is_empty() {
-                holders.push(PortHolder {
-                    socket: s.local,
-                    socket_uid: Some(s.uid),
-                    process: None,
-                });
-            }
-            for p in described {
-                holders.push(PortHolder {
-                    socket: s.local,
-                    socket_uid: Some(s.uid),
-                    process: Some(p),
-                });
-            }
-        }
-        Ok(holders)
+        Ok(holders_of(&self.root, sockets))
     }
+}
+
+/// Native Linux lookup through `NETLINK_SOCK_DIAG` (LISTEN sockets only, like `ss -l`),
+/// with owners matched by inode against `/proc/<pid>/fd` as in [`ProcfsLookup`].
+///
+/// Much cheaper than reading `/proc/net/tcp` on machines with a large connection hash
+/// table. Fails (so the next lookup answers) where netlink is filtered, e.g. some sandboxes.
+///
+/// ```
+/// use oauth_preflight::{HolderLookup, SockDiagLookup};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let holders = SockDiagLookup::new().find_listeners(listener.local_addr()?.port())?;
+/// assert_eq!(holders.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SockDiagLookup {
+    root: PathBuf,
+}
+
+impl SockDiagLookup {
+    /// Asks the kernel over netlink; reads owners from the live `/proc`.
+    pub fn new() -> Self {
+        Self {
+            root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl Default for SockDiagLookup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HolderLookup for SockDiagLookup {
+    fn method(&self) -> LookupMethod {
+        LookupMethod::SockDiag
+    }
+
+    fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        let sockets = super::sock_diag::listening_sockets(port).map_err(|e| Error::Platform {
+            method: LookupMethod::SockDiag,
+            message: e.to_string(),
+        })?;
+        Ok(holders_of(&self.root, sockets))
+    }
+}
+
+/// Attaches the processes holding each socket; sockets nobody visible holds get `None`.
+fn holders_of(root: &Path, sockets: Vec<SocketRow>) -> Vec<PortHolder> {
+    if sockets.is_empty() {
+        return Vec::new();
+    }
+    let wanted: HashSet<u64> = sockets
+        .iter()
+        .map(|s| s.inode)
+        .filter(|&i| i != 0)
+        .collect();
+    let owners = pids_holding(root, &wanted);
+    let mut holders = Vec::new();
+    for s in sockets {
+        let pids = owners.get(&s.inode).map(Vec::as_slice).unwrap_or_default();
+        let described: Vec<ProcessInfo> = pids
+            .iter()
+            .filter_map(|&pid| describe_in(root, pid))
+            .collect();
+        if described.is_empty() {
+            holders.push(PortHolder {
+                socket: s.local,
+                socket_uid: Some(s.uid),
+                process: None,
+            });
+        }
+        for p in described {
+            holders.push(PortHolder {
+                socket: s.local,
+                socket_uid: Some(s.uid),
+                process: Some(p),
+            });
+        }
+    }
+    holders
 }
 
 /// One row of `/proc/net/tcp*`, the fields we use.
@@ -175,41 +228,39 @@ fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
     })
 }
 
-impl ProcfsLookup {
-    /// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
-    fn pids_holding(&self, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
-        let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return found;
+/// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
+fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+    let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
+    let Ok(entries) = fs::read_dir(root) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
         };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue; // another user's process, or it just exited
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
             };
-            let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-                continue; // another user's process, or it just exited
+            let Some(inode) = socket_inode(&target) else {
+                continue;
             };
-            for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else {
-                    continue;
-                };
-                let Some(inode) = socket_inode(&target) else {
-                    continue;
-                };
-                if wanted.contains(&inode) {
-                    let pids = found.entry(inode).or_default();
-                    if !pids.contains(&pid) {
-                        pids.push(pid);
-                    }
+            if wanted.contains(&inode) {
+                let pids = found.entry(inode).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
                 }
             }
         }
-        found
     }
+    found
 }
 
 /// `socket:[12345]` → 12345.

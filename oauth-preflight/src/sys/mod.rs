@@ -16,6 +16,8 @@ pub(crate) mod linux;
 mod listeners_lookup;
 #[cfg(target_os = "macos")]
 pub(crate) mod macos;
+#[cfg(target_os = "linux")]
+mod sock_diag;
 #[cfg(target_os = "windows")]
 pub(crate) mod windows;
 #[cfg(any(target_os = "macos", target_os = "windows"))]
