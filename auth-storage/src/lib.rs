@@ -13,6 +13,8 @@ pub mod lock;
 mod mask;
 mod mode;
 pub mod pool;
+#[cfg(feature = "refresh")]
+pub mod refresh;
 mod store;
 
 pub use codex_home::{
