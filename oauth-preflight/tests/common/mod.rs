@@ -135,11 +135,20 @@ pub fn spawn(spec: Spec) -> Holder {
     if let Some(uid) = spec.uid {
         cmd.uid(uid).gid(uid);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // A parallel test forking while we wrote the copy can hold its write fd until that
+    // child execs: exec then fails with ETXTBSY ("text file busy") for a moment. Retry.
+    let mut attempts = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("could not start holder {}: {e}", exe.display()),
+        }
+    };
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
