@@ -4,3 +4,6 @@
 //! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod mock_upstream;
+pub mod proxy;

@@ -1,0 +1,165 @@
+//! A loopback rotation proxy for the Codex CLI over an `auth-storage` account pool.
+//!
+//! ```text
+//! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
+//!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite]
+//! ```
+//!
+//! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
+//! `env_key = "ROTATION_PROXY_TOKEN"`), undoing first a stale rewrite left by a crashed run;
+//! on Ctrl-C or SIGTERM it drains open streams and restores the file. Then
+//! `ROTATION_PROXY_TOKEN=… codex exec "…"` goes through the proxy, which picks an account per
+//! request with `rotation-policy`, refreshes tokens with `auth-core` and saves them to the pool.
+//!
+//! The wrapper token comes from `ROTATION_PROXY_TOKEN`; when unset, one is generated and
+//! printed once on stdout. Logs (stderr, `RUST_LOG`) never contain tokens or full emails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use auth_storage::PoolStore;
+use clap::Parser;
+use examples::proxy::{
+    CHATGPT_CODEX_UPSTREAM, CodexRoute, OPENAI_TOKEN_URL, ProxyOptions, RotationProxy, TOKEN_ENV,
+    WrapperToken, load_pool_accounts, shutdown_signal,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Loopback rotation proxy for the Codex CLI over an account pool")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Allow a listen address that is not loopback (the proxy spends your accounts).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Pool directory (default: auth-storage's default pool directory).
+    #[arg(long)]
+    pool_dir: Option<PathBuf>,
+    /// Codex home whose config.toml is pointed at the proxy (default: $CODEX_HOME, else ~/.codex).
+    #[arg(long)]
+    codex_home: Option<PathBuf>,
+    /// Upstream base URL; /v1/<path> is forwarded to <upstream>/<path>.
+    #[arg(long, default_value = CHATGPT_CODEX_UPSTREAM)]
+    upstream: String,
+    /// OAuth token endpoint for refreshes.
+    #[arg(long, default_value = OPENAI_TOKEN_URL)]
+    token_url: String,
+    /// Leave config.toml alone.
+    #[arg(long)]
+    no_config_rewrite: bool,
+}
+
+fn default_codex_home() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(home));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".codex"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("rotation-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        return Err(format!(
+            "{} is not a loopback address; pass --allow-remote to listen there anyway",
+            args.listen
+        ));
+    }
+    let (token, generated) = WrapperToken::from_env_or_generate().map_err(|e| e.to_string())?;
+    let store = match &args.pool_dir {
+        Some(dir) => PoolStore::new(dir),
+        None => PoolStore::open_default().map_err(|e| e.to_string())?,
+    };
+    let accounts = tokio::task::spawn_blocking(move || load_pool_accounts(store))
+        .await
+        .map_err(|_| "loading the pool was cancelled".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut options = ProxyOptions::new(args.upstream.clone(), token.clone());
+    options.listen = args.listen;
+    options.token_url = args.token_url.clone();
+    let proxy = RotationProxy::start(options, accounts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_url = proxy.base_url();
+    println!(
+        "rotation-proxy: listening on {base_url} ({} accounts)",
+        proxy.status().accounts.len()
+    );
+    if generated {
+        // Shown once, on stdout, so the user can export it; never logged.
+        println!(
+            "rotation-proxy: export {TOKEN_ENV}={}",
+            token.secret().expose()
+        );
+    }
+
+    let route = match (
+        &args.no_config_rewrite,
+        args.codex_home.clone().or_else(default_codex_home),
+    ) {
+        (false, Some(home)) => {
+            let url = base_url.clone();
+            let applied = tokio::task::spawn_blocking(move || CodexRoute::apply(&home, &url))
+                .await
+                .map_err(|_| "config rewrite was cancelled".to_owned())?;
+            match applied {
+                Ok((route, stale)) => {
+                    if let Some(report) = stale {
+                        println!(
+                            "rotation-proxy: restored a stale rewrite of {} left by an earlier run",
+                            report.config.display()
+                        );
+                    }
+                    println!(
+                        "rotation-proxy: {} now routes codex through the proxy",
+                        route.config().display()
+                    );
+                    Some(route)
+                }
+                Err(err) => {
+                    proxy.shutdown().await;
+                    return Err(format!("could not rewrite the Codex config: {err}"));
+                }
+            }
+        }
+        _ => None,
+    };
+
+    shutdown_signal().await;
+    println!("rotation-proxy: shutting down (draining open streams)");
+    let status = proxy.status();
+    proxy.shutdown().await;
+    let mut result = Ok(());
+    if let Some(route) = route {
+        let config = route.config().to_path_buf();
+        match tokio::task::spawn_blocking(move || route.restore()).await {
+            Ok(Ok(_)) => println!("rotation-proxy: restored {}", config.display()),
+            Ok(Err(err)) => result = Err(format!("could not restore {}: {err}", config.display())),
+            Err(_) => result = Err("config restore was cancelled".to_owned()),
+        }
+    }
+    let c = status.counters;
+    println!(
+        "rotation-proxy: {} requests ({} ok, {} upstream errors, {} gave up), {} attempts, {} refreshes",
+        c.requests, c.ok, c.upstream_errors, c.gave_up, c.attempts, c.refreshes
+    );
+    result
+}

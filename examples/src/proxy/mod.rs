@@ -1,0 +1,799 @@
+//! A loopback rotation proxy for the Codex CLI, composed from the workspace crates.
+//!
+//! [`RotationProxy`] listens on loopback, checks a wrapper token ([`WrapperToken`]), and
+//! forwards `POST /v1/responses` (any `/v1/<path>`) to `{upstream}/<path>` with one pool
+//! account's `Authorization: Bearer <access token>` and `ChatGPT-Account-Id`. Which account,
+//! when to retry elsewhere, how long to wait and what to tell the client when every account
+//! cools down is decided by [`rotation_policy::Pool`]; the proxy only reports outcomes.
+//! Expired or rejected access tokens are refreshed once per account at a time
+//! (single-flight) and written back to the pool store.
+//!
+//! Responses stream through unbuffered. Request bodies are read once (capped; over the cap
+//! is `413`) and shared between attempts without copying. Hop-by-hop headers are dropped
+//! both ways. `GET /status` returns a consistent JSON snapshot ([`StatusReport`]).
+//!
+//! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
+//! gave_up + no_account + bad_gateway` (wrapper-auth `401`s and `413`s are counted apart,
+//! as they never reach account selection).
+
+mod accounts;
+mod codex_config;
+mod headers;
+mod serve;
+mod wrapper_token;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use auth_core::Timestamp as WallTimestamp;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use rotation_policy::{AccountId, Decision, Outcome, PolicyConfig, Pool, Selection, Timestamp};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use accounts::{AccountCredentials, AccountReport, Accounts, load_pool_accounts};
+pub use codex_config::{CodexRoute, PROVIDER_ID};
+pub use headers::strip_hop_by_hop;
+pub use serve::{serve_http1, shutdown_signal};
+pub use wrapper_token::{TOKEN_ENV, WrapperToken, WrapperTokenError};
+
+/// Boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type of the proxy and the mock upstream.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Default request body cap (64 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// The ChatGPT Codex backend (`/responses` is appended).
+pub const CHATGPT_CODEX_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex";
+/// The OpenAI OAuth token endpoint used for refreshes.
+pub const OPENAI_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+
+/// Settings of a [`RotationProxy`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProxyOptions {
+    /// Where to listen (loopback by default).
+    pub listen: SocketAddr,
+    /// Upstream base URL; `/v1/<path>` goes to `{upstream}/<path>`.
+    pub upstream: String,
+    /// OAuth token endpoint for refreshes.
+    pub token_url: String,
+    /// The token clients must present.
+    pub wrapper_token: WrapperToken,
+    /// Request body cap in bytes.
+    pub body_limit: usize,
+    /// Rotation policy settings.
+    pub policy: PolicyConfig,
+    /// Seed for the policy's jitter.
+    pub seed: u64,
+    /// How long shutdown waits for open streams.
+    pub grace: Duration,
+    /// Refresh an access token this long before its `exp`.
+    pub refresh_margin: Duration,
+}
+
+impl ProxyOptions {
+    /// Options with defaults: `127.0.0.1:0`, 64 MiB cap, default policy.
+    pub fn new(upstream: impl Into<String>, wrapper_token: WrapperToken) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream: upstream.into().trim_end_matches('/').to_owned(),
+            token_url: OPENAI_TOKEN_URL.to_owned(),
+            wrapper_token,
+            body_limit: DEFAULT_BODY_LIMIT,
+            policy: PolicyConfig::default(),
+            seed: 0x5eed,
+            grace: Duration::from_secs(10),
+            refresh_margin: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// Binding the listen address failed.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The policy rejected its configuration or an account id.
+    #[error("rotation policy: {0}")]
+    Policy(#[from] rotation_policy::PolicyError),
+    /// The HTTP client could not be built.
+    #[error("could not build the upstream HTTP client: {0}")]
+    Client(String),
+    /// The pool store could not be read.
+    #[error("could not load the account pool: {0}")]
+    Pool(String),
+    /// The pool has no usable account.
+    #[error("the account pool is empty: add accounts before starting the proxy")]
+    EmptyPool,
+}
+
+/// The proxy's own counters (see the module docs for the invariant).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ProxyCounters {
+    /// Authorized requests that entered account selection.
+    pub requests: u64,
+    /// Of those, not answered yet.
+    pub in_flight: u64,
+    /// Answered with the upstream's 2xx response.
+    pub ok: u64,
+    /// Answered with the upstream's non-2xx response (passed through).
+    pub upstream_errors: u64,
+    /// Answered by the proxy with 429/5xx and `retry_after_ms` (every account cooling down).
+    pub gave_up: u64,
+    /// Answered 503: no enabled account.
+    pub no_account: u64,
+    /// Answered 502: upstream unreachable on every attempt.
+    pub bad_gateway: u64,
+    /// Upstream dispatches (≥ answered requests).
+    pub attempts: u64,
+    /// Attempts after the first, on the same or another account.
+    pub retries: u64,
+    /// Successful token refreshes.
+    pub refreshes: u64,
+    /// Failed token refreshes.
+    pub refresh_failures: u64,
+    /// Requests refused for a missing or wrong wrapper token.
+    pub rejected_unauthorized: u64,
+    /// Requests refused for a body over the cap.
+    pub rejected_too_large: u64,
+    /// Response streams open right now.
+    pub streams_open: u64,
+    /// Response streams that broke mid-way.
+    pub stream_errors: u64,
+}
+
+/// The `GET /status` document.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct StatusReport {
+    /// When the proxy started (RFC 3339).
+    pub started_at: String,
+    /// The proxy's counters.
+    pub counters: ProxyCounters,
+    /// Per-account state: masked email, refreshes, last error, and the policy's view.
+    pub accounts: Vec<AccountReport>,
+    /// The rotation policy's snapshot (counters, cooldowns, health).
+    pub policy: rotation_policy::PoolStatus,
+    /// The last error (redacted), if any.
+    pub last_error: Option<String>,
+}
+
+struct State {
+    policy: Pool,
+    counters: ProxyCounters,
+    last_error: Option<String>,
+}
+
+pub(crate) struct Shared {
+    options: ProxyOptions,
+    client: reqwest::Client,
+    state: Mutex<State>,
+    accounts: Accounts,
+    started_at: WallTimestamp,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section below leaves the state consistent before anything can
+        // panic, so a poisoned lock still guards valid data.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn status(&self) -> StatusReport {
+        let state = self.lock();
+        let policy = state.policy.status(now());
+        let accounts = self.accounts.reports(&policy);
+        StatusReport {
+            started_at: self.started_at.to_string(),
+            counters: state.counters,
+            accounts,
+            policy,
+            last_error: state.last_error.clone(),
+        }
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// A running proxy. Stop it with [`RotationProxy::shutdown`].
+pub struct RotationProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RotationProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotationProxy")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RotationProxy {
+    /// Binds `options.listen` and starts serving `accounts`.
+    pub async fn start(options: ProxyOptions, accounts: Accounts) -> Result<Self, ProxyError> {
+        if accounts.is_empty() {
+            return Err(ProxyError::EmptyPool);
+        }
+        let mut policy = Pool::new(options.policy.clone(), options.seed)?;
+        for id in accounts.ids() {
+            policy.add(id.clone())?;
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(300))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ProxyError::Client(e.to_string()))?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let grace = options.grace;
+        let shared = Arc::new(Shared {
+            options,
+            client,
+            state: Mutex::new(State {
+                policy,
+                counters: ProxyCounters::default(),
+                last_error: None,
+            }),
+            accounts,
+            started_at: WallTimestamp::now(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handler = shared.clone();
+        let task = tokio::spawn(serve_http1(
+            listener,
+            move |req| handle(handler.clone(), req),
+            async move {
+                let _ = stopped.await;
+            },
+            grace,
+        ));
+        tracing::info!(%addr, accounts = shared.accounts.len(), "rotation proxy listening");
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL for `config.toml`: `http://ADDR/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A consistent snapshot of counters and accounts (what `GET /status` returns).
+    pub fn status(&self) -> StatusReport {
+        self.shared.status()
+    }
+
+    /// Stops accepting, waits for open streams (up to the grace period) and writes
+    /// refreshed tokens back (already done at each refresh).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        tracing::info!("rotation proxy stopped");
+    }
+}
+
+impl Drop for RotationProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> BoxBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn json_error(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> Response<BoxBody> {
+    let mut error = serde_json::json!({"type": kind, "message": message});
+    if let Some(wait) = retry_after {
+        error["retry_after_ms"] =
+            serde_json::json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+    }
+    let mut response = Response::new(full(serde_json::json!({ "error": error }).to_string()));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(wait) = retry_after {
+        let secs = wait.as_millis().div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            h.insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
+    if !shared.options.wrapper_token.verify(req.headers()) {
+        shared.lock().counters.rejected_unauthorized += 1;
+        tracing::warn!(
+            path = req.uri().path(),
+            "rejected: missing or wrong wrapper token"
+        );
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_wrapper_token",
+            "missing or wrong proxy token: send it as `Authorization: Bearer …` or `x-api-key`",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let path = req.uri().path();
+    if req.method() == Method::GET && path == "/status" {
+        let body = serde_json::to_vec_pretty(&shared.status()).unwrap_or_default();
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return r;
+    }
+    if path.starts_with("/v1/") {
+        return forward(shared, req).await;
+    }
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "the proxy serves /v1/* and /status",
+        None,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prompt_cache_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn too_large(shared: &Shared) -> Response<BoxBody> {
+    shared.lock().counters.rejected_too_large += 1;
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        &format!(
+            "request body over the proxy's limit of {} bytes",
+            shared.options.body_limit
+        ),
+        None,
+    )
+}
+
+/// The end of one proxied request, for the counters.
+enum Answer {
+    Ok,
+    UpstreamError,
+    GaveUp,
+    NoAccount,
+    BadGateway,
+}
+
+fn finish(shared: &Shared, answer: Answer, error: Option<String>) {
+    let mut state = shared.lock();
+    let c = &mut state.counters;
+    c.in_flight -= 1;
+    match answer {
+        Answer::Ok => c.ok += 1,
+        Answer::UpstreamError => c.upstream_errors += 1,
+        Answer::GaveUp => c.gave_up += 1,
+        Answer::NoAccount => c.no_account += 1,
+        Answer::BadGateway => c.bad_gateway += 1,
+    }
+    if error.is_some() {
+        state.last_error = error;
+    }
+}
+
+async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
+    let started = std::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    let limit = shared.options.body_limit;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large(&shared);
+    }
+    let body: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large(&shared);
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+                None,
+            );
+        }
+    };
+    let peek: Option<Peek<'_>> = serde_json::from_slice(&body).ok();
+    let family = peek
+        .as_ref()
+        .and_then(|p| p.model.as_deref())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("*")
+        .to_owned();
+    let session = peek
+        .as_ref()
+        .and_then(|p| p.prompt_cache_key.as_deref().map(str::to_owned))
+        .or_else(|| {
+            ["session_id", "conversation_id"]
+                .iter()
+                .find_map(|h| parts.headers.get(*h)?.to_str().ok().map(str::to_owned))
+        });
+    let mut request = rotation_policy::Request::new(family);
+    if let Some(session) = session {
+        request = request.with_session(session);
+    }
+    let rest = parts.uri.path().strip_prefix("/v1").unwrap_or("/");
+    let url = match parts.uri.query() {
+        Some(q) => format!("{}{rest}?{q}", shared.options.upstream),
+        None => format!("{}{rest}", shared.options.upstream),
+    };
+    let mut fwd_headers = parts.headers.clone();
+    strip_hop_by_hop(&mut fwd_headers);
+    headers::strip_request_only(&mut fwd_headers);
+
+    {
+        let mut state = shared.lock();
+        state.counters.requests += 1;
+        state.counters.in_flight += 1;
+    }
+    // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
+    let max_loops = shared
+        .options
+        .policy
+        .max_attempts
+        .saturating_mul(4)
+        .clamp(4, 64);
+    let mut last_status: Option<StatusCode> = None;
+    for attempt in 0..max_loops {
+        let selected = {
+            let mut state = shared.lock();
+            let t = now();
+            match state.policy.select(&mut request, t) {
+                Selection::Account(id) => {
+                    // ok to ignore: `consume` only fails for an unknown id, just selected.
+                    let _ = state.policy.consume(&id, t);
+                    state.counters.attempts += 1;
+                    if attempt > 0 {
+                        state.counters.retries += 1;
+                    }
+                    Ok(id)
+                }
+                Selection::Exhausted { retry_after } => Err(Some(retry_after)),
+                Selection::NoAccount => Err(None),
+            }
+        };
+        let account = match selected {
+            Ok(id) => id,
+            Err(Some(retry_after)) => {
+                finish(&shared, Answer::GaveUp, None);
+                tracing::info!(
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "pool exhausted"
+                );
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pool_exhausted",
+                    "every account is cooling down; retry after retry_after_ms",
+                    Some(retry_after),
+                );
+            }
+            Err(None) => {
+                finish(&shared, Answer::NoAccount, None);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_account",
+                    "no enabled account in the pool",
+                    None,
+                );
+            }
+        };
+        let creds = match shared.accounts.usable_credentials(&shared, &account).await {
+            Ok(creds) => creds,
+            Err(reason) => {
+                // Refresh failed: the account cannot be used; let the policy cool it down.
+                let decision = report(
+                    &shared,
+                    &mut request,
+                    &account,
+                    Outcome::Unauthorized,
+                    Some(reason),
+                );
+                match decision {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient { retry_after } => {
+                        finish(&shared, Answer::GaveUp, None);
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "refresh_failed",
+                            "no account has a usable token right now",
+                            retry_after,
+                        );
+                    }
+                }
+            }
+        };
+        let mut headers = fwd_headers.clone();
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose()))
+        {
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(id) = creds
+            .chatgpt_account_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert("chatgpt-account-id", id);
+        }
+        let sent = shared
+            .client
+            .request(parts.method.clone(), &url)
+            .headers(headers)
+            .body(body.clone())
+            .send()
+            .await;
+        let wall = SystemTime::now();
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                last_status = Some(status);
+                let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
+                let error = (outcome != Outcome::Success)
+                    .then(|| format!("upstream answered {} for {account}", status.as_u16()));
+                let decision = report(&shared, &mut request, &account, outcome, error.clone());
+                tracing::info!(
+                    account = %account,
+                    status = status.as_u16(),
+                    attempt = attempt + 1,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "upstream answered"
+                );
+                if outcome == Outcome::Unauthorized {
+                    shared
+                        .accounts
+                        .refresh_after_rejection(&shared, &account, &creds)
+                        .await;
+                }
+                match decision {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient {
+                        retry_after: Some(wait),
+                    } if outcome != Outcome::Success => {
+                        finish(&shared, Answer::GaveUp, error);
+                        return json_error(
+                            status,
+                            "upstream_unavailable",
+                            "every account failed or is cooling down; retry after retry_after_ms",
+                            Some(wait),
+                        );
+                    }
+                    Decision::ReturnToClient { .. } => {
+                        let answer = if status.is_success() {
+                            Answer::Ok
+                        } else {
+                            Answer::UpstreamError
+                        };
+                        finish(&shared, answer, error);
+                        return stream_back(&shared, response);
+                    }
+                }
+            }
+            Err(err) => {
+                let outcome = if err.is_timeout() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::NetworkError
+                };
+                let message = format!("upstream request failed for {account}: {}", describe(&err));
+                tracing::warn!(account = %account, error = %message, "upstream unreachable");
+                match report(
+                    &shared,
+                    &mut request,
+                    &account,
+                    outcome,
+                    Some(message.clone()),
+                ) {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient { retry_after } => {
+                        finish(&shared, Answer::BadGateway, Some(message));
+                        return json_error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            "the upstream could not be reached",
+                            retry_after,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    finish(
+        &shared,
+        Answer::GaveUp,
+        Some("retry loop bound reached".to_owned()),
+    );
+    json_error(
+        last_status.unwrap_or(StatusCode::BAD_GATEWAY),
+        "retries_exhausted",
+        "the request failed on every attempt",
+        None,
+    )
+}
+
+/// A reqwest error without its URL (which could carry query secrets).
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_connect() {
+        "connection failed"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_body() || err.is_decode() {
+        "body error"
+    } else {
+        "request error"
+    };
+    kind.to_owned()
+}
+
+fn report(
+    shared: &Shared,
+    request: &mut rotation_policy::Request,
+    account: &AccountId,
+    outcome: Outcome,
+    error: Option<String>,
+) -> Decision {
+    let mut state = shared.lock();
+    let decision = state.policy.report(request, account, outcome, now());
+    if let Some(e) = &error {
+        state.last_error = Some(e.clone());
+    }
+    drop(state);
+    if let Some(e) = error {
+        shared.accounts.note_error(account, e);
+    }
+    decision
+}
+
+fn stream_back(shared: &Arc<Shared>, response: reqwest::Response) -> Response<BoxBody> {
+    let status = response.status();
+    let mut headers: HeaderMap = response.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    let upstream: http::Response<reqwest::Body> = response.into();
+    shared.lock().counters.streams_open += 1;
+    let body = CountedBody {
+        inner: upstream.into_body(),
+        shared: shared.clone(),
+        failed: false,
+    };
+    let mut out = Response::new(BodyExt::boxed_unsync(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// Streams the upstream body frame by frame (no buffering) and keeps `streams_open` and
+/// `stream_errors` exact, including when the client goes away mid-stream.
+struct CountedBody {
+    inner: reqwest::Body,
+    shared: Arc<Shared>,
+    failed: bool,
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(err))) => {
+                if !self.failed {
+                    self.failed = true;
+                    self.shared.lock().counters.stream_errors += 1;
+                }
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.shared.lock().counters.streams_open -= 1;
+    }
+}

@@ -1,0 +1,195 @@
+//! End to end with the real Codex CLI: `codex exec` → rotation proxy → loopback mock upstream,
+//! with the first pool account rate limited.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use auth_storage::PoolStore;
+use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, seed_pool};
+use examples::proxy::{
+    CodexRoute, PROVIDER_ID, ProxyOptions, RotationProxy, TOKEN_ENV, WrapperToken,
+    load_pool_accounts,
+};
+
+const REPLY: &str = "Rotation works: hello from the mock upstream.";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored() {
+    let Some(codex) = common::codex_bin() else {
+        common::skip(
+            "codex_exec_through_the_proxy",
+            "no Codex CLI (set CODEX_BIN or run .ci/run)",
+        );
+        return;
+    };
+    // Capture every log line of this test (proxy + mock run on this thread).
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mock = MockUpstream::start(MockConfig::default().reply(REPLY).deltas(3).account(
+        "ws-alpha",
+        Behavior::RateLimited {
+            retry_after: Duration::from_secs(30),
+            times: u32::MAX,
+        },
+    ))
+    .await
+    .unwrap();
+    let alpha = mock.synthetic_account("ws-alpha", "alice.alpha@example.com", false);
+    let beta = mock.synthetic_account("ws-beta", "bob.beta@example.com", false);
+
+    let pool_dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(pool_dir.path());
+    seed_pool(&store, &[alpha.clone(), beta.clone()]).unwrap();
+    let accounts = load_pool_accounts(store).unwrap();
+
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    let proxy = RotationProxy::start(options, accounts).await.unwrap();
+
+    let codex_home = tempfile::tempdir().unwrap();
+    let config = codex_home.path().join("config.toml");
+    let original = "# my settings\nmodel = \"gpt-5\"   # keep this comment\n\n[history]\npersistence = \"none\"\n";
+    std::fs::write(&config, original).unwrap();
+    let (route, stale) = CodexRoute::apply(codex_home.path(), &proxy.base_url()).unwrap();
+    assert!(stale.is_none());
+    let rewritten = std::fs::read_to_string(&config).unwrap();
+    // Placement checked by parsing (the CLI silently ignores a misplaced key).
+    assert_eq!(
+        config_rewrite::read_string(
+            &rewritten,
+            &config_rewrite::Target::TopLevel,
+            "model_provider"
+        )
+        .unwrap()
+        .as_deref(),
+        Some(PROVIDER_ID)
+    );
+    assert!(rewritten.contains(TOKEN_ENV), "{rewritten}");
+
+    let work = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&codex)
+            .args([
+                "exec",
+                "--skip-git-repo-check",
+                "Say hello through the proxy",
+            ])
+            .current_dir(work.path())
+            .env("CODEX_HOME", codex_home.path())
+            .env(TOKEN_ENV, token.secret().expose())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("codex exec finished within 90 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(REPLY),
+        "codex exec failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+
+    // The rotation is visible in /status (over HTTP, with the wrapper token) and at the mock.
+    let status_body = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/status", proxy.addr()))
+        .bearer_auth(token.secret().expose())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
+    let accounts = status["accounts"].as_array().unwrap();
+    assert_eq!(accounts[0]["email"], "al***@example.com", "{status:#}");
+    assert!(
+        accounts[0]["outcomes"]["rate_limited"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    assert!(
+        accounts[1]["outcomes"]["success"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    assert!(
+        status["policy"]["counters"]["rotations"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+    let c = &status["counters"];
+    assert_eq!(c["in_flight"], 0);
+    assert!(c["ok"].as_u64().unwrap() >= 1);
+    assert!(c["retries"].as_u64().unwrap() >= 1);
+    let seen = mock.stats();
+    assert!(seen.accounts["ws-alpha"].rate_limited >= 1);
+    assert!(seen.accounts["ws-beta"].ok >= 1);
+    // Codex's own wrapper token never reached the upstream; account tokens did.
+    assert!(
+        mock.recorded()
+            .iter()
+            .all(|r| !r.header_names.iter().any(|h| h == "x-api-key"))
+    );
+
+    proxy.shutdown().await;
+    route.restore().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "config.toml restored byte for byte"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(codex_home.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("revert") || n.contains("rotation"))
+        .collect();
+    assert!(leftovers.is_empty(), "revert record removed: {leftovers:?}");
+    mock.shutdown().await;
+
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("upstream answered"),
+        "logs were captured:\n{logs}"
+    );
+    for secret in [
+        token.secret().expose(),
+        alpha.tokens.access_token.expose(),
+        beta.tokens.access_token.expose(),
+        alpha.tokens.refresh_token.expose(),
+        "alice.alpha@example.com",
+        "bob.beta@example.com",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+}
