@@ -171,8 +171,8 @@ impl Layout {
     }
 }
 
-/// Parses `text`, refusing anything that would not print back byte for byte.
-fn parse(text: &str) -> Result<(DocumentMut, Layout), EditError> {
+/// Parses `text` (without its byte-order mark) and notes its layout.
+fn parse_doc(text: &str) -> Result<(DocumentMut, Layout), EditError> {
     let (body, bom) = match text.strip_prefix(BOM) {
         Some(rest) => (rest, true),
         None => (text, false),
@@ -193,6 +193,12 @@ fn parse(text: &str) -> Result<(DocumentMut, Layout), EditError> {
         crlf,
         no_final_newline: !body.is_empty() && !body.ends_with('\n'),
     };
+    Ok((doc, layout))
+}
+
+/// Parses `text`, refusing anything that would not print back byte for byte.
+fn parse(text: &str) -> Result<(DocumentMut, Layout), EditError> {
+    let (doc, layout) = parse_doc(text)?;
     let printed = layout.render(&doc);
     if printed != text {
         let at = printed
@@ -281,7 +287,7 @@ pub fn apply_to_str(
 fn check_applied(text: &str, rewrite: &Rewrite) -> Result<(), EditError> {
     let internal = |what: String| EditError::Internal { what };
     let (mut doc, _) =
-        parse(text).map_err(|e| internal(format!("output does not parse back: {e}")))?;
+        parse_doc(text).map_err(|e| internal(format!("output does not parse back: {e}")))?;
     let root = doc.as_table_mut();
     for op in &rewrite.ops {
         match op {
@@ -752,15 +758,7 @@ fn put_back(table: &mut dyn TableLike, key: &str, before: Item) {
 /// # Ok::<(), config_rewrite::EditError>(())
 /// ```
 pub fn read_string(text: &str, target: &Target, key: &str) -> Result<Option<String>, EditError> {
-    let body = text.strip_prefix(BOM).unwrap_or(text);
-    let doc = body.parse::<DocumentMut>().map_err(|e| {
-        let (line, column) = line_col(body, e.span().map_or(0, |s| s.start));
-        EditError::InvalidToml {
-            line,
-            column,
-            message: e.message().trim().to_owned(),
-        }
-    })?;
+    let (doc, _) = parse_doc(text)?;
     let path = target.table_path();
     let mut cur: &dyn TableLike = doc.as_table();
     for (i, seg) in path.iter().enumerate() {

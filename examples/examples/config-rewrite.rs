@@ -1,0 +1,240 @@
+//! Route the Codex CLI through a provider of your choice, and put `config.toml` back after.
+//!
+//! ```text
+//! cargo run -p examples --example config-rewrite -- apply   --config ~/.codex/config.toml \
+//!     --provider rotation-proxy --base-url http://127.0.0.1:8080/v1 [--env-key VAR] \
+//!     [--profile NAME [--legacy-profile-table]] [--revert-file PATH]
+//! cargo run -p examples --example config-rewrite -- restore --config ~/.codex/config.toml \
+//!     [--profile NAME] [--revert-file PATH]
+//! cargo run -p examples --example config-rewrite -- status  --config ~/.codex/config.toml
+//! ```
+//!
+//! `apply` refuses to stack on top of a pending rewrite; `restore` undoes exactly what
+//! `apply` did (byte for byte if nothing else changed, otherwise only our own keys that still
+//! hold our values). `--profile NAME` edits Codex's profile layer `NAME.config.toml` beside
+//! the config (Codex CLI 0.169+); add `--legacy-profile-table` to edit a `[profiles.NAME]`
+//! table inside the config instead (older CLIs). Exit status: 0 ok, 1 refused or failed,
+//! 2 bad arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use config_rewrite::{ProviderSpec, RestoreOutcome, RevertFile, Rewrite, Target};
+
+#[derive(Parser)]
+#[command(about = "Reversible edits of the Codex config.toml")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set `model_provider` and upsert `[model_providers.<id>]`, keeping a revert record.
+    Apply(ApplyArgs),
+    /// Undo a previous apply using its revert record, then delete the record.
+    Restore(Location),
+    /// Show the active provider and whether a rewrite is pending.
+    Status(Location),
+}
+
+#[derive(Args)]
+struct Location {
+    /// The Codex config file (usually $CODEX_HOME/config.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Codex profile to edit: its layer file NAME.config.toml beside --config.
+    #[arg(long)]
+    profile: Option<String>,
+    /// With --profile: edit the legacy `[profiles.NAME]` table inside --config instead.
+    #[arg(long, requires = "profile")]
+    legacy_profile_table: bool,
+    /// Where the revert record lives (default: beside the edited file, `<file>.revert.json`).
+    #[arg(long)]
+    revert_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    location: Location,
+    /// Provider id (the `<id>` in `[model_providers.<id>]`).
+    #[arg(long)]
+    provider: String,
+    /// The provider's base URL, e.g. http://127.0.0.1:8080/v1.
+    #[arg(long)]
+    base_url: String,
+    /// Display name (default: the id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Environment variable holding the bearer token Codex sends.
+    #[arg(long)]
+    env_key: Option<String>,
+}
+
+/// The file to edit, where its `model_provider` goes, and the revert record.
+struct Plan {
+    file: PathBuf,
+    target: Target,
+    revert: RevertFile,
+}
+
+impl Location {
+    fn plan(&self) -> Result<Plan, Box<dyn std::error::Error>> {
+        let (file, target) = match (&self.profile, self.legacy_profile_table) {
+            (None, _) => (self.config.clone(), Target::TopLevel),
+            (Some(name), true) => (self.config.clone(), Target::profile(name.clone())),
+            (Some(name), false) => (
+                config_rewrite::profile_config_path(&self.config, name)?,
+                Target::TopLevel,
+            ),
+        };
+        let revert = match &self.revert_file {
+            Some(path) => RevertFile::at(path),
+            None => RevertFile::beside(&file),
+        };
+        Ok(Plan {
+            file,
+            target,
+            revert,
+        })
+    }
+}
+
+fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let plan = args.location.plan()?;
+    let mut spec = ProviderSpec::new(&args.provider, &args.base_url);
+    if let Some(name) = &args.name {
+        spec = spec.name(name);
+    }
+    if let Some(var) = &args.env_key {
+        spec = spec.env_key(var);
+    }
+    let record = plan
+        .revert
+        .apply(&plan.file, &Rewrite::route_to(spec, plan.target))?;
+    if record.is_noop() {
+        println!(
+            "{}: already routed to `{}`; nothing changed",
+            plan.file.display(),
+            args.provider
+        );
+    } else {
+        println!(
+            "{}: routed to `{}` ({}{})",
+            plan.file.display(),
+            args.provider,
+            if record.created_file() {
+                "created; "
+            } else {
+                ""
+            },
+            record.edited_keys().join(", ")
+        );
+    }
+    println!("revert record: {}", plan.revert.path().display());
+    Ok(())
+}
+
+fn restore(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
+    let plan = location.plan()?;
+    let Some(record) = plan.revert.load()? else {
+        return Err(format!(
+            "no revert record at {}; nothing to restore",
+            plan.revert.path().display()
+        )
+        .into());
+    };
+    if !same_file(record.config(), &plan.file) {
+        return Err(format!(
+            "the revert record {} belongs to {}, not {}",
+            plan.revert.path().display(),
+            record.config().display(),
+            plan.file.display()
+        )
+        .into());
+    }
+    let report = plan
+        .revert
+        .restore()?
+        .ok_or("the revert record vanished meanwhile")?;
+    let what = match &report.outcome {
+        RestoreOutcome::Exact => "restored byte for byte".to_owned(),
+        RestoreOutcome::AlreadyRestored => "was already in its original state".to_owned(),
+        RestoreOutcome::Recreated => "was missing; recreated from the record".to_owned(),
+        RestoreOutcome::Merged { undone, kept } => format!(
+            "edited since; undid {} key(s), kept your changes to: {}",
+            undone.len(),
+            if kept.is_empty() {
+                "none".to_owned()
+            } else {
+                kept.join(", ")
+            }
+        ),
+        other => format!("{other:?}"),
+    };
+    println!("{}: {what}", report.config.display());
+    Ok(())
+}
+
+fn status(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
+    let plan = location.plan()?;
+    let provider = match std::fs::read_to_string(&plan.file) {
+        Ok(text) => config_rewrite::read_string(&text, &plan.target, "model_provider")
+            .map_err(|e| format!("{}: {e}", plan.file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("could not read {}: {e}", plan.file.display()).into()),
+    };
+    println!(
+        "{}: model_provider = {}",
+        plan.file.display(),
+        provider
+            .as_deref()
+            .unwrap_or("(unset: Codex uses its default)")
+    );
+    match plan.revert.load()? {
+        Some(record) => println!(
+            "pending rewrite: {} (keys: {})",
+            plan.revert.path().display(),
+            record.edited_keys().join(", ")
+        ),
+        None => println!("no pending rewrite"),
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        || matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn absolute(p: &Path) -> Option<PathBuf> {
+    std::path::absolute(p).ok()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Apply(args) => apply(args),
+        Command::Restore(location) => restore(location),
+        Command::Status(location) => status(location),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = format!("error: {e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                // Error::Config already prints its source in its message.
+                if !message.contains(&cause.to_string()) {
+                    message.push_str(&format!("\n  caused by: {cause}"));
+                }
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
