@@ -229,11 +229,18 @@ fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
 }
 
 /// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
+///
+/// Links are read relative to an open `/proc/<pid>/fd` directory (`readlinkat`), which
+/// saves a full path walk per descriptor — this scan dominates the lookup's cost.
 fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+    use rustix::fs::{CWD, Dir, Mode, OFlags, openat, readlinkat};
+
     let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
     let Ok(entries) = fs::read_dir(root) else {
         return found;
     };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut buf = Vec::with_capacity(64);
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -242,17 +249,26 @@ fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
         else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue; // another user's process, or it just exited
+        // Fails for another user's process (without root) or one that just exited.
+        let Ok(fd_dir) = openat(CWD, entry.path().join("fd"), flags, Mode::empty()) else {
+            continue;
         };
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
+        let Ok(listing) = Dir::read_from(&fd_dir) else {
+            continue;
+        };
+        for fd in listing.flatten() {
+            let name = fd.file_name();
+            if name.to_bytes().first() == Some(&b'.') {
+                continue;
+            }
+            let Ok(target) = readlinkat(&fd_dir, name, std::mem::take(&mut buf)) else {
                 continue;
             };
-            let Some(inode) = socket_inode(&target) else {
-                continue;
-            };
-            if wanted.contains(&inode) {
+            let inode = socket_inode_bytes(target.as_bytes());
+            buf = target.into_bytes();
+            if let Some(inode) = inode
+                && wanted.contains(&inode)
+            {
                 let pids = found.entry(inode).or_default();
                 if !pids.contains(&pid) {
                     pids.push(pid);
@@ -264,12 +280,9 @@ fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
 }
 
 /// `socket:[12345]` → 12345.
-fn socket_inode(link: &Path) -> Option<u64> {
-    link.to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+fn socket_inode_bytes(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Reads a process's identity from `/proc/<pid>`; `None` when it no longer exists.
@@ -510,6 +523,14 @@ mod tests {
         assert!(me.start_time.is_some());
         assert_eq!(me.uid, current_uid());
         assert!(me.exe.is_some());
+    }
+
+    #[test]
+    fn socket_links_parse_only_sockets() {
+        assert_eq!(socket_inode_bytes(b"socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode_bytes(b"pipe:[12345]"), None);
+        assert_eq!(socket_inode_bytes(b"/dev/null"), None);
+        assert_eq!(socket_inode_bytes(b"socket:[]"), None);
     }
 
     #[test]
