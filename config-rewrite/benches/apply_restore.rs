@@ -11,7 +11,9 @@ use criterion::{Criterion, criterion_group};
 
 /// A realistic but large config: comments, MCP servers with env tables, arrays of tables.
 fn big_config(target_bytes: usize) -> String {
-    let mut s = String::from("# generated benchmark config\nmodel = \"gpt-5\"\napproval_policy = \"on-request\"\n\n");
+    let mut s = String::from(
+        "# generated benchmark config\nmodel = \"gpt-5\"\napproval_policy = \"on-request\"\n\n",
+    );
     let mut i = 0;
     while s.len() < target_bytes {
         s.push_str(&format!(
@@ -26,7 +28,8 @@ fn big_config(target_bytes: usize) -> String {
 
 fn rewrite() -> Rewrite {
     Rewrite::route_to(
-        ProviderSpec::new("rotation-proxy", "http://127.0.0.1:8080/v1").env_key("ROTATION_PROXY_TOKEN"),
+        ProviderSpec::new("rotation-proxy", "http://127.0.0.1:8080/v1")
+            .env_key("ROTATION_PROXY_TOKEN"),
         Target::TopLevel,
     )
 }
@@ -52,10 +55,15 @@ fn apply_restore_after_user_edit(text: &str, rewrite: &Rewrite) -> Option<String
 fn bench(c: &mut Criterion) {
     let text = big_config(1 << 20);
     let rewrite = rewrite();
-    assert_eq!(apply_restore(&text, &rewrite).as_deref(), Some(text.as_str()));
+    assert_eq!(
+        apply_restore(&text, &rewrite).as_deref(),
+        Some(text.as_str())
+    );
     let mut group = c.benchmark_group("config_1mb");
     group.sample_size(10);
-    group.bench_function("baseline_toml_edit_parse_print", |b| b.iter(|| baseline(black_box(&text))));
+    group.bench_function("baseline_toml_edit_parse_print", |b| {
+        b.iter(|| baseline(black_box(&text)))
+    });
     group.bench_function("apply_then_restore_exact", |b| {
         b.iter(|| apply_restore(black_box(&text), &rewrite))
     });

@@ -123,6 +123,17 @@ pub enum Error {
         /// The pending revert record.
         record: PathBuf,
     },
+    /// Another process kept the edit lock on the configuration's directory for too long.
+    #[error(
+        "{}: another program is editing configuration files here (waited {waited:?}); retry when it is done",
+        path.display()
+    )]
+    Busy {
+        /// The locked directory.
+        path: PathBuf,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
     /// The file kept changing under us while we edited it (another program writing it).
     #[error("{}: the file changed while it was being edited; retry when the other writer is done", path.display())]
     ConcurrentModification {

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::edit::{RestoreOutcome, apply_to_str, restore_str};
 use crate::error::{EditError, Error, line_col};
@@ -11,6 +12,9 @@ use crate::record::RevertRecord;
 
 /// How many times an edit is recomputed when another writer changes the file meanwhile.
 const ATTEMPTS: usize = 3;
+
+/// How long to wait for another process that holds the edit lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What [`restore`] did to which file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +32,9 @@ pub struct RestoreReport {
 /// same directory, fsync, rename, fsync of the directory), keeping its permission bits. A
 /// missing file is created (mode 0600); a symlink is followed and its target replaced. A file
 /// that is not valid TOML is refused with its line and column and left untouched. Applying
-/// the same rewrite twice writes nothing the second time.
+/// the same rewrite twice writes nothing the second time. The read-modify-write runs under an
+/// advisory lock on the file's directory (waits up to 10 s for another of our processes), and
+/// the file is re-read just before the rename so a concurrent writer's change is not lost.
 ///
 /// Keep the returned record somewhere safe *before* relying on the edit — or use
 /// [`RevertFile::apply`], which stores it beside the configuration first so a crashed
@@ -53,20 +59,23 @@ pub struct RestoreReport {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn apply(config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
-    let (record, _) = apply_with(config, rewrite, |_| Ok(()))?;
+    let target = resolve(config)?;
+    let _lock = EditLock::acquire(&target)?;
+    let (record, _) = apply_locked(config, &target, rewrite, |_| Ok(()))?;
     Ok(record)
 }
 
-/// Applies, calling `before_write` with the record after everything was checked and just
-/// before the configuration is replaced (used to persist the record first).
-fn apply_with(
+/// Applies (the caller holds the lock), calling `before_write` with the record after
+/// everything was checked and just before the configuration is replaced (used to persist the
+/// record first).
+fn apply_locked(
     config: &Path,
+    target: &Path,
     rewrite: &Rewrite,
     mut before_write: impl FnMut(&RevertRecord) -> Result<(), Error>,
 ) -> Result<(RevertRecord, bool), Error> {
-    let target = resolve(config)?;
     for _ in 0..ATTEMPTS {
-        let current = read_text(&target)?;
+        let current = read_text(target)?;
         let applied =
             apply_to_str(config, current.as_deref(), rewrite).map_err(|source| Error::Config {
                 path: config.to_path_buf(),
@@ -78,7 +87,7 @@ fn apply_with(
             return Ok((record, false));
         }
         before_write(&record)?;
-        match replace_if_unchanged(&target, current.as_deref(), Some(&text))? {
+        match replace_if_unchanged(target, current.as_deref(), Some(&text))? {
             true => return Ok((record, true)),
             false => continue,
         }
@@ -109,10 +118,15 @@ fn apply_with(
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn restore(record: &RevertRecord) -> Result<RestoreReport, Error> {
+    let target = resolve(record.config())?;
+    let _lock = EditLock::acquire(&target)?;
+    restore_locked(record, &target)
+}
+
+fn restore_locked(record: &RevertRecord, target: &Path) -> Result<RestoreReport, Error> {
     let config = record.config();
-    let target = resolve(config)?;
     for _ in 0..ATTEMPTS {
-        let current = read_text(&target)?;
+        let current = read_text(target)?;
         let restored = restore_str(current.as_deref(), record).map_err(|source| Error::Config {
             path: config.to_path_buf(),
             source,
@@ -124,7 +138,7 @@ pub fn restore(record: &RevertRecord) -> Result<RestoreReport, Error> {
                 outcome,
             });
         }
-        if replace_if_unchanged(&target, current.as_deref(), text.as_deref())? {
+        if replace_if_unchanged(target, current.as_deref(), text.as_deref())? {
             return Ok(RestoreReport {
                 config: config.to_path_buf(),
                 outcome,
@@ -274,6 +288,8 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn apply(&self, config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
+        let target = resolve(config)?;
+        let _lock = EditLock::acquire(&target)?;
         if self.is_pending()? {
             return Err(Error::PendingRevert {
                 config: config.to_path_buf(),
@@ -281,7 +297,7 @@ impl RevertFile {
             });
         }
         let mut stored = false;
-        let result = apply_with(config, rewrite, |record| {
+        let result = apply_locked(config, &target, rewrite, |record| {
             self.store(record)?;
             stored = true;
             Ok(())
@@ -319,7 +335,13 @@ impl RevertFile {
         let Some(record) = self.load()? else {
             return Ok(None);
         };
-        let report = restore(&record)?;
+        let target = resolve(record.config())?;
+        let _lock = EditLock::acquire(&target)?;
+        // Another process may have restored it while we waited for the lock.
+        let Some(record) = self.load()? else {
+            return Ok(None);
+        };
+        let report = restore_locked(&record, &target)?;
         self.discard()?;
         Ok(Some(report))
     }
@@ -361,6 +383,53 @@ impl RevertFile {
     pub fn discard(&self) -> Result<(), Error> {
         remove_durably(&self.path)
     }
+}
+
+/// An advisory lock (`flock`) on the configuration's directory, so two of our processes never
+/// interleave a read-modify-write of the same file. Locking the directory leaves no lock file
+/// behind. Released on drop. Codex itself does not take it; against Codex (or an editor) the
+/// re-read before every replace is the guard.
+struct EditLock {
+    _dir: Option<File>,
+}
+
+impl EditLock {
+    fn acquire(target: &Path) -> Result<Self, Error> {
+        let dir = parent_dir(target);
+        if !dir.is_dir() {
+            // Nothing to lock yet; the directory is created by the write.
+            return Ok(EditLock { _dir: None });
+        }
+        lock_dir(dir)
+    }
+}
+
+#[cfg(unix)]
+fn lock_dir(dir: &Path) -> Result<EditLock, Error> {
+    let file = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => return Ok(EditLock { _dir: Some(file) }),
+            Err(fs4::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(Error::Busy {
+                    path: dir.to_path_buf(),
+                    waited: LOCK_WAIT,
+                });
+            }
+            Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock directory", dir, e)),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_dir(_dir: &Path) -> Result<EditLock, Error> {
+    // Directories cannot be opened as files on Windows: best-effort without the lock.
+    let _ = (LOCK_WAIT, Instant::now());
+    Ok(EditLock { _dir: None })
 }
 
 /// Follows a symlinked config to its target so renaming replaces the target, not the link.

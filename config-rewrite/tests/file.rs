@@ -263,3 +263,59 @@ fn error_messages_name_the_file_and_never_values() {
         .replace(&dir.path().display().to_string(), "<dir>");
     insta::assert_snapshot!(message, @"<dir>/config.toml: `profiles.work` is a string, not a table; rename or remove it and retry");
 }
+
+#[test]
+fn a_held_directory_lock_makes_apply_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    fs::write(&config, "model = \"o3\"\n").unwrap();
+    let holder = fs::File::open(dir.path()).unwrap();
+    fs4::FileExt::try_lock(&holder).unwrap();
+
+    let config2 = config.clone();
+    let worker =
+        std::thread::spawn(move || apply(&config2, &common::proxy_rewrite(9, Target::TopLevel)));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        "model = \"o3\"\n",
+        "apply did not wait for the lock"
+    );
+    fs4::FileExt::unlock(&holder).unwrap();
+    worker.join().unwrap().unwrap();
+    assert!(
+        fs::read_to_string(&config)
+            .unwrap()
+            .contains("rotation-proxy")
+    );
+}
+
+#[test]
+fn two_racing_proxies_cannot_stack_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let original = "model = \"o3\"\n";
+    fs::write(&config, original).unwrap();
+    let workers: Vec<_> = (0..2u16)
+        .map(|i| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                RevertFile::beside(&config)
+                    .apply(&config, &common::proxy_rewrite(9 + i, Target::TopLevel))
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::PendingRevert { .. })))
+    );
+    RevertFile::beside(&config).restore().unwrap();
+    assert_eq!(fs::read_to_string(&config).unwrap(), original);
+}
