@@ -7,6 +7,13 @@ use std::path::PathBuf;
 ///
 /// [`free`](crate::free) never returns these: it folds them into
 /// [`Outcome::Unknown`](crate::Outcome::Unknown) so the caller always has a message to show.
+///
+/// ```
+/// let err = oauth_preflight::inspect("127.0.0.1:0".parse()?).unwrap_err();
+/// assert!(matches!(err, oauth_preflight::Error::PortZero));
+/// assert!(err.to_string().contains("1455"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -8,6 +8,12 @@ use std::sync::Arc;
 use crate::{Error, ProcessInfo};
 
 /// Which mechanism answered a lookup.
+///
+/// ```
+/// use oauth_preflight::LookupMethod;
+/// assert!(LookupMethod::Lsof.is_fallback());
+/// assert_eq!(LookupMethod::SockDiag.to_string(), "sock_diag + /proc (native)");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -97,6 +103,14 @@ pub trait HolderLookup: Send + Sync {
 }
 
 /// The native lookups for this platform, best first (empty where there is none).
+///
+/// ```
+/// # #[cfg(target_os = "linux")] {
+/// use oauth_preflight::LookupMethod;
+/// let methods: Vec<_> = oauth_preflight::native_lookups().iter().map(|l| l.method()).collect();
+/// assert_eq!(methods, [LookupMethod::SockDiag, LookupMethod::Procfs]);
+/// # }
+/// ```
 pub fn native_lookups() -> Vec<Arc<dyn HolderLookup>> {
     #[cfg(target_os = "linux")]
     return vec![
@@ -110,6 +124,13 @@ pub fn native_lookups() -> Vec<Arc<dyn HolderLookup>> {
 }
 
 /// The lookups [`inspect`] tries, in order: the native ones, then `lsof` (Unix only).
+///
+/// ```
+/// # #[cfg(unix)] {
+/// let lookups = oauth_preflight::default_lookups();
+/// assert!(lookups.last().unwrap().method().is_fallback());
+/// # }
+/// ```
 pub fn default_lookups() -> Vec<Arc<dyn HolderLookup>> {
     let mut lookups = native_lookups();
     #[cfg(unix)]
@@ -138,6 +159,13 @@ pub enum BindProbe {
 
 impl BindProbe {
     /// Binds `addr` once and reports what happened.
+    ///
+    /// ```
+    /// use oauth_preflight::BindProbe;
+    /// let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// assert_eq!(BindProbe::run(held.local_addr()?), BindProbe::InUse);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn run(addr: SocketAddr) -> Self {
         match TcpListener::bind(addr) {
             Ok(_) => Self::Bindable,
@@ -224,6 +252,20 @@ pub fn inspect(addr: SocketAddr) -> Result<Inspection, Error> {
 }
 
 /// [`inspect`] with an explicit list of lookups, tried in order until one answers.
+///
+/// ```
+/// # #[cfg(unix)] {
+/// use std::sync::Arc;
+/// use oauth_preflight::{inspect_with, LookupMethod, LsofLookup};
+///
+/// // Force the lsof fallback (e.g. to compare with the native answer).
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// if let Ok(found) = inspect_with(listener.local_addr()?, &[Arc::new(LsofLookup::new())]) {
+///     assert_eq!(found.method, LookupMethod::Lsof);
+/// }
+/// # }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// # Errors
 /// As [`inspect`].

@@ -5,7 +5,17 @@ use std::net::SocketAddr;
 
 use crate::{LookupMethod, ProcessInfo};
 
-/// One process [`free`](crate::free) stopped.
+/// One process [`free`](crate::free) stopped, as listed in [`Outcome::Freed`].
+///
+/// ```
+/// use oauth_preflight::Outcome;
+/// fn forced(outcome: &Outcome) -> usize {
+///     match outcome {
+///         Outcome::Freed { stopped, .. } => stopped.iter().filter(|s| s.forced).count(),
+///         _ => 0,
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -161,6 +171,11 @@ impl Outcome {
 }
 
 /// The commands a user can run to see who holds `port`.
+///
+/// ```
+/// assert!(oauth_preflight::investigate_command(1455).contains("tcp:1455")
+///     || oauth_preflight::investigate_command(1455).contains(":1455"));
+/// ```
 pub fn investigate_command(port: u16) -> String {
     if cfg!(windows) {
         format!("`netstat -ano | findstr :{port}`")

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 /// microseconds since the epoch; on Windows the creation `FILETIME`. Values are only
 /// compared with each other on the same machine, never converted: two processes that
 /// share a pid (after the pid was reused) have different start times.
+///
+/// ```
+/// use oauth_preflight::StartTime;
+/// assert!(StartTime(10) < StartTime(11));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(transparent))]

@@ -142,6 +142,7 @@ fn refusals_say_nothing_was_killed_and_how_to_investigate() {
     }
 }
 
+#[cfg(feature = "serde")]
 #[test]
 fn json_shape() {
     let json: Vec<serde_json::Value> = all_outcomes()
