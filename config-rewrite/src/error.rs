@@ -170,6 +170,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messages_are_actionable_sentences() {
+        let path = PathBuf::from("/home/me/.codex/config.toml");
+        let config = |source| Error::Config {
+            path: path.clone(),
+            source,
+        };
+        let messages = [
+            config(EditError::InvalidToml {
+                line: 3,
+                column: 7,
+                message: "extra `=`, expected nothing".into(),
+            }),
+            config(EditError::NotUtf8 { line: 1, column: 2 }),
+            config(EditError::NotRoundTrippable { line: 2, column: 6 }),
+            config(EditError::NotATable {
+                key_path: "profiles.work".into(),
+                found: "string",
+            }),
+            config(EditError::InvalidInput {
+                field: "provider id".into(),
+                reason: "it is empty".into(),
+            }),
+            Error::PendingRevert {
+                config: path.clone(),
+                record: path.with_file_name("config.toml.revert.json"),
+            },
+            Error::io(
+                "replace",
+                path.clone(),
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            ),
+            Error::Busy {
+                path: PathBuf::from("/home/me/.codex"),
+                waited: std::time::Duration::from_secs(10),
+            },
+            Error::ConcurrentModification { path: path.clone() },
+            Error::InvalidRecordFile {
+                path: path.with_file_name("config.toml.revert.json"),
+                reason: "not valid JSON at line 1, column 3".into(),
+            },
+        ];
+        let text: Vec<String> = messages.iter().map(ToString::to_string).collect();
+        insta::assert_snapshot!(text.join("\n"));
+    }
+
+    #[test]
     fn line_col_is_one_based_and_counts_chars() {
         assert_eq!(line_col("", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));

@@ -17,8 +17,18 @@
 //! - [`apply_to_str`], [`restore_str`] and [`read_string`] are the pure core, for callers who
 //!   hold the text themselves.
 //!
-//! Invalid TOML is refused with its line and column, and the file is left untouched.
+//! Invalid TOML is refused with its line and column, and the file is left untouched. Writes
+//! are atomic, keep the file's permissions, and run under an advisory lock on the
+//! configuration's directory so two of our processes never interleave.
 //! All functions are blocking; from async code call them through `spawn_blocking`.
+//!
+//! # Profiles
+//!
+//! Codex CLI 0.169 reads `--profile NAME` from a layer file `$CODEX_HOME/NAME.config.toml`
+//! (see [`profile_config_path`]) and refuses to start when `config.toml` still has a legacy
+//! `[profiles.NAME]` table for that profile. To route one profile, apply a
+//! [`Target::TopLevel`] rewrite to the layer file. [`Target::Profile`] edits the legacy table
+//! for older CLIs.
 //!
 //! # Example: a proxy's lifetime
 //!
