@@ -132,6 +132,7 @@ pub fn native_lookups() -> Vec<Arc<dyn HolderLookup>> {
 /// # }
 /// ```
 pub fn default_lookups() -> Vec<Arc<dyn HolderLookup>> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut lookups = native_lookups();
     #[cfg(unix)]
     lookups.push(Arc::new(crate::LsofLookup::new()) as Arc<dyn HolderLookup>);

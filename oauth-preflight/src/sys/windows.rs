@@ -68,7 +68,14 @@ impl StopHandle for WindowsTarget {
     fn open(expected: &ProcessInfo) -> io::Result<Option<Self>> {
         let access = PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE;
         let Some(handle) = open(expected.pid, access) else {
-            return Ok(None);
+            let err = io::Error::last_os_error();
+            // ERROR_INVALID_PARAMETER: no such process any more. Anything else (typically
+            // access denied) must surface, not pass for "already gone".
+            return if err.raw_os_error() == Some(87) {
+                Ok(None)
+            } else {
+                Err(err)
+            };
         };
         let same = expected.start_time.is_some() && creation_time(&handle) == expected.start_time;
         Ok(same.then_some(Self { handle }))
