@@ -10,6 +10,9 @@
 //!   plan, account id, expiry) **without verifying signatures**.
 //! * [`Secret`] wraps every token and key: it never prints, is zeroized on drop and
 //!   compares in constant time.
+//! * `login` (feature `login`) runs the browser OAuth sign-in the way `codex login`
+//!   does: PKCE, a loopback callback server, the code-for-token exchange and safe
+//!   diagnostics (feature `preflight` names the process holding a taken port).
 //!
 //! ```
 //! use auth_core::{AuthDocument, AuthMode, Secret, TokenData, Timestamp};
@@ -41,6 +44,8 @@ pub mod auth_json;
 pub mod codex;
 pub mod events;
 pub mod jwt;
+#[cfg(feature = "login")]
+pub mod login;
 pub mod oauth_error;
 pub mod pkce;
 pub mod redact;
