@@ -1,0 +1,484 @@
+//! The rotation proxy against the loopback mock upstream: concurrency and exact counters,
+//! wrapper auth, the body cap, hop-by-hop headers, refresh on 401, and secret-free logs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, SyntheticAccount};
+use examples::proxy::{Accounts, ProxyOptions, RotationProxy, StatusReport, WrapperToken};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+struct Harness {
+    mock: MockUpstream,
+    proxy: RotationProxy,
+    token: WrapperToken,
+    accounts: Vec<SyntheticAccount>,
+    client: reqwest::Client,
+}
+
+async fn harness(
+    config: MockConfig,
+    ids: &[&str],
+    tune: impl FnOnce(&mut ProxyOptions),
+) -> Harness {
+    let mock = MockUpstream::start(config).await.unwrap();
+    let mut accounts = Accounts::new();
+    let mut synthetic = Vec::new();
+    for id in ids {
+        let s = mock.synthetic_account(id, &format!("owner.{id}@example.com"), false);
+        accounts
+            .push(Some(&s.email), Some("pro".into()), s.tokens.clone())
+            .unwrap();
+        synthetic.push(s);
+    }
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    tune(&mut options);
+    let proxy = RotationProxy::start(options, accounts).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    Harness {
+        mock,
+        proxy,
+        token,
+        accounts: synthetic,
+        client,
+    }
+}
+
+impl Harness {
+    fn url(&self) -> String {
+        format!("{}/responses", self.proxy.base_url())
+    }
+
+    fn post(&self, input: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url())
+            .bearer_auth(self.token.secret().expose())
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"model": "gpt-5", "input": input, "stream": true}).to_string())
+    }
+
+    async fn stop(self) -> StatusReport {
+        let status = self.proxy.status();
+        self.proxy.shutdown().await;
+        self.mock.shutdown().await;
+        status
+    }
+}
+
+fn assert_invariant(s: &StatusReport) {
+    let c = s.counters;
+    assert_eq!(
+        c.requests,
+        c.in_flight + c.ok + c.upstream_errors + c.gave_up + c.no_account + c.bad_gateway,
+        "counters do not add up: {c:?}"
+    );
+    assert_eq!(
+        c.attempts, s.policy.counters.attempts,
+        "proxy and policy disagree on attempts"
+    );
+    let per_account: u64 = s.accounts.iter().map(|a| a.attempts).sum();
+    assert_eq!(
+        per_account, c.attempts,
+        "per-account attempts do not add up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_are_each_answered_once_and_counters_add_up() {
+    const CLIENTS: usize = 96;
+    let h = harness(
+        MockConfig::default()
+            .deltas(4)
+            .event_delay(Duration::from_millis(5))
+            .account(
+                "ws-limited",
+                Behavior::RateLimited {
+                    retry_after: Duration::from_secs(30),
+                    times: u32::MAX,
+                },
+            ),
+        &["ws-limited", "ws-b", "ws-c", "ws-d"],
+        |o| o.policy.bucket = None,
+    )
+    .await;
+    let h = Arc::new(h);
+
+    // Poll /status while the load runs: every snapshot must satisfy the invariant.
+    let poller = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut snapshots = 0;
+            for _ in 0..40 {
+                let body = h
+                    .client
+                    .get(format!("http://{}/status", h.proxy.addr()))
+                    .header("x-api-key", h.token.secret().expose())
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let c = &v["counters"];
+                let n = |k: &str| c[k].as_u64().unwrap();
+                assert_eq!(
+                    n("requests"),
+                    n("in_flight")
+                        + n("ok")
+                        + n("upstream_errors")
+                        + n("gave_up")
+                        + n("no_account")
+                        + n("bad_gateway"),
+                    "inconsistent snapshot {c}"
+                );
+                snapshots += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            snapshots
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = h.post(&format!("client-{i}")).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            let text = response.text().await.unwrap();
+            // Exactly this client's answer, exactly once, complete.
+            assert_eq!(
+                text.matches("\"text\":\"echo: client-").count(),
+                1,
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\"text\":\"echo: client-{i}\"")),
+                "{text}"
+            );
+            assert_eq!(text.matches("event: response.completed").count(), 1);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(poller.await.unwrap(), 40);
+
+    let h = Arc::into_inner(h).unwrap();
+    let mock_stats = h.mock.stats();
+    let status = h.stop().await;
+    assert_invariant(&status);
+    let c = status.counters;
+    assert_eq!(c.requests, CLIENTS as u64);
+    assert_eq!(c.ok, CLIENTS as u64);
+    assert_eq!(c.in_flight, 0);
+    assert_eq!(c.streams_open, 0);
+    assert_eq!(c.stream_errors, 0);
+    assert_eq!(c.attempts, CLIENTS as u64 + c.retries);
+    // Upstream saw every attempt once and answered each successful request exactly once.
+    assert_eq!(mock_stats.responses_requests, c.attempts);
+    let upstream_ok: u64 = mock_stats.accounts.values().map(|a| a.ok).sum();
+    assert_eq!(upstream_ok, CLIENTS as u64);
+    let limited = mock_stats.accounts["ws-limited"].rate_limited;
+    assert!(limited >= 1);
+    assert_eq!(limited, c.retries, "every 429 led to exactly one retry");
+    assert_eq!(status.accounts[0].outcomes.rate_limited, limited);
+    assert_eq!(status.accounts[0].rate_limited_families, ["gpt-5"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wrapper_token_is_required_and_compared_exactly() {
+    let h = harness(MockConfig::default(), &["ws-a"], |_| {}).await;
+    let url = h.url();
+    let body = r#"{"model":"gpt-5","input":"x"}"#;
+    let missing = h.client.post(&url).body(body).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    let wrong = h
+        .client
+        .post(&url)
+        .bearer_auth(format!("{}x", h.token.secret().expose()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let status_without = h
+        .client
+        .get(format!("http://{}/status", h.proxy.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_without.status(), 401);
+    let via_api_key = h
+        .client
+        .post(&url)
+        .header("x-api-key", h.token.secret().expose())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_api_key.status(), 200);
+    assert_eq!(
+        h.mock.stats().responses_requests,
+        1,
+        "rejected requests never reach the upstream"
+    );
+    let status = h.stop().await;
+    assert_eq!(status.counters.rejected_unauthorized, 3);
+    assert_eq!(status.counters.requests, 1);
+}
+
+async fn raw_request(addr: std::net::SocketAddr, head: String, body: Vec<u8>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // The proxy may answer and close before the whole body is sent; that is the point.
+        for chunk in body.chunks(64 * 1024) {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+            if write.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.write_all(b"0\r\n\r\n").await;
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n")
+                    && answer.starts_with(b"HTTP/1.1 413")
+                {
+                    break;
+                }
+            }
+            Err(_) => panic!("no answer within 20 s"),
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bodies_over_the_cap_get_413_declared_or_streamed() {
+    // The default cap (64 MiB), announced by Content-Length: refused before any byte of body.
+    let h = harness(MockConfig::default(), &["ws-a"], |_| {}).await;
+    assert_eq!(examples::proxy::DEFAULT_BODY_LIMIT, 64 * 1024 * 1024);
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+        h.token.secret().expose(),
+        64 * 1024 * 1024 + 1
+    );
+    let mut stream = tokio::net::TcpStream::connect(h.proxy.addr())
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+    assert_eq!(h.mock.stats().responses_requests, 0);
+    let status = h.stop().await;
+    assert_eq!(status.counters.rejected_too_large, 1);
+
+    // A chunked body without length: cut off once it passes the cap (1 MiB here).
+    let h = harness(MockConfig::default(), &["ws-a"], |o| {
+        o.body_limit = 1024 * 1024
+    })
+    .await;
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        h.token.secret().expose()
+    );
+    let answer = raw_request(h.proxy.addr(), head.clone(), vec![b' '; 2 * 1024 * 1024]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Exactly at the cap is fine (valid JSON padded with spaces to 1 MiB).
+    let mut exact = br#"{"model":"gpt-5","input":"exact","stream":false}"#.to_vec();
+    exact.resize(1024 * 1024, b' ');
+    let ok = h
+        .client
+        .post(h.url())
+        .bearer_auth(h.token.secret().expose())
+        .body(exact)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("echo: exact"));
+    let status = h.stop().await;
+    assert_eq!(status.counters.rejected_too_large, 1);
+    assert_eq!(status.counters.ok, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hop_by_hop_headers_are_dropped_both_ways_and_account_headers_swapped() {
+    let h = harness(MockConfig::default(), &["ws-a"], |_| {}).await;
+    let response = h
+        .post("hop")
+        .header("connection", "keep-alive, x-hop-secret")
+        .header("x-hop-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("te", "trailers")
+        .header("x-api-key", "client-side-key-never-forwarded")
+        .header("chatgpt-account-id", "spoofed")
+        .header("openai-beta", "responses=experimental")
+        .header("session_id", "s-1")
+        .header("x-mock-send-hop-headers", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for name in ["x-mock-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            !response.headers().contains_key(name),
+            "{name} came back to the client"
+        );
+    }
+    let _ = response.text().await.unwrap();
+    let recorded = h.mock.recorded();
+    assert_eq!(recorded.len(), 1);
+    let seen = &recorded[0];
+    for name in [
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "x-api-key",
+    ] {
+        assert!(
+            !seen.header_names.iter().any(|h| h == name),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+    for name in [
+        "openai-beta",
+        "session_id",
+        "authorization",
+        "chatgpt-account-id",
+    ] {
+        assert!(
+            seen.header_names.iter().any(|h| h == name),
+            "{name} was not forwarded: {seen:?}"
+        );
+    }
+    assert_eq!(
+        seen.account_id.as_deref(),
+        Some("ws-a"),
+        "the account id header is the pool's, not the client's"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_401_triggers_one_refresh_then_succeeds_and_logs_hold_no_secret() {
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // One account, rejected until refreshed: the proxy refreshes, the policy retries it.
+    let h = harness(
+        MockConfig::default().account("ws-a", Behavior::NeedsRefresh),
+        &["ws-a", "ws-b"],
+        |_| {},
+    )
+    .await;
+    let mut answered = 0;
+    for i in 0..6 {
+        let r = h.post(&format!("r{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.text().await.unwrap();
+        answered += 1;
+    }
+    // A wrong token and a failing refresh also produce log lines to search.
+    let _ = h
+        .client
+        .post(h.url())
+        .bearer_auth("definitely-not-the-token")
+        .send()
+        .await
+        .unwrap();
+    let stats = h.mock.stats();
+    let secrets: Vec<String> = h
+        .accounts
+        .iter()
+        .flat_map(|a| {
+            [
+                a.tokens.access_token.expose().to_owned(),
+                a.tokens.refresh_token.expose().to_owned(),
+                a.tokens.id_token.expose().to_owned(),
+                a.email.clone(),
+            ]
+        })
+        .chain([h.token.secret().expose().to_owned()])
+        .collect();
+    let status = h.stop().await;
+    assert_eq!(answered, 6);
+    assert_eq!(
+        stats.accounts["ws-a"].refreshes, 1,
+        "exactly one refresh for the rejected account"
+    );
+    assert_eq!(status.counters.refreshes, 1);
+    assert_eq!(status.accounts[0].refreshes, 1);
+    assert!(
+        stats.accounts["ws-a"].ok >= 1,
+        "the refreshed account serves again: {stats:?}"
+    );
+    assert_invariant(&status);
+
+    let logs = logs.text();
+    assert!(logs.contains("token refreshed"), "logs captured:\n{logs}");
+    assert!(logs.contains("rejected: missing or wrong wrapper token"));
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
+    }
+    // Nothing secret in the status document either.
+    let status_json = serde_json::to_string(&status).unwrap();
+    for secret in &secrets {
+        assert!(
+            !status_json.contains(secret.as_str()),
+            "a secret leaked into /status"
+        );
+    }
+}
