@@ -1,0 +1,213 @@
+//! Show what a Codex `auth.json` holds, without printing any secret.
+//!
+//! ```sh
+//! cargo run --example auth-status -- --codex-home ~/.codex
+//! cargo run --example auth-status -- --codex-home ~/.codex --json
+//! ```
+//!
+//! Prints the login mode, the masked email, plan, account id, token expiry and last
+//! refresh of `DIR/auth.json`. Tokens and keys are never printed (at most a short
+//! SHA-256 fingerprint to tell two apart). The file is only read, never written.
+//! Exits 1 with a message naming the file and the problem when it is missing, empty,
+//! truncated or malformed.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use auth_core::redact::mask_email;
+use auth_core::{AuthDocument, AuthMode, IdTokenClaims};
+use clap::Parser;
+use serde_json::json;
+
+/// Show the login stored in a Codex home directory (no secrets are printed).
+#[derive(Parser)]
+#[command(name = "auth-status")]
+struct Args {
+    /// The Codex home directory (the one holding auth.json), e.g. ~/.codex.
+    #[arg(long, value_name = "DIR")]
+    codex_home: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Refuse absurd files before reading them whole (auth-core bounds parsing too).
+const MAX_READ: u64 = 2 * 1024 * 1024;
+
+fn read_auth(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            "file not found: no login is stored here (run `codex login` with this CODEX_HOME)"
+                .to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied: run as the user who owns it".to_owned()
+        }
+        _ => format!("cannot open: {err}"),
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("cannot stat: {err}"))?;
+    if meta.is_dir() {
+        return Err("is a directory, expected the auth.json file".to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_READ + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read: {err}"))?;
+    Ok(bytes)
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn rfc3339(secs: i64) -> String {
+    auth_core::Timestamp::from_system_time(if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    })
+    .to_string()
+}
+
+fn relative(secs: i64, now: i64) -> String {
+    let delta = secs - now;
+    let abs = delta.unsigned_abs();
+    let span = if abs >= 86_400 {
+        format!("{}d {}h", abs / 86_400, (abs % 86_400) / 3600)
+    } else if abs >= 3600 {
+        format!("{}h {}m", abs / 3600, (abs % 3600) / 60)
+    } else {
+        format!("{}m {}s", abs / 60, abs % 60)
+    };
+    if delta > 0 {
+        format!("valid for {span}")
+    } else {
+        format!("EXPIRED {span} ago")
+    }
+}
+
+struct Report {
+    mode: Option<String>,
+    api_key: Option<String>,
+    email: Option<String>,
+    plan: Option<String>,
+    account_id: Option<String>,
+    user_id: Option<String>,
+    access_expires: Option<i64>,
+    id_token_expires: Option<i64>,
+    last_refresh: Option<String>,
+    unknown_fields: Vec<String>,
+}
+
+fn report(doc: &AuthDocument) -> Result<Report, String> {
+    let mut claims = IdTokenClaims::default();
+    let mut access_expires = None;
+    let mut account_id = None;
+    if let Some(tokens) = &doc.tokens {
+        claims = tokens
+            .id_token_claims()
+            .map_err(|err| format!("field `tokens.id_token` is unusable: {err}"))?;
+        // The access token is usually a JWT too; if not, its expiry is just unknown.
+        access_expires = tokens.access_token_expires_at().ok().flatten().map(unix);
+        account_id = tokens.effective_account_id();
+    }
+    Ok(Report {
+        mode: doc.effective_mode().map(|m| match m {
+            AuthMode::ApiKey => "apikey".to_owned(),
+            AuthMode::Chatgpt => "chatgpt".to_owned(),
+            other => other.as_str().to_owned(),
+        }),
+        api_key: doc
+            .openai_api_key
+            .as_ref()
+            .map(|k| format!("configured (sha256:{})", k.fingerprint())),
+        email: claims.email.as_deref().map(mask_email),
+        plan: claims.chatgpt_plan_type.as_ref().map(|p| p.to_string()),
+        account_id,
+        user_id: claims.chatgpt_user_id.clone(),
+        access_expires,
+        id_token_expires: claims.exp,
+        last_refresh: doc.last_refresh.as_ref().map(|t| t.to_string()),
+        unknown_fields: doc.extra.keys().cloned().collect(),
+    })
+}
+
+fn print_text(path: &Path, r: &Report, now: i64) {
+    let dash = || "-".to_owned();
+    let when = |t: Option<i64>| match t {
+        Some(t) => format!("{} ({})", rfc3339(t), relative(t, now)),
+        None => dash(),
+    };
+    println!("file:          {}", path.display());
+    println!(
+        "login mode:    {}",
+        r.mode.clone().unwrap_or_else(|| "none".to_owned())
+    );
+    println!("API key:       {}", r.api_key.clone().unwrap_or_else(dash));
+    println!("email:         {}", r.email.clone().unwrap_or_else(dash));
+    println!("plan:          {}", r.plan.clone().unwrap_or_else(dash));
+    println!(
+        "account id:    {}",
+        r.account_id.clone().unwrap_or_else(dash)
+    );
+    println!("user id:       {}", r.user_id.clone().unwrap_or_else(dash));
+    println!("access token:  expires {}", when(r.access_expires));
+    println!("id token:      expires {}", when(r.id_token_expires));
+    println!(
+        "last refresh:  {}",
+        r.last_refresh.clone().unwrap_or_else(dash)
+    );
+    if !r.unknown_fields.is_empty() {
+        println!("other fields:  {}", r.unknown_fields.join(", "));
+    }
+}
+
+fn print_json(path: &Path, r: &Report, now: i64) {
+    let value = json!({
+        "file": path.display().to_string(),
+        "mode": r.mode,
+        "api_key": r.api_key,
+        "email": r.email,
+        "plan": r.plan,
+        "account_id": r.account_id,
+        "user_id": r.user_id,
+        "access_token_expires_at": r.access_expires.map(rfc3339),
+        "access_token_expired": r.access_expires.map(|t| t <= now),
+        "id_token_expires_at": r.id_token_expires.map(rfc3339),
+        "id_token_expired": r.id_token_expires.map(|t| t <= now),
+        "last_refresh": r.last_refresh,
+        "other_fields": r.unknown_fields,
+    });
+    println!("{value:#}");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args.codex_home.join("auth.json");
+    let result = read_auth(&path).and_then(|bytes| {
+        let doc = AuthDocument::from_json_slice(&bytes).map_err(|err| err.to_string())?;
+        report(&doc)
+    });
+    match result {
+        Ok(r) => {
+            let now = unix(SystemTime::now());
+            if args.json {
+                print_json(&path, &r, now);
+            } else {
+                print_text(&path, &r, now);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("auth-status: {}: {message}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Runs the built `auth-status` example against real files: prints what matters, never
+//! a secret, and fails clearly (without touching the file) on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use auth_core::jwt::{self, IdTokenClaims, PlanType};
+use auth_core::{AuthDocument, Secret, TokenData};
+
+const EMAIL: &str = "someone.private@example.com";
+const ACCESS: &str = "access-SECRET-value";
+const REFRESH: &str = "refresh-SECRET-value";
+
+/// `cargo test` builds examples next to the test binaries (`target/<profile>/examples`);
+/// build it explicitly if this test runs alone.
+fn example_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("examples").join("auth-status");
+    if !bin.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "examples", "--example", "auth-status"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the auth-status example failed");
+    }
+    assert!(bin.is_file(), "no example binary at {}", bin.display());
+    bin
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+struct TempHome(PathBuf);
+
+impl TempHome {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "auth-status-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn auth(&self) -> PathBuf {
+        self.0.join("auth.json")
+    }
+}
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(home: &Path, json: bool) -> Output {
+    let mut cmd = Command::new(example_bin());
+    cmd.arg("--codex-home").arg(home);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn chatgpt_doc(exp: i64) -> AuthDocument {
+    let id_token = jwt::encode_unsigned_for_testing(&IdTokenClaims {
+        email: Some(EMAIL.into()),
+        exp: Some(exp),
+        iat: Some(exp - 3600),
+        chatgpt_plan_type: Some(PlanType::Pro),
+        chatgpt_account_id: Some("acc-1234".into()),
+        chatgpt_user_id: Some("user-5678".into()),
+    });
+    let tokens = TokenData::new(
+        id_token.into(),
+        ACCESS.into(),
+        REFRESH.into(),
+        Some("acc-1234".into()),
+    )
+    .unwrap();
+    AuthDocument::chatgpt(tokens, "2025-08-06T20:41:36.232376Z".parse().unwrap())
+}
+
+fn assert_no_secrets(text: &str, doc: &AuthDocument) {
+    let tokens = doc.tokens.as_ref().unwrap();
+    for secret in [EMAIL, ACCESS, REFRESH, tokens.id_token.expose(), "eyJ"] {
+        assert!(!text.contains(secret), "output leaks {secret}:\n{text}");
+    }
+}
+
+fn snapshot(path: &Path) -> (Vec<u8>, SystemTime) {
+    (
+        std::fs::read(path).unwrap(),
+        std::fs::metadata(path).unwrap().modified().unwrap(),
+    )
+}
+
+#[test]
+fn text_report_for_chatgpt_login() {
+    let home = TempHome::new();
+    let doc = chatgpt_doc(now() + 7200);
+    std::fs::write(home.auth(), doc.to_json_pretty()).unwrap();
+    let before = snapshot(&home.auth());
+
+    let out = run(&home.0, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "login mode:    chatgpt",
+        "email:         s***@example.com",
+        "plan:          pro",
+        "account id:    acc-1234",
+        "last refresh:  2025-08-06T20:41:36.232376Z",
+        "id token:      expires ",
+        "(valid for ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert_no_secrets(&stdout, &doc);
+    assert_eq!(snapshot(&home.auth()), before, "the file was modified");
+}
+
+#[test]
+fn json_report_marks_expiry() {
+    let home = TempHome::new();
+    let doc = chatgpt_doc(now() - 60);
+    std::fs::write(home.auth(), doc.to_json_pretty()).unwrap();
+    let out = run(&home.0, true);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_no_secrets(&stdout, &doc);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["mode"], "chatgpt");
+    assert_eq!(v["email"], "s***@example.com");
+    assert_eq!(v["plan"], "pro");
+    assert_eq!(v["account_id"], "acc-1234");
+    assert_eq!(v["id_token_expired"], true);
+    assert_eq!(v["last_refresh"], "2025-08-06T20:41:36.232376Z");
+}
+
+#[test]
+fn api_key_login_shows_only_a_fingerprint() {
+    let home = TempHome::new();
+    let key = Secret::from("sk-proj-SECRET-key");
+    std::fs::write(
+        home.auth(),
+        AuthDocument::api_key(key.clone()).to_json_pretty(),
+    )
+    .unwrap();
+    let out = run(&home.0, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("login mode:    apikey"), "{stdout}");
+    assert!(stdout.contains(&key.fingerprint()), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}
+
+fn assert_fails(home: &TempHome, contents: Option<&[u8]>, expected: &str) {
+    if let Some(bytes) = contents {
+        std::fs::write(home.auth(), bytes).unwrap();
+    }
+    let before = contents.map(|_| snapshot(&home.auth()));
+    let out = run(&home.0, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains(&home.auth().display().to_string()),
+        "no path in {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+    assert!(!stderr.contains("SECRET"), "{stderr}");
+    if let Some(before) = before {
+        assert_eq!(snapshot(&home.auth()), before, "the file was modified");
+    }
+}
+
+#[test]
+fn missing_file() {
+    let home = TempHome::new();
+    assert_fails(&home, None, "file not found");
+    assert!(!home.auth().exists(), "a file was created");
+}
+
+#[test]
+fn empty_truncated_and_malformed_files() {
+    let home = TempHome::new();
+    let full = chatgpt_doc(now() + 3600).to_json_pretty();
+    assert_fails(&home, Some(b""), "auth.json is empty");
+    assert_fails(&home, Some(&full.as_bytes()[..full.len() / 2]), "truncated");
+    assert_fails(
+        &home,
+        Some(b"{\"tokens\": \"SECRET\"}"),
+        "field `tokens` is invalid",
+    );
+    assert_fails(
+        &home,
+        Some(br#"{"tokens": {"id_token": "SECRET-not-jwt", "access_token": "a", "refresh_token": "r"}}"#),
+        "field `tokens.id_token` is invalid",
+    );
+    assert_fails(&home, Some(b"not json at all"), "not valid JSON at line 1");
+}
