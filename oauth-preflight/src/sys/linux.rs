@@ -261,8 +261,12 @@ fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
             if name.to_bytes().first() == Some(&b'.') {
                 continue;
             }
-            let Ok(target) = readlinkat(&fd_dir, name, std::mem::take(&mut buf)) else {
-                continue;
+            let target = match readlinkat(&fd_dir, name, std::mem::take(&mut buf)) {
+                Ok(target) => target,
+                // Listing allowed but links not (ptrace rules, e.g. another user namespace):
+                // every fd of this process will fail the same way.
+                Err(rustix::io::Errno::ACCESS) => break,
+                Err(_) => continue, // closed since the listing
             };
             let inode = socket_inode_bytes(target.as_bytes());
             buf = target.into_bytes();
