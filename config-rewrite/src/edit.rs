@@ -373,6 +373,18 @@ fn apply_op(
             check_key("key", key)?;
             let path = target.table_path();
             let table = navigate_or_create(root, &path, created)?;
+            if let Some(existing) = table.get(key)
+                && !existing.is_none()
+                && !existing.is_value()
+            {
+                return Err(EditError::InvalidInput {
+                    field: label(&path, key),
+                    reason: format!(
+                        "it holds a {}; only plain values are replaced by a string",
+                        kind(existing)
+                    ),
+                });
+            }
             set_value(table, &path, key, Value::from(value.as_str()), edits)
         }
         Op::RemoveKey { target, key } => {

@@ -486,3 +486,13 @@ fn model_provider_in_a_wrong_table_is_not_mistaken_for_the_top_level_one() {
     assert_eq!(doc["tui"]["model_provider"].as_str(), Some("stray"));
     assert_eq!(doc["model_provider"].as_str(), Some("proxy"));
 }
+
+#[test]
+fn set_string_refuses_to_replace_a_table() {
+    let rewrite = Rewrite::new().set_string(Target::TopLevel, "tui", "x");
+    let err = apply_to_str(Path::new("c"), Some("[tui]\nx = 1\n"), &rewrite).unwrap_err();
+    assert!(
+        matches!(err, EditError::InvalidInput { ref field, .. } if field == "tui"),
+        "{err:?}"
+    );
+}

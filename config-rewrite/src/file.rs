@@ -74,13 +74,16 @@ fn apply_locked(
     rewrite: &Rewrite,
     mut before_write: impl FnMut(&RevertRecord) -> Result<(), Error>,
 ) -> Result<(RevertRecord, bool), Error> {
+    // Record an absolute path: a restore may run from another working directory.
+    let recorded = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     for _ in 0..ATTEMPTS {
         let current = read_text(target)?;
-        let applied =
-            apply_to_str(config, current.as_deref(), rewrite).map_err(|source| Error::Config {
+        let applied = apply_to_str(&recorded, current.as_deref(), rewrite).map_err(|source| {
+            Error::Config {
                 path: config.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
         let changed = applied.changed();
         let (text, record) = applied.into_parts();
         if !changed {

@@ -319,3 +319,12 @@ fn two_racing_proxies_cannot_stack_rewrites() {
     RevertFile::beside(&config).restore().unwrap();
     assert_eq!(fs::read_to_string(&config).unwrap(), original);
 }
+
+#[test]
+fn record_holds_an_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let record = apply(&config, &common::proxy_rewrite(9, Target::TopLevel)).unwrap();
+    assert!(record.config().is_absolute());
+    restore(&record).unwrap();
+}
