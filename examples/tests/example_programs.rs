@@ -1,0 +1,195 @@
+//! The example programs as users run them: the demo, and the rotation-proxy binary with
+//! stale-rewrite recovery and SIGTERM shutdown. `cargo test` builds examples before running
+//! tests; when they are missing (e.g. `cargo test --test …`), the test says SKIP.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use auth_storage::PoolStore;
+use examples::mock_upstream::{MockConfig, MockUpstream, seed_pool};
+use examples::proxy::{CodexRoute, TOKEN_ENV};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+fn example(name: &str) -> Option<PathBuf> {
+    // target/<profile>/deps/<test binary> → target/<profile>/examples/<name>
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.is_file().then_some(path)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn demo_runs_with_no_arguments_and_exits_zero() {
+    let Some(demo) = example("demo") else {
+        common::skip(
+            "demo_runs_with_no_arguments",
+            "examples not built (run plain `cargo test`)",
+        );
+        return;
+    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(demo)
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the demo finishes within 60 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "48/48 answered",
+        "found and undid a stale rewrite",
+        "pool_exhausted",
+        "restored byte for byte",
+        "temporary files removed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("alice@example.com"),
+        "full emails never printed"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm() {
+    let Some(binary) = example("rotation-proxy") else {
+        common::skip(
+            "rotation_proxy_binary",
+            "examples not built (run plain `cargo test`)",
+        );
+        return;
+    };
+    let mock = MockUpstream::start(MockConfig::default().reply("via the binary"))
+        .await
+        .unwrap();
+    let account = mock.synthetic_account("ws-bin", "binary.user@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    seed_pool(
+        &PoolStore::new(pool_dir.path()),
+        std::slice::from_ref(&account),
+    )
+    .unwrap();
+
+    let codex_home = tempfile::tempdir().unwrap();
+    let config = codex_home.path().join("config.toml");
+    let original = "model = \"o3\" # mine\n";
+    std::fs::write(&config, original).unwrap();
+    // A run that crashed while the config pointed at it.
+    let (_crashed, _) = CodexRoute::apply(codex_home.path(), "http://127.0.0.1:9/v1").unwrap();
+    assert_ne!(std::fs::read_to_string(&config).unwrap(), original);
+
+    let token = "test-wrapper-token-0123456789";
+    let mut child = tokio::process::Command::new(binary)
+        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
+        .arg(pool_dir.path())
+        .arg("--codex-home")
+        .arg(codex_home.path())
+        .args([
+            "--upstream",
+            &mock.base_url(),
+            "--token-url",
+            &mock.token_url(),
+        ])
+        .env(TOKEN_ENV, token)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut seen = Vec::new();
+    let mut base_url = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await
+    {
+        if let Some(rest) = line.strip_prefix("rotation-proxy: listening on ") {
+            base_url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        let routed = line.contains("now routes codex");
+        seen.push(line);
+        if routed {
+            break;
+        }
+    }
+    let base_url = base_url.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
+    assert!(
+        seen.iter().any(|l| l.contains("restored a stale rewrite")),
+        "stale rewrite not reported: {seen:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(&base_url)
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains(token)),
+        "a token from the environment is never printed"
+    );
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answer = client
+        .post(format!("{base_url}/responses"))
+        .bearer_auth(token)
+        .body(r#"{"model":"gpt-5","input":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("via the binary"));
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    while let Ok(Some(line)) = stdout.next_line().await {
+        seen.push(line);
+    }
+    assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "config restored on SIGTERM"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("1 requests (1 ok")),
+        "{seen:?}"
+    );
+    let logs = stderr_task.await.unwrap();
+    assert!(logs.contains("upstream answered"), "{logs}");
+    for secret in [
+        token,
+        account.tokens.access_token.expose(),
+        account.tokens.refresh_token.expose(),
+        "binary.user@example.com",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+    mock.shutdown().await;
+}
