@@ -449,6 +449,37 @@ mod tests {
         assert!(matches!(*r, Outcome::HeldByOtherUser { .. }));
     }
 
+    proptest::proptest! {
+        /// Whatever the holders, every process `decide` would stop matches the matcher, is
+        /// owned by us and is not us; and a refusal never comes with targets.
+        #[test]
+        fn targets_are_always_our_own_matching_processes(
+            holders in proptest::collection::vec(
+                (1u32..6, proptest::option::of(0u32..3), proptest::sample::select(vec!["codex", "vscodex", "python3", "codex.js"]), proptest::bool::ANY),
+                0..5,
+            ),
+        ) {
+            let policy = FreePolicy::default();
+            let hs: Vec<PortHolder> = holders
+                .iter()
+                .map(|(pid, uid, name, visible)| {
+                    let mut p = ProcessInfo::new(*pid, *name).with_argv([*name]);
+                    p.uid = *uid;
+                    PortHolder::new("[::1]:1455".parse().unwrap(), visible.then_some(p))
+                })
+                .collect();
+            if let Ok(targets) = decide(&found(hs.clone(), BindProbe::InUse), &policy, Some(1), 1) {
+                proptest::prop_assert!(!targets.is_empty());
+                proptest::prop_assert!(hs.iter().all(|h| h.process.is_some()));
+                for t in &targets {
+                    proptest::prop_assert!(policy.matcher().is_login_helper(t));
+                    proptest::prop_assert_eq!(t.uid, Some(1));
+                    proptest::prop_assert_ne!(t.pid, 1);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_matcher_is_replaceable() {
         let p = FreePolicy::default().with_matcher(|p: &ProcessInfo| p.name == "python3");
