@@ -13,7 +13,8 @@ use crate::record::{FORMAT, KeyEdit, RevertRecord, dotted};
 const BOM: char = '\u{feff}';
 
 /// The result of [`apply_to_str`]: the new text and the record that undoes it.
-#[derive(Debug, Clone)]
+/// `Debug` shows sizes and key names, never the text (it may hold tokens).
+#[derive(Clone)]
 pub struct Applied {
     text: String,
     record: RevertRecord,
@@ -91,8 +92,8 @@ pub enum RestoreOutcome {
     Recreated,
 }
 
-/// The result of [`restore_str`].
-#[derive(Debug, Clone)]
+/// The result of [`restore_str`]. `Debug` shows the outcome and size, never the text.
+#[derive(Clone)]
 pub struct Restored {
     text: Option<String>,
     outcome: RestoreOutcome,
@@ -129,6 +130,25 @@ impl Restored {
 
     pub(crate) fn into_parts(self) -> (Option<String>, RestoreOutcome) {
         (self.text, self.outcome)
+    }
+}
+
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("text_len", &self.text.len())
+            .field("changed", &self.changed)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restored")
+            .field("text_len", &self.text.as_ref().map(String::len))
+            .field("outcome", &self.outcome)
+            .finish()
     }
 }
 

@@ -452,6 +452,11 @@ fn record_serializes_and_debug_hides_content() {
     assert_eq!(&back, applied.record());
     let debug = format!("{:?}", applied.record());
     assert!(!debug.contains("sk-secret-value"), "{debug}");
+    let debug = format!("{applied:?}");
+    assert!(!debug.contains("sk-secret-value"), "{debug}");
+    let restored = restore_str(Some(applied.text()), applied.record()).unwrap();
+    let debug = format!("{restored:?}");
+    assert!(!debug.contains("sk-secret-value"), "{debug}");
     let mut wrong = back;
     wrong.format = 99;
     assert!(matches!(

@@ -167,7 +167,8 @@ impl ProviderSpec {
         self
     }
 
-    /// `base_url`: the OpenAI-compatible API root (Codex appends `/responses`).
+    /// `base_url`: the OpenAI-compatible API root (Codex appends `/responses`). `Debug` output
+    /// hides any user info and query string in it.
     ///
     /// ```
     /// let spec = config_rewrite::ProviderSpec::new("p", "http://127.0.0.1:1/v1").base_url("http://127.0.0.1:2/v1");
@@ -414,7 +415,7 @@ impl fmt::Debug for ProviderSpec {
         f.debug_struct("ProviderSpec")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(redact_url))
             .field("env_key", &self.env_key)
             .field("wire_api", &self.wire_api)
             .field("requires_openai_auth", &self.requires_openai_auth)
@@ -430,6 +431,21 @@ impl fmt::Debug for ProviderSpec {
                 &self.websocket_connect_timeout_ms,
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// Hides user info (`user:pass@`), query and fragment of a URL for `Debug` output.
+fn redact_url(url: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..cut];
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => format!("{scheme}{rest}"),
     }
 }
 
@@ -561,5 +577,33 @@ impl Rewrite {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_credentials() {
+        let spec = ProviderSpec::new("p", "https://user:s3cret@proxy.example/v1?key=k3y#frag")
+            .http_header("Authorization", "Bearer t0ken")
+            .query_param("api-key", "qk3y");
+        let debug = format!("{spec:?}");
+        for secret in ["s3cret", "k3y", "t0ken", "qk3y", "user"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("https://***@proxy.example/v1"), "{debug}");
+        assert!(debug.contains("Authorization"), "{debug}");
+    }
+
+    #[test]
+    fn redact_url_keeps_plain_urls() {
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/v1"),
+            "http://127.0.0.1:8080/v1"
+        );
+        assert_eq!(redact_url("127.0.0.1/x?y"), "127.0.0.1/x");
+        assert_eq!(redact_url("http://a/b@c"), "http://a/b@c");
     }
 }
