@@ -146,7 +146,10 @@ impl SessionEvent {
     fn fields(&self) -> Vec<(&'static str, String)> {
         match self {
             SessionEvent::Listening { addr, redirect_uri } => {
-                vec![("addr", addr.to_string()), ("redirect_uri", redirect_uri.clone())]
+                vec![
+                    ("addr", addr.to_string()),
+                    ("redirect_uri", redirect_uri.clone()),
+                ]
             }
             SessionEvent::Request { method, path } => {
                 vec![("method", method.clone()), ("path", path.clone())]
@@ -213,7 +216,10 @@ fn login_event_fields(event: &LoginEvent) -> (bool, Vec<(&'static str, String)>)
             redirect_uri,
         } => (
             false,
-            vec![("issuer", issuer.clone()), ("redirect_uri", redirect_uri.clone())],
+            vec![
+                ("issuer", issuer.clone()),
+                ("redirect_uri", redirect_uri.clone()),
+            ],
         ),
         LoginEvent::TokenExchangeSucceeded { status } => {
             (false, vec![("status", status.to_string())])
@@ -308,7 +314,12 @@ impl Diagnostics {
     pub(crate) fn session(&self, event: SessionEvent) {
         event.emit();
         if self.file.is_some() {
-            self.write(event.is_warning(), SESSION_TARGET, event.name(), &event.fields());
+            self.write(
+                event.is_warning(),
+                SESSION_TARGET,
+                event.name(),
+                &event.fields(),
+            );
         }
     }
 
@@ -316,7 +327,9 @@ impl Diagnostics {
         let Some(file) = &self.file else { return };
         let mut line = format_line(&now_rfc3339_millis(), warn, target, name, fields);
         line.push('\n');
-        let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // One write per line keeps lines whole with O_APPEND; a failing log must not
         // fail the login, so the error is reported through tracing only.
         if let Err(err) = file.write_all(line.as_bytes()) {
@@ -351,8 +364,7 @@ mod tests {
     #[test]
     fn request_paths_are_redacted_and_bounded() {
         let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.c2ln";
-        let SessionEvent::Request { path, .. } =
-            SessionEvent::request("GET", &format!("/x/{jwt}"))
+        let SessionEvent::Request { path, .. } = SessionEvent::request("GET", &format!("/x/{jwt}"))
         else {
             panic!("not a request event");
         };

@@ -66,7 +66,11 @@ async fn read_bounded(
 impl Exchange<'_> {
     /// `POST` the form `grant_type=authorization_code, code, redirect_uri, client_id,
     /// code_verifier` (as the Codex CLI does) and parse the tokens.
-    pub(crate) async fn run(&self, code: &str, diag: &Diagnostics) -> Result<LoginSuccess, LoginError> {
+    pub(crate) async fn run(
+        &self,
+        code: &str,
+        diag: &Diagnostics,
+    ) -> Result<LoginSuccess, LoginError> {
         diag.login(LoginEvent::token_exchange_started(
             self.issuer,
             self.redirect_uri,
@@ -109,8 +113,9 @@ impl Exchange<'_> {
                             "missing field `{}`",
                             rest.split('`').next().unwrap_or_default()
                         ),
-                        None => "not the expected JSON object (unexpected type or shape)"
-                            .to_owned(),
+                        None => {
+                            "not the expected JSON object (unexpected type or shape)".to_owned()
+                        }
                     }
                 } else {
                     "not JSON".to_owned()

@@ -251,7 +251,8 @@ async fn handle(state: &MockState, req: Request<Incoming>) -> Response<Full<Byte
             let mut back = url::form_urlencoded::Serializer::new(String::new());
             match lock(&state.authorize).clone() {
                 AuthorizeReply::Code(code) => {
-                    back.append_pair("code", &code).append_pair("state", &request_state);
+                    back.append_pair("code", &code)
+                        .append_pair("state", &request_state);
                 }
                 AuthorizeReply::Error { error, description } => {
                     back.append_pair("error", &error)
@@ -259,7 +260,8 @@ async fn handle(state: &MockState, req: Request<Incoming>) -> Response<Full<Byte
                         .append_pair("state", &request_state);
                 }
                 AuthorizeReply::WrongState(wrong) => {
-                    back.append_pair("code", MOCK_CODE).append_pair("state", &wrong);
+                    back.append_pair("code", MOCK_CODE)
+                        .append_pair("state", &wrong);
                 }
             }
             let mut response = reply(302, "text/plain", String::new());

@@ -260,7 +260,7 @@ pub enum LoginError {
     #[error("the browser came back without an authorization code; start the sign-in again")]
     MissingCode,
     /// The token endpoint answered with an error status.
-    #[error("the token endpoint answered HTTP {status} ({error}); start the sign-in again")]
+    #[error("the token endpoint answered HTTP {status} {}; start the sign-in again", error.code().map(|c| format!("with error code `{c}`")).unwrap_or_else(|| "without an error code".to_owned()))]
     TokenEndpoint {
         /// HTTP status.
         status: u16,
@@ -404,7 +404,10 @@ impl LoginSession {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| LoginError::Config {
-                detail: format!("cannot build the HTTP client ({})", redact_text(&err.to_string())),
+                detail: format!(
+                    "cannot build the HTTP client ({})",
+                    redact_text(&err.to_string())
+                ),
             })?;
         let diag = Diagnostics::open(options.log_dir.as_deref())?;
         let pkce = PkceCodes::generate()?;
@@ -528,9 +531,8 @@ pub async fn cancel_running_login(addr: SocketAddr) -> std::io::Result<()> {
     let limit = Duration::from_secs(2);
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!(
-            "GET {CANCEL_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET {CANCEL_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut buf = [0u8; 64];
         let _ = stream.read(&mut buf).await?;
@@ -547,14 +549,20 @@ mod tests {
 
     #[test]
     fn codes_and_descriptions_are_sanitized() {
-        assert_eq!(oauth_code("access_denied").as_deref(), Some("access_denied"));
+        assert_eq!(
+            oauth_code("access_denied").as_deref(),
+            Some("access_denied")
+        );
         assert_eq!(oauth_code("<script>"), None);
         assert_eq!(oauth_code(&"a".repeat(65)), None);
         assert_eq!(issuer_description(Some("  ")), None);
         let d = issuer_description(Some("see https://x.example/?code=SECRET")).unwrap();
         assert!(!d.contains("SECRET"), "{d}");
         assert_eq!(
-            issuer_description(Some(&"x".repeat(400))).unwrap().chars().count(),
+            issuer_description(Some(&"x".repeat(400)))
+                .unwrap()
+                .chars()
+                .count(),
             301
         );
     }

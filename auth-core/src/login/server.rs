@@ -160,7 +160,9 @@ impl Shared {
         let mut params: HashMap<String, String> = HashMap::new();
         // Bounded by the request line hyper accepted; the first value of a key wins.
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            params.entry(key.into_owned()).or_insert_with(|| value.into_owned());
+            params
+                .entry(key.into_owned())
+                .or_insert_with(|| value.into_owned());
         }
         let non_empty = |key: &str| params.get(key).is_some_and(|v| !v.is_empty());
         let (has_code, has_state, has_error) =
@@ -288,7 +290,10 @@ pub(crate) async fn serve(
 
 /// Binds `addr`; a taken port becomes [`LoginError::PortInUse`] naming the holder when the
 /// `preflight` feature is on.
-pub(crate) async fn bind(addr: SocketAddr, cancel_previous: bool) -> Result<TcpListener, LoginError> {
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    cancel_previous: bool,
+) -> Result<TcpListener, LoginError> {
     let mut cancel_sent = false;
     // Bounded: at most 1 + 20 attempts (about 2 s) after asking a previous login to stop.
     for attempt in 0..=20u32 {
