@@ -326,3 +326,56 @@ fn codex_exec_with_a_profile_file() {
     restore(&record).unwrap();
     assert!(!profile.exists());
 }
+
+#[test]
+fn restore_keeps_what_codex_itself_wrote_meanwhile() {
+    // The CLI rewrites config.toml itself (here `codex mcp add`) while our rewrite is in place;
+    // restore must undo only our keys and keep the CLI's addition.
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "restore_keeps_what_codex_itself_wrote_meanwhile",
+            "Codex CLI not found",
+        );
+    };
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    let original = common::corpus()
+        .into_iter()
+        .find(|(n, ..)| *n == "basic")
+        .unwrap()
+        .1;
+    std::fs::write(&config, &original).unwrap();
+    let revert = RevertFile::beside(&config);
+    revert
+        .apply(&config, &common::proxy_rewrite(9, Target::TopLevel))
+        .unwrap();
+
+    let (ok, output) = run_codex(
+        &bin,
+        home.path(),
+        &["mcp", "add", "extra", "--", "echo", "hi"],
+        Duration::from_secs(30),
+    );
+    assert!(ok, "codex mcp add failed:\n{output}");
+    let during = std::fs::read_to_string(&config).unwrap();
+    assert!(during.contains("[mcp_servers.extra]"), "{during}");
+
+    let report = revert.restore().unwrap().unwrap();
+    match &report.outcome {
+        config_rewrite::RestoreOutcome::Merged { undone, kept } => {
+            assert!(kept.is_empty(), "{kept:?}");
+            assert_eq!(undone.len(), 8, "{undone:?}");
+        }
+        other => panic!("expected a merged restore, got {other:?}"),
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    let doc: toml_edit::DocumentMut = text.parse().unwrap();
+    assert!(doc.get("model_provider").is_none(), "{text}");
+    assert!(doc.get("model_providers").is_none(), "{text}");
+    assert_eq!(
+        doc["mcp_servers"]["extra"]["command"].as_str(),
+        Some("echo")
+    );
+    assert_eq!(doc["model"].as_str(), Some("gpt-5-codex"));
+    assert!(!config_error(&login_status(&bin, home.path())));
+}
