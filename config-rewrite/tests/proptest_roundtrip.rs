@@ -153,24 +153,33 @@ fn spec() -> impl Strategy<Value = ProviderSpec> {
     })
 }
 
-/// Lines of `applied` that are not a subsequence match of `original`'s lines.
+/// Lines of `applied` that are not a subsequence match of `original`'s lines. Lines are
+/// compared byte for byte (CR and all; the BOM must stay first); only the original's last line may gain the line
+/// break it lacked when the file had no final newline.
 fn extra_lines(original: &str, applied: &str) -> Result<Vec<String>, String> {
-    let norm = |l: &str| {
-        l.trim_end_matches('\r')
-            .trim_start_matches('\u{feff}')
-            .to_owned()
+    let (original, applied) = match original.strip_prefix('\u{feff}') {
+        Some(rest) => (
+            rest,
+            applied
+                .strip_prefix('\u{feff}')
+                .ok_or("the byte-order mark was lost")?,
+        ),
+        None => (original, applied),
     };
-    let orig: Vec<String> = original.split('\n').map(norm).collect();
+    let orig: Vec<&str> = original.split('\n').collect();
+    let last = orig.len() - 1;
     let mut extra = Vec::new();
     let mut i = 0;
-    for line in applied.split('\n').map(norm) {
-        if i < orig.len() && line == orig[i] {
+    for line in applied.split('\n') {
+        let matches = i < orig.len()
+            && (line == orig[i] || (i == last && line.strip_suffix('\r') == Some(orig[i])));
+        if matches {
             i += 1;
         } else {
-            extra.push(line);
+            extra.push(line.trim_end_matches('\r').to_owned());
         }
     }
-    if i == orig.len() || (i + 1 == orig.len() && orig[i].is_empty()) {
+    if i == orig.len() || (i == last && orig[i].is_empty()) {
         Ok(extra)
     } else {
         Err(format!("original line {:?} missing from output", orig[i]))
