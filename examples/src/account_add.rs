@@ -1,0 +1,306 @@
+//! `accounts add`: sign in with a browser and store the new account in the pool.
+//!
+//! 1. Port preflight with `oauth-preflight`: if a stale Codex login helper holds the
+//!    callback port it is stopped; any other holder is named and nothing is killed.
+//! 2. An `auth_core::login` session: the authorize URL is printed (and opened in a
+//!    browser unless `--no-browser`), the loopback callback server waits.
+//! 3. The tokens go into the pool (`auth_storage::PoolStore`, a locked atomic
+//!    read-modify-write); the same login added twice updates its entry.
+//!
+//! Diagnostics go to `login.log` in the pool directory (no tokens, codes or bodies).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auth_core::Timestamp;
+use auth_core::login::{DEFAULT_LISTEN_ADDR, LoginError, LoginOptions, LoginSession};
+use auth_storage::pool::{Account, Upsert};
+use auth_storage::{PoolStore, StorageError};
+
+/// What `accounts add` was asked to do.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AddOptions {
+    /// The pool directory (default: `PoolStore::open_default`).
+    pub pool_dir: Option<PathBuf>,
+    /// Print the URL only; do not try to open a browser.
+    pub no_browser: bool,
+    /// Another issuer (tests point this at a loopback mock). Default: the Codex CLI's.
+    pub issuer: Option<String>,
+    /// Another callback address (tests use port 0). Default `127.0.0.1:1455`.
+    pub listen: Option<SocketAddr>,
+    /// How long to wait for the browser. Default 10 minutes.
+    pub timeout: Duration,
+}
+
+impl Default for AddOptions {
+    fn default() -> Self {
+        Self {
+            pool_dir: None,
+            no_browser: false,
+            issuer: None,
+            listen: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The account that was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Added {
+    /// Its number in `accounts list` (from 1).
+    pub number: usize,
+    /// False for a new entry, true when the same login was already in the pool.
+    pub updated: bool,
+    /// The email, masked.
+    pub masked_email: String,
+    /// The ChatGPT plan, if the id token says.
+    pub plan: Option<String>,
+}
+
+/// Why `accounts add` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddError {
+    /// The callback port is held by something we will not stop.
+    #[error("{0}")]
+    PortHeld(String),
+    /// The sign-in failed.
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    /// The pool could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A blocking task did not finish (the runtime is shutting down).
+    #[error("a background task ended without a result")]
+    Aborted,
+}
+
+fn pool_store(dir: Option<PathBuf>) -> Result<PoolStore, StorageError> {
+    match dir {
+        Some(dir) => Ok(PoolStore::new(dir)),
+        None => PoolStore::open_default(),
+    }
+}
+
+/// Runs the login and stores the account; `present` is called once with the authorize
+/// URL (print it, open a browser).
+///
+/// # Errors
+/// [`AddError`]: a held port, a failed sign-in, or a pool that cannot be written.
+pub async fn add_account_with(
+    options: &AddOptions,
+    present: impl FnOnce(&str),
+) -> Result<Added, AddError> {
+    let pool = pool_store(options.pool_dir.clone())?;
+    let listen = options.listen.unwrap_or(DEFAULT_LISTEN_ADDR);
+    if listen.port() != 0 {
+        let outcome = tokio::task::spawn_blocking(move || {
+            oauth_preflight::free(listen, &oauth_preflight::FreePolicy::default())
+        })
+        .await
+        .map_err(|_| AddError::Aborted)?;
+        if !outcome.is_ready() {
+            return Err(AddError::PortHeld(outcome.to_string()));
+        }
+        if matches!(outcome, oauth_preflight::Outcome::Freed { .. }) {
+            eprintln!("{outcome}");
+        }
+    }
+
+    let mut login = LoginOptions::default()
+        .with_listen_addr(listen)
+        .with_timeout(options.timeout)
+        .with_log_dir(pool.dir());
+    if let Some(issuer) = &options.issuer {
+        login = login.with_issuer(issuer.clone());
+    }
+    let session = LoginSession::start(login).await?;
+    present(session.authorize_url());
+    let success = session.wait().await?;
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let account = Account::from_login(success.tokens, Some(Timestamp::now()), now);
+    let masked_email = account.masked_email();
+    let plan = account.plan.clone();
+    let upsert = tokio::task::spawn_blocking(move || pool.update(|p| p.upsert(account)))
+        .await
+        .map_err(|_| AddError::Aborted)??;
+    let (index, updated) = match upsert {
+        Upsert::Added(i) => (i, false),
+        Upsert::Updated(i) => (i, true),
+        // `Upsert` is non-exhaustive; a future variant still names an entry.
+        _ => (0, true),
+    };
+    Ok(Added {
+        number: index + 1,
+        updated,
+        masked_email,
+        plan,
+    })
+}
+
+/// [`add_account_with`] for the command line: prints the URL and, unless
+/// `no_browser`, tries to open it in the default browser.
+///
+/// # Errors
+/// As [`add_account_with`].
+pub async fn add_account(options: &AddOptions) -> Result<Added, AddError> {
+    let no_browser = options.no_browser;
+    add_account_with(options, |url| {
+        println!("Sign in with your ChatGPT account in a browser:\n\n  {url}\n");
+        if !no_browser && !open_browser(url) {
+            println!("(could not start a browser; open the link above yourself)");
+        }
+        println!("Waiting for the browser to come back (Ctrl-C to stop)...");
+    })
+    .await
+}
+
+/// Starts the platform's URL opener; true if it could be started.
+fn open_browser(url: &str) -> bool {
+    let mut command = if cfg!(target_os = "macos") {
+        std::process::Command::new("open")
+    } else if cfg!(windows) {
+        let mut c = std::process::Command::new("rundll32");
+        c.arg("url.dll,FileProtocolHandler");
+        c
+    } else {
+        std::process::Command::new("xdg-open")
+    };
+    command
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auth_core::login::mock_issuer::{AuthorizeReply, MockIssuer, TokenReply};
+
+    fn options(issuer: &MockIssuer, dir: &std::path::Path) -> AddOptions {
+        AddOptions {
+            pool_dir: Some(dir.to_owned()),
+            no_browser: true,
+            issuer: Some(issuer.url()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The "browser": follows the authorize URL to the callback.
+    fn browse(url: &str) {
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            let _ = reqwest::get(url).await;
+        });
+    }
+
+    #[tokio::test]
+    async fn adds_then_updates_the_same_login_in_the_pool() {
+        let issuer = MockIssuer::start(TokenReply::tokens_for("alice@example.com"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let added = add_account_with(&options(&issuer, dir.path()), browse)
+            .await
+            .unwrap();
+        assert_eq!(added.number, 1);
+        assert!(!added.updated);
+        assert_eq!(added.masked_email, "al***@example.com");
+        assert_eq!(added.plan.as_deref(), Some("plus"));
+
+        let pool = PoolStore::new(dir.path()).load().unwrap().pool;
+        assert_eq!(pool.accounts.len(), 1);
+        let account = &pool.accounts[0];
+        assert_eq!(account.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(account.tokens.access_token.expose(), "mock-access-token");
+        assert_eq!(
+            account.account_id.as_deref(),
+            Some(auth_core::login::mock_issuer::MOCK_ACCOUNT_ID)
+        );
+
+        // The same login again refreshes its entry instead of adding a second one.
+        let again = add_account_with(&options(&issuer, dir.path()), browse)
+            .await
+            .unwrap();
+        assert_eq!((again.number, again.updated), (1, true));
+        assert_eq!(
+            PoolStore::new(dir.path())
+                .load()
+                .unwrap()
+                .pool
+                .accounts
+                .len(),
+            1
+        );
+
+        // Diagnostics landed beside the pool, without secrets.
+        let log = std::fs::read_to_string(dir.path().join("login.log")).unwrap();
+        assert!(log.contains("token_exchange_succeeded"), "{log}");
+        for secret in [
+            "mock-access-token",
+            "mock-refresh-token",
+            "alice@example.com",
+        ] {
+            assert!(!log.contains(secret), "{log}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_sign_in_leaves_the_pool_untouched() {
+        let issuer = MockIssuer::start(TokenReply::tokens_for("bob@example.com"))
+            .await
+            .unwrap();
+        issuer.set_authorize_reply(AuthorizeReply::Error {
+            error: "access_denied".into(),
+            description: "no".into(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = add_account_with(&options(&issuer, dir.path()), browse)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AddError::Login(LoginError::Issuer { .. })),
+            "{err}"
+        );
+        assert!(
+            PoolStore::new(dir.path())
+                .load()
+                .unwrap()
+                .pool
+                .accounts
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_another_program_is_named_and_left_alone() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = MockIssuer::start(TokenReply::tokens_for("c@example.com"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(&issuer, dir.path());
+        opts.listen = Some(holder.local_addr().unwrap());
+        let err = add_account_with(&opts, browse).await.unwrap_err();
+        let AddError::PortHeld(message) = &err else {
+            panic!("expected PortHeld, got {err:?}");
+        };
+        assert!(
+            message.contains(&holder.local_addr().unwrap().port().to_string()),
+            "{message}"
+        );
+        // Still ours: nothing was killed.
+        assert!(holder.local_addr().is_ok());
+    }
+}
