@@ -41,6 +41,10 @@ use crate::secret::Secret;
 /// are a few KiB.
 pub const MAX_AUTH_JSON_LEN: usize = 1024 * 1024;
 
+/// How old `last_refresh` may get before [`AuthDocument::refresh_due`] says to refresh
+/// tokens whose access token has no readable expiry (8 days, as the Codex CLI).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(8 * 24 * 60 * 60);
+
 /// How the Codex CLI authenticates, as stored in `auth_mode`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -442,6 +446,44 @@ impl AuthDocument {
         }
     }
 
+    /// Whether the ChatGPT tokens should be refreshed before use at `now`, by the rule
+    /// the Codex CLI applies: if the access token is a JWT with `exp`, when it expires
+    /// within `margin`; otherwise when `last_refresh` is older than
+    /// [`REFRESH_INTERVAL`]. Always `false` for API-key logins and documents without
+    /// tokens.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use auth_core::{AuthDocument, Secret, Timestamp, TokenData, jwt};
+    ///
+    /// let id = jwt::encode_unsigned_for_testing(&Default::default());
+    /// let access = jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": 1000}));
+    /// let tokens = TokenData::new(id.into(), access.into(), "rt".into(), None)?;
+    /// let doc = AuthDocument::chatgpt(tokens, Timestamp::from_system_time(UNIX_EPOCH));
+    /// let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+    /// assert!(!doc.refresh_due(at(900), Duration::from_secs(60)));
+    /// assert!(doc.refresh_due(at(950), Duration::from_secs(60)));
+    /// # Ok::<(), auth_core::JwtError>(())
+    /// ```
+    pub fn refresh_due(&self, now: SystemTime, margin: Duration) -> bool {
+        if self.effective_mode() != Some(AuthMode::Chatgpt) {
+            return false;
+        }
+        let Some(tokens) = &self.tokens else {
+            return false;
+        };
+        if let Ok(Some(expires_at)) = tokens.access_token_expires_at() {
+            return expires_at <= now.checked_add(margin).unwrap_or(now);
+        }
+        match &self.last_refresh {
+            Some(last) => last
+                .to_system_time()
+                .checked_add(REFRESH_INTERVAL)
+                .is_some_and(|due| due < now),
+            None => false,
+        }
+    }
+
     /// Parses `auth.json` text. Errors name the line, column and field, never a value.
     pub fn from_json_str(text: &str) -> Result<Self, AuthJsonError> {
         Self::from_json_slice(text.as_bytes())
@@ -641,6 +683,23 @@ mod tests {
             withhold_quoted(r#"invalid type: string "a\"b", expected x at line 1 column 2"#),
             "invalid type: string \"…\", expected x"
         );
+    }
+
+    #[test]
+    fn refresh_due_follows_cli_rule() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        // Opaque access token: falls back to last_refresh + 8 days.
+        let tokens = TokenData::new(id_token().into(), "opaque".into(), "r".into(), None).unwrap();
+        let doc = AuthDocument::chatgpt(tokens, Timestamp::from_system_time(at(0)));
+        let eight_days = REFRESH_INTERVAL.as_secs();
+        assert!(!doc.refresh_due(at(eight_days), Duration::ZERO));
+        assert!(doc.refresh_due(at(eight_days + 1), Duration::ZERO));
+        let mut no_refresh = doc.clone();
+        no_refresh.last_refresh = None;
+        assert!(!no_refresh.refresh_due(at(u32::MAX.into()), Duration::ZERO));
+        // API-key logins never need a refresh.
+        let key = AuthDocument::api_key(Secret::from("k"));
+        assert!(!key.refresh_due(at(u32::MAX.into()), Duration::ZERO));
     }
 
     #[test]

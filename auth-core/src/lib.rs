@@ -10,6 +10,13 @@
 //!   plan, account id, expiry) **without verifying signatures**.
 //! * [`Secret`] wraps every token and key: it never prints, is zeroized on drop and
 //!   compares in constant time.
+//! * [`redact`] masks emails and redacts URLs (also inside error text);
+//!   [`oauth_error`] classifies token-endpoint error bodies into typed kinds.
+//! * [`events`] are the sign-in/refresh lifecycle as typed `tracing` events (no bodies,
+//!   no tokens); [`pkce`] builds PKCE S256 codes, `state` and the authorize URL with the
+//!   Codex CLI's defaults ([`codex`]).
+//! * `refresh` (feature `refresh`) refreshes tokens against the token endpoint with
+//!   single-flight: N concurrent callers, one HTTP request, one persisted result.
 //! * `login` (feature `login`) runs the browser OAuth sign-in the way `codex login`
 //!   does: PKCE, a loopback callback server, the code-for-token exchange and safe
 //!   diagnostics (feature `preflight` names the process holding a taken port).

@@ -411,3 +411,69 @@ fn bad_config_is_rejected() {
     .unwrap_err();
     assert!(matches!(err, RefreshError::Config { .. }));
 }
+
+/// Collects everything a `tracing` fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_carry_lifecycle_events_but_no_tokens_or_bodies() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // One success, one classified failure, one transport failure.
+    let server = Server::start(ok_reply(0)).await;
+    let refresher = Refresher::new(
+        RefreshConfig::default().with_token_url(format!("{}?client_secret=QSECRET", server.url())),
+        CountingStore::new(),
+    )
+    .unwrap();
+    refresher.refresh(&current_tokens()).await.unwrap();
+    refresher.refresh(&current_tokens()).await.unwrap(); // coalesced
+    server.set_reply(Reply {
+        status: 401,
+        body: r#"{"error":{"code":"refresh_token_reused","message":"BODY-SECRET for old@example.com"}}"#.into(),
+        delay: Duration::ZERO,
+    });
+    let mut other = current_tokens();
+    other.refresh_token = Secret::from("second-refresh-SECRET");
+    refresher.refresh(&other).await.unwrap_err();
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for event in [
+        "refresh_started",
+        "refresh_succeeded",
+        "refresh_coalesced",
+        "token_endpoint_error",
+        "refresh_token_reused",
+        "status=401",
+    ] {
+        assert!(logs.contains(event), "missing {event} in logs:\n{logs}");
+    }
+    for secret in [
+        "SECRET",
+        "old-refresh",
+        "new-access",
+        "new-refresh",
+        "old@example.com",
+        "eyJ",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
+    }
+}
