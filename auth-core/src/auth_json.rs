@@ -247,6 +247,13 @@ fn deserialize_id_token<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Se
 impl TokenData {
     /// Builds token data, checking that `id_token` is a parseable JWT (as the CLI
     /// requires).
+    ///
+    /// ```
+    /// use auth_core::{TokenData, jwt};
+    /// let id = jwt::encode_unsigned_for_testing(&Default::default());
+    /// assert!(TokenData::new(id.into(), "at".into(), "rt".into(), None).is_ok());
+    /// assert!(TokenData::new("garbage".into(), "at".into(), "rt".into(), None).is_err());
+    /// ```
     pub fn new(
         id_token: Secret,
         access_token: Secret,
@@ -433,6 +440,14 @@ impl AuthDocument {
 
     /// The mode in effect: `auth_mode` when present, else API key when
     /// `OPENAI_API_KEY` is set, else ChatGPT when `tokens` are present.
+    ///
+    /// ```
+    /// use auth_core::{AuthDocument, AuthMode};
+    /// let doc = AuthDocument::from_json_str(r#"{"OPENAI_API_KEY": "sk-x"}"#)?;
+    /// assert_eq!(doc.auth_mode, None);
+    /// assert_eq!(doc.effective_mode(), Some(AuthMode::ApiKey));
+    /// # Ok::<(), auth_core::AuthJsonError>(())
+    /// ```
     pub fn effective_mode(&self) -> Option<AuthMode> {
         if let Some(mode) = &self.auth_mode {
             return Some(mode.clone());
@@ -485,6 +500,16 @@ impl AuthDocument {
     }
 
     /// Parses `auth.json` text. Errors name the line, column and field, never a value.
+    ///
+    /// ```
+    /// use auth_core::{AuthDocument, AuthJsonError};
+    /// let err = AuthDocument::from_json_str(r#"{"OPENAI_API_KEY": 42}"#).unwrap_err();
+    /// assert!(matches!(err, AuthJsonError::Field { ref field, .. } if field == "OPENAI_API_KEY"));
+    /// assert!(matches!(
+    ///     AuthDocument::from_json_str("{\"auth_mode\": \"apik"),
+    ///     Err(AuthJsonError::Truncated { .. })
+    /// ));
+    /// ```
     pub fn from_json_str(text: &str) -> Result<Self, AuthJsonError> {
         Self::from_json_slice(text.as_bytes())
     }

@@ -118,6 +118,17 @@ impl LoginEvent {
 
     /// Emits the event through `tracing` at target [`TARGET`]: `info` for progress,
     /// `warn` for failures and an invalid callback `state`.
+    ///
+    /// ```
+    /// use auth_core::events::LoginEvent;
+    /// LoginEvent::CallbackReceived {
+    ///     has_code: true,
+    ///     has_state: true,
+    ///     has_error: false,
+    ///     state_valid: true,
+    /// }
+    /// .emit();
+    /// ```
     pub fn emit(&self) {
         let event = self.name();
         match self {

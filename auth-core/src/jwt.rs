@@ -276,6 +276,14 @@ impl IdTokenClaims {
     }
 
     /// Whether the token is expired at `now` (a token without `exp` never expires).
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use auth_core::IdTokenClaims;
+    /// let claims = IdTokenClaims { exp: Some(100), ..IdTokenClaims::default() };
+    /// assert!(!claims.is_expired(UNIX_EPOCH + Duration::from_secs(99)));
+    /// assert!(claims.is_expired(UNIX_EPOCH + Duration::from_secs(100)));
+    /// ```
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires_within(now, Duration::ZERO)
     }
@@ -415,6 +423,12 @@ pub fn decode_payload<T: DeserializeOwned>(token: &str) -> Result<T, JwtError> {
 
 /// Decodes the header of `token` (e.g. to read `alg` or `kid`) **without verifying
 /// anything**.
+///
+/// ```
+/// let header = auth_core::jwt::decode_header("eyJhbGciOiJub25lIn0.e30.c2ln")?;
+/// assert_eq!(header["alg"], "none");
+/// # Ok::<(), auth_core::JwtError>(())
+/// ```
 pub fn decode_header(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
     let [header, _, _] = split(token)?;
     let bytes = decode_part(JwtPart::Header, header)?;
@@ -426,6 +440,16 @@ pub fn decode_header(token: &str) -> Result<serde_json::Map<String, serde_json::
 /// Accepts exactly what the Codex CLI accepts for `tokens.id_token` (a three-part token
 /// whose payload is a JSON object with optional, correctly typed claims), except that
 /// padded base64url is accepted too.
+///
+/// ```
+/// use auth_core::jwt::{parse_id_token, JwtError};
+/// // {"alg":"none"} . {"email":"a@b.c","exp":1} . sig
+/// let claims = parse_id_token("eyJhbGciOiJub25lIn0.eyJlbWFpbCI6ImFAYi5jIiwiZXhwIjoxfQ.c2ln")?;
+/// assert_eq!(claims.email.as_deref(), Some("a@b.c"));
+/// assert_eq!(claims.exp, Some(1));
+/// assert!(matches!(parse_id_token("nope"), Err(JwtError::NotAJwt { .. })));
+/// # Ok::<(), JwtError>(())
+/// ```
 pub fn parse_id_token(token: &str) -> Result<IdTokenClaims, JwtError> {
     let wire: WireClaims = decode_payload(token)?;
     let (plan, account, user) = match wire.auth {
@@ -447,6 +471,13 @@ pub fn parse_id_token(token: &str) -> Result<IdTokenClaims, JwtError> {
 }
 
 /// Reads just the `exp` claim of any JWT (e.g. an access token), **unverified**.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let token = auth_core::jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": 60}));
+/// assert_eq!(auth_core::jwt::parse_expiry(&token)?, Some(UNIX_EPOCH + Duration::from_secs(60)));
+/// # Ok::<(), auth_core::JwtError>(())
+/// ```
 pub fn parse_expiry(token: &str) -> Result<Option<SystemTime>, JwtError> {
     #[derive(Deserialize)]
     struct Exp {
@@ -505,6 +536,12 @@ pub fn encode_unsigned_for_testing(claims: &IdTokenClaims) -> String {
 
 /// Like [`encode_unsigned_for_testing`] but with an arbitrary JSON payload, to build
 /// odd or hostile tokens in tests — **for tests and demos only**.
+///
+/// ```
+/// use auth_core::jwt;
+/// let token = jwt::encode_unsigned_json_for_testing(&serde_json::json!({"email": 5}));
+/// assert!(jwt::parse_id_token(&token).is_err()); // wrongly typed claim
+/// ```
 pub fn encode_unsigned_json_for_testing(payload: &serde_json::Value) -> String {
     encode_with_payload(payload.to_string().as_bytes())
 }

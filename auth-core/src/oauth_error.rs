@@ -109,6 +109,13 @@ fn extract_code(body: &[u8]) -> Option<String> {
 
 impl OAuthError {
     /// Classifies a token-endpoint response body (any bytes; never fails).
+    ///
+    /// ```
+    /// use auth_core::{OAuthError, OAuthErrorKind};
+    /// let e = OAuthError::from_body(br#"{"error":"refresh_token_expired"}"#);
+    /// assert_eq!(e.kind(), OAuthErrorKind::RefreshTokenExpired);
+    /// assert_eq!(OAuthError::from_body(b"<html>502</html>").kind(), OAuthErrorKind::Other);
+    /// ```
     pub fn from_body(body: &[u8]) -> Self {
         let code = extract_code(body);
         let kind = code

@@ -24,6 +24,12 @@ pub const REDACTED: &str = "REDACTED";
 /// then the domain (`alice@example.com` → `a***@example.com`).
 ///
 /// A string without `@` becomes `***` (it might be anything).
+///
+/// ```
+/// use auth_core::redact::mask_email;
+/// assert_eq!(mask_email("bob.smith@example.org"), "b***@example.org");
+/// assert_eq!(mask_email("not-an-email"), "***");
+/// ```
 pub fn mask_email(email: &str) -> String {
     match email.rsplit_once('@') {
         Some((local, domain)) => {
@@ -39,6 +45,15 @@ pub fn mask_email(email: &str) -> String {
 /// Scheme, host, port and path are kept.
 ///
 /// Text that does not parse as a URL is replaced entirely by `[unparseable URL]`.
+///
+/// ```
+/// use auth_core::redact::redact_url;
+/// assert_eq!(
+///     redact_url("http://localhost:1455/auth/callback?code=abc&state=xyz"),
+///     "http://localhost:1455/auth/callback?code=REDACTED&state=REDACTED"
+/// );
+/// assert_eq!(redact_url("::"), "[unparseable URL]");
+/// ```
 pub fn redact_url(raw: &str) -> String {
     let Ok(mut url) = Url::parse(raw) else {
         return "[unparseable URL]".to_owned();
@@ -80,6 +95,14 @@ fn url_end(text: &str) -> usize {
 /// Redacts free text such as an error message: every embedded URL is passed through
 /// [`redact_url`], every email-like word through [`mask_email`], and every JWT-like
 /// word (`eyJ….….…`) becomes `REDACTED`.
+///
+/// ```
+/// use auth_core::redact::redact_text;
+/// assert_eq!(
+///     redact_text("login for alice@example.com failed: https://h.example/cb?code=123"),
+///     "login for a***@example.com failed: https://h.example/cb?code=REDACTED"
+/// );
+/// ```
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -136,3 +136,31 @@ proptest! {
         let _ = redact_text(&text);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any token-endpoint body classifies without panicking, and a kept code is always
+    /// code-shaped (never free text that could carry user data).
+    #[test]
+    fn oauth_error_classification_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let e = auth_core::OAuthError::from_body(&bytes);
+        if let Some(code) = e.code() {
+            prop_assert!(code.len() <= 64);
+            prop_assert!(code.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)));
+        }
+    }
+
+    /// Whatever the error text, a JSON error field that is not code-shaped is dropped.
+    #[test]
+    fn oauth_error_drops_free_text(text in "[a-z]{1,10} [a-z @.]{1,30}") {
+        let body = serde_json::json!({"error": text}).to_string();
+        let classified = auth_core::OAuthError::from_body(body.as_bytes());
+        prop_assert_eq!(classified.code(), None);
+    }
+
+    #[test]
+    fn redact_url_never_panics(text in "\\PC{0,200}") {
+        let _ = auth_core::redact::redact_url(&text);
+    }
+}
