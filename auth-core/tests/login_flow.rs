@@ -645,3 +645,51 @@ fn verifier_sent(world: &World) -> String {
         .map(|(_, v)| v.into_owned())
         .expect("code_verifier sent")
 }
+
+#[tokio::test]
+async fn unusable_success_bodies_are_named_without_values() {
+    let cases = [
+        (
+            r#"{"id_token":"not-a-jwt","access_token":"AT-SECRET","refresh_token":"RT-SECRET"}"#,
+            "id_token is not a usable JWT",
+        ),
+        (
+            r#"{"id_token":"x","access_token":"AT-SECRET"}"#,
+            "missing field `refresh_token`",
+        ),
+        (r#"{"id_token":["AT-SECRET"]}"#, "unexpected type or shape"),
+        ("<html>AT-SECRET</html>", "not JSON"),
+    ];
+    for (body, expected) in cases {
+        let world = World::new(TokenReply::raw(200, "application/json", body)).await;
+        let flow = run_browser_flow(world.options()).await;
+        let Err(err @ LoginError::InvalidTokenResponse { .. }) = &flow.result else {
+            panic!(
+                "{body}: expected InvalidTokenResponse, got {:?}",
+                flow.result
+            );
+        };
+        let message = err.to_string();
+        assert!(message.contains(expected), "{body}: {message}");
+        assert!(!message.contains("SECRET"), "{message}");
+        assert!(!flow.page.contains("SECRET"), "{}", flow.page);
+        assert!(world.log().contains("outcome=invalid_token_response"));
+        world.assert_no_secrets(&[&flow.state, "AT-SECRET", "RT-SECRET"]);
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn login_log_is_private_and_appended() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = World::new(TokenReply::tokens_for(EMAIL)).await;
+    for _ in 0..2 {
+        let flow = run_browser_flow(world.options()).await;
+        assert!(flow.result.is_ok());
+    }
+    let path = world.dir.path().join("login.log");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let finished = world.log().matches("finished outcome=success").count();
+    assert_eq!(finished, 2, "the second session appends");
+}
