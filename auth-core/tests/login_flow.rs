@@ -169,8 +169,14 @@ async fn run_browser_flow(options: LoginOptions) -> Flow {
 #[tokio::test]
 async fn success_returns_tokens_and_logs_nothing_secret() {
     let world = World::new(TokenReply::tokens_for(EMAIL)).await;
-    let session = LoginSession::start(world.options()).await.unwrap();
+    let session = LoginSession::start(world.options().with_extra_param("prompt", "login"))
+        .await
+        .unwrap();
     let url = session.authorize_url().to_owned();
+    assert!(
+        url.ends_with("&originator=codex_cli_rs&prompt=login"),
+        "{url}"
+    );
     let redirect_uri = session.redirect_uri().to_owned();
     let port = session.local_addr().port();
     assert_eq!(
