@@ -375,7 +375,8 @@ impl fmt::Debug for LoginSession {
 
 impl LoginSession {
     /// Generates PKCE codes and `state`, binds the callback server and starts serving
-    /// (on the current tokio runtime).
+    /// on the current tokio runtime (either flavour; IO and time drivers enabled).
+    /// Blocking callers: `Runtime::block_on(async { start(..).await?.wait().await })`.
     ///
     /// # Errors
     /// [`LoginError::Config`] for a non-loopback address or a bad issuer URL,
