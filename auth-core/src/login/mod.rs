@@ -456,7 +456,7 @@ impl LoginSession {
             listener,
             Arc::clone(&shared),
             stop_rx,
-            options.exchange_timeout + Duration::from_secs(30),
+            options.exchange_timeout.saturating_add(Duration::from_secs(30)),
         ));
         Ok(Self {
             authorize_url,
