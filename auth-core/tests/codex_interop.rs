@@ -151,7 +151,13 @@ fn cli_accepts_chatgpt_document_we_write() {
         );
     };
     let home = tempfile::tempdir().unwrap();
-    write_auth(home.path(), &chatgpt_document().to_json_pretty());
+    let mut doc = chatgpt_document();
+    // A field another tool added: kept by us, ignored by the CLI.
+    doc.extra.insert(
+        "x_tool_metadata".into(),
+        serde_json::json!({"label": "work"}),
+    );
+    write_auth(home.path(), &doc.to_json_pretty());
     let out = run_codex(&bin, home.path(), &["login", "status"], None);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -160,6 +166,7 @@ fn cli_accepts_chatgpt_document_we_write() {
     let after = std::fs::read_to_string(home.path().join("auth.json")).unwrap();
     let reread = AuthDocument::from_json_str(&after).unwrap();
     assert_eq!(reread.effective_mode(), Some(AuthMode::Chatgpt));
+    assert_eq!(reread.tokens, doc.tokens);
 }
 
 #[test]
