@@ -249,7 +249,7 @@ pub enum LoginError {
         source: std::io::Error,
     },
     /// The issuer sent the browser back with `error=…`.
-    #[error("the sign-in page reported an error{}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(), description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    #[error("{}", issuer_text(code.as_deref(), description.as_deref()))]
     Issuer {
         /// The `error` value, when it looks like an OAuth error code.
         code: Option<String>,
@@ -305,6 +305,19 @@ fn holders_text(addr: SocketAddr, holders: Option<&[String]>) -> String {
             addr.port()
         ),
     }
+}
+
+fn issuer_text(code: Option<&str>, description: Option<&str>) -> String {
+    let code_part = code.map(|c| format!(" ({c})")).unwrap_or_default();
+    if description.is_some_and(|d| d.to_ascii_lowercase().contains("missing_codex_entitlement")) {
+        return format!(
+            "the sign-in page reported that Codex is not enabled for this account's workspace{code_part}; ask the workspace administrator for access"
+        );
+    }
+    let description_part = description.map(|d| format!(": {d}")).unwrap_or_default();
+    format!(
+        "the sign-in page reported an error{code_part}{description_part}; check the account and start the sign-in again"
+    )
 }
 
 /// `value` if it looks like an OAuth error code (short, `[A-Za-z0-9_.-]`).
@@ -456,7 +469,9 @@ impl LoginSession {
             listener,
             Arc::clone(&shared),
             stop_rx,
-            options.exchange_timeout.saturating_add(Duration::from_secs(30)),
+            options
+                .exchange_timeout
+                .saturating_add(Duration::from_secs(30)),
         ));
         Ok(Self {
             authorize_url,
