@@ -46,6 +46,40 @@ impl Default for AddOptions {
     }
 }
 
+impl AddOptions {
+    /// Options for the pool in `pool_dir`, everything else default.
+    pub fn for_pool(pool_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            pool_dir: Some(pool_dir.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Print the URL only (`--no-browser`).
+    pub fn no_browser(mut self, no_browser: bool) -> Self {
+        self.no_browser = no_browser;
+        self
+    }
+
+    /// Another issuer (`None`: the Codex CLI's).
+    pub fn issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self
+    }
+
+    /// Another callback address (`None`: `127.0.0.1:1455`).
+    pub fn listen(mut self, listen: Option<SocketAddr>) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Another wait for the browser.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
 /// The account that was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -58,6 +92,20 @@ pub struct Added {
     pub masked_email: String,
     /// The ChatGPT plan, if the id token says.
     pub plan: Option<String>,
+}
+
+impl std::fmt::Display for Added {
+    /// `added #2 al***@example.com (plus)`, as `accounts import` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} #{} {} ({})",
+            if self.updated { "updated" } else { "added" },
+            self.number,
+            self.masked_email,
+            self.plan.as_deref().unwrap_or("unknown plan")
+        )
+    }
 }
 
 /// Why `accounts add` failed.
@@ -162,6 +210,18 @@ pub async fn add_account(options: &AddOptions) -> Result<Added, AddError> {
     .await
 }
 
+/// [`add_account`] on a fresh tokio runtime, for synchronous `main`s.
+///
+/// # Errors
+/// As [`add_account_with`], or [`AddError::Aborted`] if no runtime can be started.
+pub fn add_account_blocking(options: &AddOptions) -> Result<Added, AddError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| AddError::Aborted)?;
+    runtime.block_on(add_account(options))
+}
+
 /// Starts the platform's URL opener; true if it could be started.
 fn open_browser(url: &str) -> bool {
     let mut command = if cfg!(target_os = "macos") {
@@ -188,13 +248,11 @@ mod tests {
     use auth_core::login::mock_issuer::{AuthorizeReply, MockIssuer, TokenReply};
 
     fn options(issuer: &MockIssuer, dir: &std::path::Path) -> AddOptions {
-        AddOptions {
-            pool_dir: Some(dir.to_owned()),
-            no_browser: true,
-            issuer: Some(issuer.url()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            timeout: Duration::from_secs(20),
-        }
+        AddOptions::for_pool(dir)
+            .no_browser(true)
+            .issuer(Some(issuer.url()))
+            .listen(Some("127.0.0.1:0".parse().unwrap()))
+            .timeout(Duration::from_secs(20))
     }
 
     /// The "browser": follows the authorize URL to the callback.
@@ -218,6 +276,7 @@ mod tests {
         assert!(!added.updated);
         assert_eq!(added.masked_email, "al***@example.com");
         assert_eq!(added.plan.as_deref(), Some("plus"));
+        assert_eq!(added.to_string(), "added #1 al***@example.com (plus)");
 
         let pool = PoolStore::new(dir.path()).load().unwrap().pool;
         assert_eq!(pool.accounts.len(), 1);
