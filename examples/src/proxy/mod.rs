@@ -15,6 +15,47 @@
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
 //! gave_up + no_account + bad_gateway` (wrapper-auth `401`s and `413`s are counted apart,
 //! as they never reach account selection).
+//!
+//! ```
+//! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
+//! use examples::proxy::{Accounts, ProxyOptions, RotationProxy, WrapperToken};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A loopback upstream where the first account is rate limited.
+//! let retry_after = std::time::Duration::from_secs(30);
+//! let mock = MockUpstream::start(
+//!     MockConfig::default().account("ws-1", Behavior::RateLimited { retry_after, times: u32::MAX }),
+//! )
+//! .await?;
+//! let mut accounts = Accounts::new();
+//! for id in ["ws-1", "ws-2"] {
+//!     let login = mock.synthetic_account(id, &format!("{id}@example.com"), false);
+//!     accounts.push(Some(&login.email), None, login.tokens)?;
+//! }
+//! let token = WrapperToken::generate()?;
+//! let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+//! options.token_url = mock.token_url();
+//! let proxy = RotationProxy::start(options, accounts).await?;
+//!
+//! // What `codex exec` does, with `ROTATION_PROXY_TOKEN` as its key.
+//! let answer = reqwest::Client::builder().no_proxy().build()?
+//!     .post(format!("{}/responses", proxy.base_url()))
+//!     .bearer_auth(token.secret().expose())
+//!     .body(r#"{"model":"gpt-5","input":"hi"}"#)
+//!     .send()
+//!     .await?;
+//! assert_eq!(answer.status(), 200);
+//! assert!(answer.text().await?.contains("response.completed"));
+//!
+//! let status = proxy.status();
+//! assert_eq!(status.counters.ok, 1);
+//! assert_eq!(status.accounts[0].outcomes.rate_limited, 1); // rotated away from ws-1
+//! assert_eq!(status.accounts[0].email, "w***@example.com"); // masked
+//! proxy.shutdown().await;
+//! mock.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 mod accounts;
 mod codex_config;
