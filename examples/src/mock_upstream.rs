@@ -75,6 +75,7 @@ pub struct MockConfig {
     reply: String,
     deltas: usize,
     event_delay: Duration,
+    pause: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for MockConfig {
@@ -84,6 +85,7 @@ impl Default for MockConfig {
             reply: "Hello from the loopback mock upstream.".to_owned(),
             deltas: 0,
             event_delay: Duration::ZERO,
+            pause: None,
         }
     }
 }
@@ -104,6 +106,13 @@ impl MockConfig {
     /// Splits the answer into `n` `response.output_text.delta` events before the final item.
     pub fn deltas(mut self, n: usize) -> Self {
         self.deltas = n;
+        self
+    }
+
+    /// After the first SSE event of each stream, waits until `gate` is notified (one
+    /// notification per stream) — lets a test prove that a proxy forwards events unbuffered.
+    pub fn pause_after_first_event(mut self, gate: Arc<tokio::sync::Notify>) -> Self {
+        self.pause = Some(gate);
         self
     }
 
@@ -582,7 +591,7 @@ pub fn sse_events(n: u64, text: &str, deltas: usize) -> Vec<Bytes> {
 
 fn sse_response(config: &MockConfig, n: u64, text: &str) -> Response<BoxBody> {
     let events = sse_events(n, text, config.deltas);
-    let body = if config.event_delay.is_zero() {
+    let body = if config.event_delay.is_zero() && config.pause.is_none() {
         let mut all = Vec::new();
         for e in &events {
             all.extend_from_slice(e);
@@ -591,9 +600,15 @@ fn sse_response(config: &MockConfig, n: u64, text: &str) -> Response<BoxBody> {
     } else {
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
         let delay = config.event_delay;
+        let pause = config.pause.clone();
         tokio::spawn(async move {
             for (i, event) in events.into_iter().enumerate() {
-                if i > 0 {
+                if i == 1
+                    && let Some(gate) = &pause
+                {
+                    gate.notified().await;
+                }
+                if i > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 if tx.send(Frame::data(event)).await.is_err() {

@@ -482,3 +482,77 @@ async fn a_401_triggers_one_refresh_then_succeeds_and_logs_hold_no_secret() {
         );
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn sse_events_reach_the_client_before_the_upstream_finishes() {
+    // The mock sends `response.created`, then waits for the gate before the rest. If the
+    // proxy buffered the response, the client would never see the first event before the
+    // gate opens (the timeout below only bounds a broken proxy; nothing is timed).
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default()
+            .deltas(2)
+            .pause_after_first_event(gate.clone()),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let mut response = h.post("streamed").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut first = String::new();
+    while !first.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("the first event arrives while the upstream is still paused")
+            .unwrap()
+            .expect("stream still open");
+        first.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(first.starts_with("event: response.created\n"), "{first}");
+    assert!(
+        !first.contains("response.completed"),
+        "the rest was held back upstream: {first}"
+    );
+    assert_eq!(h.proxy.status().counters.streams_open, 1);
+    gate.notify_one();
+    let mut rest = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(rest.contains("\"delta\""), "{rest}");
+    assert!(
+        rest.trim_end().ends_with('}') && rest.contains("event: response.completed"),
+        "{rest}"
+    );
+    let status = h.stop().await;
+    assert_eq!(status.counters.streams_open, 0);
+    assert_eq!(status.counters.stream_errors, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_leaving_mid_stream_closes_the_stream_bookkeeping() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default().pause_after_first_event(gate.clone()),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let mut response = h.post("abandoned").send().await.unwrap();
+    let _first = response.chunk().await.unwrap();
+    assert_eq!(h.proxy.status().counters.streams_open, 1);
+    drop(response); // the client goes away while the upstream is still streaming
+    gate.notify_one();
+    let mut open = 1;
+    for _ in 0..200 {
+        open = h.proxy.status().counters.streams_open;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open, 0, "the abandoned stream was released");
+    let status = h.stop().await;
+    assert_eq!(status.counters.ok, 1);
+    assert_invariant(&status);
+}

@@ -838,3 +838,38 @@ impl Drop for CountedBody {
         self.shared.lock().counters.streams_open -= 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response<BoxBody>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn exhausted_answer_carries_exact_ms_and_rounded_up_retry_after() {
+        let r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "pool_exhausted",
+            "every account is cooling down",
+            Some(Duration::from_millis(19_001)),
+        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "20");
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["retry_after_ms"], 19_001);
+        assert_eq!(v["error"]["type"], "pool_exhausted");
+        // Sub-second waits still say "1": `Retry-After: 0` would invite a hot loop.
+        let r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "x",
+            "y",
+            Some(Duration::from_millis(5)),
+        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = json_error(StatusCode::NOT_FOUND, "not_found", "z", None);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        assert!(body_json(r).await["error"].get("retry_after_ms").is_none());
+    }
+}
