@@ -480,7 +480,9 @@ impl Pool {
     /// Only enabled accounts that are out of every cooldown for the request's family, have
     /// a whole token, and have not been tried for this request are candidates. A session's
     /// bound account wins while it is a candidate; otherwise the [`Strategy`] picks and the
-    /// session is (re)bound. The pick counts as an attempt of `request`.
+    /// session is (re)bound. The pick counts as an attempt of `request`; once the request
+    /// has used [`max_attempts`](PolicyConfig::max_attempts), the answer is
+    /// [`Selection::NoAccount`].
     /// O(log n + F log n) amortized; see the crate docs.
     ///
     /// ```
@@ -497,6 +499,11 @@ impl Pool {
     /// ```
     pub fn select(&mut self, request: &mut Request, now: Timestamp) -> Selection {
         self.tick(now);
+        if request.attempts >= self.rules.max_attempts {
+            // The budget holds even for a caller that ignores `report`'s decision.
+            self.counters.exhausted += 1;
+            return Selection::NoAccount;
+        }
         let family = self.family_index(&request.family);
         self.promote(family);
         self.prune_sessions();

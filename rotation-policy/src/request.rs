@@ -78,8 +78,9 @@ pub enum Selection {
         /// Time until the first of them becomes usable.
         retry_after: Duration,
     },
-    /// No enabled account is left that this request has not tried (the pool is empty or
-    /// every account is disabled); no wait would help.
+    /// No enabled account is left that this request may try (the pool is empty, every
+    /// account is disabled or already tried, or the request used up its
+    /// [`max_attempts`](crate::PolicyConfig::max_attempts)); no wait would help.
     NoAccount,
 }
 

@@ -222,6 +222,8 @@ fn attempt_budget_stops_a_request_replaying_across_the_pool() {
     };
     assert_eq!(tried, vec![id("a"), id("b")]);
     assert_eq!(decision, Decision::ReturnToClient { retry_after: None });
+    // A caller that ignores the decision still gets no third account.
+    assert_eq!(pool.select(&mut r, at(0)), Selection::NoAccount);
 }
 
 #[test]

@@ -366,6 +366,10 @@ impl Model {
 
     pub fn select(&mut self, r: &mut ModelRequest, now: u64) -> Selection {
         self.tick(now);
+        if r.attempts >= self.c.max_attempts {
+            self.counters.exhausted += 1;
+            return Selection::NoAccount;
+        }
         let f = self.family(&r.family);
         let mut live = false;
         let mut chosen: Option<usize> = None;
