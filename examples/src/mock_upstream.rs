@@ -76,6 +76,7 @@ pub struct MockConfig {
     deltas: usize,
     event_delay: Duration,
     pause: Option<Arc<tokio::sync::Notify>>,
+    stall: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for MockConfig {
@@ -86,6 +87,7 @@ impl Default for MockConfig {
             deltas: 0,
             event_delay: Duration::ZERO,
             pause: None,
+            stall: None,
         }
     }
 }
@@ -113,6 +115,13 @@ impl MockConfig {
     /// notification per stream) — lets a test prove that a proxy forwards events unbuffered.
     pub fn pause_after_first_event(mut self, gate: Arc<tokio::sync::Notify>) -> Self {
         self.pause = Some(gate);
+        self
+    }
+
+    /// Before answering each `/responses` request (after reading it), waits until `gate` is
+    /// notified — lets a test abandon a request while the upstream is still working on it.
+    pub fn stall_before_answer(mut self, gate: Arc<tokio::sync::Notify>) -> Self {
+        self.stall = Some(gate);
         self
     }
 
@@ -420,6 +429,9 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
             );
         }
     };
+    if let Some(gate) = &state.config.stall {
+        gate.notified().await;
+    }
     let parsed: Option<ResponsesBody> = serde_json::from_slice(&body).ok();
     let echo = parsed
         .as_ref()

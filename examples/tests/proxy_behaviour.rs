@@ -90,7 +90,13 @@ fn assert_invariant(s: &StatusReport) {
     let c = s.counters;
     assert_eq!(
         c.requests,
-        c.in_flight + c.ok + c.upstream_errors + c.gave_up + c.no_account + c.bad_gateway,
+        c.in_flight
+            + c.ok
+            + c.upstream_errors
+            + c.gave_up
+            + c.no_account
+            + c.bad_gateway
+            + c.cancelled,
         "counters do not add up: {c:?}"
     );
     assert_eq!(
@@ -150,7 +156,8 @@ async fn many_concurrent_streams_are_each_answered_once_and_counters_add_up() {
                         + n("upstream_errors")
                         + n("gave_up")
                         + n("no_account")
-                        + n("bad_gateway"),
+                        + n("bad_gateway")
+                        + n("cancelled"),
                     "inconsistent snapshot {c}"
                 );
                 snapshots += 1;
@@ -555,4 +562,39 @@ async fn a_client_leaving_mid_stream_closes_the_stream_bookkeeping() {
     let status = h.stop().await;
     assert_eq!(status.counters.ok, 1);
     assert_invariant(&status);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_leaving_before_the_answer_is_counted_cancelled_and_refunded() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default().stall_before_answer(gate.clone()),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    // The upstream holds the request; the client gives up after 300 ms.
+    let abandoned = h
+        .post("abandoned")
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(abandoned.is_err());
+    let mut c = h.proxy.status().counters;
+    for _ in 0..300 {
+        c = h.proxy.status().counters;
+        if c.cancelled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((c.cancelled, c.in_flight, c.requests), (1, 0, 1), "{c:?}");
+    let status = h.proxy.status();
+    assert_eq!(
+        status.policy.accounts[0].in_flight, 0,
+        "the dispatch was handed back to the policy"
+    );
+    assert_invariant(&status);
+    gate.notify_one();
+    h.stop().await;
 }

@@ -13,7 +13,7 @@
 //! both ways. `GET /status` returns a consistent JSON snapshot ([`StatusReport`]).
 //!
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
-//! gave_up + no_account + bad_gateway` (wrapper-auth `401`s and `413`s are counted apart,
+//! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s and `413`s are counted apart,
 //! as they never reach account selection).
 //!
 //! ```
@@ -183,6 +183,8 @@ pub struct ProxyCounters {
     pub no_account: u64,
     /// Answered 502: upstream unreachable on every attempt.
     pub bad_gateway: u64,
+    /// Abandoned by the client before an answer (its dispatch refunded to the policy).
+    pub cancelled: u64,
     /// Upstream dispatches (≥ answered requests).
     pub attempts: u64,
     /// Attempts after the first, on the same or another account.
@@ -471,19 +473,58 @@ enum Answer {
     BadGateway,
 }
 
-fn finish(shared: &Shared, answer: Answer, error: Option<String>) {
-    let mut state = shared.lock();
-    let c = &mut state.counters;
-    c.in_flight -= 1;
-    match answer {
-        Answer::Ok => c.ok += 1,
-        Answer::UpstreamError => c.upstream_errors += 1,
-        Answer::GaveUp => c.gave_up += 1,
-        Answer::NoAccount => c.no_account += 1,
-        Answer::BadGateway => c.bad_gateway += 1,
+/// One request between account selection and its answer. Keeps `in_flight` and the
+/// policy's dispatch bookkeeping exact even when the client goes away mid-request (hyper
+/// then drops the handler future): the drop counts it as cancelled and refunds the dispatch.
+struct Pending {
+    shared: Arc<Shared>,
+    finished: bool,
+    dispatched: Option<AccountId>,
+}
+
+impl Pending {
+    fn finish(&mut self, answer: Answer, error: Option<String>) {
+        self.finished = true;
+        let mut state = self.shared.lock();
+        let c = &mut state.counters;
+        c.in_flight -= 1;
+        match answer {
+            Answer::Ok => c.ok += 1,
+            Answer::UpstreamError => c.upstream_errors += 1,
+            Answer::GaveUp => c.gave_up += 1,
+            Answer::NoAccount => c.no_account += 1,
+            Answer::BadGateway => c.bad_gateway += 1,
+        }
+        if error.is_some() {
+            state.last_error = error;
+        }
     }
-    if error.is_some() {
-        state.last_error = error;
+
+    fn report(
+        &mut self,
+        request: &mut rotation_policy::Request,
+        account: &AccountId,
+        outcome: Outcome,
+        error: Option<String>,
+    ) -> Decision {
+        self.dispatched = None;
+        report(&self.shared, request, account, outcome, error)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if let Some(id) = self.dispatched.take() {
+            let _ = state.policy.refund(&id, now());
+        }
+        state.counters.in_flight -= 1;
+        state.counters.cancelled += 1;
+        drop(state);
+        tracing::info!("client went away before the answer; request cancelled");
     }
 }
 
@@ -550,6 +591,11 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
         state.counters.requests += 1;
         state.counters.in_flight += 1;
     }
+    let mut pending = Pending {
+        shared: shared.clone(),
+        finished: false,
+        dispatched: None,
+    };
     // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
     let max_loops = shared
         .options
@@ -577,9 +623,12 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
             }
         };
         let account = match selected {
-            Ok(id) => id,
+            Ok(id) => {
+                pending.dispatched = Some(id.clone());
+                id
+            }
             Err(Some(retry_after)) => {
-                finish(&shared, Answer::GaveUp, None);
+                pending.finish(Answer::GaveUp, None);
                 tracing::info!(
                     retry_after_ms = retry_after.as_millis() as u64,
                     "pool exhausted"
@@ -592,7 +641,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                 );
             }
             Err(None) => {
-                finish(&shared, Answer::NoAccount, None);
+                pending.finish(Answer::NoAccount, None);
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_account",
@@ -605,13 +654,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
             Ok(creds) => creds,
             Err(reason) => {
                 // Refresh failed: the account cannot be used; let the policy cool it down.
-                let decision = report(
-                    &shared,
-                    &mut request,
-                    &account,
-                    Outcome::Unauthorized,
-                    Some(reason),
-                );
+                let decision =
+                    pending.report(&mut request, &account, Outcome::Unauthorized, Some(reason));
                 match decision {
                     Decision::Retry => continue,
                     Decision::Wait(d) => {
@@ -619,7 +663,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                         continue;
                     }
                     Decision::ReturnToClient { retry_after } => {
-                        finish(&shared, Answer::GaveUp, None);
+                        pending.finish(Answer::GaveUp, None);
                         return json_error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "refresh_failed",
@@ -658,7 +702,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                 let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
                 let error = (outcome != Outcome::Success)
                     .then(|| format!("upstream answered {} for {account}", status.as_u16()));
-                let decision = report(&shared, &mut request, &account, outcome, error.clone());
+                let decision = pending.report(&mut request, &account, outcome, error.clone());
                 tracing::info!(
                     account = %account,
                     status = status.as_u16(),
@@ -681,7 +725,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                     Decision::ReturnToClient {
                         retry_after: Some(wait),
                     } if outcome != Outcome::Success => {
-                        finish(&shared, Answer::GaveUp, error);
+                        pending.finish(Answer::GaveUp, error);
                         return json_error(
                             status,
                             "upstream_unavailable",
@@ -695,7 +739,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                         } else {
                             Answer::UpstreamError
                         };
-                        finish(&shared, answer, error);
+                        pending.finish(answer, error);
                         return stream_back(&shared, response);
                     }
                 }
@@ -708,20 +752,14 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                 };
                 let message = format!("upstream request failed for {account}: {}", describe(&err));
                 tracing::warn!(account = %account, error = %message, "upstream unreachable");
-                match report(
-                    &shared,
-                    &mut request,
-                    &account,
-                    outcome,
-                    Some(message.clone()),
-                ) {
+                match pending.report(&mut request, &account, outcome, Some(message.clone())) {
                     Decision::Retry => continue,
                     Decision::Wait(d) => {
                         tokio::time::sleep(d).await;
                         continue;
                     }
                     Decision::ReturnToClient { retry_after } => {
-                        finish(&shared, Answer::BadGateway, Some(message));
+                        pending.finish(Answer::BadGateway, Some(message));
                         return json_error(
                             StatusCode::BAD_GATEWAY,
                             "upstream_unreachable",
@@ -733,11 +771,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
             }
         }
     }
-    finish(
-        &shared,
-        Answer::GaveUp,
-        Some("retry loop bound reached".to_owned()),
-    );
+    pending.finish(Answer::GaveUp, Some("retry loop bound reached".to_owned()));
     json_error(
         last_status.unwrap_or(StatusCode::BAD_GATEWAY),
         "retries_exhausted",
