@@ -287,7 +287,9 @@ impl PoolStore {
         if let Some(recovery) = &loaded.recovery {
             self.set_aside_damaged(recovery, before.revision)?;
         }
-        self.write_locked(&mut pool, true)?;
+        // The current main file is intact exactly when nothing had to be recovered.
+        let intact = loaded.recovery.is_none().then_some(before.revision);
+        self.write_locked(&mut pool, true, intact)?;
         Ok(out)
     }
 
@@ -295,13 +297,17 @@ impl PoolStore {
     /// later load never "recovers" the old accounts from a backup. Backups stay on disk.
     pub fn reset(&self) -> Result<()> {
         let _lock = self.lock()?;
-        let previous = self.load().map(|l| l.pool.revision).unwrap_or(0);
+        let loaded = self.load().ok();
+        let previous = loaded.as_ref().map(|l| l.pool.revision).unwrap_or(0);
+        let intact = loaded
+            .filter(|l| l.recovery.is_none())
+            .map(|l| l.pool.revision);
         write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
         let mut pool = Pool {
             revision: previous,
             ..Pool::default()
         };
-        self.write_locked(&mut pool, false)
+        self.write_locked(&mut pool, false, intact)
     }
 
     fn lock(&self) -> Result<FileLock> {
@@ -309,7 +315,8 @@ impl PoolStore {
     }
 
     /// Save `pool` (bumping its revision), linking the current file into the backups first.
-    fn write_locked(&self, pool: &mut Pool, clear_reset: bool) -> Result<()> {
+    /// `intact` is the revision of the current `pool.json` when it is known to be valid.
+    fn write_locked(&self, pool: &mut Pool, clear_reset: bool, intact: Option<u64>) -> Result<()> {
         pool.version = CURRENT_VERSION;
         pool.revision = pool.revision.wrapping_add(1);
         let bytes = serde_json::to_vec_pretty(&*pool).map_err(|e| StorageError::Serialize {
@@ -318,8 +325,10 @@ impl PoolStore {
         })?;
         let main = self.file();
         self.remove_stale_temps();
-        if self.backups > 0 {
-            self.link_backup(&main)?;
+        if self.backups > 0
+            && let Some(revision) = intact
+        {
+            self.link_backup(&main, revision)?;
         }
         write_atomic(&main, &bytes, TEMP_PREFIX)?;
         if clear_reset && !pool.accounts.is_empty() {
@@ -346,20 +355,17 @@ impl PoolStore {
 
     /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
     /// copy, and it is the exact bytes that were live).
-    fn link_backup(&self, main: &Path) -> Result<()> {
-        let Some(bytes) = read_if_exists(main)? else {
+    fn link_backup(&self, main: &Path, revision: u64) -> Result<()> {
+        if !main.exists() {
             return Ok(());
-        };
-        let Ok((current, _)) = parse(&bytes) else {
-            return Ok(());
-        };
-        let backup = self
-            .dir
-            .join(format!("{BACKUP_PREFIX}{:012}", current.revision));
+        }
+        let backup = self.dir.join(format!("{BACKUP_PREFIX}{revision:012}"));
         remove_if_exists(&backup)?;
         if std::fs::hard_link(main, &backup).is_err() {
             // File systems without hard links: copy (still atomic, still 0600).
-            write_atomic(&backup, &bytes, TEMP_PREFIX)?;
+            if let Some(bytes) = read_if_exists(main)? {
+                write_atomic(&backup, &bytes, TEMP_PREFIX)?;
+            }
         }
         Ok(())
     }
