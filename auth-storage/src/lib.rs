@@ -1,7 +1,45 @@
-//! Codex-compatible credential stores (file, keyring, ephemeral, auto) and a durable multi-account pool store.
+//! Codex-compatible credential stores and a durable multi-account pool.
 //!
-//! This crate is part of a workspace of small crates for tools that manage
-//! ChatGPT/OpenAI OAuth accounts for the Codex CLI. See the workspace README.
+//! Tools that manage Codex logins (account switchers, rotation proxies, coven) write
+//! credentials from several processes at once, get killed mid-write and run beside the real
+//! Codex CLI, which reads and writes the same files. This crate makes that boringly safe:
+//!
+//! * **Credential stores** ([`CredentialStore`]): [`FileStore`] (`$CODEX_HOME/auth.json`),
+//!   [`KeyringStore`] (OS keyring, feature `keyring`), [`AutoStore`] (keyring, falling back
+//!   to the file and saying so) and [`EphemeralStore`], picked with a [`StoreMode`] parsed
+//!   from the CLI's own `cli_auth_credentials_store` values. They write what the CLI writes
+//!   (same file, mode 0600, same pretty JSON; same keyring service/account/label), under
+//!   the CLI's own lock files (`auth.lock`, then `auth.json.lock`, see [`CodexHome`]).
+//! * **Atomic writes** everywhere ([`atomic::write_atomic`]): temp file in the same
+//!   directory, fsync, rename, fsync the directory.
+//! * **The pool** ([`PoolStore`]): many accounts with one active, a versioned document with
+//!   forward migrations, `update(|pool| …)` under a cross-process lock, rotating backups and
+//!   recovery that reports why ([`pool::RestoreReason`]); [`PoolStore::import`] and
+//!   [`PoolStore::activate`] move logins between a Codex home and the pool.
+//! * **Coordinated refresh** (feature `refresh`, [`refresh`] module): however many
+//!   processes and threads find the same token stale, exactly one refresh request is made.
+//!
+//! All APIs block; from async code call them in `tokio::task::spawn_blocking`.
+//!
+//! ```
+//! use auth_core::{AuthDocument, Secret};
+//! use auth_storage::{CodexHome, CredentialStore, PoolStore, StoreMode, open_store};
+//! # fn main() -> Result<(), auth_storage::StorageError> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! // A Codex home and its credential store, as configured for the CLI.
+//! let home = CodexHome::new(tmp.path().join("codex"));
+//! let store = open_store(home.clone(), "file".parse::<StoreMode>()?)?;
+//! store.save(&AuthDocument::api_key(Secret::new("sk-example".into())))?;
+//! assert!(home.auth_file().exists());
+//!
+//! // A pool: every update is a locked, atomic read-modify-write.
+//! let pool = PoolStore::new(tmp.path().join("pool"));
+//! pool.update(|p| p.extra.insert("owner".into(), "me".into()))?;
+//! let loaded = pool.load()?;
+//! assert_eq!(loaded.pool.revision, 1);
+//! assert!(loaded.recovery.is_none());
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
