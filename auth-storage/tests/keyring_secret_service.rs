@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use auth_core::{AuthDocument, AuthMode, Timestamp};
 use auth_storage::keyring_backend::OsKeyring;
 use auth_storage::{AutoStore, CodexHome, CredentialStore, KeyringStore, Placement};
-use common::{codex_bin, skip, tokens};
+use common::{codex_bin, run_bounded, skip, tokens};
 
 const ROLE: &str = "AUTH_STORAGE_KEYRING_ROLE";
 const HOME: &str = "AUTH_STORAGE_KEYRING_HOME";
@@ -174,28 +174,21 @@ fn child(daemons: &Daemons, role: &str, home: &Path) -> String {
         "--test-threads=1",
     ])
     .env(ROLE, role)
-    .env(HOME, home)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    .env(HOME, home);
     daemons.env(&mut cmd);
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, err) = run_bounded(cmd, None, 60);
     text.split("RESULT ")
         .nth(1)
         .map(|t| t.lines().next().unwrap_or("").to_owned())
-        .unwrap_or_else(|| panic!("child {role} printed no result: {text}"))
+        .unwrap_or_else(|| panic!("child {role} printed no result: {text}{err}"))
 }
 
 fn secret_tool_search(daemons: &Daemons) -> String {
     let mut cmd = Command::new("secret-tool");
     cmd.args(["search", "--all", "service", "Codex Auth"]);
     daemons.env(&mut cmd);
-    let out = cmd.output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let (_, out, err) = run_bounded(cmd, None, 30);
+    format!("{out}{err}")
 }
 
 fn codex(
@@ -208,25 +201,10 @@ fn codex(
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("CODEX_HOME", home)
-        .env_remove("OPENAI_API_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("OPENAI_API_KEY");
     daemons.env(&mut cmd);
-    let mut c = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(c.stdin.take());
-    let out = c.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = run_bounded(cmd, stdin, 60);
+    (code, format!("{out}{err}"))
 }
 
 fn keyring_home() -> tempfile::TempDir {

@@ -68,17 +68,29 @@ pub(crate) fn run_codex(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (i32, String) {
-    use std::process::Stdio;
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .env("CODEX_HOME", home)
         .env_remove("OPENAI_API_KEY")
-        .env_remove("CODEX_API_KEY")
+        .env_remove("CODEX_API_KEY");
+    let (code, out, err) = run_bounded(cmd, stdin, 60);
+    (code, format!("{out}{err}"))
+}
+
+/// Run `cmd` with piped stdio, feeding `stdin`; killed after `secs` seconds (the test then
+/// fails on its output). Returns (exit code, stdout, stderr).
+pub(crate) fn run_bounded(
+    mut cmd: Command,
+    stdin: Option<&str>,
+    secs: u64,
+) -> (i32, String, String) {
+    use std::process::Stdio;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn codex");
+        .expect("spawn");
     if let Some(input) = stdin {
         child
             .stdin
@@ -100,8 +112,7 @@ pub(crate) fn run_codex(
         let _ = std::io::Read::read_to_string(&mut err, &mut s);
         s
     });
-    // Bounded: the CLI gets 60 s, then it is killed and the test fails on its output.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -112,6 +123,9 @@ pub(crate) fn run_codex(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let text = format!("{}{}", t_out.join().unwrap(), t_err.join().unwrap());
-    (status.code().unwrap_or(-1), text)
+    (
+        status.code().unwrap_or(-1),
+        t_out.join().unwrap(),
+        t_err.join().unwrap(),
+    )
 }
