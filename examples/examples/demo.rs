@@ -260,23 +260,31 @@ async fn run() -> DemoResult<()> {
     }
     let load_time = load_started.elapsed();
     let status = proxy.status();
+    let upstream_seen = mock.stats();
     let c = status.counters;
     println!(
         "   {answered}/{CLIENTS} answered with their own stream in {:.0} ms",
         load_time.as_secs_f64() * 1000.0
     );
     println!(
-        "   proxy: {} requests, {} ok, {} upstream attempts ({} retries), {} rotations, {} token refreshes, {} in flight",
+        "   proxy: {} requests, {} ok, {} upstream attempts ({} retries), {} rotations, {} token refreshes ({} re-sends after a 401), {} in flight",
         c.requests,
         c.ok,
         c.attempts,
         c.retries,
         status.policy.counters.rotations,
         c.refreshes,
+        c.resends,
         c.in_flight
     );
-    println!("   accounts after the load:");
-    for a in &status.accounts {
+    println!(
+        "   accounts after the load (ok/429/5xx: policy outcomes; 401: what the upstream answered):"
+    );
+    for (a, (login, _)) in status.accounts.iter().zip(&synthetic) {
+        let rejected = upstream_seen
+            .accounts
+            .get(&login.account_id)
+            .map_or(0, |m| m.unauthorized);
         let o = a.outcomes;
         let mut state = Vec::new();
         if !a.rate_limited_families.is_empty() {
@@ -301,7 +309,7 @@ async fn run() -> DemoResult<()> {
             o.success,
             o.rate_limited,
             o.server_error,
-            o.unauthorized,
+            rejected,
             a.health,
             state.join(", ")
         );
@@ -379,10 +387,34 @@ async fn run() -> DemoResult<()> {
                 .any(|(s, _)| s.tokens.refresh_token == a.tokens.refresh_token)
         })
         .count();
+    let cooling: Vec<String> = saved
+        .pool
+        .accounts
+        .iter()
+        .filter(|a| !a.cooldowns.is_empty())
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a.masked_email(),
+                a.cooldowns.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
     println!(
         "   pool file: {} accounts, {rotated} with refreshed tokens saved by the proxy",
         saved.pool.accounts.len()
     );
+    println!(
+        "   cooldowns saved for the next run: {}",
+        if cooling.is_empty() {
+            "none".to_owned()
+        } else {
+            cooling.join("; ")
+        }
+    );
+    if cooling.is_empty() {
+        return Err("the rate-limited account's cooldown was not saved to the pool".to_owned());
+    }
     if rotated as u64 != c.refreshes {
         return Err(format!(
             "{} refreshes but {rotated} saved to the pool",

@@ -162,6 +162,36 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
     );
 
     proxy.shutdown().await;
+    // The pool file shows the rotation too: the rate-limited account carries a cooldown for
+    // the model family codex asked for; the account that answered was used.
+    let pool = PoolStore::new(pool_dir.path()).load().unwrap().pool;
+    let alpha_saved = pool
+        .accounts
+        .iter()
+        .find(|a| a.account_id.as_deref() == Some("ws-alpha"))
+        .unwrap();
+    let beta_saved = pool
+        .accounts
+        .iter()
+        .find(|a| a.account_id.as_deref() == Some("ws-beta"))
+        .unwrap();
+    assert_eq!(
+        alpha_saved.cooldowns.len(),
+        1,
+        "{:?}",
+        alpha_saved.cooldowns
+    );
+    let until = *alpha_saved.cooldowns.values().next().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        until > now && until <= now + 31,
+        "cooldown ends with the 30 s Retry-After: {until} vs {now}"
+    );
+    assert!(beta_saved.cooldowns.is_empty());
+    assert!(beta_saved.last_used_at.is_some());
     route.restore().unwrap();
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),

@@ -598,3 +598,48 @@ async fn a_client_leaving_before_the_answer_is_counted_cancelled_and_refunded() 
     gate.notify_one();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_401s_with_one_stale_token_cause_one_refresh_and_no_disable() {
+    // A single account whose token the upstream rejects: every concurrent request may see a
+    // 401, but only one refresh happens, each such attempt is re-sent with the new token, the
+    // policy is not told of 401s the refresh resolved (so the account is not disabled after
+    // N in a row), and every request is answered on that same account.
+    const CLIENTS: usize = 16;
+    let h = Arc::new(
+        harness(
+            MockConfig::default().account("ws-a", Behavior::NeedsRefresh),
+            &["ws-a"],
+            |_| {},
+        )
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = h.post(&format!("c{i}")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(r.text().await.unwrap().contains(&format!("echo: c{i}\"")));
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let h = Arc::into_inner(h).unwrap();
+    let stats = h.mock.stats();
+    let status = h.stop().await;
+    let c = status.counters;
+    assert_eq!(stats.accounts["ws-a"].refreshes, 1);
+    assert_eq!(c.refreshes, 1);
+    assert_eq!(c.ok, CLIENTS as u64);
+    assert_eq!(status.accounts[0].outcomes.unauthorized, 0, "{status:?}");
+    assert!(c.resends >= 1);
+    assert!(status.policy.accounts[0].disabled.is_none());
+    assert_eq!(stats.responses_requests, c.attempts + c.resends);
+    assert_eq!(stats.accounts["ws-a"].unauthorized, c.resends);
+    assert_invariant(&status);
+}

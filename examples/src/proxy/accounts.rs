@@ -17,6 +17,16 @@ use serde::Serialize;
 
 use super::Shared;
 
+/// What the refresh after an upstream `401` came to.
+pub(crate) enum AfterRejection {
+    /// This caller's refresh replaced the rejected token.
+    RefreshedHere,
+    /// The rejected token had already been replaced by another request's refresh.
+    AlreadyRefreshed,
+    /// The refresh failed.
+    Failed,
+}
+
 /// What one upstream attempt needs from an account.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -184,7 +194,9 @@ impl Accounts {
             return Ok(creds);
         }
         tracing::info!(account = %id, "access token expired or about to; refreshing");
-        self.refresh(shared, entry, creds.generation).await
+        self.refresh(shared, entry, creds.generation)
+            .await
+            .map(|(creds, _)| creds)
     }
 
     /// After upstream `401` with `used`: refresh once (others rejected with the same token wait
@@ -194,9 +206,14 @@ impl Accounts {
         shared: &Shared,
         id: &AccountId,
         used: &AccountCredentials,
-    ) {
-        if let Some(entry) = self.entry(id) {
-            let _ = self.refresh(shared, entry, used.generation).await;
+    ) -> AfterRejection {
+        let Some(entry) = self.entry(id) else {
+            return AfterRejection::Failed;
+        };
+        match self.refresh(shared, entry, used.generation).await {
+            Ok((_, true)) => AfterRejection::RefreshedHere,
+            Ok((_, false)) => AfterRejection::AlreadyRefreshed,
+            Err(_) => AfterRejection::Failed,
         }
     }
 
@@ -205,12 +222,12 @@ impl Accounts {
         shared: &Shared,
         entry: &Entry,
         seen: u64,
-    ) -> Result<AccountCredentials, String> {
+    ) -> Result<(AccountCredentials, bool), String> {
         let current = {
             let t = guard(&entry.tokens);
             if t.1 != seen {
                 // Someone refreshed after this caller read the tokens: use their result.
-                return Ok(credentials(&t.0, t.1));
+                return Ok((credentials(&t.0, t.1), false));
             }
             t.0.clone()
         };
@@ -240,7 +257,7 @@ impl Accounts {
                     drop(state);
                     tracing::info!(account = %entry.id, "token refreshed");
                 }
-                Ok(creds)
+                Ok((creds, first))
             }
             Err(err) => {
                 let message = format!("refresh failed for {}: {err}", entry.id);
@@ -273,6 +290,54 @@ impl Accounts {
         let refresher = Refresher::new(config, store)?;
         *slot = Some(refresher.clone());
         Ok(refresher)
+    }
+
+    /// Writes what this run learned into the pool file, so account switchers and the next
+    /// run see it: running per-family cooldowns (Unix seconds, rounded up) and `last_used_at`
+    /// for accounts that served attempts. Blocking file I/O; a no-op without a pool store.
+    pub(crate) fn save_observations(
+        &self,
+        policy: &PoolStatus,
+    ) -> Result<usize, auth_storage::StorageError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let now_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut changes = Vec::new();
+        for entry in &self.entries {
+            let (Some(key), Some(p)) = (
+                &entry.pool_key,
+                policy.accounts.iter().find(|a| a.id == entry.id),
+            ) else {
+                continue;
+            };
+            let cooldowns: Vec<(String, u64)> = p
+                .family_cooldowns
+                .iter()
+                .filter(|c| c.until > policy.now)
+                .map(|c| (c.family.clone(), c.until.as_millis().div_ceil(1000)))
+                .collect();
+            changes.push((key.clone(), cooldowns, p.attempts > 0));
+        }
+        store.update(|pool| {
+            let mut touched = 0;
+            for (key, cooldowns, used) in &changes {
+                for account in pool.accounts.iter_mut().filter(|a| &a.key() == key) {
+                    for (family, until) in cooldowns {
+                        let slot = account.cooldowns.entry(family.clone()).or_insert(0);
+                        *slot = (*slot).max(*until);
+                    }
+                    if *used {
+                        account.last_used_at = Some(now_secs);
+                    }
+                    touched += 1;
+                }
+            }
+            touched
+        })
     }
 
     pub(crate) fn reports(&self, policy: &PoolStatus) -> Vec<AccountReport> {

@@ -80,6 +80,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use accounts::AfterRejection;
 pub use accounts::{AccountCredentials, AccountReport, Accounts, load_pool_accounts};
 pub use codex_config::{CodexRoute, PROVIDER_ID};
 pub use headers::strip_hop_by_hop;
@@ -189,6 +190,9 @@ pub struct ProxyCounters {
     pub attempts: u64,
     /// Attempts after the first, on the same or another account.
     pub retries: u64,
+    /// Attempts re-sent on the same account after a 401 was answered with a token refresh
+    /// (upstream requests = `attempts + resends`).
+    pub resends: u64,
     /// Successful token refreshes.
     pub refreshes: u64,
     /// Failed token refreshes.
@@ -351,14 +355,28 @@ impl RotationProxy {
         self.shared.status()
     }
 
-    /// Stops accepting, waits for open streams (up to the grace period) and writes
-    /// refreshed tokens back (already done at each refresh).
+    /// Stops accepting, waits for open streams (up to the grace period), then saves running
+    /// cooldowns and last use to the pool store (refreshed tokens were saved at each refresh).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        let shared = self.shared.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let status = shared.lock().policy.status(now());
+            shared.accounts.save_observations(&status)
+        })
+        .await;
+        match saved {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(accounts = n, "cooldowns and last use saved to the pool")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not save cooldowns to the pool"),
+            Err(_) => tracing::warn!("saving cooldowns to the pool was cancelled"),
         }
         tracing::info!("rotation proxy stopped");
     }
@@ -604,8 +622,16 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
         .saturating_mul(4)
         .clamp(4, 64);
     let mut last_status: Option<StatusCode> = None;
+    // Set when an attempt must be re-sent on the same account with its refreshed token.
+    let mut resend: Option<AccountId> = None;
+    // Whether this attempt already re-sent after a refresh (at most once per attempt).
+    let mut resent = false;
     for attempt in 0..max_loops {
-        let selected = {
+        let selected = if let Some(id) = resend.take() {
+            shared.lock().counters.resends += 1;
+            Ok(id)
+        } else {
+            resent = false;
             let mut state = shared.lock();
             let t = now();
             match state.policy.select(&mut request, t) {
@@ -645,7 +671,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_account",
-                    "no enabled account in the pool",
+                    "no account left to try for this request (all disabled or already tried)",
                     None,
                 );
             }
@@ -702,7 +728,6 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                 let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
                 let error = (outcome != Outcome::Success)
                     .then(|| format!("upstream answered {} for {account}", status.as_u16()));
-                let decision = pending.report(&mut request, &account, outcome, error.clone());
                 tracing::info!(
                     account = %account,
                     status = status.as_u16(),
@@ -710,12 +735,30 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "upstream answered"
                 );
-                if outcome == Outcome::Unauthorized {
-                    shared
+                // A 401 first triggers a (single-flight) refresh; the attempt is then re-sent
+                // once on the same account with the new token, keeping its dispatch. Only a
+                // 401 that survives that, or a failed refresh, is reported to the policy — so
+                // requests racing with one stale token never add up to "disable after N 401s".
+                let decision = if outcome == Outcome::Unauthorized && !resent {
+                    match shared
                         .accounts
                         .refresh_after_rejection(&shared, &account, &creds)
-                        .await;
-                }
+                        .await
+                    {
+                        AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
+                            drop(response);
+                            tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
+                            resend = Some(account.clone());
+                            resent = true;
+                            continue;
+                        }
+                        AfterRejection::Failed => {
+                            pending.report(&mut request, &account, outcome, error.clone())
+                        }
+                    }
+                } else {
+                    pending.report(&mut request, &account, outcome, error.clone())
+                };
                 match decision {
                     Decision::Retry => continue,
                     Decision::Wait(d) => {
