@@ -185,6 +185,20 @@ fn removing_every_account_is_not_undone_by_recovery() {
     assert_eq!(loaded.pool.accounts.len(), 1);
 }
 
+#[cfg(unix)]
+#[test]
+fn pool_files_and_a_new_pool_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let store = seeded(&base.path().join("nested").join("pool"));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(store.dir()), 0o700);
+    assert_eq!(mode(&store.file()), 0o600);
+    for backup in store.backups_newest_first().unwrap() {
+        assert_eq!(mode(&backup), 0o600);
+    }
+}
+
 #[test]
 fn backups_rotate_and_keep_the_last_n() {
     let dir = tempfile::tempdir().unwrap();

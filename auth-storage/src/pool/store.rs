@@ -311,6 +311,16 @@ impl PoolStore {
     }
 
     fn lock(&self) -> Result<FileLock> {
+        // The pool holds every account's tokens: create its directory private (0700 on Unix).
+        if !self.dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(&self.dir)
+                .map_err(|e| StorageError::io("create the pool directory", &self.dir, e))?;
+        }
         FileLock::acquire(&self.dir.join(LOCK_FILE), 0o600, self.lock_timeout)
     }
 
