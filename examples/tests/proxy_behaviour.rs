@@ -643,3 +643,55 @@ async fn concurrent_401s_with_one_stale_token_cause_one_refresh_and_no_disable()
     assert_eq!(stats.accounts["ws-a"].unauthorized, c.resends);
     assert_invariant(&status);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_refresh_is_reported_and_the_request_moves_to_another_account() {
+    // ws-a is rejected until refreshed, but its refresh token is unknown to the token
+    // endpoint (it was issued by another "server"): the refresh fails, the 401 is reported,
+    // and the request is answered by ws-b.
+    let other_issuer = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let foreign = other_issuer.synthetic_account("ws-a", "foreign.owner@example.com", false);
+    let mock = MockUpstream::start(MockConfig::default().account("ws-a", Behavior::NeedsRefresh))
+        .await
+        .unwrap();
+    let b = mock.synthetic_account("ws-b", "b.owner@example.com", false);
+    let mut accounts = Accounts::new();
+    accounts
+        .push(Some(&foreign.email), None, foreign.tokens.clone())
+        .unwrap();
+    accounts
+        .push(Some(&b.email), None, b.tokens.clone())
+        .unwrap();
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    let proxy = RotationProxy::start(options, accounts).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .post(format!("{}/responses", proxy.base_url()))
+        .bearer_auth(token.secret().expose())
+        .body(r#"{"model":"gpt-5","input":"after a failed refresh"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("echo: after a failed refresh")
+    );
+    let status = proxy.status();
+    assert_eq!(status.counters.refresh_failures, 1);
+    assert_eq!(status.counters.refreshes, 0);
+    assert_eq!(status.accounts[0].outcomes.unauthorized, 1);
+    assert!(status.accounts[0].needs_refresh);
+    let last = status.accounts[0].last_error.clone().unwrap();
+    assert!(last.contains("refresh failed for acct-1"), "{last}");
+    assert!(!last.contains(foreign.tokens.refresh_token.expose()));
+    assert_eq!(status.accounts[1].outcomes.success, 1);
+    assert_invariant(&status);
+    proxy.shutdown().await;
+    mock.shutdown().await;
+    other_issuer.shutdown().await;
+}

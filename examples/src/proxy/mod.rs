@@ -752,8 +752,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                             resent = true;
                             continue;
                         }
+                        // The refresh already recorded the more useful error ("refresh failed…").
                         AfterRejection::Failed => {
-                            pending.report(&mut request, &account, outcome, error.clone())
+                            pending.report(&mut request, &account, outcome, None)
                         }
                     }
                 } else {
