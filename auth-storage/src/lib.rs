@@ -48,18 +48,19 @@ mod codex_home;
 mod error;
 pub mod keyring_backend;
 pub mod lock;
-mod mask;
 mod mode;
 pub mod pool;
 #[cfg(feature = "refresh")]
 pub mod refresh;
 mod store;
 
+/// Email masking used in everything this crate prints (from `auth-core`, so every crate of
+/// the workspace masks the same way).
+pub use auth_core::redact::mask_email;
 pub use codex_home::{
     AUTH_FILE, COMMIT_LOCK_FILE, CodexHome, CommitGuard, FILE_LOCK_FILE, KEYRING_SERVICE,
 };
 pub use error::{Result, StorageError};
-pub use mask::mask_email;
 pub use mode::StoreMode;
 pub use pool::PoolStore;
 pub use store::{

@@ -190,11 +190,11 @@ impl Account {
         }
     }
 
-    /// The email, masked for display (`al***@example.com`), or `-` when unknown.
+    /// The email, masked for display (`a***@example.com`), or `-` when unknown.
     pub fn masked_email(&self) -> String {
         self.email
             .as_deref()
-            .map(crate::mask::mask_email)
+            .map(auth_core::redact::mask_email)
             .unwrap_or_else(|| "-".to_owned())
     }
 
@@ -302,10 +302,10 @@ impl Pool {
 
 fn mask_key(key: &str) -> String {
     if let Some(email) = key.strip_prefix("email:") {
-        return format!("email:{}", crate::mask::mask_email(email));
+        return format!("email:{}", auth_core::redact::mask_email(email));
     }
     match key.split_once('|') {
-        Some((id, email)) => format!("{id}|{}", crate::mask::mask_email(email)),
+        Some((id, email)) => format!("{id}|{}", auth_core::redact::mask_email(email)),
         None => key.to_owned(),
     }
 }
