@@ -172,7 +172,7 @@ async fn run() -> DemoResult<()> {
         println!(
             "   acct-{}  {:<20} mock: {behavior}",
             i + 1,
-            auth_storage::mask_email(&account.email)
+            auth_core::redact::mask_email(&account.email)
         );
     }
     let load_store = store.clone();

@@ -134,7 +134,15 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
     let accounts = status["accounts"].as_array().unwrap();
-    assert_eq!(accounts[0]["email"], "al***@example.com", "{status:#}");
+    assert_eq!(
+        accounts[0]["email"],
+        auth_core::redact::mask_email("alice.alpha@example.com"),
+        "{status:#}"
+    );
+    assert!(
+        !status_body.windows(5).any(|w| w == b"alice"),
+        "no full email in /status"
+    );
     assert!(
         accounts[0]["outcomes"]["rate_limited"].as_u64().unwrap() >= 1,
         "{status:#}"

@@ -137,7 +137,7 @@ impl Accounts {
             id: id.clone(),
             pool_key,
             masked_email: email
-                .map(auth_storage::mask_email)
+                .map(auth_core::redact::mask_email)
                 .unwrap_or_else(|| "-".to_owned()),
             plan,
             tokens: Mutex::new((tokens, 0)),
