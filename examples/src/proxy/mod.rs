@@ -927,6 +927,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn user_facing_error_answers() {
+        let token = WrapperToken::generate().unwrap();
+        let shared = Shared {
+            options: ProxyOptions::new("http://127.0.0.1:9", token),
+            client: reqwest::Client::new(),
+            state: Mutex::new(State {
+                policy: Pool::new(PolicyConfig::default(), 1).unwrap(),
+                counters: ProxyCounters::default(),
+                last_error: None,
+            }),
+            accounts: Accounts::new(),
+            started_at: WallTimestamp::now(),
+        };
+        let mut out = String::new();
+        for (name, response) in [
+            ("413", too_large(&shared)),
+            (
+                "429 exhausted",
+                json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pool_exhausted",
+                    "every account is cooling down; retry after retry_after_ms",
+                    Some(Duration::from_millis(12_345)),
+                ),
+            ),
+            (
+                "503 no account",
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_account",
+                    "no account left to try for this request (all disabled or already tried)",
+                    None,
+                ),
+            ),
+        ] {
+            let status = response.status();
+            let retry = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = body_json(response).await;
+            out.push_str(&format!(
+                "{name}: {status} retry-after={retry:?}\n{body:#}\n\n"
+            ));
+        }
+        insta::assert_snapshot!(out);
+        assert_eq!(shared.lock().counters.rejected_too_large, 1);
+    }
+
+    #[tokio::test]
     async fn exhausted_answer_carries_exact_ms_and_rounded_up_retry_after() {
         let r = json_error(
             StatusCode::TOO_MANY_REQUESTS,
