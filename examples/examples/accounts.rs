@@ -6,6 +6,7 @@
 //! cargo run -p examples --example accounts -- list --json
 //! cargo run -p examples --example accounts -- use 2 --codex-home ~/.codex
 //! cargo run -p examples --example accounts -- remove 2
+//! cargo run -p examples --example accounts -- add [--no-browser]   # browser sign-in
 //! ```
 //!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
@@ -58,6 +59,18 @@ enum Command {
         /// Account number from `list`.
         n: usize,
     },
+    /// Sign in with a browser (the Codex CLI's OAuth flow) and add the account to the pool.
+    Add {
+        /// Print the sign-in link only; do not open a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// Issuer base URL (tests point this at a loopback mock).
+        #[arg(long, hide = true, value_name = "URL")]
+        issuer: Option<String>,
+        /// Callback address (tests use 127.0.0.1:0).
+        #[arg(long, hide = true, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,7 +108,7 @@ fn index(n: usize) -> Result<usize, StorageError> {
     })
 }
 
-fn run(cli: Cli) -> Result<(), StorageError> {
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let pool = match cli.pool_dir {
         Some(dir) => PoolStore::new(dir),
         None => PoolStore::open_default()?,
@@ -148,6 +161,17 @@ fn run(cli: Cli) -> Result<(), StorageError> {
                 account.masked_email(),
                 home.dir().display()
             );
+        }
+        Command::Add {
+            no_browser,
+            issuer,
+            listen,
+        } => {
+            let options = examples::account_add::AddOptions::for_pool(pool.dir())
+                .no_browser(no_browser)
+                .issuer(issuer)
+                .listen(listen);
+            println!("{}", examples::account_add::add_account_blocking(&options)?);
         }
         Command::Remove { n } => {
             let i = index(n)?;
