@@ -274,9 +274,12 @@ mod tests {
             .unwrap();
         assert_eq!(added.number, 1);
         assert!(!added.updated);
-        assert_eq!(added.masked_email, "al***@example.com");
+        // Masked as the pool masks it, never in full.
+        let masked = auth_core::redact::mask_email("alice@example.com");
+        assert_eq!(added.masked_email, masked);
+        assert!(!masked.contains("alice@"));
         assert_eq!(added.plan.as_deref(), Some("plus"));
-        assert_eq!(added.to_string(), "added #1 al***@example.com (plus)");
+        assert_eq!(added.to_string(), format!("added #1 {masked} (plus)"));
 
         let pool = PoolStore::new(dir.path()).load().unwrap().pool;
         assert_eq!(pool.accounts.len(), 1);
