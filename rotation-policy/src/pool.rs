@@ -475,6 +475,45 @@ impl Pool {
         })
     }
 
+    /// Starts a rate-limit cooldown of `id` for `family` that ends at `until` (capped at
+    /// [`max_cooldown`](PolicyConfig::max_cooldown) from `now`; a running cooldown is never
+    /// shortened). Unlike [`report`](Self::report) it counts no outcome and changes no health
+    /// or streak: it is for cooldowns learned elsewhere, e.g. saved by an earlier run.
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let (a, b) = (AccountId::new("a")?, AccountId::new("b")?);
+    /// pool.add(a.clone())?;
+    /// pool.add(b.clone())?;
+    /// pool.restore_cooldown(&a, "gpt-5", Timestamp::from_millis(30_000), Timestamp::ZERO)?;
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), Timestamp::ZERO), Selection::Account(b));
+    /// assert_eq!(pool.status(Timestamp::ZERO).counters.outcomes.total(), 0);
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn restore_cooldown(
+        &mut self,
+        id: &AccountId,
+        family: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), PolicyError> {
+        self.tick(now);
+        let slot = self.slot_of(id)?;
+        let family = self.family_index(family);
+        let until = until
+            .as_millis()
+            .min(self.clock.saturating_add(self.rules.max_cooldown));
+        let clock = self.clock;
+        if let Some(account) = self.slots[slot as usize].as_mut() {
+            let state = &mut account.families[family];
+            state.until = state.until.max(until);
+            self.rules
+                .place(account, &mut self.families, slot, family, clock);
+        }
+        Ok(())
+    }
+
     /// Picks the account for the next attempt of `request`, or says why there is none.
     ///
     /// Only enabled accounts that are out of every cooldown for the request's family, have
