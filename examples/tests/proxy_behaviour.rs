@@ -465,6 +465,12 @@ async fn a_401_triggers_one_refresh_then_succeeds_and_logs_hold_no_secret() {
     );
     assert_eq!(status.counters.refreshes, 1);
     assert_eq!(status.accounts[0].refreshes, 1);
+    // The policy saw the rejection and every answer after it (the re-send included).
+    let o = status.accounts[0].outcomes;
+    assert_eq!(o.unauthorized, 1, "{status:?}");
+    assert_eq!(o.success, stats.accounts["ws-a"].ok, "{status:?}");
+    assert!(!status.accounts[0].needs_refresh);
+    assert!(status.policy.accounts[0].cooldown_until.is_none());
     assert!(
         stats.accounts["ws-a"].ok >= 1,
         "the refreshed account serves again: {stats:?}"
@@ -603,8 +609,8 @@ async fn a_client_leaving_before_the_answer_is_counted_cancelled_and_refunded() 
 async fn concurrent_401s_with_one_stale_token_cause_one_refresh_and_no_disable() {
     // A single account whose token the upstream rejects: every concurrent request may see a
     // 401, but only one refresh happens, each such attempt is re-sent with the new token, the
-    // policy is not told of 401s the refresh resolved (so the account is not disabled after
-    // N in a row), and every request is answered on that same account.
+    // policy is told of the rejected token once (not once per racing request, which would
+    // disable the account after N in a row), and every request is answered on that account.
     const CLIENTS: usize = 16;
     let h = Arc::new(
         harness(
@@ -636,7 +642,15 @@ async fn concurrent_401s_with_one_stale_token_cause_one_refresh_and_no_disable()
     assert_eq!(stats.accounts["ws-a"].refreshes, 1);
     assert_eq!(c.refreshes, 1);
     assert_eq!(c.ok, CLIENTS as u64);
-    assert_eq!(status.accounts[0].outcomes.unauthorized, 0, "{status:?}");
+    let outcomes = status.accounts[0].outcomes;
+    assert_eq!(
+        outcomes.unauthorized, 1,
+        "one rejected token, one report: {status:?}"
+    );
+    assert_eq!(
+        outcomes.success, CLIENTS as u64,
+        "every re-send reported too"
+    );
     assert!(c.resends >= 1);
     assert!(status.policy.accounts[0].disabled.is_none());
     assert_eq!(stats.responses_requests, c.attempts + c.resends);
@@ -694,4 +708,89 @@ async fn a_failed_refresh_is_reported_and_the_request_moves_to_another_account()
     proxy.shutdown().await;
     mock.shutdown().await;
     other_issuer.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_restarted_proxy_honours_cooldowns_saved_by_the_previous_run() {
+    // Run 1: ws-a answers 429 (Retry-After 30 s), the request moves to ws-b, and shutdown
+    // saves ws-a's cooldown to the pool file. Run 2, over the same pool: ws-a is cooling down
+    // from the start, so the upstream never sees it again, and no outcome is invented.
+    let mock = MockUpstream::start(MockConfig::default().account(
+        "ws-a",
+        Behavior::RateLimited {
+            retry_after: Duration::from_secs(30),
+            times: u32::MAX,
+        },
+    ))
+    .await
+    .unwrap();
+    let a = mock.synthetic_account("ws-a", "a.owner@example.com", false);
+    let b = mock.synthetic_account("ws-b", "b.owner@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    let store = auth_storage::PoolStore::new(pool_dir.path());
+    examples::mock_upstream::seed_pool(&store, &[a, b]).unwrap();
+    // An ended cooldown of ws-b for another family: neither reloaded nor kept.
+    store
+        .update(|pool| {
+            pool.accounts[1].cooldowns.insert("o3".into(), 1_000);
+        })
+        .unwrap();
+    let token = WrapperToken::generate().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let start = || async {
+        let accounts = examples::proxy::load_pool_accounts(store.clone()).unwrap();
+        let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+        options.token_url = mock.token_url();
+        RotationProxy::start(options, accounts).await.unwrap()
+    };
+    let ask = |proxy: &RotationProxy, input: &str| {
+        client
+            .post(format!("{}/responses", proxy.base_url()))
+            .bearer_auth(token.secret().expose())
+            .body(serde_json::json!({"model": "gpt-5", "input": input}).to_string())
+            .send()
+    };
+
+    let first = start().await;
+    assert!(first.status().accounts[0].rate_limited_families.is_empty());
+    let r = ask(&first, "run 1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("echo: run 1"));
+    assert_eq!(mock.stats().accounts["ws-a"].rate_limited, 1);
+    first.shutdown().await;
+    let saved = store.load().unwrap().pool;
+    assert_eq!(
+        saved.accounts[0].cooldowns.keys().collect::<Vec<_>>(),
+        ["gpt-5"]
+    );
+    assert!(
+        saved.accounts[1].cooldowns.is_empty(),
+        "ended cooldowns are dropped: {:?}",
+        saved.accounts[1].cooldowns
+    );
+
+    let second = start().await;
+    let status = second.status();
+    assert_eq!(status.accounts[0].rate_limited_families, ["gpt-5"]);
+    assert_eq!(
+        status.policy.counters.outcomes.total(),
+        0,
+        "a restored cooldown is not an outcome"
+    );
+    assert_eq!(status.accounts[0].health, 100);
+    let r = ask(&second, "run 2").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("echo: run 2"));
+    let stats = mock.stats();
+    assert_eq!(
+        stats.accounts["ws-a"].rate_limited, 1,
+        "the restarted proxy did not send to the account still cooling down"
+    );
+    assert_eq!(stats.accounts["ws-b"].ok, 2);
+    let status = second.status();
+    assert_eq!(status.counters.retries, 0);
+    assert_eq!(status.accounts[0].attempts, 0);
+    assert_invariant(&status);
+    second.shutdown().await;
+    mock.shutdown().await;
 }

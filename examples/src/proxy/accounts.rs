@@ -35,7 +35,8 @@ pub struct AccountCredentials {
     pub access_token: Secret,
     /// Sent as `ChatGPT-Account-Id`.
     pub chatgpt_account_id: Option<String>,
-    generation: u64,
+    /// Bumped by every refresh of the account's tokens.
+    pub(crate) generation: u64,
 }
 
 /// One account in `GET /status` (no secret, email masked).
@@ -77,6 +78,10 @@ struct Entry {
     tokens: Mutex<(TokenData, u64)>,
     refresher: Mutex<Option<Refresher>>,
     info: Mutex<Info>,
+    /// Per-family cooldown ends (Unix seconds) read from the pool file at load.
+    saved_cooldowns: Vec<(String, u64)>,
+    /// Highest token generation whose upstream `401` was reported to the policy.
+    rejected_generation: Mutex<Option<u64>>,
 }
 
 #[derive(Default)]
@@ -143,6 +148,8 @@ impl Accounts {
             tokens: Mutex::new((tokens, 0)),
             refresher: Mutex::new(None),
             info: Mutex::new(Info::default()),
+            saved_cooldowns: Vec::new(),
+            rejected_generation: Mutex::new(None),
         });
         Ok(id)
     }
@@ -163,6 +170,35 @@ impl Accounts {
 
     fn entry(&self, id: &AccountId) -> Option<&Entry> {
         self.by_id.get(id).and_then(|&i| self.entries.get(i))
+    }
+
+    /// Cooldowns saved in the pool file by an earlier run (or another tool) that are still
+    /// running at `now_ms`, as `(account, family, until_ms)`.
+    pub(crate) fn saved_cooldowns(
+        &self,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&AccountId, &str, u64)> + '_ {
+        self.entries.iter().flat_map(move |e| {
+            e.saved_cooldowns.iter().filter_map(move |(family, until)| {
+                let until_ms = until.saturating_mul(1000);
+                (until_ms > now_ms).then_some((&e.id, family.as_str(), until_ms))
+            })
+        })
+    }
+
+    /// Whether an upstream `401` for the token of `generation` is the first one seen for that
+    /// token (then it is reported to the policy); later ones, from requests that raced with
+    /// the same rejected token, are the same fact and are not reported again.
+    pub(crate) fn first_rejection(&self, id: &AccountId, generation: u64) -> bool {
+        let Some(e) = self.entry(id) else {
+            return false;
+        };
+        let mut seen = guard(&e.rejected_generation);
+        if seen.is_some_and(|g| g >= generation) {
+            return false;
+        }
+        *seen = Some(generation);
+        true
     }
 
     pub(crate) fn note_error(&self, id: &AccountId, error: String) {
@@ -293,8 +329,9 @@ impl Accounts {
     }
 
     /// Writes what this run learned into the pool file, so account switchers and the next
-    /// run see it: running per-family cooldowns (Unix seconds, rounded up) and `last_used_at`
-    /// for accounts that served attempts. Blocking file I/O; a no-op without a pool store.
+    /// run see it: running per-family cooldowns (Unix seconds, rounded up; ended ones are
+    /// dropped) and `last_used_at` for accounts that served attempts. Blocking file I/O; a
+    /// no-op without a pool store.
     pub(crate) fn save_observations(
         &self,
         policy: &PoolStatus,
@@ -326,6 +363,8 @@ impl Accounts {
             let mut touched = 0;
             for (key, cooldowns, used) in &changes {
                 for account in pool.accounts.iter_mut().filter(|a| &a.key() == key) {
+                    // Ended cooldowns mean nothing to the next reader: drop them.
+                    account.cooldowns.retain(|_, until| *until > now_secs);
                     for (family, until) in cooldowns {
                         let slot = account.cooldowns.entry(family.clone()).or_insert(0);
                         *slot = (*slot).max(*until);
@@ -417,6 +456,8 @@ impl RefreshStore for PoolRefreshStore {
 }
 
 /// Loads the enabled accounts of a pool store; refreshed tokens are written back to it.
+/// Per-family cooldowns saved in the pool (by an earlier run or another tool) that are still
+/// running are handed to the policy when the proxy starts.
 pub fn load_pool_accounts(store: PoolStore) -> Result<Accounts, super::ProxyError> {
     let loaded = store
         .load()
@@ -429,6 +470,13 @@ pub fn load_pool_accounts(store: PoolStore) -> Result<Accounts, super::ProxyErro
             account.tokens.clone(),
             Some(account.key()),
         )?;
+        if let Some(entry) = accounts.entries.last_mut() {
+            entry.saved_cooldowns = account
+                .cooldowns
+                .iter()
+                .map(|(family, until)| (family.clone(), *until))
+                .collect();
+        }
     }
     accounts.store = Some(store);
     Ok(accounts)

@@ -290,6 +290,20 @@ impl RotationProxy {
         for id in accounts.ids() {
             policy.add(id.clone())?;
         }
+        // Cooldowns saved by an earlier run still hold: a restart must not spend requests
+        // on accounts the upstream is still rate limiting.
+        let t = now();
+        let mut restored = 0;
+        for (id, family, until_ms) in accounts.saved_cooldowns(t.as_millis()) {
+            policy.restore_cooldown(id, family, Timestamp::from_millis(until_ms), t)?;
+            restored += 1;
+        }
+        if restored > 0 {
+            tracing::info!(
+                cooldowns = restored,
+                "running cooldowns restored from the pool"
+            );
+        }
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
@@ -735,22 +749,53 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "upstream answered"
                 );
-                // A 401 first triggers a (single-flight) refresh; the attempt is then re-sent
-                // once on the same account with the new token, keeping its dispatch. Only a
-                // 401 that survives that, or a failed refresh, is reported to the policy — so
-                // requests racing with one stale token never add up to "disable after N 401s".
+                // A 401 triggers a single-flight refresh, and the attempt is re-sent once on
+                // the same account with the new token, as a new dispatch whose outcome is
+                // reported like any other. The 401 itself is reported once per rejected
+                // token (by the first request to see it), together with the refresh under
+                // one lock, so the policy counts it but never cools the account down for a
+                // token that is already replaced. Requests racing with the same stale token
+                // add no new fact and are not reported again (each would count towards
+                // "disable after N 401s in a row"). A 401 on a re-sent attempt, or a failed
+                // refresh, is reported and decides the next step.
                 let decision = if outcome == Outcome::Unauthorized && !resent {
+                    let first = shared.accounts.first_rejection(&account, creds.generation);
                     match shared
                         .accounts
                         .refresh_after_rejection(&shared, &account, &creds)
                         .await
                     {
                         AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
-                            drop(response);
-                            tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
-                            resend = Some(account.clone());
-                            resent = true;
-                            continue;
+                            let reported = first.then(|| {
+                                let mut state = shared.lock();
+                                let t = now();
+                                let decision =
+                                    state.policy.report(&mut request, &account, outcome, t);
+                                pending.dispatched = None;
+                                let disabled = state
+                                    .policy
+                                    .account_status(&account, t)
+                                    .is_some_and(|s| s.disabled.is_some());
+                                if !disabled {
+                                    // ok to ignore: the id was just selected, so it is known.
+                                    let _ = state.policy.mark_refreshed(&account, t);
+                                    if state.policy.consume(&account, t).is_ok() {
+                                        pending.dispatched = Some(account.clone());
+                                    }
+                                }
+                                (disabled, decision)
+                            });
+                            match reported {
+                                // That 401 was the last straw: the policy disabled the account.
+                                Some((true, decision)) => decision,
+                                _ => {
+                                    drop(response);
+                                    tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
+                                    resend = Some(account.clone());
+                                    resent = true;
+                                    continue;
+                                }
+                            }
                         }
                         // The refresh already recorded the more useful error ("refresh failed…").
                         AfterRejection::Failed => {
