@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use auth_storage::PoolStore;
-use examples::mock_upstream::{MockConfig, MockUpstream, seed_pool};
+use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, seed_pool};
 use examples::proxy::{CodexRoute, TOKEN_ENV};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -191,5 +191,259 @@ async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm(
     ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
+    mock.shutdown().await;
+}
+
+/// Reads the proxy's stdout until `until` appears (bounded), returning the lines seen.
+async fn lines_until(
+    stdout: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    until: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await
+    {
+        let done = line.contains(until);
+        seen.push(line);
+        if done || seen.len() > 100 {
+            break;
+        }
+    }
+    seen
+}
+
+#[cfg(unix)]
+fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_and_restores_on_ctrl_c()
+ {
+    let Some(binary) = example("rotation-proxy") else {
+        common::skip(
+            "rotation_proxy_binary_ctrl_c",
+            "examples not built (run plain `cargo test`)",
+        );
+        return;
+    };
+    let mock = MockUpstream::start(MockConfig::default().account(
+        "ws-hot",
+        Behavior::RateLimited {
+            retry_after: Duration::from_secs(30),
+            times: u32::MAX,
+        },
+    ))
+    .await
+    .unwrap();
+    let hot = mock.synthetic_account("ws-hot", "hot.user@example.com", false);
+    let cool = mock.synthetic_account("ws-cool", "cool.user@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(pool_dir.path());
+    seed_pool(&store, &[hot.clone(), cool.clone()]).unwrap();
+    // What an earlier run saved on exit: ws-hot is rate limited for gpt-5 for 2 more minutes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    store
+        .update(|pool| {
+            pool.accounts[0].cooldowns.insert("gpt-5".into(), now + 120);
+        })
+        .unwrap();
+    let codex_home = tempfile::tempdir().unwrap();
+    let config = codex_home.path().join("config.toml");
+    let original = "model = \"gpt-5\"\n";
+    std::fs::write(&config, original).unwrap();
+
+    let mut child = tokio::process::Command::new(binary)
+        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
+        .arg(pool_dir.path())
+        .arg("--codex-home")
+        .arg(codex_home.path())
+        .args([
+            "--upstream",
+            &mock.base_url(),
+            "--token-url",
+            &mock.token_url(),
+        ])
+        .env_remove(TOKEN_ENV)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut seen = lines_until(&mut stdout, "now routes codex").await;
+    let base_url = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("rotation-proxy: listening on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line in {seen:?}"))
+        .to_owned();
+    let prefix = format!("rotation-proxy: export {TOKEN_ENV}=");
+    let token = seen
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no generated token printed: {seen:?}"))
+        .to_owned();
+    assert!(token.len() >= 40, "a long random token");
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answer = client
+        .post(format!("{base_url}/responses"))
+        .header("x-api-key", &token)
+        .body(r#"{"model":"gpt-5","input":"after a restart"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer
+            .text()
+            .await
+            .unwrap()
+            .contains("echo: after a restart")
+    );
+    let stats = mock.stats();
+    assert_eq!(
+        stats.accounts.get("ws-hot").map_or(0, |a| a.rate_limited),
+        0,
+        "the saved cooldown kept the request away from ws-hot: {stats:?}"
+    );
+    assert_eq!(stats.accounts["ws-cool"].ok, 1);
+    let status_body = client
+        .get(base_url.replace("/v1", "/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
+    assert_eq!(
+        status["accounts"][0]["rate_limited_families"],
+        serde_json::json!(["gpt-5"]),
+        "{status:#}"
+    );
+
+    signal(&child, "-INT"); // what Ctrl-C sends
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGINT")
+        .unwrap();
+    while let Ok(Some(line)) = stdout.next_line().await {
+        seen.push(line);
+    }
+    assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "config restored on Ctrl-C"
+    );
+    let logs = stderr_task.await.unwrap();
+    assert!(
+        logs.contains("running cooldowns restored from the pool"),
+        "{logs}"
+    );
+    for secret in [
+        token.as_str(),
+        hot.tokens.access_token.expose(),
+        cool.tokens.access_token.expose(),
+        "hot.user@example.com",
+        "cool.user@example.com",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+    // Still cooling down in the pool file for the next run.
+    let saved = store.load().unwrap().pool;
+    assert_eq!(saved.accounts[0].cooldowns.get("gpt-5"), Some(&(now + 120)));
+    mock.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alone() {
+    let Some(binary) = example("rotation-proxy") else {
+        common::skip(
+            "rotation_proxy_binary_options",
+            "examples not built (run plain `cargo test`)",
+        );
+        return;
+    };
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(&binary)
+            .args(["--listen", "0.0.0.0:0", "--no-config-rewrite"])
+            .env(TOKEN_ENV, "test-wrapper-token-0123456789")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("not a loopback address") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let account = mock.synthetic_account("ws-x", "x.user@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    seed_pool(&PoolStore::new(pool_dir.path()), &[account]).unwrap();
+    let codex_home = tempfile::tempdir().unwrap();
+    let config = codex_home.path().join("config.toml");
+    std::fs::write(&config, "model = \"o3\"\n").unwrap();
+    let mut child = tokio::process::Command::new(&binary)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-config-rewrite",
+            "--pool-dir",
+        ])
+        .arg(pool_dir.path())
+        .arg("--codex-home")
+        .arg(codex_home.path())
+        .args(["--upstream", &mock.base_url()])
+        .env(TOKEN_ENV, "test-wrapper-token-0123456789")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = lines_until(&mut stdout, "listening on").await;
+    assert!(seen.iter().any(|l| l.contains("listening on")), "{seen:?}");
+    signal(&child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success());
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "model = \"o3\"\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(codex_home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["config.toml"], "nothing written beside config.toml");
     mock.shutdown().await;
 }
