@@ -27,7 +27,6 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::proxy::{BoxBody, serve_http1};
+use crate::proxy::{BoxBody, BoxError, serve_http1};
 
 /// How the mock treats requests for one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +76,7 @@ pub struct MockConfig {
     event_delay: Duration,
     pause: Option<Arc<tokio::sync::Notify>>,
     stall: Option<Arc<tokio::sync::Notify>>,
+    break_streams: bool,
 }
 
 impl Default for MockConfig {
@@ -88,6 +88,7 @@ impl Default for MockConfig {
             event_delay: Duration::ZERO,
             pause: None,
             stall: None,
+            break_streams: false,
         }
     }
 }
@@ -122,6 +123,14 @@ impl MockConfig {
     /// notified — lets a test abandon a request while the upstream is still working on it.
     pub fn stall_before_answer(mut self, gate: Arc<tokio::sync::Notify>) -> Self {
         self.stall = Some(gate);
+        self
+    }
+
+    /// Breaks every SSE stream after its first event (the connection is cut mid-body), as a
+    /// failing upstream would; with [`pause_after_first_event`](Self::pause_after_first_event)
+    /// the break comes when the gate opens.
+    pub fn break_streams_after_first_event(mut self) -> Self {
+        self.break_streams = true;
         self
     }
 
@@ -603,22 +612,27 @@ pub fn sse_events(n: u64, text: &str, deltas: usize) -> Vec<Bytes> {
 
 fn sse_response(config: &MockConfig, n: u64, text: &str) -> Response<BoxBody> {
     let events = sse_events(n, text, config.deltas);
-    let body = if config.event_delay.is_zero() && config.pause.is_none() {
+    let body = if config.event_delay.is_zero() && config.pause.is_none() && !config.break_streams {
         let mut all = Vec::new();
         for e in &events {
             all.extend_from_slice(e);
         }
         full(all)
     } else {
-        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
         let delay = config.event_delay;
         let pause = config.pause.clone();
+        let breaks = config.break_streams;
         tokio::spawn(async move {
             for (i, event) in events.into_iter().enumerate() {
                 if i == 1
                     && let Some(gate) = &pause
                 {
                     gate.notified().await;
+                }
+                if i == 1 && breaks {
+                    tx.abort("the mock upstream broke the stream".into());
+                    return;
                 }
                 if i > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -628,7 +642,7 @@ fn sse_response(config: &MockConfig, n: u64, text: &str) -> Response<BoxBody> {
                 }
             }
         });
-        body.map_err(|never| match never {}).boxed_unsync()
+        body.boxed_unsync()
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();

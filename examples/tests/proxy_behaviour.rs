@@ -794,3 +794,49 @@ async fn a_restarted_proxy_honours_cooldowns_saved_by_the_previous_run() {
     second.shutdown().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_broken_mid_way_is_reported_to_the_policy() {
+    // The upstream answers 200, sends `response.created`, then cuts the connection: the client
+    // sees the first event and then an error, and the policy hears of the failure (after the
+    // success it was told when the status line arrived).
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default()
+            .pause_after_first_event(gate.clone())
+            .break_streams_after_first_event(),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let mut response = h.post("broken").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut got = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).into_owned();
+    gate.notify_one(); // now the upstream cuts the stream
+    let mut failed = false;
+    for _ in 0..100 {
+        match tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("the broken stream ends within 20 s")
+        {
+            Ok(Some(chunk)) => got.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) => break,
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(got.starts_with("event: response.created"), "{got}");
+    assert!(!got.contains("response.completed"), "{got}");
+    assert!(failed, "the client sees the stream fail, not a clean end");
+    let status = h.stop().await;
+    let c = status.counters;
+    assert_eq!((c.ok, c.stream_errors, c.streams_open), (1, 1, 0), "{c:?}");
+    let o = status.accounts[0].outcomes;
+    assert_eq!((o.success, o.network_error), (1, 1), "{o:?}");
+    assert!(status.accounts[0].health < 100);
+    let last = status.accounts[0].last_error.clone().unwrap_or_default();
+    assert!(last.contains("stream broke for acct-1"), "{last}");
+    assert_invariant(&status);
+}

@@ -12,6 +12,22 @@
 //! is `413`) and shared between attempts without copying. Hop-by-hop headers are dropped
 //! both ways. `GET /status` returns a consistent JSON snapshot ([`StatusReport`]).
 //!
+//! What the policy is told: the outcome of every upstream answer (2xx, 429, 401, 403, 5xx,
+//! connection failure, timeout) and every failed refresh. One case is folded: when several
+//! requests race with the same stale access token, each gets a `401` and waits for the one
+//! (single-flight) refresh, then is re-sent once on the same account; that rejected token
+//! is reported as one `Unauthorized` outcome (together with the refresh, under one lock),
+//! not once per racing request, because counting each would make the policy disable a
+//! healthy account after `disable_after_unauthorized` 401s "in a row". The re-sends are new
+//! dispatches and their outcomes are reported as usual. Requests the client abandons before
+//! an answer report nothing and hand their dispatch back ([`rotation_policy::Pool::refund`]).
+//! A stream that breaks after its `2xx` was reported is reported again, as a network error
+//! of that account (and counted in `stream_errors`).
+//!
+//! Per-family cooldowns saved in the pool file (on shutdown, by an earlier run, or by another
+//! tool) that are still running are given to the policy at start, so a restarted proxy does
+//! not spend requests on accounts the upstream is still rate limiting.
+//!
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
 //! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s and `413`s are counted apart,
 //! as they never reach account selection).
@@ -829,7 +845,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
                             Answer::UpstreamError
                         };
                         pending.finish(answer, error);
-                        return stream_back(&shared, response);
+                        return stream_back(&shared, response, account, request.family());
                     }
                 }
             }
@@ -902,7 +918,12 @@ fn report(
     decision
 }
 
-fn stream_back(shared: &Arc<Shared>, response: reqwest::Response) -> Response<BoxBody> {
+fn stream_back(
+    shared: &Arc<Shared>,
+    response: reqwest::Response,
+    account: AccountId,
+    family: &str,
+) -> Response<BoxBody> {
     let status = response.status();
     let mut headers: HeaderMap = response.headers().clone();
     strip_hop_by_hop(&mut headers);
@@ -912,6 +933,8 @@ fn stream_back(shared: &Arc<Shared>, response: reqwest::Response) -> Response<Bo
         inner: upstream.into_body(),
         shared: shared.clone(),
         failed: false,
+        account,
+        family: family.to_owned(),
     };
     let mut out = Response::new(BodyExt::boxed_unsync(body));
     *out.status_mut() = status;
@@ -920,11 +943,32 @@ fn stream_back(shared: &Arc<Shared>, response: reqwest::Response) -> Response<Bo
 }
 
 /// Streams the upstream body frame by frame (no buffering) and keeps `streams_open` and
-/// `stream_errors` exact, including when the client goes away mid-stream.
+/// `stream_errors` exact, including when the client goes away mid-stream. An upstream
+/// stream that breaks is also reported to the policy as a network error of its account.
 struct CountedBody {
     inner: reqwest::Body,
     shared: Arc<Shared>,
     failed: bool,
+    account: AccountId,
+    family: String,
+}
+
+impl CountedBody {
+    fn broke(&mut self) {
+        self.failed = true;
+        let message = format!("the upstream stream broke for {}", self.account);
+        let mut state = self.shared.lock();
+        state.counters.stream_errors += 1;
+        // The client already has its status line: the decision has nobody to act on it.
+        let mut request = rotation_policy::Request::new(self.family.clone());
+        let _ = state
+            .policy
+            .report(&mut request, &self.account, Outcome::NetworkError, now());
+        state.last_error = Some(message.clone());
+        drop(state);
+        tracing::warn!(account = %self.account, "upstream stream broke mid-way");
+        self.shared.accounts.note_error(&self.account, message);
+    }
 }
 
 impl Body for CountedBody {
@@ -938,8 +982,7 @@ impl Body for CountedBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(err))) => {
                 if !self.failed {
-                    self.failed = true;
-                    self.shared.lock().counters.stream_errors += 1;
+                    self.broke();
                 }
                 Poll::Ready(Some(Err(Box::new(err))))
             }
