@@ -83,6 +83,8 @@ async fn run(args: Args) -> Result<(), String> {
             args.listen
         ));
     }
+    // Installed before anything is announced, so an early Ctrl-C/SIGTERM still restores.
+    let signal = shutdown_signal();
     let (token, generated) = WrapperToken::from_env_or_generate().map_err(|e| e.to_string())?;
     let store = match &args.pool_dir {
         Some(dir) => PoolStore::new(dir),
@@ -143,7 +145,7 @@ async fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
 
-    shutdown_signal().await;
+    signal.await;
     println!("rotation-proxy: shutting down (draining open streams)");
     let status = proxy.status();
     proxy.shutdown().await;
