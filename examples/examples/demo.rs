@@ -14,7 +14,9 @@
 //! 5. The rotation proxy (`rotation-policy` decisions, `auth-core` single-flight refresh)
 //!    serves a burst of concurrent streaming clients; then a one-account proxy shows the
 //!    exact `retry_after_ms` of an exhausted pool.
-//! 6. The config is restored byte for byte and everything is cleaned up.
+//! 6. The config is restored byte for byte; refreshed tokens and running cooldowns are in
+//!    the pool file.
+//! 7. A restarted proxy over that pool honours the saved cooldown; everything is cleaned up.
 //!
 //! Set `RUST_LOG=info` to see the proxy's log lines (tokens and emails never appear).
 
@@ -278,7 +280,7 @@ async fn run() -> DemoResult<()> {
         c.in_flight
     );
     println!(
-        "   accounts after the load (ok/429/5xx: policy outcomes; 401: what the upstream answered):"
+        "   accounts after the load (outcomes the policy was told; [n] = 401s the upstream sent —\n   requests racing with one stale token count as one rejected token):"
     );
     for (a, (login, _)) in status.accounts.iter().zip(&synthetic) {
         let rejected = upstream_seen
@@ -303,12 +305,13 @@ async fn run() -> DemoResult<()> {
             state.push("ready".to_owned());
         }
         println!(
-            "     {:<7} {:<17} ok {:>2}  429 {:>1}  5xx {:>1}  401 {:>1}  health {:>3}  {}",
+            "     {:<7} {:<17} ok {:>2}  429 {:>1}  5xx {:>1}  401 {:>1} [{}]  health {:>3}  {}",
             a.id,
             a.email,
             o.success,
             o.rate_limited,
             o.server_error,
+            o.unauthorized,
             rejected,
             a.health,
             state.join(", ")
@@ -421,6 +424,66 @@ async fn run() -> DemoResult<()> {
             c.refreshes
         ));
     }
+
+    // 7. A restarted proxy honours the cooldowns the first run saved.
+    println!("\n7. Restart over the saved pool");
+    let limited_before = mock
+        .stats()
+        .accounts
+        .get("ws-alpha")
+        .map_or(0, |a| a.rate_limited);
+    let reload_store = store.clone();
+    let accounts = tokio::task::spawn_blocking(move || load_pool_accounts(reload_store))
+        .await
+        .map_err(fail("load task"))?
+        .map_err(fail("reload the pool"))?;
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    let restarted = RotationProxy::start(options, accounts)
+        .await
+        .map_err(fail("restart the proxy"))?;
+    let at_start = restarted.status();
+    for a in at_start
+        .accounts
+        .iter()
+        .filter(|a| !a.rate_limited_families.is_empty())
+    {
+        println!(
+            "   {} {} starts rate limited for {} (saved by the first run)",
+            a.id,
+            a.email,
+            a.rate_limited_families.join(", ")
+        );
+    }
+    let response = client
+        .post(format!("{}/responses", restarted.base_url()))
+        .bearer_auth(token.secret().expose())
+        .body(serde_json::json!({"model": MODEL, "input": "after restart"}).to_string())
+        .send()
+        .await
+        .map_err(fail("request after the restart"))?;
+    let ok = response.status().is_success();
+    let _ = response.bytes().await;
+    let after = restarted.status();
+    restarted.shutdown().await;
+    let limited_after = mock
+        .stats()
+        .accounts
+        .get("ws-alpha")
+        .map_or(0, |a| a.rate_limited);
+    println!(
+        "   request after the restart: {}, retries {}, 429s from the cooling account: {}",
+        if ok { "answered" } else { "failed" },
+        after.counters.retries,
+        limited_after - limited_before
+    );
+    if !ok
+        || limited_after != limited_before
+        || at_start.accounts[0].rate_limited_families.is_empty()
+    {
+        return Err("the restarted proxy did not honour the saved cooldown".to_owned());
+    }
+
     mock.shutdown().await;
     temp.close().map_err(fail("remove the temp dir"))?;
     Ok(())

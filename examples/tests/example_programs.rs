@@ -50,6 +50,8 @@ async fn demo_runs_with_no_arguments_and_exits_zero() {
         "found and undid a stale rewrite",
         "pool_exhausted",
         "restored byte for byte",
+        "starts rate limited for gpt-5-codex (saved by the first run)",
+        "429s from the cooling account: 0",
         "temporary files removed",
     ] {
         assert!(
