@@ -1,10 +1,12 @@
 //! Proxy overhead on loopback: the same requests sent straight to the mock upstream
 //! (baseline) and through the rotation proxy, measured in the same run.
 //!
-//! Prints latency p50/p99 for sequential requests and throughput at 16 concurrent clients,
-//! for small JSON answers and for SSE streams, the proxy/direct ratios, and the proxy's
-//! peak RSS. The proxy runs in a child process (this binary re-executed) so its memory is
-//! measured alone. `cargo bench -p examples --bench proxy_overhead` (≈15 s).
+//! Criterion first measures one request's latency (JSON and SSE, direct and through the
+//! proxy). Then a manual pass prints latency p50/p99 for sequential requests and throughput
+//! at 16 concurrent clients, for small JSON answers and for SSE streams, the proxy/direct
+//! ratios, and the proxy's peak RSS. The proxy runs in a child process (this binary
+//! re-executed) so its memory is measured alone.
+//! `cargo bench -p examples --bench proxy_overhead` (≈25 s).
 //!
 //! Target from the issue: < 0.3 ms added p50 on the development machine.
 
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use auth_core::Secret;
+use criterion::Criterion;
 use examples::mock_upstream::{MockConfig, MockUpstream};
 use examples::proxy::{Accounts, ProxyOptions, RotationProxy, WrapperToken};
 
@@ -35,7 +38,47 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(parent());
+    let setup = runtime.block_on(start());
+    criterion_pass(&runtime, &setup);
+    runtime.block_on(report(&setup));
+    let Setup {
+        mut child, mock, ..
+    } = setup;
+    drop(child.stdin.take());
+    let _ = child.wait();
+    runtime.block_on(mock.shutdown());
+}
+
+/// Criterion's estimate of one request's latency on each path (the in-run baseline is the
+/// direct path); its summary prints per benchmark.
+fn criterion_pass(runtime: &tokio::runtime::Runtime, setup: &Setup) {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args();
+    let mut group = c.benchmark_group("proxy_overhead");
+    for (name, stream) in [("json", false), ("sse", true)] {
+        let body = serde_json::json!({"model": "gpt-5", "input": "benchmark", "stream": stream})
+            .to_string();
+        for (path, url, auth) in [
+            ("direct", &setup.direct, None),
+            ("proxy", &setup.proxied, Some(TOKEN)),
+        ] {
+            group.bench_function(format!("{name}/{path}"), |b| {
+                b.iter(|| {
+                    runtime.block_on(send(
+                        setup.client.clone(),
+                        url.clone(),
+                        body.clone(),
+                        auth.map(str::to_owned),
+                    ))
+                })
+            });
+        }
+    }
+    group.finish();
+    c.final_summary();
 }
 
 /// The proxy process: one account per mock account, no pacing bucket, serves until stdin closes.
@@ -85,26 +128,27 @@ struct Stats {
     per_sec: f64,
 }
 
+async fn send(client: reqwest::Client, url: String, body: String, auth: Option<String>) {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        req = req.bearer_auth(a);
+    }
+    let response = req.send().await.expect("request");
+    assert!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    let bytes = response.bytes().await.expect("body");
+    assert!(!bytes.is_empty());
+}
+
 async fn measure(client: &reqwest::Client, url: &str, auth: Option<&str>, stream: bool) -> Stats {
     let body =
         serde_json::json!({"model": "gpt-5", "input": "benchmark", "stream": stream}).to_string();
-    let send = |client: reqwest::Client, url: String, body: String, auth: Option<String>| async move {
-        let mut req = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(a) = auth {
-            req = req.bearer_auth(a);
-        }
-        let response = req.send().await.expect("request");
-        assert!(
-            response.status().is_success(),
-            "status {}",
-            response.status()
-        );
-        let bytes = response.bytes().await.expect("body");
-        assert!(!bytes.is_empty());
-    };
     let auth = auth.map(str::to_owned);
     for _ in 0..WARMUP {
         send(client.clone(), url.to_owned(), body.clone(), auth.clone()).await;
@@ -157,7 +201,16 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-async fn parent() {
+struct Setup {
+    mock: MockUpstream,
+    child: std::process::Child,
+    pid: u32,
+    client: reqwest::Client,
+    direct: String,
+    proxied: String,
+}
+
+async fn start() -> Setup {
     let mock = MockUpstream::start(MockConfig::default().deltas(16))
         .await
         .expect("mock");
@@ -195,6 +248,25 @@ async fn parent() {
     let direct = format!("{}/responses", mock.base_url());
     let proxied = format!("http://{addr}/v1/responses");
 
+    Setup {
+        mock,
+        child,
+        pid,
+        client,
+        direct,
+        proxied,
+    }
+}
+
+async fn report(setup: &Setup) {
+    let Setup {
+        pid,
+        client,
+        direct,
+        proxied,
+        ..
+    } = setup;
+    let pid = *pid;
     println!(
         "proxy overhead on loopback ({SEQUENTIAL} sequential requests after {WARMUP} warm-up; throughput with {CONCURRENCY} clients for {:.1} s)",
         THROUGHPUT_FOR.as_secs_f64()
@@ -204,8 +276,8 @@ async fn parent() {
         "payload", "path", "p50 ms", "p99 ms", "req/s"
     );
     for (name, stream) in [("json", false), ("sse", true)] {
-        let d = measure(&client, &direct, None, stream).await;
-        let p = measure(&client, &proxied, Some(TOKEN), stream).await;
+        let d = measure(client, direct, None, stream).await;
+        let p = measure(client, proxied, Some(TOKEN), stream).await;
         for (path, s) in [("direct", &d), ("proxy", &p)] {
             println!(
                 "{:<10} {:<8} {:>9.3} {:>9.3} {:>10.0}",
@@ -232,7 +304,4 @@ async fn parent() {
         ),
         None => println!("proxy peak RSS: unavailable (no /proc)"),
     }
-    drop(child.stdin.take());
-    let _ = child.wait();
-    mock.shutdown().await;
 }
