@@ -147,6 +147,10 @@ impl MockConfig {
 pub struct RecordedRequest {
     /// Request path.
     pub path: String,
+    /// Request method.
+    pub method: String,
+    /// The query string, if any.
+    pub query: Option<String>,
     /// The `ChatGPT-Account-Id` header, if any.
     pub account_id: Option<String>,
     /// Lower-cased names of every header received.
@@ -395,11 +399,37 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> 
     match (req.method(), path.as_str()) {
         (&Method::POST, "/responses" | "/v1/responses") => responses(state, req).await,
         (&Method::POST, "/oauth/token") => token(state, req).await,
+        (&Method::GET, "/models" | "/v1/models") => models(state, req),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": {"message": "no such route on the mock upstream"}}),
         ),
     }
+}
+
+/// `GET /models`: an empty model list, recorded like `/responses` requests (another endpoint
+/// behind the same base URL, to prove a proxy forwards more than `/responses`).
+fn models(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+    let mut inner = lock(&state);
+    if inner.recorded.len() < MAX_RECORDED {
+        inner.recorded.push(RecordedRequest {
+            path: req.uri().path().to_owned(),
+            method: req.method().to_string(),
+            query: req.uri().query().map(str::to_owned),
+            account_id: req
+                .headers()
+                .get("chatgpt-account-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            header_names: req
+                .headers()
+                .keys()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            status: 200,
+        });
+    }
+    json_response(StatusCode::OK, &serde_json::json!({"models": []}))
 }
 
 #[derive(Deserialize)]
@@ -493,6 +523,8 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
         if inner.recorded.len() < MAX_RECORDED {
             inner.recorded.push(RecordedRequest {
                 path: parts.uri.path().to_owned(),
+                method: parts.method.to_string(),
+                query: parts.uri.query().map(str::to_owned),
                 account_id: account.clone(),
                 header_names,
                 status: status.as_u16(),

@@ -159,6 +159,20 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
     assert_eq!(c["in_flight"], 0);
     assert!(c["ok"].as_u64().unwrap() >= 1);
     assert!(c["retries"].as_u64().unwrap() >= 1);
+    // Every request codex made went to `{upstream}/responses` (codex 0.169 needs no other
+    // endpoint of this provider); each one the proxy counted reached the upstream.
+    let recorded = mock.recorded();
+    assert!(
+        recorded
+            .iter()
+            .all(|r| r.method == "POST" && r.path == "/responses"),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        c["attempts"].as_u64().unwrap(),
+        recorded.len() as u64,
+        "{status:#}"
+    );
     let seen = mock.stats();
     assert!(seen.accounts["ws-alpha"].rate_limited >= 1);
     assert!(seen.accounts["ws-beta"].ok >= 1);

@@ -840,3 +840,57 @@ async fn a_stream_broken_mid_way_is_reported_to_the_policy() {
     assert!(last.contains("stream broke for acct-1"), "{last}");
     assert_invariant(&status);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn other_v1_endpoints_are_forwarded_with_method_query_and_account_headers() {
+    // `/v1/<path>?<query>` → `{upstream}/<path>?<query>`, any method, with the account's
+    // credentials; unknown upstream paths come back as the upstream's own answer.
+    let h = harness(MockConfig::default(), &["ws-a"], |_| {}).await;
+    let models = h
+        .client
+        .get(format!(
+            "{}/models?client_version=0.169.0",
+            h.proxy.base_url()
+        ))
+        .bearer_auth(h.token.secret().expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(models.text().await.unwrap(), r#"{"models":[]}"#);
+    let missing = h
+        .client
+        .get(format!("{}/no-such-endpoint", h.proxy.base_url()))
+        .bearer_auth(h.token.secret().expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404, "the upstream's 404, passed through");
+    let recorded = h.mock.recorded();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        (
+            recorded[0].method.as_str(),
+            recorded[0].path.as_str(),
+            recorded[0].query.as_deref()
+        ),
+        ("GET", "/models", Some("client_version=0.169.0"))
+    );
+    assert_eq!(recorded[0].account_id.as_deref(), Some("ws-a"));
+    assert!(
+        recorded[0]
+            .header_names
+            .iter()
+            .any(|n| n == "authorization")
+    );
+    let status = h.stop().await;
+    assert_eq!(
+        (
+            status.counters.requests,
+            status.counters.ok,
+            status.counters.upstream_errors
+        ),
+        (2, 1, 1)
+    );
+    assert_invariant(&status);
+}
