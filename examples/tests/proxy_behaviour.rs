@@ -894,3 +894,124 @@ async fn other_v1_endpoints_are_forwarded_with_method_query_and_account_headers(
     );
     assert_invariant(&status);
 }
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_exhausted_pool_answers_with_the_policys_exact_retry_after() {
+    let h = harness(
+        MockConfig::default().account(
+            "ws-a",
+            Behavior::RateLimited {
+                retry_after: Duration::from_secs(20),
+                times: u32::MAX,
+            },
+        ),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let json = |r: reqwest::Response| async move {
+        let retry = r.headers()["retry-after"].to_str().unwrap().to_owned();
+        let status = r.status();
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        (status, retry, v)
+    };
+    // The upstream's 429 (Retry-After: 20) on the only account: the answer carries the wait
+    // the policy derived from it.
+    let (status, retry, v) = json(h.post("first").send().await.unwrap()).await;
+    assert_eq!(status, 429);
+    assert_eq!(v["error"]["type"], "upstream_unavailable");
+    assert_eq!(v["error"]["retry_after_ms"], 20_000);
+    assert_eq!(retry, "20");
+    // Now the pool is exhausted before any upstream call: the wait is the policy's, to the
+    // millisecond — the time left until the cooldown it reports in /status ends.
+    let until = h.proxy.status().policy.accounts[0].family_cooldowns[0]
+        .until
+        .as_millis();
+    let before = unix_ms();
+    let (status, retry, v) = json(h.post("second").send().await.unwrap()).await;
+    let after = unix_ms();
+    assert_eq!(status, 429);
+    assert_eq!(v["error"]["type"], "pool_exhausted");
+    let ms = v["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!(
+        until - after <= ms && ms <= until - before,
+        "{ms} not within [{}, {}]",
+        until - after,
+        until - before
+    );
+    assert_eq!(retry, ms.div_ceil(1000).to_string());
+    assert_eq!(h.mock.stats().responses_requests, 1, "no upstream call");
+    let status = h.stop().await;
+    assert_eq!(status.counters.gave_up, 2);
+    assert_invariant(&status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_refreshed_once_before_sending_and_saved_to_the_pool() {
+    // The mock rejects any access token it did not issue through its token endpoint, and the
+    // pool's token has expired: the proxy must refresh first (one exchange for 8 concurrent
+    // requests), never send the expired token, and save the new tokens to the pool file.
+    const CLIENTS: usize = 8;
+    let mock = MockUpstream::start(MockConfig::default().account("ws-a", Behavior::NeedsRefresh))
+        .await
+        .unwrap();
+    let expired = mock.synthetic_account("ws-a", "expired.owner@example.com", true);
+    let pool_dir = tempfile::tempdir().unwrap();
+    let store = auth_storage::PoolStore::new(pool_dir.path());
+    examples::mock_upstream::seed_pool(&store, std::slice::from_ref(&expired)).unwrap();
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    let accounts = examples::proxy::load_pool_accounts(store.clone()).unwrap();
+    let proxy = Arc::new(RotationProxy::start(options, accounts).await.unwrap());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let (proxy, client, token) = (proxy.clone(), client.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{}/responses", proxy.base_url()))
+                .bearer_auth(token.secret().expose())
+                .body(serde_json::json!({"model": "gpt-5", "input": format!("e{i}")}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(r.text().await.unwrap().contains(&format!("echo: e{i}\"")));
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let proxy = Arc::into_inner(proxy).unwrap();
+    let status = proxy.status();
+    proxy.shutdown().await;
+    let stats = mock.stats();
+    assert_eq!(stats.accounts["ws-a"].refreshes, 1, "single-flight");
+    assert_eq!(
+        stats.accounts["ws-a"].unauthorized, 0,
+        "the expired token was never sent"
+    );
+    assert_eq!(stats.accounts["ws-a"].ok, CLIENTS as u64);
+    assert_eq!(status.counters.refreshes, 1);
+    assert_eq!(status.counters.resends, 0);
+    assert_eq!(status.accounts[0].outcomes.unauthorized, 0);
+    let saved = store.load().unwrap().pool;
+    assert_ne!(
+        saved.accounts[0].tokens.access_token.expose(),
+        expired.tokens.access_token.expose(),
+        "the refreshed tokens were saved to the pool"
+    );
+    assert_invariant(&status);
+    mock.shutdown().await;
+}
