@@ -435,7 +435,7 @@ async fn a_401_triggers_one_refresh_then_succeeds_and_logs_hold_no_secret() {
         let _ = r.text().await.unwrap();
         answered += 1;
     }
-    // A wrong token and a failing refresh also produce log lines to search.
+    // A wrong wrapper token also produces a log line to search (failed refreshes: below).
     let _ = h
         .client
         .post(h.url())
@@ -662,7 +662,15 @@ async fn concurrent_401s_with_one_stale_token_cause_one_refresh_and_no_disable()
 async fn a_failed_refresh_is_reported_and_the_request_moves_to_another_account() {
     // ws-a is rejected until refreshed, but its refresh token is unknown to the token
     // endpoint (it was issued by another "server"): the refresh fails, the 401 is reported,
-    // and the request is answered by ws-b.
+    // and the request is answered by ws-b. The failure is logged without any secret.
+    let logs = Capture::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let other_issuer = MockUpstream::start(MockConfig::default()).await.unwrap();
     let foreign = other_issuer.synthetic_account("ws-a", "foreign.owner@example.com", false);
     let mock = MockUpstream::start(MockConfig::default().account("ws-a", Behavior::NeedsRefresh))
@@ -708,6 +716,19 @@ async fn a_failed_refresh_is_reported_and_the_request_moves_to_another_account()
     proxy.shutdown().await;
     mock.shutdown().await;
     other_issuer.shutdown().await;
+    let logs = logs.text();
+    assert!(logs.contains("token refresh failed"), "{logs}");
+    for secret in [
+        foreign.tokens.refresh_token.expose(),
+        foreign.tokens.access_token.expose(),
+        foreign.tokens.id_token.expose(),
+        b.tokens.access_token.expose(),
+        token.secret().expose(),
+        "foreign.owner@example.com",
+        "b.owner@example.com",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
