@@ -72,6 +72,7 @@ pub async fn serve_http1<F, Fut>(
 /// On Unix both handlers are installed when this is called, not when the future is first
 /// polled: call it before announcing readiness, so a signal sent right after the
 /// announcement is caught instead of killing the process with the config still rewritten.
+/// Call it from within a Tokio runtime (signal handlers need its driver).
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
     let (interrupt, terminate) = {
