@@ -1,5 +1,7 @@
 //! End to end with the real Codex CLI: `codex exec` → rotation proxy → loopback mock upstream,
-//! with the first pool account rate limited.
+//! with the first pool account rate limited — once with the proxy as a library (logs captured
+//! in-process), once as the `rotation-proxy` program a user runs (it rewrites and restores
+//! `config.toml` itself).
 
 mod common;
 
@@ -244,4 +246,197 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
     ] {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let Some(codex) = common::codex_bin() else {
+        common::skip(
+            "codex_exec_through_the_rotation_proxy_program",
+            "no Codex CLI (set CODEX_BIN or run .ci/run)",
+        );
+        return;
+    };
+    let Some(program) = common::example("rotation-proxy") else {
+        common::skip(
+            "codex_exec_through_the_rotation_proxy_program",
+            "examples not built (run plain `cargo test`)",
+        );
+        return;
+    };
+    let mock = MockUpstream::start(MockConfig::default().reply(REPLY).account(
+        "ws-alpha",
+        Behavior::RateLimited {
+            retry_after: Duration::from_secs(30),
+            times: u32::MAX,
+        },
+    ))
+    .await
+    .unwrap();
+    let alpha = mock.synthetic_account("ws-alpha", "alice.alpha@example.com", false);
+    let beta = mock.synthetic_account("ws-beta", "bob.beta@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    seed_pool(
+        &PoolStore::new(pool_dir.path()),
+        &[alpha.clone(), beta.clone()],
+    )
+    .unwrap();
+    let codex_home = tempfile::tempdir().unwrap();
+    let config = codex_home.path().join("config.toml");
+    let original = "# mine\nmodel = \"gpt-5\"\n\n[history]\npersistence = \"none\"\n";
+    std::fs::write(&config, original).unwrap();
+
+    // No ROTATION_PROXY_TOKEN: the program generates one and prints it once.
+    let mut proxy = tokio::process::Command::new(program)
+        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
+        .arg(pool_dir.path())
+        .arg("--codex-home")
+        .arg(codex_home.path())
+        .args([
+            "--upstream",
+            &mock.base_url(),
+            "--token-url",
+            &mock.token_url(),
+        ])
+        .env_remove(TOKEN_ENV)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let mut stderr = proxy.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await
+    {
+        let done = line.contains("now routes codex");
+        seen.push(line);
+        if done || seen.len() > 50 {
+            break;
+        }
+    }
+    let prefix = format!("rotation-proxy: export {TOKEN_ENV}=");
+    let token = seen
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no generated token: {seen:?}"))
+        .to_owned();
+    let base_url = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("rotation-proxy: listening on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line: {seen:?}"))
+        .to_owned();
+    let rewritten = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        rewritten.contains(&base_url) && rewritten.contains(TOKEN_ENV),
+        "{rewritten}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(&codex)
+            .args([
+                "exec",
+                "--skip-git-repo-check",
+                "Say hello through the proxy",
+            ])
+            .current_dir(work.path())
+            .env("CODEX_HOME", codex_home.path())
+            .env(TOKEN_ENV, &token)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("codex exec finished within 90 s")
+    .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && out.contains(REPLY),
+        "codex exec failed ({}):\n{out}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let status_body = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(base_url.replace("/v1", "/status"))
+        .header("x-api-key", &token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
+    assert!(
+        status["accounts"][0]["outcomes"]["rate_limited"]
+            .as_u64()
+            .unwrap()
+            >= 1
+            && status["accounts"][1]["outcomes"]["success"]
+                .as_u64()
+                .unwrap()
+                >= 1
+            && status["policy"]["counters"]["rotations"].as_u64().unwrap() >= 1,
+        "{status:#}"
+    );
+
+    let pid = proxy.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), proxy.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "the program restored config.toml byte for byte"
+    );
+    let pool = PoolStore::new(pool_dir.path()).load().unwrap().pool;
+    assert!(
+        pool.accounts[0].cooldowns.len() == 1 && pool.accounts[1].last_used_at.is_some(),
+        "the pool file shows the rotation: {:?}",
+        pool.accounts
+            .iter()
+            .map(|a| (&a.cooldowns, a.last_used_at))
+            .collect::<Vec<_>>()
+    );
+    let logs = stderr_task.await.unwrap();
+    assert!(logs.contains("upstream answered"), "{logs}");
+    for secret in [
+        token.as_str(),
+        alpha.tokens.access_token.expose(),
+        beta.tokens.access_token.expose(),
+        alpha.tokens.refresh_token.expose(),
+        "alice.alpha@example.com",
+        "bob.beta@example.com",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+    mock.shutdown().await;
 }

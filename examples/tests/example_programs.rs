@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,16 +12,9 @@ use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, seed_pool};
 use examples::proxy::{CodexRoute, TOKEN_ENV};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-fn example(name: &str) -> Option<PathBuf> {
-    // target/<profile>/deps/<test binary> → target/<profile>/examples/<name>
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.is_file().then_some(path)
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn demo_runs_with_no_arguments_and_exits_zero() {
-    let Some(demo) = example("demo") else {
+    let Some(demo) = common::example("demo") else {
         common::skip(
             "demo_runs_with_no_arguments",
             "examples not built (run plain `cargo test`)",
@@ -68,7 +60,7 @@ async fn demo_runs_with_no_arguments_and_exits_zero() {
 #[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm() {
-    let Some(binary) = example("rotation-proxy") else {
+    let Some(binary) = common::example("rotation-proxy") else {
         common::skip(
             "rotation_proxy_binary",
             "examples not built (run plain `cargo test`)",
@@ -228,7 +220,7 @@ fn signal(child: &tokio::process::Child, name: &str) {
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_and_restores_on_ctrl_c()
  {
-    let Some(binary) = example("rotation-proxy") else {
+    let Some(binary) = common::example("rotation-proxy") else {
         common::skip(
             "rotation_proxy_binary_ctrl_c",
             "examples not built (run plain `cargo test`)",
@@ -380,7 +372,7 @@ async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_
 #[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alone() {
-    let Some(binary) = example("rotation-proxy") else {
+    let Some(binary) = common::example("rotation-proxy") else {
         common::skip(
             "rotation_proxy_binary_options",
             "examples not built (run plain `cargo test`)",

@@ -29,3 +29,11 @@ pub fn codex_bin() -> Option<PathBuf> {
 pub fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
 }
+
+/// A built example program (`target/<profile>/examples/<name>`), next to the test binary's
+/// `deps` directory. Plain `cargo test` builds the examples; `cargo test --test …` may not.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.is_file().then_some(path)
+}
