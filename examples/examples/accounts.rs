@@ -70,6 +70,9 @@ enum Command {
         /// Callback address (tests use 127.0.0.1:0).
         #[arg(long, hide = true, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// Give up when the browser has not come back after this many seconds.
+        #[arg(long, hide = true, value_name = "SECS", default_value_t = 600)]
+        timeout_secs: u64,
     },
 }
 
@@ -166,11 +169,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             no_browser,
             issuer,
             listen,
+            timeout_secs,
         } => {
             let options = examples::account_add::AddOptions::for_pool(pool.dir())
                 .no_browser(no_browser)
                 .issuer(issuer)
-                .listen(listen);
+                .listen(listen)
+                .timeout(std::time::Duration::from_secs(timeout_secs));
             println!("{}", examples::account_add::add_account_blocking(&options)?);
         }
         Command::Remove { n } => {

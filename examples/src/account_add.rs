@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_core::Timestamp;
-use auth_core::login::{DEFAULT_LISTEN_ADDR, LoginError, LoginOptions, LoginSession};
+use auth_core::login::{
+    CALLBACK_PATH, DEFAULT_LISTEN_ADDR, LoginError, LoginOptions, LoginSession,
+};
 use auth_storage::pool::{Account, Upsert};
 use auth_storage::{PoolStore, StorageError};
 
@@ -142,6 +144,18 @@ pub async fn add_account_with(
     options: &AddOptions,
     present: impl FnOnce(&str),
 ) -> Result<Added, AddError> {
+    add_account_presenting(options, |url, _| present(url)).await
+}
+
+/// [`add_account_with`], but `present` also gets the address the callback server listens
+/// on (useful when `listen` asked for port 0).
+///
+/// # Errors
+/// As [`add_account_with`].
+pub async fn add_account_presenting(
+    options: &AddOptions,
+    present: impl FnOnce(&str, SocketAddr),
+) -> Result<Added, AddError> {
     let pool = pool_store(options.pool_dir.clone())?;
     let listen = options.listen.unwrap_or(DEFAULT_LISTEN_ADDR);
     if listen.port() != 0 {
@@ -166,7 +180,7 @@ pub async fn add_account_with(
         login = login.with_issuer(issuer.clone());
     }
     let session = LoginSession::start(login).await?;
-    present(session.authorize_url());
+    present(session.authorize_url(), session.local_addr());
     let success = session.wait().await?;
 
     let now = SystemTime::now()
@@ -200,12 +214,15 @@ pub async fn add_account_with(
 /// As [`add_account_with`].
 pub async fn add_account(options: &AddOptions) -> Result<Added, AddError> {
     let no_browser = options.no_browser;
-    add_account_with(options, |url| {
+    add_account_presenting(options, |url, callback| {
         println!("Sign in with your ChatGPT account in a browser:\n\n  {url}\n");
         if !no_browser && !open_browser(url) {
             println!("(could not start a browser; open the link above yourself)");
         }
-        println!("Waiting for the browser to come back (Ctrl-C to stop)...");
+        println!(
+            "Waiting for the browser to come back to http://{callback}{CALLBACK_PATH} \
+             (Ctrl-C to stop)..."
+        );
     })
     .await
 }

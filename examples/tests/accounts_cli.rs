@@ -1,0 +1,785 @@
+//! The `accounts` example as a user runs it: `import`, `list [--json]`, `use N`, `remove N`,
+//! `add --no-browser`, with `--pool-dir` / `CODEX_POOL_DIR` / `CODEX_HOME` choosing the pool.
+//! Every command runs the built binary (`target/<profile>/examples/accounts`, built by
+//! `cargo test` before the tests); when it is missing the test prints SKIP.
+//!
+//! Each run gets its own `HOME`/`CODEX_HOME`, so nothing here can touch a real `~/.codex`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auth_core::jwt::{self, IdTokenClaims, PlanType};
+use auth_core::login::mock_issuer::{MOCK_ACCOUNT_ID, MOCK_CODE, MockIssuer, TokenReply};
+use auth_core::redact::mask_email;
+use auth_core::{AuthDocument, Secret, Timestamp, TokenData};
+use auth_storage::PoolStore;
+use common::{codex_bin, skip};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const ALICE: &str = "alice.private@example.com";
+const BOB: &str = "bob.private@example.org";
+
+fn accounts_bin(test: &str) -> Option<PathBuf> {
+    // target/<profile>/deps/<test binary> → target/<profile>/examples/accounts
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join("accounts");
+    if path.is_file() {
+        Some(path)
+    } else {
+        skip(
+            test,
+            &format!(
+                "example binary {} not built (run `cargo test --workspace --all-features`, \
+                 which builds examples)",
+                path.display()
+            ),
+        );
+        None
+    }
+}
+
+/// Secrets of one synthetic login: the refresh token and access token are unique strings
+/// so the tests can search every output for them.
+struct Login {
+    email: &'static str,
+    account_id: &'static str,
+    id_token: String,
+    access: String,
+    refresh: String,
+}
+
+impl Login {
+    // auth-core may grow more claims; keep the defaults for those.
+    #[allow(clippy::needless_update)]
+    fn new(email: &'static str, account_id: &'static str) -> Self {
+        let id_token = jwt::encode_unsigned_for_testing(&IdTokenClaims {
+            email: Some(email.to_owned()),
+            exp: Some(4_000_000_000),
+            iat: Some(1_700_000_000),
+            chatgpt_plan_type: Some(PlanType::Plus),
+            chatgpt_account_id: Some(account_id.to_owned()),
+            chatgpt_user_id: Some(format!("user-{account_id}")),
+            ..IdTokenClaims::default()
+        });
+        let access = jwt::encode_unsigned_for_testing(&IdTokenClaims {
+            exp: Some(4_000_000_000),
+            chatgpt_account_id: Some(account_id.to_owned()),
+            ..IdTokenClaims::default()
+        });
+        Self {
+            email,
+            account_id,
+            id_token,
+            access,
+            refresh: format!("rt-SECRET-{account_id}"),
+        }
+    }
+
+    /// Writes this login as `<home>/auth.json`, as `codex login` leaves it.
+    fn write_to(&self, home: &Path) {
+        let tokens = TokenData::new(
+            Secret::new(self.id_token.clone()),
+            Secret::new(self.access.clone()),
+            Secret::new(self.refresh.clone()),
+            Some(self.account_id.to_owned()),
+        )
+        .unwrap();
+        std::fs::create_dir_all(home).unwrap();
+        let doc = AuthDocument::chatgpt(tokens, Timestamp::now());
+        std::fs::write(home.join("auth.json"), doc.to_json_pretty()).unwrap();
+    }
+
+    /// Strings that must never appear in anything the program prints.
+    fn secrets(&self) -> Vec<String> {
+        let local = self.email.split('@').next().unwrap().to_owned();
+        vec![
+            self.email.to_owned(),
+            local,
+            self.refresh.clone(),
+            // Any 24-character window of the JWTs is enough to spot a leak.
+            self.id_token[self.id_token.len() - 24..].to_owned(),
+            self.access[self.access.len() - 24..].to_owned(),
+        ]
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn failed(&self) -> &Self {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a non-zero exit, got {:?}\nstdout: {}\nstderr: {}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn assert_no_secrets(&self, logins: &[&Login]) {
+        for login in logins {
+            for secret in login.secrets() {
+                assert!(
+                    !self.stdout.contains(&secret) && !self.stderr.contains(&secret),
+                    "output leaks {secret:?}\nstdout: {}\nstderr: {}",
+                    self.stdout,
+                    self.stderr
+                );
+            }
+        }
+    }
+}
+
+/// A sandbox: a private `HOME` and `CODEX_HOME` for the program, so defaults never reach
+/// the real user's files.
+struct Sandbox {
+    root: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Sandbox {
+    fn new(bin: PathBuf) -> Self {
+        Self {
+            root: tempfile::tempdir().unwrap(),
+            bin,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("HOME", self.path("home"))
+            .env("CODEX_HOME", self.path("default-codex-home"))
+            .env_remove("CODEX_POOL_DIR")
+            .env_remove("OPENAI_API_KEY")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_bounded(self.command(args), Duration::from_secs(30))
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd, Duration::from_secs(30))
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code: status.code(),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+fn parse_list_json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("`list --json` is not JSON ({e}): {}", run.stdout))
+}
+
+fn masked_emails(list: &serde_json::Value) -> Vec<String> {
+    list["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["email"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn import_list_use_remove_as_a_user_would() {
+    let test = "import_list_use_remove_as_a_user_would";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("my-pool");
+    let pool = path_str(&pool_dir);
+    let source = sb.path("source-home");
+    let src = path_str(&source);
+    let alice = Login::new(ALICE, "acct-alice");
+    let bob = Login::new(BOB, "acct-bob");
+    let all = [&alice, &bob];
+
+    // Empty pool: a friendly hint, exit 0.
+    let run = sb.run(&["--pool-dir", pool, "list"]);
+    run.ok();
+    assert!(run.stdout.contains("no accounts yet"), "{}", run.stdout);
+
+    // import: added, masked.
+    alice.write_to(&source);
+    let run = sb.run(&["--pool-dir", pool, "import", "--codex-home", src]);
+    run.ok().assert_no_secrets(&all);
+    assert!(
+        run.stdout
+            .starts_with(&format!("added #1 {} (plus)", mask_email(ALICE))),
+        "{}",
+        run.stdout
+    );
+
+    // The same login again: deduplicated (its tokens refreshed), not a second entry.
+    let refreshed = Login {
+        refresh: "rt-SECRET-alice-rotated".into(),
+        ..Login::new(ALICE, "acct-alice")
+    };
+    refreshed.write_to(&source);
+    let run = sb.run(&["--pool-dir", pool, "import", "--codex-home", src]);
+    run.ok().assert_no_secrets(&[&refreshed, &bob]);
+    assert!(run.stdout.starts_with("updated #1 "), "{}", run.stdout);
+    let stored = PoolStore::new(&pool_dir).load().unwrap().pool;
+    assert_eq!(stored.accounts.len(), 1);
+    assert_eq!(
+        stored.accounts[0].tokens.refresh_token.expose(),
+        "rt-SECRET-alice-rotated"
+    );
+
+    bob.write_to(&source);
+    let run = sb.run(&["--pool-dir", pool, "import", "--codex-home", src]);
+    run.ok().assert_no_secrets(&all);
+    assert!(run.stdout.starts_with("added #2 "), "{}", run.stdout);
+
+    // list: masked emails only, no token anywhere.
+    let run = sb.run(&["--pool-dir", pool, "list"]);
+    run.ok().assert_no_secrets(&[&refreshed, &alice, &bob]);
+    for email in [ALICE, BOB] {
+        assert!(run.stdout.contains(&mask_email(email)), "{}", run.stdout);
+    }
+    assert!(run.stdout.contains("acct-alice") && run.stdout.contains("acct-bob"));
+
+    // list --json parses and says the same.
+    let run = sb.run(&["--pool-dir", pool, "list", "--json"]);
+    run.ok().assert_no_secrets(&[&refreshed, &alice, &bob]);
+    let list = parse_list_json(&run);
+    assert_eq!(
+        masked_emails(&list),
+        vec![mask_email(ALICE), mask_email(BOB)]
+    );
+    assert_eq!(list["accounts"][0]["number"], 1);
+    assert_eq!(list["accounts"][1]["account_id"], "acct-bob");
+    assert_eq!(list["accounts"][1]["active"], false);
+
+    // use 2: the target Codex home gets bob's login, 0600, and the real CLI accepts it.
+    let target = sb.path("target-home");
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "2",
+        "--codex-home",
+        path_str(&target),
+    ]);
+    run.ok().assert_no_secrets(&all);
+    assert!(run.stdout.contains(&mask_email(BOB)), "{}", run.stdout);
+    let written = auth_storage::FileStore::new(auth_storage::CodexHome::new(&target));
+    let doc = auth_storage::CredentialStore::load(&written)
+        .unwrap()
+        .expect("use wrote auth.json");
+    assert_eq!(doc.tokens.unwrap().refresh_token.expose(), bob.refresh);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(target.join("auth.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    match codex_bin() {
+        Some(codex) => {
+            let mut cmd = Command::new(codex);
+            cmd.args(["login", "status"])
+                .env("CODEX_HOME", &target)
+                .env("HOME", sb.path("home"))
+                .env_remove("OPENAI_API_KEY")
+                .env_remove("CODEX_API_KEY");
+            let status = run_bounded(cmd, Duration::from_secs(60));
+            assert_eq!(status.code, Some(0), "{}{}", status.stdout, status.stderr);
+            let text = format!("{}{}", status.stdout, status.stderr);
+            assert!(text.contains("Logged in using ChatGPT"), "{text}");
+        }
+        None => skip(
+            test,
+            "Codex CLI not found (set CODEX_BIN); `codex login status` not run",
+        ),
+    }
+    let list = parse_list_json(&sb.run(&["--pool-dir", pool, "list", "--json"]));
+    assert_eq!(list["accounts"][1]["active"], true);
+    assert_eq!(list["accounts"][0]["active"], false);
+    let table = sb.run(&["--pool-dir", pool, "list"]);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains(&mask_email(BOB))),
+        "the active account is starred: {}",
+        table.stdout
+    );
+
+    // remove 1: alice goes, bob stays active.
+    let run = sb.run(&["--pool-dir", pool, "remove", "1"]);
+    run.ok().assert_no_secrets(&all);
+    assert!(
+        run.stdout
+            .starts_with(&format!("removed #1 {}", mask_email(ALICE))),
+        "{}",
+        run.stdout
+    );
+    let list = parse_list_json(&sb.run(&["--pool-dir", pool, "list", "--json"]));
+    assert_eq!(masked_emails(&list), vec![mask_email(BOB)]);
+    assert_eq!(list["accounts"][0]["active"], true);
+
+    // --pool-dir was honoured: the pool is there and nothing went to the default place.
+    assert!(pool_dir.join("pool.json").is_file());
+    assert!(!sb.path("default-codex-home").join("accounts").exists());
+    assert!(!sb.path("home").join(".codex").exists());
+}
+
+#[test]
+fn the_pool_location_follows_codex_pool_dir_then_codex_home() {
+    let test = "the_pool_location_follows_codex_pool_dir_then_codex_home";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let source = sb.path("source-home");
+    let alice = Login::new(ALICE, "acct-alice");
+    alice.write_to(&source);
+    let import = ["import", "--codex-home", path_str(&source)];
+
+    // $CODEX_POOL_DIR wins over $CODEX_HOME.
+    let env_pool = sb.path("env-pool");
+    sb.run_env(&import, &[("CODEX_POOL_DIR", &env_pool)]).ok();
+    assert!(env_pool.join("pool.json").is_file());
+    assert!(!sb.path("default-codex-home").join("accounts").exists());
+
+    // Without it: $CODEX_HOME/accounts.
+    sb.run(&import).ok();
+    let default_pool = sb.path("default-codex-home").join("accounts");
+    assert_eq!(
+        PoolStore::new(&default_pool)
+            .load()
+            .unwrap()
+            .pool
+            .accounts
+            .len(),
+        1
+    );
+
+    // --pool-dir wins over both.
+    let flag_pool = sb.path("flag-pool");
+    sb.run_env(
+        &["--pool-dir", path_str(&flag_pool), "list", "--json"],
+        &[("CODEX_POOL_DIR", &env_pool)],
+    )
+    .ok();
+    let run = sb.run_env(
+        &[
+            "--pool-dir",
+            path_str(&flag_pool),
+            "import",
+            "--codex-home",
+            path_str(&source),
+        ],
+        &[("CODEX_POOL_DIR", &env_pool)],
+    );
+    run.ok();
+    assert!(run.stdout.starts_with("added #1 "), "{}", run.stdout);
+    assert!(flag_pool.join("pool.json").is_file());
+}
+
+/// Every file in `dir` with its bytes, to prove a failed command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn bad_input_fails_clearly_and_loses_nothing() {
+    let test = "bad_input_fails_clearly_and_loses_nothing";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let source = sb.path("source-home");
+    let alice = Login::new(ALICE, "acct-alice");
+    let bob = Login::new(BOB, "acct-bob");
+    for login in [&alice, &bob] {
+        login.write_to(&source);
+        sb.run(&[
+            "--pool-dir",
+            pool,
+            "import",
+            "--codex-home",
+            path_str(&source),
+        ])
+        .ok();
+    }
+    // A Codex home that already holds a login `use` must not clobber on failure.
+    let target = sb.path("target-home");
+    alice.write_to(&target);
+    let target_before = std::fs::read(target.join("auth.json")).unwrap();
+    let pool_before = snapshot(&pool_dir);
+    assert!(pool_before.iter().any(|(name, _)| name == "pool.json"));
+
+    let missing = sb.path("no-such-home");
+    let malformed = sb.path("malformed-home");
+    std::fs::create_dir_all(&malformed).unwrap();
+    std::fs::write(malformed.join("auth.json"), "{\"tokens\": {\"id_token\": ").unwrap();
+    let leaky = sb.path("leaky-home");
+    std::fs::create_dir_all(&leaky).unwrap();
+    std::fs::write(
+        leaky.join("auth.json"),
+        r#"{"OPENAI_API_KEY": "sk-LEAK-ME", "tokens": "rt-LEAK-ME"}"#,
+    )
+    .unwrap();
+    let api_key = sb.path("api-key-home");
+    std::fs::create_dir_all(&api_key).unwrap();
+    std::fs::write(
+        api_key.join("auth.json"),
+        r#"{"auth_mode": "apikey", "OPENAI_API_KEY": "sk-LEAK-ME"}"#,
+    )
+    .unwrap();
+    let t = path_str(&target);
+
+    // (arguments, what the message must say)
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["use", "3", "--codex-home", t],
+            "no account #3 (the pool has 2)",
+        ),
+        (vec!["use", "0", "--codex-home", t], "numbered from 1"),
+        (vec!["use", "-1", "--codex-home", t], "-1"),
+        (vec!["use", "two", "--codex-home", t], "invalid value 'two'"),
+        (vec!["remove", "3"], "no account #3 (the pool has 2)"),
+        (vec!["remove", "0"], "numbered from 1"),
+        (vec!["remove"], "required"),
+        (
+            vec!["import", "--codex-home", path_str(&missing)],
+            "no login found in",
+        ),
+        (
+            vec!["import", "--codex-home", path_str(&malformed)],
+            "auth.json is not a usable Codex auth file",
+        ),
+        (
+            vec!["import", "--codex-home", path_str(&leaky)],
+            "auth.json is not a usable Codex auth file",
+        ),
+        (
+            vec!["import", "--codex-home", path_str(&api_key)],
+            "only ChatGPT logins",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (vec!["list", "--jsn"], "unexpected argument '--jsn'"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["--pool-dir", pool];
+        full.extend(&args);
+        let run = sb.run(&full);
+        run.failed().assert_no_secrets(&[&alice, &bob]);
+        assert!(
+            run.stderr.contains(expected),
+            "{args:?}: stderr should say {expected:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("LEAK-ME") && !run.stdout.contains("LEAK-ME"),
+            "{args:?} leaks file contents: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("panicked"),
+            "{args:?} panicked: {}",
+            run.stderr
+        );
+        assert_eq!(
+            snapshot(&pool_dir),
+            pool_before,
+            "{args:?} changed the pool directory"
+        );
+        assert_eq!(
+            std::fs::read(target.join("auth.json")).unwrap(),
+            target_before,
+            "{args:?} changed the Codex home"
+        );
+    }
+
+    // A pool written by a newer program is refused, not overwritten.
+    let newer = sb.path("newer-pool");
+    std::fs::create_dir_all(&newer).unwrap();
+    let newer_doc = r#"{"version": 99, "accounts": [], "from_the_future": true}"#;
+    std::fs::write(newer.join("pool.json"), newer_doc).unwrap();
+    for args in [
+        vec!["list"],
+        vec!["import", "--codex-home", path_str(&source)],
+        vec!["remove", "1"],
+    ] {
+        let mut full = vec!["--pool-dir", path_str(&newer)];
+        full.extend(&args);
+        let run = sb.run(&full);
+        run.failed();
+        assert!(
+            run.stderr.contains("newer than the"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(newer.join("pool.json")).unwrap(),
+            newer_doc
+        );
+    }
+
+    // Still everything there after all that.
+    let list = parse_list_json(&sb.run(&["--pool-dir", pool, "list", "--json"]));
+    assert_eq!(
+        masked_emails(&list),
+        vec![mask_email(ALICE), mask_email(BOB)]
+    );
+}
+
+/// `accounts add --no-browser` against the loopback mock issuer: the program prints the
+/// URL to open and the callback address; the "browser" comes back to the callback with
+/// the URL's `state` and the issuer's code; the account lands in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_signs_in_through_the_callback_and_stores_the_account() {
+    let test = "add_signs_in_through_the_callback_and_stores_the_account";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let carol = "carol.private@example.net";
+    let issuer = MockIssuer::start(TokenReply::tokens_for(carol))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("new-pool");
+
+    let (code, stdout, stderr) = run_add(&bin, &issuer, &pool_dir, dir.path(), |state| {
+        format!("code={MOCK_CODE}&state={state}")
+    })
+    .await;
+    let all = format!("{stdout}{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(
+        stdout.contains(&format!("added #1 {} (plus)", mask_email(carol))),
+        "{stdout}"
+    );
+    for secret in [
+        carol,
+        "carol.private",
+        "mock-access-token",
+        "mock-refresh-token",
+    ] {
+        assert!(!all.contains(secret), "output leaks {secret:?}: {all}");
+    }
+    // The code went to the token endpoint once.
+    let requests = issuer.token_requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].contains(&format!("code={MOCK_CODE}")));
+
+    let pool = PoolStore::new(&pool_dir).load().unwrap().pool;
+    assert_eq!(pool.accounts.len(), 1);
+    assert_eq!(pool.accounts[0].email.as_deref(), Some(carol));
+    assert_eq!(
+        pool.accounts[0].account_id.as_deref(),
+        Some(MOCK_ACCOUNT_ID)
+    );
+    assert_eq!(
+        pool.accounts[0].tokens.refresh_token.expose(),
+        "mock-refresh-token"
+    );
+    // Diagnostics beside the pool, without secrets.
+    let log = std::fs::read_to_string(pool_dir.join("login.log")).unwrap();
+    for secret in [carol, "mock-access-token", "mock-refresh-token", MOCK_CODE] {
+        assert!(!log.contains(secret), "login.log leaks {secret:?}: {log}");
+    }
+    let pool_bytes = std::fs::read(pool_dir.join("pool.json")).unwrap();
+
+    // A failed sign-in (the issuer said no) exits non-zero, says why, and changes nothing.
+    let (code, stdout, stderr) = run_add(&bin, &issuer, &pool_dir, dir.path(), |state| {
+        format!("error=access_denied&error_description=denied+by+user&state={state}")
+    })
+    .await;
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("access_denied"), "{stderr}");
+    assert_eq!(
+        std::fs::read(pool_dir.join("pool.json")).unwrap(),
+        pool_bytes
+    );
+}
+
+/// Runs `accounts --pool-dir POOL add --no-browser` against `issuer`, reads the printed URL
+/// and callback address, sends the browser to the callback with `query(state)`, and returns
+/// the exit code and output. Bounded: the program gives up after 20 s, we kill it after 30 s.
+async fn run_add(
+    bin: &Path,
+    issuer: &MockIssuer,
+    pool_dir: &Path,
+    sandbox: &Path,
+    query: impl FnOnce(&str) -> String,
+) -> (Option<i32>, String, String) {
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--pool-dir", path_str(pool_dir), "add", "--no-browser"])
+        .args(["--issuer", &issuer.url(), "--listen", "127.0.0.1:0"])
+        .args(["--timeout-secs", "20"])
+        .env("HOME", sandbox.join("home"))
+        .env("CODEX_HOME", sandbox.join("codex-home"))
+        .env_remove("CODEX_POOL_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr_pipe, &mut s).await;
+        s
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    let mut authorize = None;
+    let mut callback = None;
+    let read_prompt = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+            let trimmed = line.trim();
+            if trimmed.starts_with("http://") && trimmed.contains("/oauth/authorize") {
+                authorize = Some(reqwest::Url::parse(trimmed).unwrap());
+            }
+            if let Some(rest) = trimmed.split("come back to ").nth(1) {
+                callback = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_prompt)
+        .await
+        .unwrap_or_else(|_| panic!("no sign-in prompt within 20 s: {stdout}"));
+    let authorize = authorize.unwrap_or_else(|| panic!("no authorize URL printed: {stdout}"));
+    let callback = callback.unwrap_or_else(|| panic!("no callback address printed: {stdout}"));
+
+    // The authorize URL is the real shape: our issuer, PKCE S256, a state, and a redirect
+    // URI on the callback server's port.
+    assert!(authorize.as_str().starts_with(&issuer.url()), "{authorize}");
+    let param = |name: &str| {
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("authorize URL lacks {name}: {authorize}"))
+    };
+    assert_eq!(param("code_challenge_method"), "S256");
+    assert_eq!(param("response_type"), "code");
+    let state = param("state");
+    let redirect = reqwest::Url::parse(&param("redirect_uri")).unwrap();
+    let callback = reqwest::Url::parse(&callback).unwrap();
+    assert_eq!(redirect.port(), callback.port(), "{redirect} vs {callback}");
+    assert_eq!(redirect.path(), callback.path());
+    assert_ne!(callback.port(), Some(0));
+
+    // The browser comes back.
+    let url = format!("{callback}?{}", query(&state));
+    let page = tokio::time::timeout(Duration::from_secs(20), reqwest::get(&url))
+        .await
+        .expect("callback answered in time")
+        .expect("callback reachable");
+    assert!(
+        page.headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/html")),
+        "{:?}",
+        page.headers()
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("accounts add did not exit within 30 s: {stdout}"))
+        .unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
+        .await
+        .map(|r| r.unwrap_or_default())
+        .unwrap_or_default();
+    (status.code(), stdout, stderr)
+}
