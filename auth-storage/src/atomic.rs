@@ -21,6 +21,11 @@ const RENAME_BACKOFF: Duration = Duration::from_millis(20);
 ///
 /// `temp_prefix` names the temporary file (e.g. `.auth-` like the Codex CLI does) so a stray
 /// temp left by a crash is recognisable.
+///
+/// # Errors
+/// [`StorageError::Io`] naming the file or directory that failed (the old file is then
+/// untouched and the temporary file removed); [`StorageError::StillInUse`] when Windows kept
+/// reporting the target as open by another process through every retry.
 pub fn write_atomic(path: &Path, bytes: &[u8], temp_prefix: &str) -> Result<()> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create the directory", dir, e))?;
@@ -43,22 +48,53 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-fn rename_with_retry(mut temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+fn rename_with_retry(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    retry_rename(
+        temp,
+        path,
+        RENAME_ATTEMPTS,
+        is_sharing_violation,
+        |temp, path| {
+            temp.persist(path)
+                .map(|_| ())
+                .map_err(|e| (e.file, e.error))
+        },
+    )
+}
+
+/// The retry loop of [`rename_with_retry`], with the rename and the "is it transient?"
+/// decision passed in so it can be exercised on every platform.
+///
+/// `rename` gives the temporary file back with its error; dropping it on the final failure
+/// removes the temporary file.
+fn retry_rename<T>(
+    mut temp: T,
+    path: &Path,
+    attempts: u32,
+    transient: impl Fn(&std::io::Error) -> bool,
+    mut rename: impl FnMut(T, &Path) -> std::result::Result<(), (T, std::io::Error)>,
+) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match temp.persist(path) {
-            Ok(_) => return Ok(()),
-            Err(err) if attempt < RENAME_ATTEMPTS && is_sharing_violation(&err.error) => {
-                temp = err.file;
+        match rename(temp, path) {
+            Ok(()) => return Ok(()),
+            Err((file, error)) if transient(&error) => {
+                if attempt >= attempts {
+                    return Err(StorageError::StillInUse {
+                        path: path.to_path_buf(),
+                        attempts,
+                        source: error,
+                    });
+                }
+                temp = file;
                 attempt += 1;
                 std::thread::sleep(RENAME_BACKOFF * attempt);
             }
-            // Dropping `err.file` removes the temporary file, so nothing is left behind.
-            Err(err) => {
+            Err((_file, error)) => {
                 return Err(StorageError::io(
                     "rename a temporary file over",
                     path,
-                    err.error,
+                    error,
                 ));
             }
         }
@@ -143,6 +179,88 @@ mod tests {
         write_atomic(&path, b"new", ".auth-").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    fn sharing_violation() -> std::io::Error {
+        // ERROR_SHARING_VIOLATION as Windows reports it.
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "The process cannot access the file because it is being used by another process. \
+             (os error 32)",
+        )
+    }
+
+    #[test]
+    fn a_transient_rename_failure_is_retried_until_it_succeeds() {
+        let mut calls = 0;
+        let result = retry_rename(
+            "temp",
+            Path::new("/x/auth.json"),
+            RENAME_ATTEMPTS,
+            |e| e.kind() == std::io::ErrorKind::PermissionDenied,
+            |t, _| {
+                calls += 1;
+                if calls < 3 {
+                    Err((t, sharing_violation()))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn giving_up_reports_the_real_cause_and_how_often_it_tried() {
+        let mut calls = 0;
+        let err = retry_rename(
+            "temp",
+            Path::new("/x/auth.json"),
+            4,
+            |e| e.kind() == std::io::ErrorKind::PermissionDenied,
+            |t, _| {
+                calls += 1;
+                Err((t, sharing_violation()))
+            },
+        )
+        .unwrap_err();
+        assert_eq!(calls, 4, "bounded");
+        let text = err.to_string();
+        assert!(
+            matches!(err, StorageError::StillInUse { attempts: 4, .. }),
+            "{err:?}"
+        );
+        assert!(text.contains("/x/auth.json"), "{text}");
+        assert!(text.contains("4 attempts"), "{text}");
+        assert!(text.contains("os error 32"), "the cause is kept: {text}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn a_permanent_rename_failure_is_not_retried() {
+        let mut calls = 0;
+        let err = retry_rename(
+            "temp",
+            Path::new("/x/auth.json"),
+            RENAME_ATTEMPTS,
+            |_| false,
+            |t, _| {
+                calls += 1;
+                Err((t, std::io::Error::other("read-only file system")))
+            },
+        )
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(err.to_string().contains("read-only file system"), "{err}");
+    }
+
+    #[test]
+    fn only_windows_treats_access_errors_as_sharing_violations() {
+        let busy = std::io::Error::from_raw_os_error(32);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(is_sharing_violation(&busy), cfg!(windows));
+        assert_eq!(is_sharing_violation(&denied), cfg!(windows));
     }
 
     #[test]

@@ -32,6 +32,21 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// Replacing a file kept failing because another process had it open (Windows sharing
+    /// violations, e.g. an anti-virus scanner or the Codex CLI reading it).
+    #[error(
+        "could not replace {path}: another process kept it open through {attempts} attempts \
+         ({source}); close programs using it and retry"
+    )]
+    StillInUse {
+        /// The file that could not be replaced.
+        path: PathBuf,
+        /// How many renames were tried.
+        attempts: u32,
+        /// The operating system's error from the last attempt.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another process held a lock for longer than we were willing to wait.
     #[error(
         "timed out after {waited:?} waiting for the lock {path}; another process (maybe `codex`) \

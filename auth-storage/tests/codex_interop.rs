@@ -118,3 +118,61 @@ fn cli_accepts_an_activated_pool_account() {
     assert_eq!(loaded.active_index(), Some(0));
     assert_eq!(loaded.accounts[0].last_used_at, Some(1_700_000_100));
 }
+
+/// The lock files are the CLI's real ones: while we hold either `auth.lock` or
+/// `auth.json.lock`, `codex login` waits and writes nothing; once we let go it completes.
+#[test]
+fn cli_waits_while_we_hold_either_of_its_lock_files() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let Some(codex) = codex_bin() else {
+        return skip(
+            "cli_waits_while_we_hold_either_of_its_lock_files",
+            "Codex CLI not found",
+        );
+    };
+    for which in ["auth.lock", "auth.json.lock"] {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let guard = auth_storage::lock::FileLock::acquire(
+            &dir.path().join(which),
+            0o600,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut child = Command::new(&codex)
+            .args(["login", "--with-api-key"])
+            .env("CODEX_HOME", dir.path())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("CODEX_API_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"sk-waited\n").unwrap();
+        // Give the CLI ample time to reach its save (it takes ~20 ms unblocked).
+        std::thread::sleep(Duration::from_millis(1500));
+        let still_running = child.try_wait().unwrap().is_none();
+        let wrote = home.auth_file().exists();
+        drop(guard);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("codex login did not finish after {which} was released");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(still_running, "codex did not wait for our {which}");
+        assert!(!wrote, "codex wrote auth.json while we held {which}");
+        assert!(status.success(), "{status}");
+        let doc = FileStore::new(home).load().unwrap().expect("written");
+        assert_eq!(doc.openai_api_key.unwrap().expose(), "sk-waited");
+    }
+}

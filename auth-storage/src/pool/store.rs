@@ -467,3 +467,36 @@ fn classify(e: &serde_json::Error) -> ParseFailure {
         ParseFailure::Corrupt(describe_json_error(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_pools_are_per_project_under_the_base() {
+        let base = tempfile::tempdir().unwrap();
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let pa = PoolStore::for_project(base.path(), a.path());
+        let pb = PoolStore::for_project(base.path(), b.path());
+        assert_ne!(pa.dir(), pb.dir());
+        assert!(pa.dir().starts_with(base.path().join("projects")));
+        let name = pa.dir().file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name.len(), 16);
+        assert!(name.chars().all(|c| c.is_ascii_hexdigit()));
+        // The same project, spelled differently, is the same pool.
+        let dotted = a.path().join(".");
+        assert_eq!(PoolStore::for_project(base.path(), &dotted).dir(), pa.dir());
+        // And it is a working pool of its own.
+        pa.update(|p| p.extra.insert("k".into(), 1.into())).unwrap();
+        assert!(pa.file().is_file());
+        assert!(!pb.file().exists());
+    }
+
+    #[test]
+    fn an_explicit_directory_is_used_as_given() {
+        let store = PoolStore::new("/some/where");
+        assert_eq!(store.dir(), Path::new("/some/where"));
+        assert_eq!(store.file(), Path::new("/some/where/pool.json"));
+    }
+}
