@@ -217,9 +217,9 @@ fn processes_and_threads_refresh_once_and_all_get_the_new_tokens() {
     std::fs::write(dir.path().join("go"), b"").unwrap();
     let mut lines = Vec::new();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Bounded: each child waits at most 20 s for the go signal and 30 s for the lock.
+        let (status, text) = common::wait_bounded(child, 90);
+        assert!(status.success(), "{status}");
         lines.extend(
             text.split("RESULT ")
                 .skip(1)

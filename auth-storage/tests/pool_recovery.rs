@@ -80,6 +80,12 @@ fn corruption_recovery_matrix() {
         ("bad account", |p| {
             std::fs::write(p, br#"{"version": 2, "accounts": [{"email": 5}]}"#).unwrap()
         }),
+        // Another tool replacing the file (new inode) rather than writing into it.
+        ("replaced", |p| {
+            let other = p.with_extension("other");
+            std::fs::write(&other, b"{\"accounts\": oops").unwrap();
+            std::fs::rename(&other, p).unwrap();
+        }),
         ("newer version", |p| {
             std::fs::write(p, br#"{"version": 99, "accounts": []}"#).unwrap()
         }),
@@ -169,7 +175,8 @@ fn removing_every_account_is_not_undone_by_recovery() {
         loaded.recovery.unwrap().reason,
         RestoreReason::IntentionalReset
     );
-    // Adding an account afterwards clears the reset: later damage recovers again.
+    // Adding accounts afterwards clears the reset: a later loss recovers them, the newest
+    // change included.
     store
         .update(|p| p.upsert(account("erin@example.com", "acct-e")))
         .unwrap();
@@ -182,7 +189,7 @@ fn removing_every_account_is_not_undone_by_recovery() {
         loaded.recovery.unwrap().reason,
         RestoreReason::MissingStorage
     );
-    assert_eq!(loaded.pool.accounts.len(), 1);
+    assert_eq!(loaded.pool.accounts.len(), 2);
 }
 
 #[cfg(unix)]
@@ -217,11 +224,19 @@ fn backups_rotate_and_keep_the_last_n() {
     assert_eq!(
         names,
         [
+            "pool.json.bak-000000000010",
             "pool.json.bak-000000000009",
-            "pool.json.bak-000000000008",
-            "pool.json.bak-000000000007"
+            "pool.json.bak-000000000008"
         ]
     );
+    // The newest backup is the current file itself (a hard link, not a copy).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let main = std::fs::metadata(store.file()).unwrap();
+        let newest = std::fs::metadata(&store.backups_newest_first().unwrap()[0]).unwrap();
+        assert_eq!((main.dev(), main.ino()), (newest.dev(), newest.ino()));
+    }
     // An unchanged update writes nothing.
     let before = std::fs::read(store.file()).unwrap();
     store.update(|_| ()).unwrap();
@@ -265,7 +280,11 @@ fn migrates_v1_documents_forward() {
     }
     insta::assert_json_snapshot!(on_disk);
     assert!(store.load().unwrap().migrated_from.is_none());
-    assert_eq!(store.backups_newest_first().unwrap().len(), 1);
+    // Backups: the v1 file as it was (revision 0) and the migrated one (revision 1).
+    let backups = store.backups_newest_first().unwrap();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let oldest = std::fs::read_to_string(&backups[1]).unwrap();
+    assert!(oldest.contains("\"activeIndex\": 1"), "{oldest}");
 }
 
 #[test]

@@ -70,7 +70,8 @@ pub struct Loaded {
 ///
 /// * `pool.json` — the document, replaced atomically, mode 0600;
 /// * `pool.lock` — the cross-process lock every [`update`](Self::update) holds;
-/// * `pool.json.bak-<revision>` — the last N versions (hard links, so cheap);
+/// * `pool.json.bak-<revision>` — the last N versions, the current one included (hard
+///   links, so cheap);
 /// * `pool.json.damaged-…` — a damaged main file moved aside, never deleted by us;
 /// * `pool.reset` — marks an intentional [`reset`](Self::reset).
 ///
@@ -324,7 +325,8 @@ impl PoolStore {
         FileLock::acquire(&self.dir.join(LOCK_FILE), 0o600, self.lock_timeout)
     }
 
-    /// Save `pool` (bumping its revision), linking the current file into the backups first.
+    /// Save `pool` (bumping its revision), linking the current file into the backups first
+    /// and the new one after.
     /// `intact` is the revision of the current `pool.json` when it is known to be valid.
     fn write_locked(&self, pool: &mut Pool, clear_reset: bool, intact: Option<u64>) -> Result<()> {
         pool.version = CURRENT_VERSION;
@@ -341,6 +343,13 @@ impl PoolStore {
             self.link_backup(&main, revision)?;
         }
         write_atomic(&main, &bytes, TEMP_PREFIX)?;
+        if self.backups > 0 {
+            // The new version is a backup too (a second name for the same file), so losing
+            // `pool.json` itself (deleted, or replaced by another tool) loses no change. A
+            // tool that damages `pool.json` in place damages this link with it; the older
+            // backups, separate files since our writes always replace, are still there.
+            self.link_backup(&main, pool.revision)?;
+        }
         if clear_reset && !pool.accounts.is_empty() {
             remove_if_exists(&self.dir.join(RESET_MARKER))?;
         }

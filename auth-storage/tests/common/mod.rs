@@ -129,3 +129,32 @@ pub(crate) fn run_bounded(
         t_err.join().unwrap(),
     )
 }
+
+/// Wait for an already spawned `child` (stdout piped) for at most `secs` seconds, killing it
+/// then; returns (exit status, stdout).
+pub(crate) fn wait_bounded(
+    mut child: std::process::Child,
+    secs: u64,
+) -> (std::process::ExitStatus, String) {
+    let out = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut out) = out {
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        }
+        s
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!("child did not finish within {secs} s ({status})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap())
+}
