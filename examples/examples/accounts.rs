@@ -9,6 +9,10 @@
 //! cargo run -p examples --example accounts -- add [--no-browser]   # browser sign-in
 //! ```
 //!
+//! `import` and `use` read and write the Codex home's login where the CLI keeps it: the
+//! `cli_auth_credentials_store` setting of its `config.toml` (`file`, the default, means
+//! `auth.json`; `keyring` and `auto` need the `keyring` feature of `auth-storage`).
+//!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
 //! several of these at once (or beside `codex`) never loses an account; a failing command
@@ -19,7 +23,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth_storage::pool::{Pool, Upsert};
-use auth_storage::{CodexHome, FileStore, PoolStore, StorageError};
+use auth_storage::{CodexHome, CredentialStore, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -103,6 +107,35 @@ fn codex_home(dir: Option<PathBuf>) -> Result<CodexHome, StorageError> {
         })
 }
 
+/// Where the Codex CLI keeps the login of `home`: `cli_auth_credentials_store` in its
+/// `config.toml` (`file` when absent, as in the CLI), so `use` writes where `codex` reads.
+fn credential_store(
+    home: &CodexHome,
+) -> Result<Box<dyn CredentialStore>, Box<dyn std::error::Error>> {
+    let config = home.dir().join("config.toml");
+    let text = match std::fs::read_to_string(&config) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("could not read {}: {e}", config.display()).into()),
+    };
+    let key = "cli_auth_credentials_store";
+    let mode = config_rewrite::read_string(&text, &config_rewrite::Target::TopLevel, key)
+        .map_err(|e| format!("{}: {e}", config.display()))?
+        .map(|value| value.parse::<StoreMode>())
+        .transpose()
+        .map_err(|e| format!("{}: {key}: {e}", config.display()))?
+        .unwrap_or_default();
+    if mode == StoreMode::Ephemeral {
+        return Err(format!(
+            "{} sets {key} = \"ephemeral\": the Codex CLI keeps that login in its own memory, \
+             so no other program can hand it an account",
+            config.display()
+        )
+        .into());
+    }
+    Ok(auth_storage::open_store(home.clone(), mode)?)
+}
+
 /// `list` numbers accounts from 1; turn N into an index, rejecting 0.
 fn index(n: usize) -> Result<usize, StorageError> {
     n.checked_sub(1).ok_or_else(|| StorageError::Invalid {
@@ -119,7 +152,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Import { codex_home: dir } => {
             let home = codex_home(dir)?;
-            let (outcome, account) = pool.import(&FileStore::new(home.clone()), now())?;
+            let (outcome, account) = pool.import(credential_store(&home)?.as_ref(), now())?;
             let verb = match outcome {
                 Upsert::Added(_) => "added",
                 Upsert::Updated(_) => "updated",
@@ -158,7 +191,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Use { n, codex_home: dir } => {
             let home = codex_home(dir)?;
-            let account = pool.activate(index(n)?, &FileStore::new(home.clone()), now())?;
+            let store = credential_store(&home)?;
+            let account = pool.activate(index(n)?, store.as_ref(), now())?;
             println!(
                 "{} is now the login of {} (run `codex login status` there to check)",
                 account.masked_email(),

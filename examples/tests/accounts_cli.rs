@@ -516,6 +516,18 @@ fn bad_input_fails_clearly_and_loses_nothing() {
     )
     .unwrap();
     let t = path_str(&target);
+    let home_with_config = |name: &str, config: &str| {
+        let dir = sb.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        dir
+    };
+    let vault = home_with_config("vault-home", "cli_auth_credentials_store = \"vault\"\n");
+    let broken_toml = home_with_config("broken-toml-home", "cli_auth_credentials_store = \n");
+    let ephemeral = home_with_config(
+        "ephemeral-home",
+        "cli_auth_credentials_store = \"ephemeral\"\n",
+    );
 
     // (arguments, what the message must say)
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -544,6 +556,23 @@ fn bad_input_fails_clearly_and_loses_nothing() {
         (
             vec!["import", "--codex-home", path_str(&api_key)],
             "only ChatGPT logins",
+        ),
+        (
+            vec!["use", "1", "--codex-home", path_str(&vault)],
+            "config.toml: cli_auth_credentials_store: invalid credential store mode: \"vault\" \
+             is not one of file, keyring, auto, ephemeral",
+        ),
+        (
+            vec!["import", "--codex-home", path_str(&vault)],
+            "is not one of file, keyring, auto, ephemeral",
+        ),
+        (
+            vec!["use", "1", "--codex-home", path_str(&broken_toml)],
+            "config.toml",
+        ),
+        (
+            vec!["use", "1", "--codex-home", path_str(&ephemeral)],
+            "no other program can hand it an account",
         ),
         (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
         (vec!["list", "--jsn"], "unexpected argument '--jsn'"),
@@ -578,6 +607,10 @@ fn bad_input_fails_clearly_and_loses_nothing() {
             target_before,
             "{args:?} changed the Codex home"
         );
+    }
+
+    for home in [&vault, &broken_toml, &ephemeral] {
+        assert!(!home.join("auth.json").exists(), "{}", home.display());
     }
 
     // A pool written by a newer program is refused, not overwritten.
@@ -782,4 +815,258 @@ async fn run_add(
         .map(|r| r.unwrap_or_default())
         .unwrap_or_default();
     (status.code(), stdout, stderr)
+}
+
+/// A private session bus (`dbus-run-session`) with gnome-keyring's Secret Service on it;
+/// everything is stopped on drop.
+struct SecretService {
+    keyring: std::process::Child,
+    session: Option<(std::process::Child, Option<std::process::ChildStdin>)>,
+    bus: String,
+    base: tempfile::TempDir,
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        let _ = self.keyring.kill();
+        let _ = self.keyring.wait();
+        if let Some((mut session, stdin)) = self.session.take() {
+            // Closing stdin ends the session's `cat`; dbus-run-session then stops its bus.
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while session.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = session.kill();
+                    let _ = session.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl SecretService {
+    fn start() -> Result<Self, String> {
+        use std::io::{BufRead, Write};
+        let on_path = |name: &str| {
+            std::env::var_os("PATH").is_some_and(|paths| {
+                std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
+            })
+        };
+        for program in ["dbus-run-session", "gnome-keyring-daemon"] {
+            if !on_path(program) {
+                return Err(format!("{program} is not installed"));
+            }
+        }
+        let base = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let run_dir = base.path().join("run");
+        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let mut session = Command::new("dbus-run-session")
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo \"$DBUS_SESSION_BUS_ADDRESS\"; exec cat >/dev/null",
+            ])
+            .env("HOME", base.path())
+            .env("XDG_RUNTIME_DIR", &run_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("dbus-run-session: {e}"))?;
+        let stdin = session.stdin.take();
+        let mut bus = String::new();
+        if let Some(out) = session.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut bus);
+        }
+        let bus = bus.trim().to_owned();
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .env("HOME", base.path())
+            .env("XDG_RUNTIME_DIR", &run_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("gnome-keyring-daemon: {e}"))?;
+        if let Some(mut pw) = keyring.stdin.take() {
+            let _ = pw.write_all(b"test-password");
+        }
+        let service = Self {
+            keyring,
+            session: Some((session, stdin)),
+            bus,
+            base,
+        };
+        if service.bus.is_empty() {
+            return Err("dbus-run-session printed no bus address".into());
+        }
+        Ok(service)
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .env("XDG_RUNTIME_DIR", self.base.path().join("run"));
+    }
+}
+
+/// `use` and `import` go where the Codex home's `cli_auth_credentials_store` says: a
+/// keyring-mode home gets its login in the real Secret Service (no `auth.json`) and the
+/// real CLI finds it there; `auto` with no Secret Service falls back to `auth.json`.
+#[test]
+fn use_and_import_follow_the_codex_homes_credential_store() {
+    let test = "use_and_import_follow_the_codex_homes_credential_store";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let source = sb.path("source-home");
+    let alice = Login::new(ALICE, "acct-alice");
+    alice.write_to(&source);
+    sb.run(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&source),
+    ])
+    .ok();
+    let home_with_mode = |name: &str, mode: &str| {
+        let dir = sb.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!("cli_auth_credentials_store = \"{mode}\"\n"),
+        )
+        .unwrap();
+        dir
+    };
+    let codex_status = |home: &Path, bus: &dyn Fn(&mut Command)| {
+        let codex = codex_bin()?;
+        let mut cmd = Command::new(codex);
+        cmd.args(["login", "status"])
+            .env("CODEX_HOME", home)
+            .env("HOME", sb.path("home"))
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("CODEX_API_KEY");
+        bus(&mut cmd);
+        let run = run_bounded(cmd, Duration::from_secs(60));
+        Some((run.code, format!("{}{}", run.stdout, run.stderr)))
+    };
+
+    // No Secret Service reachable.
+    let nowhere = sb.path("no-bus");
+    let no_bus = |cmd: &mut Command| {
+        cmd.env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", nowhere.display()),
+        );
+    };
+    let keyring_home = home_with_mode("keyring-home", "keyring");
+    let pool_before = snapshot(&pool_dir);
+    let mut cmd = sb.command(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&keyring_home),
+    ]);
+    no_bus(&mut cmd);
+    let run = run_bounded(cmd, Duration::from_secs(30));
+    run.failed().assert_no_secrets(&[&alice]);
+    assert!(run.stderr.contains("keyring"), "{}", run.stderr);
+    assert!(!keyring_home.join("auth.json").exists());
+    assert_eq!(
+        snapshot(&pool_dir),
+        pool_before,
+        "a failed use changes nothing"
+    );
+
+    let auto_home = home_with_mode("auto-home", "auto");
+    let mut cmd = sb.command(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&auto_home),
+    ]);
+    no_bus(&mut cmd);
+    run_bounded(cmd, Duration::from_secs(30))
+        .ok()
+        .assert_no_secrets(&[&alice]);
+    assert!(
+        auto_home.join("auth.json").is_file(),
+        "auto fell back to the file"
+    );
+    match codex_status(&auto_home, &no_bus) {
+        Some((code, text)) => {
+            assert_eq!(code, Some(0), "{text}");
+            assert!(text.contains("Logged in using ChatGPT"), "{text}");
+        }
+        None => skip(test, "Codex CLI not found; auto-mode status not checked"),
+    }
+
+    // A real Secret Service.
+    let service = match SecretService::start() {
+        Ok(s) => s,
+        Err(reason) => return skip(test, &format!("no Secret Service: {reason}")),
+    };
+    let use_keyring = || {
+        let mut cmd = sb.command(&[
+            "--pool-dir",
+            pool,
+            "use",
+            "1",
+            "--codex-home",
+            path_str(&keyring_home),
+        ]);
+        service.env(&mut cmd);
+        run_bounded(cmd, Duration::from_secs(30))
+    };
+    // The daemon unlocks its collection a moment after it starts: retry (bounded). A
+    // failing `use` writes nothing, as checked above.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let run = loop {
+        let run = use_keyring();
+        if run.code == Some(0) || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    run.ok().assert_no_secrets(&[&alice]);
+    assert!(
+        !keyring_home.join("auth.json").exists(),
+        "keyring mode writes no auth.json"
+    );
+    match codex_status(&keyring_home, &|cmd: &mut Command| service.env(cmd)) {
+        Some((code, text)) => {
+            assert_eq!(code, Some(0), "{text}");
+            assert!(text.contains("Logged in using ChatGPT"), "{text}");
+        }
+        None => skip(test, "Codex CLI not found; keyring-mode status not checked"),
+    }
+    // And `import` reads it back from the keyring: the same login, deduplicated.
+    let mut cmd = sb.command(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&keyring_home),
+    ]);
+    service.env(&mut cmd);
+    let run = run_bounded(cmd, Duration::from_secs(30));
+    run.ok().assert_no_secrets(&[&alice]);
+    assert!(run.stdout.starts_with("updated #1 "), "{}", run.stdout);
 }
