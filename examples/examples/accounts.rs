@@ -11,7 +11,7 @@
 //!
 //! `import` and `use` read and write the Codex home's login where the CLI keeps it: the
 //! `cli_auth_credentials_store` setting of its `config.toml` (`file`, the default, means
-//! `auth.json`; `keyring` and `auto` need the `keyring` feature of `auth-storage`).
+//! `auth.json`; `keyring` and `auto` use the OS keyring, as the CLI does).
 //!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
