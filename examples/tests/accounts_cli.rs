@@ -1070,3 +1070,45 @@ fn use_and_import_follow_the_codex_homes_credential_store() {
     run.ok().assert_no_secrets(&[&alice]);
     assert!(run.stdout.starts_with("updated #1 "), "{}", run.stdout);
 }
+
+/// `add` checks the callback port first: a port held by another program (here: this test)
+/// is named, nothing is killed, the pool is untouched, and the exit code is non-zero.
+#[test]
+fn add_refuses_a_callback_port_held_by_another_program() {
+    let test = "add_refuses_a_callback_port_held_by_another_program";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let pool_dir = sb.path("pool");
+    let run = sb.run(&[
+        "--pool-dir",
+        path_str(&pool_dir),
+        "add",
+        "--no-browser",
+        // Never contacted: the preflight stops first.
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--listen",
+        &addr.to_string(),
+        "--timeout-secs",
+        "5",
+    ]);
+    run.failed();
+    assert!(
+        run.stderr.contains(&addr.port().to_string()),
+        "the message names the port: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stdout.contains("/oauth/authorize"),
+        "no sign-in was started: {}",
+        run.stdout
+    );
+    assert!(!pool_dir.join("pool.json").exists());
+    // Still ours and still listening.
+    assert_eq!(holder.local_addr().unwrap(), addr);
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+}
