@@ -226,3 +226,56 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() {
         .count();
     assert_eq!(temps, 0);
 }
+
+/// While another process rewrites the pool as fast as it can, unlocked readers in this
+/// process always see a complete document (never a recovery), and never go back in time.
+#[test]
+fn readers_never_see_a_torn_file_while_another_process_writes() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    store.update(|p| bump(p, "writes")).unwrap();
+    let mut child = spawn_child(
+        "child_crash_writer",
+        "crash-writer",
+        dir.path(),
+        Stdio::null(),
+    );
+    let started = Instant::now();
+    let mut reads = 0u64;
+    let mut last = 0;
+    let mut distinct = 0;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Until the writer has replaced the file 50 times (bounded: 10 s).
+        while distinct < 50 && started.elapsed() < Duration::from_secs(10) {
+            let loaded = store.load().unwrap();
+            assert!(
+                loaded.recovery.is_none(),
+                "read {reads}: a reader saw a damaged file: {:?}",
+                loaded.recovery
+            );
+            let now = counter(&loaded.pool, "writes");
+            assert!(now >= last, "went back from {last} to {now}");
+            if now != last {
+                distinct += 1;
+            }
+            last = now;
+            reads += 1;
+        }
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        distinct > 10,
+        "the writer barely wrote ({distinct} versions seen in {reads} reads)"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "readers: {reads} reads, {distinct} versions, none torn"
+    );
+}
