@@ -110,6 +110,25 @@ fn corruption_recovery_matrix() {
         std::fs::write(store.file(), bytes).unwrap();
         out.push_str(&format!("{name:>13}: {}\n", summary(&store)));
     }
+    // After the user removed every account: never recovered from the older backups.
+    type Empty = fn(&PoolStore);
+    let emptied: Vec<(&str, Empty)> = vec![
+        ("reset, missing", |s| s.reset().unwrap()),
+        ("removed, garbage", |s| {
+            s.update(|p| p.accounts.clear()).unwrap();
+        }),
+    ];
+    for (name, empty) in emptied {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        empty(&store);
+        if name.ends_with("missing") {
+            std::fs::remove_file(store.file()).unwrap();
+        } else {
+            std::fs::write(store.file(), b"\x00garbage").unwrap();
+        }
+        out.push_str(&format!("{name:>13}: {}\n", summary(&store)));
+    }
     insta::assert_snapshot!(out);
 }
 
@@ -162,6 +181,20 @@ fn removing_every_account_is_not_undone_by_recovery() {
     let loaded = store.load().unwrap();
     assert!(loaded.pool.accounts.is_empty());
     assert!(loaded.recovery.is_none());
+    // Removing the last account is a reset: damage to the (empty) pool afterwards does not
+    // bring the removed accounts back from the backups that still hold them.
+    std::fs::write(store.file(), b"{\"version\": 2, \"acc").unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.pool.accounts.is_empty(), "{:?}", loaded.pool);
+    assert_eq!(
+        loaded.recovery.unwrap().reason,
+        RestoreReason::IntentionalReset
+    );
+    // The damaged file is kept aside when the next update writes.
+    store
+        .update(|p| p.extra.insert("k".into(), 1.into()))
+        .unwrap();
+    assert_eq!(damaged_files(dir.path()).len(), 1);
 
     // An explicit reset, then the file disappears: still empty, and it says why.
     let dir2 = tempfile::tempdir().unwrap();
@@ -190,6 +223,46 @@ fn removing_every_account_is_not_undone_by_recovery() {
         RestoreReason::MissingStorage
     );
     assert_eq!(loaded.pool.accounts.len(), 2);
+}
+
+fn damaged_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pool.json.damaged-"))
+        .collect()
+}
+
+#[test]
+fn reset_refuses_a_newer_pool_and_keeps_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded(dir.path());
+    let newer = br#"{"version": 3, "accounts": [], "future": true}"#;
+    std::fs::write(store.file(), newer).unwrap();
+    let err = store.reset().unwrap_err();
+    assert!(err.to_string().contains("version 3"), "{err}");
+    assert_eq!(std::fs::read(store.file()).unwrap(), newer);
+    assert!(!dir.path().join("pool.reset").exists());
+
+    // Damaged with no backup left: reset still works, and the damaged bytes are kept.
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded(dir.path());
+    for b in store.backups_newest_first().unwrap() {
+        std::fs::remove_file(b).unwrap();
+    }
+    std::fs::write(store.file(), b"{{{ damaged").unwrap();
+    store.reset().unwrap();
+    assert!(store.load().unwrap().pool.accounts.is_empty());
+    let aside = damaged_files(dir.path());
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).unwrap(),
+        b"{{{ damaged"
+    );
+    // A second damaged file in the same second does not overwrite the first.
+    std::fs::write(store.file(), b"{{{ damaged again").unwrap();
+    store.reset().unwrap();
+    assert_eq!(damaged_files(dir.path()).len(), 2);
 }
 
 #[cfg(unix)]

@@ -28,8 +28,8 @@ pub const DEFAULT_BACKUPS: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub enum RestoreReason {
-    /// The user removed everything with [`PoolStore::reset`]; backups are deliberately
-    /// *not* used.
+    /// The user removed everything ([`PoolStore::reset`], or an update that removed the
+    /// last account); backups are deliberately *not* used.
     IntentionalReset,
     /// `pool.json` exists but is empty (0 bytes or only whitespace).
     EmptyStorage,
@@ -290,19 +290,43 @@ impl PoolStore {
         }
         // The current main file is intact exactly when nothing had to be recovered.
         let intact = loaded.recovery.is_none().then_some(before.revision);
+        if pool.accounts.is_empty() && !before.accounts.is_empty() {
+            // Removing the last account is an intentional reset: a later loss of pool.json
+            // must not bring the removed accounts back from a backup.
+            write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
+        }
         self.write_locked(&mut pool, true, intact)?;
         Ok(out)
     }
 
     /// Remove every account intentionally: writes an empty pool and a reset marker, so a
-    /// later load never "recovers" the old accounts from a backup. Backups stay on disk.
+    /// later load never "recovers" the old accounts from a backup. Backups stay on disk;
+    /// a damaged `pool.json` is moved aside first. (Removing the last account with
+    /// [`update`](Self::update) counts as a reset too.)
+    ///
+    /// # Errors
+    /// [`StorageError::NewerVersion`] when the pool comes from a newer program (it is left
+    /// alone); I/O and lock errors.
     pub fn reset(&self) -> Result<()> {
         let _lock = self.lock()?;
-        let loaded = self.load().ok();
-        let previous = loaded.as_ref().map(|l| l.pool.revision).unwrap_or(0);
-        let intact = loaded
-            .filter(|l| l.recovery.is_none())
-            .map(|l| l.pool.revision);
+        let (previous, intact) = match self.load() {
+            Ok(loaded) => {
+                if let Some(recovery) = &loaded.recovery {
+                    self.set_aside_damaged(recovery, loaded.pool.revision)?;
+                }
+                let revision = loaded.pool.revision;
+                (revision, loaded.recovery.is_none().then_some(revision))
+            }
+            Err(StorageError::Unrecoverable { detail, .. }) => {
+                let recovery = Recovery {
+                    reason: RestoreReason::CorruptStorage { detail },
+                    backup: None,
+                };
+                self.set_aside_damaged(&recovery, 0)?;
+                (0, None)
+            }
+            Err(other) => return Err(other),
+        };
         write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
         let mut pool = Pool {
             revision: previous,
@@ -416,10 +440,9 @@ impl PoolStore {
 
     /// Before overwriting a damaged `pool.json`, move it aside so nothing is lost.
     fn set_aside_damaged(&self, recovery: &Recovery, revision: u64) -> Result<()> {
-        if matches!(
-            recovery.reason,
-            RestoreReason::MissingStorage | RestoreReason::IntentionalReset
-        ) {
+        // Whatever the reason, a main file that is there is not a usable pool: keep it.
+        // (After an intentional reset it may be missing; then there is nothing to keep.)
+        if recovery.reason == RestoreReason::MissingStorage {
             return Ok(());
         }
         let main = self.file();
@@ -427,9 +450,21 @@ impl PoolStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let aside = self
-            .dir
-            .join(format!("{DAMAGED_PREFIX}{now}-after-{revision}"));
+        // Never over an earlier damaged file (two in the same second): add a counter.
+        let name = format!("{DAMAGED_PREFIX}{now}-after-{revision}");
+        let aside = (0..1000)
+            .map(|n| match n {
+                0 => self.dir.join(&name),
+                n => self.dir.join(format!("{name}.{n}")),
+            })
+            .find(|p| !p.exists())
+            .ok_or_else(|| StorageError::Invalid {
+                what: "pool directory",
+                detail: format!(
+                    "{} holds too many damaged pool files; remove old `{DAMAGED_PREFIX}*` files",
+                    self.dir.display()
+                ),
+            })?;
         match std::fs::rename(&main, &aside) {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
