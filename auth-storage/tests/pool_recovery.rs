@@ -429,3 +429,98 @@ proptest! {
         prop_assert_eq!(loaded, expected);
     }
 }
+
+/// One v1 account: (has account id, disabled, addedAt ms, lastUsed ms, rate limits ms).
+type V1Account = (
+    bool,
+    bool,
+    u64,
+    Option<u64>,
+    std::collections::BTreeMap<String, u64>,
+);
+
+fn arb_v1_account() -> impl Strategy<Value = V1Account> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        0u64..4_000_000_000_000,
+        proptest::option::of(0u64..4_000_000_000_000),
+        proptest::collection::btree_map("[a-z0-9.-]{1,8}", 0u64..4_000_000_000_000, 0..3),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any v1 document (with or without its `version` field) migrates to the same accounts,
+    /// times in seconds, `disabled` inverted, the same active account; and a write stores
+    /// exactly that as v2.
+    #[test]
+    fn any_v1_document_migrates_faithfully(
+        accounts in proptest::collection::vec(arb_v1_account(), 1..5),
+        active in proptest::option::of(any::<proptest::sample::Index>()),
+        with_version in any::<bool>(),
+    ) {
+        let active = active.map(|i| i.index(accounts.len()));
+        let mut v1_accounts = Vec::new();
+        for (i, (has_id, disabled, added, used, limits)) in accounts.iter().enumerate() {
+            let email = format!("user{i}@example.com");
+            let id = format!("acct-{i}");
+            let mut a = serde_json::json!({
+                "email": email,
+                "tokens": serde_json::from_str::<serde_json::Value>(&tokens_json(&email, &id)).unwrap(),
+                "addedAt": added,
+                "disabled": disabled,
+                "rateLimitResetAt": limits,
+            });
+            if *has_id {
+                a["accountId"] = id.into();
+            }
+            if let Some(used) = used {
+                a["lastUsed"] = (*used).into();
+            }
+            v1_accounts.push(a);
+        }
+        let mut doc = serde_json::json!({ "accounts": v1_accounts });
+        if with_version {
+            doc["version"] = 1.into();
+        }
+        if let Some(i) = active {
+            doc["activeIndex"] = i.into();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        std::fs::write(store.file(), serde_json::to_vec(&doc).unwrap()).unwrap();
+
+        let loaded = store.load().unwrap();
+        prop_assert_eq!(loaded.migrated_from, Some(1));
+        let pool = loaded.pool;
+        prop_assert_eq!(pool.accounts.len(), accounts.len());
+        for (i, (a, (has_id, disabled, added, used, limits))) in
+            pool.accounts.iter().zip(&accounts).enumerate()
+        {
+            let email = format!("user{i}@example.com");
+            prop_assert_eq!(a.email.as_deref(), Some(email.as_str()));
+            // The account id is the one v1 stored (none when it had none).
+            prop_assert_eq!(a.account_id.is_some(), *has_id);
+            prop_assert_eq!(a.added_at, added / 1000);
+            prop_assert_eq!(a.last_used_at, used.map(|u| u / 1000));
+            prop_assert_eq!(a.enabled, !disabled);
+            let expected: std::collections::BTreeMap<String, u64> =
+                limits.iter().map(|(k, v)| (k.clone(), v / 1000)).collect();
+            prop_assert_eq!(&a.cooldowns, &expected);
+        }
+        prop_assert_eq!(pool.active_index(), active);
+
+        // The first write stores the migrated pool as v2, unchanged.
+        store.update(|_| ()).unwrap();
+        let again = store.load().unwrap();
+        prop_assert_eq!(again.migrated_from, None);
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.file()).unwrap()).unwrap();
+        prop_assert_eq!(&raw["version"], &serde_json::Value::from(2));
+        let mut expected = pool;
+        expected.revision = again.pool.revision;
+        prop_assert_eq!(again.pool, expected);
+    }
+}
