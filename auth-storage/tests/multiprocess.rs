@@ -279,3 +279,79 @@ fn readers_never_see_a_torn_file_while_another_process_writes() {
         "readers: {reads} reads, {distinct} versions, none torn"
     );
 }
+
+/// Child: writes a Codex login and a pool (run by the parent under `umask 000`).
+#[test]
+fn child_umask_writer() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    if role != "umask-writer" {
+        return;
+    }
+    let dir = std::path::PathBuf::from(std::env::var("AUTH_STORAGE_POOL").unwrap());
+    let home = auth_storage::CodexHome::new(dir.join("codex-home"));
+    auth_storage::CredentialStore::save(
+        &auth_storage::FileStore::new(home),
+        &auth_core::AuthDocument::api_key(auth_core::Secret::new("sk-umask".into())),
+    )
+    .unwrap();
+    let pool = PoolStore::new(dir.join("pool"));
+    for _ in 0..2 {
+        pool.update(|p| bump(p, "writes")).unwrap();
+    }
+}
+
+/// Private files are created private, whatever the umask: a process with `umask 000`
+/// (where a plainly created file would be world-readable) still gets 0600 files and a
+/// 0700 pool directory.
+#[cfg(unix)]
+#[test]
+fn files_are_private_even_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // `sh` sets the umask, then becomes this test binary running the child test.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "umask 000 && exec \"$0\" --exact child_umask_writer --test-threads=1",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, "umask-writer")
+        .env("AUTH_STORAGE_POOL", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("umask child did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The control: the lock file the CLI creates 0644-minus-umask really got the open umask.
+    let home = dir.path().join("codex-home");
+    assert_eq!(mode(&home.join("auth.lock")), 0o644);
+    assert_eq!(mode(&home.join("auth.json")), 0o600);
+    assert_eq!(mode(&home.join("auth.json.lock")), 0o600);
+    let pool = dir.path().join("pool");
+    assert_eq!(mode(&pool), 0o700);
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&pool).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "pool.json, its lock and backups: {checked}");
+}
