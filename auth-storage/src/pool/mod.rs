@@ -10,3 +10,4 @@ pub use document::{Account, CURRENT_VERSION, Health, Pool, Upsert};
 pub use store::{
     DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, PoolStore, Recovery, RestoreReason,
 };
+pub use switch::Activated;
