@@ -13,6 +13,9 @@
 //! `cli_auth_credentials_store` setting of its `config.toml` (`file`, the default, means
 //! `auth.json`; `keyring` and `auto` use the OS keyring, as the CLI does).
 //!
+//! `use` first saves the login it replaces into the pool (tokens the CLI refreshed since
+//! are kept; an unknown login is added), and refuses to replace an API-key login.
+//!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
 //! several of these at once (or beside `codex`) never loses an account; a failing command
@@ -192,10 +195,28 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Use { n, codex_home: dir } => {
             let home = codex_home(dir)?;
             let store = credential_store(&home)?;
-            let account = pool.activate(index(n)?, store.as_ref(), now())?;
+            let done = pool.switch_to(index(n)?, store.as_ref(), now())?;
+            // The login that was there is never lost: it went into the pool first.
+            if let Some((outcome, previous)) = &done.previous
+                && previous.key() != done.account.key()
+            {
+                match outcome {
+                    Upsert::Added(i) => println!(
+                        "kept the login that was there as #{} {}",
+                        i + 1,
+                        previous.masked_email()
+                    ),
+                    Upsert::Updated(i) => println!(
+                        "saved #{} {} (the login that was there) back to the pool",
+                        i + 1,
+                        previous.masked_email()
+                    ),
+                    _ => {}
+                }
+            }
             println!(
                 "{} is now the login of {} (run `codex login status` there to check)",
-                account.masked_email(),
+                done.account.masked_email(),
                 home.dir().display()
             );
         }

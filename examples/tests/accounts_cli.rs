@@ -398,6 +398,123 @@ fn import_list_use_remove_as_a_user_would() {
 }
 
 #[test]
+fn use_keeps_the_login_it_replaces() {
+    let test = "use_keeps_the_login_it_replaces";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let source = sb.path("source-home");
+    let alice = Login::new(ALICE, "acct-alice");
+    alice.write_to(&source);
+    sb.run(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&source),
+    ])
+    .ok();
+
+    // The target home holds a login the pool does not know: `use` adds it first.
+    let target = sb.path("target-home");
+    let bob = Login::new(BOB, "acct-bob");
+    bob.write_to(&target);
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&target),
+    ]);
+    run.ok().assert_no_secrets(&[&alice, &bob]);
+    assert!(
+        run.stdout.contains(&format!(
+            "kept the login that was there as #2 {}",
+            mask_email(BOB)
+        )),
+        "{}",
+        run.stdout
+    );
+    let list = parse_list_json(&sb.run(&["--pool-dir", pool, "list", "--json"]));
+    assert_eq!(
+        masked_emails(&list),
+        vec![mask_email(ALICE), mask_email(BOB)]
+    );
+
+    // The CLI refreshes alice in the home (her old refresh token is now spent); switching
+    // away saves the new one, and switching back writes it, not the spent one.
+    let alice_refreshed = Login {
+        refresh: "rt-SECRET-alice-refreshed-by-codex".into(),
+        ..Login::new(ALICE, "acct-alice")
+    };
+    alice_refreshed.write_to(&target);
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "2",
+        "--codex-home",
+        path_str(&target),
+    ]);
+    run.ok().assert_no_secrets(&[&alice_refreshed, &bob]);
+    assert!(
+        run.stdout.contains(&format!(
+            "saved #1 {} (the login that was there) back to the pool",
+            mask_email(ALICE)
+        )),
+        "{}",
+        run.stdout
+    );
+    let stored = PoolStore::new(&pool_dir).load().unwrap().pool;
+    assert_eq!(
+        stored.accounts[0].tokens.refresh_token.expose(),
+        "rt-SECRET-alice-refreshed-by-codex"
+    );
+    sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&target),
+    ])
+    .ok();
+    let home = auth_storage::FileStore::new(auth_storage::CodexHome::new(&target));
+    let back = auth_storage::CredentialStore::load(&home).unwrap().unwrap();
+    assert_eq!(
+        back.tokens.unwrap().refresh_token.expose(),
+        "rt-SECRET-alice-refreshed-by-codex"
+    );
+
+    // An API-key login cannot be kept: refused, nothing changed.
+    let keyed = sb.path("api-key-home");
+    std::fs::create_dir_all(&keyed).unwrap();
+    let key_doc = r#"{"auth_mode": "apikey", "OPENAI_API_KEY": "sk-KEEP-ME"}"#;
+    std::fs::write(keyed.join("auth.json"), key_doc).unwrap();
+    let before = snapshot(&pool_dir);
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&keyed),
+    ]);
+    run.failed();
+    assert!(run.stderr.contains("API-key login"), "{}", run.stderr);
+    assert!(!run.stderr.contains("sk-KEEP-ME"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(keyed.join("auth.json")).unwrap(),
+        key_doc
+    );
+    assert_eq!(snapshot(&pool_dir), before);
+}
+
+#[test]
 fn the_pool_location_follows_codex_pool_dir_then_codex_home() {
     let test = "the_pool_location_follows_codex_pool_dir_then_codex_home";
     let Some(bin) = accounts_bin(test) else {
