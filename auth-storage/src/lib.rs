@@ -15,7 +15,8 @@
 //! * **The pool** ([`PoolStore`]): many accounts with one active, a versioned document with
 //!   forward migrations, `update(|pool| …)` under a cross-process lock, rotating backups and
 //!   recovery that reports why ([`pool::RestoreReason`]); [`PoolStore::import`] and
-//!   [`PoolStore::activate`] move logins between a Codex home and the pool.
+//!   [`PoolStore::activate`] move logins between a Codex home and the pool (switching
+//!   first saves the login it replaces, so tokens the CLI refreshed are never lost).
 //! * **Coordinated refresh** (feature `refresh`, [`refresh`] module): however many
 //!   processes and threads find the same token stale, exactly one refresh request is made.
 //!
