@@ -819,6 +819,41 @@ pub fn read_string(text: &str, target: &Target, key: &str) -> Result<Option<Stri
     }
 }
 
+/// What in a `config.toml` makes Codex CLI 0.169 refuse `--profile NAME`: a legacy top-level
+/// `profile = "NAME"` selector (refused by 0.169 with or without `--profile`) or a legacy
+/// `[profiles.NAME]` table (ignored without `--profile NAME`, refused with it). Codex 0.169
+/// reads a profile from the layer file `NAME.config.toml` instead (see
+/// [`profile_config_path`](crate::profile_config_path)); a tool that routes one profile there
+/// can use this to tell the user what still has to move. Returns the offending key paths,
+/// empty when there are none.
+///
+/// # Errors
+/// [`EditError::InvalidToml`] (with line and column) for invalid text.
+///
+/// ```
+/// let text = "profile = \"work\"\n[profiles.work]\nmodel = \"o3\"\n[profiles.home]\n";
+/// assert_eq!(config_rewrite::legacy_profile_items(text, "work")?, ["profile", "profiles.work"]);
+/// assert_eq!(config_rewrite::legacy_profile_items(text, "home")?, ["profile", "profiles.home"]);
+/// assert!(config_rewrite::legacy_profile_items("model = \"o3\"\n", "work")?.is_empty());
+/// # Ok::<(), config_rewrite::EditError>(())
+/// ```
+pub fn legacy_profile_items(text: &str, name: &str) -> Result<Vec<String>, EditError> {
+    let (doc, _) = parse_doc(text)?;
+    let mut found = Vec::new();
+    if doc.get("profile").is_some_and(|item| !item.is_none()) {
+        found.push("profile".to_owned());
+    }
+    if doc
+        .get("profiles")
+        .and_then(Item::as_table_like)
+        .and_then(|profiles| profiles.get(name))
+        .is_some_and(|item| !item.is_none())
+    {
+        found.push(dotted(&["profiles".to_owned(), name.to_owned()]));
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 #[path = "edit_tests.rs"]
 mod tests;

@@ -384,6 +384,8 @@ fn all_provider_fields_are_written_with_codex_types() {
         .env_key_instructions("set K")
         .requires_openai_auth(false)
         .supports_websockets(false)
+        .supports_standalone_web_search(false)
+        .model_catalog_url("http://127.0.0.1:9/v1/models")
         .query_param("api-version", "1")
         .http_header("X-A", "b")
         .env_http_header("X-B", "VAR")
@@ -393,6 +395,50 @@ fn all_provider_fields_are_written_with_codex_types() {
         .websocket_connect_timeout_ms(4);
     let applied = apply(None, &Rewrite::new().upsert_provider(spec));
     insta::assert_snapshot!(applied.text());
+}
+
+#[test]
+fn base_urls_that_codex_could_not_use_are_refused() {
+    for (url, reason) in [
+        ("not a url", "not an absolute URL"),
+        ("127.0.0.1:8080/v1", "not an absolute URL"),
+        ("localhost:8080/v1", "scheme is `localhost`"),
+        ("/v1", "not an absolute URL"),
+        ("ftp://127.0.0.1/v1", "scheme is `ftp`"),
+        ("file:///tmp/x", "scheme is `file`"),
+        ("http://", "not an absolute URL"),
+        ("", "not an absolute URL"),
+    ] {
+        let spec = ProviderSpec::new("p", url);
+        let err = apply_to_str(
+            Path::new("config.toml"),
+            Some("a = 1\n"),
+            &Rewrite::route_to(spec, Target::TopLevel),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("base_url") && text.contains(reason),
+            "{url:?}: {text}"
+        );
+    }
+    for url in [
+        "http://127.0.0.1:8080/v1",
+        "https://proxy.example/v1",
+        "http://[::1]:9/v1",
+        "HTTP://LOCALHOST:1/v1",
+    ] {
+        let spec = ProviderSpec::new("p", url);
+        assert!(
+            apply_to_str(
+                Path::new("config.toml"),
+                Some("a = 1\n"),
+                &Rewrite::route_to(spec, Target::TopLevel)
+            )
+            .is_ok(),
+            "{url}"
+        );
+    }
 }
 
 #[test]

@@ -24,11 +24,22 @@
 //!
 //! # Profiles
 //!
-//! Codex CLI 0.169 reads `--profile NAME` from a layer file `$CODEX_HOME/NAME.config.toml`
-//! (see [`profile_config_path`]) and refuses to start when `config.toml` still has a legacy
-//! `[profiles.NAME]` table for that profile. To route one profile, apply a
-//! [`Target::TopLevel`] rewrite to the layer file. [`Target::Profile`] edits the legacy table
-//! for older CLIs.
+//! The issue's `[profiles.<name>]` table is supported: [`Target::Profile`] puts
+//! `model_provider` into that table (the provider table stays top-level, where Codex looks
+//! for providers). But Codex CLI 0.169 changed profiles (checked against the real binary by
+//! `tests/codex_cli.rs`):
+//!
+//! - `codex --profile NAME …` layers `$CODEX_HOME/NAME.config.toml` over `config.toml`
+//!   ([`profile_config_path`]); a missing layer file is fine.
+//! - `--profile NAME` fails ("failed to load configuration") while `config.toml` still has a
+//!   legacy `[profiles.NAME]` table or a top-level `profile = "NAME"` selector
+//!   ([`legacy_profile_items`] finds them).
+//! - A top-level `profile = "…"` selector is refused even without `--profile`.
+//! - Without `--profile`, `[profiles.*]` tables are accepted but not used: a
+//!   `model_provider` inside one has no effect.
+//!
+//! So to route one profile of Codex 0.169, apply a [`Target::TopLevel`] rewrite to the layer
+//! file; [`Target::Profile`] is for older CLIs that still read `[profiles.NAME]`.
 //!
 //! # Example: a proxy's lifetime
 //!
@@ -69,7 +80,9 @@ mod file;
 mod provider;
 mod record;
 
-pub use edit::{Applied, RestoreOutcome, Restored, apply_to_str, read_string, restore_str};
+pub use edit::{
+    Applied, RestoreOutcome, Restored, apply_to_str, legacy_profile_items, read_string, restore_str,
+};
 pub use error::{EditError, Error};
 pub use file::{RestoreReport, RevertFile, apply, profile_config_path, restore};
 pub use provider::{ProviderSpec, RESERVED_PROVIDER_IDS, Rewrite, Target, WireApi};

@@ -33,15 +33,18 @@ impl WireApi {
     }
 }
 
-/// Where `model_provider` (or another key) is set: the top level of `config.toml` or a
-/// `[profiles.<name>]` table (used when Codex runs with `--profile <name>`).
+/// Where `model_provider` (or another key) is set: the top level of the file or a
+/// `[profiles.<name>]` table. Codex CLI 0.169 no longer reads `[profiles.<name>]` tables (it
+/// layers `<name>.config.toml` for `--profile <name>`, see the crate docs on profiles); for it,
+/// edit that layer file with `TopLevel`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Target {
     /// The top level, before the first table header.
     #[default]
     TopLevel,
-    /// The `[profiles.<name>]` table (created when missing, removed again on restore).
+    /// The legacy `[profiles.<name>]` table (created when missing, removed again on
+    /// restore), read by Codex CLIs before 0.169.
     Profile(String),
 }
 
@@ -90,6 +93,8 @@ pub struct ProviderSpec {
     wire_api: Option<WireApi>,
     requires_openai_auth: Option<bool>,
     supports_websockets: Option<bool>,
+    supports_standalone_web_search: Option<bool>,
+    model_catalog_url: Option<String>,
     query_params: Option<BTreeMap<String, String>>,
     http_headers: Option<BTreeMap<String, String>>,
     env_http_headers: Option<BTreeMap<String, String>>,
@@ -127,6 +132,8 @@ impl ProviderSpec {
             wire_api: Some(WireApi::Responses),
             requires_openai_auth: None,
             supports_websockets: None,
+            supports_standalone_web_search: None,
+            model_catalog_url: None,
             query_params: None,
             http_headers: None,
             env_http_headers: None,
@@ -235,6 +242,32 @@ impl ProviderSpec {
         self
     }
 
+    /// `supports_standalone_web_search`: a boolean provider flag read by Codex 0.169 (whether
+    /// the provider serves Codex's standalone web-search requests).
+    ///
+    /// ```
+    /// let spec = config_rewrite::ProviderSpec::new("p", "http://127.0.0.1:1/v1")
+    ///     .supports_standalone_web_search(false);
+    /// # let _ = spec;
+    /// ```
+    pub fn supports_standalone_web_search(mut self, yes: bool) -> Self {
+        self.supports_standalone_web_search = Some(yes);
+        self
+    }
+
+    /// `model_catalog_url`: a string provider field read by Codex 0.169 (where the provider
+    /// lists its models).
+    ///
+    /// ```
+    /// let spec = config_rewrite::ProviderSpec::new("p", "http://127.0.0.1:1/v1")
+    ///     .model_catalog_url("http://127.0.0.1:1/v1/models");
+    /// # let _ = spec;
+    /// ```
+    pub fn model_catalog_url(mut self, url: impl Into<String>) -> Self {
+        self.model_catalog_url = Some(url.into());
+        self
+    }
+
     /// Adds one entry to `query_params` (appended to every request URL).
     ///
     /// ```
@@ -322,6 +355,14 @@ impl ProviderSpec {
     /// Checks the id and numbers; called by the edit functions.
     pub(crate) fn validate(&self) -> Result<(), crate::EditError> {
         validate_provider_id(&self.id)?;
+        for (field, url) in [
+            ("base_url", &self.base_url),
+            ("model_catalog_url", &self.model_catalog_url),
+        ] {
+            if let Some(url) = url {
+                validate_http_url(field, url)?;
+            }
+        }
         for (field, value) in self.fields() {
             if let FieldValue::Int(n) = value
                 && i64::try_from(n).is_err()
@@ -358,6 +399,11 @@ impl ProviderSpec {
                 "supports_websockets",
                 self.supports_websockets.map(FieldValue::Bool),
             ),
+            (
+                "supports_standalone_web_search",
+                self.supports_standalone_web_search.map(FieldValue::Bool),
+            ),
+            ("model_catalog_url", s(&self.model_catalog_url)),
             ("query_params", m(&self.query_params)),
             ("http_headers", m(&self.http_headers)),
             ("env_http_headers", m(&self.env_http_headers)),
@@ -385,6 +431,30 @@ impl ProviderSpec {
         }
         out
     }
+}
+
+/// Codex sends requests to `base_url` as is: anything but an absolute `http(s)` URL with a
+/// host would only fail later, inside Codex, so it is refused here with the reason.
+fn validate_http_url(field: &str, value: &str) -> Result<(), crate::EditError> {
+    let bad = |reason: String| crate::EditError::InvalidInput {
+        field: field.to_owned(),
+        reason,
+    };
+    let url = url::Url::parse(value).map_err(|e| {
+        bad(format!(
+            "it is not an absolute URL ({e}); expected e.g. http://127.0.0.1:8080/v1"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "its scheme is `{}`; Codex needs http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host".to_owned()));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_provider_id(id: &str) -> Result<(), crate::EditError> {
@@ -420,6 +490,14 @@ impl fmt::Debug for ProviderSpec {
             .field("wire_api", &self.wire_api)
             .field("requires_openai_auth", &self.requires_openai_auth)
             .field("supports_websockets", &self.supports_websockets)
+            .field(
+                "supports_standalone_web_search",
+                &self.supports_standalone_web_search,
+            )
+            .field(
+                "model_catalog_url",
+                &self.model_catalog_url.as_deref().map(redact_url),
+            )
             .field("query_param_names", &names(&self.query_params))
             .field("http_header_names", &names(&self.http_headers))
             .field("env_http_headers", &self.env_http_headers)

@@ -379,3 +379,153 @@ fn restore_keeps_what_codex_itself_wrote_meanwhile() {
     assert_eq!(doc["model"].as_str(), Some("gpt-5-codex"));
     assert!(!config_error(&login_status(&bin, home.path())));
 }
+
+#[test]
+fn codex_reads_every_provider_field_we_can_write() {
+    // Each field we write is one Codex reads: with all of them the config loads, and a wrong
+    // type in any one of them is reported *at that field* — which Codex only does for
+    // fields it deserializes (unknown keys are silently ignored), so a misspelt field name
+    // here would fail this test.
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "codex_reads_every_provider_field_we_can_write",
+            "Codex CLI not found",
+        );
+    };
+    use config_rewrite::{ProviderSpec, Rewrite, WireApi};
+    let spec = ProviderSpec::new("all-fields", "http://127.0.0.1:9/v1")
+        .name("All fields")
+        .env_key("ROTATION_PROXY_TOKEN")
+        .env_key_instructions("start the proxy")
+        .wire_api(Some(WireApi::Responses))
+        .requires_openai_auth(false)
+        .supports_websockets(false)
+        .supports_standalone_web_search(false)
+        .model_catalog_url("http://127.0.0.1:9/v1/models")
+        .query_param("api-version", "1")
+        .http_header("X-Extra", "1")
+        .env_http_header("X-Env", "SOME_VAR")
+        .request_max_retries(1)
+        .stream_max_retries(1)
+        .stream_idle_timeout_ms(1000)
+        .websocket_connect_timeout_ms(1000);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    apply(&config, &Rewrite::route_to(spec, Target::TopLevel)).unwrap();
+    let written = std::fs::read_to_string(&config).unwrap();
+    let out = login_status(&bin, home.path());
+    assert!(!config_error(&out), "{written}\n{out}");
+
+    let fields: Vec<(usize, String)> = written
+        .lines()
+        .enumerate()
+        .skip_while(|(_, l)| !l.starts_with("[model_providers."))
+        .skip(1)
+        .filter_map(|(i, l)| l.split_once(" = ").map(|(k, _)| (i, k.to_owned())))
+        .collect();
+    assert_eq!(fields.len(), 16, "{written}");
+    for (line, field) in &fields {
+        let broken: String = written
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == *line {
+                    format!("{field} = [[1]]\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&config, &broken).unwrap();
+        let out = login_status(&bin, home.path());
+        assert!(
+            config_error(&out) && out.contains(&format!("config.toml:{}:", line + 1)),
+            "Codex did not read `{field}` (a wrong type there went unnoticed):\n{out}"
+        );
+    }
+}
+
+#[test]
+fn codex_profiles_are_layer_files_and_legacy_tables_are_refused() {
+    // The facts the crate docs state about Codex 0.169 profiles.
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "codex_profiles_are_layer_files_and_legacy_tables_are_refused",
+            "Codex CLI not found",
+        );
+    };
+    let mcp_list = |home: &Path, profile: Option<&str>| {
+        let mut args = Vec::new();
+        if let Some(p) = profile {
+            args.extend(["--profile", p]);
+        }
+        args.extend(["mcp", "list"]);
+        run_codex(&bin, home, &args, Duration::from_secs(30))
+    };
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+
+    // A `[profiles.work]` table: accepted without --profile, refused with --profile work.
+    let legacy = "model = \"o3\"\n\n[profiles.work]\nmodel = \"gpt-5\"\n";
+    std::fs::write(&config, legacy).unwrap();
+    assert_eq!(
+        config_rewrite::legacy_profile_items(legacy, "work").unwrap(),
+        ["profiles.work"]
+    );
+    let (ok, out) = mcp_list(home.path(), None);
+    assert!(ok, "{out}");
+    let (ok, out) = mcp_list(home.path(), Some("work"));
+    assert!(!ok && out.contains("legacy"), "{out}");
+    assert!(out.contains("work.config.toml"), "{out}");
+
+    // A top-level `profile = "work"` selector: refused even without --profile.
+    let selector = "profile = \"work\"\nmodel = \"o3\"\n";
+    std::fs::write(&config, selector).unwrap();
+    assert_eq!(
+        config_rewrite::legacy_profile_items(selector, "work").unwrap(),
+        ["profile"]
+    );
+    let (ok, out) = mcp_list(home.path(), None);
+    assert!(!ok && out.contains("legacy"), "{out}");
+
+    // The layer file: --profile work reads it; a missing one is fine.
+    std::fs::write(&config, "model = \"o3\"\n").unwrap();
+    let layer = config_rewrite::profile_config_path(&config, "work").unwrap();
+    std::fs::write(&layer, "model = \"gpt-5\"\n").unwrap();
+    let (ok, out) = mcp_list(home.path(), Some("work"));
+    assert!(ok, "{out}");
+    let (ok, out) = mcp_list(home.path(), Some("absent"));
+    assert!(ok, "{out}");
+    // ... and really reads it: a broken layer is reported with its own path.
+    std::fs::write(&layer, "model = [\n").unwrap();
+    let (ok, out) = mcp_list(home.path(), Some("work"));
+    assert!(!ok && out.contains("work.config.toml"), "{out}");
+}
+
+#[test]
+fn codex_ignores_model_provider_in_a_legacy_profile_table() {
+    // Without --profile, Codex 0.169 accepts `[profiles.*]` tables but does not use them: a
+    // provider named only there (and unknown) does not stop `codex exec` from using the
+    // top-level one.
+    let Some(bin) = common::codex_bin() else {
+        return common::skip(
+            "codex_ignores_model_provider_in_a_legacy_profile_table",
+            "Codex CLI not found",
+        );
+    };
+    let upstream = Upstream::start();
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "model = \"gpt-5\"\n\n[profiles.work]\nmodel_provider = \"no-such-provider\"\n",
+    )
+    .unwrap();
+    let record = apply(
+        &config,
+        &common::proxy_rewrite(upstream.port, Target::TopLevel),
+    )
+    .unwrap();
+    exec_through(&bin, home.path(), &upstream, &[]);
+    restore(&record).unwrap();
+}
