@@ -12,9 +12,11 @@
 //! `apply` refuses to stack on top of a pending rewrite; `restore` undoes exactly what
 //! `apply` did (byte for byte if nothing else changed, otherwise only our own keys that still
 //! hold our values). `--profile NAME` edits Codex's profile layer `NAME.config.toml` beside
-//! the config (Codex CLI 0.169+); add `--legacy-profile-table` to edit a `[profiles.NAME]`
-//! table inside the config instead (older CLIs). Exit status: 0 ok, 1 refused or failed,
-//! 2 bad arguments.
+//! the config, which is what `codex --profile NAME` reads since Codex CLI 0.169 (and warns
+//! when the config still has a legacy `[profiles.NAME]` table or `profile = …` selector, which
+//! make Codex 0.169 refuse `--profile NAME`); add `--legacy-profile-table` to edit a
+//! `[profiles.NAME]` table inside the config instead (CLIs before 0.169). Exit status: 0 ok,
+//! 1 refused or failed, 2 bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -134,7 +136,46 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("revert record: {}", plan.revert.path().display());
+    warn_about_legacy_profiles(&args.location);
     Ok(())
+}
+
+/// Codex CLI 0.169 refuses `--profile NAME` while `config.toml` still has a legacy
+/// `[profiles.NAME]` table or `profile = "…"` selector, and ignores such tables otherwise:
+/// say so, since the rewrite alone will not make `codex --profile NAME` work then.
+fn warn_about_legacy_profiles(location: &Location) {
+    let Some(name) = &location.profile else {
+        return;
+    };
+    if location.legacy_profile_table {
+        eprintln!(
+            "note: `[profiles.{name}]` tables are read by Codex CLIs before 0.169 only; Codex 0.169 reads `--profile {name}` from {} instead (drop --legacy-profile-table)",
+            profile_file_name(&location.config, name)
+        );
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(&location.config) else {
+        return;
+    };
+    match config_rewrite::legacy_profile_items(&text, name) {
+        Ok(items) if !items.is_empty() => eprintln!(
+            "warning: {} still has legacy profile settings ({}); Codex 0.169 refuses `--profile {name}` until they are moved into {} and removed",
+            location.config.display(),
+            items.join(", "),
+            profile_file_name(&location.config, name)
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "warning: could not check {} for legacy profiles: {e}",
+            location.config.display()
+        ),
+    }
+}
+
+fn profile_file_name(config: &Path, name: &str) -> String {
+    config_rewrite::profile_config_path(config, name)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("{name}.config.toml"))
 }
 
 fn restore(location: &Location) -> Result<(), Box<dyn std::error::Error>> {

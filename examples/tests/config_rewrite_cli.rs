@@ -1,0 +1,629 @@
+//! Runs the built `config-rewrite` example program the way a user does: `apply`, `status`,
+//! `restore` on a real file (comments, arrays of tables, CRLF) back to the identical bytes,
+//! `--profile` (Codex 0.169's layer file and the legacy table), and bad input, which must
+//! fail with a clear message and leave every file byte for byte as it was.
+//!
+//! Needs the example binary (`target/<profile>/examples/config-rewrite`): plain
+//! `cargo test --workspace --all-features` builds it; with `--test config_rewrite_cli` alone
+//! build it first (`cargo build --workspace --all-features --examples`) or the tests print
+//! `SKIP`. Where the real Codex CLI is found (`CODEX_BIN`), it checks that Codex loads the
+//! rewritten files too.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use config_rewrite::Target;
+
+/// A config a user might have: comments everywhere, an MCP server table, arrays of tables,
+/// a legacy-free profile setup, CRLF line endings and no trailing newline after the last
+/// comment.
+const ORIGINAL: &str = "# my Codex config\r\n\
+model = \"gpt-5\" # inline comment\r\n\
+approval_policy = \"on-request\"\r\n\
+\r\n\
+# skills come first on purpose: a naive rewriter appends model_provider after this header\r\n\
+[[skills.config]]\r\n\
+path = \"/home/me/skills/a\"\r\n\
+enabled = true\r\n\
+\r\n\
+[[skills.config]]\r\n\
+path = \"/home/me/skills/b\"\r\n\
+enabled = false\r\n\
+\r\n\
+[mcp_servers.docs]\r\n\
+command = \"npx\"\r\n\
+args = [\"-y\", \"docs-server\"] # keep me\r\n\
+\r\n\
+# trailing comment";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn config_rewrite(test: &str) -> Option<PathBuf> {
+    let found = common::example("config-rewrite");
+    if found.is_none() {
+        common::skip(
+            test,
+            "example binary config-rewrite not built (run `cargo build --workspace --all-features --examples`)",
+        );
+    }
+    found
+}
+
+/// Runs `bin args…` in `dir`, bounded in time (the child is killed after `limit`).
+fn run_in(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &Path)], limit: Duration) -> Run {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} did not finish within {limit:?}", bin.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn cli(bin: &Path, dir: &Path, args: &[&str]) -> Run {
+    run_in(bin, dir, args, &[], Duration::from_secs(30))
+}
+
+fn ok(run: &Run, what: &str) {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{what} failed:\nstdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// Every file in `dir` with its bytes, sorted by name.
+fn snapshot_dir(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Whether the real Codex CLI loads `home`'s configuration (optionally with `--profile`)
+/// without a configuration error; `None` when no CLI is installed.
+fn codex_loads(home: &Path, profile: Option<&str>) -> Option<(bool, String)> {
+    let Some(bin) = common::codex_bin() else {
+        common::skip("codex interop step", "Codex CLI not found (set CODEX_BIN)");
+        return None;
+    };
+    // `codex mcp list` reads the whole configuration (profiles included) and needs no network.
+    let mut args = Vec::new();
+    if let Some(p) = profile {
+        args.extend(["--profile", p]);
+    }
+    args.extend(["mcp", "list"]);
+    let run = run_in(
+        &bin,
+        home,
+        &args,
+        &[("CODEX_HOME", home)],
+        Duration::from_secs(60),
+    );
+    let output = format!("{}{}", run.stdout, run.stderr);
+    Some((
+        run.code == Some(0) && !output.contains("configuration"),
+        output,
+    ))
+}
+
+#[test]
+fn apply_status_restore_gives_back_the_identical_bytes() {
+    let test = "apply_status_restore_gives_back_the_identical_bytes";
+    let Some(bin) = config_rewrite(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let config = home.join("config.toml");
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let revert = home.join("state").join("rewrite.json");
+    std::fs::create_dir(home.join("state")).unwrap();
+    let revert_arg = revert.to_str().unwrap();
+
+    // apply
+    let applied = cli(
+        &bin,
+        home,
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "rotation proxy", // an id that needs quoting
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+            "--env-key",
+            "ROTATION_PROXY_TOKEN",
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    ok(&applied, "apply");
+    assert!(
+        applied.stdout.contains("routed to `rotation proxy`"),
+        "{}",
+        applied.stdout
+    );
+    assert!(applied.stdout.contains(revert_arg), "{}", applied.stdout);
+    assert!(revert.is_file(), "revert record written where asked");
+    assert!(
+        !home.join("config.toml.revert.json").exists(),
+        "no record at the default place when --revert-file is given"
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        config_rewrite::read_string(&text, &Target::TopLevel, "model_provider")
+            .unwrap()
+            .as_deref(),
+        Some("rotation proxy"),
+        "model_provider must be a real top-level key:\n{text}"
+    );
+    assert!(
+        text.contains("[model_providers.\"rotation proxy\"]\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("env_key = \"ROTATION_PROXY_TOKEN\"\r\n"),
+        "{text}"
+    );
+    // Everything the user wrote is still there, CRLF included.
+    for line in ORIGINAL.split("\r\n") {
+        assert!(text.contains(line), "lost {line:?}:\n{text}");
+    }
+    assert!(
+        !text.replace("\r\n", "").contains('\n'),
+        "mixed line endings"
+    );
+    if let Some((loads, output)) = codex_loads(home, None) {
+        assert!(loads, "Codex rejected the rewritten config:\n{output}");
+    }
+
+    // status
+    let status = cli(
+        &bin,
+        home,
+        &[
+            "status",
+            "--config",
+            config_arg,
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    ok(&status, "status");
+    assert!(
+        status.stdout.contains("model_provider = rotation proxy"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("pending rewrite:") && status.stdout.contains("model_provider"),
+        "{}",
+        status.stdout
+    );
+
+    // A second apply on top of a pending one is refused and changes nothing.
+    let rewritten = std::fs::read(&config).unwrap();
+    let record = std::fs::read(&revert).unwrap();
+    let again = cli(
+        &bin,
+        home,
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "other",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    assert_eq!(again.code, Some(1), "{}", again.stderr);
+    assert!(again.stderr.contains("still pending"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&config).unwrap(), rewritten);
+    assert_eq!(std::fs::read(&revert).unwrap(), record);
+
+    // restore
+    let restored = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    ok(&restored, "restore");
+    assert!(
+        restored.stdout.contains("restored byte for byte"),
+        "{}",
+        restored.stdout
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), ORIGINAL.as_bytes());
+    assert!(!revert.exists(), "the record is deleted after restore");
+
+    let status = cli(
+        &bin,
+        home,
+        &[
+            "status",
+            "--config",
+            config_arg,
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    ok(&status, "status after restore");
+    assert!(
+        status.stdout.contains("model_provider = (unset")
+            && status.stdout.contains("no pending rewrite"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn missing_config_is_created_and_removed_again() {
+    let Some(bin) = config_rewrite("missing_config_is_created_and_removed_again") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let config_arg = config.to_str().unwrap();
+    let applied = cli(
+        &bin,
+        dir.path(),
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "proxy",
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+        ],
+    );
+    ok(&applied, "apply");
+    assert!(applied.stdout.contains("created"), "{}", applied.stdout);
+    assert!(config.is_file());
+    let restored = cli(&bin, dir.path(), &["restore", "--config", config_arg]);
+    ok(&restored, "restore");
+    assert!(
+        snapshot_dir(dir.path()).is_empty(),
+        "config and record removed"
+    );
+}
+
+#[test]
+fn profile_edits_codex_layer_file_and_legacy_table_on_request() {
+    let test = "profile_edits_codex_layer_file_and_legacy_table_on_request";
+    let Some(bin) = config_rewrite(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let config = home.join("config.toml");
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let layer = home.join("work.config.toml");
+    let route = |extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "proxy",
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+            "--profile",
+            "work",
+        ];
+        args.extend_from_slice(extra);
+        cli(&bin, home, &args)
+    };
+
+    // Codex 0.169: `--profile work` reads work.config.toml; config.toml is not touched.
+    let applied = route(&[]);
+    ok(&applied, "apply --profile");
+    assert!(
+        applied.stderr.is_empty(),
+        "no warning without legacy tables: {}",
+        applied.stderr
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), ORIGINAL.as_bytes());
+    let text = std::fs::read_to_string(&layer).unwrap();
+    assert_eq!(
+        config_rewrite::read_string(&text, &Target::TopLevel, "model_provider")
+            .unwrap()
+            .as_deref(),
+        Some("proxy")
+    );
+    let status = cli(
+        &bin,
+        home,
+        &["status", "--config", config_arg, "--profile", "work"],
+    );
+    ok(&status, "status --profile");
+    assert!(
+        status
+            .stdout
+            .contains("work.config.toml: model_provider = proxy")
+            && status.stdout.contains("pending rewrite"),
+        "{}",
+        status.stdout
+    );
+    if let Some((loads, output)) = codex_loads(home, Some("work")) {
+        assert!(
+            loads,
+            "codex --profile work rejected the layer file:\n{output}"
+        );
+    }
+    let restored = cli(
+        &bin,
+        home,
+        &["restore", "--config", config_arg, "--profile", "work"],
+    );
+    ok(&restored, "restore --profile");
+    assert_eq!(
+        snapshot_dir(home),
+        [("config.toml".to_owned(), ORIGINAL.as_bytes().to_vec())]
+    );
+
+    // The issue's `[profiles.<name>]` table, for CLIs before 0.169.
+    let applied = route(&["--legacy-profile-table"]);
+    ok(&applied, "apply --profile --legacy-profile-table");
+    assert!(
+        applied.stderr.contains("before 0.169"),
+        "{}",
+        applied.stderr
+    );
+    assert!(!layer.exists());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        config_rewrite::read_string(&text, &Target::profile("work"), "model_provider")
+            .unwrap()
+            .as_deref(),
+        Some("proxy"),
+        "{text}"
+    );
+    assert_eq!(
+        config_rewrite::read_string(&text, &Target::TopLevel, "model_provider").unwrap(),
+        None,
+        "the top level stays untouched: {text}"
+    );
+    // Real Codex 0.169 refuses `--profile work` with such a table (the reason for the layer
+    // file); this also proves the interop check above can fail.
+    if let Some((loads, output)) = codex_loads(home, Some("work")) {
+        assert!(
+            !loads,
+            "Codex 0.169 accepted a legacy [profiles.work] table:\n{output}"
+        );
+        assert!(output.contains("legacy"), "{output}");
+    }
+    let restored = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--profile",
+            "work",
+            "--legacy-profile-table",
+        ],
+    );
+    ok(&restored, "restore --legacy-profile-table");
+    assert_eq!(
+        snapshot_dir(home),
+        [("config.toml".to_owned(), ORIGINAL.as_bytes().to_vec())]
+    );
+
+    // A config that still has a legacy table for the profile gets a warning naming it.
+    let legacy = format!("{ORIGINAL}\r\n[profiles.work]\r\nmodel = \"o3\"\r\n");
+    std::fs::write(&config, &legacy).unwrap();
+    let applied = route(&[]);
+    ok(&applied, "apply --profile with a legacy table");
+    assert!(
+        applied.stderr.contains("warning:")
+            && applied.stderr.contains("profiles.work")
+            && applied.stderr.contains("work.config.toml"),
+        "{}",
+        applied.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), legacy);
+    ok(
+        &cli(
+            &bin,
+            home,
+            &["restore", "--config", config_arg, "--profile", "work"],
+        ),
+        "restore",
+    );
+    assert!(!layer.exists());
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_files_untouched() {
+    let test = "bad_input_fails_clearly_and_leaves_files_untouched";
+    let Some(bin) = config_rewrite(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let config = home.join("config.toml");
+    let config_arg = config.to_str().unwrap();
+    let apply = |config: &str, provider: &str, url: &str| {
+        cli(
+            &bin,
+            home,
+            &[
+                "apply",
+                "--config",
+                config,
+                "--provider",
+                provider,
+                "--base-url",
+                url,
+            ],
+        )
+    };
+    let expect_refused =
+        |run: &Run, what: &str, mentions: &[&str], before: &[(String, Vec<u8>)]| {
+            assert_eq!(run.code, Some(1), "{what}: {}", run.stderr);
+            assert!(run.stderr.starts_with("error: "), "{what}: {}", run.stderr);
+            for m in mentions {
+                assert!(
+                    run.stderr.contains(m),
+                    "{what}: should mention {m:?}: {}",
+                    run.stderr
+                );
+            }
+            assert_eq!(snapshot_dir(home), before, "{what}: files changed");
+        };
+
+    // Invalid TOML: line and column, file byte-identical, no revert record.
+    let broken = "# fine\r\nmodel = \"o3\"\r\n[[skills.config]]\r\npath = \"a\r\n";
+    std::fs::write(&config, broken).unwrap();
+    let before = snapshot_dir(home);
+    let run = apply(config_arg, "proxy", "http://127.0.0.1:8080/v1");
+    expect_refused(
+        &run,
+        "invalid TOML",
+        &["config.toml", "line 4, column"],
+        &before,
+    );
+
+    // A reserved provider id and unusable URLs, on a valid file.
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let before = snapshot_dir(home);
+    let run = apply(config_arg, "openai", "http://127.0.0.1:8080/v1");
+    expect_refused(&run, "reserved id", &["provider id", "built-in"], &before);
+    for (url, why) in [
+        ("not a url", "not an absolute URL"),
+        ("ftp://127.0.0.1/v1", "scheme is `ftp`"),
+        ("127.0.0.1:8080/v1", "base_url"),
+    ] {
+        let run = apply(config_arg, "proxy", url);
+        expect_refused(&run, url, &["base_url", why], &before);
+    }
+
+    // Restore without a record.
+    let run = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--revert-file",
+            home.join("nope.json").to_str().unwrap(),
+        ],
+    );
+    expect_refused(
+        &run,
+        "missing revert file",
+        &["no revert record", "nope.json"],
+        &before,
+    );
+
+    // A path-like profile name.
+    let run = cli(
+        &bin,
+        home,
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "proxy",
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+            "--profile",
+            "../elsewhere",
+        ],
+    );
+    expect_refused(&run, "bad profile", &["profile name"], &before);
+
+    // A revert record that is not ours.
+    let foreign = home.join("foreign.json");
+    std::fs::write(&foreign, "{\"hello\": 1}").unwrap();
+    let before = snapshot_dir(home);
+    let run = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--revert-file",
+            foreign.to_str().unwrap(),
+        ],
+    );
+    expect_refused(&run, "foreign record", &["foreign.json"], &before);
+
+    // Missing arguments are usage errors (exit 2).
+    let run = cli(&bin, home, &["apply", "--config", config_arg]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--provider"), "{}", run.stderr);
+    assert_eq!(snapshot_dir(home), before);
+}
