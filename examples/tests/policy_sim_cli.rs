@@ -1,0 +1,237 @@
+//! Runs the built `policy-sim` example program: the summary a user plays with has the parts
+//! the issue asks for (rotations, waits, per-account load, time per decision), the same seed
+//! prints the same numbers, and bad arguments fail with a clear message.
+//!
+//! Needs the example binary (`target/<profile>/examples/policy-sim`): plain
+//! `cargo test --workspace --all-features` builds it; with `--test policy_sim_cli` alone
+//! build it first (`cargo build --workspace --all-features --examples`) or the tests print
+//! `SKIP`.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn policy_sim(test: &str) -> Option<PathBuf> {
+    let found = common::example("policy-sim");
+    if found.is_none() {
+        common::skip(
+            test,
+            "example binary policy-sim not built (run `cargo build --workspace --all-features --examples`)",
+        );
+    }
+    found
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `bin args…`, killing it if it takes longer than `limit`.
+fn run(bin: &Path, args: &[&str], limit: Duration) -> Run {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).map(|_| s)
+    });
+    let status = wait_bounded(&mut child, limit);
+    Run {
+        code: status,
+        stdout: out_reader.join().unwrap().unwrap(),
+        stderr: err_reader.join().unwrap().unwrap(),
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("policy-sim did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The summary without its wall-clock line (the only line allowed to differ between runs).
+fn deterministic_part(summary: &str) -> String {
+    summary
+        .lines()
+        .filter(|line| !line.starts_with("time per decision:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The number in the line that starts with `label` (after trimming), e.g. `rotations 30`.
+fn counter(summary: &str, label: &str) -> u64 {
+    let line = summary
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no `{label}` line in:\n{summary}"));
+    line[label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{label}` in {line:?}"))
+}
+
+#[test]
+fn summary_has_rotations_waits_load_and_time_per_decision() {
+    let Some(bin) = policy_sim("summary_has_rotations_waits_load_and_time_per_decision") else {
+        return;
+    };
+    let r = run(
+        &bin,
+        &["--accounts", "12", "--requests", "2000", "--seed", "7"],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let s = &r.stdout;
+    assert!(
+        s.starts_with("policy-sim: 12 accounts, 2000 requests, seed 7"),
+        "{s}"
+    );
+
+    // Every request ends exactly one way.
+    let ended = counter(s, "served")
+        + counter(s, "pool exhausted")
+        + counter(s, "upstream error")
+        + counter(s, "no account");
+    assert_eq!(ended, 2000, "{s}");
+    // Rotation counters are there and consistent: attempts = first attempts + retries.
+    let attempts = counter(s, "attempts");
+    let retries = counter(s, "retries");
+    assert!(attempts >= retries && attempts <= 2000 + retries, "{s}");
+    assert!(counter(s, "rotations") > 0, "{s}");
+    let _waits = counter(s, "waits");
+    assert!(s.contains("outcomes        ok "), "{s}");
+
+    // Per-account load: all twelve accounts are accounted for (enabled + disabled, the
+    // simulated revoked ones named), and the busiest are listed.
+    let load = s
+        .lines()
+        .find(|l| l.starts_with("per-account load ("))
+        .unwrap_or_else(|| panic!("no per-account load line:\n{s}"));
+    let numbers: Vec<u64> = load["per-account load (".len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .take(2)
+        .collect();
+    assert_eq!(numbers.iter().sum::<u64>(), 12, "{load}");
+    assert!(s.contains("attempts per account: min "), "{s}");
+    let busiest = s.lines().filter(|l| l.trim_start().starts_with("acct-"));
+    assert_eq!(busiest.count(), 5, "five busiest accounts listed:\n{s}");
+
+    // Time per decision, in nanoseconds.
+    let timing = s
+        .lines()
+        .find(|l| l.starts_with("time per decision: "))
+        .unwrap_or_else(|| panic!("no timing line:\n{s}"));
+    let ns: f64 = timing["time per decision: ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {timing:?}"));
+    assert!(ns > 0.0, "{timing}");
+    assert!(timing.contains(" ns ("), "{timing}");
+}
+
+#[test]
+fn the_same_seed_prints_the_same_summary_and_another_seed_another() {
+    let test = "the_same_seed_prints_the_same_summary_and_another_seed_another";
+    let Some(bin) = policy_sim(test) else {
+        return;
+    };
+    let args = |seed: &'static str| {
+        [
+            "--accounts",
+            "20",
+            "--requests",
+            "3000",
+            "--seed",
+            seed,
+            "--strategy",
+            "round-robin",
+        ]
+    };
+    let first = run(&bin, &args("42"), LIMIT);
+    let second = run(&bin, &args("42"), LIMIT);
+    let other = run(&bin, &args("43"), LIMIT);
+    for r in [&first, &second, &other] {
+        assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    }
+    assert_eq!(
+        deterministic_part(&first.stdout),
+        deterministic_part(&second.stdout)
+    );
+    assert_ne!(
+        deterministic_part(&first.stdout),
+        deterministic_part(&other.stdout).replace("seed 43", "seed 42"),
+        "a different seed should tell a different story"
+    );
+    // --json is deterministic too (it has no timing at all).
+    let mut json_args = args("42").to_vec();
+    json_args.push("--json");
+    let a = run(&bin, &json_args, LIMIT);
+    let b = run(&bin, &json_args, LIMIT);
+    assert_eq!(a.code, Some(0), "stderr: {}", a.stderr);
+    assert_eq!(a.stdout, b.stdout);
+    let report: serde_json::Value = serde_json::from_str(&a.stdout).unwrap();
+    assert_eq!(report["requests"], 3000);
+    assert_eq!(report["accounts"].as_array().map(Vec::len), Some(20));
+}
+
+#[test]
+fn bad_arguments_fail_with_a_clear_message() {
+    let Some(bin) = policy_sim("bad_arguments_fail_with_a_clear_message") else {
+        return;
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--accounts", "0"], &["--accounts", "0", "1..="]),
+        (&["--accounts", "many"], &["--accounts", "many"]),
+        (&["--requests", "-5"], &["-5"]),
+        (&["--requests", "abc"], &["--requests", "abc"]),
+        (&["--seed", "x"], &["--seed", "x"]),
+        (&["--strategy", "random"], &["--strategy", "random", "lru"]),
+        (&["--upstream-limit", "0"], &["--upstream-limit", "0"]),
+        (&["--bogus"], &["--bogus"]),
+    ];
+    for (args, mentions) in cases {
+        let r = run(&bin, args, LIMIT);
+        assert_ne!(r.code, Some(0), "{args:?} should fail");
+        assert!(r.code.is_some(), "{args:?} ended by a signal");
+        assert!(r.stdout.is_empty(), "{args:?} printed a summary anyway");
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {:?}", r.stderr);
+        for m in *mentions {
+            assert!(
+                r.stderr.contains(m),
+                "{args:?}: message should mention {m:?}: {}",
+                r.stderr
+            );
+        }
+    }
+}
