@@ -8,6 +8,10 @@
 //! cargo run -p examples --example preflight -- [--port 1455] [--dry-run] [--json] [--then-login]
 //! ```
 //!
+//! `--json` prints the [`Outcome`] as one JSON object (`outcome`, its fields, `ready`,
+//! `message`, and `inspection`: the holders found before deciding); with `--then-login` and
+//! no `codex`, a second object `{"login": "not_installed", "message": …}` follows.
+//!
 //! Exit codes: 0 port free / freed (or, with `--dry-run`, would be freed); 1 refused or
 //! unknown; 127 `--then-login` but `codex` is not installed; otherwise `codex login`'s own.
 
@@ -18,6 +22,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use oauth_preflight::{CODEX_CALLBACK_PORT, FreePolicy, Inspection, Outcome, free, inspect};
+
+/// Exit code when `--then-login` cannot find or start `codex` (the shell's "command not found").
+const EXIT_NO_CODEX: u8 = 127;
 
 #[derive(Parser, Debug)]
 #[command(about = "Free the Codex OAuth callback port, only from a stale Codex login helper")]
@@ -65,10 +72,12 @@ fn main() -> ExitCode {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("ready".into(), ok.into());
             obj.insert("message".into(), outcome.to_string().into());
+            // What was found before deciding (holders with pid, exe, argv, uid, start time),
+            // beside the outcome's own fields rather than over them.
             if let Some(found) = &before {
                 obj.insert(
-                    "holders".into(),
-                    serde_json::to_value(&found.holders).unwrap_or_default(),
+                    "inspection".into(),
+                    serde_json::to_value(found).unwrap_or_default(),
                 );
             }
         }
@@ -112,36 +121,56 @@ fn print_holders(found: &Inspection) {
     }
 }
 
-/// `$CODEX_BIN`, else `codex` on PATH.
-fn find_codex(explicit: Option<PathBuf>) -> Option<PathBuf> {
-    if let Some(p) = explicit.or_else(|| std::env::var_os("CODEX_BIN").map(PathBuf::from)) {
-        return p.is_file().then_some(p);
+/// `--codex`, else `$CODEX_BIN`, else `codex` on PATH; `Err` says where we looked.
+fn find_codex(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("--codex {} is not a file", p.display()))
+        };
     }
-    let path = std::env::var_os("PATH")?;
+    if let Some(p) = std::env::var_os("CODEX_BIN").map(PathBuf::from) {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("CODEX_BIN={} is not a file", p.display()))
+        };
+    }
     let names: &[&str] = if cfg!(windows) {
         &["codex.exe", "codex.cmd"]
     } else {
         &["codex"]
     };
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            "`codex` is not on PATH (and neither --codex nor CODEX_BIN is set)".to_owned()
+        })
 }
 
 fn run_login(explicit: Option<PathBuf>, extra: &[String], json: bool) -> ExitCode {
-    let Some(codex) = find_codex(explicit) else {
-        let msg = "The port is ready, but `codex` is not installed: it is not on PATH and neither \
-                   --codex nor CODEX_BIN points to it. Install it with `npm install -g @openai/codex` \
-                   and run `codex login`.";
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({ "login": "not_installed", "message": msg })
+    let codex = match find_codex(explicit) {
+        Ok(codex) => codex,
+        Err(why) => {
+            let msg = format!(
+                "The port is ready, but the Codex CLI is not installed: {why}. Install it with \
+                 `npm install -g @openai/codex`, then run `codex login`."
             );
-        } else {
-            eprintln!("{msg}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "login": "not_installed", "message": msg })
+                );
+            } else {
+                eprintln!("{msg}");
+            }
+            return ExitCode::from(EXIT_NO_CODEX);
         }
-        return ExitCode::from(127);
     };
     let mut cmd = Command::new(&codex);
     cmd.arg("login").args(extra);
@@ -151,14 +180,14 @@ fn run_login(explicit: Option<PathBuf>, extra: &[String], json: bool) -> ExitCod
         // Replace this process: the login then owns the terminal and the port.
         let err = cmd.exec();
         eprintln!("Could not run {} login: {err}", codex.display());
-        ExitCode::from(127)
+        ExitCode::from(EXIT_NO_CODEX)
     }
     #[cfg(not(unix))]
     match cmd.status() {
         Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
         Err(err) => {
             eprintln!("Could not run {} login: {err}", codex.display());
-            ExitCode::from(127)
+            ExitCode::from(EXIT_NO_CODEX)
         }
     }
 }

@@ -1,0 +1,488 @@
+//! Runs the built `preflight` example program against real processes holding real ephemeral
+//! loopback ports: a free port passes, a `python3` holder is refused (exit 1, the message the
+//! issue asks for, holder alive), a holder named `codex` is only reported with `--dry-run`
+//! and stopped without it, `--json` parses, and `--then-login` says clearly when `codex` is
+//! missing (exit 127) or hands over to it.
+//!
+//! Needs the example binary (`target/<profile>/examples/preflight`): plain
+//! `cargo test --workspace --all-features` builds it; with `--test preflight_cli` alone
+//! build it first (`cargo build --workspace --all-features --examples`) or the tests print
+//! `SKIP`. Linux only (the holders are python3 processes found through `/proc`).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on one run of the program (free + grace + bind wait are a few seconds at most).
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Listens on an ephemeral 127.0.0.1 port, prints it, then sleeps (its life is bounded).
+const LISTENER_PY: &str = "import socket, time\n\
+s = socket.socket()\n\
+s.bind(('127.0.0.1', 0))\n\
+s.listen(8)\n\
+print(s.getsockname()[1], flush=True)\n\
+time.sleep(60)\n";
+
+fn preflight(test: &str) -> Option<PathBuf> {
+    let found = common::example("preflight");
+    if found.is_none() {
+        common::skip(
+            test,
+            "example binary preflight not built (run `cargo build --workspace --all-features --examples`)",
+        );
+    }
+    found
+}
+
+/// A real python3 binary (not a shim script), so a copy of it can run under another name.
+fn python3(test: &str) -> Option<PathBuf> {
+    let system = Path::new("/usr/bin/python3");
+    let found = if system.is_file() {
+        Some(system.to_owned())
+    } else {
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| PathBuf::from(s.trim()))
+            .filter(|p| p.is_file())
+    };
+    if found.is_none() {
+        common::skip(test, "python3 is not installed");
+    }
+    found
+}
+
+/// A python3 process listening on 127.0.0.1; killed and reaped on drop.
+struct Holder {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Holder {
+    /// Runs the listener as python3 itself (`name: None`) or as a copy of python3 named `name`.
+    fn spawn(python: &Path, name: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = match name {
+            Some(name) => {
+                let copy = dir.path().join(name);
+                std::fs::copy(python, &copy).unwrap();
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+                copy
+            }
+            None => python.to_owned(),
+        };
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-c", LISTENER_PY])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // A parallel test forking while we wrote the copy can keep its write fd open until
+        // that child execs: exec fails with ETXTBSY for a moment. Retry, bounded.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(child) => break child,
+                Err(e) if e.raw_os_error() == Some(26) && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("could not start holder {}: {e}", exe.display()),
+            }
+        };
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+        let Ok(port) = line.trim().parse::<u16>() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("holder did not report its port (got {line:?})");
+        };
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (bounded) for the holder to exit.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `bin args…` without `CODEX_BIN` in its environment, killed if it exceeds [`LIMIT`].
+fn run(bin: &Path, args: &[&str]) -> Run {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env_remove("CODEX_BIN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).map(|_| s)
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("preflight {args:?} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code,
+        stdout: out_reader.join().unwrap().unwrap(),
+        stderr: err_reader.join().unwrap().unwrap(),
+    }
+}
+
+/// A port nobody listens on right now (bound once by us, then released).
+fn free_port() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
+fn assert_contains(run: &Run, text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{needle:?} missing from the output:\n{}",
+            run.all()
+        );
+    }
+}
+
+#[test]
+fn free_port_exits_0_and_says_free() {
+    let Some(bin) = preflight("free_port_exits_0_and_says_free") else {
+        return;
+    };
+    let port = free_port();
+    let r = run(&bin, &["--port", &port]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[&format!("Port 127.0.0.1:{port} is free"), "(native)"],
+    );
+    assert!(!r.stdout.contains("holder:"), "{}", r.all());
+}
+
+#[test]
+fn python3_holder_is_refused_with_exit_1_and_left_alive() {
+    const NAME: &str = "python3_holder_is_refused_with_exit_1_and_left_alive";
+    let (Some(bin), Some(python)) = (preflight(NAME), python3(NAME)) else {
+        return;
+    };
+    let mut h = Holder::spawn(&python, None);
+    let port = h.port();
+    let r = run(&bin, &["--port", &port, "--grace-ms", "300"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    let pid = format!("pid {} (python3)", h.pid());
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[
+            &format!("Port 127.0.0.1:{port} is held by {pid}"),
+            "does NOT look like a Codex login helper",
+            "nothing was killed",
+            &format!("`lsof -i tcp:{port}`"),
+            &format!("`ss -ltnp 'sport = :{port}'`"),
+            // The holder report before the verdict: who, how found.
+            &format!("holder: {pid} on 127.0.0.1:{port}"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive(), "a refused holder must survive:\n{}", r.all());
+    assert!(
+        TcpListener::bind(h.addr).is_err(),
+        "the refused holder still has the port"
+    );
+}
+
+#[test]
+fn codex_named_holder_dry_run_reports_it_and_kills_nothing() {
+    const NAME: &str = "codex_named_holder_dry_run_reports_it_and_kills_nothing";
+    let (Some(bin), Some(python)) = (preflight(NAME), python3(NAME)) else {
+        return;
+    };
+    let mut h = Holder::spawn(&python, Some("codex"));
+    let port = h.port();
+    let r = run(&bin, &["--port", &port, "--dry-run"]);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "a dry run that would free exits 0: {}",
+        r.all()
+    );
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[
+            &format!(
+                "Dry run: port 127.0.0.1:{port} is held by pid {} (codex)",
+                h.pid()
+            ),
+            "a Codex login helper owned by you",
+            "it would be stopped",
+            "Nothing was killed",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive(), "--dry-run must not signal:\n{}", r.all());
+    assert!(
+        TcpListener::bind(h.addr).is_err(),
+        "still held after a dry run"
+    );
+}
+
+#[test]
+fn codex_named_holder_is_freed_and_the_port_bindable() {
+    const NAME: &str = "codex_named_holder_is_freed_and_the_port_bindable";
+    let (Some(bin), Some(python)) = (preflight(NAME), python3(NAME)) else {
+        return;
+    };
+    let mut h = Holder::spawn(&python, Some("codex"));
+    let port = h.port();
+    let r = run(&bin, &["--port", &port, "--grace-ms", "500"]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[
+            &format!("Freed port 127.0.0.1:{port}"),
+            &format!("pid {} (codex) with SIGTERM", h.pid()),
+        ],
+    );
+    let status = h
+        .wait_exit(Duration::from_secs(5))
+        .expect("the freed holder exited");
+    assert_eq!(status.signal(), Some(15), "stopped by SIGTERM: {status}");
+    TcpListener::bind(h.addr).expect("the port is bindable after preflight freed it");
+}
+
+#[test]
+fn json_output_parses_for_refusal_free_and_dry_run() {
+    const NAME: &str = "json_output_parses_for_refusal_free_and_dry_run";
+    let (Some(bin), Some(python)) = (preflight(NAME), python3(NAME)) else {
+        return;
+    };
+    let parse = |r: &Run| -> serde_json::Value {
+        let mut lines = r.stdout.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(lines.next().is_none(), "one JSON object: {}", r.all());
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.all()))
+    };
+
+    let mut py = Holder::spawn(&python, None);
+    let r = run(&bin, &["--port", &py.port(), "--json"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    let v = parse(&r);
+    assert_eq!(v["outcome"], "held_by_foreign", "{v}");
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(v["holder"]["pid"], py.pid(), "{v}");
+    assert_eq!(v["holder"]["name"], "python3", "{v}");
+    assert_eq!(v["method"], "sock_diag", "{v}");
+    assert_eq!(
+        v["inspection"]["holders"][0]["process"]["pid"],
+        py.pid(),
+        "{v}"
+    );
+    assert!(
+        v["inspection"]["holders"][0]["process"]["start_time"].is_u64(),
+        "{v}"
+    );
+    assert!(
+        v["inspection"]["holders"][0]["process"]["uid"].is_u64(),
+        "{v}"
+    );
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("does NOT look like"), "{v}");
+    assert!(py.is_alive());
+
+    let port = free_port();
+    let r = run(&bin, &["--port", &port, "--json"]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let v = parse(&r);
+    assert_eq!(v["outcome"], "free", "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(v["addr"], format!("127.0.0.1:{port}"), "{v}");
+
+    let mut codex = Holder::spawn(&python, Some("codex"));
+    let r = run(&bin, &["--port", &codex.port(), "--json", "--dry-run"]);
+    assert_eq!(r.code, Some(0), "{}", r.all());
+    let v = parse(&r);
+    assert_eq!(v["outcome"], "would_free", "{v}");
+    assert_eq!(
+        v["inspection"]["holders"][0]["process"]["name"], "codex",
+        "{v}"
+    );
+    assert!(codex.is_alive());
+}
+
+#[test]
+fn then_login_without_codex_says_so_and_exits_127() {
+    let Some(bin) = preflight("then_login_without_codex_says_so_and_exits_127") else {
+        return;
+    };
+    let port = free_port();
+    let r = run(
+        &bin,
+        &["--port", &port, "--then-login", "--codex", "/nonexistent"],
+    );
+    assert_eq!(r.code, Some(127), "{}", r.all());
+    assert_contains(&r, &r.stdout, &[&format!("Port 127.0.0.1:{port} is free")]);
+    assert_contains(
+        &r,
+        &r.stderr,
+        &[
+            "the Codex CLI is not installed",
+            "--codex /nonexistent is not a file",
+            "npm install -g @openai/codex",
+        ],
+    );
+
+    // The same in JSON: two objects, the preflight's and the login's.
+    let r = run(
+        &bin,
+        &[
+            "--port",
+            &port,
+            "--json",
+            "--then-login",
+            "--codex",
+            "/nonexistent",
+        ],
+    );
+    assert_eq!(r.code, Some(127), "{}", r.all());
+    let objects: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.all())))
+        .collect();
+    assert_eq!(objects.len(), 2, "{}", r.all());
+    assert_eq!(objects[0]["outcome"], "free");
+    assert_eq!(objects[1]["login"], "not_installed");
+}
+
+#[test]
+fn then_login_runs_codex_login_after_a_successful_preflight() {
+    let Some(bin) = preflight("then_login_runs_codex_login_after_a_successful_preflight") else {
+        return;
+    };
+    // A stand-in for `codex` that shows how it was called and exits with its own code.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("codex");
+    std::fs::write(&fake, "#!/bin/sh\necho \"fake codex: $*\"\nexit 42\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let fake_arg = fake.to_str().unwrap();
+    let mut attempts = 0;
+    let r = loop {
+        let r = run(
+            &bin,
+            &[
+                "--port",
+                &port,
+                "--then-login",
+                "--codex",
+                fake_arg,
+                "--",
+                "--device-auth",
+            ],
+        );
+        // ETXTBSY from a parallel fork holding the script's write fd for an instant: retry.
+        if r.code == Some(127) && r.stderr.contains("os error 26") && attempts < 50 {
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(r.code, Some(42), "codex login's own exit code: {}", r.all());
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[
+            &format!("Port 127.0.0.1:{port} is free"),
+            "fake codex: login --device-auth",
+        ],
+    );
+}
