@@ -122,8 +122,16 @@ impl Default for ProgramMatcher {
     }
 }
 
+/// Linux lets us read the command line of every process we can inspect at all, so an empty
+/// one means a zombie, a kernel thread or a program that wiped it: not provably a login
+/// helper. (macOS and Windows lookups do not read argv; there the executable decides.)
+const EMPTY_ARGV_NEVER_MATCHES: bool = cfg!(target_os = "linux");
+
 impl HolderMatcher for ProgramMatcher {
     fn is_login_helper(&self, process: &ProcessInfo) -> bool {
+        if EMPTY_ARGV_NEVER_MATCHES && process.argv.iter().all(String::is_empty) {
+            return false;
+        }
         let exe = process
             .exe
             .as_deref()
@@ -212,7 +220,7 @@ mod tests {
                     "login",
                 ],
             ),
-            proc_(Some("/opt/codex/codex (deleted)"), &[]),
+            proc_(Some("/opt/codex/codex (deleted)"), &["codex", "login"]),
             proc_(None, &["C:\\Users\\me\\AppData\\codex.exe", "login"]),
             proc_(Some("/usr/bin/python3.11"), &["/tmp/t/codex", "-c", "pass"]),
         ];
@@ -229,6 +237,7 @@ mod tests {
             proc_(Some("/usr/bin/not-codex-tool"), &["not-codex-tool"]),
             proc_(Some("/usr/bin/codex-helper"), &["codex-helper", "login"]),
             proc_(None, &[]),
+            proc_(None, &[""]),
             proc_(
                 Some("/usr/bin/python3.11"),
                 &["python3", "-m", "http.server", "-d", "/home/me/codex"],
@@ -268,6 +277,13 @@ mod tests {
             let path = format!("/{dir}/{name}");
             let p = proc_(Some(&path), &[path.as_str(), "login"]);
             prop_assert!(!ProgramMatcher::codex().is_login_helper(&p));
+        }
+
+        /// An empty command line is never enough, whatever the executable (Linux reads argv).
+        #[test]
+        fn empty_argv_never_matches(exe in proptest::option::of("(/[a-z@.]{0,8}){0,3}/codex(\\.js|\\.exe)?"), blanks in 0usize..3) {
+            let p = proc_(exe.as_deref(), &vec![""; blanks]);
+            prop_assert_eq!(ProgramMatcher::codex().is_login_helper(&p), !cfg!(target_os = "linux") && exe.is_some());
         }
 
         /// Mentions of codex in arguments or directories never match a non-codex program.

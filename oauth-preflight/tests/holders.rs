@@ -429,3 +429,38 @@ fn unprivileged_view_of_a_root_holder() {
     assert!(outcome.to_string().contains("cannot inspect"), "{outcome}");
     println!("{outcome}");
 }
+
+#[test]
+fn a_caller_supplied_matcher_frees_what_it_accepts_and_nothing_else() {
+    // Another CLI with the same problem: its helper is `python3`; the Codex matcher refuses it.
+    let mut py = spawn(Spec::python());
+    assert!(matches!(
+        free(py.addr, &quick()),
+        Outcome::HeldByForeign { .. }
+    ));
+    assert!(py.is_alive());
+    let policy = quick().with_matcher(oauth_preflight::ProgramMatcher::new("Python", ["python3"]));
+    let outcome = free(py.addr, &policy);
+    assert!(matches!(outcome, Outcome::Freed { .. }), "{outcome}");
+    assert!(
+        outcome.to_string().contains("stale Python login helper"),
+        "{outcome}"
+    );
+    assert_eq!(py.child.wait().unwrap().signal(), Some(15));
+
+    // …and it refuses a `codex` holder.
+    let mut codex = spawn(Spec::named("codex"));
+    let outcome = free(codex.addr, &policy);
+    assert!(
+        matches!(outcome, Outcome::HeldByForeign { .. }),
+        "{outcome}"
+    );
+    assert!(
+        outcome
+            .to_string()
+            .contains("does NOT look like a Python login helper"),
+        "{outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(codex.is_alive());
+}
