@@ -21,9 +21,11 @@ pub enum Strategy {
     /// The next usable account after the one picked last for the same model family, in the
     /// order accounts were added, wrapping around.
     RoundRobin,
-    /// The usable account with the highest health score (0–100; failures lower it, successes
-    /// raise it), least recently used among equals. Keeps traffic off accounts that recently
-    /// failed without waiting for them to be cooled down.
+    /// Usable accounts share the traffic in proportion to their health score + 1 (health is
+    /// 0–100; failures lower it, successes raise it): deterministic stride scheduling, so an
+    /// account at health 100 gets about 101 picks for every one of an account at health 0.
+    /// Keeps most traffic off accounts that recently failed without starving them (they can
+    /// earn their health back) and without waiting for them to be cooled down.
     HealthWeighted,
 }
 

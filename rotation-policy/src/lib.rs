@@ -87,7 +87,8 @@
 //! cooldown, past its rate-limit cooldown for the request's model family, has a whole token
 //! in its bucket, and has not been tried for this request yet. Among candidates a session's
 //! bound account wins (affinity, renewed for [`PolicyConfig::session_ttl`] on each use);
-//! otherwise the [`Strategy`] picks (least recently used, round robin, or health-weighted) and
+//! otherwise the [`Strategy`] picks (least recently used, round robin, or health-weighted:
+//! a share of picks proportional to health + 1, by stride scheduling) and
 //! the session moves to the pick.
 //!
 //! | outcome | effect on the account |

@@ -21,6 +21,12 @@ const HEALTH_RATE_LIMITED: u8 = 15;
 const HEALTH_FAILURE: u8 = 20;
 const HEALTH_AUTH: u8 = 40;
 
+/// Health-weighted picking is stride scheduling: each hand-out advances the account's pass by
+/// `HEALTH_STRIDE / (health + 1)`, and the smallest pass is picked next. Over time each usable
+/// account gets a share of picks proportional to `health + 1`, so a failing account gets
+/// little traffic but never none (it can earn its health back).
+const HEALTH_STRIDE: u64 = 1_000_000;
+
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
@@ -75,6 +81,8 @@ struct Account {
     health: u8,
     /// Sequence number of the last hand-out (0 = never).
     last_used: u64,
+    /// Stride-scheduling pass (health-weighted strategy only).
+    pass: u64,
     /// Token bucket as GCRA: the time (ms) at which the bucket is full again.
     tat: u64,
     in_flight: u32,
@@ -151,7 +159,7 @@ impl Rules {
         match self.strategy {
             Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
             Strategy::RoundRobin => (a.order, 0, 0),
-            Strategy::HealthWeighted => (u64::from(HEALTH_MAX - a.health), a.last_used, a.order),
+            Strategy::HealthWeighted => (a.pass, a.order, 0),
         }
     }
 
@@ -247,6 +255,8 @@ pub struct Pool {
     session_seq: u64,
     use_seq: u64,
     order_seq: u64,
+    /// Pass of the latest health-weighted pick; accounts behind it catch up to it when picked.
+    pass_clock: u64,
     counters: Counters,
 }
 
@@ -278,6 +288,7 @@ impl Pool {
             session_seq: 0,
             use_seq: 0,
             order_seq: 0,
+            pass_clock: 0,
             counters: Counters::default(),
         })
     }
@@ -373,6 +384,7 @@ impl Pool {
             failures: VecDeque::new(),
             health: HEALTH_MAX,
             last_used: 0,
+            pass: 0,
             tat: 0,
             in_flight: 0,
             attempts: 0,
@@ -582,6 +594,13 @@ impl Pool {
             self.families[family].cursor = account.order;
         }
         account.last_used = self.use_seq;
+        if self.rules.strategy == Strategy::HealthWeighted {
+            // An account that sat out (cooling, disabled, new) re-enters at the current pass
+            // instead of claiming every pick until it caught up.
+            let base = account.pass.max(self.pass_clock);
+            self.pass_clock = base;
+            account.pass = base.saturating_add(HEALTH_STRIDE / (u64::from(account.health) + 1));
+        }
         account.attempts += 1;
         let generation = account.generation;
         let id = account.id.clone();

@@ -309,10 +309,20 @@ fn health_weighted_prefers_the_healthy_account() {
     let mut r = Request::new("gpt-5");
     assert_eq!(pool.select(&mut r, at(0)), Selection::Account(id("a")));
     pool.report(&mut r, &id("a"), Outcome::ServerError, at(0));
-    // a is usable (no burst yet) but less healthy: b is preferred, repeatedly.
-    for t in 1..4 {
-        assert_eq!(pick(&mut pool, "gpt-5", t), Selection::Account(id("b")));
+    // a is usable (no burst yet) but less healthy (80 vs 100): b is picked next, and over
+    // many picks they share in proportion to health + 1, 81 : 101.
+    assert_eq!(pick(&mut pool, "gpt-5", 1), Selection::Account(id("b")));
+    let (mut on_a, mut on_b) = (0u32, 0u32);
+    for t in 2..1822 {
+        match pick(&mut pool, "gpt-5", t) {
+            Selection::Account(x) if x == id("a") => on_a += 1,
+            Selection::Account(_) => on_b += 1,
+            other => panic!("{other:?}"),
+        }
     }
+    assert!(on_b > on_a);
+    assert!((805..=815).contains(&on_a), "a: {on_a}, b: {on_b}");
+    assert!((1005..=1015).contains(&on_b), "a: {on_a}, b: {on_b}");
 }
 
 #[test]
@@ -451,4 +461,52 @@ fn status_serializes_without_emails_and_errors_read_well() {
         "ids with @ are not echoed"
     );
     insta::assert_yaml_snapshot!("error_messages", messages);
+}
+
+#[test]
+fn health_weighted_shares_traffic_by_health_without_starving_anyone() {
+    // `good` always succeeds, `bad` always fails with a 5xx (bursts never cool it down here),
+    // so `bad` sinks to health 0 at once. Health-weighted picking then gives it about one
+    // first attempt in 102 (weights 101 : 1) — little, but not none.
+    let mut config = quiet_config();
+    config.strategy = Strategy::HealthWeighted;
+    config.bucket = None;
+    config.session_ttl = None;
+    config.failure_burst = 1_000_000;
+    let mut pool = pool_of(config, &["good", "bad"]);
+    let requests = 10_200u64;
+    let mut first_on_bad = 0u64;
+    for i in 0..requests {
+        let mut request = Request::new("gpt-5");
+        let mut first = true;
+        // Bounded: max_attempts is 3.
+        for _ in 0..3 {
+            let Selection::Account(account) = pool.select(&mut request, at(i)) else {
+                panic!("no account for request {i}");
+            };
+            if first && account.as_str() == "bad" {
+                first_on_bad += 1;
+            }
+            first = false;
+            let outcome = if account.as_str() == "good" {
+                Outcome::Success
+            } else {
+                Outcome::ServerError
+            };
+            if pool.report(&mut request, &account, outcome, at(i)) != Decision::Retry {
+                break;
+            }
+        }
+    }
+    let status = pool.status(at(requests));
+    assert_eq!(status.accounts[1].health, 0);
+    assert_eq!(
+        status.counters.outcomes.success, requests,
+        "every request served"
+    );
+    // Expected share 1/102 of 10,200 = 100 (a few more while `bad` was still healthy).
+    assert!(
+        (100..=110).contains(&first_on_bad),
+        "bad got {first_on_bad} first attempts"
+    );
 }

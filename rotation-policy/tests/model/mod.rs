@@ -121,6 +121,7 @@ struct Acct {
     failures: Vec<u64>,
     health: u8,
     last_used: u64,
+    pass: u64,
     /// Bucket level in milliseconds of refill (tokens × refill), as of `level_at`.
     level: u64,
     level_at: u64,
@@ -169,6 +170,7 @@ pub struct Model {
     families: Vec<(String, u64)>,
     sessions: HashMap<String, (AccountId, u64, u64)>,
     use_seq: u64,
+    pass_clock: u64,
     order_seq: u64,
     pub counters: ModelCounters,
     pub outcomes: Outcomes,
@@ -184,6 +186,7 @@ impl Model {
             families: Vec::new(),
             sessions: HashMap::new(),
             use_seq: 0,
+            pass_clock: 0,
             order_seq: 0,
             counters: ModelCounters::default(),
             outcomes: Outcomes::new(),
@@ -278,6 +281,7 @@ impl Model {
             failures: Vec::new(),
             health: 100,
             last_used: 0,
+            pass: 0,
             level: cap * refill,
             level_at: self.clock,
             in_flight: 0,
@@ -405,7 +409,7 @@ impl Model {
                 }
                 Strategy::HealthWeighted => cands.iter().copied().min_by_key(|&i| {
                     let a = &self.accounts[i];
-                    (100 - a.health, a.last_used, a.order)
+                    (a.pass, a.order)
                 }),
                 _ => cands.iter().copied().min_by_key(|&i| {
                     let a = &self.accounts[i];
@@ -435,6 +439,12 @@ impl Model {
         self.use_seq += 1;
         let a = &mut self.accounts[i];
         a.last_used = self.use_seq;
+        if self.c.strategy == Strategy::HealthWeighted {
+            // Stride scheduling: share of picks proportional to health + 1.
+            let base = a.pass.max(self.pass_clock);
+            self.pass_clock = base;
+            a.pass = base + 1_000_000 / (u64::from(a.health) + 1);
+        }
         a.attempts += 1;
         r.attempts += 1;
         r.tried.push((a.id.clone(), a.order));
