@@ -230,38 +230,62 @@ fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
 
 /// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
 ///
-/// Links are read relative to an open `/proc/<pid>/fd` directory (`readlinkat`), which
-/// saves a full path walk per descriptor — this scan dominates the lookup's cost.
+/// This scan dominates the lookup's cost (one directory open and listing per process, one
+/// `readlinkat` per descriptor), so it stays lean: `/proc` is opened once and each
+/// `<pid>/fd` is opened relative to it, the listing reads through that same descriptor
+/// (no reopen per process), links are read relative to it into a reused buffer, and nothing
+/// else of a process (cmdline, exe, status) is read unless it holds a wanted socket.
+/// `readlinkat` rather than `fstatat`: following a descriptor's link could block on a hung
+/// network filesystem, reading the link text never touches the target.
 fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+    use std::fmt::Write as _;
+
     use rustix::fs::{CWD, Dir, Mode, OFlags, openat, readlinkat};
 
     let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
-    let Ok(entries) = fs::read_dir(root) else {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(proc_fd) = openat(CWD, root, flags, Mode::empty()) else {
         return found;
     };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(mut processes) = Dir::read_from(&proc_fd) else {
+        return found;
+    };
     let mut buf = Vec::with_capacity(64);
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
+    let mut path = String::with_capacity(24);
+    let mut fds: Vec<u32> = Vec::with_capacity(64);
+    while let Some(entry) = processes.read() {
+        let Ok(entry) = entry else { break };
+        let Some(pid) = std::str::from_utf8(entry.file_name().to_bytes())
+            .ok()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
         };
+        path.clear();
+        let _ = write!(path, "{pid}/fd");
         // Fails for another user's process (without root) or one that just exited.
-        let Ok(fd_dir) = openat(CWD, entry.path().join("fd"), flags, Mode::empty()) else {
+        let Ok(fd_dir) = openat(&proc_fd, path.as_str(), flags, Mode::empty()) else {
             continue;
         };
-        let Ok(listing) = Dir::read_from(&fd_dir) else {
+        // Reads through `fd_dir` itself (`Dir::read_from` would reopen it).
+        let Ok(mut listing) = Dir::new(fd_dir) else {
             continue;
         };
-        for fd in listing.flatten() {
-            let name = fd.file_name();
-            if name.to_bytes().first() == Some(&b'.') {
-                continue;
+        fds.clear();
+        while let Some(Ok(fd)) = listing.read() {
+            if let Some(n) = std::str::from_utf8(fd.file_name().to_bytes())
+                .ok()
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                fds.push(n);
             }
-            let target = match readlinkat(&fd_dir, name, std::mem::take(&mut buf)) {
+        }
+        let Ok(dir_fd) = listing.fd() else { continue };
+        for &fd in &fds {
+            path.clear();
+            let _ = write!(path, "{fd}");
+            let target = match readlinkat(dir_fd, path.as_str(), std::mem::take(&mut buf)) {
                 Ok(target) => target,
                 // Listing allowed but links not (ptrace rules, e.g. another user namespace):
                 // every fd of this process will fail the same way.

@@ -32,6 +32,13 @@ const MAX_REPLIES: usize = 100_000;
 
 /// LISTEN TCP sockets of both families on `port`.
 pub(crate) fn listening_sockets(port: u16) -> io::Result<Vec<SocketRow>> {
+    dump(port, Some(port))
+}
+
+/// Dumps LISTEN sockets, asking the kernel for `port` only (it compares `idiag_sport` while
+/// walking the listening hash, so the reply holds only that port's sockets however many
+/// others listen); `keep` filters again on our side (`None`: keep whatever the kernel sent).
+fn dump(port: u16, keep: Option<u16>) -> io::Result<Vec<SocketRow>> {
     let fd = socket_with(
         AddressFamily::NETLINK,
         SocketType::DGRAM,
@@ -40,13 +47,13 @@ pub(crate) fn listening_sockets(port: u16) -> io::Result<Vec<SocketRow>> {
     )?;
     let mut rows = Vec::new();
     for (seq, family) in [(1u32, AF_INET), (2u32, AF_INET6)] {
-        send(&fd, &request(family, seq), SendFlags::empty())?;
+        send(&fd, &request(family, seq, port), SendFlags::empty())?;
         let mut buf = vec![0u8; 32 * 1024];
         let mut done = false;
         for _ in 0..MAX_REPLIES {
             let (_, len) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
             let len = len.min(buf.len());
-            done = parse_replies(&buf[..len], seq, port, &mut rows)?;
+            done = parse_replies(&buf[..len], seq, keep, &mut rows)?;
             if done {
                 break;
             }
@@ -58,8 +65,9 @@ pub(crate) fn listening_sockets(port: u16) -> io::Result<Vec<SocketRow>> {
     Ok(rows)
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2` asking for a dump of LISTEN TCP sockets of `family`.
-fn request(family: u8, seq: u32) -> Vec<u8> {
+/// `nlmsghdr` + `inet_diag_req_v2` asking for a dump of LISTEN TCP sockets of `family` on
+/// local port `port`.
+fn request(family: u8, seq: u32, port: u16) -> Vec<u8> {
     let mut m = Vec::with_capacity(72);
     m.extend_from_slice(&72u32.to_ne_bytes()); // nlmsg_len
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -68,7 +76,9 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
     m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
     m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]); // family, protocol, ext, pad
     m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
-    m.resize(72, 0); // inet_diag_sockid: all zero (ignored for dumps)
+    // inet_diag_sockid: idiag_sport (big-endian) filters listening sockets; the rest zero.
+    m.extend_from_slice(&port.to_be_bytes());
+    m.resize(72, 0);
     m
 }
 
@@ -76,7 +86,7 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
 fn parse_replies(
     mut buf: &[u8],
     seq: u32,
-    port: u16,
+    keep: Option<u16>,
     rows: &mut Vec<SocketRow>,
 ) -> io::Result<bool> {
     while buf.len() >= NLMSG_HDR_LEN {
@@ -97,7 +107,7 @@ fn parse_replies(
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(row) = parse_diag_msg(body)
-                        && row.local.port() == port
+                        && keep.is_none_or(|port| row.local.port() == port)
                     {
                         rows.push(row);
                     }
@@ -166,18 +176,40 @@ mod tests {
 
     #[test]
     fn request_is_72_bytes_asking_for_listen_only() {
-        let r = request(AF_INET6, 9);
+        let r = request(AF_INET6, 9, 1455);
         assert_eq!(r.len(), 72);
         assert_eq!(u32_at(&r, 0), 72);
         assert_eq!(r[16], AF_INET6);
         assert_eq!(u32_at(&r, 20), 1 << 10);
+        assert_eq!(
+            r[24..26],
+            1455u16.to_be_bytes(),
+            "idiag_sport, network order"
+        );
+        assert!(r[26..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_kernel_sends_only_the_asked_port() {
+        let others: Vec<_> = (0..5)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let wanted = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = wanted.local_addr().unwrap().port();
+        // No filtering on our side: what the kernel sent is what we get.
+        let rows = dump(port, None).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].local, wanted.local_addr().unwrap());
+        // Without the kernel filter (port 0 = any), all of them come back.
+        let all = dump(0, None).unwrap();
+        assert!(all.len() > others.len(), "{}", all.len());
     }
 
     proptest! {
         #[test]
         fn reply_parser_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..400), port: u16) {
             let mut rows = Vec::new();
-            let _ = parse_replies(&buf, 1, port, &mut rows);
+            let _ = parse_replies(&buf, 1, Some(port), &mut rows);
         }
     }
 }
