@@ -9,7 +9,8 @@
 //! cargo run -p examples --example config-rewrite -- status  --config ~/.codex/config.toml
 //! ```
 //!
-//! `apply` refuses to stack on top of a pending rewrite; `restore` undoes exactly what
+//! `apply` refuses to stack a different rewrite on top of a pending one (running the same
+//! `apply` again changes nothing and succeeds); `restore` undoes exactly what
 //! `apply` did (byte for byte if nothing else changed, otherwise only our own keys that still
 //! hold our values). `--profile NAME` edits Codex's profile layer `NAME.config.toml` beside
 //! the config, which is what `codex --profile NAME` reads since Codex CLI 0.169 (and warns
@@ -113,9 +114,25 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(var) = &args.env_key {
         spec = spec.env_key(var);
     }
-    let record = plan
-        .revert
-        .apply(&plan.file, &Rewrite::route_to(spec, plan.target))?;
+    let rewrite = Rewrite::route_to(spec, plan.target.clone());
+    let record = match plan.revert.apply(&plan.file, &rewrite) {
+        Ok(record) => record,
+        Err(pending @ config_rewrite::Error::PendingRevert { .. }) => {
+            // Running the same `apply` again is fine (idempotent): the pending rewrite already
+            // routes the file exactly so. Anything else must be restored first.
+            if already_applied(&plan.file, &rewrite) {
+                println!(
+                    "{}: already routed to `{}` by the pending rewrite; nothing changed",
+                    plan.file.display(),
+                    args.provider
+                );
+                println!("revert record: {}", plan.revert.path().display());
+                return Ok(());
+            }
+            return Err(pending.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if record.is_noop() {
         println!(
             "{}: already routed to `{}`; nothing changed",
@@ -138,6 +155,16 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("revert record: {}", plan.revert.path().display());
     warn_about_legacy_profiles(&args.location);
     Ok(())
+}
+
+/// Whether applying `rewrite` to the file as it is now would change nothing.
+fn already_applied(file: &Path, rewrite: &Rewrite) -> bool {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => return false,
+    };
+    config_rewrite::apply_to_str(file, text.as_deref(), rewrite).is_ok_and(|a| !a.changed())
 }
 
 /// Codex CLI 0.169 refuses `--profile NAME` while `config.toml` still has a legacy

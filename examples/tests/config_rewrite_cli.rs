@@ -258,9 +258,35 @@ fn apply_status_restore_gives_back_the_identical_bytes() {
         status.stdout
     );
 
-    // A second apply on top of a pending one is refused and changes nothing.
+    // The same apply again is idempotent; a different one on top of it is refused. Neither
+    // changes a byte.
     let rewritten = std::fs::read(&config).unwrap();
     let record = std::fs::read(&revert).unwrap();
+    let same = cli(
+        &bin,
+        home,
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "rotation proxy",
+            "--base-url",
+            "http://127.0.0.1:8080/v1",
+            "--env-key",
+            "ROTATION_PROXY_TOKEN",
+            "--revert-file",
+            revert_arg,
+        ],
+    );
+    ok(&same, "the same apply again");
+    assert!(
+        same.stdout.contains("already routed") && same.stdout.contains("nothing changed"),
+        "{}",
+        same.stdout
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), rewritten);
+    assert_eq!(std::fs::read(&revert).unwrap(), record);
     let again = cli(
         &bin,
         home,
