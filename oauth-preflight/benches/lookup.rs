@@ -160,6 +160,14 @@ fn bench(c: &mut Criterion) {
     let procfs_mean = mean(20, || {
         let _ = procfs.find_listeners(port);
     });
+    // The socket query alone: nobody listens on `idle`, so no /proc/<pid>/fd scan follows.
+    let idle = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port();
+    let query_only = mean(100, || {
+        let _ = native.find_listeners(idle);
+    });
     let processes = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
@@ -181,6 +189,7 @@ fn bench(c: &mut Criterion) {
     println!("machine: {processes} processes, {EXTRA_SOCKETS}+ extra listening sockets");
     println!("native sock_diag + /proc fd scan (default): {native_mean:?} per call");
     println!("native /proc/net/tcp + /proc fd scan:       {procfs_mean:?} per call");
+    println!("sock_diag query alone (no holder, no scan): {query_only:?} per call");
     if lsof.is_some() {
         let lsof_mean = mean(10, || {
             let _ = lsof_ti(port);
