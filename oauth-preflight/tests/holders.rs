@@ -167,6 +167,42 @@ fn ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed() {
 }
 
 #[test]
+fn dual_stack_wildcard_holder_blocks_the_ipv4_bind_and_is_refused_or_freed() {
+    const NAME: &str = "dual_stack_wildcard_holder_blocks_the_ipv4_bind_and_is_refused_or_freed";
+    if !common::ipv6_available() {
+        skip(NAME, "no IPv6 here");
+        return;
+    }
+    // `[::]:PORT` without IPV6_V6ONLY takes 127.0.0.1:PORT too.
+    let mut py = spawn(Spec {
+        family: Family::V6Any,
+        ..Spec::python()
+    });
+    let addr = v4(py.addr.port());
+    let found = inspect(addr).unwrap();
+    assert_eq!(found.bind, oauth_preflight::BindProbe::InUse, "{found:?}");
+    assert_eq!(found.holders.len(), 1, "{found:?}");
+    assert_eq!(found.holders[0].socket, py.addr);
+    let outcome = free(addr, &quick());
+    assert!(
+        matches!(outcome, Outcome::HeldByForeign { .. }),
+        "{outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(py.is_alive());
+
+    let mut codex = spawn(Spec {
+        family: Family::V6Any,
+        ..Spec::named("codex")
+    });
+    let addr = v4(codex.addr.port());
+    let outcome = free(addr, &quick());
+    assert!(matches!(outcome, Outcome::Freed { .. }), "{outcome}");
+    assert_eq!(codex.child.wait().unwrap().signal(), Some(15));
+    std::net::TcpListener::bind(addr).expect("the IPv4 port is bindable once [::] is freed");
+}
+
+#[test]
 fn holder_ignoring_sigterm_is_sigkilled() {
     let mut h = spawn(Spec {
         ignore_term: true,

@@ -14,11 +14,11 @@ use std::time::Duration;
 /// Listens, optionally ignores SIGTERM and forks, prints the port, then sleeps (bounded).
 const HOLDER_PY: &str = r#"
 import os, signal, socket, sys, time
-v6 = sys.argv[1] == "6"
+v6 = sys.argv[1] in ("6", "6any")
 s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
 if v6:
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-s.bind(("::1" if v6 else "127.0.0.1", 0))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if sys.argv[1] == "6" else 0)
+s.bind(("::" if sys.argv[1] == "6any" else "::1" if v6 else "127.0.0.1", 0))
 s.listen(8)
 if "ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -50,7 +50,10 @@ pub fn python3() -> Option<PathBuf> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     V4,
+    /// `[::1]` with `IPV6_V6ONLY`.
     V6Only,
+    /// `[::]`, dual-stack (also takes the IPv4 port).
+    V6Any,
 }
 
 pub struct Spec {
@@ -119,13 +122,11 @@ pub fn spawn(spec: Spec) -> Holder {
         None => python,
     };
     let mut cmd = Command::new(&exe);
-    cmd.arg("-c")
-        .arg(HOLDER_PY)
-        .arg(if spec.family == Family::V6Only {
-            "6"
-        } else {
-            "4"
-        });
+    cmd.arg("-c").arg(HOLDER_PY).arg(match spec.family {
+        Family::V4 => "4",
+        Family::V6Only => "6",
+        Family::V6Any => "6any",
+    });
     if spec.ignore_term {
         cmd.arg("ignore-term");
     }
@@ -165,6 +166,7 @@ pub fn spawn(spec: Spec) -> Holder {
     let ip = match spec.family {
         Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Family::V6Only => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Family::V6Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
     Holder {
         child,
