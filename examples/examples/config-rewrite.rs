@@ -16,7 +16,9 @@
 //! the config, which is what `codex --profile NAME` reads since Codex CLI 0.169 (and warns
 //! when the config still has a legacy `[profiles.NAME]` table or `profile = …` selector, which
 //! make Codex 0.169 refuse `--profile NAME`); add `--legacy-profile-table` to edit a
-//! `[profiles.NAME]` table inside the config instead (CLIs before 0.169). Exit status: 0 ok,
+//! `[profiles.NAME]` table inside the config instead (CLIs before 0.169). `restore --config C
+//! --revert-file R` also undoes a `--profile` rewrite recorded in R (the record names the
+//! layer file it changed); a record of any other file is refused. Exit status: 0 ok,
 //! 1 refused or failed, 2 bad arguments.
 
 use std::path::{Path, PathBuf};
@@ -214,7 +216,9 @@ fn restore(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     };
-    if !same_file(record.config(), &plan.file) {
+    // `restore --config C --revert-file R` without `--profile` also undoes a profile rewrite
+    // whose record R names C's layer file: the record says which file it changed.
+    if !same_file(record.config(), &plan.file) && !is_profile_layer_of(record.config(), location) {
         return Err(format!(
             "the revert record {} belongs to {}, not {}",
             plan.revert.path().display(),
@@ -270,6 +274,23 @@ fn status(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
         None => println!("no pending rewrite"),
     }
     Ok(())
+}
+
+/// Whether `file` is the `NAME.config.toml` layer beside `location.config` (and no
+/// `--profile` was given to say otherwise).
+fn is_profile_layer_of(file: &Path, location: &Location) -> bool {
+    if location.profile.is_some() {
+        return false;
+    }
+    let Some(name) = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".config.toml"))
+    else {
+        return false;
+    };
+    config_rewrite::profile_config_path(&location.config, name)
+        .is_ok_and(|layer| same_file(file, &layer))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

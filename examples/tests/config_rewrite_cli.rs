@@ -455,6 +455,37 @@ fn profile_edits_codex_layer_file_and_legacy_table_on_request() {
         [("config.toml".to_owned(), ORIGINAL.as_bytes().to_vec())]
     );
 
+    // With an explicit --revert-file, `restore --config C --revert-file R` (no --profile)
+    // finds the layer file from the record, as the restore command line has it.
+    let record_arg = home.join("work-route.json");
+    let record_arg = record_arg.to_str().unwrap();
+    ok(
+        &route(&["--revert-file", record_arg]),
+        "apply --profile --revert-file",
+    );
+    assert!(layer.is_file());
+    let restored = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--revert-file",
+            record_arg,
+        ],
+    );
+    ok(&restored, "restore --revert-file of a profile rewrite");
+    assert!(
+        restored.stdout.contains("work.config.toml"),
+        "{}",
+        restored.stdout
+    );
+    assert_eq!(
+        snapshot_dir(home),
+        [("config.toml".to_owned(), ORIGINAL.as_bytes().to_vec())]
+    );
+
     // The issue's `[profiles.<name>]` table, for CLIs before 0.169.
     let applied = route(&["--legacy-profile-table"]);
     ok(&applied, "apply --profile --legacy-profile-table");
@@ -646,6 +677,43 @@ fn bad_input_fails_clearly_and_leaves_files_untouched() {
         ],
     );
     expect_refused(&run, "foreign record", &["foreign.json"], &before);
+
+    // A record of another file is not applied to this one.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("config.toml");
+    let other_record = home.join("other.json");
+    ok(
+        &cli(
+            &bin,
+            home,
+            &[
+                "apply",
+                "--config",
+                other.to_str().unwrap(),
+                "--provider",
+                "proxy",
+                "--base-url",
+                "http://127.0.0.1:8080/v1",
+                "--revert-file",
+                other_record.to_str().unwrap(),
+            ],
+        ),
+        "apply to another config",
+    );
+    let before = snapshot_dir(home);
+    let run = cli(
+        &bin,
+        home,
+        &[
+            "restore",
+            "--config",
+            config_arg,
+            "--revert-file",
+            other_record.to_str().unwrap(),
+        ],
+    );
+    expect_refused(&run, "record of another file", &["belongs to"], &before);
+    assert!(other.is_file(), "the other rewrite is still in place");
 
     // Missing arguments are usage errors (exit 2).
     let run = cli(&bin, home, &["apply", "--config", config_arg]);
