@@ -30,6 +30,9 @@ pub const TARGET: &str = "auth_core::login";
 pub enum LoginEvent {
     /// The local callback server received the browser's redirect.
     CallbackReceived {
+        /// The request path (never the query), redacted and shortened; build the event
+        /// with [`LoginEvent::callback_received`] to get this right.
+        path: String,
         /// A non-empty `code` parameter was present.
         has_code: bool,
         /// A non-empty `state` parameter was present.
@@ -78,7 +81,48 @@ pub enum LoginEvent {
     RefreshCoalesced,
 }
 
+/// Longest request path kept in an event.
+const MAX_PATH_CHARS: usize = 120;
+
+/// A request path safe to log: the query and fragment cut off, anything that looks
+/// like a secret (JWT, email, URL userinfo/query) redacted, at most 120 characters.
+pub(crate) fn safe_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut path = redact_text(path);
+    if path.chars().count() > MAX_PATH_CHARS {
+        path = path.chars().take(MAX_PATH_CHARS).collect::<String>() + "…";
+    }
+    path
+}
+
 impl LoginEvent {
+    /// [`LoginEvent::CallbackReceived`] for a request to `path`; the query (which holds
+    /// the code and state) is cut off and the rest redacted and shortened.
+    ///
+    /// ```
+    /// use auth_core::events::LoginEvent;
+    ///
+    /// let event = LoginEvent::callback_received("/auth/callback?code=SECRET&state=s", true, true, false, true);
+    /// let LoginEvent::CallbackReceived { path, .. } = &event else { unreachable!() };
+    /// assert_eq!(path, "/auth/callback");
+    /// assert!(!format!("{event:?}").contains("SECRET"));
+    /// ```
+    pub fn callback_received(
+        path: &str,
+        has_code: bool,
+        has_state: bool,
+        has_error: bool,
+        state_valid: bool,
+    ) -> Self {
+        LoginEvent::CallbackReceived {
+            path: safe_path(path),
+            has_code,
+            has_state,
+            has_error,
+            state_valid,
+        }
+    }
+
     /// [`LoginEvent::TokenExchangeStarted`] with both URLs redacted.
     pub fn token_exchange_started(issuer: &str, redirect_uri: &str) -> Self {
         LoginEvent::TokenExchangeStarted {
@@ -121,27 +165,22 @@ impl LoginEvent {
     ///
     /// ```
     /// use auth_core::events::LoginEvent;
-    /// LoginEvent::CallbackReceived {
-    ///     has_code: true,
-    ///     has_state: true,
-    ///     has_error: false,
-    ///     state_valid: true,
-    /// }
-    /// .emit();
+    /// LoginEvent::callback_received("/auth/callback", true, true, false, true).emit();
     /// ```
     pub fn emit(&self) {
         let event = self.name();
         match self {
             LoginEvent::CallbackReceived {
+                path,
                 has_code,
                 has_state,
                 has_error,
                 state_valid,
             } => {
                 if *state_valid {
-                    tracing::info!(target: TARGET, event, has_code, has_state, has_error, state_valid, "login callback received");
+                    tracing::info!(target: TARGET, event, path = %path, has_code, has_state, has_error, state_valid, "login callback received");
                 } else {
-                    tracing::warn!(target: TARGET, event, has_code, has_state, has_error, state_valid, "login callback received with invalid state");
+                    tracing::warn!(target: TARGET, event, path = %path, has_code, has_state, has_error, state_valid, "login callback received with invalid state");
                 }
             }
             LoginEvent::TokenExchangeStarted {
@@ -189,5 +228,36 @@ mod tests {
         let e = LoginEvent::transport_error(&io);
         assert!(!format!("{e:?}").contains("RT123"));
         assert_eq!(e.name(), "transport_error");
+    }
+
+    #[test]
+    fn callback_path_drops_query_and_secrets() {
+        let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.c2ln";
+        let cases = [
+            ("/auth/callback?code=C0DE&state=ST4TE", "/auth/callback"),
+            ("/auth/callback#frag", "/auth/callback"),
+            ("/auth/callback", "/auth/callback"),
+            ("", ""),
+        ];
+        for (given, expected) in cases {
+            let LoginEvent::CallbackReceived { path, .. } =
+                LoginEvent::callback_received(given, true, true, false, true)
+            else {
+                panic!("not a callback event");
+            };
+            assert_eq!(path, expected);
+        }
+        let LoginEvent::CallbackReceived { path, .. } =
+            LoginEvent::callback_received(&format!("/x/{jwt}"), false, false, false, false)
+        else {
+            panic!("not a callback event");
+        };
+        assert_eq!(path, "/x/REDACTED");
+        let LoginEvent::CallbackReceived { path, .. } =
+            LoginEvent::callback_received(&"a".repeat(500), false, false, false, false)
+        else {
+            panic!("not a callback event");
+        };
+        assert_eq!(path.chars().count(), MAX_PATH_CHARS + 1);
     }
 }

@@ -246,7 +246,9 @@ impl<'de> Deserialize<'de> for PlanType {
 ///
 /// Build one with `..IdTokenClaims::default()` so code keeps compiling if a
 /// field is added.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// `Debug` masks the email (`u***@example.com`); the other fields are not secret.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct IdTokenClaims {
     /// The account's email address. Mask it before printing
     /// ([`crate::redact::mask_email`]).
@@ -262,6 +264,22 @@ pub struct IdTokenClaims {
     pub chatgpt_account_id: Option<String>,
     /// `https://api.openai.com/auth.chatgpt_user_id` (or `user_id`).
     pub chatgpt_user_id: Option<String>,
+}
+
+impl fmt::Debug for IdTokenClaims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdTokenClaims")
+            .field(
+                "email",
+                &self.email.as_deref().map(crate::redact::mask_email),
+            )
+            .field("exp", &self.exp)
+            .field("iat", &self.iat)
+            .field("chatgpt_plan_type", &self.chatgpt_plan_type)
+            .field("chatgpt_account_id", &self.chatgpt_account_id)
+            .field("chatgpt_user_id", &self.chatgpt_user_id)
+            .finish()
+    }
 }
 
 impl IdTokenClaims {
@@ -687,5 +705,20 @@ mod tests {
         assert!(PlanType::Team.is_workspace());
         assert!(!PlanType::Plus.is_workspace());
         assert_eq!(PlanType::from_claim("xyz").to_string(), "xyz");
+    }
+
+    #[test]
+    fn claims_debug_masks_the_email() {
+        let claims = IdTokenClaims {
+            email: Some("someone.private@example.com".into()),
+            chatgpt_account_id: Some("acc-1".into()),
+            ..IdTokenClaims::default()
+        };
+        let dbg = format!("{claims:?}");
+        assert!(!dbg.contains("someone.private"), "{dbg}");
+        assert!(
+            dbg.contains("s***@example.com") && dbg.contains("acc-1"),
+            "{dbg}"
+        );
     }
 }

@@ -27,11 +27,17 @@ pub struct RandomError {
     code: String,
 }
 
+impl RandomError {
+    fn from_getrandom(err: getrandom::Error) -> Self {
+        Self {
+            code: err.to_string(),
+        }
+    }
+}
+
 fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|err| RandomError {
-        code: err.to_string(),
-    })?;
+    getrandom::fill(&mut bytes).map_err(RandomError::from_getrandom)?;
     Ok(bytes)
 }
 
@@ -169,6 +175,20 @@ mod tests {
         let s = generate_state().unwrap();
         assert_eq!(s.len(), 43);
         assert_ne!(s, generate_state().unwrap());
+    }
+
+    /// The message a user reads when the OS random source fails (insta snapshot).
+    #[test]
+    fn random_error_messages() {
+        let text: Vec<String> = [
+            getrandom::Error::UNSUPPORTED,
+            getrandom::Error::UNEXPECTED,
+            getrandom::Error::new_custom(7),
+        ]
+        .into_iter()
+        .map(|e| RandomError::from_getrandom(e).to_string())
+        .collect();
+        insta::assert_snapshot!(text.join("\n"));
     }
 
     #[test]

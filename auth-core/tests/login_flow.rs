@@ -262,6 +262,15 @@ async fn success_returns_tokens_and_logs_nothing_secret() {
     assert!(trace.contains("auth_core::login::session"), "{trace}");
     assert!(trace.contains("auth_core::login:"), "{trace}");
     assert!(trace.contains("state_valid=true"), "{trace}");
+    // The callback event names the path it came in on, never its query.
+    assert!(
+        world
+            .log()
+            .contains("callback_received path=/auth/callback has_code=true"),
+        "{}",
+        world.log()
+    );
+    assert!(trace.contains("path=/auth/callback"), "{trace}");
 
     // The server is gone once `wait` returned: a late callback cannot reach it.
     assert_server_stops(port).await;

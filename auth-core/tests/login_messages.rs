@@ -30,6 +30,10 @@ fn login_error_messages() {
         LoginError::Config {
             detail: "the callback must listen on a loopback address, not 0.0.0.0".into(),
         },
+        LoginError::LogFile {
+            path: "/home/me/.codex/log/login.log".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        },
         LoginError::Issuer {
             code: Some("access_denied".into()),
             description: Some("missing_codex_entitlement".into()),

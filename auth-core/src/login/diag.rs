@@ -4,7 +4,7 @@
 //! Two `tracing` targets carry them:
 //!
 //! * [`crate::events::TARGET`] (`auth_core::login`): the shared [`LoginEvent`]s —
-//!   `callback_received` (has_code, has_state, has_error, state_valid),
+//!   `callback_received` (path, has_code, has_state, has_error, state_valid),
 //!   `token_exchange_started` (redacted issuer and redirect URI),
 //!   `token_exchange_succeeded` (status), `token_endpoint_error` (status, parsed error
 //!   code only) and `transport_error` (message with every URL redacted).
@@ -21,7 +21,7 @@
 //!
 //! ```text
 //! 2026-01-02T03:04:05.678Z  INFO auth_core::login::session listening addr=127.0.0.1:1455 redirect_uri=http://localhost:1455/auth/callback
-//! 2026-01-02T03:04:09.001Z  INFO auth_core::login callback_received has_code=true has_state=true has_error=false state_valid=true
+//! 2026-01-02T03:04:09.001Z  INFO auth_core::login callback_received path=/auth/callback has_code=true has_state=true has_error=false state_valid=true
 //! ```
 
 use std::fmt::Write as _;
@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::events::LoginEvent;
-use crate::redact::redact_text;
 
 use super::LoginError;
 
@@ -41,9 +40,6 @@ pub const SESSION_TARGET: &str = "auth_core::login::session";
 
 /// The name of the log file written in [`LoginOptions::log_dir`](super::LoginOptions::log_dir).
 pub const LOG_FILE_NAME: &str = "login.log";
-
-/// Longest request path kept in a `request` event.
-const MAX_PATH_CHARS: usize = 120;
 
 /// Why a request to the callback path did not complete the login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +110,9 @@ pub enum SessionEvent {
 impl SessionEvent {
     /// A [`SessionEvent::Request`] for `path`, which is redacted and shortened.
     pub fn request(method: &str, path: &str) -> Self {
-        let mut path = redact_text(path);
-        if path.chars().count() > MAX_PATH_CHARS {
-            path = path.chars().take(MAX_PATH_CHARS).collect::<String>() + "…";
-        }
         SessionEvent::Request {
             method: method.chars().take(16).collect(),
-            path,
+            path: crate::events::safe_path(path),
         }
     }
 
@@ -198,6 +190,7 @@ impl SessionEvent {
 fn login_event_fields(event: &LoginEvent) -> (bool, Vec<(&'static str, String)>) {
     match event {
         LoginEvent::CallbackReceived {
+            path,
             has_code,
             has_state,
             has_error,
@@ -205,6 +198,7 @@ fn login_event_fields(event: &LoginEvent) -> (bool, Vec<(&'static str, String)>)
         } => (
             !state_valid,
             vec![
+                ("path", path.clone()),
                 ("has_code", has_code.to_string()),
                 ("has_state", has_state.to_string()),
                 ("has_error", has_error.to_string()),
@@ -373,7 +367,7 @@ mod tests {
         else {
             panic!("not a request event");
         };
-        assert_eq!(path.chars().count(), MAX_PATH_CHARS + 1);
+        assert_eq!(path.chars().count(), 121);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub const MOCK_CODE: &str = "mock-authorization-code";
 pub const MOCK_ACCOUNT_ID: &str = "acct-mock-0001";
 
 /// How `/oauth/authorize` sends the browser back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` prints the code's length, not the code.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthorizeReply {
     /// `?code=<code>&state=<the request's state>`.
@@ -48,6 +50,48 @@ pub enum AuthorizeReply {
     WrongState(String),
 }
 
+impl std::fmt::Debug for AuthorizeReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthorizeReply::Code(code) => write!(f, "Code(<{} bytes>)", code.len()),
+            AuthorizeReply::Error { error, .. } => f
+                .debug_struct("Error")
+                .field("error", &crate::redact::redact_text(error))
+                .finish_non_exhaustive(),
+            AuthorizeReply::WrongState(state) => {
+                write!(f, "WrongState(<{} bytes>)", state.len())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenReply::Tokens {
+                id_token,
+                access_token,
+                refresh_token,
+            } => write!(
+                f,
+                "Tokens {{ id_token: <{} bytes>, access_token: <{} bytes>, refresh_token: <{} bytes> }}",
+                id_token.len(),
+                access_token.len(),
+                refresh_token.len()
+            ),
+            TokenReply::Raw {
+                status,
+                content_type,
+                body,
+            } => write!(
+                f,
+                "Raw {{ status: {status}, content_type: {content_type:?}, body: <{} bytes> }}",
+                body.len()
+            ),
+        }
+    }
+}
+
 impl Default for AuthorizeReply {
     fn default() -> Self {
         AuthorizeReply::Code(MOCK_CODE.to_owned())
@@ -55,7 +99,9 @@ impl Default for AuthorizeReply {
 }
 
 /// How `/oauth/token` answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` prints the tokens' and body's lengths, not their text.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenReply {
     /// 200 with `{"id_token", "access_token", "refresh_token"}`.
@@ -309,5 +355,38 @@ async fn handle(state: &MockState, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
         _ => reply(404, "text/plain", "not found".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_no_token_code_or_body() {
+        let replies = [
+            format!("{:?}", AuthorizeReply::Code("CODE-SECRET".into())),
+            format!("{:?}", AuthorizeReply::WrongState("STATE-SECRET".into())),
+            format!(
+                "{:?}",
+                TokenReply::Tokens {
+                    id_token: "ID-SECRET".into(),
+                    access_token: "ACCESS-SECRET".into(),
+                    refresh_token: "REFRESH-SECRET".into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenReply::Raw {
+                    status: 500,
+                    content_type: "text/html".into(),
+                    body: "BODY-SECRET".into(),
+                }
+            ),
+        ];
+        for dbg in &replies {
+            assert!(!dbg.contains("SECRET"), "{dbg}");
+        }
+        assert_eq!(replies[0], "Code(<11 bytes>)");
     }
 }

@@ -150,13 +150,13 @@ impl Shared {
     async fn handle(&self, method: &str, path: &str, query: Option<&str>) -> Page {
         self.diag.session(SessionEvent::request(method, path));
         match path {
-            CALLBACK_PATH => self.callback(query.unwrap_or_default()).await,
+            CALLBACK_PATH => self.callback(path, query.unwrap_or_default()).await,
             CANCEL_PATH => page::cancelled(self.finish(Err(LoginError::Cancelled))),
             _ => page::not_found(),
         }
     }
 
-    async fn callback(&self, query: &str) -> Page {
+    async fn callback(&self, path: &str, query: &str) -> Page {
         let mut params: HashMap<String, String> = HashMap::new();
         // Bounded by the request line hyper accepted; the first value of a key wins.
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -170,12 +170,13 @@ impl Shared {
         let state_valid = params.get("state").is_some_and(|given| {
             bool::from(given.as_bytes().ct_eq(self.state.expose().as_bytes()))
         });
-        self.diag.login(LoginEvent::CallbackReceived {
+        self.diag.login(LoginEvent::callback_received(
+            path,
             has_code,
             has_state,
             has_error,
             state_valid,
-        });
+        ));
         if !state_valid {
             // Not this login's callback (a stale tab, or a forged request): answer it,
             // keep waiting for the real one.
