@@ -141,10 +141,13 @@ fn text_report_for_chatgpt_login() {
 #[test]
 fn json_report_marks_expiry() {
     let home = TempHome::new();
-    let doc = chatgpt_doc(now() - 60);
+    let exp = now() - 60;
+    let doc = chatgpt_doc(exp);
     std::fs::write(home.auth(), doc.to_json_pretty()).unwrap();
+    let before = snapshot(&home.auth());
     let out = run(&home.0, true);
     assert!(out.status.success());
+    assert_eq!(snapshot(&home.auth()), before, "the file was modified");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_no_secrets(&stdout, &doc);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -153,6 +156,12 @@ fn json_report_marks_expiry() {
     assert_eq!(v["plan"], "pro");
     assert_eq!(v["account_id"], "acc-1234");
     assert_eq!(v["id_token_expired"], true);
+    let expected_expiry = auth_core::Timestamp::from_system_time(
+        UNIX_EPOCH + std::time::Duration::from_secs(exp.unsigned_abs()),
+    )
+    .to_string();
+    assert_eq!(v["id_token_expires_at"], expected_expiry.as_str());
+    assert_eq!(v["file"], home.auth().display().to_string().as_str());
     assert_eq!(v["last_refresh"], "2025-08-06T20:41:36.232376Z");
 }
 
@@ -165,9 +174,11 @@ fn api_key_login_shows_only_a_fingerprint() {
         AuthDocument::api_key(key.clone()).to_json_pretty(),
     )
     .unwrap();
+    let before = snapshot(&home.auth());
     let out = run(&home.0, false);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
+    assert_eq!(snapshot(&home.auth()), before, "the file was modified");
     assert!(stdout.contains("login mode:    apikey"), "{stdout}");
     assert!(stdout.contains(&key.fingerprint()), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
