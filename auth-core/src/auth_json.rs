@@ -127,6 +127,14 @@ impl Timestamp {
 
     /// Formats `time` as RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits (the form
     /// the Codex CLI writes).
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use auth_core::Timestamp;
+    /// let t = Timestamp::from_system_time(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250));
+    /// assert_eq!(t.as_str(), "2023-11-14T22:13:20.250Z");
+    /// assert_eq!(t.unix_seconds(), 1_700_000_000);
+    /// ```
     pub fn from_system_time(time: SystemTime) -> Self {
         let instant = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         Self::from_instant(instant)
@@ -282,6 +290,19 @@ impl TokenData {
 
     /// The account id to send as `ChatGPT-Account-Id`: `account_id`, else the id
     /// token's `chatgpt_account_id`.
+    ///
+    /// ```
+    /// use auth_core::{IdTokenClaims, TokenData, jwt};
+    /// let id = jwt::encode_unsigned_for_testing(&IdTokenClaims {
+    ///     chatgpt_account_id: Some("from-claims".into()),
+    ///     ..IdTokenClaims::default()
+    /// });
+    /// let mut tokens = TokenData::new(id.into(), "at".into(), "rt".into(), None)?;
+    /// assert_eq!(tokens.effective_account_id().as_deref(), Some("from-claims"));
+    /// tokens.account_id = Some("stored".into());
+    /// assert_eq!(tokens.effective_account_id().as_deref(), Some("stored"));
+    /// # Ok::<(), auth_core::JwtError>(())
+    /// ```
     pub fn effective_account_id(&self) -> Option<String> {
         self.account_id.clone().or_else(|| {
             self.id_token_claims()
@@ -420,6 +441,14 @@ pub(crate) fn withhold_quoted(message: &str) -> String {
 
 impl AuthDocument {
     /// An API-key login, as `codex login --with-api-key` writes it.
+    ///
+    /// ```
+    /// use auth_core::{AuthDocument, AuthMode, Secret};
+    /// let doc = AuthDocument::api_key(Secret::from("sk-example"));
+    /// assert_eq!(doc.effective_mode(), Some(AuthMode::ApiKey));
+    /// assert!(doc.to_json_pretty().contains(r#""OPENAI_API_KEY": "sk-example""#));
+    /// assert!(!format!("{doc:?}").contains("sk-example"));
+    /// ```
     pub fn api_key(key: Secret) -> Self {
         Self {
             auth_mode: Some(AuthMode::ApiKey),
@@ -429,6 +458,17 @@ impl AuthDocument {
     }
 
     /// A ChatGPT login with `tokens` refreshed at `last_refresh`.
+    ///
+    /// ```
+    /// use auth_core::{AuthDocument, AuthMode, TokenData, jwt};
+    /// let id = jwt::encode_unsigned_for_testing(&Default::default());
+    /// let tokens = TokenData::new(id.into(), "at".into(), "rt".into(), Some("acc".into()))?;
+    /// let doc = AuthDocument::chatgpt(tokens, "2025-01-01T00:00:00Z".parse()?);
+    /// assert_eq!(doc.effective_mode(), Some(AuthMode::Chatgpt));
+    /// let back = AuthDocument::from_json_str(&doc.to_json_pretty())?;
+    /// assert_eq!(back, doc);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn chatgpt(tokens: TokenData, last_refresh: Timestamp) -> Self {
         Self {
             auth_mode: Some(AuthMode::Chatgpt),

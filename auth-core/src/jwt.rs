@@ -308,6 +308,16 @@ impl IdTokenClaims {
 
     /// Whether the token expires at or before `now + margin` (false without `exp`).
     /// Use a margin of a few minutes to refresh before a request can fail.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use auth_core::IdTokenClaims;
+    /// let claims = IdTokenClaims { exp: Some(1_000), ..IdTokenClaims::default() };
+    /// let now = UNIX_EPOCH + Duration::from_secs(800);
+    /// assert!(claims.expires_within(now, Duration::from_secs(300)));
+    /// assert!(!claims.expires_within(now, Duration::from_secs(60)));
+    /// assert!(!IdTokenClaims::default().expires_within(now, Duration::MAX)); // no `exp`
+    /// ```
     pub fn expires_within(&self, now: SystemTime, margin: Duration) -> bool {
         match self.expires_at() {
             Some(exp) => exp <= now.checked_add(margin).unwrap_or(now),

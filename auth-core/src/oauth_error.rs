@@ -137,6 +137,12 @@ impl OAuthError {
     /// Whether the stored refresh token is unusable and the user must sign in again
     /// (after, for [`OAuthErrorKind::RefreshTokenReused`], checking whether another
     /// process already stored newer tokens).
+    ///
+    /// ```
+    /// use auth_core::OAuthError;
+    /// assert!(OAuthError::from_body(br#"{"error":"invalid_grant"}"#).requires_new_login());
+    /// assert!(!OAuthError::from_body(br#"{"error":"temporarily_unavailable"}"#).requires_new_login());
+    /// ```
     pub fn requires_new_login(&self) -> bool {
         !matches!(self.kind, OAuthErrorKind::Other)
     }
