@@ -452,7 +452,25 @@ async fn token_endpoint_connection_refused_is_a_redacted_transport_error() {
         flow.page
     );
     assert!(!flow.page.contains("QUERY-SECRET"));
-    assert!(world.events().contains(&"transport_error".to_owned()));
+    assert_eq!(
+        world.events(),
+        [
+            "listening",
+            "request",
+            "callback_received",
+            "token_exchange_started",
+            "transport_error",
+            "finished"
+        ]
+    );
+    let log = world.log();
+    assert!(log.contains("outcome=transport_error"), "{log}");
+    // The logged message names the endpoint with its query value redacted.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("transport_error message=") && l.contains("client_secret=")),
+        "{log}"
+    );
     world.assert_no_secrets(&[&flow.state, "QUERY-SECRET"]);
     // The OS message varies; snapshot the event names and the page only.
     insta::assert_snapshot!(
