@@ -128,6 +128,30 @@ fn jwt_error_messages() {
     let _: Option<JwtError> = None;
 }
 
+/// The header-part messages (`decode_header`) and `parse_expiry` on an access token.
+#[test]
+fn jwt_header_and_expiry_error_messages() {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let bad_header_json = format!("{}.e30.c2ln", b64("{\"alg\":"));
+    let header_not_object = format!("{}.e30.c2ln", b64("[1]"));
+    let exp_not_number = format!("eyJhbGciOiJub25lIn0.{}.c2ln", b64("{\"exp\":\"soon\"}"));
+    let mut text = errors_of(&[
+        ("header: h!h", jwt::decode_header("h!h.e30.c2ln")),
+        ("header: {\"alg\":", jwt::decode_header(&bad_header_json)),
+        ("header: [1]", jwt::decode_header(&header_not_object)),
+        ("header: not a JWT", jwt::decode_header("only-one-part")),
+    ]);
+    text.push_str(&errors_of(&[
+        (
+            "expiry: exp is a string",
+            jwt::parse_expiry(&exp_not_number),
+        ),
+        ("expiry: payload a!a", jwt::parse_expiry("e30.a!a.c2ln")),
+    ]));
+    insta::assert_snapshot!(text);
+}
+
 #[test]
 fn auth_json_error_messages() {
     let big = vec![b' '; auth_core::MAX_AUTH_JSON_LEN + 1];
