@@ -495,6 +495,7 @@ async fn no_callback_times_out_and_stops_the_server() {
     assert_eq!(world.events(), ["listening", "finished"]);
     assert!(world.log().contains("outcome=timed_out"));
     world.assert_no_secrets(&[&state]);
+    insta::assert_snapshot!("log_timed_out", world.normalized_log(port));
     assert_server_stops(port).await;
 }
 
