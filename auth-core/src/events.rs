@@ -28,7 +28,9 @@ pub const TARGET: &str = "auth_core::login";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LoginEvent {
-    /// The local callback server received the browser's redirect.
+    /// The local callback server received the browser's redirect. Build it with
+    /// [`LoginEvent::callback_received`] (the variant may gain fields).
+    #[non_exhaustive]
     CallbackReceived {
         /// The request path (never the query), redacted and shortened; build the event
         /// with [`LoginEvent::callback_received`] to get this right.
