@@ -16,29 +16,14 @@ use auth_core::login::mock_issuer::{MOCK_ACCOUNT_ID, MOCK_CODE, MockIssuer, Toke
 use auth_core::redact::mask_email;
 use auth_core::{AuthDocument, Secret, Timestamp, TokenData};
 use auth_storage::PoolStore;
-use common::{codex_bin, skip};
+use common::{Run, codex_bin, run_bounded, skip};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ALICE: &str = "alice.private@example.com";
 const BOB: &str = "bob.private@example.org";
 
 fn accounts_bin(test: &str) -> Option<PathBuf> {
-    // target/<profile>/deps/<test binary> → target/<profile>/examples/accounts
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join("accounts");
-    if path.is_file() {
-        Some(path)
-    } else {
-        skip(
-            test,
-            &format!(
-                "example binary {} not built (run `cargo test --workspace --all-features`, \
-                 which builds examples)",
-                path.display()
-            ),
-        );
-        None
-    }
+    common::example_or_skip("accounts", test)
 }
 
 /// Secrets of one synthetic login: the refresh token and access token are unique strings
@@ -104,12 +89,6 @@ impl Login {
             self.access[self.access.len() - 24..].to_owned(),
         ]
     }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
 }
 
 impl Run {
@@ -189,45 +168,6 @@ impl Sandbox {
             cmd.env(k, v);
         }
         run_bounded(cmd, Duration::from_secs(30))
-    }
-}
-
-/// Runs `cmd` to completion, killing it after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code(),
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
     }
 }
 

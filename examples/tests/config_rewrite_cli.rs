@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::Run;
 use config_rewrite::Target;
 
 /// A config a user might have: comments everywhere, an MCP server table, arrays of tables,
@@ -40,21 +40,8 @@ args = [\"-y\", \"docs-server\"] # keep me\r\n\
 \r\n\
 # trailing comment";
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn config_rewrite(test: &str) -> Option<PathBuf> {
-    let found = common::example("config-rewrite");
-    if found.is_none() {
-        common::skip(
-            test,
-            "example binary config-rewrite not built (run `cargo build --workspace --all-features --examples`)",
-        );
-    }
-    found
+    common::example_or_skip("config-rewrite", test)
 }
 
 /// Runs `bin args…` in `dir`, bounded in time (the child is killed after `limit`).
@@ -65,43 +52,11 @@ fn run_in(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &Path)], limit: D
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("OPENAI_BASE_URL");
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} {args:?} did not finish within {limit:?}", bin.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    common::run_bounded(command, limit)
 }
 
 fn cli(bin: &Path, dir: &Path, args: &[&str]) -> Run {

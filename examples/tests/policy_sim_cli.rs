@@ -9,69 +9,21 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Run;
 
 fn policy_sim(test: &str) -> Option<PathBuf> {
-    let found = common::example("policy-sim");
-    if found.is_none() {
-        common::skip(
-            test,
-            "example binary policy-sim not built (run `cargo build --workspace --all-features --examples`)",
-        );
-    }
-    found
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+    common::example_or_skip("policy-sim", test)
 }
 
 /// Runs `bin args…`, killing it if it takes longer than `limit`.
 fn run(bin: &Path, args: &[&str], limit: Duration) -> Run {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).map(|_| s)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).map(|_| s)
-    });
-    let status = wait_bounded(&mut child, limit);
-    Run {
-        code: status,
-        stdout: out_reader.join().unwrap().unwrap(),
-        stderr: err_reader.join().unwrap().unwrap(),
-    }
-}
-
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<i32> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("policy-sim did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    common::run_bounded(cmd, limit)
 }
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -12,7 +12,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use common::Run;
+
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -33,14 +35,7 @@ print(s.getsockname()[1], flush=True)\n\
 time.sleep(60)\n";
 
 fn preflight(test: &str) -> Option<PathBuf> {
-    let found = common::example("preflight");
-    if found.is_none() {
-        common::skip(
-            test,
-            "example binary preflight not built (run `cargo build --workspace --all-features --examples`)",
-        );
-    }
-    found
+    common::example_or_skip("preflight", test)
 }
 
 /// A real python3 binary (not a shim script), so a copy of it can run under another name.
@@ -155,12 +150,6 @@ impl Drop for Holder {
     }
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 impl Run {
     fn all(&self) -> String {
         format!(
@@ -172,41 +161,9 @@ impl Run {
 
 /// Runs `bin args…` without `CODEX_BIN` in its environment, killed if it exceeds [`LIMIT`].
 fn run(bin: &Path, args: &[&str]) -> Run {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env_remove("CODEX_BIN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).map(|_| s)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).map(|_| s)
-    });
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("preflight {args:?} did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code,
-        stdout: out_reader.join().unwrap().unwrap(),
-        stderr: err_reader.join().unwrap().unwrap(),
-    }
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env_remove("CODEX_BIN");
+    common::run_bounded(cmd, LIMIT)
 }
 
 /// A port nobody listens on right now (bound once by us, then released).

@@ -37,3 +37,68 @@ pub fn example(name: &str) -> Option<PathBuf> {
     let path = exe.parent()?.parent()?.join("examples").join(name);
     path.is_file().then_some(path)
 }
+
+/// [`example`], printing a visible SKIP line for `test` when the program is not built.
+pub fn example_or_skip(name: &str, test: &str) -> Option<PathBuf> {
+    let found = example(name);
+    if found.is_none() {
+        skip(
+            test,
+            &format!(
+                "example binary {name} not built (run `cargo build --workspace --all-features --examples`)"
+            ),
+        );
+    }
+    found
+}
+
+/// What a finished child printed, and its exit code (`None` when a signal ended it).
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion with stdin closed, draining stdout and stderr on threads (so a
+/// chatty child never blocks on a full pipe), and kills it and panics after `limit`.
+pub fn run_bounded(mut cmd: std::process::Command, limit: std::time::Duration) -> Run {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
