@@ -290,24 +290,7 @@ async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token(
     std::fs::write(&config, original).unwrap();
 
     // No ROTATION_PROXY_TOKEN: the program generates one and prints it once.
-    let mut proxy = tokio::process::Command::new(program)
-        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
-        .arg(pool_dir.path())
-        .arg("--codex-home")
-        .arg(codex_home.path())
-        .args([
-            "--upstream",
-            &mock.base_url(),
-            "--token-url",
-            &mock.token_url(),
-        ])
-        .env_remove(TOKEN_ENV)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut proxy = common::spawn_proxy(&program, pool_dir.path(), codex_home.path(), &mock, None);
     let mut stdout = BufReader::new(proxy.stdout.take().unwrap()).lines();
     let mut stderr = proxy.stderr.take().unwrap();
     let stderr_task = tokio::spawn(async move {

@@ -87,24 +87,13 @@ async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm(
     assert_ne!(std::fs::read_to_string(&config).unwrap(), original);
 
     let token = "test-wrapper-token-0123456789";
-    let mut child = tokio::process::Command::new(binary)
-        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
-        .arg(pool_dir.path())
-        .arg("--codex-home")
-        .arg(codex_home.path())
-        .args([
-            "--upstream",
-            &mock.base_url(),
-            "--token-url",
-            &mock.token_url(),
-        ])
-        .env(TOKEN_ENV, token)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_proxy(
+        &binary,
+        pool_dir.path(),
+        codex_home.path(),
+        &mock,
+        Some(token),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stderr = child.stderr.take().unwrap();
     let stderr_task = tokio::spawn(async move {
@@ -256,24 +245,7 @@ async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_
     let original = "model = \"gpt-5\"\n";
     std::fs::write(&config, original).unwrap();
 
-    let mut child = tokio::process::Command::new(binary)
-        .args(["--listen", "127.0.0.1:0", "--pool-dir"])
-        .arg(pool_dir.path())
-        .arg("--codex-home")
-        .arg(codex_home.path())
-        .args([
-            "--upstream",
-            &mock.base_url(),
-            "--token-url",
-            &mock.token_url(),
-        ])
-        .env_remove(TOKEN_ENV)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_proxy(&binary, pool_dir.path(), codex_home.path(), &mock, None);
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stderr = child.stderr.take().unwrap();
     let stderr_task = tokio::spawn(async move {

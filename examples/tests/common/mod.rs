@@ -102,3 +102,40 @@ pub fn run_bounded(mut cmd: std::process::Command, limit: std::time::Duration) -
         stderr: err_reader.join().unwrap(),
     }
 }
+
+/// Starts the built `rotation-proxy` program on an ephemeral loopback port over `pool_dir`
+/// and `codex_home`, forwarding to `mock` (upstream and token endpoint), with debug logs and
+/// both output streams piped. `token` is the wrapper token in `ROTATION_PROXY_TOKEN`; `None`
+/// removes the variable so the program generates one. Killed when dropped.
+pub fn spawn_proxy(
+    binary: &std::path::Path,
+    pool_dir: &std::path::Path,
+    codex_home: &std::path::Path,
+    mock: &examples::mock_upstream::MockUpstream,
+    token: Option<&str>,
+) -> tokio::process::Child {
+    use examples::proxy::TOKEN_ENV;
+    use std::process::Stdio;
+
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(["--listen", "127.0.0.1:0", "--pool-dir"])
+        .arg(pool_dir)
+        .arg("--codex-home")
+        .arg(codex_home)
+        .args([
+            "--upstream",
+            &mock.base_url(),
+            "--token-url",
+            &mock.token_url(),
+        ]);
+    match token {
+        Some(token) => cmd.env(TOKEN_ENV, token),
+        None => cmd.env_remove(TOKEN_ENV),
+    };
+    cmd.env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
