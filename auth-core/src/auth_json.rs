@@ -113,11 +113,54 @@ pub struct Timestamp {
     instant: jiff::Timestamp,
 }
 
-/// A string that is not an RFC 3339 timestamp with an offset. Carries no input text.
+/// A value that cannot be a [`Timestamp`]: text that is not an RFC 3339 timestamp with
+/// an offset, or an instant outside the years -9999..=9999 that RFC 3339 can write
+/// ("invalid date"). Carries no input text (a number of seconds at most).
+///
+/// ```
+/// use auth_core::Timestamp;
+/// let err = Timestamp::from_unix_seconds(i64::MIN).unwrap_err();
+/// assert!(err.is_out_of_range());
+/// assert!(err.to_string().contains("invalid date"));
+/// assert!(!"nope".parse::<Timestamp>().unwrap_err().is_out_of_range());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an RFC 3339 timestamp with a UTC offset (like 2025-01-31T12:00:00Z)")]
 #[non_exhaustive]
-pub struct TimestampError {}
+pub struct TimestampError {
+    problem: TimestampProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimestampProblem {
+    NotRfc3339,
+    /// Unix seconds outside the representable range (`None`: a `SystemTime` that is).
+    OutOfRange(Option<i64>),
+}
+
+impl fmt::Display for TimestampError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problem {
+            TimestampProblem::NotRfc3339 => f.write_str(
+                "not an RFC 3339 timestamp with a UTC offset (like 2025-01-31T12:00:00Z)",
+            ),
+            TimestampProblem::OutOfRange(secs) => {
+                f.write_str("invalid date: ")?;
+                if let Some(secs) = secs {
+                    write!(f, "{secs} seconds since 1970 is ")?;
+                }
+                f.write_str("outside the years -9999 to 9999 that a timestamp can show")
+            }
+        }
+    }
+}
+
+impl TimestampError {
+    /// Whether the value was an instant outside the representable years ("invalid
+    /// date") rather than unreadable text.
+    pub fn is_out_of_range(&self) -> bool {
+        matches!(self.problem, TimestampProblem::OutOfRange(_))
+    }
+}
 
 impl Timestamp {
     /// The current time, formatted like the Codex CLI formats it.
@@ -135,9 +178,60 @@ impl Timestamp {
     /// assert_eq!(t.as_str(), "2023-11-14T22:13:20.250Z");
     /// assert_eq!(t.unix_seconds(), 1_700_000_000);
     /// ```
+    ///
+    /// A time outside the years -9999..=9999 saturates to the nearest end of that range
+    /// (never to 1970); use [`Timestamp::try_from_system_time`] to refuse it instead.
     pub fn from_system_time(time: SystemTime) -> Self {
-        let instant = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let instant = jiff::Timestamp::try_from(time).unwrap_or_else(|_| {
+            if time >= UNIX_EPOCH {
+                jiff::Timestamp::MAX
+            } else {
+                jiff::Timestamp::MIN
+            }
+        });
         Self::from_instant(instant)
+    }
+
+    /// Like [`Timestamp::from_system_time`], but a time outside the years -9999..=9999 is
+    /// an error ("invalid date") instead of saturating.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use auth_core::Timestamp;
+    /// assert!(Timestamp::try_from_system_time(UNIX_EPOCH).is_ok());
+    /// let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000); // year ~14645
+    /// # if let Some(far) = UNIX_EPOCH.checked_add(Duration::from_secs(400_000_000_000)) {
+    /// assert!(Timestamp::try_from_system_time(far).unwrap_err().is_out_of_range());
+    /// # }
+    /// ```
+    pub fn try_from_system_time(time: SystemTime) -> Result<Self, TimestampError> {
+        jiff::Timestamp::try_from(time)
+            .map(Self::from_instant)
+            .map_err(|_| TimestampError {
+                problem: TimestampProblem::OutOfRange(None),
+            })
+    }
+
+    /// The instant `secs` seconds after the Unix epoch (negative: before), for showing
+    /// a claim such as `exp`, `iat` or `auth_time`. Any `i64` is accepted; one outside
+    /// the years -9999..=9999 is an error that says "invalid date" (never a wrapped or
+    /// 1970 date, never a panic).
+    ///
+    /// ```
+    /// use auth_core::Timestamp;
+    /// assert_eq!(Timestamp::from_unix_seconds(1_700_000_000)?.as_str(), "2023-11-14T22:13:20Z");
+    /// assert_eq!(Timestamp::from_unix_seconds(-1)?.as_str(), "1969-12-31T23:59:59Z");
+    /// // 10000-01-01T00:00:00Z and i64::MIN cannot be shown.
+    /// assert!(Timestamp::from_unix_seconds(253_402_300_800).is_err());
+    /// assert!(Timestamp::from_unix_seconds(i64::MIN).is_err());
+    /// # Ok::<(), auth_core::TimestampError>(())
+    /// ```
+    pub fn from_unix_seconds(secs: i64) -> Result<Self, TimestampError> {
+        jiff::Timestamp::from_second(secs)
+            .map(Self::from_instant)
+            .map_err(|_| TimestampError {
+                problem: TimestampProblem::OutOfRange(Some(secs)),
+            })
     }
 
     fn from_instant(instant: jiff::Timestamp) -> Self {
@@ -171,13 +265,15 @@ impl Timestamp {
         self.instant.as_second()
     }
 
-    /// The instant as a [`SystemTime`].
+    /// The instant as a [`SystemTime`], for comparisons: an instant before
+    /// 1601-01-01 (which not every platform's `SystemTime` holds) is clamped to it.
     pub fn to_system_time(&self) -> SystemTime {
         let secs = self.instant.as_second();
         let nanos = self.instant.subsec_nanosecond();
         let base = jwt::unix_to_system_time(secs);
         if nanos >= 0 {
-            base + Duration::from_nanos(nanos.unsigned_abs().into())
+            base.checked_add(Duration::from_nanos(nanos.unsigned_abs().into()))
+                .unwrap_or(base)
         } else {
             base.checked_sub(Duration::from_nanos(nanos.unsigned_abs().into()))
                 .unwrap_or(UNIX_EPOCH)
@@ -189,7 +285,9 @@ impl FromStr for Timestamp {
     type Err = TimestampError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let instant: jiff::Timestamp = s.parse().map_err(|_| TimestampError {})?;
+        let instant: jiff::Timestamp = s.parse().map_err(|_| TimestampError {
+            problem: TimestampProblem::NotRfc3339,
+        })?;
         Ok(Self {
             text: s.to_owned(),
             instant,
@@ -386,7 +484,10 @@ pub enum AuthJsonError {
         column: usize,
     },
     /// The input is not well-formed JSON.
-    #[error("auth.json is not valid JSON at line {line}, column {column}: {detail}")]
+    #[error(
+        "auth.json is not valid JSON at line {line}, column {column}: {}",
+        crate::terminal::escape_control(detail)
+    )]
     Syntax {
         /// 1-based line.
         line: usize,
@@ -396,7 +497,11 @@ pub enum AuthJsonError {
         detail: String,
     },
     /// Well-formed JSON, but a field has the wrong type or value.
-    #[error("auth.json field `{field}` is invalid at line {line}, column {column}: {detail}")]
+    #[error(
+        "auth.json field `{}` is invalid at line {line}, column {column}: {}",
+        crate::terminal::escape_control(field),
+        crate::terminal::escape_control(detail)
+    )]
     Field {
         /// Dotted path of the field (e.g. `tokens.id_token`), `(top level)` for the
         /// document itself.
@@ -528,7 +633,9 @@ impl AuthDocument {
             return false;
         };
         if let Ok(Some(expires_at)) = tokens.access_token_expires_at() {
-            return expires_at <= now.checked_add(margin).unwrap_or(now);
+            return now
+                .checked_add(margin)
+                .is_none_or(|limit| expires_at <= limit);
         }
         match &self.last_refresh {
             Some(last) => last
@@ -772,5 +879,100 @@ mod tests {
         assert!(TokenData::new("nope".into(), "a".into(), "r".into(), None).is_err());
         let td = TokenData::new(id_token().into(), "a".into(), "r".into(), None).unwrap();
         assert_eq!(td.effective_account_id().as_deref(), Some("acc-1"));
+    }
+
+    #[test]
+    fn timestamps_outside_the_years_rfc3339_can_write_are_invalid_dates() {
+        // The last whole second jiff (and so RFC 3339 here) holds, and one past it.
+        let last = jiff::Timestamp::MAX.as_second();
+        assert!(Timestamp::from_unix_seconds(last).is_ok());
+        for secs in [last + 1, 253_402_300_800, i64::MAX, i64::MIN, i64::MIN + 1] {
+            let err = Timestamp::from_unix_seconds(secs).unwrap_err();
+            assert!(err.is_out_of_range(), "{secs}");
+            assert!(err.to_string().starts_with("invalid date: "), "{err}");
+        }
+        // Year 10000 is refused when read too (never read as 1970).
+        assert!("10000-01-01T00:00:00Z".parse::<Timestamp>().is_err());
+        let doc = r#"{"OPENAI_API_KEY":null,"last_refresh":"10000-01-01T00:00:00Z"}"#;
+        assert!(matches!(
+            AuthDocument::from_json_str(doc),
+            Err(AuthJsonError::Field { ref field, .. }) if field == "last_refresh"
+        ));
+        // Earliest representable last_refresh: comparisons clamp, nothing panics.
+        let early: Timestamp = "-009999-01-02T01:59:59Z".parse().unwrap();
+        assert!(early.to_system_time() <= UNIX_EPOCH);
+    }
+
+    #[test]
+    fn field_error_escapes_control_characters_in_the_field_path() {
+        let err = AuthJsonError::Field {
+            field: "tokens.\x1b[31mx\r\nforged".to_owned(),
+            line: 1,
+            column: 2,
+            detail: "bad\u{202e}".to_owned(),
+        };
+        let shown = err.to_string();
+        assert!(
+            !shown.chars().any(crate::terminal::is_unsafe_char),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("tokens.\\x1b[31mx\\x0d\\x0aforged"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn refresh_due_never_overflows() {
+        let tokens = TokenData::new(id_token().into(), "opaque".into(), "r".into(), None).unwrap();
+        let late: Timestamp = "9999-12-30T22:00:00Z".parse().unwrap();
+        let doc = AuthDocument::chatgpt(tokens, late);
+        assert!(!doc.refresh_due(SystemTime::now(), Duration::MAX));
+        let access =
+            crate::jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": i64::MAX}));
+        let tokens = TokenData::new(id_token().into(), access.into(), "r".into(), None).unwrap();
+        let doc = AuthDocument::chatgpt(tokens, Timestamp::now());
+        assert!(!doc.refresh_due(SystemTime::now(), Duration::ZERO));
+        assert!(doc.refresh_due(SystemTime::now(), Duration::MAX));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_unix_second_is_a_timestamp_or_an_invalid_date(secs in proptest::num::i64::ANY) {
+            match Timestamp::from_unix_seconds(secs) {
+                Ok(t) => {
+                    proptest::prop_assert_eq!(t.unix_seconds(), secs);
+                    let back: Timestamp = t.as_str().parse().unwrap();
+                    proptest::prop_assert_eq!(back.unix_seconds(), secs);
+                    let _ = t.to_system_time();
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.is_out_of_range());
+                    proptest::prop_assert!(
+                        !(jiff::Timestamp::MIN.as_second()..=jiff::Timestamp::MAX.as_second()).contains(&secs)
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn any_access_token_exp_and_last_refresh_is_safe(
+            exp in proptest::num::i64::ANY,
+            refreshed in jiff::Timestamp::MIN.as_second()..=jiff::Timestamp::MAX.as_second(),
+            margin in proptest::num::u64::ANY,
+        ) {
+            let access = crate::jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": exp}));
+            let tokens = TokenData::new(id_token().into(), access.into(), "r".into(), None).unwrap();
+            let doc = AuthDocument::chatgpt(tokens.clone(), Timestamp::from_unix_seconds(refreshed).unwrap());
+            let now = SystemTime::now();
+            let due = doc.refresh_due(now, Duration::from_secs(margin));
+            let now_secs = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap();
+            if exp <= now_secs {
+                proptest::prop_assert!(due);
+            }
+            let opaque = TokenData::new(id_token().into(), "opaque".into(), "r".into(), None).unwrap();
+            let doc = AuthDocument::chatgpt(opaque, Timestamp::from_unix_seconds(refreshed).unwrap());
+            let _ = doc.refresh_due(now, Duration::from_secs(margin));
+        }
     }
 }

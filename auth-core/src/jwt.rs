@@ -220,9 +220,11 @@ impl PlanType {
     }
 }
 
+/// Shows [`PlanType::as_str`] with control and bidi characters escaped
+/// ([`crate::terminal::escape_control`]): an unknown plan is text from the token.
 impl fmt::Display for PlanType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        fmt::Display::fmt(&crate::terminal::escape_control(self.as_str()), f)
     }
 }
 
@@ -284,11 +286,26 @@ impl fmt::Debug for IdTokenClaims {
 
 impl IdTokenClaims {
     /// The expiry as a [`SystemTime`], if the token has an `exp` claim.
+    ///
+    /// `exp` is any `i64` a token carries; for comparisons it is clamped to
+    /// 1601-01-01..=9999-12-31T23:59:59Z (never an overflow or a panic). To *show* the
+    /// expiry, use [`crate::Timestamp::from_unix_seconds`] on [`IdTokenClaims::exp`], which
+    /// says "out of range" instead of showing a clamped date.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use auth_core::IdTokenClaims;
+    /// let far = IdTokenClaims { exp: Some(i64::MAX), ..IdTokenClaims::default() };
+    /// assert!(!far.is_expired(SystemTime::now()));
+    /// let past = IdTokenClaims { exp: Some(i64::MIN), ..IdTokenClaims::default() };
+    /// assert!(past.is_expired(SystemTime::now()));
+    /// ```
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.exp.map(unix_to_system_time)
     }
 
-    /// The issue time as a [`SystemTime`], if the token has an `iat` claim.
+    /// The issue time as a [`SystemTime`], if the token has an `iat` claim (clamped like
+    /// [`IdTokenClaims::expires_at`]).
     pub fn issued_at(&self) -> Option<SystemTime> {
         self.iat.map(unix_to_system_time)
     }
@@ -320,22 +337,35 @@ impl IdTokenClaims {
     /// ```
     pub fn expires_within(&self, now: SystemTime, margin: Duration) -> bool {
         match self.expires_at() {
-            Some(exp) => exp <= now.checked_add(margin).unwrap_or(now),
+            // A margin that reaches past the end of time covers every expiry.
+            Some(exp) => now.checked_add(margin).is_none_or(|limit| exp <= limit),
             None => false,
         }
     }
 }
 
+/// Earliest Unix second every platform's [`SystemTime`] holds: 1601-01-01T00:00:00Z
+/// (the Windows `FILETIME` epoch).
+pub(crate) const MIN_SYSTEM_TIME_SECS: i64 = -11_644_473_600;
+/// Latest Unix second kept exactly: 9999-12-31T23:59:59Z, the last instant an RFC 3339
+/// timestamp (and [`crate::Timestamp`]) can show.
+pub(crate) const MAX_SYSTEM_TIME_SECS: i64 = 253_402_300_799;
+
+/// A claim's Unix seconds as a [`SystemTime`] for comparisons, clamped to
+/// 1601-01-01..=9999-12-31T23:59:59Z so that no value (even `i64::MIN` or `i64::MAX`)
+/// overflows on any platform: a far-future `exp` stays far in the future, a far-past one
+/// stays expired. The clamped value is not for display; use
+/// [`crate::Timestamp::from_unix_seconds`], which refuses out-of-range values.
 pub(crate) fn unix_to_system_time(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH
-            .checked_add(Duration::from_secs(secs.unsigned_abs()))
-            .unwrap_or(UNIX_EPOCH)
+    let secs = secs.clamp(MIN_SYSTEM_TIME_SECS, MAX_SYSTEM_TIME_SECS);
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    let exact = if secs >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
     } else {
-        UNIX_EPOCH
-            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
-            .unwrap_or(UNIX_EPOCH)
-    }
+        UNIX_EPOCH.checked_sub(magnitude)
+    };
+    // ok: every platform Rust supports holds this range; the fallback is never taken.
+    exact.unwrap_or(UNIX_EPOCH)
 }
 
 // Wire shape of the id-token payload (private: the public type is flat).
@@ -499,6 +529,7 @@ pub fn parse_id_token(token: &str) -> Result<IdTokenClaims, JwtError> {
 }
 
 /// Reads just the `exp` claim of any JWT (e.g. an access token), **unverified**.
+/// The value is clamped like [`IdTokenClaims::expires_at`]'s.
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
@@ -709,12 +740,55 @@ mod tests {
     }
 
     #[test]
+    fn extreme_exp_values_clamp_instead_of_wrapping() {
+        let max = unix_to_system_time(MAX_SYSTEM_TIME_SECS);
+        let min = unix_to_system_time(MIN_SYSTEM_TIME_SECS);
+        assert_eq!(unix_to_system_time(i64::MAX), max);
+        assert_eq!(unix_to_system_time(i64::MIN), min);
+        let now = SystemTime::now();
+        for (exp, expired) in [
+            (i64::MIN, true),
+            (i64::MIN + 1, true),
+            (-1, true),
+            (i64::MAX, false),
+        ] {
+            let c = IdTokenClaims {
+                exp: Some(exp),
+                ..Default::default()
+            };
+            assert_eq!(c.is_expired(now), expired, "{exp}");
+            assert!(c.expires_within(now, Duration::MAX), "{exp}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_exp_is_ordered_like_the_number(a in proptest::num::i64::ANY, b in proptest::num::i64::ANY) {
+            let (ta, tb) = (unix_to_system_time(a), unix_to_system_time(b));
+            // Monotonic: never wraps, never falls back to 1970.
+            if a <= b {
+                proptest::prop_assert!(ta <= tb);
+            }
+            let now = SystemTime::now();
+            let c = IdTokenClaims { exp: Some(a), iat: Some(b), ..Default::default() };
+            let _ = (c.is_expired(now), c.expires_within(now, Duration::MAX), c.issued_at());
+            let token = encode_unsigned_for_testing(&c);
+            proptest::prop_assert_eq!(parse_id_token(&token).map(|p| p.exp), Ok(Some(a)));
+            proptest::prop_assert_eq!(parse_expiry(&token), Ok(Some(ta)));
+        }
+    }
+
+    #[test]
     fn plan_aliases() {
         assert_eq!(PlanType::from_claim("hc"), PlanType::Enterprise);
         assert_eq!(PlanType::from_claim("Education"), PlanType::Edu);
         assert!(PlanType::Team.is_workspace());
         assert!(!PlanType::Plus.is_workspace());
         assert_eq!(PlanType::from_claim("xyz").to_string(), "xyz");
+        assert_eq!(
+            PlanType::from_claim("pro\x1b[2J\r\n").to_string(),
+            "pro\\x1b[2J\\x0d\\x0a"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! * [`Secret`] wraps every token and key: it never prints, is zeroized on drop and
 //!   compares in constant time.
 //! * [`redact`] masks emails and redacts URLs (also inside error text);
+//!   [`terminal`] escapes control and bidi characters in untrusted text before it is
+//!   printed or logged;
 //!   [`oauth_error`] classifies token-endpoint error bodies into typed kinds.
 //! * [`events`] are the sign-in/refresh lifecycle as typed `tracing` events (no bodies,
 //!   no tokens); [`pkce`] builds PKCE S256 codes, `state` and the authorize URL with the
@@ -59,6 +61,7 @@ pub mod redact;
 #[cfg(feature = "refresh")]
 pub mod refresh;
 pub mod secret;
+pub mod terminal;
 
 pub use auth_json::{
     AuthDocument, AuthJsonError, AuthMode, MAX_AUTH_JSON_LEN, Timestamp, TimestampError, TokenData,

@@ -23,18 +23,22 @@ pub const REDACTED: &str = "REDACTED";
 /// Masks an email address for display: first character of the local part, then `***`,
 /// then the domain (`alice@example.com` → `a***@example.com`).
 ///
-/// A string without `@` becomes `***` (it might be anything).
+/// A string without `@` becomes `***` (it might be anything). The email comes from a
+/// token or a file, so the kept parts are passed through
+/// [`escape_control`](crate::terminal::escape_control): the result is safe to print.
 ///
 /// ```
 /// use auth_core::redact::mask_email;
 /// assert_eq!(mask_email("bob.smith@example.org"), "b***@example.org");
 /// assert_eq!(mask_email("not-an-email"), "***");
+/// assert_eq!(mask_email("\x1bx@evil\r\n.example"), "\\x1b***@evil\\x0d\\x0a.example");
 /// ```
 pub fn mask_email(email: &str) -> String {
+    use crate::terminal::escape_control;
     match email.rsplit_once('@') {
         Some((local, domain)) => {
             let first: String = local.chars().take(1).collect();
-            format!("{first}***@{domain}")
+            format!("{}***@{}", escape_control(&first), escape_control(domain))
         }
         None => "***".to_owned(),
     }

@@ -268,7 +268,10 @@ pub enum LoginError {
         error: OAuthError,
     },
     /// The token endpoint could not be reached.
-    #[error("could not reach the token endpoint: {message}")]
+    #[error(
+        "could not reach the token endpoint: {}",
+        crate::terminal::escape_control(message)
+    )]
     Transport {
         /// The error chain, every URL redacted.
         message: String,
@@ -298,7 +301,8 @@ fn holders_text(addr: SocketAddr, holders: Option<&[String]>) -> String {
         Some([]) => "; the holder could not be identified".to_owned(),
         Some(list) => format!(
             " by {}; stop it, or if it is another login, open http://{addr}{CANCEL_PATH}",
-            list.join(", ")
+            // Process names and command lines are chosen by whoever started the process.
+            crate::terminal::escape_control(&list.join(", "))
         ),
         None => format!(
             "; find the holder with `lsof -nP -iTCP:{} -sTCP:LISTEN` (auth-core's `preflight` feature names it)",
@@ -314,7 +318,10 @@ fn issuer_text(code: Option<&str>, description: Option<&str>) -> String {
             "the sign-in page reported that Codex is not enabled for this account's workspace{code_part}; ask the workspace administrator for access"
         );
     }
-    let description_part = description.map(|d| format!(": {d}")).unwrap_or_default();
+    // The description is the issuer's text: a CR/LF or ESC in it must not forge output lines.
+    let description_part = description
+        .map(|d| format!(": {}", crate::terminal::escape_control(d)))
+        .unwrap_or_default();
     format!(
         "the sign-in page reported an error{code_part}{description_part}; check the account and start the sign-in again"
     )
@@ -580,6 +587,36 @@ mod tests {
                 .chars()
                 .count(),
             301
+        );
+    }
+
+    #[test]
+    fn issuer_and_holder_text_reach_the_terminal_escaped() {
+        let hostile = "denied\r\nauth: signed in as admin\x1b]0;pwned\x07\u{202e}";
+        let issuer = LoginError::Issuer {
+            code: Some("access_denied".into()),
+            description: issuer_description(Some(hostile)),
+        }
+        .to_string();
+        let holders = LoginError::PortInUse {
+            addr: "127.0.0.1:1455".parse().unwrap(),
+            holders: Some(vec!["pid 7 (co\ndex) \x1b[2Jx".into()]),
+        }
+        .to_string();
+        let transport = LoginError::Transport {
+            message: "reset\r\nforged".into(),
+        }
+        .to_string();
+        for shown in [&issuer, &holders, &transport] {
+            assert!(
+                !shown.chars().any(crate::terminal::is_unsafe_char),
+                "{shown:?}"
+            );
+        }
+        insta::assert_snapshot!(issuer, @r"the sign-in page reported an error (access_denied): denied\x0d\x0aauth: signed in as admin\x1b]0;pwned\x07\u{202e}; check the account and start the sign-in again");
+        assert!(
+            holders.contains("pid 7 (co\\x0adex) \\x1b[2Jx"),
+            "{holders}"
         );
     }
 
