@@ -1,7 +1,15 @@
 //! The one error type of this crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use auth_core::terminal::escape_control;
+
+/// A path for an error message: file names are chosen by whoever created them, so control
+/// and bidi characters are escaped (`\x1b`, `\u{202e}`) and cannot forge output lines.
+fn shown(path: &Path) -> String {
+    escape_control(&path.display().to_string()).to_string()
+}
 
 /// Everything that can go wrong while loading, saving or locking credentials.
 ///
@@ -22,7 +30,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum StorageError {
     /// A file or directory operation failed.
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {}: {source}", shown(path))]
     Io {
         /// What was being done, e.g. "read", "rename a temporary file over".
         action: &'static str,
@@ -35,8 +43,9 @@ pub enum StorageError {
     /// Replacing a file kept failing because another process had it open (Windows sharing
     /// violations, e.g. an anti-virus scanner or the Codex CLI reading it).
     #[error(
-        "could not replace {path}: another process kept it open through {attempts} attempts \
-         ({source}); close programs using it and retry"
+        "could not replace {}: another process kept it open through {attempts} attempts \
+         ({source}); close programs using it and retry",
+        shown(path)
     )]
     StillInUse {
         /// The file that could not be replaced.
@@ -49,8 +58,9 @@ pub enum StorageError {
     },
     /// Another process held a lock for longer than we were willing to wait.
     #[error(
-        "timed out after {waited:?} waiting for the lock {path}; another process (maybe `codex`) \
-         is holding it — retry when it has finished"
+        "timed out after {waited:?} waiting for the lock {}; another process (maybe `codex`) \
+         is holding it — retry when it has finished",
+        shown(path)
     )]
     LockTimeout {
         /// The lock file.
@@ -59,7 +69,7 @@ pub enum StorageError {
         waited: Duration,
     },
     /// A Codex `auth.json` (or the auth document stored in the keyring) is not usable.
-    #[error("{path} is not a usable Codex auth file: {source}")]
+    #[error("{} is not a usable Codex auth file: {source}", shown(path))]
     AuthFile {
         /// The file (or `keyring:<service>/<account>`).
         path: PathBuf,
@@ -69,8 +79,9 @@ pub enum StorageError {
     },
     /// The pool file was written by a newer version of this crate; we refuse to touch it.
     #[error(
-        "{path} has pool schema version {found}, newer than the {supported} this program \
-         understands; upgrade the program instead of overwriting the file"
+        "{} has pool schema version {found}, newer than the {supported} this program \
+         understands; upgrade the program instead of overwriting the file",
+        shown(path)
     )]
     NewerVersion {
         /// The pool file.
@@ -82,8 +93,11 @@ pub enum StorageError {
     },
     /// The pool file is damaged and no backup could be loaded.
     #[error(
-        "{path} is damaged ({detail}) and no valid backup exists in {backups}; the damaged file \
-         was left untouched for inspection"
+        "{} is damaged ({}) and no valid backup exists in {}; the damaged file \
+         was left untouched for inspection",
+        shown(path),
+        escape_control(detail),
+        shown(backups)
     )]
     Unrecoverable {
         /// The pool file.
@@ -94,7 +108,7 @@ pub enum StorageError {
         detail: String,
     },
     /// A value given by the caller (mode string, account selector…) is not acceptable.
-    #[error("invalid {what}: {detail}")]
+    #[error("invalid {what}: {}", escape_control(detail))]
     Invalid {
         /// Which input is wrong, e.g. "credential store mode".
         what: &'static str,
@@ -103,7 +117,8 @@ pub enum StorageError {
     },
     /// The OS keyring refused or failed an operation.
     #[error(
-        "the OS keyring could not {action} the entry {account:?} of service {service:?}: {detail}"
+        "the OS keyring could not {action} the entry {account:?} of service {service:?}: {}",
+        escape_control(detail)
     )]
     Keyring {
         /// What was being done: "read", "write" or "delete".
@@ -154,8 +169,11 @@ pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
             let text = err.to_string();
             let text = text.split(" at line ").next().unwrap_or("");
             match text.find(['"', '\'']) {
-                Some(cut) => format!("unexpected content: {}", text[..cut].trim_end()),
-                None => format!("unexpected content: {text}"),
+                Some(cut) => format!(
+                    "unexpected content: {}",
+                    escape_control(text[..cut].trim_end())
+                ),
+                None => format!("unexpected content: {}", escape_control(text)),
             }
         }
     }
@@ -189,5 +207,38 @@ mod tests {
         );
         let err = serde_json::from_str::<Doc>(r#"{"n": 1"#).unwrap_err();
         assert_eq!(describe_json_error(&err), "the file ends early (truncated)");
+    }
+
+    #[test]
+    fn paths_and_details_in_messages_are_escaped() {
+        let hostile =
+            PathBuf::from("/tmp/pool\r\nerror: all tokens deleted\x1b[2J\u{202e}/pool.json");
+        let errors = [
+            StorageError::io("read", &hostile, std::io::Error::other("x")),
+            StorageError::LockTimeout {
+                path: hostile.clone(),
+                waited: Duration::from_secs(1),
+            },
+            StorageError::Unrecoverable {
+                path: hostile.clone(),
+                backups: hostile.clone(),
+                detail: "bad\nline".into(),
+            },
+            StorageError::Invalid {
+                what: "account selector",
+                detail: "`\x1b[31m` is not a number".into(),
+            },
+        ];
+        for err in errors {
+            let shown = err.to_string();
+            assert!(
+                !shown.chars().any(auth_core::terminal::is_unsafe_char),
+                "{shown:?}"
+            );
+        }
+        insta::assert_snapshot!(
+            StorageError::LockTimeout { path: hostile, waited: Duration::from_secs(10) }.to_string(),
+            @"timed out after 10s waiting for the lock /tmp/pool\\x0d\\x0aerror: all tokens deleted\\x1b[2J\\u{202e}/pool.json; another process (maybe `codex`) is holding it — retry when it has finished"
+        );
     }
 }

@@ -1,7 +1,52 @@
 //! Errors: [`EditError`] for the pure text layer, [`Error`] for the file layer.
 
+use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Text from a file or its name, displayed with control, bidi and line-separator
+/// characters escaped (`\x1b`, `\u{202e}`) so a hostile key or path cannot forge output
+/// lines or send terminal escape sequences. The same form as `auth_core::terminal` (this
+/// crate depends on none of the workspace's crates, so it keeps its own copy).
+struct Shown<'a>(&'a str);
+
+fn is_unsafe_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{61c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some((idx, c)) = rest.char_indices().find(|(_, c)| is_unsafe_char(*c)) {
+            f.write_str(&rest[..idx])?;
+            let code = u32::from(c);
+            if code < 0x80 {
+                write!(f, "\\x{code:02x}")?;
+            } else {
+                write!(f, "\\u{{{code:x}}}")?;
+            }
+            rest = &rest[idx + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+fn shown(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+fn shown_path(path: &Path) -> String {
+    Shown(&path.display().to_string()).to_string()
+}
 
 /// Why an edit of configuration *text* was refused.
 ///
@@ -13,7 +58,10 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum EditError {
     /// The text is not valid TOML. `line` and `column` are 1-based (column counts characters).
-    #[error("invalid TOML at line {line}, column {column}: {message}; fix the file and retry")]
+    #[error(
+        "invalid TOML at line {line}, column {column}: {}; fix the file and retry",
+        shown(message)
+    )]
     InvalidToml {
         /// 1-based line of the error.
         line: usize,
@@ -44,7 +92,10 @@ pub enum EditError {
         column: usize,
     },
     /// A key on the way to the edited table holds something other than a table.
-    #[error("`{key_path}` is a {found}, not a table; rename or remove it and retry")]
+    #[error(
+        "`{}` is a {found}, not a table; rename or remove it and retry",
+        shown(key_path)
+    )]
     NotATable {
         /// Dotted path of the offending key, e.g. `profiles.work`.
         key_path: String,
@@ -52,7 +103,7 @@ pub enum EditError {
         found: &'static str,
     },
     /// A requested edit is not valid (empty id, reserved provider id, out-of-range number…).
-    #[error("invalid {field}: {reason}")]
+    #[error("invalid {}: {}", shown(field), shown(reason))]
     InvalidInput {
         /// The argument or field that is wrong, e.g. `provider id`.
         field: String,
@@ -60,14 +111,15 @@ pub enum EditError {
         reason: String,
     },
     /// The revert record cannot be used (unknown format version, unparsable stored value).
-    #[error("unusable revert record: {reason}")]
+    #[error("unusable revert record: {}", shown(reason))]
     InvalidRecord {
         /// What is wrong with it.
         reason: String,
     },
     /// A self-check after editing failed. The text was not written. This is a bug: please report it.
     #[error(
-        "internal check failed after editing ({what}); nothing was written; please report this bug"
+        "internal check failed after editing ({}); nothing was written; please report this bug",
+        shown(what)
     )]
     Internal {
         /// Which check failed.
@@ -83,7 +135,7 @@ pub enum EditError {
 #[non_exhaustive]
 pub enum Error {
     /// The configuration text (or the requested edit) was refused; the file is untouched.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown_path(path))]
     Config {
         /// The configuration file.
         path: PathBuf,
@@ -92,7 +144,7 @@ pub enum Error {
         source: EditError,
     },
     /// A file-system operation failed.
-    #[error("could not {action} {}: {source}", path.display())]
+    #[error("could not {action} {}: {source}", shown_path(path))]
     Io {
         /// What we were doing, e.g. `read`, `replace`.
         action: &'static str,
@@ -103,7 +155,11 @@ pub enum Error {
         source: io::Error,
     },
     /// A revert record file exists but cannot be read as one.
-    #[error("{}: not a usable revert record ({reason}); inspect it, then move it away", path.display())]
+    #[error(
+        "{}: not a usable revert record ({}); inspect it, then move it away",
+        shown_path(path),
+        shown(reason)
+    )]
     InvalidRecordFile {
         /// The revert record file.
         path: PathBuf,
@@ -114,8 +170,8 @@ pub enum Error {
     /// way back to the user's original file.
     #[error(
         "{}: an earlier rewrite is still pending (revert record {}); call restore first",
-        config.display(),
-        record.display()
+        shown_path(config),
+        shown_path(record)
     )]
     PendingRevert {
         /// The configuration file.
@@ -126,7 +182,7 @@ pub enum Error {
     /// Another process kept the edit lock on the configuration's directory for too long.
     #[error(
         "{}: another program is editing configuration files here (waited {waited:?}); retry when it is done",
-        path.display()
+        shown_path(path)
     )]
     Busy {
         /// The locked directory.
@@ -135,7 +191,10 @@ pub enum Error {
         waited: std::time::Duration,
     },
     /// The file kept changing under us while we edited it (another program writing it).
-    #[error("{}: the file changed while it was being edited; retry when the other writer is done", path.display())]
+    #[error(
+        "{}: the file changed while it was being edited; retry when the other writer is done",
+        shown_path(path)
+    )]
     ConcurrentModification {
         /// The configuration file.
         path: PathBuf,
@@ -213,6 +272,57 @@ mod tests {
         ];
         let text: Vec<String> = messages.iter().map(ToString::to_string).collect();
         insta::assert_snapshot!(text.join("\n"));
+    }
+
+    #[test]
+    fn hostile_paths_keys_and_reasons_are_escaped() {
+        let path = PathBuf::from("/tmp/x\r\nError: restored\x1b[2J\u{202e}/config.toml");
+        let messages = [
+            Error::Config {
+                path: path.clone(),
+                source: EditError::NotATable {
+                    key_path: "model_providers.\u{1b}]0;t\u{7}".into(),
+                    found: "string",
+                },
+            },
+            Error::io(
+                "read",
+                path.clone(),
+                io::Error::from(io::ErrorKind::NotFound),
+            ),
+            Error::PendingRevert {
+                config: path.clone(),
+                record: path.clone(),
+            },
+            Error::ConcurrentModification { path: path.clone() },
+            Error::InvalidRecordFile {
+                path: path.clone(),
+                reason: "bad\nline".into(),
+            },
+            Error::Config {
+                path: path.clone(),
+                source: EditError::InvalidInput {
+                    field: "provider id".into(),
+                    reason: "`a\u{85}b\u{2066}` is not allowed".into(),
+                },
+            },
+        ];
+        for m in &messages {
+            let text = m.to_string();
+            assert!(!text.chars().any(is_unsafe_char), "{text:?}");
+        }
+        insta::assert_snapshot!(messages[0].to_string(), @r"/tmp/x\x0d\x0aError: restored\x1b[2J\u{202e}/config.toml: `model_providers.\x1b]0;t\x07` is a string, not a table; rename or remove it and retry");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shown_text_never_holds_an_unsafe_char_and_keeps_plain_text(text in proptest::prelude::any::<String>()) {
+            let out = shown(&text).to_string();
+            proptest::prop_assert!(!out.chars().any(is_unsafe_char));
+            if !text.chars().any(is_unsafe_char) {
+                proptest::prop_assert_eq!(out, text);
+            }
+        }
     }
 
     #[test]

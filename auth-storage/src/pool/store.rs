@@ -352,9 +352,27 @@ impl PoolStore {
     /// Save `pool` (bumping its revision), linking the current file into the backups first
     /// and the new one after.
     /// `intact` is the revision of the current `pool.json` when it is known to be valid.
-    fn write_locked(&self, pool: &mut Pool, clear_reset: bool, intact: Option<u64>) -> Result<()> {
+    ///
+    /// A revision never wraps: at `u64::MAX` (only a hand-edited or hostile file gets
+    /// there) the backups are renumbered first ([`Self::renumber_backups`]), so recovery,
+    /// which takes the highest-numbered backup, still finds the newest version.
+    fn write_locked(
+        &self,
+        pool: &mut Pool,
+        clear_reset: bool,
+        mut intact: Option<u64>,
+    ) -> Result<()> {
         pool.version = CURRENT_VERSION;
-        pool.revision = pool.revision.wrapping_add(1);
+        pool.revision = match pool.revision.checked_add(1) {
+            Some(next) => next,
+            None => {
+                let free = self.renumber_backups()?;
+                // The current file becomes backup `free` (below), the new version `free + 1`.
+                intact = intact.map(|_| free);
+                let base = intact.map_or(free, |_| free.saturating_add(1));
+                base.max(1)
+            }
+        };
         let bytes = serde_json::to_vec_pretty(&*pool).map_err(|e| StorageError::Serialize {
             what: "the account pool",
             detail: e.to_string(),
@@ -436,6 +454,41 @@ impl PoolStore {
             .collect();
         found.sort_by_key(|b| std::cmp::Reverse(b.0));
         Ok(found.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Renames the backups to `0, 1, 2, …` in their current order and returns the first
+    /// number not used, so the revision numbering can continue after a pool reached
+    /// `u64::MAX`. Runs under the pool lock. Each rename moves the oldest remaining backup
+    /// to a number below every backup not yet renamed, so the order (and so recovery's
+    /// choice of the newest) is right after every step, even if the process dies midway.
+    fn renumber_backups(&self) -> Result<u64> {
+        let mut oldest_first = self.backups_newest_first()?;
+        oldest_first.reverse();
+        let mut next: u64 = 0;
+        for backup in &oldest_first {
+            // Bounded: at most one skip per existing backup file.
+            for _ in 0..=oldest_first.len() {
+                let target = self.dir.join(format!("{BACKUP_PREFIX}{next:012}"));
+                if target == *backup {
+                    break;
+                }
+                if target.exists() {
+                    next = next.saturating_add(1);
+                    continue;
+                }
+                std::fs::rename(backup, &target)
+                    .map_err(|e| StorageError::io("renumber the pool backup", backup, e))?;
+                break;
+            }
+            next = next.saturating_add(1);
+        }
+        sync_dir(&self.dir)?;
+        tracing::warn!(
+            pool = %self.dir.display(),
+            backups = oldest_first.len(),
+            "pool revision reached its maximum; backups renumbered from 0"
+        );
+        Ok(next)
     }
 
     /// Before overwriting a damaged `pool.json`, move it aside so nothing is lost.
