@@ -129,7 +129,10 @@ pub enum RefreshError {
         error: OAuthError,
     },
     /// The endpoint could not be reached (DNS, connect, TLS, timeout).
-    #[error("could not reach the token endpoint: {message}")]
+    #[error(
+        "could not reach the token endpoint: {}",
+        crate::terminal::escape_control(message)
+    )]
     Transport {
         /// The transport error chain, redacted.
         message: String,
@@ -137,14 +140,20 @@ pub enum RefreshError {
         timeout: bool,
     },
     /// The endpoint answered 2xx but the body is not a usable token response.
-    #[error("the token endpoint's success response is unusable: {detail}")]
+    #[error(
+        "the token endpoint's success response is unusable: {}",
+        crate::terminal::escape_control(detail)
+    )]
     InvalidResponse {
         /// What is wrong (no values).
         detail: String,
     },
     /// The new tokens were obtained but could not be saved. The old refresh token is
     /// probably spent now, so `tokens` carries the new ones: save them another way.
-    #[error("refreshed tokens could not be saved: {message}")]
+    #[error(
+        "refreshed tokens could not be saved: {}",
+        crate::terminal::escape_control(message)
+    )]
     Persist {
         /// The store's error message.
         message: String,
@@ -152,7 +161,10 @@ pub enum RefreshError {
         tokens: Box<TokenData>,
     },
     /// The configuration is unusable (bad URL, HTTP client could not be built).
-    #[error("invalid refresh configuration: {detail}")]
+    #[error(
+        "invalid refresh configuration: {}",
+        crate::terminal::escape_control(detail)
+    )]
     Config {
         /// What is wrong.
         detail: String,
@@ -556,6 +568,34 @@ impl Refresher {
                 None => Err(RefreshError::Aborted),
             },
             Err(_) => Err(RefreshError::Aborted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_from_the_transport_or_store_is_escaped() {
+        let errors = [
+            RefreshError::Transport {
+                message: "reset\r\nrefresh ok\x1b[2J".into(),
+                timeout: false,
+            },
+            RefreshError::InvalidResponse {
+                detail: "\u{85}x".into(),
+            },
+            RefreshError::Config {
+                detail: "\x07".into(),
+            },
+        ];
+        for err in errors {
+            let shown = err.to_string();
+            assert!(
+                !shown.chars().any(crate::terminal::is_unsafe_char),
+                "{shown:?}"
+            );
         }
     }
 }
