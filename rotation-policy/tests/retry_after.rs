@@ -300,3 +300,93 @@ proptest! {
         );
     }
 }
+
+/// Control, C1, bidi and line-separator characters (the set `auth_core::terminal` escapes).
+fn is_unsafe_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{61c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+proptest! {
+    /// Every number an upstream can send, over the full range of each type: integers up to
+    /// `u128::MAX`, negative ones, and every `f64` form (NaN, ±inf, exponents, subnormals).
+    /// Nothing panics or wraps; a wait is never above the ceiling; what cannot be a wait is
+    /// an error.
+    #[test]
+    fn any_number_in_any_header_is_a_capped_wait_or_an_error(
+        unsigned in any::<u128>(),
+        signed in any::<i64>(),
+        float in any::<f64>(),
+        wall_secs in any::<u64>(),
+    ) {
+        // Any wall clock this platform can hold (SystemTime itself bounds it).
+        let now = UNIX_EPOCH
+            .checked_add(Duration::from_secs(wall_secs))
+            .unwrap_or(UNIX_EPOCH);
+        for header in ["retry-after", "retry-after-ms", "x-ratelimit-reset-requests"] {
+            let wait = RetryAfter::parse_value(header, &unsigned.to_string(), now);
+            if header != "x-ratelimit-reset-requests" {
+                let wait = wait.unwrap();
+                prop_assert!(wait <= RetryAfter::CEILING);
+                if unsigned >= 86_400_000 {
+                    prop_assert_eq!(wait, RetryAfter::CEILING);
+                }
+            }
+            for text in [format!("{unsigned}s"), format!("{unsigned}h{unsigned}m")] {
+                if let Ok(w) = RetryAfter::parse_value(header, &text, now) {
+                    prop_assert!(w <= RetryAfter::CEILING);
+                }
+            }
+            if signed < 0 {
+                prop_assert!(RetryAfter::parse_value(header, &signed.to_string(), now).is_err());
+            }
+            for text in [float.to_string(), format!("{float:e}"), format!("{float:.3}")] {
+                match RetryAfter::parse_value(header, &text, now) {
+                    Ok(w) => {
+                        prop_assert!(w <= RetryAfter::CEILING);
+                        prop_assert!(float.is_finite() && float >= 0.0, "{text}");
+                    }
+                    Err(e) => {
+                        let shown = e.to_string();
+                        prop_assert!(!shown.chars().any(is_unsafe_char));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An HTTP-date in any year the format can write, against any wall clock: a capped wait,
+    /// zero for the past, never a panic (no `SystemTime` overflow).
+    #[test]
+    fn any_http_date_against_any_clock(date_secs in 0u64..253_402_300_800, wall_secs in any::<u64>()) {
+        let Some(at) = UNIX_EPOCH.checked_add(Duration::from_secs(date_secs)) else {
+            return Ok(());
+        };
+        let now = UNIX_EPOCH
+            .checked_add(Duration::from_secs(wall_secs))
+            .unwrap_or(UNIX_EPOCH);
+        let text = httpdate::fmt_http_date(at);
+        let wait = RetryAfter::parse_value("retry-after", &text, now).unwrap();
+        prop_assert!(wait <= RetryAfter::CEILING);
+        if at <= now {
+            prop_assert_eq!(wait, Duration::ZERO);
+        }
+    }
+
+    /// The error echoes the header value with control and bidi characters escaped.
+    #[test]
+    fn error_messages_hold_no_control_or_bidi_characters(value in any::<String>()) {
+        if let Err(e) = RetryAfter::parse_value("retry-after", &value, UNIX_EPOCH) {
+            let shown = e.to_string();
+            prop_assert!(!shown.chars().any(is_unsafe_char), "{shown:?}");
+        }
+    }
+}
