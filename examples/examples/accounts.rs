@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use auth_core::terminal::escape_control;
 use auth_storage::pool::{Pool, Upsert};
 use auth_storage::{CodexHome, CredentialStore, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
@@ -88,7 +89,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // Messages can carry issuer text, claim values and file names: one line, escaped.
+            eprintln!("error: {}", escape_control(&err.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -168,8 +170,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "{verb} #{n} {} ({}) from {}",
                 account.masked_email(),
-                account.plan.as_deref().unwrap_or("unknown plan"),
-                home.dir().display()
+                escape_control(account.plan.as_deref().unwrap_or("unknown plan")),
+                escape_control(&home.dir().display().to_string())
             );
         }
         Command::List { json } => {
@@ -177,12 +179,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(recovery) = &loaded.recovery {
                 eprintln!(
                     "note: {} was unusable ({:?}); showing {}",
-                    pool.file().display(),
+                    escape_control(&pool.file().display().to_string()),
                     recovery.reason,
                     recovery
                         .backup
                         .as_ref()
-                        .map(|b| format!("backup {}", b.display()))
+                        .map(|b| format!("backup {}", escape_control(&b.display().to_string())))
                         .unwrap_or_else(|| "an empty pool".into())
                 );
             }
@@ -217,7 +219,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "{} is now the login of {} (run `codex login status` there to check)",
                 done.account.masked_email(),
-                home.dir().display()
+                escape_control(&home.dir().display().to_string())
             );
         }
         Command::Add {
@@ -268,9 +270,9 @@ fn print_table(pool: &Pool) {
             if Some(i) == active { "*" } else { " " },
             i + 1,
             a.masked_email(),
-            a.plan.as_deref().unwrap_or("-"),
+            escape_control(a.plan.as_deref().unwrap_or("-")).to_string(),
             if a.enabled { "yes" } else { "no" },
-            a.account_id.as_deref().unwrap_or("-")
+            escape_control(a.account_id.as_deref().unwrap_or("-"))
         );
     }
 }

@@ -10,13 +10,19 @@
 //! SHA-256 fingerprint to tell two apart). The file is only read, never written.
 //! Exits 1 with a message naming the file and the problem when it is missing, empty,
 //! truncated or malformed.
+//!
+//! Text from the file and its tokens (email, plan, ids, field names, the path) is printed
+//! with control and bidi characters escaped (`\x1b`, `\u{202e}`); `--json` output is
+//! JSON, whose serializer escapes them. An `exp` claim outside the years -9999..=9999
+//! shows as "invalid date", never as a wrong date.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use auth_core::redact::mask_email;
+use auth_core::terminal::escape_control;
 use auth_core::{AuthDocument, AuthMode, IdTokenClaims};
 use clap::Parser;
 use serde_json::json;
@@ -63,21 +69,23 @@ fn read_auth(path: &Path) -> Result<Vec<u8>, String> {
 fn unix(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 
+/// The claim's date, or "invalid date" when no RFC 3339 date can show it (before year
+/// -9999 or after 9999): a token may carry any `i64`, and a wrong date is worse than none.
 fn rfc3339(secs: i64) -> String {
-    auth_core::Timestamp::from_system_time(if secs >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    })
-    .to_string()
+    auth_core::Timestamp::from_unix_seconds(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| INVALID_DATE.to_owned())
 }
 
+const INVALID_DATE: &str = "invalid date";
+
 fn relative(secs: i64, now: i64) -> String {
-    let delta = secs - now;
+    // i128: the difference of two i64 values cannot overflow it.
+    let delta = i128::from(secs) - i128::from(now);
     let abs = delta.unsigned_abs();
     let span = if abs >= 86_400 {
         format!("{}d {}h", abs / 86_400, (abs % 86_400) / 3600)
@@ -91,6 +99,17 @@ fn relative(secs: i64, now: i64) -> String {
     } else {
         format!("EXPIRED {span} ago")
     }
+}
+
+/// The raw `exp` of the access token (any `i64`), when it is a JWT with one.
+fn access_token_exp(tokens: &auth_core::TokenData) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Exp {
+        exp: Option<i64>,
+    }
+    auth_core::jwt::decode_payload::<Exp>(tokens.access_token.expose())
+        .ok()
+        .and_then(|e| e.exp)
 }
 
 struct Report {
@@ -115,7 +134,7 @@ fn report(doc: &AuthDocument) -> Result<Report, String> {
             .id_token_claims()
             .map_err(|err| format!("field `tokens.id_token` is unusable: {err}"))?;
         // The access token is usually a JWT too; if not, its expiry is just unknown.
-        access_expires = tokens.access_token_expires_at().ok().flatten().map(unix);
+        access_expires = access_token_exp(tokens);
         account_id = tokens.effective_account_id();
     }
     Ok(Report {
@@ -129,7 +148,10 @@ fn report(doc: &AuthDocument) -> Result<Report, String> {
             .as_ref()
             .map(|k| format!("configured (sha256:{})", k.fingerprint())),
         email: claims.email.as_deref().map(mask_email),
-        plan: claims.chatgpt_plan_type.as_ref().map(|p| p.to_string()),
+        plan: claims
+            .chatgpt_plan_type
+            .as_ref()
+            .map(|p| p.as_str().to_owned()),
         account_id,
         user_id: claims.chatgpt_user_id.clone(),
         access_expires,
@@ -142,30 +164,38 @@ fn report(doc: &AuthDocument) -> Result<Report, String> {
 fn print_text(path: &Path, r: &Report, now: i64) {
     let dash = || "-".to_owned();
     let when = |t: Option<i64>| match t {
-        Some(t) => format!("{} ({})", rfc3339(t), relative(t, now)),
+        Some(t) => match auth_core::Timestamp::from_unix_seconds(t) {
+            Ok(date) => format!("{date} ({})", relative(t, now)),
+            Err(_) => format!("{INVALID_DATE} (the `exp` claim {t} is out of range)"),
+        },
         None => dash(),
     };
-    println!("file:          {}", path.display());
+    // Everything below comes from the file or its tokens: escape control characters.
+    let esc = |text: &str| escape_control(text).to_string();
+    println!("file:          {}", esc(&path.display().to_string()));
     println!(
         "login mode:    {}",
-        r.mode.clone().unwrap_or_else(|| "none".to_owned())
+        esc(r.mode.as_deref().unwrap_or("none"))
     );
     println!("API key:       {}", r.api_key.clone().unwrap_or_else(dash));
-    println!("email:         {}", r.email.clone().unwrap_or_else(dash));
-    println!("plan:          {}", r.plan.clone().unwrap_or_else(dash));
+    println!("email:         {}", esc(r.email.as_deref().unwrap_or("-")));
+    println!("plan:          {}", esc(r.plan.as_deref().unwrap_or("-")));
     println!(
         "account id:    {}",
-        r.account_id.clone().unwrap_or_else(dash)
+        esc(r.account_id.as_deref().unwrap_or("-"))
     );
-    println!("user id:       {}", r.user_id.clone().unwrap_or_else(dash));
+    println!(
+        "user id:       {}",
+        esc(r.user_id.as_deref().unwrap_or("-"))
+    );
     println!("access token:  expires {}", when(r.access_expires));
     println!("id token:      expires {}", when(r.id_token_expires));
     println!(
         "last refresh:  {}",
-        r.last_refresh.clone().unwrap_or_else(dash)
+        esc(r.last_refresh.as_deref().unwrap_or("-"))
     );
     if !r.unknown_fields.is_empty() {
-        println!("other fields:  {}", r.unknown_fields.join(", "));
+        println!("other fields:  {}", esc(&r.unknown_fields.join(", ")));
     }
 }
 
@@ -206,7 +236,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("auth-status: {}: {message}", path.display());
+            eprintln!(
+                "auth-status: {}: {}",
+                escape_control(&path.display().to_string()),
+                escape_control(&message)
+            );
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@
 //!
 //! Diagnostics go to `login.log` in the pool directory (no tokens, codes or bodies).
 
+use auth_core::terminal::escape_control;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -104,8 +105,8 @@ impl std::fmt::Display for Added {
             "{} #{} {} ({})",
             if self.updated { "updated" } else { "added" },
             self.number,
-            self.masked_email,
-            self.plan.as_deref().unwrap_or("unknown plan")
+            escape_control(&self.masked_email),
+            escape_control(self.plan.as_deref().unwrap_or("unknown plan"))
         )
     }
 }
@@ -165,10 +166,13 @@ pub async fn add_account_presenting(
         .await
         .map_err(|_| AddError::Aborted)?;
         if !outcome.is_ready() {
-            return Err(AddError::PortHeld(outcome.to_string()));
+            // Process names and command lines are the holder's own text.
+            return Err(AddError::PortHeld(
+                escape_control(&outcome.to_string()).to_string(),
+            ));
         }
         if matches!(outcome, oauth_preflight::Outcome::Freed { .. }) {
-            eprintln!("{outcome}");
+            eprintln!("{}", escape_control(&outcome.to_string()));
         }
     }
 

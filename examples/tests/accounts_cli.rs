@@ -773,6 +773,135 @@ async fn add_signs_in_through_the_callback_and_stores_the_account() {
     );
 }
 
+/// No raw control, C1 or bidi character in a program's output (line ends excepted).
+fn assert_terminal_safe(what: &str, text: &str) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what}: raw {raw:?} reach the terminal:\n{text}"
+    );
+}
+
+const HOSTILE: &str = "v\r\nerror: pool deleted\x1b[2J\x1b]0;owned\x07\u{9b}1m\u{202e}\u{2066}";
+
+/// Claim values with CR/LF/ESC, C1 and bidi characters (from a hostile id token) reach
+/// `import` and `list` escaped, one line per account; `list --json` is valid JSON with the
+/// values intact.
+#[test]
+fn hostile_claims_are_escaped_in_import_and_list() {
+    let test = "hostile_claims_are_escaped_in_import_and_list";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let home = sb.path("codex-home-\x1b[31m\r\nx");
+    let id_token = jwt::encode_unsigned_json_for_testing(&serde_json::json!({
+        "email": format!("{HOSTILE}@evil\u{1b}[31m.example"),
+        "exp": 4_000_000_000_i64,
+        "https://api.openai.com/auth": {
+            "chatgpt_plan_type": HOSTILE,
+            "chatgpt_account_id": HOSTILE,
+            "chatgpt_user_id": HOSTILE,
+        },
+    }));
+    let tokens = TokenData::new(
+        Secret::new(id_token),
+        Secret::new("at-SECRET-hostile".into()),
+        Secret::new("rt-SECRET-hostile".into()),
+        None,
+    )
+    .unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("auth.json"),
+        AuthDocument::chatgpt(tokens, Timestamp::now()).to_json_pretty(),
+    )
+    .unwrap();
+
+    let import = sb.run(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&home),
+    ]);
+    import.ok();
+    assert_terminal_safe("import stdout", &import.stdout);
+    assert_terminal_safe("import stderr", &import.stderr);
+    assert_eq!(import.stdout.lines().count(), 1, "{}", import.stdout);
+
+    let list = sb.run(&["--pool-dir", pool, "list"]);
+    list.ok();
+    assert_terminal_safe("list stdout", &list.stdout);
+    assert_terminal_safe("list stderr", &list.stderr);
+    // A header and one account line: nothing forged.
+    assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
+    assert!(
+        list.stdout
+            .contains("v\\x0d\\x0aerror: pool deleted\\x1b[2J"),
+        "{}",
+        list.stdout
+    );
+
+    let json = sb.run(&["--pool-dir", pool, "list", "--json"]);
+    json.ok();
+    let doc = parse_list_json(&json);
+    assert_eq!(doc["accounts"][0]["plan"], HOSTILE);
+    assert_eq!(doc["accounts"][0]["account_id"], HOSTILE);
+    assert!(!json.stdout.contains('\x1b') && !json.stdout.contains('\r'));
+
+    // An error that names the hostile path is escaped too.
+    let missing = sb.run(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&home.join("nope\x1b[2J")),
+    ]);
+    missing.failed();
+    assert_terminal_safe("error stderr", &missing.stderr);
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+}
+
+/// The issuer's `error_description` (and `error`) with CR/LF/ESC reach `accounts add`'s
+/// stderr as one escaped line: no forged lines, no escape sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_escapes_the_issuer_error_description() {
+    let test = "add_escapes_the_issuer_error_description";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let issuer = MockIssuer::start(TokenReply::tokens_for("dave@example.com"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    // Percent-encode every byte, as a browser would send the issuer's redirect.
+    let description: String =
+        "denied\r\nadded #1 admin@example.com (pro)\x1b[2J\x1b]0;owned\x07\u{85}\u{202e}"
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect();
+    let (code, stdout, stderr) = run_add(&bin, &issuer, &pool_dir, dir.path(), |state| {
+        format!("error=access_denied%1b&error_description={description}&state={state}")
+    })
+    .await;
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert_terminal_safe("add stdout", &stdout);
+    assert_terminal_safe("add stderr", &stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("denied\\x0d\\x0aadded #1"), "{stderr}");
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("added #1")),
+        "{stdout}"
+    );
+}
+
 /// Runs `accounts --pool-dir POOL add --no-browser` against `issuer`, reads the printed URL
 /// and callback address, sends the browser to the callback with `query(state)`, and returns
 /// the exit code and output. Bounded: the program gives up after 20 s, we kill it after 30 s.

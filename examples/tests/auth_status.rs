@@ -138,6 +138,87 @@ fn text_report_for_chatgpt_login() {
     assert_eq!(snapshot(&home.auth()), before, "the file was modified");
 }
 
+/// Hostile claims: any `exp` (the full `i64` range, including the year-10000 and
+/// `i64::MIN` values that used to panic or print 1970) and claim strings with CR/LF/ESC,
+/// C1 and bidi characters. The program must exit 0, print "invalid date" for dates it
+/// cannot show, and print no raw control character; `--json` stays valid JSON that
+/// carries the values.
+#[test]
+fn hostile_claims_never_panic_forge_lines_or_show_a_wrong_date() {
+    let hostile = "x\r\nlogin mode:    apikey\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}";
+    let year_10000 = 253_402_300_800_i64;
+    for exp in [
+        i64::MIN,
+        i64::MIN + 1,
+        -62_135_596_801,
+        year_10000,
+        year_10000 + 1,
+        i64::MAX,
+    ] {
+        let home = TempHome::new();
+        let id_token = jwt::encode_unsigned_json_for_testing(&serde_json::json!({
+            "email": format!("{hostile}@evil\u{1b}[31m.example"),
+            "exp": exp,
+            "iat": exp,
+            "https://api.openai.com/auth": {
+                "chatgpt_plan_type": hostile,
+                "chatgpt_account_id": hostile,
+                "chatgpt_user_id": hostile,
+            },
+        }));
+        let access = jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": exp}));
+        let tokens = TokenData::new(id_token.into(), access.into(), REFRESH.into(), None).unwrap();
+        let mut doc = AuthDocument::chatgpt(tokens, "2025-08-06T20:41:36Z".parse().unwrap());
+        doc.extra
+            .insert(format!("field{hostile}"), serde_json::Value::Null);
+        std::fs::write(home.auth(), doc.to_json_pretty()).unwrap();
+
+        let out = run(&home.0, false);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "exp {exp}: {stdout}{stderr}");
+        for text in [&stdout, &stderr] {
+            let raw: Vec<char> = text
+                .chars()
+                .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
+                .collect();
+            assert!(raw.is_empty(), "exp {exp}: raw {raw:?} in:\n{text}");
+        }
+        // One line per field: no forged "login mode" line.
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("login mode:"))
+                .count(),
+            1,
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("plan:          x\\x0d\\x0alogin mode:"),
+            "{stdout}"
+        );
+        let showable = auth_core::Timestamp::from_unix_seconds(exp).is_ok();
+        assert_eq!(
+            stdout.contains("expires invalid date"),
+            !showable,
+            "exp {exp}:\n{stdout}"
+        );
+        assert!(!stdout.contains("1970-01-01"), "exp {exp}:\n{stdout}");
+
+        let out = run(&home.0, true);
+        assert!(out.status.success(), "exp {exp}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        assert_eq!(json["plan"], hostile);
+        assert_eq!(json["account_id"], hostile);
+        let expected_date = auth_core::Timestamp::from_unix_seconds(exp)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| "invalid date".into());
+        assert_eq!(json["id_token_expires_at"], expected_date.as_str());
+        assert_eq!(json["access_token_expires_at"], expected_date.as_str());
+        assert_eq!(json["id_token_expired"], exp <= now());
+    }
+}
+
 #[test]
 fn json_report_marks_expiry() {
     let home = TempHome::new();

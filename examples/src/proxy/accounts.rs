@@ -223,7 +223,12 @@ impl Accounts {
                 t.0.access_token_expires_at()
                     .ok()
                     .flatten()
-                    .is_some_and(|exp| exp <= SystemTime::now() + shared.options.refresh_margin);
+                    .is_some_and(|exp| {
+                        // A margin past the end of time covers every expiry (no overflow panic).
+                        SystemTime::now()
+                            .checked_add(shared.options.refresh_margin)
+                            .is_none_or(|limit| exp <= limit)
+                    });
             (credentials(&t.0, t.1), expiring)
         };
         if !expiring {
@@ -296,7 +301,12 @@ impl Accounts {
                 Ok((creds, first))
             }
             Err(err) => {
-                let message = format!("refresh failed for {}: {err}", entry.id);
+                // One line whatever the token endpoint or the store put in the error.
+                let message = format!(
+                    "refresh failed for {}: {}",
+                    entry.id,
+                    auth_core::terminal::escape_control(&err.to_string())
+                );
                 {
                     let mut info = guard(&entry.info);
                     info.refresh_failures += 1;
@@ -307,7 +317,7 @@ impl Accounts {
                     state.counters.refresh_failures += 1;
                     state.last_error = Some(message.clone());
                 }
-                tracing::warn!(account = %entry.id, error = %err, "token refresh failed");
+                tracing::warn!(account = %entry.id, error = %auth_core::terminal::escape_control(&err.to_string()), "token refresh failed");
                 Err(message)
             }
         }
