@@ -891,6 +891,10 @@ mod tests {
             assert!(err.is_out_of_range(), "{secs}");
             assert!(err.to_string().starts_with("invalid date: "), "{err}");
         }
+        insta::assert_snapshot!(
+            Timestamp::from_unix_seconds(i64::MIN).unwrap_err(),
+            @"invalid date: -9223372036854775808 seconds since 1970 is outside the years -9999 to 9999 that a timestamp can show"
+        );
         // Year 10000 is refused when read too (never read as 1970).
         assert!("10000-01-01T00:00:00Z".parse::<Timestamp>().is_err());
         let doc = r#"{"OPENAI_API_KEY":null,"last_refresh":"10000-01-01T00:00:00Z"}"#;

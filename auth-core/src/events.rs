@@ -20,6 +20,7 @@
 //! ```
 
 use crate::redact::{redact_text, redact_url};
+use crate::terminal::escape_control;
 
 /// The `tracing` target of every event.
 pub const TARGET: &str = "auth_core::login";
@@ -180,9 +181,9 @@ impl LoginEvent {
                 state_valid,
             } => {
                 if *state_valid {
-                    tracing::info!(target: TARGET, event, path = %path, has_code, has_state, has_error, state_valid, "login callback received");
+                    tracing::info!(target: TARGET, event, path = %escape_control(path), has_code, has_state, has_error, state_valid, "login callback received");
                 } else {
-                    tracing::warn!(target: TARGET, event, path = %path, has_code, has_state, has_error, state_valid, "login callback received with invalid state");
+                    tracing::warn!(target: TARGET, event, path = %escape_control(path), has_code, has_state, has_error, state_valid, "login callback received with invalid state");
                 }
             }
             LoginEvent::TokenExchangeStarted {
@@ -198,7 +199,7 @@ impl LoginEvent {
                 tracing::warn!(target: TARGET, event, status, error_code = error_code.as_deref().unwrap_or("none"), "token endpoint returned an error");
             }
             LoginEvent::TransportError { message } => {
-                tracing::warn!(target: TARGET, event, message = %message, "token endpoint unreachable");
+                tracing::warn!(target: TARGET, event, message = %escape_control(message), "token endpoint unreachable");
             }
             LoginEvent::RefreshStarted { token_url } => {
                 tracing::info!(target: TARGET, event, token_url = %token_url, "token refresh started");

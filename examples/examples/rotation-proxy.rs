@@ -70,7 +70,11 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("rotation-proxy: {message}");
+            // The message can name pool files and carry token-endpoint text: one escaped line.
+            eprintln!(
+                "rotation-proxy: {}",
+                auth_core::terminal::escape_control(&message)
+            );
             ExitCode::FAILURE
         }
     }
