@@ -139,3 +139,61 @@ fn active_key_of(account: &Value) -> Option<String> {
         (None, None) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn number(n: &serde_json::Number) -> Value {
+        Value::Number(n.clone())
+    }
+
+    proptest! {
+        /// v1 timestamps are numbers from a file: any `u64`, `i64` or `f64` (JSON has no
+        /// NaN/inf; those arrive as `null`) migrates without panic or wrap-around.
+        #[test]
+        fn any_v1_timestamp_migrates_without_wrapping(
+            unsigned in any::<u64>(),
+            signed in any::<i64>(),
+            float in any::<f64>(),
+            revision in any::<u64>(),
+        ) {
+            let values = [
+                number(&unsigned.into()),
+                number(&signed.into()),
+                serde_json::Number::from_f64(float).map_or(Value::Null, Value::Number),
+            ];
+            for v in values {
+                let mut doc = serde_json::json!({
+                    "activeIndex": v.clone(),
+                    "revision": revision,
+                    "accounts": [{"email": "a@b.c", "addedAt": v.clone(), "lastUsed": v.clone(),
+                                  "rateLimitResetAt": {"gpt-5": v.clone()}}],
+                });
+                prop_assert_eq!(migrate(&mut doc), Ok(1));
+                let account = &doc["accounts"][0];
+                let added = account["added_at"].as_u64().unwrap();
+                prop_assert!(added <= v.as_u64().unwrap_or(0) / 1000);
+                if let Some(ms) = v.as_u64() {
+                    prop_assert_eq!(account["cooldowns"]["gpt-5"].as_u64(), Some(ms / 1000));
+                }
+                prop_assert_eq!(doc["revision"].as_u64(), Some(revision));
+            }
+        }
+
+        /// Any `version` value: a typed refusal or a migration, never a panic or a cast
+        /// that wraps (2^32 + 1 must not read as version 1).
+        #[test]
+        fn any_version_number_is_checked_not_cast(version in any::<u64>()) {
+            let doc = serde_json::json!({ "version": version });
+            match version_of(&doc) {
+                Ok(v) => prop_assert_eq!(u64::from(v), version),
+                Err(MigrateError::Shape(_)) => {
+                    prop_assert!(version == 0 || version > u64::from(u32::MAX));
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}
