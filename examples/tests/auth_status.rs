@@ -204,6 +204,22 @@ fn hostile_claims_never_panic_forge_lines_or_show_a_wrong_date() {
             "exp {exp}:\n{stdout}"
         );
         assert!(!stdout.contains("1970-01-01"), "exp {exp}:\n{stdout}");
+        if exp == i64::MIN {
+            // Everything after the (temporary) file path, as the user sees it.
+            let shown: Vec<&str> = stdout.lines().skip(1).collect();
+            insta::assert_snapshot!(shown.join("\n"), @r"
+            login mode:    chatgpt
+            API key:       -
+            email:         x***@evil\x1b[31m.example
+            plan:          x\x0d\x0alogin mode:    apikey\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}
+            account id:    x\x0d\x0alogin mode:    apikey\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}
+            user id:       x\x0d\x0alogin mode:    apikey\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}
+            access token:  expires invalid date (the `exp` claim -9223372036854775808 is out of range)
+            id token:      expires invalid date (the `exp` claim -9223372036854775808 is out of range)
+            last refresh:  2025-08-06T20:41:36Z
+            other fields:  fieldx\x0d\x0alogin mode:    apikey\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}
+            ");
+        }
 
         let out = run(&home.0, true);
         assert!(out.status.success(), "exp {exp}");

@@ -241,7 +241,10 @@ pub enum LoginError {
     #[error(transparent)]
     Random(#[from] RandomError),
     /// `login.log` could not be opened.
-    #[error("cannot open the login log {}: {source}", path.display())]
+    #[error(
+        "cannot open the login log {}: {source}",
+        crate::terminal::escape_control(&path.display().to_string())
+    )]
     LogFile {
         /// The log file.
         path: PathBuf,
