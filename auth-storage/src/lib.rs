@@ -61,7 +61,7 @@ pub use auth_core::redact::mask_email;
 pub use codex_home::{
     AUTH_FILE, COMMIT_LOCK_FILE, CodexHome, CommitGuard, FILE_LOCK_FILE, KEYRING_SERVICE,
 };
-pub use error::{Result, StorageError};
+pub use error::{FailureEffect, Result, StorageError};
 pub use mode::StoreMode;
 pub use pool::PoolStore;
 pub use store::{
