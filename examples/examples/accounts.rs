@@ -18,15 +18,23 @@
 //!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
-//! several of these at once (or beside `codex`) never loses an account; a failing command
-//! changes nothing.
+//! several of these at once (or beside `codex`) never loses an account.
+//!
+//! A command either completes and exits 0, or changes nothing and exits 1 (a `use` whose
+//! login write failed puts the pool back and says "rolled back, nothing changed"). `import`
+//! with several `--codex-home` imports all of them or none. The one exception is a failure
+//! whose undo failed too: it is printed as "partially applied" with what is on disk and
+//! what to do, and the exit status is 0 because something did change (status 1 always
+//! means there is nothing to clean up). `use` holds the Codex home's locks and then the
+//! pool lock for its whole run, so a concurrent `remove` waits for it (or it for `remove`,
+//! and then `use` sees the pool as `remove` left it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth_storage::pool::{Pool, Upsert};
-use auth_storage::{CodexHome, CredentialStore, PoolStore, StorageError, StoreMode};
+use auth_storage::{CodexHome, CredentialStore, FailureEffect, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -43,9 +51,10 @@ struct Cli {
 enum Command {
     /// Add the login currently in a Codex home to the pool (or refresh its tokens).
     Import {
-        /// The Codex home to read (default: $CODEX_HOME, else ~/.codex).
+        /// The Codex home to read (default: $CODEX_HOME, else ~/.codex). Repeat to import
+        /// several homes at once: all of them, or none when one cannot be imported.
         #[arg(long, value_name = "DIR")]
-        codex_home: Option<PathBuf>,
+        codex_home: Vec<PathBuf>,
     },
     /// Show the accounts (emails masked, no tokens).
     List {
@@ -87,10 +96,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<StorageError>().map(StorageError::effect) {
+            // Something did change: say what, and do not claim that nothing happened.
+            Some(FailureEffect::PartiallyApplied) => {
+                eprintln!("warning: {err}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -153,24 +169,37 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         None => PoolStore::open_default()?,
     };
     match cli.command {
-        Command::Import { codex_home: dir } => {
-            let home = codex_home(dir)?;
-            let (outcome, account) = pool.import(credential_store(&home)?.as_ref(), now())?;
-            let verb = match outcome {
-                Upsert::Added(_) => "added",
-                Upsert::Updated(_) => "updated",
-                _ => "stored",
+        Command::Import { codex_home: dirs } => {
+            let homes = if dirs.is_empty() {
+                vec![codex_home(None)?]
+            } else {
+                dirs.into_iter()
+                    .map(|d| codex_home(Some(d)))
+                    .collect::<Result<Vec<_>, _>>()?
             };
-            let n = match outcome {
-                Upsert::Added(i) | Upsert::Updated(i) => i + 1,
-                _ => 0,
-            };
-            println!(
-                "{verb} #{n} {} ({}) from {}",
-                account.masked_email(),
-                account.plan.as_deref().unwrap_or("unknown plan"),
-                home.dir().display()
-            );
+            let stores = homes
+                .iter()
+                .map(credential_store)
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&dyn CredentialStore> = stores.iter().map(AsRef::as_ref).collect();
+            let done = pool.import_all(&refs, now())?;
+            for ((outcome, account), home) in done.iter().zip(&homes) {
+                let verb = match outcome {
+                    Upsert::Added(_) => "added",
+                    Upsert::Updated(_) => "updated",
+                    _ => "stored",
+                };
+                let n = match outcome {
+                    Upsert::Added(i) | Upsert::Updated(i) => i + 1,
+                    _ => 0,
+                };
+                println!(
+                    "{verb} #{n} {} ({}) from {}",
+                    account.masked_email(),
+                    account.plan.as_deref().unwrap_or("unknown plan"),
+                    home.dir().display()
+                );
+            }
         }
         Command::List { json } => {
             let loaded = pool.load()?;
@@ -237,16 +266,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let i = index(n)?;
             let removed = pool.try_update(|p| {
                 let len = p.accounts.len();
-                p.remove(i).ok_or_else(|| StorageError::Invalid {
-                    what: "account number",
-                    detail: if len == 0 {
-                        "the pool has no accounts".into()
-                    } else {
-                        format!("there is no account #{n} (the pool has {len})")
-                    },
-                })
+                let was_active = p.active_index() == Some(i);
+                p.remove(i)
+                    .map(|a| (a, was_active))
+                    .ok_or_else(|| StorageError::Invalid {
+                        what: "account number",
+                        detail: if len == 0 {
+                            "the pool has no accounts".into()
+                        } else {
+                            format!("there is no account #{n} (the pool has {len})")
+                        },
+                    })
             })?;
+            let (removed, was_active) = removed;
             println!("removed #{n} {}", removed.masked_email());
+            if was_active {
+                println!(
+                    "it was the active account: a Codex home it was handed to keeps that login \
+                     until `use` picks another"
+                );
+            }
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Moving logins between a Codex home and the pool: [`PoolStore::import`] and
-//! [`PoolStore::activate`].
+//! Moving logins between a Codex home and the pool: [`PoolStore::import`] (and
+//! [`PoolStore::import_all`], all or nothing) and [`PoolStore::activate`] /
+//! [`PoolStore::switch_to`] (locks, step order and rollback in a table on `switch_to`).
 
 use auth_core::{AuthDocument, AuthMode, Timestamp};
 
@@ -16,32 +17,53 @@ impl PoolStore {
     /// [`StorageError::Invalid`] when the Codex home has no login or an API-key login
     /// (only ChatGPT logins can be pooled); storage errors otherwise.
     pub fn import(&self, store: &dyn CredentialStore, now: u64) -> Result<(Upsert, Account)> {
-        let where_ = store.home().dir().display().to_string();
-        let doc = store.load()?.ok_or_else(|| StorageError::Invalid {
+        let mut done = self.import_all(&[store], now)?;
+        done.pop().ok_or_else(|| StorageError::Invalid {
             what: "Codex login",
-            detail: format!("no login found in {where_}; run `codex login` there first"),
-        })?;
-        let tokens = match (doc.effective_mode(), doc.tokens) {
-            (Some(AuthMode::Chatgpt), Some(tokens)) => tokens,
-            (mode, _) => {
-                return Err(StorageError::Invalid {
-                    what: "Codex login",
-                    detail: format!(
-                        "the login in {where_} is {} — only ChatGPT logins (with tokens) can be \
-                         added to the pool",
-                        mode.map(|m| format!("an `{m}` login"))
-                            .unwrap_or_else(|| "empty".to_owned())
-                    ),
-                });
-            }
-        };
-        let account = Account::from_login(tokens, doc.last_refresh, now);
+            detail: "nothing was imported".to_owned(),
+        })
+    }
+
+    /// [`import`](Self::import) for several Codex homes at once, all or nothing: every
+    /// home's login is read and checked first, and only when all are usable are they added
+    /// in one pool update (a home that cannot be imported means none is). Returns one
+    /// outcome per store, in order; two homes holding the same login both name its entry.
+    ///
+    /// ```
+    /// use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore};
+    /// # fn main() -> Result<(), auth_storage::StorageError> {
+    /// let tmp = tempfile::tempdir().unwrap();
+    /// let pool = PoolStore::new(tmp.path().join("pool"));
+    /// let empty = FileStore::new(CodexHome::new(tmp.path().join("no-login")));
+    /// // A home without a login: refused, and the pool was not even created.
+    /// assert!(pool.import_all(&[&empty], 0).is_err());
+    /// assert!(!pool.file().exists());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`import`](Self::import), for the first home that cannot be imported; then the
+    /// pool is unchanged.
+    pub fn import_all(
+        &self,
+        stores: &[&dyn CredentialStore],
+        now: u64,
+    ) -> Result<Vec<(Upsert, Account)>> {
+        let accounts = stores
+            .iter()
+            .map(|store| importable(*store, now))
+            .collect::<Result<Vec<_>>>()?;
         self.update(|pool| {
-            let outcome = pool.upsert(account);
-            let index = match outcome {
-                Upsert::Added(i) | Upsert::Updated(i) => i,
-            };
-            (outcome, pool.accounts[index].clone())
+            accounts
+                .into_iter()
+                .map(|account| {
+                    let outcome = pool.upsert(account);
+                    let index = match outcome {
+                        Upsert::Added(i) | Upsert::Updated(i) => i,
+                    };
+                    (outcome, pool.accounts[index].clone())
+                })
+                .collect()
         })
     }
 
@@ -218,6 +240,29 @@ fn save_checked(
             }
             _ => Err(err),
         },
+    }
+}
+
+/// The ChatGPT login in `store` as a pool account, or why it cannot be pooled.
+fn importable(store: &dyn CredentialStore, now: u64) -> Result<Account> {
+    let where_ = store.home().dir().display().to_string();
+    let doc = store.load()?.ok_or_else(|| StorageError::Invalid {
+        what: "Codex login",
+        detail: format!("no login found in {where_}; run `codex login` there first"),
+    })?;
+    match (doc.effective_mode(), doc.tokens) {
+        (Some(AuthMode::Chatgpt), Some(tokens)) => {
+            Ok(Account::from_login(tokens, doc.last_refresh, now))
+        }
+        (mode, _) => Err(StorageError::Invalid {
+            what: "Codex login",
+            detail: format!(
+                "the login in {where_} is {} — only ChatGPT logins (with tokens) can be added \
+                 to the pool",
+                mode.map(|m| format!("an `{m}` login"))
+                    .unwrap_or_else(|| "empty".to_owned())
+            ),
+        }),
     }
 }
 
