@@ -19,7 +19,10 @@
 //! `[profiles.NAME]` table inside the config instead (CLIs before 0.169). `restore --config C
 //! --revert-file R` also undoes a `--profile` rewrite recorded in R (the record names the
 //! layer file it changed); a record of any other file is refused. Exit status: 0 ok,
-//! 1 refused or failed, 2 bad arguments.
+//! 1 refused or failed (nothing changed: a failure after the record or the config was
+//! written undoes that write and says "rolled back"), 2 bad arguments. A failure whose undo
+//! failed too is printed as a "partially applied" warning saying what to do, with status 0,
+//! since something did change.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -313,7 +316,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = format!("error: {e}");
+            // Exit status 1 promises that nothing changed; a failure that could not be
+            // undone did change something, so it is a warning saying what, with status 0.
+            let partial = matches!(
+                e.downcast_ref::<config_rewrite::Error>(),
+                Some(config_rewrite::Error::PartiallyApplied { .. })
+            );
+            let mut message = format!("{}: {e}", if partial { "warning" } else { "error" });
             let mut source = e.source();
             while let Some(cause) = source {
                 // Error::Config already prints its source in its message.
@@ -323,7 +332,11 @@ fn main() -> ExitCode {
                 source = cause.source();
             }
             eprintln!("{message}");
-            ExitCode::FAILURE
+            if partial {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
