@@ -314,3 +314,43 @@ fn a_pool_write_whose_backup_link_fails_still_succeeds() {
     assert_eq!(loaded.pool.extra["n"], 2);
     assert_eq!(loaded.pool.revision, 2);
 }
+
+#[test]
+fn a_reset_that_cannot_write_leaves_no_marker() {
+    let test = "a_reset_that_cannot_write_leaves_no_marker";
+    let pd = tempfile::tempdir().unwrap();
+    let pool = pool_with_two(pd.path());
+    let before = snapshot(pd.path());
+    let Some(_frozen) = Immutable::set(&pool.file(), test) else {
+        return;
+    };
+    let err = pool.reset().unwrap_err();
+    assert_eq!(err.effect(), FailureEffect::NothingChanged);
+    assert_eq!(snapshot(pd.path()), before, "no pool.reset left behind");
+}
+
+#[test]
+fn a_rolled_back_switch_puts_a_damaged_pool_file_back_where_it_was() {
+    // pool.json is damaged, so the switch works on the newest backup and moves the damaged
+    // file aside before writing; the failed login write must undo that move too.
+    let (pd, hd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pool = pool_with_two(pd.path());
+    // Replaced by another tool (a new file, so the backup link keeps the good version).
+    let torn = pd.path().join("torn");
+    std::fs::write(&torn, b"{\"version\": 1, \"accounts\": [tor").unwrap();
+    std::fs::rename(&torn, pool.file()).unwrap();
+    let files = FileStore::new(CodexHome::new(hd.path()));
+    files
+        .save(&login("carol@example.com", "acct-c", "rt-c1"))
+        .unwrap();
+    let before = snapshot(pd.path());
+    let err = pool
+        .switch_to(1, &FailingSave(files.clone()), 50)
+        .unwrap_err();
+    assert_eq!(err.effect(), FailureEffect::RolledBack, "{err:?}");
+    assert_eq!(
+        snapshot(pd.path()),
+        before,
+        "the damaged file is back, no new file"
+    );
+}

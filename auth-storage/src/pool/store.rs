@@ -426,13 +426,20 @@ impl PoolStore {
     ///
     /// # Errors
     /// [`StorageError::NewerVersion`] when the pool comes from a newer program (it is left
-    /// alone); I/O and lock errors.
+    /// alone); I/O and lock errors, after which the directory is as it was (the reset marker
+    /// and a moved-aside damaged file are taken back).
     pub fn reset(&self) -> Result<()> {
         let _lock = self.lock()?;
+        let mut undo = PoolUndo {
+            previous: None,
+            set_aside: None,
+            marker: MarkerChange::None,
+            new_backup: None,
+        };
         let (previous, intact) = match self.load() {
             Ok(loaded) => {
                 if let Some(recovery) = &loaded.recovery {
-                    self.set_aside_damaged(recovery, loaded.pool.revision)?;
+                    undo.set_aside = self.set_aside_damaged(recovery, loaded.pool.revision)?;
                 }
                 let revision = loaded.pool.revision;
                 (revision, loaded.recovery.is_none().then_some(revision))
@@ -442,18 +449,31 @@ impl PoolStore {
                     reason: RestoreReason::CorruptStorage { detail },
                     backup: None,
                 };
-                self.set_aside_damaged(&recovery, 0)?;
+                undo.set_aside = self.set_aside_damaged(&recovery, 0)?;
                 (0, None)
             }
             Err(other) => return Err(other),
         };
-        write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
+        let marker = self.dir.join(RESET_MARKER);
+        if !marker.exists() {
+            if let Err(e) = write_atomic(&marker, b"", TEMP_PREFIX) {
+                self.undo_before_main(&undo);
+                return Err(e);
+            }
+            undo.marker = MarkerChange::Created;
+        }
         let mut pool = Pool {
             revision: previous,
             ..Pool::default()
         };
-        self.write_locked(&mut pool, false, intact, true)
-            .map(|_| ())
+        match self.write_locked(&mut pool, false, intact, true) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Nothing replaced: take back the marker and the moved file.
+                self.undo_before_main(&undo);
+                Err(e)
+            }
+        }
     }
 
     fn lock(&self) -> Result<FileLock> {
