@@ -37,6 +37,16 @@ use auth_storage::pool::{Pool, Upsert};
 use auth_storage::{CodexHome, CredentialStore, FailureEffect, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
 
+/// `println!` that never panics: once a change is made, a closed or broken stdout (`>&-`,
+/// `| head -0`) must not turn its success into a crash with a non-zero status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // ok: the output is a courtesy; the exit status carries the result.
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(about = "Keep several ChatGPT logins for the Codex CLI and switch between them")]
 struct Cli {
@@ -99,7 +109,9 @@ fn main() -> ExitCode {
         Err(err) => match err.downcast_ref::<StorageError>().map(StorageError::effect) {
             // Something did change: say what, and do not claim that nothing happened.
             Some(FailureEffect::PartiallyApplied) => {
-                eprintln!("warning: {err}");
+                use std::io::Write as _;
+                // ok: as for `say!`, a closed stderr must not turn this into a crash.
+                let _ = writeln!(std::io::stderr(), "warning: {err}");
                 ExitCode::SUCCESS
             }
             _ => {
@@ -193,7 +205,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     Upsert::Added(i) | Upsert::Updated(i) => i + 1,
                     _ => 0,
                 };
-                println!(
+                say!(
                     "{verb} #{n} {} ({}) from {}",
                     account.masked_email(),
                     account.plan.as_deref().unwrap_or("unknown plan"),
@@ -230,12 +242,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 && previous.key() != done.account.key()
             {
                 match outcome {
-                    Upsert::Added(i) => println!(
+                    Upsert::Added(i) => say!(
                         "kept the login that was there as #{} {}",
                         i + 1,
                         previous.masked_email()
                     ),
-                    Upsert::Updated(i) => println!(
+                    Upsert::Updated(i) => say!(
                         "saved #{} {} (the login that was there) back to the pool",
                         i + 1,
                         previous.masked_email()
@@ -243,7 +255,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     _ => {}
                 }
             }
-            println!(
+            say!(
                 "{} is now the login of {} (run `codex login status` there to check)",
                 done.account.masked_email(),
                 home.dir().display()
@@ -260,7 +272,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .issuer(issuer)
                 .listen(listen)
                 .timeout(std::time::Duration::from_secs(timeout_secs));
-            println!("{}", examples::account_add::add_account_blocking(&options)?);
+            say!("{}", examples::account_add::add_account_blocking(&options)?);
         }
         Command::Remove { n } => {
             let i = index(n)?;
@@ -279,9 +291,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     })
             })?;
             let (removed, was_active) = removed;
-            println!("removed #{n} {}", removed.masked_email());
+            say!("removed #{n} {}", removed.masked_email());
             if was_active {
-                println!(
+                say!(
                     "it was the active account: a Codex home it was handed to keeps that login \
                      until `use` picks another"
                 );

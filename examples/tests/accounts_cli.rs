@@ -1612,3 +1612,66 @@ async fn add_that_fails_after_the_browser_step_changes_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A `use` that succeeded exits 0 even when nobody reads its output (a pipe whose reader
+/// is gone: writing fails with EPIPE, which must not turn a completed switch into a crash),
+/// and `use` of a number past the end creates no Codex home, lock file or pool directory.
+#[test]
+fn use_exit_status_follows_what_changed_not_the_output() {
+    let test = "use_exit_status_follows_what_changed_not_the_output";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let home = sb.path("target-home");
+    three_in_pool_dave_in_home(&sb, &pool_dir, &home);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = sb
+        .command(&[
+            "--pool-dir",
+            path_str(&pool_dir),
+            "use",
+            "2",
+            "--codex-home",
+            path_str(&home),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "use did not finish in 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        home_refresh(&home).as_deref(),
+        Some(Login::new(BOB, "acct-bob").refresh.as_str())
+    );
+
+    let fresh_home = sb.path("not-yet-a-home");
+    let fresh_pool = sb.path("not-yet-a-pool");
+    for (pool, n) in [(&pool_dir, "9"), (&fresh_pool, "1")] {
+        let run = sb.run(&[
+            "--pool-dir",
+            path_str(pool),
+            "use",
+            n,
+            "--codex-home",
+            path_str(&fresh_home),
+        ]);
+        run.failed();
+        assert!(!fresh_home.exists(), "use {n} created the Codex home");
+        assert!(!fresh_pool.exists(), "use {n} created the pool directory");
+    }
+}

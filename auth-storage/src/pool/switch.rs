@@ -121,6 +121,12 @@ impl PoolStore {
         store: &dyn CredentialStore,
         now: u64,
     ) -> Result<Activated> {
+        // Plain bad input (a number past the end) is refused before any lock file or
+        // directory is created; the number is checked again under the locks.
+        let len = self.load()?.pool.accounts.len();
+        if index >= len {
+            return Err(out_of_range(index, len));
+        }
         let home_guard = store.home().lock()?;
         let pool_guard = self.lock_pool()?;
         let outgoing = outgoing_login(store, now)?;
