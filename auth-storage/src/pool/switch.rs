@@ -107,7 +107,10 @@ impl PoolStore {
     ///
     /// The pool is written before the home because the pool keeps the home's login: if the
     /// home were overwritten first and the pool write then failed, the home's login would
-    /// exist nowhere but in memory.
+    /// exist nowhere but in memory. For the same reason a crash (power loss, `kill -9`)
+    /// between steps 2 and 3 loses nothing: the pool then names account `index` as active
+    /// while the home still holds its previous login, which the pool also holds; running
+    /// the switch again completes it.
     ///
     /// # Errors
     /// [`StorageError::Invalid`] when `index` is out of range or `store` holds an API-key
