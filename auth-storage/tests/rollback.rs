@@ -354,3 +354,147 @@ fn a_rolled_back_switch_puts_a_damaged_pool_file_back_where_it_was() {
         "the damaged file is back, no new file"
     );
 }
+
+mod model {
+    //! Property: over random pools, home logins and account numbers, a switch whose login
+    //! write fails leaves the pool directory and the home byte for byte as they were, and a
+    //! switch that succeeds leaves the home holding account N and the pool holding every
+    //! login it held plus the home's previous one.
+    use super::*;
+    use proptest::prelude::*;
+
+    const PEOPLE: [&str; 4] = ["ann", "ben", "cid", "dot"];
+
+    fn account(person: usize, refreshed: u64) -> Account {
+        let name = PEOPLE[person];
+        Account::from_login(
+            tokens(
+                &format!("{name}@example.com"),
+                &format!("acct-{name}"),
+                &format!("rt-{name}-{refreshed}"),
+            ),
+            Some(at(refreshed)),
+            1,
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        pool: Vec<(usize, u64)>,
+        active: Option<usize>,
+        home: Option<(usize, u64)>,
+        index: usize,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec((0..PEOPLE.len(), 1000u64..1003), 0..4),
+            proptest::option::of(0usize..4),
+            proptest::option::of((0..PEOPLE.len(), 1000u64..1003)),
+            0usize..5,
+        )
+            .prop_map(|(pool, active, home, index)| Case {
+                pool,
+                active,
+                home,
+                index,
+            })
+    }
+
+    fn set_up(case: &Case, pd: &Path, hd: &Path) -> (PoolStore, FileStore) {
+        let pool = PoolStore::new(pd);
+        pool.update(|p| {
+            for &(person, refreshed) in &case.pool {
+                p.upsert(account(person, refreshed));
+            }
+            if let Some(i) = case.active.filter(|i| *i < p.accounts.len()) {
+                p.set_active(i, 7);
+            }
+        })
+        .unwrap();
+        let files = FileStore::new(CodexHome::new(hd));
+        if let Some((person, refreshed)) = case.home {
+            let name = PEOPLE[person];
+            files
+                .save(&AuthDocument::chatgpt(
+                    tokens(
+                        &format!("{name}@example.com"),
+                        &format!("acct-{name}"),
+                        &format!("rt-{name}-{refreshed}"),
+                    ),
+                    at(refreshed),
+                ))
+                .unwrap();
+        }
+        drop(files.home().lock().unwrap());
+        (pool, files)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_failed_switch_changes_nothing_and_a_good_one_loses_no_login(case in case()) {
+            let (pd, hd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (pool, files) = set_up(&case, pd.path(), hd.path());
+            let (pool_before, home_before) = (snapshot(pd.path()), snapshot(hd.path()));
+            let logins_before: Vec<String> = pool
+                .load()
+                .unwrap()
+                .pool
+                .accounts
+                .iter()
+                .map(|a| a.key())
+                .collect();
+
+            match pool.switch_to(case.index, &FailingSave(files.clone()), 50) {
+                Err(err) => {
+                    prop_assert!(err.effect().left_state_unchanged(), "{:?}", err);
+                    prop_assert_eq!(snapshot(pd.path()), pool_before.clone());
+                    prop_assert_eq!(snapshot(hd.path()), home_before);
+                }
+                // The save "failed" but the home already held exactly the login to write
+                // (re-read after the failure): the switch is complete, the home untouched.
+                Ok(done) => {
+                    prop_assert_eq!(snapshot(hd.path()), home_before);
+                    let home = files.load().unwrap().unwrap().tokens.unwrap();
+                    prop_assert_eq!(
+                        home.refresh_token.expose(),
+                        done.account.tokens.refresh_token.expose()
+                    );
+                    return Ok(());
+                }
+            }
+
+            match pool.switch_to(case.index, &files, 50) {
+                Err(e) => {
+                    // Only an out-of-range number is refused here (the homes hold ChatGPT
+                    // logins or nothing), and then nothing changed.
+                    prop_assert!(case.index >= logins_before.len(), "{}", e);
+                    prop_assert_eq!(snapshot(pd.path()), pool_before);
+                }
+                Ok(done) => {
+                    let after = pool.load().unwrap().pool;
+                    let keys: Vec<String> = after.accounts.iter().map(|a| a.key()).collect();
+                    for key in &logins_before {
+                        prop_assert!(keys.contains(key), "lost {}", key);
+                    }
+                    if let Some((previous, _)) = &done.previous {
+                        let i = match previous {
+                            auth_storage::pool::Upsert::Added(i)
+                            | auth_storage::pool::Upsert::Updated(i) => *i,
+                            _ => unreachable!(),
+                        };
+                        prop_assert!(i < keys.len());
+                    }
+                    prop_assert_eq!(after.active_index(), Some(case.index));
+                    let home = files.load().unwrap().unwrap().tokens.unwrap();
+                    prop_assert_eq!(
+                        home.refresh_token.expose(),
+                        after.accounts[case.index].tokens.refresh_token.expose()
+                    );
+                }
+            }
+        }
+    }
+}
