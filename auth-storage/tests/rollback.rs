@@ -498,3 +498,69 @@ mod model {
         }
     }
 }
+
+/// A keyring that reads but refuses writes (a locked collection, a full quota).
+#[derive(Debug, Clone, Default)]
+struct ReadOnlyKeyring {
+    inner: auth_storage::keyring_backend::MockKeyring,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl auth_storage::keyring_backend::KeyringBackend for ReadOnlyKeyring {
+    fn load(
+        &self,
+        service: &str,
+        account: &str,
+    ) -> Result<Option<String>, auth_storage::keyring_backend::KeyringFailure> {
+        self.inner.load(service, account)
+    }
+    fn save(
+        &self,
+        service: &str,
+        account: &str,
+        value: &str,
+    ) -> Result<(), auth_storage::keyring_backend::KeyringFailure> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(auth_storage::keyring_backend::KeyringFailure {
+                unavailable: false,
+                message: "the collection is locked".into(),
+            });
+        }
+        self.inner.save(service, account, value)
+    }
+    fn delete(
+        &self,
+        service: &str,
+        account: &str,
+    ) -> Result<bool, auth_storage::keyring_backend::KeyringFailure> {
+        self.inner.delete(service, account)
+    }
+}
+
+#[test]
+fn a_keyring_that_refuses_the_write_makes_the_switch_roll_back() {
+    use auth_storage::KeyringStore;
+    let (pd, hd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pool = pool_with_two(pd.path());
+    let keyring = ReadOnlyKeyring::default();
+    let store = KeyringStore::new(
+        CodexHome::new(hd.path()),
+        std::sync::Arc::new(keyring.clone()),
+    );
+    store
+        .save(&login("carol@example.com", "acct-c", "rt-c1"))
+        .unwrap();
+    let before = snapshot(pd.path());
+    keyring
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = pool.switch_to(1, &store, 50).unwrap_err();
+    assert_eq!(err.effect(), FailureEffect::RolledBack, "{err:?}");
+    assert!(
+        err.to_string().contains("the collection is locked"),
+        "{err}"
+    );
+    assert_eq!(snapshot(pd.path()), before);
+    let kept = store.load().unwrap().unwrap().tokens.unwrap();
+    assert_eq!(kept.refresh_token.expose(), "rt-c1");
+}
