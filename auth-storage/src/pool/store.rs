@@ -362,17 +362,16 @@ impl PoolStore {
     pub(crate) fn undo_locked(&self, _guard: &PoolGuard, undo: PoolUndo) -> Result<()> {
         let main = self.file();
         match (&undo.set_aside, &undo.previous) {
-            (Some(aside), _) => {
-                std::fs::rename(aside, &main)
-                    .map_err(|e| StorageError::io("move back the damaged", &main, e))?;
-                sync_dir(&self.dir)?;
-            }
+            (Some(aside), _) => std::fs::rename(aside, &main)
+                .map_err(|e| StorageError::io("move back the damaged", &main, e))?,
             (None, Some(bytes)) => write_atomic(&main, bytes, TEMP_PREFIX)?,
             (None, None) => {
                 remove_if_exists(&main)?;
-                sync_dir(&self.dir)?;
             }
         }
+        // ok: as in `write_atomic`, the undo has taken effect once the rename or removal
+        // returned; a failed directory fsync must not report it as not undone.
+        let _ = sync_dir(&self.dir);
         if let Some(backup) = &undo.new_backup
             && let Err(err) = remove_if_exists(backup)
         {
