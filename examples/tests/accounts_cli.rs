@@ -1509,8 +1509,8 @@ fn import_of_a_batch_with_a_bad_home_imports_nothing() {
     );
 }
 
-/// `import` and `remove` (of the active account, too) whose pool write fails exit 1 and
-/// change nothing; when it works, removing the active account says what that means and
+/// `import`, `remove` (of the active account, too) and `use` whose pool write fails exit 1
+/// and change nothing; when it works, removing the active account says what that means and
 /// leaves the Codex home alone.
 #[test]
 fn import_and_remove_that_cannot_write_the_pool_change_nothing() {
@@ -1535,6 +1535,8 @@ fn import_and_remove_that_cannot_write_the_pool_change_nothing() {
             // #1 is the active account.
             vec!["remove", "1"],
             vec!["remove", "3"],
+            // The pool is written before the home: the home must stay as it was too.
+            vec!["use", "2", "--codex-home", path_str(&home)],
         ] {
             let mut full = vec!["--pool-dir", pool];
             full.extend(&args);
@@ -1547,6 +1549,12 @@ fn import_and_remove_that_cannot_write_the_pool_change_nothing() {
             );
             assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
             assert_eq!(snapshot(&pool_dir), before, "{args:?} {}", frozen.display());
+            assert_eq!(
+                snapshot(&home),
+                home_before,
+                "{args:?} {}",
+                frozen.display()
+            );
         }
     }
     let run = sb.run(&["--pool-dir", pool, "remove", "1"]);
