@@ -138,9 +138,83 @@ pub enum StorageError {
         /// serde's message.
         detail: String,
     },
+    /// A multi-step operation failed after some steps had been written, and those steps
+    /// were undone: the files are as they were before the operation started.
+    #[error("{operation} failed and was rolled back, nothing changed: {cause}")]
+    RolledBack {
+        /// What was attempted, e.g. "switching the Codex home's login".
+        operation: &'static str,
+        /// The step that failed.
+        #[source]
+        cause: Box<StorageError>,
+    },
+    /// A multi-step operation failed after some steps had been written, and undoing them
+    /// failed too. `applied` says what is now on disk and what to do; nothing is lost.
+    #[error(
+        "{operation} failed ({cause}) and could not be rolled back ({undo_error}): it is \
+         partially applied — {}",
+        escape_control(applied)
+    )]
+    PartiallyApplied {
+        /// What was attempted.
+        operation: &'static str,
+        /// The step that failed.
+        #[source]
+        cause: Box<StorageError>,
+        /// Why the completed steps could not be undone.
+        undo_error: Box<StorageError>,
+        /// What is on disk now and how to finish or undo by hand (paths, account numbers;
+        /// never a token or full email).
+        applied: String,
+    },
+}
+
+/// What a failed operation left behind, as told by [`StorageError::effect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureEffect {
+    /// Nothing was written: every file is as it was.
+    NothingChanged,
+    /// Steps were written and then undone: every file is as it was.
+    RolledBack,
+    /// Steps were written and could not be undone; the error says what to do.
+    PartiallyApplied,
+}
+
+impl FailureEffect {
+    /// Whether the files are as they were before the operation (nothing changed, or
+    /// everything was rolled back).
+    ///
+    /// ```
+    /// use auth_storage::FailureEffect;
+    /// assert!(FailureEffect::RolledBack.left_state_unchanged());
+    /// assert!(!FailureEffect::PartiallyApplied.left_state_unchanged());
+    /// ```
+    pub fn left_state_unchanged(self) -> bool {
+        !matches!(self, Self::PartiallyApplied)
+    }
 }
 
 impl StorageError {
+    /// What the failed operation left on disk. Every operation of this crate either
+    /// changes nothing when it fails or undoes what it wrote; only
+    /// [`PartiallyApplied`](Self::PartiallyApplied) leaves a change behind.
+    ///
+    /// ```
+    /// use auth_storage::{FailureEffect, StorageError};
+    /// let err = StorageError::Invalid { what: "account number", detail: "no #3".into() };
+    /// assert_eq!(err.effect(), FailureEffect::NothingChanged);
+    /// let err = StorageError::RolledBack { operation: "switching", cause: Box::new(err) };
+    /// assert_eq!(err.effect(), FailureEffect::RolledBack);
+    /// ```
+    pub fn effect(&self) -> FailureEffect {
+        match self {
+            Self::RolledBack { .. } => FailureEffect::RolledBack,
+            Self::PartiallyApplied { .. } => FailureEffect::PartiallyApplied,
+            _ => FailureEffect::NothingChanged,
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

@@ -17,6 +17,11 @@
 //!   recovery that reports why ([`pool::RestoreReason`]); [`PoolStore::import`] and
 //!   [`PoolStore::activate`] move logins between a Codex home and the pool (switching
 //!   first saves the login it replaces, so tokens the CLI refreshed are never lost).
+//! * **A failed operation changes nothing**: a pool update either replaces `pool.json` or
+//!   leaves the directory as it was; a switch that fails after writing the pool puts it
+//!   back byte for byte. [`StorageError::effect`] says whether an error left everything as
+//!   it was ([`FailureEffect`]); the lock order and step order are on
+//!   [`PoolStore::switch_to`].
 //! * **Coordinated refresh** (feature `refresh`, [`refresh`] module): however many
 //!   processes and threads find the same token stale, exactly one refresh request is made.
 //!
@@ -61,7 +66,7 @@ pub use auth_core::redact::mask_email;
 pub use codex_home::{
     AUTH_FILE, COMMIT_LOCK_FILE, CodexHome, CommitGuard, FILE_LOCK_FILE, KEYRING_SERVICE,
 };
-pub use error::{Result, StorageError};
+pub use error::{FailureEffect, Result, StorageError};
 pub use mode::StoreMode;
 pub use pool::PoolStore;
 pub use store::{

@@ -130,7 +130,9 @@ pub enum EditError {
 /// Errors of the file-level API ([`apply`](crate::apply), [`restore`](crate::restore),
 /// [`RevertFile`](crate::RevertFile)).
 ///
-/// Whenever one of these is returned, the configuration file is left as it was.
+/// Whenever one of these is returned, the configuration file and the revert record are left
+/// as they were (for [`RolledBack`](Self::RolledBack): put back as they were), except
+/// [`PartiallyApplied`](Self::PartiallyApplied), which says what is on disk and what to do.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -189,6 +191,42 @@ pub enum Error {
         path: PathBuf,
         /// How long we waited.
         waited: std::time::Duration,
+    },
+    /// A step after the configuration was replaced failed (e.g. deleting the revert record
+    /// after a restore), so the configuration was put back: nothing changed.
+    #[error(
+        "{}: {operation} failed and was rolled back, nothing changed: {source}",
+        shown_path(path)
+    )]
+    RolledBack {
+        /// The configuration file.
+        path: PathBuf,
+        /// What was attempted, e.g. `restore`.
+        operation: &'static str,
+        /// The step that failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A step failed and undoing the earlier steps failed too. `applied` says what is on
+    /// disk now and what to do; the way back to the original configuration is not lost.
+    #[error(
+        "{}: {operation} failed ({source}) and could not be rolled back ({undo_error}): it is \
+         partially applied — {}",
+        shown_path(path),
+        shown(applied)
+    )]
+    PartiallyApplied {
+        /// The configuration file.
+        path: PathBuf,
+        /// What was attempted.
+        operation: &'static str,
+        /// The step that failed.
+        #[source]
+        source: Box<Error>,
+        /// Why undoing failed.
+        undo_error: Box<Error>,
+        /// What is on disk and what to do (paths only, never configuration values).
+        applied: String,
     },
     /// The file kept changing under us while we edited it (another program writing it).
     #[error(
@@ -323,6 +361,39 @@ mod tests {
                 proptest::prop_assert_eq!(out, text);
             }
         }
+    }
+
+    #[test]
+    fn rollback_messages_say_what_happened_and_what_to_do() {
+        let path = PathBuf::from("/home/me/.codex/config.toml");
+        let record = PathBuf::from("/run/proxy/revert.json");
+        let cause = || {
+            Box::new(Error::io(
+                "remove",
+                record.clone(),
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            ))
+        };
+        let messages = [
+            Error::RolledBack {
+                path: path.clone(),
+                operation: "restore",
+                source: cause(),
+            },
+            Error::PartiallyApplied {
+                path: path.clone(),
+                operation: "restore",
+                source: cause(),
+                undo_error: Box::new(Error::ConcurrentModification { path: path.clone() }),
+                applied: format!(
+                    "the configuration is restored but its revert record {} could not be \
+                     deleted; delete it by hand (a restore with it changes nothing more)",
+                    record.display()
+                ),
+            },
+        ];
+        let text: Vec<String> = messages.iter().map(ToString::to_string).collect();
+        insta::assert_snapshot!(text.join("\n"));
     }
 
     #[test]

@@ -1,4 +1,20 @@
 //! The I/O shell: read, edit and atomically replace `config.toml`; keep revert records on disk.
+//!
+//! A failed operation changes nothing. [`RevertFile`] keeps two files in step, the
+//! configuration and its revert record, always under the edit lock on the configuration's
+//! directory, in this order:
+//!
+//! | operation | step 1 | step 2 | step 1 fails | step 2 fails |
+//! |-----------|--------|--------|--------------|--------------|
+//! | [`RevertFile::apply`] | write the record | replace the configuration | error, nothing changed | record deleted again: [`Error::RolledBack`] (or [`Error::PartiallyApplied`]: record left, configuration unchanged) |
+//! | [`RevertFile::restore`] | replace the configuration | delete the record | error, nothing changed, record kept | configuration put back: [`Error::RolledBack`] (or [`Error::PartiallyApplied`]: configuration restored, record left) |
+//!
+//! The record is written first on apply so that a crash between the steps leaves a way
+//! back; it is deleted last on restore for the same reason. Each file is replaced
+//! atomically, and a replacement only fails before its rename (the directory fsync after
+//! it is best-effort), so a reported failure never hides a change that took effect. A
+//! concurrent writer of the configuration (Codex, an editor) is detected by re-reading just
+//! before the rename; our edit is recomputed on top of its change, never over it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -123,10 +139,20 @@ fn apply_locked(
 pub fn restore(record: &RevertRecord) -> Result<RestoreReport, Error> {
     let target = resolve(record.config())?;
     let _lock = EditLock::acquire(&target)?;
-    restore_locked(record, &target)
+    restore_locked(record, &target).map(|(report, _)| report)
 }
 
-fn restore_locked(record: &RevertRecord, target: &Path) -> Result<RestoreReport, Error> {
+/// The text a restore replaced (`None`: no file) and the text it wrote (`None`: removed).
+struct Replaced {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Restores (the caller holds the lock); says what it replaced, `None` when it wrote nothing.
+fn restore_locked(
+    record: &RevertRecord,
+    target: &Path,
+) -> Result<(RestoreReport, Option<Replaced>), Error> {
     let config = record.config();
     for _ in 0..ATTEMPTS {
         let current = read_text(target)?;
@@ -135,17 +161,19 @@ fn restore_locked(record: &RevertRecord, target: &Path) -> Result<RestoreReport,
             source,
         })?;
         let (text, outcome) = restored.into_parts();
+        let report = RestoreReport {
+            config: config.to_path_buf(),
+            outcome,
+        };
         if text.as_deref() == current.as_deref() {
-            return Ok(RestoreReport {
-                config: config.to_path_buf(),
-                outcome,
-            });
+            return Ok((report, None));
         }
         if replace_if_unchanged(target, current.as_deref(), text.as_deref())? {
-            return Ok(RestoreReport {
-                config: config.to_path_buf(),
-                outcome,
-            });
+            let replaced = Replaced {
+                before: current,
+                after: text,
+            };
+            return Ok((report, Some(replaced)));
         }
     }
     Err(Error::ConcurrentModification {
@@ -274,7 +302,8 @@ impl RevertFile {
     ///
     /// Refuses with [`Error::PendingRevert`] while an earlier record is pending, because
     /// applying on top of a rewrite would make the rewritten file look like the original.
-    /// If replacing the configuration fails, the record is removed again.
+    /// If replacing the configuration fails, the record is removed again
+    /// ([`Error::RolledBack`]; [`Error::PartiallyApplied`] if the record cannot be removed).
     ///
     /// # Errors
     /// As [`apply`], plus [`Error::PendingRevert`] and [`Error::Io`] for the record file.
@@ -315,10 +344,29 @@ impl RevertFile {
                 Ok(record)
             }
             Err(e) => {
-                if stored {
-                    let _ = self.discard();
+                if !stored {
+                    return Err(e);
                 }
-                Err(e)
+                // The record went to disk for a rewrite that did not happen: take it back,
+                // or a later `apply` would be refused as pending.
+                match self.discard() {
+                    Ok(()) => Err(Error::RolledBack {
+                        path: config.to_path_buf(),
+                        operation: "apply",
+                        source: Box::new(e),
+                    }),
+                    Err(undo) => Err(Error::PartiallyApplied {
+                        path: config.to_path_buf(),
+                        operation: "apply",
+                        source: Box::new(e),
+                        undo_error: Box::new(undo),
+                        applied: format!(
+                            "the configuration is unchanged but the revert record {} was left \
+                             behind; delete it (it undoes nothing) before applying again",
+                            self.path.display()
+                        ),
+                    }),
+                }
             }
         }
     }
@@ -328,6 +376,9 @@ impl RevertFile {
     ///
     /// # Errors
     /// As [`restore`], plus errors reading the record. The record is kept when restoring fails.
+    /// When the configuration was restored but the record cannot be deleted, the
+    /// configuration is put back as it was ([`Error::RolledBack`]); only if that fails too
+    /// is the error [`Error::PartiallyApplied`] (configuration restored, record left behind).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -344,9 +395,40 @@ impl RevertFile {
         let Some(record) = self.load()? else {
             return Ok(None);
         };
-        let report = restore_locked(&record, &target)?;
-        self.discard()?;
-        Ok(Some(report))
+        let (report, written) = restore_locked(&record, &target)?;
+        let Err(failed) = self.discard() else {
+            return Ok(Some(report));
+        };
+        // The configuration is restored but the record is still there: put the rewrite back,
+        // so that either both are done or neither is (a record without its rewrite would
+        // make the next `apply` fail as pending, and the user could not tell what happened).
+        let Some(written) = written else {
+            // Nothing was written (the file was already restored): nothing to undo.
+            return Err(failed);
+        };
+        match replace_if_unchanged(&target, written.after.as_deref(), written.before.as_deref()) {
+            Ok(true) => Err(Error::RolledBack {
+                path: record.config().to_path_buf(),
+                operation: "restore",
+                source: Box::new(failed),
+            }),
+            undo => Err(Error::PartiallyApplied {
+                path: record.config().to_path_buf(),
+                operation: "restore",
+                source: Box::new(failed),
+                undo_error: Box::new(match undo {
+                    Err(e) => e,
+                    _ => Error::ConcurrentModification {
+                        path: record.config().to_path_buf(),
+                    },
+                }),
+                applied: format!(
+                    "the configuration is restored but its revert record {} could not be \
+                     deleted; delete it by hand (a restore with it changes nothing more)",
+                    self.path.display()
+                ),
+            }),
+        }
     }
 
     /// Writes `record` here (atomically, mode 0600), replacing any previous one.
@@ -538,7 +620,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Erro
         .map_err(|e| Error::io("flush", tmp.path().to_path_buf(), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io("replace", path, e.error))?;
-    sync_dir(dir)
+    // ok: the rename has happened and every reader sees the new file. Failing now would make
+    // callers undo (or redo) a change that took effect, e.g. drop the revert record of a
+    // rewrite that is in place; a lost directory fsync only matters after a crash.
+    let _ = sync_dir(dir);
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -18,8 +18,16 @@
 //!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
-//! several of these at once (or beside `codex`) never loses an account; a failing command
-//! changes nothing.
+//! several of these at once (or beside `codex`) never loses an account.
+//!
+//! A command either completes and exits 0, or changes nothing and exits 1 (a `use` whose
+//! login write failed puts the pool back and says "rolled back, nothing changed"). `import`
+//! with several `--codex-home` imports all of them or none. The one exception is a failure
+//! whose undo failed too: it is printed as "partially applied" with what is on disk and
+//! what to do, and exits 3 (status 1 always means there is nothing to clean up, 0 that the
+//! command completed). `use` holds the Codex home's locks and then the
+//! pool lock for its whole run, so a concurrent `remove` waits for it (or it for `remove`,
+//! and then `use` sees the pool as `remove` left it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +35,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth_core::terminal::escape_control;
 use auth_storage::pool::{Pool, Upsert};
-use auth_storage::{CodexHome, CredentialStore, PoolStore, StorageError, StoreMode};
+use auth_storage::{CodexHome, CredentialStore, FailureEffect, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
+
+/// `println!` that never panics: once a change is made, a closed or broken stdout (`>&-`,
+/// `| head -0`) must not turn its success into a crash with a non-zero status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // ok: the output is a courtesy; the exit status carries the result.
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(about = "Keep several ChatGPT logins for the Codex CLI and switch between them")]
@@ -44,9 +62,10 @@ struct Cli {
 enum Command {
     /// Add the login currently in a Codex home to the pool (or refresh its tokens).
     Import {
-        /// The Codex home to read (default: $CODEX_HOME, else ~/.codex).
+        /// The Codex home to read (default: $CODEX_HOME, else ~/.codex). Repeat to import
+        /// several homes at once: all of them, or none when one cannot be imported.
         #[arg(long, value_name = "DIR")]
-        codex_home: Option<PathBuf>,
+        codex_home: Vec<PathBuf>,
     },
     /// Show the accounts (emails masked, no tokens).
     List {
@@ -88,11 +107,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // Messages can carry issuer text, claim values and file names: one line, escaped.
-            eprintln!("error: {}", escape_control(&err.to_string()));
-            ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<StorageError>().map(StorageError::effect) {
+            // Something did change and could not be undone: say what, with its own status
+            // (3), so that 1 keeps meaning "nothing changed" and 0 "done".
+            Some(FailureEffect::PartiallyApplied) => {
+                use std::io::Write as _;
+                // ok: as for `say!`, a closed stderr must not turn this into a crash.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error (partially applied): {}",
+                    escape_control(&err.to_string())
+                );
+                ExitCode::from(3)
+            }
+            _ => {
+                // Messages can carry issuer text, claim values and file names: one line, escaped.
+                eprintln!("error: {}", escape_control(&err.to_string()));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -155,24 +188,37 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         None => PoolStore::open_default()?,
     };
     match cli.command {
-        Command::Import { codex_home: dir } => {
-            let home = codex_home(dir)?;
-            let (outcome, account) = pool.import(credential_store(&home)?.as_ref(), now())?;
-            let verb = match outcome {
-                Upsert::Added(_) => "added",
-                Upsert::Updated(_) => "updated",
-                _ => "stored",
+        Command::Import { codex_home: dirs } => {
+            let homes = if dirs.is_empty() {
+                vec![codex_home(None)?]
+            } else {
+                dirs.into_iter()
+                    .map(|d| codex_home(Some(d)))
+                    .collect::<Result<Vec<_>, _>>()?
             };
-            let n = match outcome {
-                Upsert::Added(i) | Upsert::Updated(i) => i + 1,
-                _ => 0,
-            };
-            println!(
-                "{verb} #{n} {} ({}) from {}",
-                account.masked_email(),
-                escape_control(account.plan.as_deref().unwrap_or("unknown plan")),
-                escape_control(&home.dir().display().to_string())
-            );
+            let stores = homes
+                .iter()
+                .map(credential_store)
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&dyn CredentialStore> = stores.iter().map(AsRef::as_ref).collect();
+            let done = pool.import_all(&refs, now())?;
+            for ((outcome, account), home) in done.iter().zip(&homes) {
+                let verb = match outcome {
+                    Upsert::Added(_) => "added",
+                    Upsert::Updated(_) => "updated",
+                    _ => "stored",
+                };
+                let n = match outcome {
+                    Upsert::Added(i) | Upsert::Updated(i) => i + 1,
+                    _ => 0,
+                };
+                say!(
+                    "{verb} #{n} {} ({}) from {}",
+                    account.masked_email(),
+                    escape_control(account.plan.as_deref().unwrap_or("unknown plan")),
+                    escape_control(&home.dir().display().to_string())
+                );
+            }
         }
         Command::List { json } => {
             let loaded = pool.load()?;
@@ -203,12 +249,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 && previous.key() != done.account.key()
             {
                 match outcome {
-                    Upsert::Added(i) => println!(
+                    Upsert::Added(i) => say!(
                         "kept the login that was there as #{} {}",
                         i + 1,
                         previous.masked_email()
                     ),
-                    Upsert::Updated(i) => println!(
+                    Upsert::Updated(i) => say!(
                         "saved #{} {} (the login that was there) back to the pool",
                         i + 1,
                         previous.masked_email()
@@ -216,7 +262,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     _ => {}
                 }
             }
-            println!(
+            say!(
                 "{} is now the login of {} (run `codex login status` there to check)",
                 done.account.masked_email(),
                 escape_control(&home.dir().display().to_string())
@@ -233,22 +279,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .issuer(issuer)
                 .listen(listen)
                 .timeout(std::time::Duration::from_secs(timeout_secs));
-            println!("{}", examples::account_add::add_account_blocking(&options)?);
+            say!("{}", examples::account_add::add_account_blocking(&options)?);
         }
         Command::Remove { n } => {
             let i = index(n)?;
             let removed = pool.try_update(|p| {
                 let len = p.accounts.len();
-                p.remove(i).ok_or_else(|| StorageError::Invalid {
-                    what: "account number",
-                    detail: if len == 0 {
-                        "the pool has no accounts".into()
-                    } else {
-                        format!("there is no account #{n} (the pool has {len})")
-                    },
-                })
+                let was_active = p.active_index() == Some(i);
+                p.remove(i)
+                    .map(|a| (a, was_active))
+                    .ok_or_else(|| StorageError::Invalid {
+                        what: "account number",
+                        detail: if len == 0 {
+                            "the pool has no accounts".into()
+                        } else {
+                            format!("there is no account #{n} (the pool has {len})")
+                        },
+                    })
             })?;
-            println!("removed #{n} {}", removed.masked_email());
+            let (removed, was_active) = removed;
+            say!("removed #{n} {}", removed.masked_email());
+            if was_active {
+                say!(
+                    "it was the active account: a Codex home it was handed to keeps that login \
+                     until `use` picks another"
+                );
+            }
         }
     }
     Ok(())

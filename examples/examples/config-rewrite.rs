@@ -19,13 +19,35 @@
 //! `[profiles.NAME]` table inside the config instead (CLIs before 0.169). `restore --config C
 //! --revert-file R` also undoes a `--profile` rewrite recorded in R (the record names the
 //! layer file it changed); a record of any other file is refused. Exit status: 0 ok,
-//! 1 refused or failed, 2 bad arguments.
+//! 1 refused or failed (nothing changed: a failure after the record or the config was
+//! written undoes that write and says "rolled back"), 2 bad arguments. A failure whose undo
+//! failed too is printed as "partially applied" saying what is on disk and what to do, with
+//! status 3, since something did change.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use config_rewrite::{ProviderSpec, RestoreOutcome, RevertFile, Rewrite, Target};
+
+/// `println!` that never panics: once a file is changed, a closed or broken stdout must not
+/// turn its success into a crash with a non-zero status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // ok: the output is a courtesy; the exit status carries the result.
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for notes printed after a change was made.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // ok: as for `say!`.
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(about = "Reversible edits of the Codex config.toml")]
@@ -123,12 +145,12 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
             // Running the same `apply` again is fine (idempotent): the pending rewrite already
             // routes the file exactly so. Anything else must be restored first.
             if already_applied(&plan.file, &rewrite) {
-                println!(
+                say!(
                     "{}: already routed to `{}` by the pending rewrite; nothing changed",
                     plan.file.display(),
                     args.provider
                 );
-                println!("revert record: {}", plan.revert.path().display());
+                say!("revert record: {}", plan.revert.path().display());
                 return Ok(());
             }
             return Err(pending.into());
@@ -136,13 +158,13 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => return Err(e.into()),
     };
     if record.is_noop() {
-        println!(
+        say!(
             "{}: already routed to `{}`; nothing changed",
             plan.file.display(),
             args.provider
         );
     } else {
-        println!(
+        say!(
             "{}: routed to `{}` ({}{})",
             plan.file.display(),
             args.provider,
@@ -154,7 +176,7 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
             record.edited_keys().join(", ")
         );
     }
-    println!("revert record: {}", plan.revert.path().display());
+    say!("revert record: {}", plan.revert.path().display());
     warn_about_legacy_profiles(&args.location);
     Ok(())
 }
@@ -177,7 +199,7 @@ fn warn_about_legacy_profiles(location: &Location) {
         return;
     };
     if location.legacy_profile_table {
-        eprintln!(
+        note!(
             "note: `[profiles.{name}]` tables are read by Codex CLIs before 0.169 only; Codex 0.169 reads `--profile {name}` from {} instead (drop --legacy-profile-table)",
             profile_file_name(&location.config, name)
         );
@@ -187,14 +209,14 @@ fn warn_about_legacy_profiles(location: &Location) {
         return;
     };
     match config_rewrite::legacy_profile_items(&text, name) {
-        Ok(items) if !items.is_empty() => eprintln!(
+        Ok(items) if !items.is_empty() => note!(
             "warning: {} still has legacy profile settings ({}); Codex 0.169 refuses `--profile {name}` until they are moved into {} and removed",
             location.config.display(),
             items.join(", "),
             profile_file_name(&location.config, name)
         ),
         Ok(_) => {}
-        Err(e) => eprintln!(
+        Err(e) => note!(
             "warning: could not check {} for legacy profiles: {e}",
             location.config.display()
         ),
@@ -246,7 +268,7 @@ fn restore(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
         ),
         other => format!("{other:?}"),
     };
-    println!("{}: {what}", report.config.display());
+    say!("{}: {what}", report.config.display());
     Ok(())
 }
 
@@ -313,7 +335,20 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = format!("error: {e}");
+            // Exit status 1 promises that nothing changed; a failure that could not be
+            // undone did change something, so it gets its own status (3) and says what.
+            let partial = matches!(
+                e.downcast_ref::<config_rewrite::Error>(),
+                Some(config_rewrite::Error::PartiallyApplied { .. })
+            );
+            let mut message = format!(
+                "{}: {e}",
+                if partial {
+                    "error (partially applied)"
+                } else {
+                    "error"
+                }
+            );
             let mut source = e.source();
             while let Some(cause) = source {
                 // Error::Config already prints its source in its message.
@@ -322,8 +357,14 @@ fn main() -> ExitCode {
                 }
                 source = cause.source();
             }
-            eprintln!("{message}");
-            ExitCode::FAILURE
+            use std::io::Write as _;
+            // ok: a closed stderr must not turn the result into a crash.
+            let _ = writeln!(std::io::stderr(), "{message}");
+            if partial {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -8,6 +8,13 @@
 //!    read-modify-write); the same login added twice updates its entry.
 //!
 //! Diagnostics go to `login.log` in the pool directory (no tokens, codes or bodies).
+//!
+//! The pool is written once, last, in one locked atomic update: a failure anywhere before
+//! it (a refused or expired code, a failed token exchange, a timeout) or in it (a pool that
+//! cannot be written) leaves `pool.json` byte for byte as it was. What a failed `add` may
+//! leave behind is diagnostic only: the pool directory with `login.log` (and `pool.lock`)
+//! in it, and — the one effect outside our files — a stale Codex login helper stopped by
+//! the preflight in step 1.
 
 use auth_core::terminal::escape_control;
 use std::net::SocketAddr;

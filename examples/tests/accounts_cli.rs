@@ -1298,3 +1298,517 @@ fn add_refuses_a_callback_port_held_by_another_program() {
     assert_eq!(holder.local_addr().unwrap(), addr);
     assert!(std::net::TcpStream::connect(addr).is_ok());
 }
+
+/// `chattr +i` on a path until dropped: a real fault that stops writes even for root (an
+/// immutable file cannot be replaced, an immutable directory gets no new entries). `None`
+/// after a printed SKIP where the file system or user cannot set it.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path, test: &str) -> Option<Self> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            skip(
+                test,
+                "`chattr +i` is not available (not root, or no immutable flag on this file system)",
+            );
+            return None;
+        }
+        Some(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A pool of alice, bob and carol (alice active, handed to `home`), then `dave` written
+/// into `home` by "codex login": the next `use` must keep dave.
+fn three_in_pool_dave_in_home(sb: &Sandbox, pool_dir: &Path, home: &Path) -> [Login; 4] {
+    let logins = [
+        Login::new(ALICE, "acct-alice"),
+        Login::new(BOB, "acct-bob"),
+        Login::new("carol.private@example.net", "acct-carol"),
+        Login::new("dave.private@example.com", "acct-dave"),
+    ];
+    let source = sb.path("source-home");
+    for login in &logins[..3] {
+        login.write_to(&source);
+        sb.run(&[
+            "--pool-dir",
+            path_str(pool_dir),
+            "import",
+            "--codex-home",
+            path_str(&source),
+        ])
+        .ok();
+    }
+    sb.run(&[
+        "--pool-dir",
+        path_str(pool_dir),
+        "use",
+        "1",
+        "--codex-home",
+        path_str(home),
+    ])
+    .ok();
+    logins[3].write_to(home);
+    logins
+}
+
+/// `use N` whose login write fails (an immutable `auth.json`, an immutable Codex home)
+/// exits 1, says it rolled back, and leaves the pool directory and the home byte for byte
+/// as they were — dave, the login the home held, is not half-added to the pool.
+#[test]
+fn use_that_cannot_write_the_login_rolls_back_and_exits_1() {
+    let test = "use_that_cannot_write_the_login_rolls_back_and_exits_1";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let home = sb.path("target-home");
+    let logins = three_in_pool_dave_in_home(&sb, &pool_dir, &home);
+    let pool_before = snapshot(&pool_dir);
+    let home_before = snapshot(&home);
+    for frozen in [home.join("auth.json"), home.clone()] {
+        let Some(_guard) = Immutable::set(&frozen, test) else {
+            return;
+        };
+        let run = sb.run(&[
+            "--pool-dir",
+            path_str(&pool_dir),
+            "use",
+            "2",
+            "--codex-home",
+            path_str(&home),
+        ]);
+        run.failed()
+            .assert_no_secrets(&logins.iter().collect::<Vec<_>>());
+        assert!(
+            run.stderr.contains("rolled back, nothing changed"),
+            "{}: {}",
+            frozen.display(),
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "no success line: {}", run.stdout);
+        assert_eq!(snapshot(&pool_dir), pool_before, "{}", frozen.display());
+        assert_eq!(snapshot(&home), home_before, "{}", frozen.display());
+    }
+    // Unfrozen, the same command works and keeps dave.
+    sb.run(&[
+        "--pool-dir",
+        path_str(&pool_dir),
+        "use",
+        "2",
+        "--codex-home",
+        path_str(&home),
+    ])
+    .ok();
+    let pool = PoolStore::new(&pool_dir).load().unwrap().pool;
+    assert_eq!(pool.accounts.len(), 4);
+    assert_eq!(pool.active_index(), Some(1));
+}
+
+/// The refresh token in `home`'s auth.json (`None` when there is no file).
+fn home_refresh(home: &Path) -> Option<String> {
+    let bytes = std::fs::read(home.join("auth.json")).ok()?;
+    let doc = AuthDocument::from_json_slice(&bytes).unwrap();
+    Some(doc.tokens.unwrap().refresh_token.expose().to_owned())
+}
+
+fn pool_emails_and_active(pool_dir: &Path) -> (Vec<String>, Option<usize>) {
+    let pool = PoolStore::new(pool_dir).load().unwrap().pool;
+    let emails = pool
+        .accounts
+        .iter()
+        .map(|a| a.email.clone().unwrap_or_default())
+        .collect();
+    (emails, pool.active_index())
+}
+
+/// `use 3` and `remove 3` started together, many times, with the real binary. Each pair
+/// ends in one of the two serial outcomes, and a `use` that exits non-zero left the home
+/// byte for byte as it was and the pool exactly as `remove` alone leaves it.
+#[test]
+fn use_and_remove_of_the_same_account_race_to_a_valid_end_state() {
+    let test = "use_and_remove_of_the_same_account_race_to_a_valid_end_state";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let template_pool = sb.path("template-pool");
+    let template_home = sb.path("template-home");
+    let logins = three_in_pool_dave_in_home(&sb, &template_pool, &template_home);
+    let all: Vec<&Login> = logins.iter().collect();
+    let copy_dir = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for (name, bytes) in snapshot(from) {
+            std::fs::write(to.join(name), bytes).unwrap();
+        }
+    };
+    // What `remove 3` alone makes of the template pool.
+    let removed_only = sb.path("removed-only");
+    copy_dir(&template_pool, &removed_only);
+    sb.run(&["--pool-dir", path_str(&removed_only), "remove", "3"])
+        .ok();
+    let removed_only_bytes = std::fs::read(removed_only.join("pool.json")).unwrap();
+    let home_before = std::fs::read(template_home.join("auth.json")).unwrap();
+    let (alice, bob, dave) = (
+        logins[0].email.to_owned(),
+        logins[1].email.to_owned(),
+        logins[3].email.to_owned(),
+    );
+
+    let (pool_dir, home) = (sb.path("race-pool"), sb.path("race-home"));
+    let (mut use_first, mut remove_first) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for round in 0..40 {
+        if Instant::now() > deadline {
+            break;
+        }
+        copy_dir(&template_pool, &pool_dir);
+        copy_dir(&template_home, &home);
+        let user = std::thread::scope(|s| {
+            let remover = s.spawn(|| sb.run(&["--pool-dir", path_str(&pool_dir), "remove", "3"]));
+            let user = sb.run(&[
+                "--pool-dir",
+                path_str(&pool_dir),
+                "use",
+                "3",
+                "--codex-home",
+                path_str(&home),
+            ]);
+            remover.join().unwrap().ok().assert_no_secrets(&all);
+            user
+        });
+        user.assert_no_secrets(&all);
+        let (emails, active) = pool_emails_and_active(&pool_dir);
+        match user.code {
+            // `use` went first: carol handed over, dave kept, then carol removed.
+            Some(0) => {
+                use_first += 1;
+                assert_eq!(
+                    home_refresh(&home).as_deref(),
+                    Some(logins[2].refresh.as_str()),
+                    "round {round}"
+                );
+                assert_eq!(
+                    emails,
+                    [alice.clone(), bob.clone(), dave.clone()],
+                    "round {round}: {}",
+                    user.stdout
+                );
+                assert_eq!(
+                    active, None,
+                    "round {round}: the active account was removed"
+                );
+            }
+            // `remove` went first: there is no #3 any more, and `use` changed nothing.
+            Some(1) => {
+                remove_first += 1;
+                assert!(
+                    user.stderr.contains("no account #3 (the pool has 2)"),
+                    "round {round}: {}",
+                    user.stderr
+                );
+                assert_eq!(
+                    std::fs::read(home.join("auth.json")).unwrap(),
+                    home_before,
+                    "round {round}: a failed use left the home as it was"
+                );
+                assert_eq!(
+                    std::fs::read(pool_dir.join("pool.json")).unwrap(),
+                    removed_only_bytes,
+                    "round {round}: a failed use left the pool as remove alone leaves it"
+                );
+                assert_eq!(emails, [alice.clone(), bob.clone()], "round {round}");
+            }
+            other => panic!(
+                "round {round}: use exited {other:?}\nstdout: {}\nstderr: {}",
+                user.stdout, user.stderr
+            ),
+        }
+    }
+    assert!(use_first + remove_first >= 5, "too few rounds ran");
+    let _ = writeln_stderr(&format!(
+        "{test}: use first {use_first}, remove first {remove_first}"
+    ));
+}
+
+fn writeln_stderr(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{text}")
+}
+
+/// `import` of several homes is all or nothing: one bad home (no login, an API key, a
+/// damaged file) in the middle of the batch imports none, and the pool stays byte for byte.
+#[test]
+fn import_of_a_batch_with_a_bad_home_imports_nothing() {
+    let test = "import_of_a_batch_with_a_bad_home_imports_nothing";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let alice = Login::new(ALICE, "acct-alice");
+    let bob = Login::new(BOB, "acct-bob");
+    let carol = Login::new("carol.private@example.net", "acct-carol");
+    let (ha, hb, hc) = (sb.path("a"), sb.path("b"), sb.path("c"));
+    alice.write_to(&ha);
+    bob.write_to(&hb);
+    carol.write_to(&hc);
+    sb.run(&["--pool-dir", pool, "import", "--codex-home", path_str(&ha)])
+        .ok();
+    let before = snapshot(&pool_dir);
+
+    let empty = sb.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let api_key = sb.path("api-key");
+    std::fs::create_dir_all(&api_key).unwrap();
+    std::fs::write(
+        api_key.join("auth.json"),
+        r#"{"auth_mode": "apikey", "OPENAI_API_KEY": "sk-LEAK-ME"}"#,
+    )
+    .unwrap();
+    let damaged = sb.path("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(damaged.join("auth.json"), "{\"tokens\": ").unwrap();
+    for (bad, says) in [
+        (&empty, "no login found in"),
+        (&api_key, "only ChatGPT logins"),
+        (&damaged, "not a usable Codex auth file"),
+    ] {
+        let run = sb.run(&[
+            "--pool-dir",
+            pool,
+            "import",
+            "--codex-home",
+            path_str(&hb),
+            "--codex-home",
+            path_str(bad),
+            "--codex-home",
+            path_str(&hc),
+        ]);
+        run.failed().assert_no_secrets(&[&alice, &bob, &carol]);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        assert!(!run.stderr.contains("LEAK-ME"), "{}", run.stderr);
+        assert!(
+            run.stdout.is_empty(),
+            "nothing reported as added: {}",
+            run.stdout
+        );
+        assert_eq!(snapshot(&pool_dir), before, "{}", bad.display());
+    }
+    // The good batch goes in whole, in order.
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "import",
+        "--codex-home",
+        path_str(&hb),
+        "--codex-home",
+        path_str(&ha),
+        "--codex-home",
+        path_str(&hc),
+    ]);
+    run.ok().assert_no_secrets(&[&alice, &bob, &carol]);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines[0].starts_with("added #2 "), "{}", run.stdout);
+    assert!(lines[1].starts_with("updated #1 "), "{}", run.stdout);
+    assert!(lines[2].starts_with("added #3 "), "{}", run.stdout);
+    assert_eq!(
+        PoolStore::new(&pool_dir)
+            .load()
+            .unwrap()
+            .pool
+            .accounts
+            .len(),
+        3
+    );
+}
+
+/// `import`, `remove` (of the active account, too) and `use` whose pool write fails exit 1
+/// and change nothing; when it works, removing the active account says what that means and
+/// leaves the Codex home alone.
+#[test]
+fn import_and_remove_that_cannot_write_the_pool_change_nothing() {
+    let test = "import_and_remove_that_cannot_write_the_pool_change_nothing";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let pool = path_str(&pool_dir);
+    let home = sb.path("target-home");
+    let logins = three_in_pool_dave_in_home(&sb, &pool_dir, &home);
+    let all: Vec<&Login> = logins.iter().collect();
+    let before = snapshot(&pool_dir);
+    let home_before = snapshot(&home);
+    for frozen in [pool_dir.join("pool.json"), pool_dir.clone()] {
+        let Some(_guard) = Immutable::set(&frozen, test) else {
+            return;
+        };
+        for args in [
+            vec!["import", "--codex-home", path_str(&home)],
+            // #1 is the active account.
+            vec!["remove", "1"],
+            vec!["remove", "3"],
+            // The pool is written before the home: the home must stay as it was too.
+            vec!["use", "2", "--codex-home", path_str(&home)],
+        ] {
+            let mut full = vec!["--pool-dir", pool];
+            full.extend(&args);
+            let run = sb.run(&full);
+            run.failed().assert_no_secrets(&all);
+            assert!(
+                run.stderr.contains(path_str(&pool_dir)),
+                "{args:?}: names the place: {}",
+                run.stderr
+            );
+            assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+            assert_eq!(snapshot(&pool_dir), before, "{args:?} {}", frozen.display());
+            assert_eq!(
+                snapshot(&home),
+                home_before,
+                "{args:?} {}",
+                frozen.display()
+            );
+        }
+    }
+    let run = sb.run(&["--pool-dir", pool, "remove", "1"]);
+    run.ok().assert_no_secrets(&all);
+    assert!(
+        run.stdout.contains("it was the active account"),
+        "{}",
+        run.stdout
+    );
+    let (emails, active) = pool_emails_and_active(&pool_dir);
+    assert_eq!(emails.len(), 2);
+    assert_eq!(active, None);
+    assert_eq!(
+        snapshot(&home),
+        home_before,
+        "remove never touches a Codex home"
+    );
+}
+
+/// `accounts add` whose token exchange fails after the browser came back, or whose pool
+/// write fails after a good exchange, exits non-zero and leaves `pool.json` byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_that_fails_after_the_browser_step_changes_nothing() {
+    let test = "add_that_fails_after_the_browser_step_changes_nothing";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let issuer = MockIssuer::start(TokenReply::tokens_for("erin.private@example.net"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let ok_query = |state: &str| format!("code={MOCK_CODE}&state={state}");
+    let (code, out, err) = run_add(&bin, &issuer, &pool_dir, dir.path(), ok_query).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let before = std::fs::read(pool_dir.join("pool.json")).unwrap();
+
+    // The exchange fails: the issuer refuses the code.
+    issuer.set_token_reply(TokenReply::raw(
+        400,
+        "application/json",
+        r#"{"error":"invalid_grant","error_description":"code expired"}"#,
+    ));
+    let (code, out, err) = run_add(&bin, &issuer, &pool_dir, dir.path(), ok_query).await;
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("invalid_grant"), "{err}");
+    assert_eq!(std::fs::read(pool_dir.join("pool.json")).unwrap(), before);
+
+    // A good exchange, but pool.json cannot be replaced.
+    issuer.set_token_reply(TokenReply::tokens_for("frank.private@example.net"));
+    let Some(_frozen) = Immutable::set(&pool_dir.join("pool.json"), test) else {
+        return;
+    };
+    let (code, out, err) = run_add(&bin, &issuer, &pool_dir, dir.path(), ok_query).await;
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("pool.json"), "{err}");
+    assert!(!out.contains("added #"), "{out}");
+    assert_eq!(std::fs::read(pool_dir.join("pool.json")).unwrap(), before);
+    let leftovers: Vec<String> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pool-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A `use` that succeeded exits 0 even when nobody reads its output (a pipe whose reader
+/// is gone: writing fails with EPIPE, which must not turn a completed switch into a crash),
+/// and `use` of a number past the end creates no Codex home, lock file or pool directory.
+#[test]
+fn use_exit_status_follows_what_changed_not_the_output() {
+    let test = "use_exit_status_follows_what_changed_not_the_output";
+    let Some(bin) = accounts_bin(test) else {
+        return;
+    };
+    let sb = Sandbox::new(bin);
+    let pool_dir = sb.path("pool");
+    let home = sb.path("target-home");
+    three_in_pool_dave_in_home(&sb, &pool_dir, &home);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = sb
+        .command(&[
+            "--pool-dir",
+            path_str(&pool_dir),
+            "use",
+            "2",
+            "--codex-home",
+            path_str(&home),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "use did not finish in 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        home_refresh(&home).as_deref(),
+        Some(Login::new(BOB, "acct-bob").refresh.as_str())
+    );
+
+    let fresh_home = sb.path("not-yet-a-home");
+    let fresh_pool = sb.path("not-yet-a-pool");
+    for (pool, n) in [(&pool_dir, "9"), (&fresh_pool, "1")] {
+        let run = sb.run(&[
+            "--pool-dir",
+            path_str(pool),
+            "use",
+            n,
+            "--codex-home",
+            path_str(&fresh_home),
+        ]);
+        run.failed();
+        assert!(!fresh_home.exists(), "use {n} created the Codex home");
+        assert!(!fresh_pool.exists(), "use {n} created the pool directory");
+    }
+}

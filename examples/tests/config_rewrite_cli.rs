@@ -676,3 +676,115 @@ fn bad_input_fails_clearly_and_leaves_files_untouched() {
     assert!(run.stderr.contains("--provider"), "{}", run.stderr);
     assert_eq!(snapshot_dir(home), before);
 }
+
+/// `chattr +i` on a path until dropped (a real fault, even for root); `None` after a
+/// printed SKIP where it cannot be set.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path, test: &str) -> Option<Self> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            common::skip(
+                test,
+                "`chattr +i` is not available (not root, or no immutable flag on this file system)",
+            );
+            return None;
+        }
+        Some(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// `apply` whose config directory cannot be written and `restore` whose revert record
+/// cannot be deleted exit 1, say "rolled back", and leave both directories byte for byte;
+/// a config directory that cannot be written makes `restore` fail with the record kept.
+/// Once the fault is gone the same commands work.
+#[test]
+fn apply_and_restore_that_fail_part_way_roll_back() {
+    let test = "apply_and_restore_that_fail_part_way_roll_back";
+    let Some(bin) = config_rewrite(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (home, records) = (dir.path().join("home"), dir.path().join("records"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&records).unwrap();
+    let config = home.join("config.toml");
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let record = records.join("revert.json");
+    let (c, r) = (config.to_str().unwrap(), record.to_str().unwrap());
+    let apply = [
+        "apply",
+        "--config",
+        c,
+        "--provider",
+        "proxy",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--revert-file",
+        r,
+    ];
+    let restore = ["restore", "--config", c, "--revert-file", r];
+    let both = || (snapshot_dir(&home), snapshot_dir(&records));
+
+    let before = both();
+    {
+        let Some(_frozen) = Immutable::set(&home, test) else {
+            return;
+        };
+        let run = cli(&bin, dir.path(), &apply);
+        assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("apply failed and was rolled back"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(both(), before, "apply left no record and no change");
+    }
+    ok(&cli(&bin, dir.path(), &apply), "apply");
+    let applied = both();
+    assert_ne!(applied, before);
+    {
+        let Some(_frozen) = Immutable::set(&records, test) else {
+            return;
+        };
+        let run = cli(&bin, dir.path(), &restore);
+        assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("restore failed and was rolled back"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            both(),
+            applied,
+            "the rewrite and its record are both still there"
+        );
+    }
+    {
+        let Some(_frozen) = Immutable::set(&home, test) else {
+            return;
+        };
+        let run = cli(&bin, dir.path(), &restore);
+        assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(home.to_str().unwrap()),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(both(), applied);
+    }
+    ok(&cli(&bin, dir.path(), &restore), "restore");
+    assert_eq!(both(), before);
+}

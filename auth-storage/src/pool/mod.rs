@@ -1,5 +1,15 @@
 //! The multi-account pool: a versioned JSON document of many logins with one active, kept
 //! by [`PoolStore`] with cross-process locking, atomic writes, rotating backups and recovery.
+//!
+//! Lock order: an operation that needs both a Codex home's locks and the pool lock
+//! ([`PoolStore::switch_to`]) takes the home's first (`auth.lock`, then `auth.json.lock`,
+//! as the Codex CLI does) and the pool's (`pool.lock`) second, and holds both to the end.
+//! Nothing takes the pool lock and then a home's, so the two cannot deadlock. Operations on
+//! the pool alone ([`PoolStore::update`], `import`, `reset`) take only the pool lock; reading
+//! a home's login takes no lock, since every writer replaces it atomically.
+//!
+//! A failed operation changes nothing: see the table on [`PoolStore::switch_to`] and
+//! [`StorageError::effect`](crate::StorageError::effect).
 
 mod document;
 mod migrate;

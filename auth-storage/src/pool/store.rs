@@ -266,7 +266,10 @@ impl PoolStore {
     /// the result atomically if it differs. Concurrent updaters in any number of processes
     /// never lose each other's changes.
     ///
-    /// Returns what `change` returned.
+    /// Returns what `change` returned. When it returns an error, nothing on disk changed:
+    /// the steps before the new `pool.json` is renamed into place (moving a damaged file
+    /// aside, the reset marker) are undone if that rename fails, and the steps after it
+    /// (new backup link, pruning old backups) are best-effort and only logged.
     pub fn update<T>(&self, change: impl FnOnce(&mut Pool) -> T) -> Result<T> {
         self.try_update(|pool| Ok::<T, StorageError>(change(pool)))
     }
@@ -277,26 +280,142 @@ impl PoolStore {
     where
         E: From<StorageError>,
     {
-        let _lock = self.lock()?;
+        let guard = self.lock_pool()?;
+        let (out, undo) = self.change_locked(&guard, change)?;
+        if let Some(undo) = undo {
+            self.prune_best_effort(&undo);
+        }
+        Ok(out)
+    }
+
+    /// The pool lock, held for a whole load → change → save (→ undo) sequence.
+    pub(crate) fn lock_pool(&self) -> Result<PoolGuard> {
+        self.lock().map(PoolGuard)
+    }
+
+    /// The read-modify-write of [`try_update`](Self::try_update) for a caller that holds the
+    /// pool lock and may have to undo the write afterwards ([`undo_locked`](Self::undo_locked))
+    /// because a later step of its operation failed. Old backups are not pruned (an undo
+    /// could not bring them back); call [`prune_best_effort`](Self::prune_best_effort) once
+    /// the operation is complete. `None` when nothing was written.
+    pub(crate) fn change_locked<T, E>(
+        &self,
+        _guard: &PoolGuard,
+        change: impl FnOnce(&mut Pool) -> Result<T, E>,
+    ) -> Result<(T, Option<PoolUndo>), E>
+    where
+        E: From<StorageError>,
+    {
         let loaded = self.load()?;
         let before = loaded.pool.clone();
         let mut pool = loaded.pool;
         let out = change(&mut pool)?;
         if pool == before && loaded.recovery.is_none() && loaded.migrated_from.is_none() {
-            return Ok(out);
+            return Ok((out, None));
         }
+        let main = self.file();
+        let mut undo = PoolUndo {
+            previous: None,
+            set_aside: None,
+            marker: MarkerChange::None,
+            new_backup: None,
+        };
         if let Some(recovery) = &loaded.recovery {
-            self.set_aside_damaged(recovery, before.revision)?;
+            undo.set_aside = self.set_aside_damaged(recovery, before.revision)?;
+        } else {
+            // The exact bytes that were live, to put back on undo.
+            undo.previous = read_if_exists(&main)?;
         }
         // The current main file is intact exactly when nothing had to be recovered.
         let intact = loaded.recovery.is_none().then_some(before.revision);
-        if pool.accounts.is_empty() && !before.accounts.is_empty() {
+        let marker = self.dir.join(RESET_MARKER);
+        if pool.accounts.is_empty() && !before.accounts.is_empty() && !marker.exists() {
             // Removing the last account is an intentional reset: a later loss of pool.json
             // must not bring the removed accounts back from a backup.
-            write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
+            if let Err(e) = write_atomic(&marker, b"", TEMP_PREFIX) {
+                self.undo_before_main(&undo);
+                return Err(e.into());
+            }
+            undo.marker = MarkerChange::Created;
         }
-        self.write_locked(&mut pool, true, intact)?;
-        Ok(out)
+        match self.write_locked(&mut pool, true, intact, false) {
+            Ok(written) => {
+                if written.marker_removed {
+                    undo.marker = MarkerChange::Removed;
+                }
+                undo.new_backup = written.backup;
+                Ok((out, Some(undo)))
+            }
+            Err(e) => {
+                self.undo_before_main(&undo);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Put the pool directory back as it was before the write `undo` describes (the caller
+    /// still holds the lock it was written under, so nobody wrote in between).
+    ///
+    /// # Errors
+    /// I/O errors restoring `pool.json`; the reset marker and the new backup are restored
+    /// best-effort (neither changes what a load returns while `pool.json` is intact).
+    pub(crate) fn undo_locked(&self, _guard: &PoolGuard, undo: PoolUndo) -> Result<()> {
+        let main = self.file();
+        match (&undo.set_aside, &undo.previous) {
+            (Some(aside), _) => std::fs::rename(aside, &main)
+                .map_err(|e| StorageError::io("move back the damaged", &main, e))?,
+            (None, Some(bytes)) => write_atomic(&main, bytes, TEMP_PREFIX)?,
+            (None, None) => {
+                remove_if_exists(&main)?;
+            }
+        }
+        // ok: as in `write_atomic`, the undo has taken effect once the rename or removal
+        // returned; a failed directory fsync must not report it as not undone.
+        let _ = sync_dir(&self.dir);
+        if let Some(backup) = &undo.new_backup
+            && let Err(err) = remove_if_exists(backup)
+        {
+            // ok: a leftover backup is only read when pool.json is unusable.
+            tracing::warn!(%err, "could not remove the backup of an undone pool write");
+        }
+        let marker = self.dir.join(RESET_MARKER);
+        let restored = match undo.marker {
+            MarkerChange::None => Ok(()),
+            MarkerChange::Created => remove_if_exists(&marker).map(|_| ()),
+            MarkerChange::Removed => write_atomic(&marker, b"", TEMP_PREFIX),
+        };
+        if let Err(err) = restored {
+            // ok: the marker only matters when pool.json is lost, and then it errs on the
+            // side of keeping accounts.
+            tracing::warn!(%err, "could not restore the pool's reset marker");
+        }
+        Ok(())
+    }
+
+    /// The steps of [`change_locked`](Self::change_locked) before `pool.json` is replaced,
+    /// undone after the replacement failed.
+    fn undo_before_main(&self, undo: &PoolUndo) {
+        if undo.marker == MarkerChange::Created
+            && let Err(err) = remove_if_exists(&self.dir.join(RESET_MARKER))
+        {
+            tracing::warn!(%err, "could not remove the reset marker of a failed pool write");
+        }
+        if let Some(aside) = &undo.set_aside
+            && let Err(err) = std::fs::rename(aside, self.file())
+        {
+            // ok: the damaged file is kept under its aside name; nothing is lost.
+            tracing::warn!(%err, aside = %aside.display(), "could not move the damaged pool file back");
+        }
+    }
+
+    /// Drop backups beyond the configured number after a completed write (failures only
+    /// logged: a surplus backup is harmless).
+    pub(crate) fn prune_best_effort(&self, _done: &PoolUndo) {
+        if self.backups > 0
+            && let Err(err) = self.prune_backups()
+        {
+            tracing::warn!(%err, "could not prune old pool backups");
+        }
     }
 
     /// Remove every account intentionally: writes an empty pool and a reset marker, so a
@@ -306,13 +425,20 @@ impl PoolStore {
     ///
     /// # Errors
     /// [`StorageError::NewerVersion`] when the pool comes from a newer program (it is left
-    /// alone); I/O and lock errors.
+    /// alone); I/O and lock errors, after which the directory is as it was (the reset marker
+    /// and a moved-aside damaged file are taken back).
     pub fn reset(&self) -> Result<()> {
         let _lock = self.lock()?;
+        let mut undo = PoolUndo {
+            previous: None,
+            set_aside: None,
+            marker: MarkerChange::None,
+            new_backup: None,
+        };
         let (previous, intact) = match self.load() {
             Ok(loaded) => {
                 if let Some(recovery) = &loaded.recovery {
-                    self.set_aside_damaged(recovery, loaded.pool.revision)?;
+                    undo.set_aside = self.set_aside_damaged(recovery, loaded.pool.revision)?;
                 }
                 let revision = loaded.pool.revision;
                 (revision, loaded.recovery.is_none().then_some(revision))
@@ -322,17 +448,31 @@ impl PoolStore {
                     reason: RestoreReason::CorruptStorage { detail },
                     backup: None,
                 };
-                self.set_aside_damaged(&recovery, 0)?;
+                undo.set_aside = self.set_aside_damaged(&recovery, 0)?;
                 (0, None)
             }
             Err(other) => return Err(other),
         };
-        write_atomic(&self.dir.join(RESET_MARKER), b"", TEMP_PREFIX)?;
+        let marker = self.dir.join(RESET_MARKER);
+        if !marker.exists() {
+            if let Err(e) = write_atomic(&marker, b"", TEMP_PREFIX) {
+                self.undo_before_main(&undo);
+                return Err(e);
+            }
+            undo.marker = MarkerChange::Created;
+        }
         let mut pool = Pool {
             revision: previous,
             ..Pool::default()
         };
-        self.write_locked(&mut pool, false, intact)
+        match self.write_locked(&mut pool, false, intact, true) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Nothing replaced: take back the marker and the moved file.
+                self.undo_before_main(&undo);
+                Err(e)
+            }
+        }
     }
 
     fn lock(&self) -> Result<FileLock> {
@@ -356,12 +496,16 @@ impl PoolStore {
     /// A revision never wraps: at `u64::MAX` (only a hand-edited or hostile file gets
     /// there) the backups are renumbered first ([`Self::renumber_backups`]), so recovery,
     /// which takes the highest-numbered backup, still finds the newest version.
+    /// An error means `pool.json` was not replaced. Everything after the rename (the new
+    /// backup link, clearing the reset marker, pruning when `prune`) is best-effort and
+    /// logged: failing the call then would report a failure for a write that took effect.
     fn write_locked(
         &self,
         pool: &mut Pool,
         clear_reset: bool,
         mut intact: Option<u64>,
-    ) -> Result<()> {
+        prune: bool,
+    ) -> Result<Written> {
         pool.version = CURRENT_VERSION;
         pool.revision = match pool.revision.checked_add(1) {
             Some(next) => next,
@@ -385,20 +529,30 @@ impl PoolStore {
             self.link_backup(&main, revision)?;
         }
         write_atomic(&main, &bytes, TEMP_PREFIX)?;
+        let mut written = Written::default();
         if self.backups > 0 {
             // The new version is a backup too (a second name for the same file), so losing
             // `pool.json` itself (deleted, or replaced by another tool) loses no change. A
             // tool that damages `pool.json` in place damages this link with it; the older
             // backups, separate files since our writes always replace, are still there.
-            self.link_backup(&main, pool.revision)?;
+            match self.link_backup(&main, pool.revision) {
+                Ok(path) => written.backup = path,
+                Err(err) => tracing::warn!(%err, "could not link the new pool backup"),
+            }
         }
         if clear_reset && !pool.accounts.is_empty() {
-            remove_if_exists(&self.dir.join(RESET_MARKER))?;
+            match remove_if_exists(&self.dir.join(RESET_MARKER)) {
+                Ok(removed) => written.marker_removed = removed,
+                Err(err) => tracing::warn!(%err, "could not remove the pool's reset marker"),
+            }
         }
-        if self.backups > 0 {
-            self.prune_backups()?;
+        if prune
+            && self.backups > 0
+            && let Err(err) = self.prune_backups()
+        {
+            tracing::warn!(%err, "could not prune old pool backups");
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Temporary files left by a writer that was killed mid-write. Only the lock holder
@@ -416,9 +570,9 @@ impl PoolStore {
 
     /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
     /// copy, and it is the exact bytes that were live).
-    fn link_backup(&self, main: &Path, revision: u64) -> Result<()> {
+    fn link_backup(&self, main: &Path, revision: u64) -> Result<Option<PathBuf>> {
         if !main.exists() {
-            return Ok(());
+            return Ok(None);
         }
         let backup = self.dir.join(format!("{BACKUP_PREFIX}{revision:012}"));
         remove_if_exists(&backup)?;
@@ -428,7 +582,7 @@ impl PoolStore {
                 write_atomic(&backup, &bytes, TEMP_PREFIX)?;
             }
         }
-        Ok(())
+        Ok(Some(backup))
     }
 
     fn prune_backups(&self) -> Result<()> {
@@ -492,11 +646,12 @@ impl PoolStore {
     }
 
     /// Before overwriting a damaged `pool.json`, move it aside so nothing is lost.
-    fn set_aside_damaged(&self, recovery: &Recovery, revision: u64) -> Result<()> {
+    /// Returns where it went (`None` when there was no file).
+    fn set_aside_damaged(&self, recovery: &Recovery, revision: u64) -> Result<Option<PathBuf>> {
         // Whatever the reason, a main file that is there is not a usable pool: keep it.
         // (After an intentional reset it may be missing; then there is nothing to keep.)
         if recovery.reason == RestoreReason::MissingStorage {
-            return Ok(());
+            return Ok(None);
         }
         let main = self.file();
         let now = std::time::SystemTime::now()
@@ -519,11 +674,41 @@ impl PoolStore {
                 ),
             })?;
         match std::fs::rename(&main, &aside) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => sync_dir(&self.dir).map(|()| Some(aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::io("move aside the damaged", &main, e)),
         }
     }
+}
+
+/// Proof that the pool lock is held (see [`PoolStore::lock_pool`]).
+#[derive(Debug)]
+pub(crate) struct PoolGuard(#[allow(dead_code)] FileLock);
+
+/// What one pool write changed, so it can be undone under the same lock.
+#[derive(Debug)]
+pub(crate) struct PoolUndo {
+    /// The bytes of `pool.json` before the write; `None` when there was no intact file.
+    previous: Option<Vec<u8>>,
+    /// Where a damaged `pool.json` was moved before the write.
+    set_aside: Option<PathBuf>,
+    marker: MarkerChange,
+    /// The backup link of the new version.
+    new_backup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MarkerChange {
+    None,
+    Created,
+    Removed,
+}
+
+/// What [`PoolStore::write_locked`] did after replacing `pool.json`.
+#[derive(Debug, Default)]
+struct Written {
+    backup: Option<PathBuf>,
+    marker_removed: bool,
 }
 
 fn backup_revision(path: &Path) -> Option<u64> {

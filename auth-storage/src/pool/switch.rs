@@ -1,5 +1,6 @@
-//! Moving logins between a Codex home and the pool: [`PoolStore::import`] and
-//! [`PoolStore::activate`].
+//! Moving logins between a Codex home and the pool: [`PoolStore::import`] (and
+//! [`PoolStore::import_all`], all or nothing) and [`PoolStore::activate`] /
+//! [`PoolStore::switch_to`] (locks, step order and rollback in a table on `switch_to`).
 
 use auth_core::{AuthDocument, AuthMode, Timestamp};
 
@@ -16,32 +17,53 @@ impl PoolStore {
     /// [`StorageError::Invalid`] when the Codex home has no login or an API-key login
     /// (only ChatGPT logins can be pooled); storage errors otherwise.
     pub fn import(&self, store: &dyn CredentialStore, now: u64) -> Result<(Upsert, Account)> {
-        let where_ = store.home().dir().display().to_string();
-        let doc = store.load()?.ok_or_else(|| StorageError::Invalid {
+        let mut done = self.import_all(&[store], now)?;
+        done.pop().ok_or_else(|| StorageError::Invalid {
             what: "Codex login",
-            detail: format!("no login found in {where_}; run `codex login` there first"),
-        })?;
-        let tokens = match (doc.effective_mode(), doc.tokens) {
-            (Some(AuthMode::Chatgpt), Some(tokens)) => tokens,
-            (mode, _) => {
-                return Err(StorageError::Invalid {
-                    what: "Codex login",
-                    detail: format!(
-                        "the login in {where_} is {} — only ChatGPT logins (with tokens) can be \
-                         added to the pool",
-                        mode.map(|m| format!("an `{m}` login"))
-                            .unwrap_or_else(|| "empty".to_owned())
-                    ),
-                });
-            }
-        };
-        let account = Account::from_login(tokens, doc.last_refresh, now);
+            detail: "nothing was imported".to_owned(),
+        })
+    }
+
+    /// [`import`](Self::import) for several Codex homes at once, all or nothing: every
+    /// home's login is read and checked first, and only when all are usable are they added
+    /// in one pool update (a home that cannot be imported means none is). Returns one
+    /// outcome per store, in order; two homes holding the same login both name its entry.
+    ///
+    /// ```
+    /// use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore};
+    /// # fn main() -> Result<(), auth_storage::StorageError> {
+    /// let tmp = tempfile::tempdir().unwrap();
+    /// let pool = PoolStore::new(tmp.path().join("pool"));
+    /// let empty = FileStore::new(CodexHome::new(tmp.path().join("no-login")));
+    /// // A home without a login: refused, and the pool was not even created.
+    /// assert!(pool.import_all(&[&empty], 0).is_err());
+    /// assert!(!pool.file().exists());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`import`](Self::import), for the first home that cannot be imported; then the
+    /// pool is unchanged.
+    pub fn import_all(
+        &self,
+        stores: &[&dyn CredentialStore],
+        now: u64,
+    ) -> Result<Vec<(Upsert, Account)>> {
+        let accounts = stores
+            .iter()
+            .map(|store| importable(*store, now))
+            .collect::<Result<Vec<_>>>()?;
         self.update(|pool| {
-            let outcome = pool.upsert(account);
-            let index = match outcome {
-                Upsert::Added(i) | Upsert::Updated(i) => i,
-            };
-            (outcome, pool.accounts[index].clone())
+            accounts
+                .into_iter()
+                .map(|account| {
+                    let outcome = pool.upsert(account);
+                    let index = match outcome {
+                        Upsert::Added(i) | Upsert::Updated(i) => i,
+                    };
+                    (outcome, pool.accounts[index].clone())
+                })
+                .collect()
         })
     }
 
@@ -61,59 +83,57 @@ impl PoolStore {
 
     /// [`activate`](Self::activate), reporting what happened to the login it replaced.
     ///
-    /// Under the Codex CLI's own locks (so `codex` cannot refresh in between):
+    /// The whole switch runs under both locks, taken in this order and held to the end:
+    /// the Codex home's (`auth.lock`, then `auth.json.lock`, as the Codex CLI takes them),
+    /// then the pool's (`pool.lock`). Nothing in this workspace takes the pool lock and then
+    /// a home's, so the order cannot deadlock; a concurrent `remove` or `update` of the pool
+    /// waits for the switch (or the switch for it), and `codex` cannot refresh in between.
+    /// Under the locks the home's login is read and `index` is checked against the pool as
+    /// it is then.
     ///
-    /// 1. the login currently in `store`, if it is a ChatGPT login, goes into the pool
-    ///    ([`Pool::upsert`](super::Pool::upsert): the same login gets the home's tokens,
-    ///    which the CLI may have refreshed since, unless the pool's copy was refreshed
-    ///    later; an unknown login is added) — otherwise switching away and back would
-    ///    resurrect a spent refresh token;
-    /// 2. the account at `index` (with those fresh tokens if it is the same login) is
-    ///    written to `store`;
-    /// 3. it is marked active.
+    /// | step | what is written | if it fails |
+    /// |------|-----------------|-------------|
+    /// | 1 | nothing: the home's login is read and checked (API-key or damaged logins are refused), `index` is checked | error, nothing changed |
+    /// | 2 | `pool.json`, atomically: the home's ChatGPT login merged in (rule below), account `index` marked active | error, nothing changed (the write is all or nothing) |
+    /// | 3 | the home's login (`auth.json` or keyring): account `index`, with the merged tokens | step 2 is undone (the previous `pool.json` bytes put back): [`StorageError::RolledBack`] |
+    /// | 3′ | undoing step 2 fails too | [`StorageError::PartiallyApplied`]: the pool has the merged login and the new active account, the home still has its old login; nothing is lost, run the switch again |
     ///
-    /// Locks are taken in this order: the Codex home's, then the pool's.
+    /// Merge rule for the home's login (step 2): a login the pool does not know is added
+    /// ([`Pool::upsert`](super::Pool::upsert)); a known one gets the home's tokens — which
+    /// the CLI may have refreshed since — unless the pool's copy was refreshed strictly
+    /// later (e.g. by a proxy), in which case the pool's copy is kept and is what the
+    /// home gets if `index` is that account. Without this, switching away and back would
+    /// resurrect a spent refresh token.
+    ///
+    /// The pool is written before the home because the pool keeps the home's login: if the
+    /// home were overwritten first and the pool write then failed, the home's login would
+    /// exist nowhere but in memory. For the same reason a crash (power loss, `kill -9`)
+    /// between steps 2 and 3 loses nothing: the pool then names account `index` as active
+    /// while the home still holds its previous login, which the pool also holds; running
+    /// the switch again completes it.
     ///
     /// # Errors
     /// [`StorageError::Invalid`] when `index` is out of range or `store` holds an API-key
     /// login (which the pool cannot keep, so replacing it would lose it); a damaged
-    /// `auth.json` ([`StorageError::AuthFile`]) is not replaced either. In every error case
-    /// neither the Codex home nor the pool has changed.
+    /// `auth.json` ([`StorageError::AuthFile`]) is not replaced either. In those cases, and
+    /// for every other error except [`StorageError::PartiallyApplied`], neither the Codex
+    /// home nor `pool.json` has changed ([`StorageError::effect`] tells which).
     pub fn switch_to(
         &self,
         index: usize,
         store: &dyn CredentialStore,
         now: u64,
     ) -> Result<Activated> {
-        let guard = store.home().lock()?;
-        let current = store.load()?;
-        let refuse = |kind: String| StorageError::Invalid {
-            what: "Codex login",
-            detail: format!(
-                "{} holds {kind}, which the pool cannot keep; replacing it would lose it — \
-                 run `codex logout` there first if that is what you want",
-                store.home().dir().display()
-            ),
-        };
-        let outgoing = match current {
-            None => None,
-            Some(doc) => match (doc.auth_mode, doc.tokens) {
-                (Some(AuthMode::ApiKey), _) => return Err(refuse("an API-key login".into())),
-                (Some(AuthMode::Other(mode)), _) => {
-                    let mode: String = mode.chars().take(20).collect();
-                    return Err(refuse(format!("a login of unknown kind {mode:?}")));
-                }
-                // A ChatGPT login (older CLIs may also have stored an API key they derived
-                // from it; it can be derived again).
-                (_, Some(tokens)) => Some(Account::from_login(tokens, doc.last_refresh, now)),
-                (_, None) if doc.openai_api_key.is_some() => {
-                    return Err(refuse("an API-key login".into()));
-                }
-                // Nothing usable to keep.
-                (_, None) => None,
-            },
-        };
-        let (account, previous) = self.try_update(|pool| {
+        // Plain bad input (a number past the end) is refused before any lock file or
+        // directory is created; the number is checked again under the locks.
+        let len = self.load()?.pool.accounts.len();
+        if index >= len {
+            return Err(out_of_range(index, len));
+        }
+        let home_guard = store.home().lock()?;
+        let pool_guard = self.lock_pool()?;
+        let outgoing = outgoing_login(store, now)?;
+        let (activated, undo) = self.change_locked(&pool_guard, |pool| {
             let len = pool.accounts.len();
             if index >= len {
                 return Err(out_of_range(index, len));
@@ -131,31 +151,127 @@ impl PoolStore {
                 };
                 (outcome, pool.accounts[i].clone())
             });
-            Ok::<_, StorageError>((pool.accounts[index].clone(), previous))
+            // `upsert` only appends or updates in place, so `index` still names the account.
+            pool.set_active(index, now);
+            Ok::<_, StorageError>(Activated {
+                account: pool.accounts[index].clone(),
+                previous,
+            })
         })?;
         let doc = AuthDocument::chatgpt(
-            account.tokens.clone(),
-            account.last_refresh.clone().unwrap_or_else(Timestamp::now),
+            activated.account.tokens.clone(),
+            activated
+                .account
+                .last_refresh
+                .clone()
+                .unwrap_or_else(Timestamp::now),
         );
-        store.save_locked(&doc, &guard)?;
-        let key = account.key();
-        self.try_update(|pool| {
-            // Find it again by identity: another process may have reordered the pool.
-            let i = pool
-                .accounts
-                .iter()
-                .position(|a| a.key() == key)
-                .ok_or_else(|| StorageError::Invalid {
-                    what: "account",
-                    detail: "the account was removed by another process while it was being \
-                             activated"
-                        .to_owned(),
-                })?;
-            pool.set_active(i, now);
-            Ok::<_, StorageError>(())
-        })?;
-        drop(guard);
-        Ok(Activated { account, previous })
+        let saved = save_checked(store, &doc, &home_guard);
+        match (saved, undo) {
+            (Ok(()), undo) => {
+                if let Some(undo) = &undo {
+                    self.prune_best_effort(undo);
+                }
+                Ok(activated)
+            }
+            // The pool did not change (the account was already active with these tokens):
+            // the failed save is the only step, and it changed nothing.
+            (Err(cause), None) => Err(cause),
+            (Err(cause), Some(undo)) => match self.undo_locked(&pool_guard, undo) {
+                Ok(()) => Err(StorageError::RolledBack {
+                    operation: SWITCH,
+                    cause: Box::new(cause),
+                }),
+                Err(undo_error) => Err(StorageError::PartiallyApplied {
+                    operation: SWITCH,
+                    cause: Box::new(cause),
+                    undo_error: Box::new(undo_error),
+                    applied: format!(
+                        "{} marks account #{} active and keeps the login {} held, but {} \
+                         still holds its previous login; nothing is lost — fix the cause and \
+                         run the switch again",
+                        self.file().display(),
+                        index + 1,
+                        store.home().dir().display(),
+                        store.home().dir().display(),
+                    ),
+                }),
+            },
+        }
+    }
+}
+
+const SWITCH: &str = "switching the Codex home's login";
+
+/// The home's current login as a pool account (`None`: nothing worth keeping), or a refusal
+/// when it holds something the pool cannot keep.
+fn outgoing_login(store: &dyn CredentialStore, now: u64) -> Result<Option<Account>> {
+    let refuse = |kind: String| StorageError::Invalid {
+        what: "Codex login",
+        detail: format!(
+            "{} holds {kind}, which the pool cannot keep; replacing it would lose it — \
+             run `codex logout` there first if that is what you want",
+            store.home().dir().display()
+        ),
+    };
+    let Some(doc) = store.load()? else {
+        return Ok(None);
+    };
+    match (doc.auth_mode, doc.tokens) {
+        (Some(AuthMode::ApiKey), _) => Err(refuse("an API-key login".into())),
+        (Some(AuthMode::Other(mode)), _) => {
+            let mode: String = mode.chars().take(20).collect();
+            Err(refuse(format!("a login of unknown kind {mode:?}")))
+        }
+        // A ChatGPT login (older CLIs may also have stored an API key they derived from it;
+        // it can be derived again).
+        (_, Some(tokens)) => Ok(Some(Account::from_login(tokens, doc.last_refresh, now))),
+        (_, None) if doc.openai_api_key.is_some() => Err(refuse("an API-key login".into())),
+        // Nothing usable to keep.
+        (_, None) => Ok(None),
+    }
+}
+
+/// Save `doc`; when the save reports an error, re-read the store: a save whose last step
+/// failed after the document was already in place (e.g. the directory fsync after the
+/// rename) took effect, and undoing the pool then would leave the two disagreeing.
+fn save_checked(
+    store: &dyn CredentialStore,
+    doc: &AuthDocument,
+    guard: &crate::CommitGuard,
+) -> Result<()> {
+    match store.save_locked(doc, guard) {
+        Ok(()) => Ok(()),
+        Err(err) => match store.load() {
+            Ok(Some(now_there)) if &now_there == doc => {
+                tracing::warn!(%err, "the login was saved, but a later step of the save failed");
+                Ok(())
+            }
+            _ => Err(err),
+        },
+    }
+}
+
+/// The ChatGPT login in `store` as a pool account, or why it cannot be pooled.
+fn importable(store: &dyn CredentialStore, now: u64) -> Result<Account> {
+    let where_ = store.home().dir().display().to_string();
+    let doc = store.load()?.ok_or_else(|| StorageError::Invalid {
+        what: "Codex login",
+        detail: format!("no login found in {where_}; run `codex login` there first"),
+    })?;
+    match (doc.effective_mode(), doc.tokens) {
+        (Some(AuthMode::Chatgpt), Some(tokens)) => {
+            Ok(Account::from_login(tokens, doc.last_refresh, now))
+        }
+        (mode, _) => Err(StorageError::Invalid {
+            what: "Codex login",
+            detail: format!(
+                "the login in {where_} is {} — only ChatGPT logins (with tokens) can be added \
+                 to the pool",
+                mode.map(|m| format!("an `{m}` login"))
+                    .unwrap_or_else(|| "empty".to_owned())
+            ),
+        }),
     }
 }
 
