@@ -306,9 +306,24 @@ pub fn tighten_mode(file: &File, path: &Path, mode: u32) -> Result<(), FileError
     Ok(())
 }
 
-/// Open with `options` plus `O_NONBLOCK`, then check the opened handle is a regular file.
-/// `Ok(None)` when the path does not exist.
-fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<Option<File>, FileError> {
+/// Open `path` with `options` plus `O_NONBLOCK` (Unix), then check the opened handle is a
+/// regular file; `Ok(None)` when the path does not exist. The building block of the other
+/// functions here, for callers that need their own options (e.g. a lock file opened
+/// read-write and created with a mode).
+///
+/// # Errors
+/// [`FileError::NotRegular`] (also when the open itself fails because of what is there,
+/// e.g. a directory opened for writing), [`FileError::Io`].
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut options = std::fs::OpenOptions::new();
+/// options.read(true).write(true).create(true);
+/// let lock = auth_core::regular_file::open_checked(&dir.path().join("pool.lock"), &mut options);
+/// assert!(lock.unwrap().is_some());
+/// assert!(auth_core::regular_file::open_checked(dir.path(), &mut options).is_err());
+/// ```
+pub fn open_checked(path: &Path, options: &mut OpenOptions) -> Result<Option<File>, FileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;

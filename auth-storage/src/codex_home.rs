@@ -101,7 +101,8 @@ impl CodexHome {
     /// (`auth.json.lock`), waiting at most `timeout` for each. Hold the returned guard for the
     /// whole load → decide → save sequence.
     pub fn lock_for_commit(&self, timeout: Duration) -> Result<CommitGuard> {
-        std::fs::create_dir_all(&self.dir)
+        // A Codex home holds credentials: one we create is private (0700), parents too.
+        auth_core::regular_file::create_private_dir_all(&self.dir)
             .map_err(|e| StorageError::io("create the directory", &self.dir, e))?;
         let commit = FileLock::acquire(&self.commit_lock_file(), COMMIT_LOCK_MODE, timeout)?;
         let file = FileLock::acquire(&self.file_lock_file(), FILE_LOCK_MODE, timeout)?;

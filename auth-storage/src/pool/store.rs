@@ -21,6 +21,10 @@ const RESET_MARKER: &str = "pool.reset";
 const BACKUP_PREFIX: &str = "pool.json.bak-";
 const DAMAGED_PREFIX: &str = "pool.json.damaged-";
 const TEMP_PREFIX: &str = ".pool-";
+/// Largest `pool.json` (or pool backup) read: 1 GiB, room for well over 100,000 accounts
+/// with real-sized tokens (about 5 KiB each). Checked on the opened file's size before
+/// reading and again while reading.
+pub const POOL_FILE_MAX_BYTES: u64 = 1 << 30;
 /// How many backups [`PoolStore`] keeps unless told otherwise.
 pub const DEFAULT_BACKUPS: usize = 5;
 
@@ -171,7 +175,7 @@ impl PoolStore {
     /// [`StorageError::Unrecoverable`] when it is damaged and no backup is valid.
     pub fn load(&self) -> Result<Loaded> {
         let path = self.file();
-        let problem = match read_if_exists(&path)? {
+        let problem = match read_if_exists(&path, POOL_FILE_MAX_BYTES)? {
             None => RestoreReason::MissingStorage,
             Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RestoreReason::EmptyStorage,
             Some(bytes) => match parse(&bytes) {
@@ -215,7 +219,7 @@ impl PoolStore {
             });
         }
         for backup in backups {
-            let Ok(Some(bytes)) = read_if_exists(&backup) else {
+            let Ok(Some(bytes)) = read_if_exists(&backup, POOL_FILE_MAX_BYTES) else {
                 continue;
             };
             if let Ok((mut pool, from)) = parse(&bytes) {
@@ -396,17 +400,23 @@ impl PoolStore {
         }
     }
 
-    /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
-    /// copy, and it is the exact bytes that were live).
+    /// Keep the current `pool.json` as a backup named after its revision: a hard link (no
+    /// copy, and it is the exact bytes that were live) when the file is private, else a
+    /// private copy — a link shares the old file's mode, and a world-readable backup of every
+    /// token must not outlive the loose file.
     fn link_backup(&self, main: &Path, revision: u64) -> Result<()> {
+        // A symlinked pool.json: back up what it points to, never the link itself.
+        let main = crate::atomic::resolve_target(main)?;
+        let main = main.as_path();
         if !main.exists() {
             return Ok(());
         }
         let backup = self.dir.join(format!("{BACKUP_PREFIX}{revision:012}"));
         remove_if_exists(&backup)?;
-        if std::fs::hard_link(main, &backup).is_err() {
-            // File systems without hard links: copy (still atomic, still 0600).
-            if let Some(bytes) = read_if_exists(main)? {
+        if !is_private(main) || std::fs::hard_link(main, &backup).is_err() {
+            // Loose mode, or a file system without hard links (or the target on another
+            // one): copy, atomically and 0600.
+            if let Some(bytes) = read_if_exists(main, POOL_FILE_MAX_BYTES)? {
                 write_atomic(&backup, &bytes, TEMP_PREFIX)?;
             }
         }
@@ -414,7 +424,11 @@ impl PoolStore {
     }
 
     fn prune_backups(&self) -> Result<()> {
-        for old in self.backups_newest_first()?.into_iter().skip(self.backups) {
+        let backups = self.backups_newest_first()?;
+        for kept in backups.iter().take(self.backups) {
+            tighten_backup(kept);
+        }
+        for old in backups.into_iter().skip(self.backups) {
             remove_if_exists(&old)?;
         }
         Ok(())
@@ -509,6 +523,39 @@ fn classify(e: &serde_json::Error) -> ParseFailure {
         ))
     } else {
         ParseFailure::Corrupt(describe_json_error(e))
+    }
+}
+
+/// Whether only the owner may read `path` (Unix; always true elsewhere, where ACLs of the
+/// user's profile directory apply).
+fn is_private(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        true
+    }
+}
+
+/// A backup left with a loose mode (e.g. linked from a loose `pool.json` by an older
+/// version) is tightened to 0600. Only regular files that are not symlinks are touched; a
+/// failure is logged, not fatal: the save itself succeeded.
+fn tighten_backup(path: &Path) {
+    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if !regular || is_private(path) {
+        return;
+    }
+    let result =
+        auth_core::regular_file::open_regular(path, u64::MAX).and_then(|opened| match opened {
+            Some((file, _)) => auth_core::regular_file::tighten_mode(&file, path, 0o600),
+            None => Ok(()),
+        });
+    if let Err(err) = result {
+        tracing::warn!(backup = %path.display(), error = %err, "could not make a pool backup private");
     }
 }
 
