@@ -318,3 +318,71 @@ fn directories_the_programs_create_are_private() {
         assert_eq!(mode(&f), 0o600, "{f:?}");
     }
 }
+
+#[test]
+fn accounts_add_refuses_a_fifo_login_log_without_blocking() {
+    use examples::account_add::{AddOptions, add_account_blocking};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    Planted::Fifo.plant(&pool.join("login.log"));
+    let options = AddOptions::for_pool(&pool)
+        .no_browser(true)
+        .issuer(Some("http://127.0.0.1:9".to_owned()))
+        .listen(Some("127.0.0.1:0".parse().unwrap()))
+        .timeout(Duration::from_secs(5));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(add_account_blocking(&options).map(|a| a.to_string()));
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a FIFO login.log must not block `accounts add`")
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("login.log"), "{text}");
+    assert!(text.contains("FIFO"), "{text}");
+    assert!(
+        PoolStore::new(&pool)
+            .load()
+            .unwrap()
+            .pool
+            .accounts
+            .is_empty(),
+        "nothing added"
+    );
+}
+
+/// What the programs print for a FIFO, with the temporary directory replaced by `[DIR]`.
+#[test]
+fn refusal_messages_of_the_programs() {
+    let (Some(status), Some(accounts), Some(rewrite)) = (
+        common::example_or_skip("auth-status", "refusal_messages"),
+        common::example_or_skip("accounts", "refusal_messages"),
+        common::example_or_skip("config-rewrite", "refusal_messages"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("codex-home");
+    std::fs::create_dir(&home).unwrap();
+    Planted::Fifo.plant(&home.join("auth.json"));
+    Planted::Fifo.plant(&home.join("config.toml"));
+    let pool = dir.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    Planted::DevZeroLink.plant(&pool.join("pool.json"));
+    let runs = [
+        run(&status, dir.path(), &["--codex-home", s(&home)]),
+        run(&accounts, dir.path(), &["--pool-dir", s(&pool), "list"]),
+        run(
+            &rewrite,
+            dir.path(),
+            &["status", "--config", s(&home.join("config.toml"))],
+        ),
+    ];
+    let text: String = runs
+        .iter()
+        .map(|r| r.stderr.replace(s(dir.path()), "[DIR]"))
+        .collect();
+    insta::assert_snapshot!(text);
+}
