@@ -20,7 +20,6 @@
 //! Reads ([`read_if_exists`]) open without blocking, accept only regular files and stop at a
 //! size limit given per kind of file.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -152,7 +151,7 @@ fn is_sharing_violation(err: &std::io::Error) -> bool {
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir)
+        std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StorageError::io("fsync the directory", dir, e))?;
     }

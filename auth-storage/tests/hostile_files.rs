@@ -383,3 +383,44 @@ fn umask_child() {
     // auth.lock is created like the Codex CLI creates it (0644 requested): empty, no secret.
     assert_eq!(mode(&home.commit_lock_file()), 0o644);
 }
+
+/// The real Codex CLI with a symlinked `auth.json`: it writes through the link (keeping it)
+/// and locks `<target>.lock`; we do the same, and each reads what the other wrote.
+#[test]
+fn a_symlinked_auth_json_interoperates_with_the_codex_cli() {
+    let Some(codex) = common::codex_bin() else {
+        return common::skip("a_symlinked_auth_json_interoperates", "Codex CLI not found");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("dotfiles");
+    std::fs::create_dir(&dot).unwrap();
+    let home = CodexHome::new(dir.path().join("home"));
+    std::fs::create_dir(home.dir()).unwrap();
+    std::os::unix::fs::symlink("../dotfiles/auth.json", home.auth_file()).unwrap();
+    let store = FileStore::new(home.clone());
+    store.save(&api_key_doc()).unwrap();
+    assert!(
+        dot.join("auth.json.lock").is_file(),
+        "we lock where the CLI locks"
+    );
+    let (code, out) = common::run_codex(&codex, home.dir(), &["login", "status"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("API key configured"), "{out}");
+    let (code, out) = common::run_codex(
+        &codex,
+        home.dir(),
+        &["login", "--with-api-key"],
+        Some("sk-from-the-cli\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        std::fs::symlink_metadata(home.auth_file())
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the CLI kept the link"
+    );
+    let doc = store.load().unwrap().unwrap();
+    assert_eq!(doc.openai_api_key.unwrap().expose(), "sk-from-the-cli");
+    assert_eq!(mode(&dot.join("auth.json")), 0o600);
+}
