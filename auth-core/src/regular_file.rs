@@ -656,4 +656,41 @@ mod tests {
         .collect();
         insta::assert_snapshot!(texts.join("\n"));
     }
+
+    /// `/proc` files are regular files that report size 0 but hold more: the limit must hold
+    /// while reading, not only on the reported size (as for a file growing after the check).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_limit_holds_while_reading_when_the_size_lies() {
+        let path = Path::new("/proc/self/status");
+        assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
+        let err = read_regular(path, 16).unwrap_err();
+        assert!(
+            matches!(err, FileError::TooLarge { limit: 16, .. }),
+            "{err:?}"
+        );
+        assert!(read_regular(path, 1 << 20).unwrap().unwrap().len() > 16);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn reads_back_exactly_up_to_the_limit_and_refuses_beyond(len in 0usize..4096, limit in 0u64..4096) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &bytes).unwrap();
+            match read_regular(&path, limit) {
+                Ok(Some(read)) => {
+                    proptest::prop_assert!(len as u64 <= limit);
+                    proptest::prop_assert_eq!(read, bytes);
+                }
+                Err(FileError::TooLarge { limit: l, .. }) => {
+                    proptest::prop_assert!(len as u64 > limit);
+                    proptest::prop_assert_eq!(l, limit);
+                }
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }
