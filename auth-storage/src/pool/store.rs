@@ -79,6 +79,13 @@ pub struct Loaded {
 /// * `pool.json.damaged-…` — a damaged main file moved aside, never deleted by us;
 /// * `pool.reset` — marks an intentional [`reset`](Self::reset).
 ///
+/// `pool.json`, its backups and `pool.lock` must be regular files: a FIFO, socket, device
+/// or directory there (or a symlink to one) is refused at once with
+/// [`StorageError::NotRegularFile`] (a hostile backup is skipped by recovery), and files
+/// over [`POOL_FILE_MAX_BYTES`] with [`StorageError::FileTooLarge`]. A symlinked
+/// `pool.json` is followed and kept; its backups are real files. Everything written is
+/// 0600 and a directory created for the pool is 0700 (an existing one keeps its mode).
+///
 /// ```
 /// use auth_storage::PoolStore;
 /// # fn main() -> Result<(), auth_storage::StorageError> {
