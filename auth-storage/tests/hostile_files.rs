@@ -424,3 +424,18 @@ fn a_symlinked_auth_json_interoperates_with_the_codex_cli() {
     assert_eq!(doc.openai_api_key.unwrap().expose(), "sk-from-the-cli");
     assert_eq!(mode(&dot.join("auth.json")), 0o600);
 }
+
+#[test]
+fn a_directory_named_like_a_backup_never_fails_a_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path()).with_backups(2);
+    std::fs::create_dir(dir.path().join("pool.json.bak-000000000099")).unwrap();
+    for i in 0..5 {
+        let id = format!("acct-{i}");
+        store
+            .update(|p| p.upsert(account(&format!("{id}@example.com"), &id)))
+            .unwrap();
+    }
+    assert_eq!(store.backups_newest_first().unwrap().len(), 2);
+    assert_eq!(store.load().unwrap().pool.accounts.len(), 5);
+}

@@ -386,3 +386,95 @@ fn refusal_messages_of_the_programs() {
         .collect();
     insta::assert_snapshot!(text);
 }
+
+fn seeded_pool(pool: &Path) {
+    PoolStore::new(pool)
+        .update(|p| {
+            let tokens = login_doc("acct-a").tokens.unwrap();
+            p.upsert(Account::from_login(tokens, None, 1_700_000_000))
+        })
+        .unwrap();
+}
+
+#[test]
+fn accounts_use_and_remove_refuse_hostile_files_and_change_nothing() {
+    let Some(bin) = common::example_or_skip("accounts", "accounts_use_remove") else {
+        return;
+    };
+    for planted in Planted::all(auth_core::regular_file::AUTH_JSON_MAX_BYTES) {
+        // `use` first keeps the target home's current login: its auth.json is hostile.
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        seeded_pool(&pool);
+        let before = std::fs::read(pool.join("pool.json")).unwrap();
+        let target = dir.path().join("target-home");
+        std::fs::create_dir(&target).unwrap();
+        let _guard = planted.plant(&target.join("auth.json"));
+        let out = run(
+            &bin,
+            dir.path(),
+            &[
+                "--pool-dir",
+                s(&pool),
+                "use",
+                "1",
+                "--codex-home",
+                s(&target),
+            ],
+        );
+        refused(&out, planted, "auth.json", "accounts use");
+        assert!(
+            planted.still_there(&target.join("auth.json")),
+            "{planted:?}"
+        );
+        assert_eq!(std::fs::read(pool.join("pool.json")).unwrap(), before);
+    }
+    for planted in Planted::all(auth_storage::pool::POOL_FILE_MAX_BYTES) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        std::fs::create_dir(&pool).unwrap();
+        let _guard = planted.plant(&pool.join("pool.json"));
+        let out = run(&bin, dir.path(), &["--pool-dir", s(&pool), "remove", "1"]);
+        refused(&out, planted, "pool.json", "accounts remove");
+        assert!(planted.still_there(&pool.join("pool.json")), "{planted:?}");
+    }
+}
+
+#[test]
+fn rotation_proxy_refuses_a_non_regular_pool_json_at_start() {
+    let Some(bin) = common::example_or_skip("rotation-proxy", "rotation_proxy_refuses") else {
+        return;
+    };
+    for planted in Planted::all(auth_storage::pool::POOL_FILE_MAX_BYTES) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        std::fs::create_dir(&pool).unwrap();
+        let home = dir.path().join("codex-home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("config.toml"), "model = \"o3\"\n").unwrap();
+        let _guard = planted.plant(&pool.join("pool.json"));
+        let out = run(
+            &bin,
+            dir.path(),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--pool-dir",
+                s(&pool),
+                "--codex-home",
+                s(&home),
+                "--upstream",
+                "http://127.0.0.1:9/v1",
+                "--token-url",
+                "http://127.0.0.1:9/oauth/token",
+            ],
+        );
+        refused(&out, planted, "pool.json", "rotation-proxy");
+        assert!(planted.still_there(&pool.join("pool.json")), "{planted:?}");
+        assert_eq!(
+            std::fs::read_to_string(home.join("config.toml")).unwrap(),
+            "model = \"o3\"\n",
+            "config.toml not rewritten"
+        );
+    }
+}

@@ -450,6 +450,8 @@ impl PoolStore {
         };
         let mut found: Vec<(u64, PathBuf)> = entries
             .filter_map(|e| e.ok())
+            // A directory is never one of our backups (and could not be pruned).
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .filter_map(|e| {
                 let path = e.path();
                 Some((backup_revision(&path)?, path))
