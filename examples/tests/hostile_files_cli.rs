@@ -478,3 +478,43 @@ fn rotation_proxy_refuses_a_non_regular_pool_json_at_start() {
         );
     }
 }
+
+/// `auth.json` → `/dev/stdin` while stdin is a pipe nobody writes to: reading it would wait
+/// forever; the program must refuse it as a FIFO at once.
+#[test]
+fn auth_status_refuses_a_link_to_a_silent_stdin_pipe() {
+    use std::process::Stdio;
+    use std::time::Instant;
+    let Some(bin) = common::example_or_skip("auth-status", "auth_status_stdin") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/stdin", dir.path().join("auth.json")).unwrap();
+    let mut child = Command::new(bin)
+        .args(["--codex-home", s(dir.path())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _silent_writer = child.stdin.take();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("auth-status blocked on a /dev/stdin auth.json");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is a FIFO (named pipe), not a regular file"),
+        "{stderr}"
+    );
+}
