@@ -182,7 +182,13 @@ impl PoolStore {
     /// [`StorageError::Unrecoverable`] when it is damaged and no backup is valid.
     pub fn load(&self) -> Result<Loaded> {
         let path = self.file();
-        let problem = match read_if_exists(&path, POOL_FILE_MAX_BYTES)? {
+        let read = read_if_exists(&path, POOL_FILE_MAX_BYTES)?;
+        if read.is_some() {
+            // Every account's tokens: a pool file someone loosened is made private again
+            // even when this load writes nothing.
+            tighten_private(&path);
+        }
+        let problem = match read {
             None => RestoreReason::MissingStorage,
             Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RestoreReason::EmptyStorage,
             Some(bytes) => match parse(&bytes) {
@@ -551,11 +557,19 @@ fn is_private(path: &Path) -> bool {
 }
 
 /// A backup left with a loose mode (e.g. linked from a loose `pool.json` by an older
-/// version) is tightened to 0600. Only regular files that are not symlinks are touched; a
-/// failure is logged, not fatal: the save itself succeeded.
+/// version) is tightened to 0600. Only regular files that are not symlinks are touched.
 fn tighten_backup(path: &Path) {
     let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
-    if !regular || is_private(path) {
+    if regular {
+        tighten_private(path);
+    }
+}
+
+/// Make a regular file (symlinks followed) that group or others may read 0600, through the
+/// opened handle. A failure (e.g. the file belongs to someone else) is logged, not fatal:
+/// the caller's read or save itself succeeded.
+fn tighten_private(path: &Path) {
+    if is_private(path) {
         return;
     }
     let result =
@@ -564,13 +578,40 @@ fn tighten_backup(path: &Path) {
             None => Ok(()),
         });
     if let Err(err) = result {
-        tracing::warn!(backup = %path.display(), error = %err, "could not make a pool backup private");
+        tracing::warn!(file = %path.display(), error = %err, "could not make a pool file private");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loose file is copied into a new private backup, never hard-linked (a link shares
+    /// the loose mode).
+    #[cfg(unix)]
+    #[test]
+    fn a_loose_main_file_is_backed_up_as_a_private_copy() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        let main = store.file();
+        std::fs::write(&main, b"{}").unwrap();
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o644)).unwrap();
+        store.link_backup(&main, 7).unwrap();
+        let backup = dir.path().join(format!("{BACKUP_PREFIX}{:012}", 7));
+        let meta = std::fs::metadata(&backup).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_ne!(meta.ino(), std::fs::metadata(&main).unwrap().ino());
+        assert_eq!(std::fs::read(&backup).unwrap(), b"{}");
+        // A private file is linked (cheap, same bytes).
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o600)).unwrap();
+        store.link_backup(&main, 8).unwrap();
+        let linked = dir.path().join(format!("{BACKUP_PREFIX}{:012}", 8));
+        assert_eq!(
+            std::fs::metadata(&linked).unwrap().ino(),
+            std::fs::metadata(&main).unwrap().ino()
+        );
+    }
 
     #[test]
     fn project_pools_are_per_project_under_the_base() {
