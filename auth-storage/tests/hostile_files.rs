@@ -451,3 +451,49 @@ fn loading_a_loose_pool_json_makes_it_private() {
         "content untouched"
     );
 }
+
+#[test]
+fn a_damaged_symlinked_pool_json_is_kept_aside_and_the_link_survives_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let real = dir.path().join("synced/pool.json");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::create_dir(&pool_dir).unwrap();
+    std::os::unix::fs::symlink(&real, pool_dir.join("pool.json")).unwrap();
+    let store = PoolStore::new(&pool_dir);
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    store
+        .update(|p| p.extra.insert("k".into(), 1.into()))
+        .unwrap();
+    // Damaged in place (the newest backup is a link to the same bytes; revision 1 is not).
+    std::fs::write(&real, b"{ not json").unwrap();
+    store
+        .update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    assert!(
+        std::fs::symlink_metadata(store.file())
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        store.load().unwrap().pool.accounts.len(),
+        2,
+        "restored, then added"
+    );
+    let damaged: Vec<_> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pool.json.damaged-")
+        })
+        .collect();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(std::fs::read(&damaged[0]).unwrap(), b"{ not json");
+    assert_eq!(mode(&damaged[0]), 0o600);
+}

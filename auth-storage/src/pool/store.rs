@@ -494,6 +494,15 @@ impl PoolStore {
                     self.dir.display()
                 ),
             })?;
+        let target = crate::atomic::resolve_target(&main)?;
+        if target != main {
+            // A symlinked pool.json keeps its link: keep a copy of the damaged target here;
+            // the save that follows replaces the target through the link.
+            return match read_if_exists(&target, POOL_FILE_MAX_BYTES)? {
+                Some(bytes) => write_atomic(&aside, &bytes, TEMP_PREFIX),
+                None => Ok(()),
+            };
+        }
         match std::fs::rename(&main, &aside) {
             Ok(()) => sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
