@@ -429,6 +429,7 @@ mod tests {
             .unwrap_err();
         assert!(text.contains("FIFO"), "{text}");
         assert!(text.contains(LOG_FILE_NAME), "{text}");
+        insta::assert_snapshot!(text.replace(&*dir.path().to_string_lossy(), "[DIR]"));
         std::fs::remove_file(&log).unwrap();
         std::os::unix::fs::symlink("/dev/null", &log).unwrap();
         let text = Diagnostics::open(Some(dir.path())).unwrap_err().to_string();
