@@ -17,6 +17,9 @@
 //! * [`events`] are the sign-in/refresh lifecycle as typed `tracing` events (no bodies,
 //!   no tokens); [`pkce`] builds PKCE S256 codes, `state` and the authorize URL with the
 //!   Codex CLI's defaults ([`codex`]).
+//! * [`regular_file`] opens the files these tools read (`auth.json`, `pool.json`, logs)
+//!   only when they are regular files of bounded size, without blocking on a FIFO or
+//!   device, and creates credential directories 0700.
 //! * `refresh` (feature `refresh`) refreshes tokens against the token endpoint with
 //!   single-flight: N concurrent callers, one HTTP request, one persisted result.
 //! * `login` (feature `login`) runs the browser OAuth sign-in the way `codex login`
@@ -60,6 +63,7 @@ pub mod pkce;
 pub mod redact;
 #[cfg(feature = "refresh")]
 pub mod refresh;
+pub mod regular_file;
 pub mod secret;
 pub mod terminal;
 

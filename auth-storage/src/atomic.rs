@@ -3,9 +3,23 @@
 //!
 //! A reader (or a crash at any instant) sees either the complete old file or the complete new
 //! one, never a mix, and the file is never readable by others, even briefly: the temporary file
-//! is created with mode 0600 before any byte is written.
+//! is created with mode 0600 before any byte is written, so the result is 0600 whatever the
+//! old file's mode or the umask.
+//!
+//! What is at the path is checked first:
+//!
+//! * a **symlink** is followed and kept: its final target is replaced atomically in the
+//!   target's own directory (the Codex CLI follows the link too, so both keep writing the
+//!   same file);
+//! * a **FIFO, socket, device or directory** (directly or as a symlink's target) is refused
+//!   with [`StorageError::NotRegularFile`] and left alone — never written through, never
+//!   replaced;
+//! * a **missing directory** is created with mode 0700, missing parents too. Directories
+//!   that already exist keep the mode their owner gave them.
+//!
+//! Reads ([`read_if_exists`]) open without blocking, accept only regular files and stop at a
+//! size limit given per kind of file.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -25,11 +39,29 @@ const RENAME_BACKOFF: Duration = Duration::from_millis(20);
 /// # Errors
 /// [`StorageError::Io`] naming the file or directory that failed (the old file is then
 /// untouched and the temporary file removed: an error always means the file was not
-/// replaced, so the fsync of the directory after the rename is only logged when it fails); [`StorageError::StillInUse`] when Windows kept
-/// reporting the target as open by another process through every retry.
+/// replaced, so the fsync of the directory after the rename is only logged when it fails);
+/// [`StorageError::StillInUse`] when Windows kept
+/// reporting the target as open by another process through every retry;
+/// [`StorageError::NotRegularFile`] when something other than a regular file is there.
+///
+/// ```
+/// # #[cfg(unix)] {
+/// let dir = tempfile::tempdir().unwrap();
+/// let real = dir.path().join("real-auth.json");
+/// let link = dir.path().join("auth.json");
+/// std::os::unix::fs::symlink(&real, &link).unwrap();
+/// auth_storage::atomic::write_atomic(&link, b"{}", ".auth-").unwrap();
+/// // The link is kept and its target holds the new bytes.
+/// assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+/// assert_eq!(std::fs::read(&real).unwrap(), b"{}");
+/// # }
+/// ```
 pub fn write_atomic(path: &Path, bytes: &[u8], temp_prefix: &str) -> Result<()> {
+    let target = resolve_target(path)?;
+    let path = target.as_path();
     let dir = parent_dir(path);
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create the directory", dir, e))?;
+    auth_core::regular_file::create_private_dir_all(dir)
+        .map_err(|e| StorageError::io("create the directory", dir, e))?;
     // tempfile creates the file with O_EXCL and mode 0600 on Unix.
     let mut temp = tempfile::Builder::new()
         .prefix(temp_prefix)
@@ -127,7 +159,7 @@ fn is_sharing_violation(err: &std::io::Error) -> bool {
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir)
+        std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StorageError::io("fsync the directory", dir, e))?;
     }
@@ -138,13 +170,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Read a whole file; `Ok(None)` when it does not exist.
-pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StorageError::io("read", path, e)),
+/// The file a write to `path` replaces: `path`'s final symlink target (or `path` itself),
+/// checked to be a regular file or missing.
+pub(crate) fn resolve_target(path: &Path) -> Result<std::path::PathBuf> {
+    let target = auth_core::regular_file::resolve_symlinks(path)?;
+    match auth_core::regular_file::ensure_regular_or_missing(&target) {
+        Ok(()) => Ok(target),
+        // Name the path the caller knows, not the link target.
+        Err(auth_core::regular_file::FileError::NotRegular { kind, .. }) => {
+            Err(StorageError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind,
+            })
+        }
+        Err(other) => Err(other.into()),
     }
+}
+
+/// Read a whole regular file of at most `limit` bytes; `Ok(None)` when it does not exist.
+/// Never blocks (a FIFO is refused at once) and never reads past `limit`.
+pub(crate) fn read_if_exists(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    Ok(auth_core::regular_file::read_regular(path, limit)?)
 }
 
 /// Remove a file; `Ok(false)` when it did not exist.

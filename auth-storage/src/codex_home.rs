@@ -82,9 +82,25 @@ impl CodexHome {
         self.dir.join(COMMIT_LOCK_FILE)
     }
 
-    /// `<dir>/auth.json.lock`.
+    /// `<dir>/auth.json.lock`. (When `auth.json` is a symlink, the Codex CLI — and
+    /// [`lock_for_commit`](Self::lock_for_commit) — lock `<link target>.lock` instead, beside
+    /// the file that is really written.)
     pub fn file_lock_file(&self) -> PathBuf {
         self.dir.join(FILE_LOCK_FILE)
+    }
+
+    /// The file lock the Codex CLI takes for this home: `<auth.json's final target>.lock`
+    /// (observed with Codex CLI 0.169.0 on a symlinked `auth.json`), which is
+    /// [`file_lock_file`](Self::file_lock_file) when `auth.json` is not a symlink.
+    fn file_lock_target(&self) -> Result<PathBuf> {
+        let auth = self.auth_file();
+        let target = auth_core::regular_file::resolve_symlinks(&auth)?;
+        if target == auth {
+            return Ok(self.file_lock_file());
+        }
+        let mut lock = target.into_os_string();
+        lock.push(".lock");
+        Ok(PathBuf::from(lock))
     }
 
     /// The keyring account the Codex CLI uses for this home: `cli|` followed by the first 16
@@ -101,10 +117,11 @@ impl CodexHome {
     /// (`auth.json.lock`), waiting at most `timeout` for each. Hold the returned guard for the
     /// whole load → decide → save sequence.
     pub fn lock_for_commit(&self, timeout: Duration) -> Result<CommitGuard> {
-        std::fs::create_dir_all(&self.dir)
+        // A Codex home holds credentials: one we create is private (0700), parents too.
+        auth_core::regular_file::create_private_dir_all(&self.dir)
             .map_err(|e| StorageError::io("create the directory", &self.dir, e))?;
         let commit = FileLock::acquire(&self.commit_lock_file(), COMMIT_LOCK_MODE, timeout)?;
-        let file = FileLock::acquire(&self.file_lock_file(), FILE_LOCK_MODE, timeout)?;
+        let file = FileLock::acquire(&self.file_lock_target()?, FILE_LOCK_MODE, timeout)?;
         Ok(CommitGuard {
             _file: file,
             _commit: commit,

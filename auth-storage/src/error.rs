@@ -77,6 +77,34 @@ pub enum StorageError {
         #[source]
         source: auth_core::AuthJsonError,
     },
+    /// Where a credential, pool or lock file is expected there is something else: a FIFO, a
+    /// socket, a device, a directory, or a symlink to one. Refused at once, never read,
+    /// written through or replaced.
+    #[error(
+        "{} is {kind}, not a regular file; move it away (nothing was read or written)",
+        shown(path)
+    )]
+    NotRegularFile {
+        /// The path as configured (not a symlink's target).
+        path: PathBuf,
+        /// What is there.
+        kind: auth_core::regular_file::FileKind,
+    },
+    /// A file is larger than this crate reads for its kind (see
+    /// [`AUTH_JSON_MAX_BYTES`](auth_core::regular_file::AUTH_JSON_MAX_BYTES) and
+    /// [`POOL_FILE_MAX_BYTES`](crate::pool::POOL_FILE_MAX_BYTES)); checked before reading and
+    /// while reading.
+    #[error(
+        "{} is larger than {limit} bytes, the most accepted for this file; it is not the \
+         expected file — move it away",
+        shown(path)
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The pool file was written by a newer version of this crate; we refuse to touch it.
     #[error(
         "{} has pool schema version {found}, newer than the {supported} this program \
@@ -228,6 +256,31 @@ impl StorageError {
     }
 }
 
+impl From<auth_core::regular_file::FileError> for StorageError {
+    fn from(err: auth_core::regular_file::FileError) -> Self {
+        use auth_core::regular_file::FileError;
+        match err {
+            FileError::NotRegular { path, kind } => Self::NotRegularFile { path, kind },
+            FileError::TooLarge { path, limit } => Self::FileTooLarge { path, limit },
+            FileError::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                action,
+                path,
+                source,
+            },
+            // FileError is non-exhaustive: keep whatever a newer variant says.
+            other => Self::Io {
+                action: "use",
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// serde_json's messages can quote input (e.g. `invalid type: string "sk-…"`); keep only the
 /// category so no secret from the file can reach an error message.
 pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
@@ -314,5 +367,29 @@ mod tests {
             StorageError::LockTimeout { path: hostile, waited: Duration::from_secs(10) }.to_string(),
             @"timed out after 10s waiting for the lock /tmp/pool\\x0d\\x0aerror: all tokens deleted\\x1b[2J\\u{202e}/pool.json; another process (maybe `codex`) is holding it — retry when it has finished"
         );
+    }
+
+    #[test]
+    fn file_refusal_messages() {
+        use auth_core::regular_file::{FileError, FileKind};
+        let path = PathBuf::from("/home/me/.codex/accounts/pool.json");
+        let texts: Vec<String> = [
+            FileError::NotRegular {
+                path: path.clone(),
+                kind: FileKind::Fifo,
+            },
+            FileError::NotRegular {
+                path: path.clone(),
+                kind: FileKind::CharDevice,
+            },
+            FileError::TooLarge {
+                path: path.clone(),
+                limit: crate::pool::POOL_FILE_MAX_BYTES,
+            },
+        ]
+        .into_iter()
+        .map(|e| StorageError::from(e).to_string())
+        .collect();
+        insta::assert_snapshot!(texts.join("\n"));
     }
 }

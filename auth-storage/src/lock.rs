@@ -99,7 +99,7 @@ impl Drop for FileLock {
 
 fn open_lock_file(path: &Path, mode: u32) -> Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        auth_core::regular_file::create_private_dir_all(dir)
             .map_err(|e| StorageError::io("create the directory", dir, e))?;
     }
     let mut options = OpenOptions::new();
@@ -111,9 +111,15 @@ fn open_lock_file(path: &Path, mode: u32) -> Result<File> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    options
-        .open(path)
-        .map_err(|e| StorageError::io("open the lock file", path, e))
+    // A FIFO, device or directory in place of the lock file is refused without blocking:
+    // locking `/dev/zero` would "work" and exclude nobody.
+    auth_core::regular_file::open_checked(path, &mut options)?.ok_or_else(|| {
+        StorageError::io(
+            "open the lock file",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -149,5 +155,48 @@ mod tests {
             }
         });
         assert_eq!(std::fs::read_to_string(&counter).unwrap(), "100");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_path_that_is_not_a_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.lock");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let err = FileLock::acquire(&fifo, 0o600, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NotRegularFile { .. }),
+            "{err:?}"
+        );
+        let zero = dir.path().join("zero.lock");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = FileLock::try_acquire(&zero, 0o600).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        let sub = dir.path().join("dir.lock");
+        std::fs::create_dir(&sub).unwrap();
+        let err = FileLock::try_acquire(&sub, 0o600).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn missing_lock_directories_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/x.lock");
+        drop(FileLock::acquire(&path, 0o600, Duration::from_secs(1)).unwrap());
+        for d in ["a", "a/b"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
+        }
     }
 }

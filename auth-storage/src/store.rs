@@ -63,6 +63,14 @@ pub trait CredentialStore: fmt::Debug + Send + Sync {
 
 /// `$CODEX_HOME/auth.json`, byte-compatible with the Codex CLI: pretty JSON (two spaces, no
 /// trailing newline), mode 0600, replaced atomically through a `.auth-XXXXXX` temp file.
+///
+/// `auth.json` must be a regular file of at most
+/// [`AUTH_JSON_MAX_BYTES`](auth_core::regular_file::AUTH_JSON_MAX_BYTES): a FIFO, socket,
+/// device or directory there (or a symlink to one) is refused with
+/// [`StorageError::NotRegularFile`] without blocking, a bigger file with
+/// [`StorageError::FileTooLarge`]. A symlinked `auth.json` is followed and kept: saves
+/// replace its target atomically in the target's directory (the Codex CLI writes through
+/// the link too); [`delete`](CredentialStore::delete) removes the link itself, as the CLI.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     home: CodexHome,
@@ -86,7 +94,7 @@ impl CredentialStore for FileStore {
 
     fn load(&self) -> Result<Option<AuthDocument>> {
         let path = self.home.auth_file();
-        read_if_exists(&path)?
+        read_if_exists(&path, auth_core::regular_file::AUTH_JSON_MAX_BYTES)?
             .map(|bytes| parse_auth(&bytes, path))
             .transpose()
     }

@@ -156,6 +156,32 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Where the configuration or a revert record is expected there is a FIFO, socket,
+    /// device or directory (or a symlink to one). Refused at once; nothing is read or written.
+    #[error(
+        "{} is {kind}, not a regular file; move it away (nothing was read or written)",
+        shown_path(path)
+    )]
+    NotRegularFile {
+        /// The path as given.
+        path: PathBuf,
+        /// What is there.
+        kind: crate::regular::FileKind,
+    },
+    /// The configuration or revert record is larger than accepted
+    /// ([`CONFIG_MAX_BYTES`](crate::CONFIG_MAX_BYTES),
+    /// [`RECORD_MAX_BYTES`](crate::RECORD_MAX_BYTES)); checked before and while reading.
+    #[error(
+        "{} is larger than {limit} bytes, the most accepted for this file; it is not the \
+         expected file — move it away",
+        shown_path(path)
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A revert record file exists but cannot be read as one.
     #[error(
         "{}: not a usable revert record ({}); inspect it, then move it away",

@@ -277,7 +277,9 @@ impl RevertFile {
     /// Loads the pending record, if any.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be read, [`Error::InvalidRecordFile`] when it is not a record.
+    /// [`Error::Io`] when it cannot be read, [`Error::InvalidRecordFile`] when it is not a record,
+    /// [`Error::NotRegularFile`] / [`Error::FileTooLarge`] when it is not a regular file of at
+    /// most [`RECORD_MAX_BYTES`](crate::RECORD_MAX_BYTES) (refused without blocking).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -285,10 +287,8 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load(&self) -> Result<Option<RevertRecord>, Error> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("read", &self.path, e)),
+        let Some(bytes) = crate::regular::read_regular(&self.path, crate::RECORD_MAX_BYTES)? else {
+            return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
@@ -517,8 +517,22 @@ fn lock_dir(_dir: &Path) -> Result<EditLock, Error> {
     Ok(EditLock { _dir: None })
 }
 
-/// Follows a symlinked config to its target so renaming replaces the target, not the link.
+/// Follows a symlinked config to its target so renaming replaces the target, not the link,
+/// and refuses a target that is there but not a regular file (naming `config`, the path the
+/// caller knows).
 fn resolve(config: &Path) -> Result<PathBuf, Error> {
+    let target = follow_links(config)?;
+    match crate::regular::ensure_regular_or_missing(&target) {
+        Ok(()) => Ok(target),
+        Err(Error::NotRegularFile { kind, .. }) => Err(Error::NotRegularFile {
+            path: config.to_path_buf(),
+            kind,
+        }),
+        Err(other) => Err(other),
+    }
+}
+
+fn follow_links(config: &Path) -> Result<PathBuf, Error> {
     let mut path = config.to_path_buf();
     // Bounded: a symlink loop ends with an error instead of spinning.
     for _ in 0..40 {
@@ -542,11 +556,35 @@ fn resolve(config: &Path) -> Result<PathBuf, Error> {
     ))
 }
 
+/// Reads a configuration file the way [`apply`] and [`restore`] do: `Ok(None)` when it does
+/// not exist; refused without blocking when it is a FIFO, socket, device or directory (or a
+/// symlink to one), or larger than [`CONFIG_MAX_BYTES`](crate::CONFIG_MAX_BYTES); refused
+/// with the line and column when it is not UTF-8. For programs that inspect `config.toml`
+/// beside a rewrite.
+///
+/// # Errors
+/// [`Error::NotRegularFile`], [`Error::FileTooLarge`], [`Error::Config`] (not UTF-8),
+/// [`Error::Io`].
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let config = dir.path().join("config.toml");
+/// assert_eq!(config_rewrite::read_config(&config)?, None);
+/// std::fs::write(&config, "model = \"o3\"\n")?;
+/// assert_eq!(config_rewrite::read_config(&config)?.as_deref(), Some("model = \"o3\"\n"));
+/// assert!(matches!(
+///     config_rewrite::read_config(dir.path()),
+///     Err(config_rewrite::Error::NotRegularFile { .. })
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_config(path: &Path) -> Result<Option<String>, Error> {
+    read_text(path)
+}
+
 fn read_text(path: &Path) -> Result<Option<String>, Error> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", path, e)),
+    let Some(bytes) = crate::regular::read_regular(path, crate::CONFIG_MAX_BYTES)? else {
+        return Ok(None);
     };
     String::from_utf8(bytes).map(Some).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
@@ -604,9 +642,15 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+///
+/// A symlink at `path` is followed and kept (its final target is replaced); a FIFO, socket,
+/// device or directory there is refused and left alone; missing directories are created 0700.
 fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
+    let target = resolve(path)?;
+    let path = target.as_path();
     let dir = parent_dir(path);
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    crate::regular::create_private_dir_all(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".config-rewrite-")
         .suffix(".tmp")

@@ -79,11 +79,13 @@ mod error;
 mod file;
 mod provider;
 mod record;
+mod regular;
 
 pub use edit::{
     Applied, RestoreOutcome, Restored, apply_to_str, legacy_profile_items, read_string, restore_str,
 };
 pub use error::{EditError, Error};
-pub use file::{RestoreReport, RevertFile, apply, profile_config_path, restore};
+pub use file::{RestoreReport, RevertFile, apply, profile_config_path, read_config, restore};
 pub use provider::{ProviderSpec, RESERVED_PROVIDER_IDS, Rewrite, Target, WireApi};
 pub use record::RevertRecord;
+pub use regular::{CONFIG_MAX_BYTES, FileKind, RECORD_MAX_BYTES};

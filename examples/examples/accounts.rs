@@ -151,11 +151,8 @@ fn credential_store(
     home: &CodexHome,
 ) -> Result<Box<dyn CredentialStore>, Box<dyn std::error::Error>> {
     let config = home.dir().join("config.toml");
-    let text = match std::fs::read_to_string(&config) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("could not read {}: {e}", config.display()).into()),
-    };
+    // Regular file of bounded size only: a FIFO or device here must not hang `accounts`.
+    let text = config_rewrite::read_config(&config)?.unwrap_or_default();
     let key = "cli_auth_credentials_store";
     let mode = config_rewrite::read_string(&text, &config_rewrite::Target::TopLevel, key)
         .map_err(|e| format!("{}: {e}", config.display()))?

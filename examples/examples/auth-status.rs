@@ -16,7 +16,6 @@
 //! JSON, whose serializer escapes them. An `exp` claim outside the years -9999..=9999
 //! shows as "invalid date", never as a wrong date.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -39,31 +38,31 @@ struct Args {
     json: bool,
 }
 
-/// Refuse absurd files before reading them whole (auth-core bounds parsing too).
-const MAX_READ: u64 = 2 * 1024 * 1024;
-
+/// Read `auth.json` only if it is a regular file of at most 1 MiB: a FIFO, socket, device or
+/// directory there (or a symlink to one) is refused at once instead of blocking or reading
+/// without end (see `auth_core::regular_file`).
 fn read_auth(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => {
+    use auth_core::regular_file::{AUTH_JSON_MAX_BYTES, FileError, read_regular};
+    match read_regular(path, AUTH_JSON_MAX_BYTES) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(
             "file not found: no login is stored here (run `codex login` with this CODEX_HOME)"
-                .to_owned()
+                .to_owned(),
+        ),
+        Err(FileError::NotRegular { kind, .. }) => Err(format!(
+            "is {kind}, not a regular file (expected the auth.json file); move it away"
+        )),
+        Err(FileError::TooLarge { limit, .. }) => Err(format!(
+            "is larger than {limit} bytes; it is not a Codex auth file"
+        )),
+        Err(FileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err("permission denied: run as the user who owns it".to_owned())
         }
-        std::io::ErrorKind::PermissionDenied => {
-            "permission denied: run as the user who owns it".to_owned()
-        }
-        _ => format!("cannot open: {err}"),
-    })?;
-    let meta = file
-        .metadata()
-        .map_err(|err| format!("cannot stat: {err}"))?;
-    if meta.is_dir() {
-        return Err("is a directory, expected the auth.json file".to_owned());
+        Err(FileError::Io { action, source, .. }) => Err(format!("cannot {action}: {source}")),
+        Err(other) => Err(other.to_string()),
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_READ + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read: {err}"))?;
-    Ok(bytes)
 }
 
 fn unix(t: SystemTime) -> i64 {

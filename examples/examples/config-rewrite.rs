@@ -183,10 +183,8 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Whether applying `rewrite` to the file as it is now would change nothing.
 fn already_applied(file: &Path, rewrite: &Rewrite) -> bool {
-    let text = match std::fs::read_to_string(file) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(_) => return false,
+    let Ok(text) = config_rewrite::read_config(file) else {
+        return false;
     };
     config_rewrite::apply_to_str(file, text.as_deref(), rewrite).is_ok_and(|a| !a.changed())
 }
@@ -205,7 +203,7 @@ fn warn_about_legacy_profiles(location: &Location) {
         );
         return;
     }
-    let Ok(text) = std::fs::read_to_string(&location.config) else {
+    let Ok(Some(text)) = config_rewrite::read_config(&location.config) else {
         return;
     };
     match config_rewrite::legacy_profile_items(&text, name) {
@@ -274,11 +272,10 @@ fn restore(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
 
 fn status(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
     let plan = location.plan()?;
-    let provider = match std::fs::read_to_string(&plan.file) {
-        Ok(text) => config_rewrite::read_string(&text, &plan.target, "model_provider")
+    let provider = match config_rewrite::read_config(&plan.file)? {
+        Some(text) => config_rewrite::read_string(&text, &plan.target, "model_provider")
             .map_err(|e| format!("{}: {e}", plan.file.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("could not read {}: {e}", plan.file.display()).into()),
+        None => None,
     };
     println!(
         "{}: model_provider = {}",

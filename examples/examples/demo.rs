@@ -192,7 +192,8 @@ async fn run() -> DemoResult<()> {
         .map_err(fail("start the proxy"))?;
 
     let codex_home = temp.path().join("codex-home");
-    std::fs::create_dir_all(&codex_home).map_err(fail("create CODEX_HOME"))?;
+    auth_core::regular_file::create_private_dir_all(&codex_home)
+        .map_err(fail("create CODEX_HOME"))?;
     let config = codex_home.join("config.toml");
     let original = "# my Codex settings\nmodel = \"gpt-5-codex\"  # keep me\n\n[history]\npersistence = \"none\"\n";
     std::fs::write(&config, original).map_err(fail("write config.toml"))?;
@@ -208,7 +209,9 @@ async fn run() -> DemoResult<()> {
     } else {
         return Err("the stale rewrite was not detected".to_owned());
     }
-    let text = std::fs::read_to_string(&config).map_err(fail("read config.toml"))?;
+    let text = config_rewrite::read_config(&config)
+        .map_err(fail("read config.toml"))?
+        .unwrap_or_default();
     let provider =
         config_rewrite::read_string(&text, &config_rewrite::Target::TopLevel, "model_provider")
             .map_err(fail("parse config.toml"))?;
@@ -374,7 +377,9 @@ async fn run() -> DemoResult<()> {
     println!("\n6. Shutdown");
     proxy.shutdown().await;
     route.restore().map_err(fail("restore config.toml"))?;
-    let back = std::fs::read_to_string(&config).map_err(fail("read config.toml"))?;
+    let back = config_rewrite::read_config(&config)
+        .map_err(fail("read config.toml"))?
+        .unwrap_or_default();
     if back != original {
         return Err("config.toml was not restored byte for byte".to_owned());
     }

@@ -283,15 +283,20 @@ impl Diagnostics {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(log_error)?;
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let file = options.open(&path).map_err(log_error)?;
+        // The log sits beside credentials (often the pool directory): a directory we
+        // create is private, and a FIFO, device or directory at `login.log` is refused
+        // without blocking, an existing loose file tightened to 0600.
+        crate::regular_file::create_private_dir_all(dir).map_err(log_error)?;
+        let file = crate::regular_file::open_append_private(&path, 0o600).map_err(|e| match e {
+            crate::regular_file::FileError::Io { source, .. } => log_error(source),
+            crate::regular_file::FileError::NotRegular { kind, .. } => {
+                log_error(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("it is {kind}, not a regular file; move it away"),
+                ))
+            }
+            other => log_error(std::io::Error::other(other.to_string())),
+        })?;
         Ok(Self {
             file: Some(Mutex::new(file)),
         })
@@ -375,5 +380,59 @@ mod tests {
         let ts = now_rfc3339_millis();
         assert_eq!(ts.len(), "2026-01-02T03:04:05.678Z".len(), "{ts}");
         assert!(ts.ends_with('Z'));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn log_directory_is_created_private_and_a_loose_log_is_tightened() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("logs/login");
+        drop(Diagnostics::open(Some(&dir)).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(
+            mode(&base.path().join("logs")),
+            0o700,
+            "missing parents too"
+        );
+        let log = dir.join(LOG_FILE_NAME);
+        assert_eq!(mode(&log), 0o600);
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Diagnostics::open(Some(&dir)).unwrap());
+        assert_eq!(mode(&log), 0o600, "an existing loose log is tightened");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_or_device_login_log_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(LOG_FILE_NAME);
+        let status = std::process::Command::new("mkfifo")
+            .arg(&log)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Run in a thread so a regression (a blocking open) fails instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                Diagnostics::open(Some(&d))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let text = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO login.log must not block")
+            .unwrap_err();
+        assert!(text.contains("FIFO"), "{text}");
+        assert!(text.contains(LOG_FILE_NAME), "{text}");
+        insta::assert_snapshot!(text.replace(&*dir.path().to_string_lossy(), "[DIR]"));
+        std::fs::remove_file(&log).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &log).unwrap();
+        let text = Diagnostics::open(Some(dir.path())).unwrap_err().to_string();
+        assert!(text.contains("character device"), "{text}");
     }
 }

@@ -18,6 +18,7 @@ mod switch;
 
 pub use document::{Account, CURRENT_VERSION, Health, Pool, Upsert};
 pub use store::{
-    DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, PoolStore, Recovery, RestoreReason,
+    DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, POOL_FILE_MAX_BYTES, PoolStore, Recovery,
+    RestoreReason,
 };
 pub use switch::Activated;

@@ -21,6 +21,10 @@ const RESET_MARKER: &str = "pool.reset";
 const BACKUP_PREFIX: &str = "pool.json.bak-";
 const DAMAGED_PREFIX: &str = "pool.json.damaged-";
 const TEMP_PREFIX: &str = ".pool-";
+/// Largest `pool.json` (or pool backup) read: 1 GiB, room for well over 100,000 accounts
+/// with real-sized tokens (about 5 KiB each). Checked on the opened file's size before
+/// reading and again while reading.
+pub const POOL_FILE_MAX_BYTES: u64 = 1 << 30;
 /// How many backups [`PoolStore`] keeps unless told otherwise.
 pub const DEFAULT_BACKUPS: usize = 5;
 
@@ -74,6 +78,13 @@ pub struct Loaded {
 ///   links, so cheap);
 /// * `pool.json.damaged-…` — a damaged main file moved aside, never deleted by us;
 /// * `pool.reset` — marks an intentional [`reset`](Self::reset).
+///
+/// `pool.json`, its backups and `pool.lock` must be regular files: a FIFO, socket, device
+/// or directory there (or a symlink to one) is refused at once with
+/// [`StorageError::NotRegularFile`] (a hostile backup is skipped by recovery), and files
+/// over [`POOL_FILE_MAX_BYTES`] with [`StorageError::FileTooLarge`]. A symlinked
+/// `pool.json` is followed and kept; its backups are real files. Everything written is
+/// 0600 and a directory created for the pool is 0700 (an existing one keeps its mode).
 ///
 /// ```
 /// use auth_storage::PoolStore;
@@ -171,7 +182,13 @@ impl PoolStore {
     /// [`StorageError::Unrecoverable`] when it is damaged and no backup is valid.
     pub fn load(&self) -> Result<Loaded> {
         let path = self.file();
-        let problem = match read_if_exists(&path)? {
+        let read = read_if_exists(&path, POOL_FILE_MAX_BYTES)?;
+        if read.is_some() {
+            // Every account's tokens: a pool file someone loosened is made private again
+            // even when this load writes nothing.
+            tighten_private(&path);
+        }
+        let problem = match read {
             None => RestoreReason::MissingStorage,
             Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => RestoreReason::EmptyStorage,
             Some(bytes) => match parse(&bytes) {
@@ -215,7 +232,7 @@ impl PoolStore {
             });
         }
         for backup in backups {
-            let Ok(Some(bytes)) = read_if_exists(&backup) else {
+            let Ok(Some(bytes)) = read_if_exists(&backup, POOL_FILE_MAX_BYTES) else {
                 continue;
             };
             if let Ok((mut pool, from)) = parse(&bytes) {
@@ -324,7 +341,7 @@ impl PoolStore {
             undo.set_aside = self.set_aside_damaged(recovery, before.revision)?;
         } else {
             // The exact bytes that were live, to put back on undo.
-            undo.previous = read_if_exists(&main)?;
+            undo.previous = read_if_exists(&main, POOL_FILE_MAX_BYTES)?;
         }
         // The current main file is intact exactly when nothing had to be recovered.
         let intact = loaded.recovery.is_none().then_some(before.revision);
@@ -362,6 +379,14 @@ impl PoolStore {
     pub(crate) fn undo_locked(&self, _guard: &PoolGuard, undo: PoolUndo) -> Result<()> {
         let main = self.file();
         match (&undo.set_aside, &undo.previous) {
+            (Some(aside), _) if is_symlink(&main) => {
+                // The damaged target was copied aside (the link is kept): copy it back
+                // through the link, then drop the copy.
+                if let Some(bytes) = read_if_exists(aside, POOL_FILE_MAX_BYTES)? {
+                    write_atomic(&main, &bytes, TEMP_PREFIX)?;
+                }
+                remove_if_exists(aside)?;
+            }
             (Some(aside), _) => std::fs::rename(aside, &main)
                 .map_err(|e| StorageError::io("move back the damaged", &main, e))?,
             (None, Some(bytes)) => write_atomic(&main, bytes, TEMP_PREFIX)?,
@@ -400,8 +425,17 @@ impl PoolStore {
         {
             tracing::warn!(%err, "could not remove the reset marker of a failed pool write");
         }
-        if let Some(aside) = &undo.set_aside
-            && let Err(err) = std::fs::rename(aside, self.file())
+        let main = self.file();
+        if is_symlink(&main) {
+            // The link's target was never replaced and still holds the damaged bytes; the
+            // aside copy is redundant.
+            if let Some(aside) = &undo.set_aside
+                && let Err(err) = remove_if_exists(aside)
+            {
+                tracing::warn!(%err, "could not remove the copy of a damaged pool file");
+            }
+        } else if let Some(aside) = &undo.set_aside
+            && let Err(err) = std::fs::rename(aside, &main)
         {
             // ok: the damaged file is kept under its aside name; nothing is lost.
             tracing::warn!(%err, aside = %aside.display(), "could not move the damaged pool file back");
@@ -568,17 +602,23 @@ impl PoolStore {
         }
     }
 
-    /// Keep the current `pool.json` as a backup named after its revision (a hard link: no
-    /// copy, and it is the exact bytes that were live).
+    /// Keep the current `pool.json` as a backup named after its revision: a hard link (no
+    /// copy, and it is the exact bytes that were live) when the file is private, else a
+    /// private copy — a link shares the old file's mode, and a world-readable backup of every
+    /// token must not outlive the loose file.
     fn link_backup(&self, main: &Path, revision: u64) -> Result<Option<PathBuf>> {
+        // A symlinked pool.json: back up what it points to, never the link itself.
+        let main = crate::atomic::resolve_target(main)?;
+        let main = main.as_path();
         if !main.exists() {
             return Ok(None);
         }
         let backup = self.dir.join(format!("{BACKUP_PREFIX}{revision:012}"));
         remove_if_exists(&backup)?;
-        if std::fs::hard_link(main, &backup).is_err() {
-            // File systems without hard links: copy (still atomic, still 0600).
-            if let Some(bytes) = read_if_exists(main)? {
+        if !is_private(main) || std::fs::hard_link(main, &backup).is_err() {
+            // Loose mode, or a file system without hard links (or the target on another
+            // one): copy, atomically and 0600.
+            if let Some(bytes) = read_if_exists(main, POOL_FILE_MAX_BYTES)? {
                 write_atomic(&backup, &bytes, TEMP_PREFIX)?;
             }
         }
@@ -586,7 +626,11 @@ impl PoolStore {
     }
 
     fn prune_backups(&self) -> Result<()> {
-        for old in self.backups_newest_first()?.into_iter().skip(self.backups) {
+        let backups = self.backups_newest_first()?;
+        for kept in backups.iter().take(self.backups) {
+            tighten_backup(kept);
+        }
+        for old in backups.into_iter().skip(self.backups) {
             remove_if_exists(&old)?;
         }
         Ok(())
@@ -601,6 +645,8 @@ impl PoolStore {
         };
         let mut found: Vec<(u64, PathBuf)> = entries
             .filter_map(|e| e.ok())
+            // A directory is never one of our backups (and could not be pruned).
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
             .filter_map(|e| {
                 let path = e.path();
                 Some((backup_revision(&path)?, path))
@@ -673,12 +719,27 @@ impl PoolStore {
                     self.dir.display()
                 ),
             })?;
+        let target = crate::atomic::resolve_target(&main)?;
+        if target != main {
+            // A symlinked pool.json keeps its link: keep a copy of the damaged target here;
+            // the save that follows replaces the target through the link.
+            // An undo copies it back through the link (see `undo_locked`).
+            return match read_if_exists(&target, POOL_FILE_MAX_BYTES)? {
+                Some(bytes) => write_atomic(&aside, &bytes, TEMP_PREFIX).map(|()| Some(aside)),
+                None => Ok(None),
+            };
+        }
         match std::fs::rename(&main, &aside) {
             Ok(()) => sync_dir(&self.dir).map(|()| Some(aside)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::io("move aside the damaged", &main, e)),
         }
     }
+}
+
+/// Whether `path` itself is a symbolic link (a symlinked `pool.json` is followed and kept).
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Proof that the pool lock is held (see [`PoolStore::lock_pool`]).
@@ -750,9 +811,77 @@ fn classify(e: &serde_json::Error) -> ParseFailure {
     }
 }
 
+/// Whether only the owner may read `path` (Unix; always true elsewhere, where ACLs of the
+/// user's profile directory apply).
+fn is_private(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        true
+    }
+}
+
+/// A backup left with a loose mode (e.g. linked from a loose `pool.json` by an older
+/// version) is tightened to 0600. Only regular files that are not symlinks are touched.
+fn tighten_backup(path: &Path) {
+    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if regular {
+        tighten_private(path);
+    }
+}
+
+/// Make a regular file (symlinks followed) that group or others may read 0600, through the
+/// opened handle. A failure (e.g. the file belongs to someone else) is logged, not fatal:
+/// the caller's read or save itself succeeded.
+fn tighten_private(path: &Path) {
+    if is_private(path) {
+        return;
+    }
+    let result =
+        auth_core::regular_file::open_regular(path, u64::MAX).and_then(|opened| match opened {
+            Some((file, _)) => auth_core::regular_file::tighten_mode(&file, path, 0o600),
+            None => Ok(()),
+        });
+    if let Err(err) = result {
+        tracing::warn!(file = %path.display(), error = %err, "could not make a pool file private");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loose file is copied into a new private backup, never hard-linked (a link shares
+    /// the loose mode).
+    #[cfg(unix)]
+    #[test]
+    fn a_loose_main_file_is_backed_up_as_a_private_copy() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        let main = store.file();
+        std::fs::write(&main, b"{}").unwrap();
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o644)).unwrap();
+        store.link_backup(&main, 7).unwrap();
+        let backup = dir.path().join(format!("{BACKUP_PREFIX}{:012}", 7));
+        let meta = std::fs::metadata(&backup).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_ne!(meta.ino(), std::fs::metadata(&main).unwrap().ino());
+        assert_eq!(std::fs::read(&backup).unwrap(), b"{}");
+        // A private file is linked (cheap, same bytes).
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o600)).unwrap();
+        store.link_backup(&main, 8).unwrap();
+        let linked = dir.path().join(format!("{BACKUP_PREFIX}{:012}", 8));
+        assert_eq!(
+            std::fs::metadata(&linked).unwrap().ino(),
+            std::fs::metadata(&main).unwrap().ino()
+        );
+    }
 
     #[test]
     fn project_pools_are_per_project_under_the_base() {

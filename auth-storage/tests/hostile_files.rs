@@ -1,0 +1,499 @@
+//! Real files that are not what they should be: FIFOs, sockets, devices, directories,
+//! symlinks and oversized sparse files where `auth.json`, `pool.json`, a backup or a lock
+//! file is expected; and the modes of everything the stores create. Unix only (FIFOs,
+//! sockets, modes); every operation that could block runs on a thread with a deadline.
+#![cfg(unix)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use auth_core::regular_file::{AUTH_JSON_MAX_BYTES, FileKind};
+use auth_core::{AuthDocument, Secret};
+use auth_storage::pool::{Account, POOL_FILE_MAX_BYTES};
+use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore, StorageError};
+use common::tokens;
+
+/// Run `f` on a thread; a regression that blocks (e.g. opening a FIFO) fails the test
+/// after 20 s instead of hanging it.
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} blocked for 20 s"))
+}
+
+/// Something planted where a regular file is expected.
+#[derive(Debug, Clone, Copy)]
+enum Planted {
+    Fifo,
+    Socket,
+    DevZeroLink,
+    Directory,
+    /// A regular but sparse file one byte over the given limit.
+    Oversized(u64),
+}
+
+impl Planted {
+    fn all(limit: u64) -> [Planted; 5] {
+        [
+            Self::Fifo,
+            Self::Socket,
+            Self::DevZeroLink,
+            Self::Directory,
+            Self::Oversized(limit),
+        ]
+    }
+
+    /// Put it at `path`; the returned guard keeps a socket bound.
+    fn plant(self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
+        match self {
+            Self::Fifo => {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(path)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "mkfifo");
+            }
+            Self::Socket => return Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+            Self::DevZeroLink => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
+            Self::Directory => std::fs::create_dir(path).unwrap(),
+            Self::Oversized(limit) => std::fs::File::create(path)
+                .unwrap()
+                .set_len(limit + 1)
+                .unwrap(),
+        }
+        None
+    }
+
+    /// Whether `err` is the refusal expected for this kind.
+    fn refused_by(self, err: &StorageError) -> bool {
+        match (self, err) {
+            (Self::Fifo, StorageError::NotRegularFile { kind, .. }) => *kind == FileKind::Fifo,
+            (Self::Socket, StorageError::NotRegularFile { kind, .. }) => *kind == FileKind::Socket,
+            (Self::DevZeroLink, StorageError::NotRegularFile { kind, .. }) => {
+                *kind == FileKind::CharDevice
+            }
+            (Self::Directory, StorageError::NotRegularFile { kind, .. }) => {
+                *kind == FileKind::Directory
+            }
+            (Self::Oversized(limit), StorageError::FileTooLarge { limit: l, .. }) => *l == limit,
+            _ => false,
+        }
+    }
+
+    /// What is at `path` now, to check a refused operation left it alone.
+    fn still_there(self, path: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt as _;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return false;
+        };
+        let t = meta.file_type();
+        match self {
+            Self::Fifo => t.is_fifo(),
+            Self::Socket => t.is_socket(),
+            Self::DevZeroLink => t.is_symlink(),
+            Self::Directory => t.is_dir(),
+            Self::Oversized(limit) => t.is_file() && meta.len() == limit + 1,
+        }
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn api_key_doc() -> AuthDocument {
+    AuthDocument::api_key(Secret::new("sk-hostile-test".into()))
+}
+
+fn account(email: &str, id: &str) -> Account {
+    Account::from_login(tokens(email, id, &format!("rt-{id}")), None, 1_700_000_000)
+}
+
+#[test]
+fn auth_json_that_is_not_a_regular_file_is_refused_at_once_and_left_alone() {
+    for planted in Planted::all(AUTH_JSON_MAX_BYTES) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let _guard = planted.plant(&home.auth_file());
+        let store = FileStore::new(home.clone());
+        let err = bounded("FileStore::load", move || store.load().unwrap_err());
+        assert!(planted.refused_by(&err), "{planted:?}: {err:?}");
+        assert!(
+            err.to_string()
+                .contains(&*home.auth_file().to_string_lossy()),
+            "names the path: {err}"
+        );
+        if !matches!(planted, Planted::Oversized(_)) {
+            let store = FileStore::new(home.clone());
+            let err = bounded("FileStore::save", move || {
+                store.save(&api_key_doc()).unwrap_err()
+            });
+            assert!(planted.refused_by(&err), "save {planted:?}: {err:?}");
+        }
+        assert!(planted.still_there(&home.auth_file()), "{planted:?}");
+    }
+}
+
+#[test]
+fn pool_json_that_is_not_a_regular_file_is_refused_and_nothing_is_written() {
+    for planted in Planted::all(POOL_FILE_MAX_BYTES) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        let _guard = planted.plant(&store.file());
+        let s = store.clone();
+        let err = bounded("PoolStore::load", move || s.load().unwrap_err());
+        assert!(planted.refused_by(&err), "{planted:?}: {err:?}");
+        let s = store.clone();
+        let err = bounded("PoolStore::update", move || {
+            s.update(|p| p.upsert(account("a@example.com", "acct-a")))
+                .unwrap_err()
+        });
+        assert!(planted.refused_by(&err), "update {planted:?}: {err:?}");
+        assert!(planted.still_there(&store.file()), "{planted:?}");
+        assert!(
+            store.backups_newest_first().unwrap().is_empty(),
+            "{planted:?}"
+        );
+    }
+}
+
+#[test]
+fn a_hostile_backup_is_skipped_without_blocking() {
+    for planted in Planted::all(POOL_FILE_MAX_BYTES) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        store
+            .update(|p| p.upsert(account("a@example.com", "acct-a")))
+            .unwrap();
+        // The newest "backup" is hostile; pool.json is gone: recovery must skip it and
+        // restore the real backup (revision 1).
+        let _guard = planted.plant(&dir.path().join("pool.json.bak-000000000099"));
+        std::fs::remove_file(store.file()).unwrap();
+        let s = store.clone();
+        let loaded = bounded("PoolStore::load", move || s.load().unwrap());
+        assert_eq!(loaded.pool.accounts.len(), 1, "{planted:?}");
+        let backup = loaded.recovery.unwrap().backup.unwrap();
+        assert!(backup.ends_with("pool.json.bak-000000000001"), "{backup:?}");
+    }
+}
+
+#[test]
+fn lock_files_that_are_not_regular_files_are_refused() {
+    for planted in [Planted::Fifo, Planted::DevZeroLink, Planted::Directory] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        let _guard = planted.plant(&dir.path().join("pool.lock"));
+        let err = bounded("PoolStore::update", move || {
+            store
+                .update(|p| p.upsert(account("a@example.com", "acct-a")))
+                .unwrap_err()
+        });
+        assert!(planted.refused_by(&err), "pool.lock {planted:?}: {err:?}");
+
+        let home = CodexHome::new(dir.path().join("home"));
+        std::fs::create_dir(home.dir()).unwrap();
+        let _guard = planted.plant(&home.file_lock_file());
+        let store = FileStore::new(home.clone());
+        let err = bounded("FileStore::save", move || {
+            store.save(&api_key_doc()).unwrap_err()
+        });
+        assert!(
+            planted.refused_by(&err),
+            "auth.json.lock {planted:?}: {err:?}"
+        );
+        assert!(!home.auth_file().exists());
+    }
+}
+
+#[test]
+fn a_symlinked_auth_json_is_followed_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("dotfiles");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let real = elsewhere.join("codex-auth.json");
+    let home = CodexHome::new(dir.path().join("home"));
+    std::fs::create_dir(home.dir()).unwrap();
+    std::os::unix::fs::symlink("../dotfiles/codex-auth.json", home.auth_file()).unwrap();
+    let store = FileStore::new(home.clone());
+    assert!(
+        store.load().unwrap().is_none(),
+        "a dangling link is no login"
+    );
+    store.save(&api_key_doc()).unwrap();
+    store.save(&api_key_doc()).unwrap();
+    let link = std::fs::symlink_metadata(home.auth_file()).unwrap();
+    assert!(link.file_type().is_symlink(), "the link is kept");
+    assert_eq!(mode(&real), 0o600);
+    let back = store.load().unwrap().unwrap();
+    assert_eq!(back.openai_api_key.unwrap().expose(), "sk-hostile-test");
+    // No temporary file is left in either directory.
+    for d in [home.dir(), elsewhere.as_path()] {
+        let stray: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".auth-"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+    }
+}
+
+#[test]
+fn a_symlinked_pool_json_is_followed_and_backups_are_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    let real = dir.path().join("synced/pool.json");
+    std::fs::create_dir(real.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&real, pool_dir.join("pool.json")).unwrap();
+    let store = PoolStore::new(&pool_dir);
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    store
+        .update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    assert!(
+        std::fs::symlink_metadata(store.file())
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(mode(&real), 0o600);
+    let backups = store.backups_newest_first().unwrap();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    for b in &backups {
+        let meta = std::fs::symlink_metadata(b).unwrap();
+        assert!(meta.file_type().is_file(), "{b:?} is a real file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{b:?}");
+    }
+    // The older backup still holds revision 1 (one account), whatever the link points at now.
+    let old = std::fs::read_to_string(&backups[1]).unwrap();
+    assert!(old.contains("acct-a") && !old.contains("acct-b"));
+    assert_eq!(store.load().unwrap().pool.accounts.len(), 2);
+}
+
+#[test]
+fn a_loose_pool_json_never_leaves_a_loose_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    // Someone loosened the pool file and one of its backups.
+    std::fs::set_permissions(store.file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let first = store.backups_newest_first().unwrap()[0].clone();
+    assert_eq!(mode(&first), 0o644, "a hard link shares the mode");
+    store
+        .update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    assert_eq!(mode(&store.file()), 0o600);
+    let backups = store.backups_newest_first().unwrap();
+    assert_eq!(backups.len(), 2);
+    for b in &backups {
+        assert_eq!(mode(b), 0o600, "{b:?}");
+    }
+}
+
+#[test]
+fn directories_the_stores_create_are_private_and_existing_ones_are_left_alone() {
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pool_dir = base.path().join("a/b/pool");
+    PoolStore::new(&pool_dir)
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    let home = CodexHome::new(base.path().join("c/codex-home"));
+    FileStore::new(home.clone()).save(&api_key_doc()).unwrap();
+    for d in ["a", "a/b", "a/b/pool", "c", "c/codex-home"] {
+        assert_eq!(mode(&base.path().join(d)), 0o700, "{d}");
+    }
+    assert_eq!(
+        mode(base.path()),
+        0o755,
+        "an existing directory keeps its mode"
+    );
+    assert_eq!(mode(&home.auth_file()), 0o600);
+    assert_eq!(mode(&pool_dir.join("pool.json")), 0o600);
+    assert_eq!(mode(&pool_dir.join("pool.lock")), 0o600);
+}
+
+const UMASK_CHILD: &str = "AUTH_STORAGE_TEST_UMASK_CHILD";
+
+/// Run the stores with umask 000 in a child process (the umask is per process, so it is
+/// not changed under the other tests running in this one).
+#[test]
+fn an_open_umask_loosens_nothing() {
+    let exe = std::env::current_exe().unwrap();
+    let out = bounded("umask child", move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && exec \"$0\" --exact umask_child --nocapture --test-threads 1")
+            .arg(exe)
+            .env(UMASK_CHILD, "1")
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn umask_child() {
+    if std::env::var_os(UMASK_CHILD).is_none() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    // The umask really is open here.
+    let probe = base.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    assert_eq!(mode(&probe), 0o666);
+    let pool = PoolStore::new(base.path().join("x/pool"));
+    pool.update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    pool.update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    let home = CodexHome::new(base.path().join("y/home"));
+    FileStore::new(home.clone()).save(&api_key_doc()).unwrap();
+    let mut files: Vec<PathBuf> = vec![pool.file(), pool.dir().join("pool.lock"), home.auth_file()];
+    files.extend(pool.backups_newest_first().unwrap());
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{f:?}");
+    }
+    for d in ["x", "x/pool", "y", "y/home"] {
+        assert_eq!(mode(&base.path().join(d)), 0o700, "{d}");
+    }
+    // auth.lock is created like the Codex CLI creates it (0644 requested): empty, no secret.
+    assert_eq!(mode(&home.commit_lock_file()), 0o644);
+}
+
+/// The real Codex CLI with a symlinked `auth.json`: it writes through the link (keeping it)
+/// and locks `<target>.lock`; we do the same, and each reads what the other wrote.
+#[test]
+fn a_symlinked_auth_json_interoperates_with_the_codex_cli() {
+    let Some(codex) = common::codex_bin() else {
+        return common::skip("a_symlinked_auth_json_interoperates", "Codex CLI not found");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("dotfiles");
+    std::fs::create_dir(&dot).unwrap();
+    let home = CodexHome::new(dir.path().join("home"));
+    std::fs::create_dir(home.dir()).unwrap();
+    std::os::unix::fs::symlink("../dotfiles/auth.json", home.auth_file()).unwrap();
+    let store = FileStore::new(home.clone());
+    store.save(&api_key_doc()).unwrap();
+    assert!(
+        dot.join("auth.json.lock").is_file(),
+        "we lock where the CLI locks"
+    );
+    let (code, out) = common::run_codex(&codex, home.dir(), &["login", "status"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("API key configured"), "{out}");
+    let (code, out) = common::run_codex(
+        &codex,
+        home.dir(),
+        &["login", "--with-api-key"],
+        Some("sk-from-the-cli\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        std::fs::symlink_metadata(home.auth_file())
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the CLI kept the link"
+    );
+    let doc = store.load().unwrap().unwrap();
+    assert_eq!(doc.openai_api_key.unwrap().expose(), "sk-from-the-cli");
+    assert_eq!(mode(&dot.join("auth.json")), 0o600);
+}
+
+#[test]
+fn a_directory_named_like_a_backup_never_fails_a_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path()).with_backups(2);
+    std::fs::create_dir(dir.path().join("pool.json.bak-000000000099")).unwrap();
+    for i in 0..5 {
+        let id = format!("acct-{i}");
+        store
+            .update(|p| p.upsert(account(&format!("{id}@example.com"), &id)))
+            .unwrap();
+    }
+    assert_eq!(store.backups_newest_first().unwrap().len(), 2);
+    assert_eq!(store.load().unwrap().pool.accounts.len(), 5);
+}
+
+#[test]
+fn loading_a_loose_pool_json_makes_it_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    std::fs::set_permissions(store.file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(store.file()).unwrap();
+    assert_eq!(store.load().unwrap().pool.accounts.len(), 1);
+    assert_eq!(mode(&store.file()), 0o600);
+    assert_eq!(
+        std::fs::read(store.file()).unwrap(),
+        before,
+        "content untouched"
+    );
+}
+
+#[test]
+fn a_damaged_symlinked_pool_json_is_kept_aside_and_the_link_survives_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let real = dir.path().join("synced/pool.json");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::create_dir(&pool_dir).unwrap();
+    std::os::unix::fs::symlink(&real, pool_dir.join("pool.json")).unwrap();
+    let store = PoolStore::new(&pool_dir);
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    store
+        .update(|p| p.extra.insert("k".into(), 1.into()))
+        .unwrap();
+    // Damaged in place (the newest backup is a link to the same bytes; revision 1 is not).
+    std::fs::write(&real, b"{ not json").unwrap();
+    store
+        .update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    assert!(
+        std::fs::symlink_metadata(store.file())
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        store.load().unwrap().pool.accounts.len(),
+        2,
+        "restored, then added"
+    );
+    let damaged: Vec<_> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pool.json.damaged-")
+        })
+        .collect();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(std::fs::read(&damaged[0]).unwrap(), b"{ not json");
+    assert_eq!(mode(&damaged[0]), 0o600);
+}
