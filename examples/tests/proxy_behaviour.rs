@@ -1036,3 +1036,208 @@ async fn an_expired_access_token_is_refreshed_once_before_sending_and_saved_to_t
     assert_invariant(&status);
     mock.shutdown().await;
 }
+
+/// Sends `head` (a request line and headers, without the final blank line) plus
+/// `connection: close` over a raw socket — no client library normalizes the target — and
+/// returns the status code and the whole answer (bounded: 10 s).
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    raw_exchange_with_body(addr, head, b"").await
+}
+
+/// [`raw_exchange`] with a body (sent with its `content-length`, unless `head` has one).
+async fn raw_exchange_with_body(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = if head.contains("content-length:") {
+        String::new()
+    } else {
+        format!("content-length: {}\r\n", body.len())
+    };
+    let request = [
+        format!("{head}\r\nconnection: close\r\n{length}\r\n").as_bytes(),
+        body,
+    ]
+    .concat();
+    // ok: the proxy may answer (400) and close before reading a body.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the proxy closes (or resets) the connection; bounded by the timeout and count.
+    for _ in 0..10_000 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (code, text)
+}
+
+const BASE_PATH: &str = "/backend-api/codex";
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never_sent() {
+    let h = harness(
+        MockConfig::default().base_path(BASE_PATH),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let auth = format!("authorization: Bearer {}", h.token.secret().expose());
+    let mock = h.mock.addr();
+    // (request line, whether the proxy's handler sees it; the rest hyper refuses itself).
+    let hostile = [
+        "POST /v1/../../x HTTP/1.1",
+        "POST /v1/../oauth/token HTTP/1.1",
+        "POST /v1/a/../../../oauth/token HTTP/1.1",
+        "POST /v1/%2e%2e/%2e%2e/x HTTP/1.1",
+        "POST /v1/%2E%2e/%2e%2E/oauth/token HTTP/1.1",
+        "POST /v1/.%2e/.%2E/oauth/token HTTP/1.1",
+        "POST /v1/%2e./%2E./oauth/token HTTP/1.1",
+        "GET /v1/.. HTTP/1.1",
+        "GET /v1/%2e%2e HTTP/1.1",
+        "POST /v1/..%2f..%2foauth%2ftoken HTTP/1.1",
+        "POST /v1/%2E%2E%2F%2E%2E%2Foauth%2Ftoken HTTP/1.1",
+        "POST /v1/..%5c..%5coauth%5ctoken HTTP/1.1",
+        "POST /v1/..%5C..%5Coauth HTTP/1.1",
+        "POST /v1/%252e%252e/%252e%252e/oauth/token HTTP/1.1",
+        "POST /v1/%252E%252E%252Foauth HTTP/1.1",
+        "POST /v1/responses%00.json HTTP/1.1",
+        "POST /v1/x%0d%0aHost:%20evil.example HTTP/1.1",
+        "POST /v1/%1b[2J HTTP/1.1",
+        "POST /v1/%zz HTTP/1.1",
+        "POST /v1/%2 HTTP/1.1",
+        "POST /v1/%ff%fe HTTP/1.1",
+        "POST /v1/..;/..;/oauth/token HTTP/1.1",
+        "POST /v1/.../oauth/token HTTP/1.1",
+        "POST /v1/..%20/..%20/oauth/token HTTP/1.1",
+        "POST /v1/../../oauth/token?x=1 HTTP/1.1",
+        "POST http://evil.example/v1/responses HTTP/1.1",
+        "POST http://evil.example:8080/v1/../x HTTP/1.1",
+        &format!("POST http://{mock}/oauth/token HTTP/1.1"),
+        &format!("POST http://{mock}/v1/responses HTTP/1.1"),
+        "POST https://evil.example/v1/responses HTTP/1.1",
+        "CONNECT evil.example:443 HTTP/1.1",
+        &format!("CONNECT {mock} HTTP/1.1"),
+        // Refused by the HTTP parser before the proxy sees them; still never sent.
+        "POST /v1/..\\..\\oauth\\token HTTP/1.1",
+        "POST /v1/a b HTTP/1.1",
+    ];
+    let mut handled = 0;
+    for line in hostile {
+        let (code, text) = raw_exchange(
+            h.proxy.addr(),
+            &format!("{line}\r\nhost: evil.example\r\n{auth}"),
+        )
+        .await;
+        assert_eq!(code, 400, "{line} → {text}");
+        if text.contains("bad_request_target") {
+            handled += 1;
+            assert!(text.contains("application/json"), "{text}");
+        }
+    }
+    // `:authority` is no HTTP/1.1 header name; the parser refuses it.
+    let (code, _) = raw_exchange(
+        h.proxy.addr(),
+        &format!("POST /v1/responses HTTP/1.1\r\n:authority: evil.example\r\n{auth}"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        h.mock.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        h.mock.seen()
+    );
+    let c = h.proxy.status().counters;
+    assert_eq!(c.rejected_bad_target, handled, "{c:?}");
+    assert!(handled >= 30, "only {handled} reached the proxy's check");
+    assert_eq!((c.requests, c.attempts), (0, 0), "{c:?}");
+
+    // Targets that stay under the base path are forwarded there, normalized, whatever the
+    // client claims about host, origin or path in its headers.
+    for (target, expected) in [
+        ("/v1/responses", "/backend-api/codex/responses"),
+        ("/v1/a/../responses", "/backend-api/codex/responses"),
+        ("/v1/./%2e/responses", "/backend-api/codex/responses"),
+        ("/v1//responses", "/backend-api/codex/responses"),
+        (
+            "/v1/models?next=//evil.example/&a=%2e%2e",
+            "/backend-api/codex/models?next=//evil.example/&a=%2e%2e",
+        ),
+        (
+            "/v1/user@evil.example/x",
+            "/backend-api/codex/user@evil.example/x",
+        ),
+        (
+            "/v1/%40evil.example%3A1",
+            "/backend-api/codex/@evil.example:1",
+        ),
+        // The HTTP parser drops a fragment; what is left stays under the base path.
+        ("/v1/x#@evil.example/../..", "/backend-api/codex/x"),
+    ] {
+        let method = if target.starts_with("/v1/models") {
+            "GET"
+        } else {
+            "POST"
+        };
+        let before = h.mock.seen().len();
+        let (code, text) = raw_exchange_with_body(
+            h.proxy.addr(),
+            &format!(
+                "{method} {target} HTTP/1.1\r\nhost: evil.example\r\n{auth}\r\n\
+                 x-forwarded-host: evil.example\r\nx-forwarded-proto: http\r\n\
+                 forwarded: host=evil.example\r\nx-original-url: /oauth/token\r\n\
+                 x-rewrite-url: /oauth/token\r\ncontent-type: application/json"
+            ),
+            b"{}",
+        )
+        .await;
+        assert!(code == 200 || code == 404, "{target} → {text}");
+        let seen = h.mock.seen();
+        assert_eq!(seen.len(), before + 1, "{target}: {seen:?}");
+        let got = &seen[before];
+        assert_eq!(got.target, expected, "{target}");
+        assert_eq!(
+            got.host.as_deref(),
+            Some(mock.to_string().as_str()),
+            "{target}: Host is the upstream's"
+        );
+    }
+    let recorded = h.mock.recorded();
+    for r in &recorded {
+        for claim in [
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert!(
+                !r.header_names.iter().any(|n| n == claim),
+                "{claim} forwarded: {r:?}"
+            );
+        }
+    }
+    // The account's credentials went nowhere but under the base path.
+    for seen in h.mock.seen() {
+        if seen.authorization || seen.account_id.is_some() {
+            assert!(
+                seen.target.starts_with("/backend-api/codex/"),
+                "credentials sent to {seen:?}"
+            );
+        }
+    }
+    let status = h.stop().await;
+    assert_invariant(&status);
+}

@@ -29,8 +29,16 @@
 //! not spend requests on accounts the upstream is still rate limiting.
 //!
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
-//! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s and `413`s are counted apart,
-//! as they never reach account selection).
+//! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s, `413`s, body-budget
+//! `503`s and request-target `400`s are counted apart, as they never reach account selection).
+//!
+//! The request target is mapped to the upstream URL by a pure module with its own rules
+//! table (`target.rs`): decoded and normalized first, anything that would leave
+//! `{upstream}/` (dot segments plain or percent-encoded in any case, encoded separators,
+//! control bytes, double encoding, absolute-form targets) is answered `400` and never sent,
+//! and nothing from the client changes the upstream scheme, host or port. Request bodies are
+//! drawn from a global budget ([`ProxyOptions::body_budget`]) besides the per-request cap:
+//! over the budget is `503` with `Retry-After`.
 //!
 //! ```
 //! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
@@ -74,9 +82,11 @@
 //! ```
 
 mod accounts;
+mod budget;
 mod codex_config;
 mod headers;
 mod serve;
+mod target;
 mod wrapper_token;
 
 use std::net::SocketAddr;
@@ -88,7 +98,7 @@ use std::time::{Duration, SystemTime};
 use auth_core::Timestamp as WallTimestamp;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use rotation_policy::{AccountId, Decision, Outcome, PolicyConfig, Pool, Selection, Timestamp};
 use serde::Serialize;
@@ -98,9 +108,12 @@ use tokio::task::JoinHandle;
 
 use accounts::AfterRejection;
 pub use accounts::{AccountCredentials, AccountReport, Accounts, load_pool_accounts};
+use budget::{BodyBudget, BodyRefusal};
 pub use codex_config::{CodexRoute, PROVIDER_ID};
 pub use headers::strip_hop_by_hop;
 pub use serve::{serve_http1, shutdown_signal};
+use target::UpstreamBase;
+pub use target::UpstreamUrlError;
 pub use wrapper_token::{TOKEN_ENV, WrapperToken, WrapperTokenError};
 
 /// Boxed error type of response bodies.
@@ -110,6 +123,9 @@ pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default request body cap (64 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Default budget for request bodies held at once across all requests (256 MiB): a few
+/// large bodies in flight, a laptop's memory safe from many.
+pub const DEFAULT_BODY_BUDGET: usize = 256 * 1024 * 1024;
 /// The ChatGPT Codex backend (`/responses` is appended).
 pub const CHATGPT_CODEX_UPSTREAM: &str = "https://chatgpt.com/backend-api/codex";
 /// The OpenAI OAuth token endpoint used for refreshes.
@@ -121,14 +137,19 @@ pub const OPENAI_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
 pub struct ProxyOptions {
     /// Where to listen (loopback by default).
     pub listen: SocketAddr,
-    /// Upstream base URL; `/v1/<path>` goes to `{upstream}/<path>`.
+    /// Upstream base URL (`http` or `https`, no credentials, query or fragment);
+    /// `/v1/<path>` goes to `{upstream}/<path>`, and never outside `{upstream}/` (paths
+    /// that would leave it are answered `400`).
     pub upstream: String,
     /// OAuth token endpoint for refreshes.
     pub token_url: String,
     /// The token clients must present.
     pub wrapper_token: WrapperToken,
-    /// Request body cap in bytes.
+    /// Request body cap in bytes (per request; over it is `413`).
     pub body_limit: usize,
+    /// Bytes of request bodies held at once across all requests; a request that would go
+    /// over is answered `503` with `Retry-After` (see [`DEFAULT_BODY_BUDGET`]).
+    pub body_budget: usize,
     /// Rotation policy settings.
     pub policy: PolicyConfig,
     /// Seed for the policy's jitter.
@@ -140,7 +161,18 @@ pub struct ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// Options with defaults: `127.0.0.1:0`, 64 MiB cap, default policy.
+    /// Options with defaults: `127.0.0.1:0`, 64 MiB cap per body, 256 MiB for all bodies
+    /// at once, default policy.
+    ///
+    /// ```
+    /// use examples::proxy::{DEFAULT_BODY_BUDGET, ProxyOptions, WrapperToken};
+    ///
+    /// let token = WrapperToken::generate().unwrap();
+    /// let mut options = ProxyOptions::new("https://chatgpt.com/backend-api/codex/", token);
+    /// assert_eq!(options.upstream, "https://chatgpt.com/backend-api/codex");
+    /// assert_eq!(options.body_budget, DEFAULT_BODY_BUDGET);
+    /// options.body_budget = 64 * 1024 * 1024; // a smaller machine
+    /// ```
     pub fn new(upstream: impl Into<String>, wrapper_token: WrapperToken) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -148,6 +180,7 @@ impl ProxyOptions {
             token_url: OPENAI_TOKEN_URL.to_owned(),
             wrapper_token,
             body_limit: DEFAULT_BODY_LIMIT,
+            body_budget: DEFAULT_BODY_BUDGET,
             policy: PolicyConfig::default(),
             seed: 0x5eed,
             grace: Duration::from_secs(10),
@@ -180,6 +213,9 @@ pub enum ProxyError {
     /// The pool has no usable account.
     #[error("the account pool is empty: add accounts before starting the proxy")]
     EmptyPool,
+    /// The upstream URL cannot be used (the value is not repeated: it may hold secrets).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
 }
 
 /// The proxy's own counters (see the module docs for the invariant).
@@ -217,6 +253,13 @@ pub struct ProxyCounters {
     pub rejected_unauthorized: u64,
     /// Requests refused for a body over the cap.
     pub rejected_too_large: u64,
+    /// Requests answered `503` because the request-body budget was spent.
+    pub rejected_busy: u64,
+    /// Requests refused (`400`) for a target that would leave the upstream base path or
+    /// is not a plain path (never sent upstream).
+    pub rejected_bad_target: u64,
+    /// Bytes of request bodies held right now (reserved from the body budget).
+    pub body_bytes_held: u64,
     /// Response streams open right now.
     pub streams_open: u64,
     /// Response streams that broke mid-way.
@@ -247,6 +290,8 @@ struct State {
 
 pub(crate) struct Shared {
     options: ProxyOptions,
+    upstream: UpstreamBase,
+    body_budget: Arc<BodyBudget>,
     client: reqwest::Client,
     state: Mutex<State>,
     accounts: Accounts,
@@ -266,9 +311,11 @@ impl Shared {
         let state = self.lock();
         let policy = state.policy.status(now());
         let accounts = self.accounts.reports(&policy);
+        let mut counters = state.counters;
+        counters.body_bytes_held = u64::try_from(self.body_budget.used()).unwrap_or(u64::MAX);
         StatusReport {
             started_at: self.started_at.to_string(),
-            counters: state.counters,
+            counters,
             accounts,
             policy,
             last_error: state.last_error.clone(),
@@ -302,6 +349,8 @@ impl RotationProxy {
         if accounts.is_empty() {
             return Err(ProxyError::EmptyPool);
         }
+        let upstream = UpstreamBase::parse(&options.upstream)?;
+        let body_budget = BodyBudget::new(options.body_budget);
         let mut policy = Pool::new(options.policy.clone(), options.seed)?;
         for id in accounts.ids() {
             policy.add(id.clone())?;
@@ -342,6 +391,8 @@ impl RotationProxy {
         let grace = options.grace;
         let shared = Arc::new(Shared {
             options,
+            upstream,
+            body_budget,
             client,
             state: Mutex::new(State {
                 policy,
@@ -470,6 +521,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        return bad_target(&shared, target::TargetError::NotOriginForm);
+    }
     let path = req.uri().path();
     if req.method() == Method::GET && path == "/status" {
         let body = serde_json::to_vec_pretty(&shared.status()).unwrap_or_default();
@@ -506,8 +560,41 @@ fn too_large(shared: &Shared) -> Response<BoxBody> {
         "request_too_large",
         &format!(
             "request body over the proxy's limit of {} bytes",
-            shared.options.body_limit
+            shared.options.body_limit.min(shared.options.body_budget)
         ),
+        None,
+    )
+}
+
+/// How long a client is told to wait when the body budget is spent: bodies in flight
+/// are usually sent on within a second.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn busy(shared: &Shared) -> Response<BoxBody> {
+    shared.lock().counters.rejected_busy += 1;
+    tracing::warn!(
+        budget = shared.options.body_budget,
+        "request body refused: the body budget is spent"
+    );
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "proxy_busy",
+        &format!(
+            "the proxy already holds its budget of {} bytes of request bodies; retry after retry_after_ms",
+            shared.options.body_budget
+        ),
+        Some(BUSY_RETRY_AFTER),
+    )
+}
+
+fn bad_target(shared: &Shared, error: target::TargetError) -> Response<BoxBody> {
+    shared.lock().counters.rejected_bad_target += 1;
+    // The path itself is not logged or echoed: it is the attacker's text.
+    tracing::warn!(reason = %error, "rejected: request target outside the upstream base path");
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request_target",
+        &error.to_string(),
         None,
     )
 }
@@ -579,25 +666,31 @@ impl Drop for Pending {
 async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
-    let limit = shared.options.body_limit;
+    // Where the request goes is settled before any body byte is read, and refused requests
+    // never reach the upstream.
+    let url = match shared.upstream.resolve(&parts.uri) {
+        Ok(url) => url,
+        Err(error) => return bad_target(&shared, error),
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return too_large(&shared);
-    }
-    let body: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large(&shared);
-        }
-        Err(_) => {
+    // `_held` keeps the body's bytes counted against the budget until this request ends
+    // (answered or dropped by hyper when the client goes away).
+    let (body, _held) = match budget::read_body(
+        body,
+        declared,
+        shared.options.body_limit,
+        &shared.body_budget,
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return too_large(&shared),
+        Err(BodyRefusal::Busy) => return busy(&shared),
+        Err(BodyRefusal::Unreadable) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -625,11 +718,6 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
     if let Some(session) = session {
         request = request.with_session(session);
     }
-    let rest = parts.uri.path().strip_prefix("/v1").unwrap_or("/");
-    let url = match parts.uri.query() {
-        Some(q) => format!("{}{rest}?{q}", shared.options.upstream),
-        None => format!("{}{rest}", shared.options.upstream),
-    };
     let mut fwd_headers = parts.headers.clone();
     strip_hop_by_hop(&mut fwd_headers);
     headers::strip_request_only(&mut fwd_headers);
@@ -745,7 +833,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBod
         }
         let sent = shared
             .client
-            .request(parts.method.clone(), &url)
+            .request(parts.method.clone(), url.clone())
             .headers(headers)
             .body(body.clone())
             .send()
@@ -1017,8 +1105,11 @@ mod tests {
     #[tokio::test]
     async fn user_facing_error_answers() {
         let token = WrapperToken::generate().unwrap();
+        let options = ProxyOptions::new("http://127.0.0.1:9", token);
         let shared = Shared {
-            options: ProxyOptions::new("http://127.0.0.1:9", token),
+            upstream: UpstreamBase::parse(&options.upstream).unwrap(),
+            body_budget: BodyBudget::new(options.body_budget),
+            options,
             client: reqwest::Client::new(),
             state: Mutex::new(State {
                 policy: Pool::new(PolicyConfig::default(), 1).unwrap(),
@@ -1031,6 +1122,11 @@ mod tests {
         let mut out = String::new();
         for (name, response) in [
             ("413", too_large(&shared)),
+            ("503 busy", busy(&shared)),
+            (
+                "400 bad target",
+                bad_target(&shared, target::TargetError::Escapes),
+            ),
             (
                 "429 exhausted",
                 json_error(
@@ -1061,7 +1157,16 @@ mod tests {
             ));
         }
         insta::assert_snapshot!(out);
-        assert_eq!(shared.lock().counters.rejected_too_large, 1);
+        let counters = shared.lock().counters;
+        assert_eq!(
+            (
+                counters.rejected_too_large,
+                counters.rejected_busy,
+                counters.rejected_bad_target,
+                counters.requests
+            ),
+            (1, 1, 1, 0)
+        );
     }
 
     #[tokio::test]
