@@ -1,6 +1,8 @@
 //! The rotation proxy against the loopback mock upstream: concurrency and exact counters,
 //! wrapper auth, the body cap, hop-by-hop headers, refresh on 401, and secret-free logs.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1037,53 +1039,6 @@ async fn an_expired_access_token_is_refreshed_once_before_sending_and_saved_to_t
     mock.shutdown().await;
 }
 
-/// Sends `head` (a request line and headers, without the final blank line) plus
-/// `connection: close` over a raw socket — no client library normalizes the target — and
-/// returns the status code and the whole answer (bounded: 10 s).
-async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
-    raw_exchange_with_body(addr, head, b"").await
-}
-
-/// [`raw_exchange`] with a body (sent with its `content-length`, unless `head` has one).
-async fn raw_exchange_with_body(
-    addr: std::net::SocketAddr,
-    head: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let length = if head.contains("content-length:") {
-        String::new()
-    } else {
-        format!("content-length: {}\r\n", body.len())
-    };
-    let request = [
-        format!("{head}\r\nconnection: close\r\n{length}\r\n").as_bytes(),
-        body,
-    ]
-    .concat();
-    // ok: the proxy may answer (400) and close before reading a body.
-    let _ = stream.write_all(&request).await;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Until the proxy closes (or resets) the connection; bounded by the timeout and count.
-    for _ in 0..10_000 {
-        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer within 10 s")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let code = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|t| t.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    (code, text)
-}
-
 const BASE_PATH: &str = "/backend-api/codex";
 
 #[tokio::test(flavor = "current_thread")]
@@ -1136,7 +1091,7 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
     ];
     let mut handled = 0;
     for line in hostile {
-        let (code, text) = raw_exchange(
+        let (code, text) = common::raw_exchange(
             h.proxy.addr(),
             &format!("{line}\r\nhost: evil.example\r\n{auth}"),
         )
@@ -1148,7 +1103,7 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
         }
     }
     // `:authority` is no HTTP/1.1 header name; the parser refuses it.
-    let (code, _) = raw_exchange(
+    let (code, _) = common::raw_exchange(
         h.proxy.addr(),
         &format!("POST /v1/responses HTTP/1.1\r\n:authority: evil.example\r\n{auth}"),
     )
@@ -1192,7 +1147,7 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
             "POST"
         };
         let before = h.mock.seen().len();
-        let (code, text) = raw_exchange_with_body(
+        let (code, text) = common::raw_exchange_with_body(
             h.proxy.addr(),
             &format!(
                 "{method} {target} HTTP/1.1\r\nhost: evil.example\r\n{auth}\r\n\
@@ -1239,5 +1194,108 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
         }
     }
     let status = h.stop().await;
+    assert_invariant(&status);
+}
+
+/// Polls `/status` until `done` holds (bounded: 5 s), returning the last counters.
+async fn counters_until(
+    proxy: &RotationProxy,
+    done: impl Fn(&examples::proxy::ProxyCounters) -> bool,
+) -> examples::proxy::ProxyCounters {
+    let mut c = proxy.status().counters;
+    for _ in 0..500 {
+        c = proxy.status().counters;
+        if done(&c) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_budget_over_budget_is_503_and_bytes_come_back() {
+    const MIB: usize = 1024 * 1024;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default().stall_before_answer(gate.clone()),
+        &["ws-a"],
+        |o| {
+            o.body_limit = 2 * MIB;
+            o.body_budget = 3 * MIB;
+        },
+    )
+    .await;
+    let token = h.token.secret().expose().to_owned();
+    let addr = h.proxy.addr();
+
+    // A: 1.5 MiB, held by the stalled upstream (and so by the proxy).
+    let a = tokio::spawn({
+        let token = token.clone();
+        async move { common::upload(addr, &token, 3 * MIB / 2, false).await }
+    });
+    let c = counters_until(&h.proxy, |c| c.attempts == 1).await;
+    assert_eq!(c.attempts, 1, "A reached the upstream: {c:?}");
+    assert_eq!(c.body_bytes_held, (3 * MIB / 2) as u64, "{c:?}");
+
+    // B: 2 MiB declared, within the cap but over what is left → 503 up front.
+    let (code, text) = common::upload(addr, &token, 2 * MIB, false).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("retry-after: 1\r\n"), "{text}");
+    assert!(text.contains("\"proxy_busy\""), "{text}");
+    // C: the same without a length → 503 once it grows past what is left.
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true).await;
+    assert_eq!(code, 503, "{text}");
+    // D: a declared length over the cap → 413 up front, whatever the budget holds; without
+    // a length the budget runs out first here → 503.
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, false).await;
+    assert_eq!(code, 413);
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true).await;
+    assert_eq!(code, 503);
+    let c = h.proxy.status().counters;
+    assert_eq!(
+        (c.attempts, c.requests),
+        (1, 1),
+        "refusals never reach the upstream"
+    );
+
+    // A is answered; its bytes come back, and B now fits.
+    gate.notify_one();
+    let (code, text) = a.await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let c = counters_until(&h.proxy, |c| c.body_bytes_held == 0).await;
+    assert_eq!(c.body_bytes_held, 0, "{c:?}");
+    // With the budget free, a streamed body is cut at the cap.
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true).await;
+    assert_eq!(code, 413);
+    gate.notify_one();
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true).await;
+    assert_eq!(code, 200, "{text}");
+
+    // A client that goes away while its body is held gives the bytes back.
+    let abandoned = tokio::spawn({
+        let token = token.clone();
+        async move { common::upload(addr, &token, 2 * MIB, false).await }
+    });
+    let c = counters_until(&h.proxy, |c| c.attempts == 3).await;
+    assert_eq!(c.body_bytes_held, (2 * MIB) as u64, "{c:?}");
+    abandoned.abort();
+    let c = counters_until(&h.proxy, |c| c.cancelled == 1 && c.body_bytes_held == 0).await;
+    assert_eq!((c.cancelled, c.body_bytes_held), (1, 0), "{c:?}");
+    gate.notify_one();
+
+    let bodies: Vec<u64> = h.mock.recorded().iter().map(|r| r.body_len).collect();
+    assert_eq!(
+        bodies[..2],
+        [(3 * MIB / 2) as u64, (2 * MIB) as u64],
+        "accepted bodies reached the upstream whole"
+    );
+    let status = h.stop().await;
+    let c = status.counters;
+    assert_eq!(
+        (c.rejected_busy, c.rejected_too_large, c.ok, c.requests),
+        (3, 2, 2, 3),
+        "{c:?}"
+    );
     assert_invariant(&status);
 }
