@@ -14,6 +14,9 @@
 //! under a path prefix, as the real backend does (`/backend-api/codex/responses`), so a test
 //! can tell a request that stayed under the base path from one that left it.
 //!
+//! `/redirect?to=TARGET` answers `307` to `TARGET` (for testing that redirects are not
+//! followed).
+//!
 //! Request bodies are counted in full but only their first 4 MiB are kept (enough to read
 //! `input` and `stream`), so large uploads do not fill the test process's memory.
 //!
@@ -480,11 +483,32 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> 
     match (req.method(), route.as_str()) {
         (&Method::POST, "/responses" | "/v1/responses") => responses(state, req).await,
         (&Method::GET, "/models" | "/v1/models") => models(state, req),
+        (_, "/redirect") => redirect(&req),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": {"message": "no such route on the mock upstream"}}),
         ),
     }
+}
+
+/// `/redirect?to=TARGET` (any method, under the base path): `307` to `TARGET`, to check that
+/// a proxy hands redirects back to its client instead of following them with an account's
+/// credentials.
+fn redirect(req: &Request<Incoming>) -> Response<BoxBody> {
+    let to = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("to=")))
+        .map(percent_decode)
+        .unwrap_or_else(|| "/".to_owned());
+    let mut r = json_response(
+        StatusCode::TEMPORARY_REDIRECT,
+        &serde_json::json!({"redirect": true}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// `GET /models`: an empty model list, recorded like `/responses` requests (another endpoint

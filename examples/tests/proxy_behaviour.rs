@@ -1299,3 +1299,39 @@ async fn request_bodies_share_one_budget_over_budget_is_503_and_bytes_come_back(
     );
     assert_invariant(&status);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_redirects_go_back_to_the_client_and_are_never_followed() {
+    let h = harness(
+        MockConfig::default().base_path(BASE_PATH),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let mock = h.mock.addr();
+    for to in [
+        "/oauth/token".to_owned(),
+        format!("http://{mock}/oauth/token"),
+        "http://127.0.0.1:9/elsewhere".to_owned(),
+    ] {
+        let (code, text) = common::raw_exchange(
+            h.proxy.addr(),
+            &format!(
+                "POST /v1/redirect?to={to} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}",
+                h.token.secret().expose()
+            ),
+        )
+        .await;
+        assert_eq!(code, 307, "{text}");
+        assert!(text.contains(&format!("location: {to}\r\n")), "{text}");
+    }
+    let seen = h.mock.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.target.starts_with("/backend-api/codex/redirect?")),
+        "a redirect was followed: {seen:?}"
+    );
+    let status = h.stop().await;
+    assert_invariant(&status);
+}

@@ -369,8 +369,11 @@ impl RotationProxy {
                 "running cooldowns restored from the pool"
             );
         }
+        // Redirects go back to the client, never followed here: following one would send
+        // the account's bearer token and account id to a URL the proxy did not choose.
         let client = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(300))
             .pool_idle_timeout(Duration::from_secs(60))
