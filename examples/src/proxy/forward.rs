@@ -1,0 +1,348 @@
+//! Forwarding one `/v1/…` request: where it goes, its body, which account, the retry loop
+//! and the 401 → refresh → re-send path.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use rotation_policy::{AccountId, Decision, Outcome, Selection};
+
+use super::accounts::AfterRejection;
+use super::answers::{bad_target, busy, json_error, too_large};
+use super::budget::{self, BodyRefusal};
+use super::in_flight::{Answer, Pending};
+use super::stream::stream_back;
+use super::{BoxBody, Shared, headers, now, strip_hop_by_hop};
+
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prompt_cache_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
+    let started = std::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    // Where the request goes is settled before any body byte is read, and refused requests
+    // never reach the upstream.
+    let url = match shared.upstream.resolve(&parts.uri) {
+        Ok(url) => url,
+        Err(error) => return bad_target(&shared, error),
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // `_held` keeps the body's bytes counted against the budget until this request ends
+    // (answered or dropped by hyper when the client goes away).
+    let (body, _held) = match budget::read_body(
+        body,
+        declared,
+        shared.options.body_limit,
+        &shared.body_budget,
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return too_large(&shared),
+        Err(BodyRefusal::Busy) => return busy(&shared),
+        Err(BodyRefusal::Unreadable) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+                None,
+            );
+        }
+    };
+    let peek: Option<Peek<'_>> = serde_json::from_slice(&body).ok();
+    let family = peek
+        .as_ref()
+        .and_then(|p| p.model.as_deref())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("*")
+        .to_owned();
+    let session = peek
+        .as_ref()
+        .and_then(|p| p.prompt_cache_key.as_deref().map(str::to_owned))
+        .or_else(|| {
+            ["session_id", "conversation_id"]
+                .iter()
+                .find_map(|h| parts.headers.get(*h)?.to_str().ok().map(str::to_owned))
+        });
+    let mut request = rotation_policy::Request::new(family);
+    if let Some(session) = session {
+        request = request.with_session(session);
+    }
+    let mut fwd_headers = parts.headers.clone();
+    strip_hop_by_hop(&mut fwd_headers);
+    headers::strip_request_only(&mut fwd_headers);
+
+    {
+        let mut state = shared.lock();
+        state.counters.requests += 1;
+        state.counters.in_flight += 1;
+    }
+    let mut pending = Pending {
+        shared: shared.clone(),
+        finished: false,
+        dispatched: None,
+    };
+    // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
+    let max_loops = shared
+        .options
+        .policy
+        .max_attempts
+        .saturating_mul(4)
+        .clamp(4, 64);
+    let mut last_status: Option<StatusCode> = None;
+    // Set when an attempt must be re-sent on the same account with its refreshed token.
+    let mut resend: Option<AccountId> = None;
+    // Whether this attempt already re-sent after a refresh (at most once per attempt).
+    let mut resent = false;
+    for attempt in 0..max_loops {
+        let selected = if let Some(id) = resend.take() {
+            shared.lock().counters.resends += 1;
+            Ok(id)
+        } else {
+            resent = false;
+            let mut state = shared.lock();
+            let t = now();
+            match state.policy.select(&mut request, t) {
+                Selection::Account(id) => {
+                    // ok to ignore: `consume` only fails for an unknown id, just selected.
+                    let _ = state.policy.consume(&id, t);
+                    state.counters.attempts += 1;
+                    if attempt > 0 {
+                        state.counters.retries += 1;
+                    }
+                    Ok(id)
+                }
+                Selection::Exhausted { retry_after } => Err(Some(retry_after)),
+                Selection::NoAccount => Err(None),
+            }
+        };
+        let account = match selected {
+            Ok(id) => {
+                pending.dispatched = Some(id.clone());
+                id
+            }
+            Err(Some(retry_after)) => {
+                pending.finish(Answer::GaveUp, None);
+                tracing::info!(
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "pool exhausted"
+                );
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pool_exhausted",
+                    "every account is cooling down; retry after retry_after_ms",
+                    Some(retry_after),
+                );
+            }
+            Err(None) => {
+                pending.finish(Answer::NoAccount, None);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_account",
+                    "no account left to try for this request (all disabled or already tried)",
+                    None,
+                );
+            }
+        };
+        let creds = match shared.accounts.usable_credentials(&shared, &account).await {
+            Ok(creds) => creds,
+            Err(reason) => {
+                // Refresh failed: the account cannot be used; let the policy cool it down.
+                let decision =
+                    pending.report(&mut request, &account, Outcome::Unauthorized, Some(reason));
+                match decision {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient { retry_after } => {
+                        pending.finish(Answer::GaveUp, None);
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "refresh_failed",
+                            "no account has a usable token right now",
+                            retry_after,
+                        );
+                    }
+                }
+            }
+        };
+        let mut headers = fwd_headers.clone();
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose()))
+        {
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(id) = creds
+            .chatgpt_account_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert("chatgpt-account-id", id);
+        }
+        let sent = shared
+            .client
+            .request(parts.method.clone(), url.clone())
+            .headers(headers)
+            .body(body.clone())
+            .send()
+            .await;
+        let wall = SystemTime::now();
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                last_status = Some(status);
+                let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
+                let error = (outcome != Outcome::Success)
+                    .then(|| format!("upstream answered {} for {account}", status.as_u16()));
+                tracing::info!(
+                    account = %account,
+                    status = status.as_u16(),
+                    attempt = attempt + 1,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "upstream answered"
+                );
+                // A 401 triggers a single-flight refresh, and the attempt is re-sent once on
+                // the same account with the new token, as a new dispatch whose outcome is
+                // reported like any other. The 401 itself is reported once per rejected
+                // token (by the first request to see it), together with the refresh under
+                // one lock, so the policy counts it but never cools the account down for a
+                // token that is already replaced. Requests racing with the same stale token
+                // add no new fact and are not reported again (each would count towards
+                // "disable after N 401s in a row"). A 401 on a re-sent attempt, or a failed
+                // refresh, is reported and decides the next step.
+                let decision = if outcome == Outcome::Unauthorized && !resent {
+                    let first = shared.accounts.first_rejection(&account, creds.generation);
+                    match shared
+                        .accounts
+                        .refresh_after_rejection(&shared, &account, &creds)
+                        .await
+                    {
+                        AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
+                            let reported = first.then(|| {
+                                let mut state = shared.lock();
+                                let t = now();
+                                let decision =
+                                    state.policy.report(&mut request, &account, outcome, t);
+                                pending.dispatched = None;
+                                let disabled = state
+                                    .policy
+                                    .account_status(&account, t)
+                                    .is_some_and(|s| s.disabled.is_some());
+                                if !disabled {
+                                    // ok to ignore: the id was just selected, so it is known.
+                                    let _ = state.policy.mark_refreshed(&account, t);
+                                    if state.policy.consume(&account, t).is_ok() {
+                                        pending.dispatched = Some(account.clone());
+                                    }
+                                }
+                                (disabled, decision)
+                            });
+                            match reported {
+                                // That 401 was the last straw: the policy disabled the account.
+                                Some((true, decision)) => decision,
+                                _ => {
+                                    drop(response);
+                                    tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
+                                    resend = Some(account.clone());
+                                    resent = true;
+                                    continue;
+                                }
+                            }
+                        }
+                        // The refresh already recorded the more useful error ("refresh failed…").
+                        AfterRejection::Failed => {
+                            pending.report(&mut request, &account, outcome, None)
+                        }
+                    }
+                } else {
+                    pending.report(&mut request, &account, outcome, error.clone())
+                };
+                match decision {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient {
+                        retry_after: Some(wait),
+                    } if outcome != Outcome::Success => {
+                        pending.finish(Answer::GaveUp, error);
+                        return json_error(
+                            status,
+                            "upstream_unavailable",
+                            "every account failed or is cooling down; retry after retry_after_ms",
+                            Some(wait),
+                        );
+                    }
+                    Decision::ReturnToClient { .. } => {
+                        let answer = if status.is_success() {
+                            Answer::Ok
+                        } else {
+                            Answer::UpstreamError
+                        };
+                        pending.finish(answer, error);
+                        return stream_back(&shared, response, account, request.family());
+                    }
+                }
+            }
+            Err(err) => {
+                let outcome = if err.is_timeout() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::NetworkError
+                };
+                let message = format!("upstream request failed for {account}: {}", describe(&err));
+                tracing::warn!(account = %account, error = %message, "upstream unreachable");
+                match pending.report(&mut request, &account, outcome, Some(message.clone())) {
+                    Decision::Retry => continue,
+                    Decision::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    Decision::ReturnToClient { retry_after } => {
+                        pending.finish(Answer::BadGateway, Some(message));
+                        return json_error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            "the upstream could not be reached",
+                            retry_after,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    pending.finish(Answer::GaveUp, Some("retry loop bound reached".to_owned()));
+    json_error(
+        last_status.unwrap_or(StatusCode::BAD_GATEWAY),
+        "retries_exhausted",
+        "the request failed on every attempt",
+        None,
+    )
+}
+
+/// A reqwest error without its URL (which could carry query secrets).
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_connect() {
+        "connection failed"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_body() || err.is_decode() {
+        "body error"
+    } else {
+        "request error"
+    };
+    kind.to_owned()
+}
