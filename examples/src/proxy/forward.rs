@@ -1,14 +1,18 @@
 //! Forwarding one `/v1/…` request: where it goes, its body, which account, the retry loop
 //! and the 401 → refresh → re-send path.
+//!
+//! Each attempt ends in one [`Step`]: go round again (the policy chose to retry, perhaps
+//! after a wait, or a refreshed token is to be re-sent) or answer the client. What to do
+//! with the policy's [`Decision`] is written once, in [`step`].
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use rotation_policy::{AccountId, Decision, Outcome, Selection};
 
-use super::accounts::AfterRejection;
+use super::accounts::{AccountCredentials, AfterRejection};
 use super::answers::{bad_target, busy, json_error, too_large};
 use super::budget::{self, BodyRefusal};
 use super::in_flight::{Answer, Pending};
@@ -21,6 +25,33 @@ struct Peek<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     prompt_cache_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// How one attempt of the retry loop ends.
+enum Step {
+    /// Go round again: select an account (or re-send on the one just refreshed).
+    Next,
+    /// Answer the client with this response.
+    Answer(Response<BoxBody>),
+}
+
+/// Acts on the policy's decision: `Retry` and `Wait` (after the wait) go round again;
+/// `ReturnToClient` is answered by `answer`, given the policy's `retry_after`.
+///
+/// `Decision` is matched exhaustively on purpose: a new kind of decision must be placed
+/// here, not fall into a default.
+async fn step(
+    decision: Decision,
+    answer: impl FnOnce(Option<Duration>) -> Response<BoxBody>,
+) -> Step {
+    match decision {
+        Decision::Retry => Step::Next,
+        Decision::Wait(wait) => {
+            tokio::time::sleep(wait).await;
+            Step::Next
+        }
+        Decision::ReturnToClient { retry_after } => Step::Answer(answer(retry_after)),
+    }
 }
 
 pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
@@ -59,25 +90,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             );
         }
     };
-    let peek: Option<Peek<'_>> = serde_json::from_slice(&body).ok();
-    let family = peek
-        .as_ref()
-        .and_then(|p| p.model.as_deref())
-        .filter(|m| !m.is_empty())
-        .unwrap_or("*")
-        .to_owned();
-    let session = peek
-        .as_ref()
-        .and_then(|p| p.prompt_cache_key.as_deref().map(str::to_owned))
-        .or_else(|| {
-            ["session_id", "conversation_id"]
-                .iter()
-                .find_map(|h| parts.headers.get(*h)?.to_str().ok().map(str::to_owned))
-        });
-    let mut request = rotation_policy::Request::new(family);
-    if let Some(session) = session {
-        request = request.with_session(session);
-    }
+    let mut request = routing_request(&body, &parts.headers);
     let mut fwd_headers = parts.headers.clone();
     strip_hop_by_hop(&mut fwd_headers);
     headers::strip_request_only(&mut fwd_headers);
@@ -105,25 +118,14 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     // Whether this attempt already re-sent after a refresh (at most once per attempt).
     let mut resent = false;
     for attempt in 0..max_loops {
-        let selected = if let Some(id) = resend.take() {
-            shared.lock().counters.resends += 1;
-            Ok(id)
-        } else {
-            resent = false;
-            let mut state = shared.lock();
-            let t = now();
-            match state.policy.select(&mut request, t) {
-                Selection::Account(id) => {
-                    // ok to ignore: `consume` only fails for an unknown id, just selected.
-                    let _ = state.policy.consume(&id, t);
-                    state.counters.attempts += 1;
-                    if attempt > 0 {
-                        state.counters.retries += 1;
-                    }
-                    Ok(id)
-                }
-                Selection::Exhausted { retry_after } => Err(Some(retry_after)),
-                Selection::NoAccount => Err(None),
+        let selected = match resend.take() {
+            Some(id) => {
+                shared.lock().counters.resends += 1;
+                Ok(id)
+            }
+            None => {
+                resent = false;
+                select(&shared, &mut request, attempt)
             }
         };
         let account = match selected {
@@ -158,145 +160,38 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             Ok(creds) => creds,
             Err(reason) => {
                 // Refresh failed: the account cannot be used; let the policy cool it down.
-                let decision =
-                    pending.report(&mut request, &account, Outcome::Unauthorized, Some(reason));
-                match decision {
-                    Decision::Retry => continue,
-                    Decision::Wait(d) => {
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                    Decision::ReturnToClient { retry_after } => {
-                        pending.finish(Answer::GaveUp, None);
-                        return json_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "refresh_failed",
-                            "no account has a usable token right now",
-                            retry_after,
-                        );
-                    }
+                let decision = pending.record_outcome(
+                    &mut request,
+                    &account,
+                    Outcome::Unauthorized,
+                    Some(reason),
+                );
+                let next = step(decision, |retry_after| {
+                    pending.finish(Answer::GaveUp, None);
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "refresh_failed",
+                        "no account has a usable token right now",
+                        retry_after,
+                    )
+                })
+                .await;
+                match next {
+                    Step::Next => continue,
+                    Step::Answer(response) => return response,
                 }
             }
         };
-        let mut headers = fwd_headers.clone();
-        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose()))
-        {
-            v.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, v);
-        }
-        if let Some(id) = creds
-            .chatgpt_account_id
-            .as_deref()
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
-            headers.insert("chatgpt-account-id", id);
-        }
         let sent = shared
             .client
             .request(parts.method.clone(), url.clone())
-            .headers(headers)
+            .headers(account_headers(&fwd_headers, &creds))
             .body(body.clone())
             .send()
             .await;
         let wall = SystemTime::now();
-        match sent {
-            Ok(response) => {
-                let status = response.status();
-                last_status = Some(status);
-                let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
-                let error = (outcome != Outcome::Success)
-                    .then(|| format!("upstream answered {} for {account}", status.as_u16()));
-                tracing::info!(
-                    account = %account,
-                    status = status.as_u16(),
-                    attempt = attempt + 1,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "upstream answered"
-                );
-                // A 401 triggers a single-flight refresh, and the attempt is re-sent once on
-                // the same account with the new token, as a new dispatch whose outcome is
-                // reported like any other. The 401 itself is reported once per rejected
-                // token (by the first request to see it), together with the refresh under
-                // one lock, so the policy counts it but never cools the account down for a
-                // token that is already replaced. Requests racing with the same stale token
-                // add no new fact and are not reported again (each would count towards
-                // "disable after N 401s in a row"). A 401 on a re-sent attempt, or a failed
-                // refresh, is reported and decides the next step.
-                let decision = if outcome == Outcome::Unauthorized && !resent {
-                    let first = shared.accounts.first_rejection(&account, creds.generation);
-                    match shared
-                        .accounts
-                        .refresh_after_rejection(&shared, &account, &creds)
-                        .await
-                    {
-                        AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
-                            let reported = first.then(|| {
-                                let mut state = shared.lock();
-                                let t = now();
-                                let decision =
-                                    state.policy.report(&mut request, &account, outcome, t);
-                                pending.dispatched = None;
-                                let disabled = state
-                                    .policy
-                                    .account_status(&account, t)
-                                    .is_some_and(|s| s.disabled.is_some());
-                                if !disabled {
-                                    // ok to ignore: the id was just selected, so it is known.
-                                    let _ = state.policy.mark_refreshed(&account, t);
-                                    if state.policy.consume(&account, t).is_ok() {
-                                        pending.dispatched = Some(account.clone());
-                                    }
-                                }
-                                (disabled, decision)
-                            });
-                            match reported {
-                                // That 401 was the last straw: the policy disabled the account.
-                                Some((true, decision)) => decision,
-                                _ => {
-                                    drop(response);
-                                    tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
-                                    resend = Some(account.clone());
-                                    resent = true;
-                                    continue;
-                                }
-                            }
-                        }
-                        // The refresh already recorded the more useful error ("refresh failed…").
-                        AfterRejection::Failed => {
-                            pending.report(&mut request, &account, outcome, None)
-                        }
-                    }
-                } else {
-                    pending.report(&mut request, &account, outcome, error.clone())
-                };
-                match decision {
-                    Decision::Retry => continue,
-                    Decision::Wait(d) => {
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                    Decision::ReturnToClient {
-                        retry_after: Some(wait),
-                    } if outcome != Outcome::Success => {
-                        pending.finish(Answer::GaveUp, error);
-                        return json_error(
-                            status,
-                            "upstream_unavailable",
-                            "every account failed or is cooling down; retry after retry_after_ms",
-                            Some(wait),
-                        );
-                    }
-                    Decision::ReturnToClient { .. } => {
-                        let answer = if status.is_success() {
-                            Answer::Ok
-                        } else {
-                            Answer::UpstreamError
-                        };
-                        pending.finish(answer, error);
-                        return stream_back(&shared, response, account, request.family());
-                    }
-                }
-            }
+        let response = match sent {
+            Ok(response) => response,
             Err(err) => {
                 let outcome = if err.is_timeout() {
                     Outcome::Timeout
@@ -305,23 +200,74 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 };
                 let message = format!("upstream request failed for {account}: {}", describe(&err));
                 tracing::warn!(account = %account, error = %message, "upstream unreachable");
-                match pending.report(&mut request, &account, outcome, Some(message.clone())) {
-                    Decision::Retry => continue,
-                    Decision::Wait(d) => {
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                    Decision::ReturnToClient { retry_after } => {
-                        pending.finish(Answer::BadGateway, Some(message));
-                        return json_error(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_unreachable",
-                            "the upstream could not be reached",
-                            retry_after,
-                        );
-                    }
+                let decision =
+                    pending.record_outcome(&mut request, &account, outcome, Some(message.clone()));
+                let next = step(decision, |retry_after| {
+                    pending.finish(Answer::BadGateway, Some(message));
+                    json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        "the upstream could not be reached",
+                        retry_after,
+                    )
+                })
+                .await;
+                match next {
+                    Step::Next => continue,
+                    Step::Answer(response) => return response,
                 }
             }
+        };
+        let status = response.status();
+        last_status = Some(status);
+        let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
+        let error = (outcome != Outcome::Success)
+            .then(|| format!("upstream answered {} for {account}", status.as_u16()));
+        tracing::info!(
+            account = %account,
+            status = status.as_u16(),
+            attempt = attempt + 1,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "upstream answered"
+        );
+        let decision = if outcome == Outcome::Unauthorized && !resent {
+            match after_unauthorized(&shared, &mut pending, &mut request, &account, &creds).await {
+                Some(decision) => decision,
+                None => {
+                    drop(response);
+                    tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
+                    resend = Some(account);
+                    resent = true;
+                    continue;
+                }
+            }
+        } else {
+            pending.record_outcome(&mut request, &account, outcome, error.clone())
+        };
+        let next = step(decision, |retry_after| match retry_after {
+            Some(wait) if outcome != Outcome::Success => {
+                pending.finish(Answer::GaveUp, error);
+                json_error(
+                    status,
+                    "upstream_unavailable",
+                    "every account failed or is cooling down; retry after retry_after_ms",
+                    Some(wait),
+                )
+            }
+            _ => {
+                let answer = if status.is_success() {
+                    Answer::Ok
+                } else {
+                    Answer::UpstreamError
+                };
+                pending.finish(answer, error);
+                stream_back(&shared, response, account, request.family())
+            }
+        })
+        .await;
+        match next {
+            Step::Next => continue,
+            Step::Answer(response) => return response,
         }
     }
     pending.finish(Answer::GaveUp, Some("retry loop bound reached".to_owned()));
@@ -331,6 +277,128 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         "the request failed on every attempt",
         None,
     )
+}
+
+/// The policy's view of the request: the model family from the body, and the session (the
+/// body's `prompt_cache_key`, else a `session_id`/`conversation_id` header) for affinity.
+fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request {
+    let peek: Option<Peek<'_>> = serde_json::from_slice(body).ok();
+    let family = peek
+        .as_ref()
+        .and_then(|p| p.model.as_deref())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("*")
+        .to_owned();
+    let session = peek
+        .as_ref()
+        .and_then(|p| p.prompt_cache_key.as_deref().map(str::to_owned))
+        .or_else(|| {
+            ["session_id", "conversation_id"]
+                .iter()
+                .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
+        });
+    let request = rotation_policy::Request::new(family);
+    match session {
+        Some(session) => request.with_session(session),
+        None => request,
+    }
+}
+
+/// Asks the policy for an account and takes one dispatch from it. `Err(Some(wait))`: every
+/// account is cooling down; `Err(None)`: none left to try.
+fn select(
+    shared: &Shared,
+    request: &mut rotation_policy::Request,
+    attempt: u32,
+) -> Result<AccountId, Option<Duration>> {
+    let mut state = shared.lock();
+    let t = now();
+    match state.policy.select(request, t) {
+        Selection::Account(id) => {
+            // ok to ignore: `consume` only fails for an unknown id, just selected.
+            let _ = state.policy.consume(&id, t);
+            state.counters.attempts += 1;
+            if attempt > 0 {
+                state.counters.retries += 1;
+            }
+            Ok(id)
+        }
+        Selection::Exhausted { retry_after } => Err(Some(retry_after)),
+        Selection::NoAccount => Err(None),
+    }
+}
+
+/// The client's forwardable headers plus the account's `Authorization` (marked sensitive,
+/// so it is never logged) and `ChatGPT-Account-Id`.
+fn account_headers(forwarded: &HeaderMap, creds: &AccountCredentials) -> HeaderMap {
+    let mut headers = forwarded.clone();
+    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose())) {
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    if let Some(id) = creds
+        .chatgpt_account_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert("chatgpt-account-id", id);
+    }
+    headers
+}
+
+/// After an upstream `401` on a first send: refresh the account's token (single-flight) and
+/// tell the policy. `None`: re-send on the same account with the new token; `Some`: the
+/// policy's decision, when the refresh failed or that 401 disabled the account.
+///
+/// The 401 is reported once per rejected token (by the first request to see it), together
+/// with the refresh under one lock, so the policy counts it but never cools the account down
+/// for a token that is already replaced. Requests racing with the same stale token add no
+/// new fact and are not reported again (each would count towards "disable after N 401s in a
+/// row"). The re-send is a new dispatch whose outcome is reported like any other; a 401 on a
+/// re-sent attempt is reported by the caller and decides the next step.
+async fn after_unauthorized(
+    shared: &Arc<Shared>,
+    pending: &mut Pending,
+    request: &mut rotation_policy::Request,
+    account: &AccountId,
+    creds: &AccountCredentials,
+) -> Option<Decision> {
+    let first = shared.accounts.first_rejection(account, creds.generation);
+    match shared
+        .accounts
+        .refresh_after_rejection(shared, account, creds)
+        .await
+    {
+        // The refresh already recorded the more useful error ("refresh failed…").
+        AfterRejection::Failed => {
+            Some(pending.record_outcome(request, account, Outcome::Unauthorized, None))
+        }
+        AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
+            if !first {
+                return None;
+            }
+            let mut state = shared.lock();
+            let t = now();
+            let decision = state
+                .policy
+                .report(request, account, Outcome::Unauthorized, t);
+            pending.dispatched = None;
+            let disabled = state
+                .policy
+                .account_status(account, t)
+                .is_some_and(|s| s.disabled.is_some());
+            if disabled {
+                // That 401 was the last straw: the policy disabled the account.
+                return Some(decision);
+            }
+            // ok to ignore: the id was just selected, so it is known.
+            let _ = state.policy.mark_refreshed(account, t);
+            if state.policy.consume(account, t).is_ok() {
+                pending.dispatched = Some(account.clone());
+            }
+            None
+        }
+    }
 }
 
 /// A reqwest error without its URL (which could carry query secrets).

@@ -1,5 +1,6 @@
 //! Bookkeeping of one request between account selection and its answer, kept exact when
-//! the client goes away (an RAII guard), and the one place outcomes are recorded.
+//! the client goes away (an RAII guard), and the one place attempt outcomes are recorded
+//! ([`Pending::record_outcome`]).
 
 use std::sync::Arc;
 
@@ -43,7 +44,10 @@ impl Pending {
         }
     }
 
-    pub(super) fn report(
+    /// Tells the policy how the attempt on `account` ended (which also ends its dispatch),
+    /// records `error` as the last error of the proxy and of the account, and returns the
+    /// policy's decision.
+    pub(super) fn record_outcome(
         &mut self,
         request: &mut rotation_policy::Request,
         account: &AccountId,
@@ -51,7 +55,16 @@ impl Pending {
         error: Option<String>,
     ) -> Decision {
         self.dispatched = None;
-        report(&self.shared, request, account, outcome, error)
+        let mut state = self.shared.lock();
+        let decision = state.policy.report(request, account, outcome, now());
+        if let Some(e) = &error {
+            state.last_error = Some(e.clone());
+        }
+        drop(state);
+        if let Some(e) = error {
+            self.shared.accounts.note_error(account, e);
+        }
+        decision
     }
 }
 
@@ -69,23 +82,4 @@ impl Drop for Pending {
         drop(state);
         tracing::info!("client went away before the answer; request cancelled");
     }
-}
-
-pub(super) fn report(
-    shared: &Shared,
-    request: &mut rotation_policy::Request,
-    account: &AccountId,
-    outcome: Outcome,
-    error: Option<String>,
-) -> Decision {
-    let mut state = shared.lock();
-    let decision = state.policy.report(request, account, outcome, now());
-    if let Some(e) = &error {
-        state.last_error = Some(e.clone());
-    }
-    drop(state);
-    if let Some(e) = error {
-        shared.accounts.note_error(account, e);
-    }
-    decision
 }
