@@ -556,8 +556,14 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
     let addr = addr_of(&base_url);
     let before = peak_rss(pid);
 
+    // Bodies whose one huge `model` string or key a naive JSON peek would copy whole
+    // (memory outside the budget); plain padded bodies are the easy case.
+    let shapes = [common::Shape::LongModel, common::Shape::LongKey];
     let uploads: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(async move { common::upload(addr, token, BODY, false).await }))
+        .map(|i| {
+            let shape = shapes[i % shapes.len()];
+            tokio::spawn(async move { common::upload(addr, token, BODY, false, shape).await })
+        })
         .collect();
     // Those over the budget are answered at once; the rest wait for the upstream.
     let fits = BUDGET / BODY;

@@ -1232,25 +1232,25 @@ async fn request_bodies_share_one_budget_over_budget_is_503_and_bytes_come_back(
     // A: 1.5 MiB, held by the stalled upstream (and so by the proxy).
     let a = tokio::spawn({
         let token = token.clone();
-        async move { common::upload(addr, &token, 3 * MIB / 2, false).await }
+        async move { common::upload(addr, &token, 3 * MIB / 2, false, common::Shape::Padded).await }
     });
     let c = counters_until(&h.proxy, |c| c.attempts == 1).await;
     assert_eq!(c.attempts, 1, "A reached the upstream: {c:?}");
     assert_eq!(c.body_bytes_held, (3 * MIB / 2) as u64, "{c:?}");
 
     // B: 2 MiB declared, within the cap but over what is left → 503 up front.
-    let (code, text) = common::upload(addr, &token, 2 * MIB, false).await;
+    let (code, text) = common::upload(addr, &token, 2 * MIB, false, common::Shape::Padded).await;
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("retry-after: 1\r\n"), "{text}");
     assert!(text.contains("\"proxy_busy\""), "{text}");
     // C: the same without a length → 503 once it grows past what is left.
-    let (code, text) = common::upload(addr, &token, 2 * MIB, true).await;
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true, common::Shape::Padded).await;
     assert_eq!(code, 503, "{text}");
     // D: a declared length over the cap → 413 up front, whatever the budget holds; without
     // a length the budget runs out first here → 503.
-    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, false).await;
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, false, common::Shape::Padded).await;
     assert_eq!(code, 413);
-    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true).await;
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true, common::Shape::Padded).await;
     assert_eq!(code, 503);
     let c = h.proxy.status().counters;
     assert_eq!(
@@ -1266,16 +1266,16 @@ async fn request_bodies_share_one_budget_over_budget_is_503_and_bytes_come_back(
     let c = counters_until(&h.proxy, |c| c.body_bytes_held == 0).await;
     assert_eq!(c.body_bytes_held, 0, "{c:?}");
     // With the budget free, a streamed body is cut at the cap.
-    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true).await;
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true, common::Shape::Padded).await;
     assert_eq!(code, 413);
     gate.notify_one();
-    let (code, text) = common::upload(addr, &token, 2 * MIB, true).await;
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true, common::Shape::Padded).await;
     assert_eq!(code, 200, "{text}");
 
     // A client that goes away while its body is held gives the bytes back.
     let abandoned = tokio::spawn({
         let token = token.clone();
-        async move { common::upload(addr, &token, 2 * MIB, false).await }
+        async move { common::upload(addr, &token, 2 * MIB, false, common::Shape::Padded).await }
     });
     let c = counters_until(&h.proxy, |c| c.attempts == 3).await;
     assert_eq!(c.body_bytes_held, (2 * MIB) as u64, "{c:?}");

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use rotation_policy::{AccountId, Decision, Outcome, Selection};
+use serde_json::value::RawValue;
 
 use super::accounts::{AccountCredentials, AfterRejection};
 use super::answers::{bad_target, busy, json_error, too_large};
@@ -19,12 +20,60 @@ use super::in_flight::{Answer, Pending};
 use super::stream::stream_back;
 use super::{BoxBody, Shared, headers, now, strip_hop_by_hop};
 
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    prompt_cache_key: Option<std::borrow::Cow<'a, str>>,
+/// The two fields of a Responses API body that steer account selection.
+///
+/// Read without copying the body: keys and the two values are borrowed raw (`RawValue`),
+/// every other value is skipped, and only values up to [`PEEK_FIELD_MAX`] bytes are decoded.
+/// A derived `Deserialize` would decode each top-level key, and the two values, into fresh
+/// buffers, so a body of one huge escaped key or `model` string (`"\nAAAA…"`) would cost as
+/// much memory again as the body, outside the body budget.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Peek {
+    model: Option<String>,
+    prompt_cache_key: Option<String>,
+}
+
+/// Longest raw `model` or `prompt_cache_key` value that is decoded (longer ones are ignored).
+const PEEK_FIELD_MAX: usize = 1024;
+
+impl<'de> serde::Deserialize<'de> for Peek {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Peek;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peek, A::Error> {
+                let mut peek = Peek::default();
+                while let Some(key) = map.next_key::<&'de RawValue>()? {
+                    // Raw keys keep their quotes; escaped spellings of the names do not match.
+                    match key.get() {
+                        r#""model""# => peek.model = small_string(map.next_value()?),
+                        r#""prompt_cache_key""# => {
+                            peek.prompt_cache_key = small_string(map.next_value()?);
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(peek)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// A short JSON string value, decoded; `None` for anything else or anything long.
+fn small_string(raw: &RawValue) -> Option<String> {
+    let raw = raw.get();
+    if raw.len() > PEEK_FIELD_MAX {
+        return None;
+    }
+    serde_json::from_str(raw).ok()
 }
 
 /// How one attempt of the retry loop ends.
@@ -282,21 +331,16 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
 /// The policy's view of the request: the model family from the body, and the session (the
 /// body's `prompt_cache_key`, else a `session_id`/`conversation_id` header) for affinity.
 fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request {
-    let peek: Option<Peek<'_>> = serde_json::from_slice(body).ok();
+    let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
     let family = peek
-        .as_ref()
-        .and_then(|p| p.model.as_deref())
+        .model
         .filter(|m| !m.is_empty())
-        .unwrap_or("*")
-        .to_owned();
-    let session = peek
-        .as_ref()
-        .and_then(|p| p.prompt_cache_key.as_deref().map(str::to_owned))
-        .or_else(|| {
-            ["session_id", "conversation_id"]
-                .iter()
-                .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
-        });
+        .unwrap_or_else(|| "*".to_owned());
+    let session = peek.prompt_cache_key.or_else(|| {
+        ["session_id", "conversation_id"]
+            .iter()
+            .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
+    });
     let request = rotation_policy::Request::new(family);
     match session {
         Some(session) => request.with_session(session),
@@ -413,4 +457,68 @@ fn describe(err: &reqwest::Error) -> String {
         "request error"
     };
     kind.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peek(body: &str) -> Peek {
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_routing_fields_are_read_and_everything_else_skipped() {
+        let body = r#"{"input":[{"role":"user","content":"a \"quoted\" {x}"}],"model":"gpt-5","stream":true,"prompt_cache_key":"s-1","tools":{"model":"nested"}}"#;
+        assert_eq!(
+            peek(body),
+            Peek {
+                model: Some("gpt-5".into()),
+                prompt_cache_key: Some("s-1".into())
+            }
+        );
+        // Escapes in short values are decoded.
+        assert_eq!(
+            peek(r#"{"model":"gpt\u002d5"}"#).model.as_deref(),
+            Some("gpt-5")
+        );
+        for not_an_object in ["", "[]", "\"model\"", "{\"model\":", "{} x", "null"] {
+            assert_eq!(peek(not_an_object), Peek::default(), "{not_an_object}");
+        }
+        assert_eq!(
+            peek(r#"{"model":5,"prompt_cache_key":null}"#),
+            Peek::default()
+        );
+    }
+
+    #[test]
+    fn long_values_and_escaped_keys_are_ignored_not_decoded() {
+        let long = format!(
+            r#"{{"model":"\n{}","prompt_cache_key":"k"}}"#,
+            "A".repeat(PEEK_FIELD_MAX)
+        );
+        assert_eq!(
+            peek(&long),
+            Peek {
+                model: None,
+                prompt_cache_key: Some("k".into())
+            }
+        );
+        let escaped_key = format!(r#"{{"\n{}":0,"model":"m"}}"#, "A".repeat(100_000));
+        assert_eq!(peek(&escaped_key).model.as_deref(), Some("m"));
+        // A key spelled with escapes is not the field (Codex never escapes its keys).
+        assert_eq!(peek(r#"{"mod\u0065l":"m"}"#), Peek::default());
+    }
+
+    #[test]
+    fn the_routing_request_falls_back_to_star_and_session_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("session_id", HeaderValue::from_static("h-1"));
+        let r = routing_request(br#"{"model":"gpt-5","prompt_cache_key":"p-1"}"#, &headers);
+        assert_eq!((r.family(), r.session()), ("gpt-5", Some("p-1")));
+        let r = routing_request(b"not json", &headers);
+        assert_eq!((r.family(), r.session()), ("*", Some("h-1")));
+        let r = routing_request(br#"{"model":""}"#, &HeaderMap::new());
+        assert_eq!((r.family(), r.session()), ("*", None));
+    }
 }

@@ -203,17 +203,49 @@ pub async fn raw_exchange_with_body(
     (code, text)
 }
 
-/// Uploads `len` bytes (at least the JSON) of a JSON body (`{"input":"…"}` padded with spaces) to `/v1/responses`
-/// over a raw socket, with `content-length` or chunked, reading the answer while it writes
-/// (the proxy may answer before the body is sent). Returns the status and the answer's head.
+/// How [`upload`] fills its JSON body of a given length.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// `{"model":"gpt-5","input":"upload","stream":false}` padded with spaces.
+    Padded,
+    /// `{"input":"upload","stream":false,"model":"\nAAAA…"}`: one huge `model` string with an
+    /// escape up front (a naive parser copies it whole).
+    LongModel,
+    /// `{"input":"upload","stream":false,"\nAAAA…":0}`: one huge escaped key.
+    LongKey,
+}
+
+impl Shape {
+    fn parts(self) -> (&'static [u8], u8, &'static [u8]) {
+        match self {
+            Shape::Padded => (
+                br#"{"model":"gpt-5","input":"upload","stream":false}"#,
+                b' ',
+                b"",
+            ),
+            Shape::LongModel => (
+                br#"{"input":"upload","stream":false,"model":"\n"#,
+                b'A',
+                br#""}"#,
+            ),
+            Shape::LongKey => (br#"{"input":"upload","stream":false,"\n"#, b'A', br#"":0}"#),
+        }
+    }
+}
+
+/// Uploads a JSON body of `len` bytes (at least its fixed parts) shaped by `shape` to
+/// `/v1/responses` over a raw socket, with `content-length` or chunked, generating it piece
+/// by piece and reading the answer while it writes (the proxy may answer before the body is
+/// sent). Returns the status and the answer's head (and body, when it has a length).
 pub async fn upload(
     addr: std::net::SocketAddr,
     token: &str,
     len: usize,
     chunked: bool,
+    shape: Shape,
 ) -> (u16, String) {
-    const JSON: &[u8] = br#"{"model":"gpt-5","input":"upload","stream":false}"#;
-    let len = len.max(JSON.len());
+    let (prefix, filler, suffix) = shape.parts();
+    let len = len.max(prefix.len() + suffix.len());
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let framing = if chunked {
         "transfer-encoding: chunked".to_owned()
@@ -228,27 +260,15 @@ pub async fn upload(
     let writer = tokio::spawn(async move {
         write.write_all(head.as_bytes()).await?;
         // Generated piece by piece: sixteen 60 MB uploads must not cost the test 1 GB.
-        let padding = vec![b' '; 256 * 1024];
-        let mut left = len;
-        let mut first = true;
+        let fill = vec![filler; 256 * 1024];
+        let mut left = len - prefix.len() - suffix.len();
+        write_piece(&mut write, prefix, chunked).await?;
         while left > 0 {
-            let piece: &[u8] = if first {
-                first = false;
-                JSON
-            } else {
-                &padding[..left.min(padding.len())]
-            };
-            left -= piece.len();
-            if chunked {
-                write
-                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                    .await?;
-                write.write_all(piece).await?;
-                write.write_all(b"\r\n").await?;
-            } else {
-                write.write_all(piece).await?;
-            }
+            let n = left.min(fill.len());
+            left -= n;
+            write_piece(&mut write, &fill[..n], chunked).await?;
         }
+        write_piece(&mut write, suffix, chunked).await?;
         if chunked {
             write.write_all(b"0\r\n\r\n").await?;
         }
@@ -284,4 +304,23 @@ pub async fn upload(
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     (code, text)
+}
+
+async fn write_piece(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    piece: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    if piece.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        write
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await?;
+        write.write_all(piece).await?;
+        write.write_all(b"\r\n").await
+    } else {
+        write.write_all(piece).await
+    }
 }
