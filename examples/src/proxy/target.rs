@@ -11,14 +11,14 @@
 //! | a path not starting with `/v1/` | refused (the proxy answers 404 before this) |
 //! | `\` anywhere in the path | refused (some servers read it as `/`) |
 //! | `%` not followed by two hex digits | refused (invalid percent-encoding) |
-//! | `%2f`/`%2F` or `%5c`/`%5C` (an encoded separator) | refused |
+//! | `%2f`/`%2F` or `%5c`/`%5C` (an encoded separator), or a character that Unicode normalization (NFKC) turns into `/` or `\` (`／`, `＼`, `∕`, `⁄`, …) | refused |
 //! | `%00`–`%1f`, `%7f` (control bytes, encoded; raw ones never parse) | refused |
 //! | `%25` (a `%` that decodes to `%`: double encoding such as `%252e`) | refused |
 //! | a segment that decodes to bytes that are not UTF-8 | refused |
 //! | an empty segment (`//`) | dropped (never becomes a scheme-relative `//host`) |
 //! | `.` (plain or `%2e`, any case) | dropped |
 //! | `..` (plain, `%2e%2e`, `.%2e`, `%2E.` …) | removes the previous segment; refused when there is none (it would leave the base path) |
-//! | a segment of only dots and spaces, or dots before `;` (`...`, `. `, `..;x`) | refused (servers disagree on what it means) |
+//! | a segment of only dots and spaces, or dots before `;` (`...`, `. `, `..;x`), counting characters that normalize to dots (`．．`, `‥`, `…`) | refused (servers disagree on what it means) |
 //! | anything else | decoded, then re-encoded by the `url` crate as one segment |
 //! | a trailing `/` | kept |
 //! | the query string | appended as it came (the `url` crate encodes what must be); it cannot change the origin or the path |
@@ -67,8 +67,10 @@ pub(crate) enum TargetError {
     /// A `%` is not followed by two hex digits.
     #[error("the path has invalid percent-encoding (a % not followed by two hex digits)")]
     InvalidPercentEncoding,
-    /// A segment encodes `/` or `\`.
-    #[error("the path encodes a separator (%2F or %5C); send segments unencoded")]
+    /// A segment encodes `/` or `\`, or holds a character that normalizes to one.
+    #[error(
+        "the path encodes a separator (%2F, %5C, or a look-alike such as U+FF0F); send segments unencoded"
+    )]
     EncodedSeparator,
     /// A segment encodes a control byte.
     #[error("the path encodes a control byte (%00-%1F or %7F)")]
@@ -178,12 +180,10 @@ impl UpstreamBase {
         let under_base = p == self.path
             || p.strip_prefix(self.path.as_str())
                 .is_some_and(|tail| tail.starts_with('/'));
-        let dotted = p.split('/').any(|s| {
-            let lower = s.to_ascii_lowercase();
-            matches!(
-                lower.as_str(),
-                "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
-            )
+        // Every segment sent must pass the same decoding rules and be no dot segment.
+        let dotted = p.split('/').skip(1).any(|s| match decode_segment(s) {
+            Ok(decoded) => decoded == "." || decoded == ".." || is_dot_like(&decoded),
+            Err(_) => true,
         });
         if same_origin && under_base && !dotted {
             Ok(())
@@ -223,15 +223,43 @@ fn decode_segment(raw: &str) -> Result<String, TargetError> {
     if out.iter().any(|b| b.is_ascii_control()) {
         return Err(TargetError::ControlByte);
     }
-    String::from_utf8(out).map_err(|_| TargetError::NotUtf8)
+    let segment = String::from_utf8(out).map_err(|_| TargetError::NotUtf8)?;
+    if segment.chars().any(|c| SEPARATOR_LOOKALIKES.contains(&c)) {
+        return Err(TargetError::EncodedSeparator);
+    }
+    Ok(segment)
 }
 
+/// Characters that Unicode compatibility normalization (NFKC), applied by some servers and
+/// frameworks to paths, turns into `/` or `\`.
+const SEPARATOR_LOOKALIKES: [char; 6] = [
+    '\u{2044}', // FRACTION SLASH
+    '\u{2215}', // DIVISION SLASH
+    '\u{29F5}', // REVERSE SOLIDUS OPERATOR
+    '\u{FE68}', // SMALL REVERSE SOLIDUS
+    '\u{FF0F}', // FULLWIDTH SOLIDUS
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
+];
+
+/// Characters that NFKC turns into one or more `.`.
+const DOT_LOOKALIKES: [char; 5] = [
+    '\u{2024}', // ONE DOT LEADER
+    '\u{2025}', // TWO DOT LEADER
+    '\u{2026}', // HORIZONTAL ELLIPSIS
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+];
+
 /// A segment that is neither `.` nor `..` but that some server could still take for one:
-/// only dots and whitespace (`...`, `. `, ` ..`), or dots followed by `;parameters`.
+/// only dots and whitespace (`...`, `. `, ` ..`), dots followed by `;parameters`, or
+/// characters that normalize to dots (`．．`, `‥`).
 fn is_dot_like(segment: &str) -> bool {
     let name = segment.split(';').next().unwrap_or(segment);
     let core = name.trim_matches(|c: char| c.is_whitespace());
-    !core.is_empty() && core.chars().all(|c| c == '.')
+    !core.is_empty()
+        && core
+            .chars()
+            .all(|c| c == '.' || DOT_LOOKALIKES.contains(&c))
 }
 
 #[cfg(test)]
@@ -348,6 +376,14 @@ mod tests {
             ("/v1/..%20/y", AmbiguousDotSegment),
             ("/v1/%20../y", AmbiguousDotSegment),
             ("/v1/%09../y", ControlByte),
+            ("/v1/%EF%BC%8E%EF%BC%8E/x", AmbiguousDotSegment), // fullwidth ．．
+            ("/v1/%E2%80%A5/x", AmbiguousDotSegment),          // ‥
+            ("/v1/.%EF%BC%8E/x", AmbiguousDotSegment),
+            ("/v1/%E2%80%A6/x", AmbiguousDotSegment), // …
+            ("/v1/..%EF%BC%8Fx", EncodedSeparator),   // ..／x
+            ("/v1/..%EF%BC%BCx", EncodedSeparator),   // ..＼x
+            ("/v1/a%E2%88%95b", EncodedSeparator),    // ∕
+            ("/v1/a%E2%81%84b", EncodedSeparator),    // ⁄
             ("/responses", NotUnderV1),
             ("/v1", NotUnderV1),
             ("/v2/x", NotUnderV1),
@@ -366,6 +402,15 @@ mod tests {
         assert_eq!(
             b.resolve_parts("/v1/a\\b", None),
             Err(TargetError::Backslash)
+        );
+        // Raw (unencoded) look-alikes, should a parser let them through.
+        assert_eq!(
+            b.resolve_parts("/v1/\u{FF0E}\u{FF0E}/x", None),
+            Err(TargetError::AmbiguousDotSegment)
+        );
+        assert_eq!(
+            b.resolve_parts("/v1/..\u{FF0F}x", None),
+            Err(TargetError::EncodedSeparator)
         );
     }
 
@@ -426,6 +471,10 @@ mod tests {
             Just("\\".to_owned()),
             Just(";".to_owned()),
             Just("@".to_owned()),
+            Just("%EF%BC%8E".to_owned()),
+            Just("%EF%BC%8F".to_owned()),
+            Just("\u{FF0E}".to_owned()),
+            Just("\u{2025}".to_owned()),
             Just("%40".to_owned()),
             Just(":".to_owned()),
             Just("?".to_owned()),
