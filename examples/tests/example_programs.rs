@@ -630,3 +630,49 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
     assert!(exit.success());
     mock.shutdown().await;
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_it() {
+    let Some(binary) = common::example_or_skip(
+        "rotation-proxy",
+        "rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_it",
+    ) else {
+        return;
+    };
+    let pool_dir = tempfile::tempdir().unwrap();
+    for (upstream, expected) in [
+        (
+            "https://user:pa55word-secret@chatgpt.example/backend-api/codex",
+            "must not carry a user name or password",
+        ),
+        (
+            "ftp://chatgpt.example/pa55word-secret",
+            "must use http or https",
+        ),
+        (
+            "https://chatgpt.example/x?key=pa55word-secret",
+            "must not have a query or fragment",
+        ),
+        ("pa55word-secret", "does not parse"),
+    ] {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-config-rewrite",
+            "--pool-dir",
+        ])
+        .arg(pool_dir.path())
+        .args(["--upstream", upstream])
+        .env(TOKEN_ENV, "test-wrapper-token-0123456789");
+        let run = common::run_bounded(cmd, Duration::from_secs(20));
+        assert_eq!(run.code, Some(1), "{upstream}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{upstream}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("pa55word") && !run.stdout.contains("pa55word"),
+            "the URL was echoed: {}",
+            run.stderr
+        );
+    }
+}

@@ -348,10 +348,10 @@ impl std::fmt::Debug for RotationProxy {
 impl RotationProxy {
     /// Binds `options.listen` and starts serving `accounts`.
     pub async fn start(options: ProxyOptions, accounts: Accounts) -> Result<Self, ProxyError> {
+        let upstream = UpstreamBase::parse(&options.upstream)?;
         if accounts.is_empty() {
             return Err(ProxyError::EmptyPool);
         }
-        let upstream = UpstreamBase::parse(&options.upstream)?;
         let body_budget = BodyBudget::new(options.body_budget);
         let mut policy = Pool::new(options.policy.clone(), options.seed)?;
         for id in accounts.ids() {
