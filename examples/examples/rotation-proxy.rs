@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
-//!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite]
+//!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite] [--body-budget BYTES]
 //! ```
 //!
 //! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
@@ -10,6 +10,11 @@
 //! on Ctrl-C or SIGTERM it drains open streams and restores the file. Then
 //! `ROTATION_PROXY_TOKEN=… codex exec "…"` goes through the proxy, which picks an account per
 //! request with `rotation-policy`, refreshes tokens with `auth-core` and saves them to the pool.
+//!
+//! Requests are forwarded only under `--upstream`'s path: a target that would leave it
+//! (`/v1/../x`, `/v1/%2e%2e/x`, encoded separators, absolute-form URLs, …) is answered `400`
+//! and never sent. Request bodies held at once are bounded by `--body-budget` (default
+//! 256 MiB; over it → `503` + `Retry-After`).
 //!
 //! The wrapper token comes from `ROTATION_PROXY_TOKEN`; when unset, one is generated and
 //! printed once on stdout. Logs (stderr, `RUST_LOG`) never contain tokens or full emails.
@@ -21,8 +26,8 @@ use std::process::ExitCode;
 use auth_storage::PoolStore;
 use clap::Parser;
 use examples::proxy::{
-    CHATGPT_CODEX_UPSTREAM, CodexRoute, OPENAI_TOKEN_URL, ProxyOptions, RotationProxy, TOKEN_ENV,
-    WrapperToken, load_pool_accounts, shutdown_signal,
+    CHATGPT_CODEX_UPSTREAM, CodexRoute, DEFAULT_BODY_BUDGET, OPENAI_TOKEN_URL, ProxyOptions,
+    RotationProxy, TOKEN_ENV, WrapperToken, load_pool_accounts, shutdown_signal,
 };
 
 #[derive(Parser, Debug)]
@@ -49,6 +54,10 @@ struct Args {
     /// Leave config.toml alone.
     #[arg(long)]
     no_config_rewrite: bool,
+    /// Bytes of request bodies held in memory at once, across all requests; a request that
+    /// would go over is answered 503 with Retry-After (one body is also capped at 64 MiB).
+    #[arg(long, default_value_t = DEFAULT_BODY_BUDGET, value_name = "BYTES")]
+    body_budget: usize,
 }
 
 fn default_codex_home() -> Option<PathBuf> {
@@ -101,6 +110,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut options = ProxyOptions::new(args.upstream.clone(), token.clone());
     options.listen = args.listen;
     options.token_url = args.token_url.clone();
+    options.body_budget = args.body_budget;
     let proxy = RotationProxy::start(options, accounts)
         .await
         .map_err(|e| e.to_string())?;

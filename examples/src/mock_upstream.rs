@@ -9,7 +9,16 @@
 //! mock did not issue itself until the client refreshes through `POST /oauth/token`.
 //!
 //! It binds `127.0.0.1` on an ephemeral port and records what it saw ([`MockStats`],
-//! [`RecordedRequest`]) so tests can check what a proxy forwarded.
+//! [`RecordedRequest`], and every request on any route as a [`SeenRequest`]) so tests can
+//! check what a proxy forwarded, and where. With [`MockConfig::base_path`] it serves its API
+//! under a path prefix, as the real backend does (`/backend-api/codex/responses`), so a test
+//! can tell a request that stayed under the base path from one that left it.
+//!
+//! `/redirect?to=TARGET` answers `307` to `TARGET` (for testing that redirects are not
+//! followed).
+//!
+//! Request bodies are counted in full but only their first 4 MiB are kept (enough to read
+//! `input` and `stream`), so large uploads do not fill the test process's memory.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -77,6 +86,7 @@ pub struct MockConfig {
     pause: Option<Arc<tokio::sync::Notify>>,
     stall: Option<Arc<tokio::sync::Notify>>,
     break_streams: bool,
+    base_path: String,
 }
 
 impl Default for MockConfig {
@@ -89,6 +99,7 @@ impl Default for MockConfig {
             pause: None,
             stall: None,
             break_streams: false,
+            base_path: String::new(),
         }
     }
 }
@@ -134,6 +145,20 @@ impl MockConfig {
         self
     }
 
+    /// Serves `/responses` and `/models` under `prefix` (e.g. `/backend-api/codex`, a
+    /// trailing `/` ignored); [`MockUpstream::base_url`] then ends with it. The token
+    /// endpoint stays at `/oauth/token`.
+    ///
+    /// ```
+    /// use examples::mock_upstream::MockConfig;
+    /// let config = MockConfig::default().base_path("/backend-api/codex/");
+    /// # let _ = config;
+    /// ```
+    pub fn base_path(mut self, prefix: &str) -> Self {
+        self.base_path = prefix.trim_end_matches('/').to_owned();
+        self
+    }
+
     /// Waits this long between SSE events (to observe streaming).
     pub fn event_delay(mut self, delay: Duration) -> Self {
         self.event_delay = delay;
@@ -157,6 +182,25 @@ pub struct RecordedRequest {
     pub header_names: Vec<String>,
     /// The status the mock answered.
     pub status: u16,
+    /// Bytes of request body received (counted in full, kept only in part).
+    pub body_len: u64,
+}
+
+/// Any request the mock received, on any route (the token endpoint and unknown paths
+/// included), before it was routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeenRequest {
+    /// Request method.
+    pub method: String,
+    /// The request target as received (path and query).
+    pub target: String,
+    /// The `Host` header, if any.
+    pub host: Option<String>,
+    /// Whether an `Authorization` header was present (its value is never kept).
+    pub authorization: bool,
+    /// The `ChatGPT-Account-Id` header, if any.
+    pub account_id: Option<String>,
 }
 
 /// Per-account counts of what the mock answered.
@@ -198,7 +242,10 @@ pub struct SyntheticAccount {
 }
 
 const MAX_RECORDED: usize = 10_000;
-const MAX_BODY: usize = 80 * 1024 * 1024;
+/// Bodies longer than this are refused (`413`), as a real backend would.
+const MAX_BODY: u64 = 80 * 1024 * 1024;
+/// Of each body, the bytes kept in memory for parsing.
+const KEPT_BODY: usize = 4 * 1024 * 1024;
 
 struct State {
     config: MockConfig,
@@ -213,6 +260,7 @@ struct Inner {
     refresh_grants: HashMap<String, (String, String)>,
     stats: MockStats,
     recorded: Vec<RecordedRequest>,
+    seen: Vec<SeenRequest>,
 }
 
 /// A running mock upstream; stops on [`MockUpstream::shutdown`] or drop.
@@ -272,9 +320,10 @@ impl MockUpstream {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT` — pass it as the proxy's upstream (it serves `/responses`).
+    /// `http://127.0.0.1:PORT` (plus the [`MockConfig::base_path`], if set) — pass it as the
+    /// proxy's upstream (it serves `/responses` under it).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}{}", self.addr, self.state.config.base_path)
     }
 
     /// The token endpoint URL (`http://127.0.0.1:PORT/oauth/token`).
@@ -310,9 +359,15 @@ impl MockUpstream {
         self.lock().stats.clone()
     }
 
-    /// The requests received so far (at most the last 10,000).
+    /// The `/responses` and `/models` requests received so far (at most the first 10,000).
     pub fn recorded(&self) -> Vec<RecordedRequest> {
         self.lock().recorded.clone()
+    }
+
+    /// Every request received so far on any route, in arrival order (at most the first
+    /// 10,000).
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.lock().seen.clone()
     }
 
     /// Stops accepting, lets running responses finish (up to 5 s) and returns.
@@ -395,16 +450,65 @@ fn full(body: impl Into<Bytes>) -> BoxBody {
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+    {
+        let mut inner = lock(&state);
+        if inner.seen.len() < MAX_RECORDED {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            let seen = SeenRequest {
+                method: req.method().to_string(),
+                target: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
+                host: header("host"),
+                authorization: req.headers().contains_key(header::AUTHORIZATION),
+                account_id: header("chatgpt-account-id"),
+            };
+            inner.seen.push(seen);
+        }
+    }
     let path = req.uri().path().to_owned();
-    match (req.method(), path.as_str()) {
+    // Outside the base path nothing matches (an empty base path keeps every path).
+    let route = path
+        .strip_prefix(state.config.base_path.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    if path == "/oauth/token" && req.method() == Method::POST {
+        return token(state, req).await;
+    }
+    match (req.method(), route.as_str()) {
         (&Method::POST, "/responses" | "/v1/responses") => responses(state, req).await,
-        (&Method::POST, "/oauth/token") => token(state, req).await,
         (&Method::GET, "/models" | "/v1/models") => models(state, req),
+        (_, "/redirect") => redirect(&req),
         _ => json_response(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": {"message": "no such route on the mock upstream"}}),
         ),
     }
+}
+
+/// `/redirect?to=TARGET` (any method, under the base path): `307` to `TARGET`, to check that
+/// a proxy hands redirects back to its client instead of following them with an account's
+/// credentials.
+fn redirect(req: &Request<Incoming>) -> Response<BoxBody> {
+    let to = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("to=")))
+        .map(percent_decode)
+        .unwrap_or_else(|| "/".to_owned());
+    let mut r = json_response(
+        StatusCode::TEMPORARY_REDIRECT,
+        &serde_json::json!({"redirect": true}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// `GET /models`: an empty model list, recorded like `/responses` requests (another endpoint
@@ -427,6 +531,7 @@ fn models(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
                 .map(|k| k.as_str().to_owned())
                 .collect(),
             status: 200,
+            body_len: 0,
         });
     }
     json_response(StatusCode::OK, &serde_json::json!({"models": []}))
@@ -459,11 +564,11 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
         .map(|k| k.as_str().to_owned())
         .collect();
     let want_hop = parts.headers.contains_key("x-mock-send-hop-headers");
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let (body, body_len) = match read_counted(body).await {
+        Ok(read) => read,
+        Err(status) => {
             return json_response(
-                StatusCode::BAD_REQUEST,
+                status,
                 &serde_json::json!({"error": {"message": "could not read the request body"}}),
             );
         }
@@ -528,6 +633,7 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                 account_id: account.clone(),
                 header_names,
                 status: status.as_u16(),
+                body_len,
             });
         }
         match verdict {
@@ -589,6 +695,25 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
         );
     }
     response
+}
+
+/// Reads a request body, keeping its first [`KEPT_BODY`] bytes and counting all of them.
+async fn read_counted(body: Incoming) -> Result<(Bytes, u64), StatusCode> {
+    let mut body = std::pin::pin!(body);
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len() as u64);
+            if total > MAX_BODY {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            let room = KEPT_BODY.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok((Bytes::from(kept), total))
 }
 
 fn usage() -> serde_json::Value {

@@ -413,3 +413,304 @@ async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alo
     assert_eq!(names, ["config.toml"], "nothing written beside config.toml");
     mock.shutdown().await;
 }
+
+/// Starts the built `rotation-proxy` with `extra` arguments in front of `mock`, leaves
+/// `config.toml` alone, drains its stderr, and returns it with its base URL.
+async fn start_binary(
+    binary: &std::path::Path,
+    mock: &MockUpstream,
+    token: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, String, Vec<tempfile::TempDir>) {
+    let account = mock.synthetic_account("ws-bin", "binary.user@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    seed_pool(&PoolStore::new(pool_dir.path()), &[account]).unwrap();
+    let codex_home = tempfile::tempdir().unwrap();
+    let mut args = vec!["--no-config-rewrite"];
+    args.extend_from_slice(extra);
+    let mut child = common::spawn_proxy_with(
+        binary,
+        pool_dir.path(),
+        codex_home.path(),
+        mock,
+        Some(token),
+        &args,
+    );
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink).await;
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = lines_until(&mut stdout, "listening on").await;
+    let base_url = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("rotation-proxy: listening on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line in {seen:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    (child, base_url, vec![pool_dir, codex_home])
+}
+
+fn addr_of(base_url: &str) -> std::net::SocketAddr {
+    base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .parse()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_never_forwards_outside_the_upstream_base_path() {
+    let Some(binary) = common::example_or_skip(
+        "rotation-proxy",
+        "rotation_proxy_binary_never_forwards_outside_the_upstream_base_path",
+    ) else {
+        return;
+    };
+    let mock = MockUpstream::start(MockConfig::default().base_path("/backend-api/codex"))
+        .await
+        .unwrap();
+    let token = "test-wrapper-token-0123456789";
+    let (mut child, base_url, _dirs) = start_binary(&binary, &mock, token, &[]).await;
+    let addr = addr_of(&base_url);
+    for line in [
+        "POST /v1/../../oauth/token HTTP/1.1",
+        "POST /v1/%2e%2E/%2E%2e/oauth/token HTTP/1.1",
+        "POST /v1/..%2f..%2foauth%2ftoken HTTP/1.1",
+        "POST /v1/%252e%252e/x HTTP/1.1",
+        "POST http://evil.example/v1/responses HTTP/1.1",
+    ] {
+        let (code, text) = common::raw_exchange(
+            addr,
+            &format!("{line}\r\nhost: evil.example\r\nauthorization: Bearer {token}"),
+        )
+        .await;
+        assert_eq!(code, 400, "{line} → {text}");
+        assert!(text.contains("bad_request_target"), "{text}");
+    }
+    assert!(mock.seen().is_empty(), "{:?}", mock.seen());
+    let (code, text) = common::raw_exchange_with_body(
+        addr,
+        &format!(
+            "POST /v1/a/%2e%2e/responses HTTP/1.1\r\nhost: evil.example\r\n\
+             authorization: Bearer {token}\r\nx-forwarded-host: evil.example"
+        ),
+        br#"{"model":"gpt-5","input":"inside","stream":false}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/backend-api/codex/responses");
+    assert_eq!(
+        seen[0].host.as_deref(),
+        Some(mock.addr().to_string().as_str())
+    );
+    signal(&child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success());
+    mock.shutdown().await;
+}
+
+/// The peak resident set (`VmHWM`) of a running process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget() {
+    const CLIENTS: usize = 16;
+    const BODY: usize = 60_000_000;
+    const BUDGET: usize = 128 * 1024 * 1024;
+    const MARGIN: u64 = 64 * 1024 * 1024;
+    let Some(binary) = common::example_or_skip(
+        "rotation-proxy",
+        "rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget",
+    ) else {
+        return;
+    };
+    // The upstream holds every request it gets until told to answer, so the bodies the
+    // proxy accepted stay in its memory while the others arrive.
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mock = MockUpstream::start(MockConfig::default().stall_before_answer(gate.clone()))
+        .await
+        .unwrap();
+    let token = "test-wrapper-token-0123456789";
+    let budget = BUDGET.to_string();
+    let (mut child, base_url, _dirs) =
+        start_binary(&binary, &mock, token, &["--body-budget", &budget]).await;
+    let pid = child.id().unwrap();
+    let addr = addr_of(&base_url);
+    let before = peak_rss(pid);
+
+    // Bodies whose one huge `model` string or key a naive JSON peek would copy whole
+    // (memory outside the budget); plain padded bodies are the easy case.
+    let shapes = [common::Shape::LongModel, common::Shape::LongKey];
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let shape = shapes[i % shapes.len()];
+            tokio::spawn(async move { common::upload(addr, token, BODY, false, shape).await })
+        })
+        .collect();
+    // Those over the budget are answered at once; the rest wait for the upstream.
+    let fits = BUDGET / BODY;
+    let mut held = 0;
+    for _ in 0..600 {
+        held = mock.seen().len();
+        if held >= fits && uploads.iter().filter(|u| u.is_finished()).count() == CLIENTS - fits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        held, fits,
+        "bodies that fit the budget reached the upstream"
+    );
+    let peak_while_held = peak_rss(pid);
+    // A `Notify` keeps at most one permit, and a held request may still be reading its body
+    // at the mock: keep opening the gate until every upload is answered (bounded).
+    let open_gate = |gate: std::sync::Arc<tokio::sync::Notify>| {
+        tokio::spawn(async move {
+            for _ in 0..6000 {
+                gate.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let releaser = open_gate(gate.clone());
+    let mut codes = Vec::new();
+    for u in uploads {
+        let (code, _) = tokio::time::timeout(Duration::from_secs(120), u)
+            .await
+            .expect("every upload is answered")
+            .unwrap();
+        codes.push(code);
+    }
+    releaser.abort();
+    let peak = peak_rss(pid);
+    eprintln!(
+        "rotation-proxy peak RSS: {} MiB before the load, {} MiB while {fits} bodies were held, {} MiB in all",
+        before >> 20,
+        peak_while_held >> 20,
+        peak >> 20
+    );
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let busy = codes.iter().filter(|c| **c == 503).count();
+    assert_eq!((ok, busy), (fits, CLIENTS - fits), "{codes:?}");
+    assert!(
+        peak <= BUDGET as u64 + MARGIN,
+        "peak RSS {} MiB over the {} MiB budget + {} MiB (before the load: {} MiB, while held: {} MiB)",
+        peak >> 20,
+        BUDGET >> 20,
+        MARGIN >> 20,
+        before >> 20,
+        peak_while_held >> 20,
+    );
+    let bodies: Vec<u64> = mock.recorded().iter().map(|r| r.body_len).collect();
+    assert_eq!(
+        bodies,
+        vec![BODY as u64; fits],
+        "accepted bodies arrived whole"
+    );
+
+    // The same without lengths (chunked): bytes are reserved as the bodies grow, so which
+    // and how many fit depends on timing; every upload is answered and the peak holds.
+    let releaser = open_gate(gate.clone());
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let shape = shapes[i % shapes.len()];
+            tokio::spawn(async move { common::upload(addr, token, BODY, true, shape).await })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for u in uploads {
+        let (code, _) = tokio::time::timeout(Duration::from_secs(120), u)
+            .await
+            .expect("every chunked upload is answered")
+            .unwrap();
+        codes.push(code);
+    }
+    releaser.abort();
+    let peak = peak_rss(pid);
+    eprintln!(
+        "rotation-proxy peak RSS after the chunked uploads: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        codes.iter().all(|c| *c == 200 || *c == 503) && codes.contains(&503),
+        "{codes:?}"
+    );
+    assert!(
+        peak <= BUDGET as u64 + MARGIN,
+        "peak RSS {} MiB over the {} MiB budget + {} MiB after chunked uploads",
+        peak >> 20,
+        BUDGET >> 20,
+        MARGIN >> 20,
+    );
+    signal(&child, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success());
+    mock.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_it() {
+    let Some(binary) = common::example_or_skip(
+        "rotation-proxy",
+        "rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_it",
+    ) else {
+        return;
+    };
+    let pool_dir = tempfile::tempdir().unwrap();
+    for (upstream, expected) in [
+        (
+            "https://user:pa55word-secret@chatgpt.example/backend-api/codex",
+            "must not carry a user name or password",
+        ),
+        (
+            "ftp://chatgpt.example/pa55word-secret",
+            "must use http or https",
+        ),
+        (
+            "https://chatgpt.example/x?key=pa55word-secret",
+            "must not have a query or fragment",
+        ),
+        ("pa55word-secret", "does not parse"),
+    ] {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-config-rewrite",
+            "--pool-dir",
+        ])
+        .arg(pool_dir.path())
+        .args(["--upstream", upstream])
+        .env(TOKEN_ENV, "test-wrapper-token-0123456789");
+        let run = common::run_bounded(cmd, Duration::from_secs(20));
+        assert_eq!(run.code, Some(1), "{upstream}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{upstream}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("pa55word") && !run.stdout.contains("pa55word"),
+            "the URL was echoed: {}",
+            run.stderr
+        );
+    }
+}

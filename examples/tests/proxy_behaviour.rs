@@ -1,6 +1,8 @@
 //! The rotation proxy against the loopback mock upstream: concurrency and exact counters,
 //! wrapper auth, the body cap, hop-by-hop headers, refresh on 401, and secret-free logs.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1035,4 +1037,304 @@ async fn an_expired_access_token_is_refreshed_once_before_sending_and_saved_to_t
     );
     assert_invariant(&status);
     mock.shutdown().await;
+}
+
+const BASE_PATH: &str = "/backend-api/codex";
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never_sent() {
+    let h = harness(
+        MockConfig::default().base_path(BASE_PATH),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let auth = format!("authorization: Bearer {}", h.token.secret().expose());
+    let mock = h.mock.addr();
+    // (request line, whether the proxy's handler sees it; the rest hyper refuses itself).
+    let hostile = [
+        "POST /v1/../../x HTTP/1.1",
+        "POST /v1/../oauth/token HTTP/1.1",
+        "POST /v1/a/../../../oauth/token HTTP/1.1",
+        "POST /v1/%2e%2e/%2e%2e/x HTTP/1.1",
+        "POST /v1/%2E%2e/%2e%2E/oauth/token HTTP/1.1",
+        "POST /v1/.%2e/.%2E/oauth/token HTTP/1.1",
+        "POST /v1/%2e./%2E./oauth/token HTTP/1.1",
+        "GET /v1/.. HTTP/1.1",
+        "GET /v1/%2e%2e HTTP/1.1",
+        "POST /v1/..%2f..%2foauth%2ftoken HTTP/1.1",
+        "POST /v1/%2E%2E%2F%2E%2E%2Foauth%2Ftoken HTTP/1.1",
+        "POST /v1/..%5c..%5coauth%5ctoken HTTP/1.1",
+        "POST /v1/..%5C..%5Coauth HTTP/1.1",
+        "POST /v1/%252e%252e/%252e%252e/oauth/token HTTP/1.1",
+        "POST /v1/%252E%252E%252Foauth HTTP/1.1",
+        "POST /v1/responses%00.json HTTP/1.1",
+        "POST /v1/x%0d%0aHost:%20evil.example HTTP/1.1",
+        "POST /v1/%1b[2J HTTP/1.1",
+        "POST /v1/%zz HTTP/1.1",
+        "POST /v1/%2 HTTP/1.1",
+        "POST /v1/%ff%fe HTTP/1.1",
+        "POST /v1/..;/..;/oauth/token HTTP/1.1",
+        "POST /v1/.../oauth/token HTTP/1.1",
+        "POST /v1/..%20/..%20/oauth/token HTTP/1.1",
+        "POST /v1/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/oauth/token HTTP/1.1",
+        "POST /v1/..%EF%BC%8F..%EF%BC%8Foauth%EF%BC%8Ftoken HTTP/1.1",
+        "POST /v1/%E2%80%A5/%E2%80%A5/oauth/token HTTP/1.1",
+        "POST /v1/../../oauth/token?x=1 HTTP/1.1",
+        "POST http://evil.example/v1/responses HTTP/1.1",
+        "POST http://evil.example:8080/v1/../x HTTP/1.1",
+        &format!("POST http://{mock}/oauth/token HTTP/1.1"),
+        &format!("POST http://{mock}/v1/responses HTTP/1.1"),
+        "POST https://evil.example/v1/responses HTTP/1.1",
+        "CONNECT evil.example:443 HTTP/1.1",
+        &format!("CONNECT {mock} HTTP/1.1"),
+        // Refused by the HTTP parser before the proxy sees them; still never sent.
+        "POST /v1/..\\..\\oauth\\token HTTP/1.1",
+        "POST /v1/a b HTTP/1.1",
+    ];
+    let mut handled = 0;
+    for line in hostile {
+        let (code, text) = common::raw_exchange(
+            h.proxy.addr(),
+            &format!("{line}\r\nhost: evil.example\r\n{auth}"),
+        )
+        .await;
+        assert_eq!(code, 400, "{line} → {text}");
+        if text.contains("bad_request_target") {
+            handled += 1;
+            assert!(text.contains("application/json"), "{text}");
+        }
+    }
+    // `:authority` is no HTTP/1.1 header name; the parser refuses it.
+    let (code, _) = common::raw_exchange(
+        h.proxy.addr(),
+        &format!("POST /v1/responses HTTP/1.1\r\n:authority: evil.example\r\n{auth}"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        h.mock.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        h.mock.seen()
+    );
+    let c = h.proxy.status().counters;
+    assert_eq!(c.rejected_bad_target, handled, "{c:?}");
+    assert!(handled >= 30, "only {handled} reached the proxy's check");
+    assert_eq!((c.requests, c.attempts), (0, 0), "{c:?}");
+
+    // Targets that stay under the base path are forwarded there, normalized, whatever the
+    // client claims about host, origin or path in its headers.
+    for (target, expected) in [
+        ("/v1/responses", "/backend-api/codex/responses"),
+        ("/v1/a/../responses", "/backend-api/codex/responses"),
+        ("/v1/./%2e/responses", "/backend-api/codex/responses"),
+        ("/v1//responses", "/backend-api/codex/responses"),
+        (
+            "/v1/models?next=//evil.example/&a=%2e%2e",
+            "/backend-api/codex/models?next=//evil.example/&a=%2e%2e",
+        ),
+        (
+            "/v1/user@evil.example/x",
+            "/backend-api/codex/user@evil.example/x",
+        ),
+        (
+            "/v1/%40evil.example%3A1",
+            "/backend-api/codex/@evil.example:1",
+        ),
+        // The HTTP parser drops a fragment; what is left stays under the base path.
+        ("/v1/x#@evil.example/../..", "/backend-api/codex/x"),
+    ] {
+        let method = if target.starts_with("/v1/models") {
+            "GET"
+        } else {
+            "POST"
+        };
+        let before = h.mock.seen().len();
+        let (code, text) = common::raw_exchange_with_body(
+            h.proxy.addr(),
+            &format!(
+                "{method} {target} HTTP/1.1\r\nhost: evil.example\r\n{auth}\r\n\
+                 x-forwarded-host: evil.example\r\nx-forwarded-proto: http\r\n\
+                 forwarded: host=evil.example\r\nx-original-url: /oauth/token\r\n\
+                 x-rewrite-url: /oauth/token\r\ncontent-type: application/json"
+            ),
+            b"{}",
+        )
+        .await;
+        assert!(code == 200 || code == 404, "{target} → {text}");
+        let seen = h.mock.seen();
+        assert_eq!(seen.len(), before + 1, "{target}: {seen:?}");
+        let got = &seen[before];
+        assert_eq!(got.target, expected, "{target}");
+        assert_eq!(
+            got.host.as_deref(),
+            Some(mock.to_string().as_str()),
+            "{target}: Host is the upstream's"
+        );
+    }
+    let recorded = h.mock.recorded();
+    for r in &recorded {
+        for claim in [
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert!(
+                !r.header_names.iter().any(|n| n == claim),
+                "{claim} forwarded: {r:?}"
+            );
+        }
+    }
+    // The account's credentials went nowhere but under the base path.
+    for seen in h.mock.seen() {
+        if seen.authorization || seen.account_id.is_some() {
+            assert!(
+                seen.target.starts_with("/backend-api/codex/"),
+                "credentials sent to {seen:?}"
+            );
+        }
+    }
+    let status = h.stop().await;
+    assert_invariant(&status);
+}
+
+/// Polls `/status` until `done` holds (bounded: 5 s), returning the last counters.
+async fn counters_until(
+    proxy: &RotationProxy,
+    done: impl Fn(&examples::proxy::ProxyCounters) -> bool,
+) -> examples::proxy::ProxyCounters {
+    let mut c = proxy.status().counters;
+    for _ in 0..500 {
+        c = proxy.status().counters;
+        if done(&c) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_budget_over_budget_is_503_and_bytes_come_back() {
+    const MIB: usize = 1024 * 1024;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let h = harness(
+        MockConfig::default().stall_before_answer(gate.clone()),
+        &["ws-a"],
+        |o| {
+            o.body_limit = 2 * MIB;
+            o.body_budget = 3 * MIB;
+        },
+    )
+    .await;
+    let token = h.token.secret().expose().to_owned();
+    let addr = h.proxy.addr();
+
+    // A: 1.5 MiB, held by the stalled upstream (and so by the proxy).
+    let a = tokio::spawn({
+        let token = token.clone();
+        async move { common::upload(addr, &token, 3 * MIB / 2, false, common::Shape::Padded).await }
+    });
+    let c = counters_until(&h.proxy, |c| c.attempts == 1).await;
+    assert_eq!(c.attempts, 1, "A reached the upstream: {c:?}");
+    assert_eq!(c.body_bytes_held, (3 * MIB / 2) as u64, "{c:?}");
+
+    // B: 2 MiB declared, within the cap but over what is left → 503 up front.
+    let (code, text) = common::upload(addr, &token, 2 * MIB, false, common::Shape::Padded).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("retry-after: 1\r\n"), "{text}");
+    assert!(text.contains("\"proxy_busy\""), "{text}");
+    // C: the same without a length → 503 once it grows past what is left.
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true, common::Shape::Padded).await;
+    assert_eq!(code, 503, "{text}");
+    // D: a declared length over the cap → 413 up front, whatever the budget holds; without
+    // a length the budget runs out first here → 503.
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, false, common::Shape::Padded).await;
+    assert_eq!(code, 413);
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true, common::Shape::Padded).await;
+    assert_eq!(code, 503);
+    let c = h.proxy.status().counters;
+    assert_eq!(
+        (c.attempts, c.requests),
+        (1, 1),
+        "refusals never reach the upstream"
+    );
+
+    // A is answered; its bytes come back, and B now fits.
+    gate.notify_one();
+    let (code, text) = a.await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let c = counters_until(&h.proxy, |c| c.body_bytes_held == 0).await;
+    assert_eq!(c.body_bytes_held, 0, "{c:?}");
+    // With the budget free, a streamed body is cut at the cap.
+    let (code, _) = common::upload(addr, &token, 2 * MIB + 1, true, common::Shape::Padded).await;
+    assert_eq!(code, 413);
+    gate.notify_one();
+    let (code, text) = common::upload(addr, &token, 2 * MIB, true, common::Shape::Padded).await;
+    assert_eq!(code, 200, "{text}");
+
+    // A client that goes away while its body is held gives the bytes back.
+    let abandoned = tokio::spawn({
+        let token = token.clone();
+        async move { common::upload(addr, &token, 2 * MIB, false, common::Shape::Padded).await }
+    });
+    let c = counters_until(&h.proxy, |c| c.attempts == 3).await;
+    assert_eq!(c.body_bytes_held, (2 * MIB) as u64, "{c:?}");
+    abandoned.abort();
+    let c = counters_until(&h.proxy, |c| c.cancelled == 1 && c.body_bytes_held == 0).await;
+    assert_eq!((c.cancelled, c.body_bytes_held), (1, 0), "{c:?}");
+    gate.notify_one();
+
+    let bodies: Vec<u64> = h.mock.recorded().iter().map(|r| r.body_len).collect();
+    assert_eq!(
+        bodies[..2],
+        [(3 * MIB / 2) as u64, (2 * MIB) as u64],
+        "accepted bodies reached the upstream whole"
+    );
+    let status = h.stop().await;
+    let c = status.counters;
+    assert_eq!(
+        (c.rejected_busy, c.rejected_too_large, c.ok, c.requests),
+        (3, 2, 2, 3),
+        "{c:?}"
+    );
+    assert_invariant(&status);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_redirects_go_back_to_the_client_and_are_never_followed() {
+    let h = harness(
+        MockConfig::default().base_path(BASE_PATH),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let mock = h.mock.addr();
+    for to in [
+        "/oauth/token".to_owned(),
+        format!("http://{mock}/oauth/token"),
+        "http://127.0.0.1:9/elsewhere".to_owned(),
+    ] {
+        let (code, text) = common::raw_exchange(
+            h.proxy.addr(),
+            &format!(
+                "POST /v1/redirect?to={to} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}",
+                h.token.secret().expose()
+            ),
+        )
+        .await;
+        assert_eq!(code, 307, "{text}");
+        assert!(text.contains(&format!("location: {to}\r\n")), "{text}");
+    }
+    let seen = h.mock.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.target.starts_with("/backend-api/codex/redirect?")),
+        "a redirect was followed: {seen:?}"
+    );
+    let status = h.stop().await;
+    assert_invariant(&status);
 }

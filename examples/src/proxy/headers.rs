@@ -33,9 +33,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Request headers that some servers and front ends read as the request's real origin or
+/// path (`X-Forwarded-Host: evil`, `X-Original-URL: /admin`). The proxy alone decides where
+/// a request goes, so a client's claims about it are never passed on.
+const ROUTING_CLAIMS: [&str; 6] = [
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "x-http-host-override",
+    "x-real-ip",
+];
+
 /// Request headers the proxy replaces or recomputes instead of forwarding: the client's
 /// credentials (the wrapper token), the account headers it sets per attempt, `Host` and
-/// `Content-Length` (set by the HTTP client for the outgoing request).
+/// `Content-Length` (set by the HTTP client for the outgoing request), and every routing
+/// claim (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`, …).
 pub(crate) fn strip_request_only(headers: &mut HeaderMap) {
     for name in [
         header::AUTHORIZATION.as_str(),
@@ -44,7 +57,18 @@ pub(crate) fn strip_request_only(headers: &mut HeaderMap) {
         header::HOST.as_str(),
         header::CONTENT_LENGTH.as_str(),
         header::COOKIE.as_str(),
-    ] {
+    ]
+    .into_iter()
+    .chain(ROUTING_CLAIMS)
+    {
+        headers.remove(name);
+    }
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
         headers.remove(name);
     }
 }
@@ -78,11 +102,23 @@ mod tests {
     }
 
     #[test]
-    fn request_only_headers_drop_client_credentials() {
+    fn request_only_headers_drop_client_credentials_and_routing_claims() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer wrapper"));
         h.insert("x-api-key", HeaderValue::from_static("wrapper"));
         h.insert("session_id", HeaderValue::from_static("abc"));
+        for claim in [
+            "host",
+            "forwarded",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            h.insert(claim, HeaderValue::from_static("evil.example"));
+        }
         strip_request_only(&mut h);
         assert_eq!(
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),

@@ -3,6 +3,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The real Codex CLI: `CODEX_BIN`, else the workspace's npm install, else `codex` on PATH.
 pub fn codex_bin() -> Option<PathBuf> {
@@ -114,6 +117,18 @@ pub fn spawn_proxy(
     mock: &examples::mock_upstream::MockUpstream,
     token: Option<&str>,
 ) -> tokio::process::Child {
+    spawn_proxy_with(binary, pool_dir, codex_home, mock, token, &[])
+}
+
+/// [`spawn_proxy`] with `extra` arguments after the usual ones (e.g. `--body-budget N`).
+pub fn spawn_proxy_with(
+    binary: &std::path::Path,
+    pool_dir: &std::path::Path,
+    codex_home: &std::path::Path,
+    mock: &examples::mock_upstream::MockUpstream,
+    token: Option<&str>,
+    extra: &[&str],
+) -> tokio::process::Child {
     use examples::proxy::TOKEN_ENV;
     use std::process::Stdio;
 
@@ -127,7 +142,8 @@ pub fn spawn_proxy(
             &mock.base_url(),
             "--token-url",
             &mock.token_url(),
-        ]);
+        ])
+        .args(extra);
     match token {
         Some(token) => cmd.env(TOKEN_ENV, token),
         None => cmd.env_remove(TOKEN_ENV),
@@ -138,4 +154,173 @@ pub fn spawn_proxy(
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// Sends `head` (a request line and headers, without the final blank line) plus
+/// `connection: close` over a raw socket — no client library normalizes the target — and
+/// returns the status code and the whole answer (bounded: 10 s).
+pub async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    raw_exchange_with_body(addr, head, b"").await
+}
+
+/// [`raw_exchange`] with a body (sent with its `content-length`, unless `head` has one).
+pub async fn raw_exchange_with_body(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = if head.contains("content-length:") {
+        String::new()
+    } else {
+        format!("content-length: {}\r\n", body.len())
+    };
+    let request = [
+        format!("{head}\r\nconnection: close\r\n{length}\r\n").as_bytes(),
+        body,
+    ]
+    .concat();
+    // ok: the proxy may answer (400) and close before reading a body.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the proxy closes (or resets) the connection; bounded by the timeout and count.
+    for _ in 0..10_000 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (code, text)
+}
+
+/// How [`upload`] fills its JSON body of a given length.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// `{"model":"gpt-5","input":"upload","stream":false}` padded with spaces.
+    Padded,
+    /// `{"input":"upload","stream":false,"model":"\nAAAA…"}`: one huge `model` string with an
+    /// escape up front (a naive parser copies it whole).
+    LongModel,
+    /// `{"input":"upload","stream":false,"\nAAAA…":0}`: one huge escaped key.
+    LongKey,
+}
+
+impl Shape {
+    fn parts(self) -> (&'static [u8], u8, &'static [u8]) {
+        match self {
+            Shape::Padded => (
+                br#"{"model":"gpt-5","input":"upload","stream":false}"#,
+                b' ',
+                b"",
+            ),
+            Shape::LongModel => (
+                br#"{"input":"upload","stream":false,"model":"\n"#,
+                b'A',
+                br#""}"#,
+            ),
+            Shape::LongKey => (br#"{"input":"upload","stream":false,"\n"#, b'A', br#"":0}"#),
+        }
+    }
+}
+
+/// Uploads a JSON body of `len` bytes (at least its fixed parts) shaped by `shape` to
+/// `/v1/responses` over a raw socket, with `content-length` or chunked, generating it piece
+/// by piece and reading the answer while it writes (the proxy may answer before the body is
+/// sent). Returns the status and the answer's head (and body, when it has a length).
+pub async fn upload(
+    addr: std::net::SocketAddr,
+    token: &str,
+    len: usize,
+    chunked: bool,
+    shape: Shape,
+) -> (u16, String) {
+    let (prefix, filler, suffix) = shape.parts();
+    let len = len.max(prefix.len() + suffix.len());
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {len}")
+    };
+    let head = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\n{framing}\r\n\r\n"
+    );
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        // Generated piece by piece: sixteen 60 MB uploads must not cost the test 1 GB.
+        let fill = vec![filler; 256 * 1024];
+        let mut left = len - prefix.len() - suffix.len();
+        write_piece(&mut write, prefix, chunked).await?;
+        while left > 0 {
+            let n = left.min(fill.len());
+            left -= n;
+            write_piece(&mut write, &fill[..n], chunked).await?;
+        }
+        write_piece(&mut write, suffix, chunked).await?;
+        if chunked {
+            write.write_all(b"0\r\n\r\n").await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Until the head and (for small answers) the JSON body are in; bounded in time.
+    for _ in 0..10_000 {
+        match tokio::time::timeout(Duration::from_secs(60), read.read(&mut buf))
+            .await
+            .expect("an answer within 60 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let want = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if want.is_some_and(|w| rest.len() >= w) {
+                break;
+            }
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (code, text)
+}
+
+async fn write_piece(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    piece: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    if piece.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        write
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await?;
+        write.write_all(piece).await?;
+        write.write_all(b"\r\n").await
+    } else {
+        write.write_all(piece).await
+    }
 }

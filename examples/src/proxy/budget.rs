@@ -1,0 +1,308 @@
+//! The proxy's global budget for request bodies held in memory, and the capped body reader
+//! that draws on it.
+//!
+//! The per-request cap ([`ProxyOptions::body_limit`](super::ProxyOptions)) bounds one body;
+//! it does not bound sixteen of them arriving at once. Every request body the proxy buffers
+//! is therefore also drawn from one shared budget
+//! ([`ProxyOptions::body_budget`](super::ProxyOptions)):
+//!
+//! | situation | answer |
+//! |---|---|
+//! | `Content-Length` over the cap (the smaller of `body_limit` and `body_budget`) | `413`, before any body byte is read |
+//! | `Content-Length` within the cap but more than the budget has left | `503` + `Retry-After`, before any body byte is read |
+//! | a body without length (chunked) that grows past the cap | `413` when it does |
+//! | a body that grows past what the budget has left | `503` + `Retry-After` when it does |
+//!
+//! Bytes are reserved before the buffer that holds them is allocated (the whole declared
+//! length up front; for bodies without length, each time the buffer grows), and released
+//! when the [`BodyReservation`] is dropped: when the request is answered, or when hyper
+//! drops the handler because the client went away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+
+/// Bytes of request bodies the proxy may hold at once, shared by all requests.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    capacity: usize,
+    used: AtomicUsize,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            capacity,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// The configured budget in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes reserved right now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` from the budget, or `None` when that would exceed it.
+    pub(crate) fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<BodyReservation> {
+        self.take(bytes).then(|| BodyReservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|total| *total <= self.capacity)
+            })
+            .is_ok()
+    }
+}
+
+/// Bytes held from a [`BodyBudget`]; given back on drop (also when the request is cancelled).
+#[derive(Debug)]
+pub(crate) struct BodyReservation {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl BodyReservation {
+    /// Grows the reservation to `total` bytes; `false` (and unchanged) when the budget has
+    /// not that much left.
+    pub(crate) fn grow_to(&mut self, total: usize) -> bool {
+        if total <= self.bytes {
+            return true;
+        }
+        if self.budget.take(total - self.bytes) {
+            self.bytes = total;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a request body was not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyRefusal {
+    /// Over the per-request cap: `413`.
+    TooLarge,
+    /// The global budget has not enough left right now: `503` + `Retry-After`.
+    Busy,
+    /// The body could not be read (client error or disconnect): `400`.
+    Unreadable,
+}
+
+/// Reads `body` into one contiguous buffer, reserving its bytes from `budget` before they
+/// are allocated. `declared` is the request's `Content-Length`, if any; `limit` the
+/// per-request cap.
+pub(crate) async fn read_body<B>(
+    body: B,
+    declared: Option<u64>,
+    limit: usize,
+    budget: &Arc<BodyBudget>,
+) -> Result<(Bytes, BodyReservation), BodyRefusal>
+where
+    B: Body<Data = Bytes>,
+{
+    let cap = limit.min(budget.capacity());
+    let initial = match declared {
+        Some(len) => usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= cap)
+            .ok_or(BodyRefusal::TooLarge)?,
+        None => 0,
+    };
+    let mut reservation = budget.try_reserve(initial).ok_or(BodyRefusal::Busy)?;
+    let mut buf = BytesMut::with_capacity(initial);
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(BodyRefusal::Unreadable);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing the proxy forwards
+        };
+        let needed = buf
+            .len()
+            .checked_add(data.len())
+            .filter(|n| *n <= cap)
+            .ok_or(BodyRefusal::TooLarge)?;
+        if needed > buf.capacity() {
+            // Grow geometrically (few copies), but never past the cap, and reserve the new
+            // capacity before allocating it.
+            let want = needed
+                .max(buf.capacity().saturating_mul(2))
+                .max(64 * 1024)
+                .min(cap);
+            if !reservation.grow_to(want) {
+                return Err(BodyRefusal::Busy);
+            }
+            buf.reserve(want - buf.len());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), reservation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::body::Frame;
+    use proptest::prelude::*;
+
+    /// A body delivering `chunks` one frame each (what a chunked upload looks like).
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from(c)))))
+        }
+    }
+
+    fn chunked(chunks: Vec<Vec<u8>>) -> Chunks {
+        Chunks(chunks.into())
+    }
+
+    #[test]
+    fn reservations_add_up_and_are_given_back_on_drop() {
+        let budget = BodyBudget::new(100);
+        let a = budget.try_reserve(60).unwrap();
+        assert!(budget.try_reserve(41).is_none());
+        let mut b = budget.try_reserve(40).unwrap();
+        assert_eq!(budget.used(), 100);
+        assert!(!b.grow_to(41), "over the budget");
+        assert!(
+            b.grow_to(40) && b.grow_to(10),
+            "shrinking requests are no-ops"
+        );
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        assert!(b.grow_to(100));
+        assert_eq!(budget.used(), 100);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+        assert!(budget.try_reserve(usize::MAX).is_none(), "no overflow");
+    }
+
+    #[tokio::test]
+    async fn declared_lengths_are_refused_up_front() {
+        let budget = BodyBudget::new(1000);
+        let body = || Full::new(Bytes::from_static(b"abc"));
+        assert_eq!(
+            read_body(body(), Some(2000), 5000, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::TooLarge,
+            "over the budget's size is over the cap"
+        );
+        assert_eq!(
+            read_body(body(), Some(501), 500, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::TooLarge
+        );
+        assert_eq!(
+            read_body(body(), Some(u64::MAX), 500, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::TooLarge
+        );
+        let held = budget.try_reserve(900).unwrap();
+        assert_eq!(
+            read_body(body(), Some(101), 500, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::Busy
+        );
+        let (bytes, reservation) = read_body(body(), Some(3), 500, &budget).await.unwrap();
+        assert_eq!(&bytes[..], b"abc");
+        assert_eq!(budget.used(), 903);
+        drop((held, reservation));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_are_cut_at_the_cap_or_the_budget() {
+        let budget = BodyBudget::new(256 * 1024);
+        let big = vec![vec![7u8; 50_000]; 6]; // 300,000 bytes
+        assert_eq!(
+            read_body(chunked(big.clone()), None, 200_000, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::TooLarge
+        );
+        assert_eq!(budget.used(), 0, "a refused body gives its bytes back");
+        let _held = budget.try_reserve(100_000).unwrap();
+        assert_eq!(
+            read_body(chunked(big), None, 1 << 20, &budget)
+                .await
+                .unwrap_err(),
+            BodyRefusal::Busy
+        );
+        assert_eq!(budget.used(), 100_000);
+        let (bytes, r) = read_body(chunked(vec![vec![1; 10], vec![2; 20]]), None, 100, &budget)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 30);
+        assert!(budget.used() > 100_000 && budget.used() <= 256 * 1024);
+        drop(r);
+        assert_eq!(budget.used(), 100_000);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the chunking, a body is read whole within cap and budget or refused, the
+        /// budget never goes over, and everything is given back at the end.
+        #[test]
+        fn reads_whole_or_refuses_and_never_overdraws(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 0..20),
+            limit in 0usize..60_000,
+            capacity in 0usize..120_000,
+            held in 0usize..120_000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let budget = BodyBudget::new(capacity);
+            let held = budget.try_reserve(held);
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let expected: Vec<u8> = chunks.concat();
+            let result = rt.block_on(read_body(chunked(chunks), None, limit, &budget));
+            prop_assert!(budget.used() <= capacity);
+            match result {
+                Ok((bytes, _r)) => {
+                    prop_assert_eq!(&bytes[..], &expected[..]);
+                    prop_assert!(total <= limit.min(capacity));
+                    prop_assert!(budget.used() <= capacity);
+                }
+                Err(BodyRefusal::TooLarge) => prop_assert!(total > limit.min(capacity)),
+                Err(BodyRefusal::Busy) => prop_assert!(total > 0),
+                Err(BodyRefusal::Unreadable) => prop_assert!(false, "infallible body"),
+            }
+            drop(held);
+            prop_assert_eq!(budget.used(), 0);
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Forwarding one `/v1/…` request: where it goes, its body, which account, the retry loop
+//! and the 401 → refresh → re-send path.
+//!
+//! Each attempt ends in one [`Step`]: go round again (the policy chose to retry, perhaps
+//! after a wait, or a refreshed token is to be re-sent) or answer the client. What to do
+//! with the policy's [`Decision`] is written once, in [`step`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use rotation_policy::{AccountId, Decision, Outcome, Selection};
+use serde_json::value::RawValue;
+
+use super::accounts::{AccountCredentials, AfterRejection};
+use super::answers::{bad_target, busy, json_error, too_large};
+use super::budget::{self, BodyRefusal};
+use super::in_flight::{Answer, Pending};
+use super::stream::stream_back;
+use super::{BoxBody, Shared, headers, now, strip_hop_by_hop};
+
+/// The two fields of a Responses API body that steer account selection.
+///
+/// Read without copying the body: keys and the two values are borrowed raw (`RawValue`),
+/// every other value is skipped, and only values up to [`PEEK_FIELD_MAX`] bytes are decoded.
+/// A derived `Deserialize` would decode each top-level key, and the two values, into fresh
+/// buffers, so a body of one huge escaped key or `model` string (`"\nAAAA…"`) would cost as
+/// much memory again as the body, outside the body budget.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Peek {
+    model: Option<String>,
+    prompt_cache_key: Option<String>,
+}
+
+/// Longest raw `model` or `prompt_cache_key` value that is decoded (longer ones are ignored).
+const PEEK_FIELD_MAX: usize = 1024;
+
+impl<'de> serde::Deserialize<'de> for Peek {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Peek;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peek, A::Error> {
+                let mut peek = Peek::default();
+                while let Some(key) = map.next_key::<&'de RawValue>()? {
+                    // Raw keys keep their quotes; escaped spellings of the names do not match.
+                    match key.get() {
+                        r#""model""# => peek.model = small_string(map.next_value()?),
+                        r#""prompt_cache_key""# => {
+                            peek.prompt_cache_key = small_string(map.next_value()?);
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(peek)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// A short JSON string value, decoded; `None` for anything else or anything long.
+fn small_string(raw: &RawValue) -> Option<String> {
+    let raw = raw.get();
+    if raw.len() > PEEK_FIELD_MAX {
+        return None;
+    }
+    serde_json::from_str(raw).ok()
+}
+
+/// How one attempt of the retry loop ends.
+enum Step {
+    /// Go round again: select an account (or re-send on the one just refreshed).
+    Next,
+    /// Answer the client with this response.
+    Answer(Response<BoxBody>),
+}
+
+/// Acts on the policy's decision: `Retry` and `Wait` (after the wait) go round again;
+/// `ReturnToClient` is answered by `answer`, given the policy's `retry_after`.
+///
+/// `Decision` is matched exhaustively on purpose: a new kind of decision must be placed
+/// here, not fall into a default.
+async fn step(
+    decision: Decision,
+    answer: impl FnOnce(Option<Duration>) -> Response<BoxBody>,
+) -> Step {
+    match decision {
+        Decision::Retry => Step::Next,
+        Decision::Wait(wait) => {
+            tokio::time::sleep(wait).await;
+            Step::Next
+        }
+        Decision::ReturnToClient { retry_after } => Step::Answer(answer(retry_after)),
+    }
+}
+
+pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
+    let started = std::time::Instant::now();
+    let (parts, body) = req.into_parts();
+    // Where the request goes is settled before any body byte is read, and refused requests
+    // never reach the upstream.
+    let url = match shared.upstream.resolve(&parts.uri) {
+        Ok(url) => url,
+        Err(error) => return bad_target(&shared, error),
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // `_held` keeps the body's bytes counted against the budget until this request ends
+    // (answered or dropped by hyper when the client goes away).
+    let (body, _held) = match budget::read_body(
+        body,
+        declared,
+        shared.options.body_limit,
+        &shared.body_budget,
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return too_large(&shared),
+        Err(BodyRefusal::Busy) => return busy(&shared),
+        Err(BodyRefusal::Unreadable) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+                None,
+            );
+        }
+    };
+    let mut request = routing_request(&body, &parts.headers);
+    let mut fwd_headers = parts.headers.clone();
+    strip_hop_by_hop(&mut fwd_headers);
+    headers::strip_request_only(&mut fwd_headers);
+
+    {
+        let mut state = shared.lock();
+        state.counters.requests += 1;
+        state.counters.in_flight += 1;
+    }
+    let mut pending = Pending {
+        shared: shared.clone(),
+        finished: false,
+        dispatched: None,
+    };
+    // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
+    let max_loops = shared
+        .options
+        .policy
+        .max_attempts
+        .saturating_mul(4)
+        .clamp(4, 64);
+    let mut last_status: Option<StatusCode> = None;
+    // Set when an attempt must be re-sent on the same account with its refreshed token.
+    let mut resend: Option<AccountId> = None;
+    // Whether this attempt already re-sent after a refresh (at most once per attempt).
+    let mut resent = false;
+    for attempt in 0..max_loops {
+        let selected = match resend.take() {
+            Some(id) => {
+                shared.lock().counters.resends += 1;
+                Ok(id)
+            }
+            None => {
+                resent = false;
+                select(&shared, &mut request, attempt)
+            }
+        };
+        let account = match selected {
+            Ok(id) => {
+                pending.dispatched = Some(id.clone());
+                id
+            }
+            Err(Some(retry_after)) => {
+                pending.finish(Answer::GaveUp, None);
+                tracing::info!(
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "pool exhausted"
+                );
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "pool_exhausted",
+                    "every account is cooling down; retry after retry_after_ms",
+                    Some(retry_after),
+                );
+            }
+            Err(None) => {
+                pending.finish(Answer::NoAccount, None);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_account",
+                    "no account left to try for this request (all disabled or already tried)",
+                    None,
+                );
+            }
+        };
+        let creds = match shared.accounts.usable_credentials(&shared, &account).await {
+            Ok(creds) => creds,
+            Err(reason) => {
+                // Refresh failed: the account cannot be used; let the policy cool it down.
+                let decision = pending.record_outcome(
+                    &mut request,
+                    &account,
+                    Outcome::Unauthorized,
+                    Some(reason),
+                );
+                let next = step(decision, |retry_after| {
+                    pending.finish(Answer::GaveUp, None);
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "refresh_failed",
+                        "no account has a usable token right now",
+                        retry_after,
+                    )
+                })
+                .await;
+                match next {
+                    Step::Next => continue,
+                    Step::Answer(response) => return response,
+                }
+            }
+        };
+        let sent = shared
+            .client
+            .request(parts.method.clone(), url.clone())
+            .headers(account_headers(&fwd_headers, &creds))
+            .body(body.clone())
+            .send()
+            .await;
+        let wall = SystemTime::now();
+        let response = match sent {
+            Ok(response) => response,
+            Err(err) => {
+                let outcome = if err.is_timeout() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::NetworkError
+                };
+                let message = format!("upstream request failed for {account}: {}", describe(&err));
+                tracing::warn!(account = %account, error = %message, "upstream unreachable");
+                let decision =
+                    pending.record_outcome(&mut request, &account, outcome, Some(message.clone()));
+                let next = step(decision, |retry_after| {
+                    pending.finish(Answer::BadGateway, Some(message));
+                    json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unreachable",
+                        "the upstream could not be reached",
+                        retry_after,
+                    )
+                })
+                .await;
+                match next {
+                    Step::Next => continue,
+                    Step::Answer(response) => return response,
+                }
+            }
+        };
+        let status = response.status();
+        last_status = Some(status);
+        let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
+        let error = (outcome != Outcome::Success)
+            .then(|| format!("upstream answered {} for {account}", status.as_u16()));
+        tracing::info!(
+            account = %account,
+            status = status.as_u16(),
+            attempt = attempt + 1,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "upstream answered"
+        );
+        let decision = if outcome == Outcome::Unauthorized && !resent {
+            match after_unauthorized(&shared, &mut pending, &mut request, &account, &creds).await {
+                Some(decision) => decision,
+                None => {
+                    drop(response);
+                    tracing::info!(account = %account, "401 answered with a refresh; re-sending with the new token");
+                    resend = Some(account);
+                    resent = true;
+                    continue;
+                }
+            }
+        } else {
+            pending.record_outcome(&mut request, &account, outcome, error.clone())
+        };
+        let next = step(decision, |retry_after| match retry_after {
+            Some(wait) if outcome != Outcome::Success => {
+                pending.finish(Answer::GaveUp, error);
+                json_error(
+                    status,
+                    "upstream_unavailable",
+                    "every account failed or is cooling down; retry after retry_after_ms",
+                    Some(wait),
+                )
+            }
+            _ => {
+                let answer = if status.is_success() {
+                    Answer::Ok
+                } else {
+                    Answer::UpstreamError
+                };
+                pending.finish(answer, error);
+                stream_back(&shared, response, account, request.family())
+            }
+        })
+        .await;
+        match next {
+            Step::Next => continue,
+            Step::Answer(response) => return response,
+        }
+    }
+    pending.finish(Answer::GaveUp, Some("retry loop bound reached".to_owned()));
+    json_error(
+        last_status.unwrap_or(StatusCode::BAD_GATEWAY),
+        "retries_exhausted",
+        "the request failed on every attempt",
+        None,
+    )
+}
+
+/// The policy's view of the request: the model family from the body, and the session (the
+/// body's `prompt_cache_key`, else a `session_id`/`conversation_id` header) for affinity.
+fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request {
+    let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
+    let family = peek
+        .model
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "*".to_owned());
+    let session = peek.prompt_cache_key.or_else(|| {
+        ["session_id", "conversation_id"]
+            .iter()
+            .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
+    });
+    let request = rotation_policy::Request::new(family);
+    match session {
+        Some(session) => request.with_session(session),
+        None => request,
+    }
+}
+
+/// Asks the policy for an account and takes one dispatch from it. `Err(Some(wait))`: every
+/// account is cooling down; `Err(None)`: none left to try.
+fn select(
+    shared: &Shared,
+    request: &mut rotation_policy::Request,
+    attempt: u32,
+) -> Result<AccountId, Option<Duration>> {
+    let mut state = shared.lock();
+    let t = now();
+    match state.policy.select(request, t) {
+        Selection::Account(id) => {
+            // ok to ignore: `consume` only fails for an unknown id, just selected.
+            let _ = state.policy.consume(&id, t);
+            state.counters.attempts += 1;
+            if attempt > 0 {
+                state.counters.retries += 1;
+            }
+            Ok(id)
+        }
+        Selection::Exhausted { retry_after } => Err(Some(retry_after)),
+        Selection::NoAccount => Err(None),
+    }
+}
+
+/// The client's forwardable headers plus the account's `Authorization` (marked sensitive,
+/// so it is never logged) and `ChatGPT-Account-Id`.
+fn account_headers(forwarded: &HeaderMap, creds: &AccountCredentials) -> HeaderMap {
+    let mut headers = forwarded.clone();
+    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose())) {
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    if let Some(id) = creds
+        .chatgpt_account_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert("chatgpt-account-id", id);
+    }
+    headers
+}
+
+/// After an upstream `401` on a first send: refresh the account's token (single-flight) and
+/// tell the policy. `None`: re-send on the same account with the new token; `Some`: the
+/// policy's decision, when the refresh failed or that 401 disabled the account.
+///
+/// The 401 is reported once per rejected token (by the first request to see it), together
+/// with the refresh under one lock, so the policy counts it but never cools the account down
+/// for a token that is already replaced. Requests racing with the same stale token add no
+/// new fact and are not reported again (each would count towards "disable after N 401s in a
+/// row"). The re-send is a new dispatch whose outcome is reported like any other; a 401 on a
+/// re-sent attempt is reported by the caller and decides the next step.
+async fn after_unauthorized(
+    shared: &Arc<Shared>,
+    pending: &mut Pending,
+    request: &mut rotation_policy::Request,
+    account: &AccountId,
+    creds: &AccountCredentials,
+) -> Option<Decision> {
+    let first = shared.accounts.first_rejection(account, creds.generation);
+    match shared
+        .accounts
+        .refresh_after_rejection(shared, account, creds)
+        .await
+    {
+        // The refresh already recorded the more useful error ("refresh failed…").
+        AfterRejection::Failed => {
+            Some(pending.record_outcome(request, account, Outcome::Unauthorized, None))
+        }
+        AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
+            if !first {
+                return None;
+            }
+            let mut state = shared.lock();
+            let t = now();
+            let decision = state
+                .policy
+                .report(request, account, Outcome::Unauthorized, t);
+            pending.dispatched = None;
+            let disabled = state
+                .policy
+                .account_status(account, t)
+                .is_some_and(|s| s.disabled.is_some());
+            if disabled {
+                // That 401 was the last straw: the policy disabled the account.
+                return Some(decision);
+            }
+            // ok to ignore: the id was just selected, so it is known.
+            let _ = state.policy.mark_refreshed(account, t);
+            if state.policy.consume(account, t).is_ok() {
+                pending.dispatched = Some(account.clone());
+            }
+            None
+        }
+    }
+}
+
+/// A reqwest error without its URL (which could carry query secrets).
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_connect() {
+        "connection failed"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_body() || err.is_decode() {
+        "body error"
+    } else {
+        "request error"
+    };
+    kind.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peek(body: &str) -> Peek {
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_routing_fields_are_read_and_everything_else_skipped() {
+        let body = r#"{"input":[{"role":"user","content":"a \"quoted\" {x}"}],"model":"gpt-5","stream":true,"prompt_cache_key":"s-1","tools":{"model":"nested"}}"#;
+        assert_eq!(
+            peek(body),
+            Peek {
+                model: Some("gpt-5".into()),
+                prompt_cache_key: Some("s-1".into())
+            }
+        );
+        // Escapes in short values are decoded.
+        assert_eq!(
+            peek(r#"{"model":"gpt\u002d5"}"#).model.as_deref(),
+            Some("gpt-5")
+        );
+        for not_an_object in ["", "[]", "\"model\"", "{\"model\":", "{} x", "null"] {
+            assert_eq!(peek(not_an_object), Peek::default(), "{not_an_object}");
+        }
+        assert_eq!(
+            peek(r#"{"model":5,"prompt_cache_key":null}"#),
+            Peek::default()
+        );
+    }
+
+    #[test]
+    fn long_values_and_escaped_keys_are_ignored_not_decoded() {
+        let long = format!(
+            r#"{{"model":"\n{}","prompt_cache_key":"k"}}"#,
+            "A".repeat(PEEK_FIELD_MAX)
+        );
+        assert_eq!(
+            peek(&long),
+            Peek {
+                model: None,
+                prompt_cache_key: Some("k".into())
+            }
+        );
+        let escaped_key = format!(r#"{{"\n{}":0,"model":"m"}}"#, "A".repeat(100_000));
+        assert_eq!(peek(&escaped_key).model.as_deref(), Some("m"));
+        // A key spelled with escapes is not the field (Codex never escapes its keys).
+        assert_eq!(peek(r#"{"mod\u0065l":"m"}"#), Peek::default());
+    }
+
+    #[test]
+    fn the_routing_request_falls_back_to_star_and_session_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("session_id", HeaderValue::from_static("h-1"));
+        let r = routing_request(br#"{"model":"gpt-5","prompt_cache_key":"p-1"}"#, &headers);
+        assert_eq!((r.family(), r.session()), ("gpt-5", Some("p-1")));
+        let r = routing_request(b"not json", &headers);
+        assert_eq!((r.family(), r.session()), ("*", Some("h-1")));
+        let r = routing_request(br#"{"model":""}"#, &HeaderMap::new());
+        assert_eq!((r.family(), r.session()), ("*", None));
+    }
+}
