@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod argv;
 mod error;
 mod free;
 mod inspect;
@@ -55,6 +56,7 @@ mod outcome;
 mod process;
 mod sys;
 
+pub use argv::Interpreter;
 pub use error::Error;
 pub use free::{FreePolicy, free};
 pub use inspect::{
