@@ -877,7 +877,7 @@ mod tests {
                 proptest::sample::select(vec!["--preload", "-r", "--cwd"]).prop_map(|o| (Bun, o)),
             ],
             value in "[a-z./]{1,10}",
-            rest in proptest::collection::vec("[a-z./]{1,10}", 0..3),
+            rest in proptest::collection::vec("[a-z/]{1,8}[.]js", 0..3),
         ) {
             let mut argv = vec!["interp".to_owned(), option.to_owned(), value];
             argv.extend(rest.iter().cloned());

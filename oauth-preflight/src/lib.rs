@@ -47,6 +47,7 @@
 
 mod argv;
 mod error;
+mod escape;
 mod free;
 mod inspect;
 #[cfg(unix)]

@@ -361,6 +361,7 @@ fn split_cmdline(raw: &[u8]) -> Vec<String> {
 pub(crate) struct Stat {
     pub(crate) comm: String,
     pub(crate) state: char,
+    pub(crate) ppid: u32,
     pub(crate) start_ticks: u64,
 }
 
@@ -372,13 +373,46 @@ pub(crate) fn parse_stat(stat: &str) -> Option<Stat> {
     let comm = stat.get(open + 1..close)?.to_owned();
     let mut rest = stat.get(close + 1..)?.split_whitespace();
     let state = rest.next()?.chars().next()?;
-    // rest now starts at field 4; field 22 is 18 further on.
-    let start_ticks = rest.nth(18)?.parse().ok()?;
+    let ppid = rest.next()?.parse().ok()?;
+    // rest now starts at field 5; field 22 is 17 further on.
+    let start_ticks = rest.nth(17)?.parse().ok()?;
     Some(Stat {
         comm,
         state,
+        ppid,
         start_ticks,
     })
+}
+
+/// Bound on the parent chain walked by [`caller_lineage`]: real chains are a few dozen
+/// deep; the bound only guards against a cycle read from a racing `/proc`.
+const MAX_ANCESTORS: usize = 4096;
+
+/// This process, then its parent, grandparent, … up to pid 1, from field 4 (ppid) of
+/// `/proc/<pid>/stat`. Stops at ppid 0 (the top of this pid namespace), at a pid that cannot
+/// be read, at a repeated pid, or after [`MAX_ANCESTORS`] steps.
+pub(crate) fn caller_lineage() -> Vec<u32> {
+    lineage_in(Path::new("/proc"), std::process::id())
+}
+
+fn lineage_in(root: &Path, pid: u32) -> Vec<u32> {
+    let mut chain = vec![pid];
+    let mut current = pid;
+    while chain.len() < MAX_ANCESTORS {
+        let Some(stat) = fs::read_to_string(root.join(current.to_string()).join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        else {
+            break;
+        };
+        if stat.ppid == 0 || chain.contains(&stat.ppid) {
+            break;
+        }
+        chain.push(stat.ppid);
+        current = stat.ppid;
+    }
+    chain
 }
 
 /// Real uid from the `Uid:` line of `/proc/<pid>/status`.
@@ -542,6 +576,7 @@ mod tests {
         let s = parse_stat(stat).unwrap();
         assert_eq!(s.comm, "my (odd) prog");
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.start_ticks, 987_654);
     }
 
@@ -551,6 +586,42 @@ mod tests {
         assert!(me.start_time.is_some());
         assert_eq!(me.uid, current_uid());
         assert!(me.exe.is_some());
+    }
+
+    #[test]
+    fn lineage_walks_up_to_the_top_of_the_namespace() {
+        let chain = caller_lineage();
+        assert_eq!(chain[0], std::process::id());
+        let parent = parse_stat(&fs::read_to_string("/proc/self/stat").unwrap())
+            .unwrap()
+            .ppid;
+        assert_eq!(chain.get(1), Some(&parent));
+        // Every step is the parent of the one before, and the chain ends at the top.
+        for pair in chain.windows(2) {
+            let stat = parse_stat(&fs::read_to_string(format!("/proc/{}/stat", pair[0])).unwrap());
+            assert_eq!(stat.map(|s| s.ppid), Some(pair[1]));
+        }
+        let last = chain[chain.len() - 1];
+        let top = parse_stat(&fs::read_to_string(format!("/proc/{last}/stat")).unwrap()).unwrap();
+        assert_eq!(top.ppid, 0, "{chain:?}");
+    }
+
+    #[test]
+    fn lineage_stops_on_a_cycle_and_on_unreadable_pids() {
+        let root = tempfile::tempdir().unwrap();
+        let stat = |pid: u32, ppid: u32| {
+            let dir = root.path().join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            let line = format!("{pid} (x) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0");
+            fs::write(dir.join("stat"), line).unwrap();
+        };
+        stat(10, 11);
+        stat(11, 12);
+        stat(12, 10); // a cycle, as a racing /proc with reused pids could show
+        assert_eq!(lineage_in(root.path(), 10), [10, 11, 12]);
+        stat(20, 21); // 21 does not exist
+        assert_eq!(lineage_in(root.path(), 20), [20, 21]);
+        assert_eq!(lineage_in(root.path(), 99), [99]);
     }
 
     #[test]
