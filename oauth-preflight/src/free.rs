@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::inspect::{Holders, inspect_using};
 use crate::sys::{self, Signalled, Stop, StopHandle, Target};
 use crate::{
     BindProbe, HolderLookup, HolderMatcher, Inspection, Outcome, ProcessInfo, ProgramMatcher,
-    Stopped, default_lookups, inspect_with,
+    Stopped, default_lookups,
 };
 
 /// How [`free`] decides and how long it waits.
@@ -126,26 +127,41 @@ impl FreePolicy {
 /// ```
 /// use oauth_preflight::{free, FreePolicy, Outcome};
 ///
-/// // Our own test listener is not a Codex login helper: refused, nothing killed.
+/// // Held by this very process: reported, never stopped, whatever the matcher says.
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let outcome = free(listener.local_addr()?, &FreePolicy::default());
-/// assert!(matches!(outcome, Outcome::HeldByForeign { .. }), "{outcome}");
+/// assert!(matches!(outcome, Outcome::HeldByCaller { generation: 0, .. }), "{outcome}");
 /// assert!(outcome.to_string().contains("nothing was killed"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn free(addr: SocketAddr, policy: &FreePolicy) -> Outcome {
-    let found = match inspect_with(addr, &policy.lookups) {
-        Ok(found) => found,
-        Err(e) => {
-            return Outcome::Unknown {
-                addr,
-                reason: e.to_string(),
-            };
+    let our_uid = sys::current_uid();
+    let caller = sys::caller_lineage();
+    // First the quick look (one holder per socket, likely holders first): any holder that
+    // must not be stopped refuses the whole port, so a refusal needs no more. Only when that
+    // holder may be stopped are all processes sharing the socket looked up, and the decision
+    // is made again on the complete set before anything is signalled.
+    let mut decided = None;
+    for wanted in [Holders::First, Holders::All] {
+        let inspection = match inspect_using(addr, &policy.lookups, wanted) {
+            Ok(inspection) => inspection,
+            Err(e) => {
+                return Outcome::Unknown {
+                    addr,
+                    reason: e.to_string(),
+                };
+            }
+        };
+        match decide(&inspection, policy, our_uid, &caller) {
+            Ok(targets) => decided = Some((inspection, targets)),
+            Err(refusal) => return *refusal,
         }
-    };
-    let targets = match decide(&found, policy, sys::current_uid(), &sys::caller_lineage()) {
-        Ok(targets) => targets,
-        Err(refusal) => return *refusal,
+    }
+    let Some((found, targets)) = decided else {
+        return Outcome::Unknown {
+            addr,
+            reason: "no lookup ran".to_owned(),
+        };
     };
     let helper = policy.matcher.description();
     if policy.dry_run {
@@ -321,7 +337,8 @@ fn stop_and_wait(
     let start = Instant::now();
     let deadline = start + policy.bind_wait;
     loop {
-        if let Ok(again) = inspect_with(addr, &policy.lookups)
+        // One holder is enough to know the port is still taken.
+        if let Ok(again) = inspect_using(addr, &policy.lookups, Holders::First)
             && again.is_free()
         {
             return Outcome::Freed {

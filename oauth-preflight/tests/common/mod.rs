@@ -20,6 +20,9 @@ if v6:
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if sys.argv[1] == "6" else 0)
 s.bind(("::" if sys.argv[1] == "6any" else "::1" if v6 else "127.0.0.1", 0))
 s.listen(8)
+if "drop-uid" in sys.argv:
+    os.setgid(65534)
+    os.setuid(65534)
 if "ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if "fork" in sys.argv and os.fork() == 0:
@@ -63,6 +66,9 @@ pub struct Spec {
     pub ignore_term: bool,
     pub fork: bool,
     pub uid: Option<u32>,
+    /// Bind as the starting user, then switch to uid/gid 65534 (needs root): the socket's
+    /// owner and the process's owner then differ.
+    pub drop_uid_after_bind: bool,
 }
 
 impl Spec {
@@ -73,6 +79,7 @@ impl Spec {
             ignore_term: false,
             fork: false,
             uid: None,
+            drop_uid_after_bind: false,
         }
     }
     pub fn python() -> Self {
@@ -132,6 +139,9 @@ pub fn spawn(spec: Spec) -> Holder {
     }
     if spec.fork {
         cmd.arg("fork");
+    }
+    if spec.drop_uid_after_bind {
+        cmd.arg("drop-uid");
     }
     if let Some(uid) = spec.uid {
         cmd.uid(uid).gid(uid);
