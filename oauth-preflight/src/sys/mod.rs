@@ -50,6 +50,8 @@ pub(crate) enum Stop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signalled {
     Sent,
+    // ok: Windows terminates through a verified handle and never reports this.
+    #[cfg_attr(windows, allow(dead_code))]
     AlreadyGone,
 }
 
