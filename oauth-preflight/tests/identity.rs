@@ -258,10 +258,19 @@ fn real_holders_are_freed_or_refused_by_how_their_interpreter_reads_them() {
         );
         let outcome = free(h.addr, &quick());
         if row.must_free {
-            if !matches!(outcome, Outcome::Freed { .. }) {
+            let Outcome::Freed { stopped, .. } = &outcome else {
                 failures.push(format!("{}: expected Freed, got {outcome}", row.name));
                 continue;
-            }
+            };
+            assert_eq!(
+                stopped
+                    .iter()
+                    .map(|s| (s.pid, s.pinned))
+                    .collect::<Vec<_>>(),
+                [(h.pid(), true)],
+                "{}: only the holder, signalled through a pidfd",
+                row.name
+            );
             let status = h.child.wait().unwrap();
             assert_eq!(
                 status.signal(),
