@@ -102,9 +102,9 @@ fn print_holders(found: &Inspection) {
     for h in &found.holders {
         match &h.process {
             Some(p) => {
-                let exe = p
-                    .exe()
-                    .map_or_else(|| "?".to_owned(), |e| e.display().to_string());
+                // Name, path and argv come from the holder itself: printed escaped (a process
+                // named `x\x1b[2J` or with `\r\n` in its argv cannot forge our output).
+                let exe = p.exe_display().unwrap_or_else(|| "?".to_owned());
                 let uid = p.uid.map_or_else(|| "?".to_owned(), |u| u.to_string());
                 println!(
                     "holder: {p} on {} — exe {exe}, argv `{}`, uid {uid} (via {})",

@@ -443,3 +443,47 @@ fn then_login_runs_codex_login_after_a_successful_preflight() {
         ],
     );
 }
+
+#[test]
+fn hostile_holder_names_are_escaped_and_json_stays_valid() {
+    const NAME: &str = "hostile_holder_names_are_escaped_and_json_stays_valid";
+    let (Some(bin), Some(py)) = (preflight(NAME), python3(NAME)) else {
+        return;
+    };
+    // A program named to clear the screen and forge a second "Freed …" line, with a
+    // right-to-left override: it reaches us as comm, exe and argv[0].
+    let name = "ev\u{1b}[2J\r\nFreed port 127.0.0.1:1 by stopping\u{202e}x";
+    let mut h = Holder::spawn(&py, Some(name));
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+
+    let r = run(&bin, &["--port", &h.port()]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert!(!r.stdout.chars().any(unsafe_char), "{:?}", r.stdout);
+    assert_eq!(
+        r.stdout.lines().count(),
+        2,
+        "one holder line and one outcome line, no forged line:\n{}",
+        r.all()
+    );
+    assert_contains(
+        &r,
+        &r.stdout,
+        &[
+            "ev\\x1b[2J\\r\\nFreed port",
+            "\\u{202e}x",
+            "nothing was killed",
+        ],
+    );
+
+    let j = run(&bin, &["--port", &h.port(), "--json"]);
+    assert_eq!(j.code, Some(1), "{}", j.all());
+    assert_eq!(j.stdout.trim_end().lines().count(), 1, "{}", j.all());
+    let v: serde_json::Value = serde_json::from_str(j.stdout.trim()).unwrap();
+    let argv0 = v["holder"]["argv"][0].as_str().unwrap_or_default();
+    assert!(argv0.ends_with(name), "JSON keeps the raw value: {argv0:?}");
+    assert!(!v["message"].as_str().unwrap().chars().any(unsafe_char));
+    assert!(h.is_alive(), "a refused holder must survive");
+}

@@ -1,6 +1,10 @@
 //! Holder lookup: native `/proc` vs `lsof -ti tcp:PORT` (what a user would otherwise run),
 //! measured in the same run on a busy machine: 200 extra processes and 200 extra listening
-//! sockets alive, plus the holder itself (a child process).
+//! sockets alive, plus the holders (child processes): a `python3` started after the crowd
+//! (a likely name, the newest pid: the quick scan's good case) and a python3 copy named
+//! `zz-holder` started before it (an unlikely name, older than the crowd: its worst case).
+//! The quick lookup (`find_first_holders`, what `free` decides a refusal on) and the
+//! complete one (`find_listeners`, every process sharing the socket) are both printed.
 //!
 //! `cargo bench -p oauth-preflight --bench lookup -- --warm-up-time 1 --measurement-time 2`
 
@@ -20,6 +24,9 @@ struct Crowd {
     _sockets: Vec<TcpListener>,
     holder: Child,
     port: u16,
+    unlikely: Child,
+    unlikely_port: u16,
+    _unlikely_dir: tempfile::TempDir,
 }
 
 impl Drop for Crowd {
@@ -27,7 +34,7 @@ impl Drop for Crowd {
         for c in self
             .children
             .iter_mut()
-            .chain(std::iter::once(&mut self.holder))
+            .chain([&mut self.holder, &mut self.unlikely])
         {
             let _ = c.kill();
             let _ = c.wait();
@@ -35,7 +42,52 @@ impl Drop for Crowd {
     }
 }
 
+const LISTEN_PY: &str = "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\nprint('ok', flush=True)\ntime.sleep(120)";
+
+/// Starts `program` listening on a fresh ephemeral port; waits (bounded) until it listens.
+fn listen_with(program: &std::path::Path) -> (Child, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    // `sleep 120` in the script bounds its life even if the bench is killed before Drop.
+    let mut child = Command::new(program)
+        .args(["-c", LISTEN_PY, &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is installed by .ci/run");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ProcfsLookup::new()
+        .find_listeners(port)
+        .map(|h| h.is_empty())
+        .unwrap_or(true)
+    {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("holder did not listen within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.stdout.take();
+    (child, port)
+}
+
 fn crowd() -> Crowd {
+    // The worst case for the quick scan: an unlikely name, older than every crowd process.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let python = std::fs::canonicalize(
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+            .expect("python3 is installed by .ci/run"),
+    )
+    .expect("python3 path");
+    let unlikely_exe = dir.path().join("zz-holder");
+    std::fs::copy(&python, &unlikely_exe).expect("copy python3");
+    let (unlikely, unlikely_port) = listen_with(&unlikely_exe);
     // `sleep 120` bounds their life even if the bench is killed before Drop runs.
     let children = (0..EXTRA_PROCESSES)
         .filter_map(|_| {
@@ -50,39 +102,16 @@ fn crowd() -> Crowd {
         .filter_map(|_| TcpListener::bind("127.0.0.1:0").ok())
         .collect();
     // The holder is another process, like a stale login helper would be.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    let port = listener.local_addr().expect("local addr").port();
-    drop(listener);
-    let holder = Command::new("python3")
-        .args([
-            "-c",
-            "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\nprint('ok', flush=True)\ntime.sleep(120)",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is installed by .ci/run");
-    let mut crowd = Crowd {
+    let (holder, port) = listen_with(std::path::Path::new("python3"));
+    Crowd {
         children,
         _sockets: sockets,
         holder,
         port,
-    };
-    // Wait (bounded) until the holder is listening.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ProcfsLookup::new()
-        .find_listeners(port)
-        .map(|h| h.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "holder did not listen within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        unlikely,
+        unlikely_port,
+        _unlikely_dir: dir,
     }
-    let _ = crowd.holder.stdout.take();
-    crowd
 }
 
 fn lsof_ti(port: u16) -> Option<String> {
@@ -131,10 +160,13 @@ fn bench(c: &mut Criterion) {
     }
 
     let mut group = c.benchmark_group("holder_lookup");
-    group.bench_function("native_sock_diag", |b| {
+    group.bench_function("native_quick_sock_diag", |b| {
+        b.iter(|| native.find_first_holders(port))
+    });
+    group.bench_function("native_complete_sock_diag", |b| {
         b.iter(|| native.find_listeners(port))
     });
-    group.bench_function("native_proc_net_tcp", |b| {
+    group.bench_function("native_complete_proc_net_tcp", |b| {
         b.iter(|| procfs.find_listeners(port))
     });
     group.bench_function("inspect_with_bind_probe", |b| {
@@ -153,21 +185,65 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    // Same-run ratio from a small manual loop (criterion's estimates are in target/criterion).
-    let native_mean = mean(100, || {
-        let _ = native.find_listeners(port);
-    });
-    let procfs_mean = mean(20, || {
-        let _ = procfs.find_listeners(port);
-    });
-    // The socket query alone: nobody listens on `idle`, so no /proc/<pid>/fd scan follows.
+    // Same-run ratios from small manual loops (criterion's estimates are in target/criterion),
+    // interleaved in rounds so a burst of load from other processes hits every contender.
+    let unlikely_port = crowd.unlikely_port;
+    let unlikely_pid = crowd.unlikely.id();
+    let first = native
+        .find_first_holders(unlikely_port)
+        .expect("native lookup");
+    assert_eq!(
+        first
+            .iter()
+            .filter_map(|h| h.process.as_ref().map(|p| p.pid))
+            .collect::<Vec<_>>(),
+        [unlikely_pid]
+    );
     let idle = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral loopback port")
         .port();
-    let query_only = mean(100, || {
-        let _ = native.find_listeners(idle);
-    });
+    let mut quick = Duration::ZERO;
+    let mut complete = Duration::ZERO;
+    let mut procfs_total = Duration::ZERO;
+    let mut worst = Duration::ZERO;
+    let mut query_only = Duration::ZERO;
+    let mut lsof_total = Duration::ZERO;
+    let mut lsof_worst = Duration::ZERO;
+    const ROUNDS: u32 = 5;
+    for _ in 0..ROUNDS {
+        quick += mean(40, || {
+            let _ = native.find_first_holders(port);
+        });
+        complete += mean(10, || {
+            let _ = native.find_listeners(port);
+        });
+        procfs_total += mean(4, || {
+            let _ = procfs.find_listeners(port);
+        });
+        // The socket query alone: nobody listens on `idle`, so no /proc/<pid>/fd scan follows.
+        query_only += mean(40, || {
+            let _ = native.find_first_holders(idle);
+        });
+        worst += mean(10, || {
+            let _ = native.find_first_holders(unlikely_port);
+        });
+        if lsof.is_some() {
+            lsof_total += mean(2, || {
+                let _ = lsof_ti(port);
+            });
+            lsof_worst += mean(2, || {
+                let _ = lsof_ti(unlikely_port);
+            });
+        }
+    }
+    let (quick, complete, procfs_mean, worst, query_only) = (
+        quick / ROUNDS,
+        complete / ROUNDS,
+        procfs_total / ROUNDS,
+        worst / ROUNDS,
+        query_only / ROUNDS,
+    );
     let processes = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
@@ -187,22 +263,31 @@ fn bench(c: &mut Criterion) {
         None => println!("before the crowd: native {quiet_native:?} per call"),
     }
     println!("machine: {processes} processes, {EXTRA_SOCKETS}+ extra listening sockets");
-    println!("native sock_diag + /proc fd scan (default): {native_mean:?} per call");
-    println!("native /proc/net/tcp + /proc fd scan:       {procfs_mean:?} per call");
-    println!("sock_diag query alone (no holder, no scan): {query_only:?} per call");
+    println!("native quick (sock_diag, first holder; free's refusal):  {quick:?} per call");
+    println!("native complete (sock_diag, every holder; inspect):      {complete:?} per call");
+    println!("native complete (/proc/net/tcp, every holder):           {procfs_mean:?} per call");
+    println!("native quick, unlikely holder older than the crowd:      {worst:?} per call");
+    println!("sock_diag query alone (no holder, no scan):              {query_only:?} per call");
     if lsof.is_some() {
-        let lsof_mean = mean(10, || {
-            let _ = lsof_ti(port);
-        });
-        println!("lsof -ti tcp:{port}:                        {lsof_mean:?} per call");
-        let ratio = |d: Duration| lsof_mean.as_secs_f64() / d.as_secs_f64().max(f64::MIN_POSITIVE);
+        let (lsof_mean, lsof_worst) = (lsof_total / ROUNDS, lsof_worst / ROUNDS);
+        println!("lsof -ti tcp:PORT:                                       {lsof_mean:?} per call");
+        let ratio =
+            |l: Duration, d: Duration| l.as_secs_f64() / d.as_secs_f64().max(f64::MIN_POSITIVE);
         println!(
-            "ratio: default native lookup is {:.1}x faster than lsof",
-            ratio(native_mean)
+            "ratio: native quick lookup is {:.1}x faster than lsof (crowd)",
+            ratio(lsof_mean, quick)
         );
         println!(
-            "ratio: /proc/net/tcp lookup is {:.1}x faster than lsof",
-            ratio(procfs_mean)
+            "ratio: native complete lookup is {:.1}x faster than lsof (crowd)",
+            ratio(lsof_mean, complete)
+        );
+        println!(
+            "ratio: /proc/net/tcp complete lookup is {:.1}x faster than lsof (crowd)",
+            ratio(lsof_mean, procfs_mean)
+        );
+        println!(
+            "ratio: native quick lookup, unlikely old holder, is {:.1}x faster than lsof (crowd)",
+            ratio(lsof_worst, worst)
         );
     }
     drop(crowd);

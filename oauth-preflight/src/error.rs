@@ -3,7 +3,12 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::escape::Escaped;
+
 /// What went wrong while looking up port holders.
+///
+/// Display texts escape control and bidi characters in text that came from the OS or from
+/// `lsof` (`\x1b`, `\n`), so an error cannot forge lines or terminal sequences.
 ///
 /// [`free`](crate::free) never returns these: it folds them into
 /// [`Outcome::Unknown`](crate::Outcome::Unknown) so the caller always has a message to show.
@@ -21,7 +26,7 @@ pub enum Error {
     #[error("port 0 cannot be inspected or freed; pass the callback port (e.g. 1455)")]
     PortZero,
     /// A socket table could not be read.
-    #[error("could not read the socket table {}: {source}", path.display())]
+    #[error("could not read the socket table {}: {source}", Escaped(&path.to_string_lossy()))]
     SocketTable {
         /// The file, e.g. `/proc/net/tcp6`.
         path: PathBuf,
@@ -29,7 +34,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A socket table line did not have the expected shape.
-    #[error("line {line} of {} is not a socket row the kernel would write: {reason}", path.display())]
+    #[error("line {line} of {} is not a socket row the kernel would write: {}", Escaped(&path.to_string_lossy()), Escaped(reason))]
     MalformedSocketTable {
         /// The file.
         path: PathBuf,
@@ -45,7 +50,7 @@ pub enum Error {
         source: io::Error,
     },
     /// `lsof` ran and failed.
-    #[error("`lsof` failed ({status}): {stderr}")]
+    #[error("`lsof` failed ({status}): {}", Escaped(stderr))]
     LsofFailed {
         /// Exit status as text.
         status: String,
@@ -53,7 +58,7 @@ pub enum Error {
         stderr: String,
     },
     /// A platform lookup reported an error.
-    #[error("the {method} lookup failed: {message}")]
+    #[error("the {method} lookup failed: {}", Escaped(message))]
     Platform {
         /// Which lookup.
         method: crate::LookupMethod,
@@ -61,7 +66,7 @@ pub enum Error {
         message: String,
     },
     /// Every lookup failed.
-    #[error("could not find out who listens on port {port}: {failures}")]
+    #[error("could not find out who listens on port {port}: {}", Escaped(failures))]
     NoLookup {
         /// The port.
         port: u16,

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::inspect::{Holders, inspect_using};
 use crate::sys::{self, Signalled, Stop, StopHandle, Target};
 use crate::{
     BindProbe, HolderLookup, HolderMatcher, Inspection, Outcome, ProcessInfo, ProgramMatcher,
-    Stopped, default_lookups, inspect_with,
+    Stopped, default_lookups,
 };
 
 /// How [`free`] decides and how long it waits.
@@ -126,26 +127,41 @@ impl FreePolicy {
 /// ```
 /// use oauth_preflight::{free, FreePolicy, Outcome};
 ///
-/// // Our own test listener is not a Codex login helper: refused, nothing killed.
+/// // Held by this very process: reported, never stopped, whatever the matcher says.
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let outcome = free(listener.local_addr()?, &FreePolicy::default());
-/// assert!(matches!(outcome, Outcome::HeldByForeign { .. }), "{outcome}");
+/// assert!(matches!(outcome, Outcome::HeldByCaller { generation: 0, .. }), "{outcome}");
 /// assert!(outcome.to_string().contains("nothing was killed"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn free(addr: SocketAddr, policy: &FreePolicy) -> Outcome {
-    let found = match inspect_with(addr, &policy.lookups) {
-        Ok(found) => found,
-        Err(e) => {
-            return Outcome::Unknown {
-                addr,
-                reason: e.to_string(),
-            };
+    let our_uid = sys::current_uid();
+    let caller = sys::caller_lineage();
+    // First the quick look (one holder per socket, likely holders first): any holder that
+    // must not be stopped refuses the whole port, so a refusal needs no more. Only when that
+    // holder may be stopped are all processes sharing the socket looked up, and the decision
+    // is made again on the complete set before anything is signalled.
+    let mut decided = None;
+    for wanted in [Holders::First, Holders::All] {
+        let inspection = match inspect_using(addr, &policy.lookups, wanted) {
+            Ok(inspection) => inspection,
+            Err(e) => {
+                return Outcome::Unknown {
+                    addr,
+                    reason: e.to_string(),
+                };
+            }
+        };
+        match decide(&inspection, policy, our_uid, &caller) {
+            Ok(targets) => decided = Some((inspection, targets)),
+            Err(refusal) => return *refusal,
         }
-    };
-    let targets = match decide(&found, policy, sys::current_uid(), std::process::id()) {
-        Ok(targets) => targets,
-        Err(refusal) => return *refusal,
+    }
+    let Some((found, targets)) = decided else {
+        return Outcome::Unknown {
+            addr,
+            reason: "no lookup ran".to_owned(),
+        };
     };
     let helper = policy.matcher.description();
     if policy.dry_run {
@@ -160,12 +176,13 @@ pub fn free(addr: SocketAddr, policy: &FreePolicy) -> Outcome {
 }
 
 /// The pure decision: which processes to stop, or the refusal. `Err` boxes the outcome to
-/// keep the happy path small.
+/// keep the happy path small. `caller` is this process's pid followed by its ancestors'
+/// (parent first): none of them is ever a target, whatever the matcher says.
 pub(crate) fn decide(
     found: &Inspection,
     policy: &FreePolicy,
     our_uid: Option<u32>,
-    our_pid: u32,
+    caller: &[u32],
 ) -> Result<Vec<ProcessInfo>, Box<Outcome>> {
     let addr = found.addr;
     let method = found.method;
@@ -196,10 +213,25 @@ pub(crate) fn decide(
         }));
     }
     let processes: Vec<ProcessInfo> = found.processes().into_iter().cloned().collect();
+    // Stopping ourselves or the program that started us (a shell, a CLI wrapping the
+    // login) would end this very call; report it instead.
+    if let Some((p, generation)) = processes.iter().find_map(|p| {
+        caller
+            .iter()
+            .position(|&pid| pid == p.pid)
+            .map(|generation| (p, generation))
+    }) {
+        return Err(Box::new(Outcome::HeldByCaller {
+            addr,
+            holder: p.clone(),
+            generation,
+            method,
+        }));
+    }
     let helper = policy.matcher.description();
     if let Some(p) = processes
         .iter()
-        .find(|p| p.pid == our_pid || !policy.matcher.is_login_helper(p))
+        .find(|p| !policy.matcher.is_login_helper(p))
     {
         return Err(Box::new(Outcome::HeldByForeign {
             addr,
@@ -305,7 +337,8 @@ fn stop_and_wait(
     let start = Instant::now();
     let deadline = start + policy.bind_wait;
     loop {
-        if let Ok(again) = inspect_with(addr, &policy.lookups)
+        // One holder is enough to know the port is still taken.
+        if let Ok(again) = inspect_using(addr, &policy.lookups, Holders::First)
             && again.is_free()
         {
             return Outcome::Freed {
@@ -355,7 +388,7 @@ mod tests {
     #[test]
     fn decides_free_bindfailed_and_unknown_without_holders() {
         let p = FreePolicy::default();
-        let d = |bind| decide(&found(vec![], bind), &p, Some(0), 1).unwrap_err();
+        let d = |bind| decide(&found(vec![], bind), &p, Some(0), &[1]).unwrap_err();
         assert!(matches!(*d(BindProbe::Bindable), Outcome::Free { .. }));
         assert!(matches!(*d(BindProbe::InUse), Outcome::Unknown { .. }));
         let failed = BindProbe::Failed {
@@ -375,7 +408,7 @@ mod tests {
             ),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap();
         assert_eq!(ok.iter().map(|p| p.pid).collect::<Vec<_>>(), [10, 11]);
@@ -384,7 +417,7 @@ mod tests {
             &found(vec![on_v4(codex(10, 1001))], BindProbe::InUse),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap_err();
         assert!(matches!(*other_user, Outcome::HeldByOtherUser { .. }));
@@ -401,7 +434,7 @@ mod tests {
             ),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap_err();
         assert!(matches!(*mixed, Outcome::HeldByForeign { ref holder, .. } if holder.pid == 12));
@@ -415,7 +448,7 @@ mod tests {
             &found(vec![on_v4(codex(10, 1000)), unseen], BindProbe::InUse),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap_err();
         assert!(matches!(
@@ -426,15 +459,35 @@ mod tests {
             }
         ));
 
-        // Never ourselves, whatever the matcher says.
-        let me = decide(
-            &found(vec![on_v4(codex(1, 1000))], BindProbe::InUse),
-            &p,
-            Some(1000),
-            1,
-        )
-        .unwrap_err();
-        assert!(matches!(*me, Outcome::HeldByForeign { .. }));
+        // Never ourselves nor an ancestor, whatever the matcher says, and whatever else
+        // holds the port too.
+        let lineage = [40, 30, 20, 1];
+        for (generation, &pid) in lineage.iter().enumerate() {
+            let r = decide(
+                &found(
+                    vec![on_v4(codex(99, 1000)), on_v4(codex(pid, 1000))],
+                    BindProbe::InUse,
+                ),
+                &p,
+                Some(1000),
+                &lineage,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(*r, Outcome::HeldByCaller { ref holder, generation: g, .. } if holder.pid == pid && g == generation),
+                "{r}"
+            );
+        }
+        assert!(
+            decide(
+                &found(vec![on_v4(codex(99, 1000))], BindProbe::InUse),
+                &p,
+                Some(1000),
+                &lineage,
+            )
+            .is_ok(),
+            "a holder outside the lineage is still freed"
+        );
 
         // Unknown owner uid is not "ours".
         let mut no_uid = codex(10, 0);
@@ -443,7 +496,7 @@ mod tests {
             &found(vec![on_v4(no_uid)], BindProbe::InUse),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap_err();
         assert!(matches!(*r, Outcome::HeldByOtherUser { .. }));
@@ -468,13 +521,13 @@ mod tests {
                     PortHolder::new("[::1]:1455".parse().unwrap(), visible.then_some(p))
                 })
                 .collect();
-            if let Ok(targets) = decide(&found(hs.clone(), BindProbe::InUse), &policy, Some(1), 1) {
+            if let Ok(targets) = decide(&found(hs.clone(), BindProbe::InUse), &policy, Some(1), &[1, 3]) {
                 proptest::prop_assert!(!targets.is_empty());
                 proptest::prop_assert!(hs.iter().all(|h| h.process.is_some()));
                 for t in &targets {
                     proptest::prop_assert!(policy.matcher().is_login_helper(t));
                     proptest::prop_assert_eq!(t.uid, Some(1));
-                    proptest::prop_assert_ne!(t.pid, 1);
+                    proptest::prop_assert!(t.pid != 1 && t.pid != 3, "never us nor our parent");
                 }
             }
         }
@@ -489,7 +542,7 @@ mod tests {
                 &found(vec![on_v4(python)], BindProbe::InUse),
                 &p,
                 Some(1000),
-                1
+                &[1]
             )
             .is_ok()
         );
@@ -497,7 +550,7 @@ mod tests {
             &found(vec![on_v4(codex(10, 1000))], BindProbe::InUse),
             &p,
             Some(1000),
-            1,
+            &[1],
         )
         .unwrap_err();
         assert!(matches!(*r, Outcome::HeldByForeign { .. }));

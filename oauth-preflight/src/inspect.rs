@@ -98,8 +98,28 @@ impl PortHolder {
 pub trait HolderLookup: Send + Sync {
     /// Which mechanism this is, reported in results.
     fn method(&self) -> LookupMethod;
-    /// Every LISTEN socket on `port`, on any local address, with its holders.
+    /// Every LISTEN socket on `port`, on any local address, with all its holders.
     fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error>;
+
+    /// Every LISTEN socket on `port` with at least one of its holders (when any is visible):
+    /// a lookup may stop at the first holder of each socket, so other processes sharing a
+    /// socket (forked children) can be missing. [`free`](crate::free) uses it to refuse
+    /// quickly, and calls [`find_listeners`](Self::find_listeners) before it stops anything.
+    /// Defaults to `find_listeners`.
+    ///
+    /// ```
+    /// # #[cfg(target_os = "linux")] {
+    /// use oauth_preflight::{HolderLookup, SockDiagLookup};
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let first = SockDiagLookup::new().find_first_holders(listener.local_addr()?.port())?;
+    /// assert_eq!(first[0].process.as_ref().map(|p| p.pid), Some(std::process::id()));
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn find_first_holders(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        self.find_listeners(port)
+    }
 }
 
 /// The native lookups for this platform, best first (empty where there is none).
@@ -274,13 +294,34 @@ pub fn inspect_with(
     addr: SocketAddr,
     lookups: &[Arc<dyn HolderLookup>],
 ) -> Result<Inspection, Error> {
+    inspect_using(addr, lookups, Holders::All)
+}
+
+/// How many holders per socket an inspection needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holders {
+    /// Every process holding each socket ([`HolderLookup::find_listeners`]).
+    All,
+    /// At least one per socket ([`HolderLookup::find_first_holders`]).
+    First,
+}
+
+pub(crate) fn inspect_using(
+    addr: SocketAddr,
+    lookups: &[Arc<dyn HolderLookup>],
+    wanted: Holders,
+) -> Result<Inspection, Error> {
     if addr.port() == 0 {
         return Err(Error::PortZero);
     }
     let bind = BindProbe::run(addr);
     let mut failures = Vec::new();
     for lookup in lookups {
-        match lookup.find_listeners(addr.port()) {
+        let answer = match wanted {
+            Holders::All => lookup.find_listeners(addr.port()),
+            Holders::First => lookup.find_first_holders(addr.port()),
+        };
+        match answer {
             Ok(all) => {
                 let holders = all
                     .into_iter()

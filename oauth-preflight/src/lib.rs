@@ -40,12 +40,27 @@
 //! untested in CI). `lsof` is the fallback; every result says which [`LookupMethod`]
 //! answered. Processes of other users that cannot be inspected are reported as such.
 //!
+//! [`inspect`] reports every process holding each socket (forked children share it).
+//! [`free`] first looks quickly ([`HolderLookup::find_first_holders`]: likely holders
+//! first, stopping at the first one), which is enough to refuse; before it stops anything
+//! it looks again completely and decides on every holder.
+//!
+//! # Who is a login helper, and who is never stopped
+//! [`ProgramMatcher`] decides by identity: the executable's basename, or for an
+//! [`Interpreter`] the script it runs, read the way that interpreter reads its command line
+//! (`node -r codex.js server.js` runs `server.js`; `python3 -c …` runs no script; an unknown
+//! option makes the command line unreadable, which never matches). The calling process and
+//! its ancestors are never stopped ([`Outcome::HeldByCaller`]). Names and command lines in
+//! every message are escaped, so a process cannot forge lines or terminal sequences.
+//!
 //! # Blocking
 //! Everything here is synchronous; async callers use `spawn_blocking`.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod argv;
 mod error;
+mod escape;
 mod free;
 mod inspect;
 #[cfg(unix)]
@@ -55,6 +70,7 @@ mod outcome;
 mod process;
 mod sys;
 
+pub use argv::Interpreter;
 pub use error::Error;
 pub use free::{FreePolicy, free};
 pub use inspect::{

@@ -1,12 +1,15 @@
 //! Deciding whether a port holder is a login helper we may stop.
 //!
-//! The decision looks at the program's identity only: the basename of the executable or of
-//! `argv[0]`, and for an interpreter such as `node`, the script it runs. Words elsewhere in
-//! the command line (`vim codex`, `python3 -m http.server -d /home/me/codex`) never count.
+//! The decision looks at the program's identity only: the basename of the executable (of
+//! `argv[0]` where the executable is unknown), and for an interpreter such as `node`, the
+//! script it runs, read the way the interpreter reads its command line (see `argv.rs`).
+//! Words elsewhere in the command line (`vim codex`, `node -r codex.js server.js`,
+//! `python3 -m http.server -d /home/me/codex`) never count.
 
 use std::fmt;
 
 use crate::ProcessInfo;
+use crate::argv::{Interpreter, Launch};
 
 /// Decides whether a process holding the callback port is a login helper that may be stopped.
 ///
@@ -63,13 +66,13 @@ pub struct ProgramMatcher {
     label: String,
     names: Vec<String>,
     packages: Vec<String>,
-    interpreters: Vec<String>,
+    interpreters: Vec<Interpreter>,
 }
 
 impl ProgramMatcher {
-    /// Matches programs whose executable or `argv[0]` basename is exactly one of `names`
-    /// (also checked for the script an interpreter runs). `label` names the program in
-    /// messages ("Codex").
+    /// Matches programs whose executable basename is exactly one of `names` (`argv[0]` where
+    /// the executable is unknown), or a Node.js, Bun or Deno interpreter running a script of
+    /// one of those names. `label` names the program in messages ("Codex").
     pub fn new<I, S>(label: impl Into<String>, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -79,10 +82,7 @@ impl ProgramMatcher {
             label: label.into(),
             names: names.into_iter().map(Into::into).collect(),
             packages: Vec::new(),
-            interpreters: ["node", "node.exe", "nodejs", "bun", "bun.exe"]
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            interpreters: vec![Interpreter::Node, Interpreter::Bun, Interpreter::Deno],
         }
     }
 
@@ -99,12 +99,30 @@ impl ProgramMatcher {
         self
     }
 
-    fn name_matches(&self, basename: &str) -> bool {
-        self.names.iter().any(|n| n == basename)
+    /// Also read the command lines of `interpreter` (e.g. [`Interpreter::Python`] for a
+    /// Python CLI whose helper runs as `python3 /path/to/mycli`).
+    ///
+    /// ```
+    /// use oauth_preflight::{HolderMatcher, Interpreter, ProcessInfo, ProgramMatcher};
+    ///
+    /// let m = ProgramMatcher::new("My CLI", ["mycli"]).with_interpreter(Interpreter::Python);
+    /// let run = |argv: &[&str]| {
+    ///     ProcessInfo::new(7, "python3").with_exe("/usr/bin/python3.12").with_argv(argv.iter().copied())
+    /// };
+    /// assert!(m.is_login_helper(&run(&["python3", "-u", "/opt/mycli/mycli", "login"])));
+    /// // `-c CODE` runs no script, whatever the code or the arguments say.
+    /// assert!(!m.is_login_helper(&run(&["python3", "-c", "import mycli", "mycli"])));
+    /// ```
+    #[must_use]
+    pub fn with_interpreter(mut self, interpreter: Interpreter) -> Self {
+        if !self.interpreters.contains(&interpreter) {
+            self.interpreters.push(interpreter);
+        }
+        self
     }
 
-    fn is_interpreter(&self, basename: &str) -> bool {
-        self.interpreters.iter().any(|n| n == basename)
+    fn name_matches(&self, basename: &str) -> bool {
+        self.names.iter().any(|n| n == basename)
     }
 
     fn in_package(&self, script: &str) -> bool {
@@ -128,30 +146,54 @@ impl Default for ProgramMatcher {
 const EMPTY_ARGV_NEVER_MATCHES: bool = cfg!(target_os = "linux");
 
 impl HolderMatcher for ProgramMatcher {
+    /// Identity, in order:
+    ///
+    /// 1. The program is the executable when it is known (`/proc/<pid>/exe` cannot be changed
+    ///    by the process), else `argv[0]`. Its basename being one of the names matches.
+    /// 2. Otherwise only an interpreter this matcher reads can match, and only when `argv[0]`
+    ///    names that same interpreter (a program that rewrote its title, like `npm exec …`
+    ///    under `node`, has a command line that is no longer the interpreter's).
+    /// 3. The command line is read the way the interpreter reads it: the script is never an
+    ///    option's value (`node -r codex.js server.js` runs `server.js`); `-e`/`-p`/`-c`/`-m`
+    ///    or stdin mean there is no script; an unknown option makes it unreadable. Only a
+    ///    script whose basename is one of the names, or that lives inside one of the
+    ///    packages, matches.
+    ///
+    /// Wrappers (`env`, `sh -c`, `npx`) are never the helper: once they run the helper they
+    /// have exec'd into it (or spawned it), so a wrapper still holding the port is refused.
     fn is_login_helper(&self, process: &ProcessInfo) -> bool {
         if EMPTY_ARGV_NEVER_MATCHES && process.argv.iter().all(String::is_empty) {
             return false;
         }
-        let exe = process
-            .exe
-            .as_deref()
-            .and_then(|p| p.to_str())
-            .map(basename);
-        let argv0 = process.argv.first().map(|a| basename(a));
-        if exe.is_some_and(|b| self.name_matches(b)) || argv0.is_some_and(|b| self.name_matches(b))
-        {
+        let argv0 = process.argv.first().map(String::as_str);
+        let program = match process.exe.as_deref() {
+            Some(exe) => match exe.to_str() {
+                Some(exe) => exe,
+                // A non-UTF-8 executable path is not one of our names.
+                None => return false,
+            },
+            None => match argv0 {
+                Some(a) => a,
+                None => return false,
+            },
+        };
+        if self.name_matches(basename(program)) {
             return true;
         }
-        let interpreted = exe.is_some_and(|b| self.is_interpreter(b))
-            || argv0.is_some_and(|b| self.is_interpreter(b));
-        if !interpreted {
-            return false;
-        }
-        // The script is the first argument that is not an interpreter option.
-        let Some(script) = process.argv.iter().skip(1).find(|a| !a.starts_with('-')) else {
+        let Some(interpreter) = Interpreter::from_program(program) else {
             return false;
         };
-        self.name_matches(basename(script)) || self.in_package(script)
+        if !self.interpreters.contains(&interpreter)
+            || argv0.and_then(Interpreter::from_program) != Some(interpreter)
+        {
+            return false;
+        }
+        match crate::argv::launch(interpreter, &process.argv) {
+            Launch::Script(script) => {
+                self.name_matches(basename(script)) || self.in_package(script)
+            }
+            Launch::NoScript | Launch::Unreadable => false,
+        }
     }
 
     fn description(&self) -> String {
@@ -171,7 +213,7 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Last path component; a trailing " (deleted)" (Linux, binary replaced while running) is dropped.
-fn basename(path: &str) -> &str {
+pub(crate) fn basename(path: &str) -> &str {
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     components(path).last().unwrap_or("")
 }
@@ -222,7 +264,24 @@ mod tests {
             ),
             proc_(Some("/opt/codex/codex (deleted)"), &["codex", "login"]),
             proc_(None, &["C:\\Users\\me\\AppData\\codex.exe", "login"]),
-            proc_(Some("/usr/bin/python3.11"), &["/tmp/t/codex", "-c", "pass"]),
+            // The npm global shim: `#!/usr/bin/env node` runs the linked script.
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "/usr/local/bin/codex", "login"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &["/usr/bin/node", "--", "/opt/codex.js"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &[
+                    "node",
+                    "--inspect=9229",
+                    "--no-warnings",
+                    "/x/@openai/codex/bin/codex.js",
+                ],
+            ),
         ];
         for p in ok {
             assert!(m.is_login_helper(&p), "should match: {p:?}");
@@ -250,6 +309,41 @@ mod tests {
                 &["node", "/x/@openai/codex-tools/run.js"],
             ),
             proc_(Some("/usr/bin/node"), &["node"]),
+            // An option's value is never the script.
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "-r", "codex.js", "server.js"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "--require", "./codex", "server.js"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "--import=/x/@openai/codex/bin/codex.js", "s.mjs"],
+            ),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "-e", "require('codex')", "codex.js"],
+            ),
+            proc_(Some("/usr/bin/node"), &["node", "-", "codex.js"]),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "--unknown-opt", "codex.js"],
+            ),
+            // `argv[0]` cannot override a known executable.
+            proc_(Some("/usr/bin/python3.11"), &["/tmp/t/codex", "-c", "pass"]),
+            proc_(Some("/usr/bin/node"), &["codex", "server.js"]),
+            // A rewritten title under node (`npm exec …`) is not node's command line.
+            proc_(Some("/usr/bin/node"), &["npm", "exec", "codex.js"]),
+            // Python is not read for Codex; and wrappers are never the helper.
+            proc_(Some("/usr/bin/python3"), &["python3", "codex.js"]),
+            proc_(Some("/usr/bin/env"), &["env", "node", "codex.js"]),
+            proc_(Some("/bin/sh"), &["sh", "-c", "codex login"]),
+            proc_(
+                Some("/usr/bin/node"),
+                &["node", "/usr/lib/node_modules/npm/bin/npx-cli.js", "codex"],
+            ),
         ];
         for p in bad {
             assert!(!m.is_login_helper(&p), "should not match: {p:?}");

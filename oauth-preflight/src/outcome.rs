@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::escape::Escaped;
 use crate::{LookupMethod, ProcessInfo};
 
 /// One process [`free`](crate::free) stopped, as listed in [`Outcome::Freed`].
@@ -85,6 +86,19 @@ pub enum Outcome {
         /// Which lookup answered.
         method: LookupMethod,
     },
+    /// Held by this process itself or one of its ancestors (the program that started it,
+    /// e.g. the shell or CLI running the preflight). Never stopped, whatever the matcher
+    /// says: that would end the caller. Nothing was killed.
+    HeldByCaller {
+        /// The address.
+        addr: SocketAddr,
+        /// The holder.
+        holder: ProcessInfo,
+        /// 0: this process; 1: its parent; 2: its grandparent; …
+        generation: usize,
+        /// Which lookup answered.
+        method: LookupMethod,
+    },
     /// Held by a login helper that belongs to another user. Nothing was killed.
     HeldByOtherUser {
         /// The address.
@@ -160,6 +174,7 @@ impl Outcome {
             | Self::Freed { addr, .. }
             | Self::WouldFree { addr, .. }
             | Self::HeldByForeign { addr, .. }
+            | Self::HeldByCaller { addr, .. }
             | Self::HeldByOtherUser { addr, .. }
             | Self::HeldByUnknown { addr, .. }
             | Self::BindFailed { addr, .. }
@@ -195,13 +210,15 @@ fn list_stopped(stopped: &[Stopped]) -> String {
             } else {
                 "SIGTERM"
             };
-            format!("pid {} ({}) with {how}", s.pid, s.name)
+            format!("pid {} ({}) with {how}", s.pid, Escaped(&s.name))
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 impl fmt::Display for Outcome {
+    /// The sentence for the user. Text from processes, the OS and the matcher's label is
+    /// escaped (control and bidi characters), so it cannot forge lines or terminal sequences.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let port = self.addr().port();
         match self {
@@ -216,6 +233,7 @@ impl fmt::Display for Outcome {
                     .strip_prefix("a ")
                     .or_else(|| helper.strip_prefix("an "))
                     .unwrap_or(helper);
+                let noun = Escaped(noun);
                 if stopped.is_empty() {
                     write!(
                         f,
@@ -238,9 +256,10 @@ impl fmt::Display for Outcome {
                 let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
                 write!(
                     f,
-                    "Dry run: port {addr} is held by {}, {helper} owned by you (found via {method}); \
+                    "Dry run: port {addr} is held by {}, {} owned by you (found via {method}); \
                      it would be stopped (SIGTERM, then SIGKILL if it ignores that). Nothing was killed.",
-                    who.join(", ")
+                    who.join(", "),
+                    Escaped(helper),
                 )
             }
             Self::HeldByForeign {
@@ -250,10 +269,30 @@ impl fmt::Display for Outcome {
                 method,
             } => write!(
                 f,
-                "Port {addr} is held by {holder}, which does NOT look like {helper} (found via {method}); \
+                "Port {addr} is held by {holder}, which does NOT look like {} (found via {method}); \
                  nothing was killed. Stop it yourself or pick another port. Investigate with {}.",
+                Escaped(helper),
                 investigate_command(port)
             ),
+            Self::HeldByCaller {
+                addr,
+                holder,
+                generation,
+                method,
+            } => {
+                let who = match generation {
+                    0 => "this process itself".to_owned(),
+                    1 => "the parent of this process (the program that started it)".to_owned(),
+                    n => format!("an ancestor of this process ({n} generations up)"),
+                };
+                write!(
+                    f,
+                    "Port {addr} is held by {holder}, which is {who} (found via {method}); \
+                     nothing was killed, as stopping it would stop this preflight too. Release the \
+                     port from that program or pick another port. Investigate with {}.",
+                    investigate_command(port)
+                )
+            }
             Self::HeldByOtherUser {
                 addr,
                 holder,
@@ -287,8 +326,9 @@ impl fmt::Display for Outcome {
             }
             Self::BindFailed { addr, message, .. } => write!(
                 f,
-                "Cannot bind {addr}: {message}. This is not a port conflict, so nothing was killed; \
-                 check the address and your permissions."
+                "Cannot bind {addr}: {}. This is not a port conflict, so nothing was killed; \
+                 check the address and your permissions.",
+                Escaped(message)
             ),
             Self::StillHeld {
                 addr,
@@ -320,15 +360,17 @@ impl fmt::Display for Outcome {
                 };
                 write!(
                     f,
-                    "Could not signal {holder}, which holds port {addr}: {message}{s}. \
+                    "Could not signal {holder}, which holds port {addr}: {}{s}. \
                      Investigate with {}.",
+                    Escaped(message),
                     investigate_command(port)
                 )
             }
             Self::Unknown { addr, reason } => write!(
                 f,
-                "Could not tell whether port {addr} can be freed: {reason}. Nothing was killed. \
+                "Could not tell whether port {addr} can be freed: {}. Nothing was killed. \
                  Investigate with {}.",
+                Escaped(reason),
                 investigate_command(port)
             ),
         }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::escape::{Escaped, escape};
+
 /// When a process started, in the platform's finest unit.
 ///
 /// On Linux this is field 22 of `/proc/<pid>/stat` (clock ticks since boot); on macOS
@@ -100,9 +102,35 @@ impl ProcessInfo {
         self.exe.as_deref()
     }
 
-    /// The command line joined with spaces, for display only.
+    /// The command line joined with spaces, for display only: control characters (C0, DEL,
+    /// C1) and Unicode bidi controls in the arguments are escaped (`\x1b`, `\n`,
+    /// `\u{202e}`), so a process cannot forge lines or terminal sequences in our output.
+    ///
+    /// ```
+    /// use oauth_preflight::ProcessInfo;
+    /// let p = ProcessInfo::new(1, "x").with_argv(["sh", "-c", "echo \x1b[2J\r\nok"]);
+    /// assert_eq!(p.command_line(), "sh -c echo \\x1b[2J\\r\\nok");
+    /// ```
     pub fn command_line(&self) -> String {
-        self.argv.join(" ")
+        self.argv
+            .iter()
+            .map(|a| escape(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The executable path for display, escaped like [`command_line`](Self::command_line);
+    /// `None` when unknown.
+    ///
+    /// ```
+    /// use oauth_preflight::ProcessInfo;
+    /// let p = ProcessInfo::new(1, "x").with_exe("/tmp/evil\rcodex");
+    /// assert_eq!(p.exe_display().as_deref(), Some("/tmp/evil\\rcodex"));
+    /// ```
+    pub fn exe_display(&self) -> Option<String> {
+        self.exe
+            .as_deref()
+            .map(|e| escape(&e.to_string_lossy()).into_owned())
     }
 
     /// True when `other` is provably the same process: same pid, a known and equal start
@@ -116,9 +144,10 @@ impl ProcessInfo {
     }
 }
 
+/// `pid 4242 (codex)`, with control characters in the name escaped.
 impl fmt::Display for ProcessInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} ({})", self.pid, self.name)
+        write!(f, "pid {} ({})", self.pid, Escaped(&self.name))
     }
 }
 
@@ -141,5 +170,17 @@ mod tests {
             ..a.clone()
         };
         assert!(!a.is_same_process(&other_pid));
+    }
+
+    #[test]
+    fn display_texts_escape_control_characters() {
+        let p = ProcessInfo::new(9, "x\x1b]0;pwned\x07\r\n")
+            .with_exe("/tmp/\u{202e}gpj")
+            .with_argv(["a\nb", "\x1b[2J"]);
+        assert_eq!(p.to_string(), "pid 9 (x\\x1b]0;pwned\\x07\\r\\n)");
+        assert_eq!(p.command_line(), "a\\nb \\x1b[2J");
+        assert_eq!(p.exe_display().as_deref(), Some("/tmp/\\u{202e}gpj"));
+        // The value itself is kept for programs (and JSON).
+        assert_eq!(p.argv[1], "\x1b[2J");
     }
 }

@@ -475,7 +475,21 @@ fn a_caller_supplied_matcher_frees_what_it_accepts_and_nothing_else() {
         Outcome::HeldByForeign { .. }
     ));
     assert!(py.is_alive());
-    let policy = quick().with_matcher(oauth_preflight::ProgramMatcher::new("Python", ["python3"]));
+    // Names match the executable as the kernel reports it (symlinks resolved, e.g.
+    // `python3` → `python3.11`); `argv[0]` only counts where the executable is unknown.
+    let real = std::fs::canonicalize(&py.exe).unwrap();
+    let real_name = real.file_name().unwrap().to_str().unwrap().to_owned();
+    let argv0_only =
+        quick().with_matcher(oauth_preflight::ProgramMatcher::new("Python", ["python3"]));
+    if real_name != "python3" {
+        let outcome = free(py.addr, &argv0_only);
+        assert!(
+            matches!(outcome, Outcome::HeldByForeign { .. }),
+            "{outcome}"
+        );
+        assert!(py.is_alive());
+    }
+    let policy = quick().with_matcher(oauth_preflight::ProgramMatcher::new("Python", [real_name]));
     let outcome = free(py.addr, &policy);
     assert!(matches!(outcome, Outcome::Freed { .. }), "{outcome}");
     assert!(
@@ -499,4 +513,129 @@ fn a_caller_supplied_matcher_frees_what_it_accepts_and_nothing_else() {
     );
     std::thread::sleep(Duration::from_millis(100));
     assert!(codex.is_alive());
+}
+
+/// The quick lookup orders likely holders first; these prove the order never hides one.
+fn first_holder_pids(port: u16) -> Vec<u32> {
+    let first = SockDiagLookup::new().find_first_holders(port).unwrap();
+    let procfs = ProcfsLookup::new().find_first_holders(port).unwrap();
+    let pids = |hs: &[PortHolder]| -> Vec<u32> {
+        hs.iter()
+            .filter_map(|h| h.process.as_ref().map(|p| p.pid))
+            .collect()
+    };
+    assert_eq!(pids(&first), pids(&procfs), "both native lookups agree");
+    pids(&first)
+}
+
+#[test]
+fn quick_lookup_finds_a_holder_outside_the_likely_set() {
+    // Likely-looking decoys (python3, `codex`) that hold other ports are scanned first;
+    // the holder is named like nothing we expect.
+    let _decoys = [spawn(Spec::python()), spawn(Spec::named("codex"))];
+    let h = spawn(Spec::named("zz-unlikely"));
+    assert_eq!(first_holder_pids(h.addr.port()), [h.pid()]);
+    let found = inspect(h.addr).unwrap();
+    assert_eq!(found.processes()[0].name, "zz-unlikely");
+}
+
+#[test]
+fn quick_lookup_finds_a_holder_owned_by_another_uid_than_its_socket() {
+    const NAME: &str = "quick_lookup_finds_a_holder_owned_by_another_uid_than_its_socket";
+    if !common::is_root() {
+        skip(NAME, "needs root to switch the holder to uid 65534");
+        return;
+    }
+    // Bound as root (socket uid 0), then running as uid 65534: not in the likely set,
+    // which asks for the socket's owner; a python3 decoy owned by root is scanned first.
+    let _decoy = spawn(Spec::python());
+    let mut h = spawn(Spec {
+        drop_uid_after_bind: true,
+        ..Spec::python()
+    });
+    let diag = SockDiagLookup::new()
+        .find_first_holders(h.addr.port())
+        .unwrap();
+    assert_eq!(diag[0].socket_uid, Some(0));
+    assert_eq!(first_holder_pids(h.addr.port()), [h.pid()]);
+    let found = inspect(h.addr).unwrap();
+    assert_eq!(found.processes()[0].uid, Some(65534));
+    // And the same for a holder started as 65534 (socket and process both 65534).
+    let other = spawn(Spec {
+        uid: Some(65534),
+        ..Spec::named("zz-unlikely")
+    });
+    assert_eq!(first_holder_pids(other.addr.port()), [other.pid()]);
+    assert!(h.is_alive());
+}
+
+#[test]
+fn quick_lookup_on_forked_holders_reports_a_real_one_and_free_still_stops_both() {
+    let h = spawn(Spec {
+        fork: true,
+        ..Spec::named("codex")
+    });
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = inspect(h.addr)
+            .unwrap()
+            .processes()
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>();
+        if all.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(all.len(), 2, "{all:?}");
+    let first = first_holder_pids(h.addr.port());
+    assert_eq!(first.len(), 1, "stops at the first holder: {first:?}");
+    assert!(all.contains(&first[0]));
+    let outcome = free(h.addr, &quick());
+    let Outcome::Freed { stopped, .. } = &outcome else {
+        panic!("expected Freed, got {outcome}")
+    };
+    let mut stopped: Vec<u32> = stopped.iter().map(|s| s.pid).collect();
+    stopped.sort_unstable();
+    all.sort_unstable();
+    assert_eq!(stopped, all, "the complete scan runs before stopping");
+}
+
+#[test]
+fn a_foreign_fork_sibling_refuses_even_when_the_first_holder_found_may_be_stopped() {
+    // A holder that must not be stopped, sharing the socket with one that may: a decision
+    // on the first holder alone would stop one and leave the port held.
+    let mut h = spawn(Spec {
+        fork: true,
+        ..Spec::named("codex")
+    });
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = inspect(h.addr)
+            .unwrap()
+            .processes()
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        if all.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(all.len(), 2, "{all:?}");
+    // The quick look meets the newer process (the forked child) first; a matcher that
+    // accepts only the child makes the quick decision "stop it", so only the complete scan
+    // that follows can see the parent and refuse.
+    let parent = h.pid();
+    let child = *all.iter().find(|&&p| p != parent).unwrap();
+    assert_eq!(first_holder_pids(h.addr.port()), [child], "newest first");
+    let policy = quick().with_matcher(move |p: &oauth_preflight::ProcessInfo| p.pid == child);
+    let outcome = free(h.addr, &policy);
+    assert!(
+        matches!(outcome, Outcome::HeldByForeign { ref holder, .. } if holder.pid == parent),
+        "{outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.is_alive(), "nothing was stopped");
 }

@@ -66,6 +66,34 @@ fn all_outcomes() -> Vec<(&'static str, Outcome)> {
             },
         ),
         (
+            "caller_parent",
+            Outcome::HeldByCaller {
+                addr: addr(),
+                holder: codex(),
+                generation: 1,
+                method: LookupMethod::SockDiag,
+            },
+        ),
+        (
+            "caller_self",
+            Outcome::HeldByCaller {
+                addr: addr(),
+                holder: codex(),
+                generation: 0,
+                method: LookupMethod::SockDiag,
+            },
+        ),
+        (
+            "foreign_with_hostile_name",
+            Outcome::HeldByForeign {
+                addr: addr(),
+                holder: ProcessInfo::new(666, "x\x1b]0;owned\x07\r\nFreed port\u{202e}")
+                    .with_uid(1000),
+                helper: "a Codex login helper".into(),
+                method: LookupMethod::SockDiag,
+            },
+        ),
+        (
             "other_user",
             Outcome::HeldByOtherUser {
                 addr: addr(),
@@ -112,7 +140,7 @@ fn all_outcomes() -> Vec<(&'static str, Outcome)> {
             "unknown",
             Outcome::Unknown {
                 addr: addr(),
-                reason: "could not find out who listens on port 1455: /proc (native): no /proc"
+                reason: "could not find out who listens on port 1455: lsof (fallback): `lsof` failed (exit status: 1): \x1b[31mboom\r\nFreed port 127.0.0.1:1455"
                     .into(),
             },
         ),
@@ -140,6 +168,34 @@ fn refusals_say_nothing_was_killed_and_how_to_investigate() {
         }
         assert!(msg.contains("nothing was killed"), "{name}: {msg}");
     }
+}
+
+#[test]
+fn messages_hold_no_control_characters_and_one_line_each() {
+    for (name, o) in all_outcomes() {
+        let msg = o.to_string();
+        assert!(
+            !msg.chars().any(|c| c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')),
+            "{name}: {msg:?}"
+        );
+    }
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn json_keeps_raw_values_and_stays_valid() {
+    let (_, o) = all_outcomes()
+        .into_iter()
+        .find(|(n, _)| *n == "foreign_with_hostile_name")
+        .unwrap();
+    let text = serde_json::to_string(&o).unwrap();
+    assert!(!text.contains('\x1b') && !text.contains('\n'), "{text}");
+    let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        back["holder"]["name"],
+        "x\x1b]0;owned\x07\r\nFreed port\u{202e}"
+    );
 }
 
 #[cfg(feature = "serde")]

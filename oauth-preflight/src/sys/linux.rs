@@ -1,6 +1,6 @@
 //! Linux: socket owners from `/proc/net/tcp{,6}` + `/proc/<pid>/fd`, stopping through pidfds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -57,6 +57,20 @@ impl HolderLookup for ProcfsLookup {
     }
 
     fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        Ok(holders_of(&self.root, self.sockets(port)?, Scan::Complete))
+    }
+
+    fn find_first_holders(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        Ok(holders_of(
+            &self.root,
+            self.sockets(port)?,
+            Scan::FirstHolder,
+        ))
+    }
+}
+
+impl ProcfsLookup {
+    fn sockets(&self, port: u16) -> Result<Vec<SocketRow>, Error> {
         let mut sockets = Vec::new();
         for (name, v6) in [("net/tcp", false), ("net/tcp6", true)] {
             let path = self.root.join(name);
@@ -78,7 +92,7 @@ impl HolderLookup for ProcfsLookup {
                 }
             }
         }
-        Ok(holders_of(&self.root, sockets))
+        Ok(sockets)
     }
 }
 
@@ -122,25 +136,51 @@ impl HolderLookup for SockDiagLookup {
     }
 
     fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
-        let sockets = super::sock_diag::listening_sockets(port).map_err(|e| Error::Platform {
-            method: LookupMethod::SockDiag,
-            message: e.to_string(),
-        })?;
-        Ok(holders_of(&self.root, sockets))
+        Ok(holders_of(&self.root, Self::sockets(port)?, Scan::Complete))
+    }
+
+    fn find_first_holders(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
+        Ok(holders_of(
+            &self.root,
+            Self::sockets(port)?,
+            Scan::FirstHolder,
+        ))
     }
 }
 
+impl SockDiagLookup {
+    fn sockets(port: u16) -> Result<Vec<SocketRow>, Error> {
+        super::sock_diag::listening_sockets(port).map_err(|e| Error::Platform {
+            method: LookupMethod::SockDiag,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// How much of `/proc` the owner scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// Every process: all holders of every socket (forked processes sharing one socket).
+    Complete,
+    /// Likely holders first, stopping once every socket has one holder; a socket nobody
+    /// visible holds still costs a complete scan (so "owner unknown" is never a guess).
+    FirstHolder,
+}
+
 /// Attaches the processes holding each socket; sockets nobody visible holds get `None`.
-fn holders_of(root: &Path, sockets: Vec<SocketRow>) -> Vec<PortHolder> {
+fn holders_of(root: &Path, sockets: Vec<SocketRow>, scan: Scan) -> Vec<PortHolder> {
     if sockets.is_empty() {
         return Vec::new();
     }
-    let wanted: HashSet<u64> = sockets
+    let wanted: Vec<Wanted> = sockets
         .iter()
-        .map(|s| s.inode)
-        .filter(|&i| i != 0)
+        .filter(|s| s.inode != 0)
+        .map(|s| Wanted {
+            inode: s.inode,
+            uid: s.uid,
+        })
         .collect();
-    let owners = pids_holding(root, &wanted);
+    let owners = pids_holding(root, &wanted, scan);
     let mut holders = Vec::new();
     for s in sockets {
         let pids = owners.get(&s.inode).map(Vec::as_slice).unwrap_or_default();
@@ -228,6 +268,22 @@ fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
     })
 }
 
+/// A socket whose holders we look for: its inode and its owner's uid (from the socket table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    inode: u64,
+    uid: u32,
+}
+
+/// Programs a stale login helper (or a server blocking the callback port) usually is, by
+/// `/proc/<pid>/comm` (cut at 15 bytes): the Codex binary and the interpreters it or a
+/// look-alike runs under. Only an ordering hint for [`Scan::FirstHolder`], never a verdict:
+/// every other process is still scanned when these hold nothing.
+pub(crate) fn is_likely_holder_name(comm: &[u8]) -> bool {
+    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
+    matches!(comm, b"codex" | b"node" | b"nodejs" | b"bun" | b"deno") || comm.starts_with(b"python")
+}
+
 /// Maps socket inode → pids whose fd table holds it. Unreadable processes are skipped.
 ///
 /// This scan dominates the lookup's cost (one directory open and listing per process, one
@@ -237,65 +293,150 @@ fn parse_hex_ip(hex: &str, v6: bool) -> Option<IpAddr> {
 /// else of a process (cmdline, exe, status) is read unless it holds a wanted socket.
 /// `readlinkat` rather than `fstatat`: following a descriptor's link could block on a hung
 /// network filesystem, reading the link text never touches the target.
-fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
-    use std::fmt::Write as _;
-
-    use rustix::fs::{CWD, Dir, Mode, OFlags, openat, readlinkat};
+///
+/// [`Scan::FirstHolder`] orders the work so the holder is usually met early: processes owned
+/// by a socket's uid whose name is a likely holder ([`is_likely_holder_name`]) first, newest
+/// pid first (pids grow until they wrap, so recent processes come first), then everyone else
+/// in the same order; it stops once every socket has a holder. Reading a process's owner
+/// (`fstatat` on `/proc/<pid>`) and `comm` costs less than listing and reading its fd table,
+/// which is what it saves. A complete pass is only needed to find every process sharing a
+/// socket, which [`free`](crate::free) asks for before it stops anything.
+fn pids_holding(root: &Path, wanted: &[Wanted], scan: Scan) -> HashMap<u64, Vec<u32>> {
+    use rustix::fs::{AtFlags, CWD, Dir, Mode, OFlags, openat, statat};
 
     let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let Ok(proc_fd) = openat(CWD, root, flags, Mode::empty()) else {
         return found;
     };
-    let Ok(mut processes) = Dir::read_from(&proc_fd) else {
-        return found;
-    };
-    let mut buf = Vec::with_capacity(64);
-    let mut path = String::with_capacity(24);
-    let mut fds: Vec<u32> = Vec::with_capacity(64);
-    while let Some(entry) = processes.read() {
-        let Ok(entry) = entry else { break };
-        let Some(pid) = std::str::from_utf8(entry.file_name().to_bytes())
-            .ok()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
+    let mut pids: Vec<u32> = Vec::with_capacity(512);
+    {
+        let Ok(mut processes) = Dir::read_from(&proc_fd) else {
+            return found;
         };
-        path.clear();
-        let _ = write!(path, "{pid}/fd");
+        while let Some(Ok(entry)) = processes.read() {
+            if let Some(pid) = parse_pid(entry.file_name().to_bytes()) {
+                pids.push(pid);
+            }
+        }
+    }
+    // Newest first: a holder started recently is met before the long-running rest.
+    pids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut scanner = FdScanner::default();
+    let all_held =
+        |found: &HashMap<u64, Vec<u32>>| wanted.iter().all(|w| found.contains_key(&w.inode));
+    match scan {
+        Scan::Complete => {
+            for &pid in &pids {
+                scanner.scan(&proc_fd, pid, wanted, &mut found);
+            }
+        }
+        Scan::FirstHolder => {
+            let mut later: Vec<u32> = Vec::with_capacity(pids.len());
+            let mut comm = [0u8; 64];
+            for &pid in &pids {
+                let owner_matches = {
+                    scanner.set_path(format_args!("{pid}"));
+                    statat(&proc_fd, scanner.path.as_str(), AtFlags::empty())
+                        .is_ok_and(|st| wanted.iter().any(|w| w.uid == st.st_uid))
+                };
+                let likely = owner_matches && {
+                    scanner.set_path(format_args!("{pid}/comm"));
+                    read_small(&proc_fd, scanner.path.as_str(), &mut comm)
+                        .is_some_and(is_likely_holder_name)
+                };
+                if !likely {
+                    later.push(pid);
+                    continue;
+                }
+                scanner.scan(&proc_fd, pid, wanted, &mut found);
+                if all_held(&found) {
+                    return found;
+                }
+            }
+            for &pid in &later {
+                scanner.scan(&proc_fd, pid, wanted, &mut found);
+                if all_held(&found) {
+                    return found;
+                }
+            }
+        }
+    }
+    found
+}
+
+fn parse_pid(name: &[u8]) -> Option<u32> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// Reads a small file relative to `dir` into `buf` (no allocation); the bytes read.
+fn read_small<'b>(dir: &OwnedFd, path: &str, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let fd = openat(dir, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let n = rustix::io::read(&fd, &mut *buf).ok()?;
+    buf.get(..n)
+}
+
+/// Reusable buffers for reading fd tables: no allocation per process or descriptor.
+#[derive(Default)]
+struct FdScanner {
+    path: String,
+    link: Vec<u8>,
+    fds: Vec<u32>,
+}
+
+impl FdScanner {
+    fn set_path(&mut self, args: std::fmt::Arguments<'_>) {
+        use std::fmt::Write as _;
+        self.path.clear();
+        let _ = self.path.write_fmt(args); // ok: writing to a String cannot fail
+    }
+
+    /// Records `pid` under every wanted inode its fd table holds. Unreadable: skipped.
+    fn scan(
+        &mut self,
+        proc_fd: &OwnedFd,
+        pid: u32,
+        wanted: &[Wanted],
+        found: &mut HashMap<u64, Vec<u32>>,
+    ) {
+        use rustix::fs::{Dir, Mode, OFlags, openat, readlinkat};
+
+        self.set_path(format_args!("{pid}/fd"));
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         // Fails for another user's process (without root) or one that just exited.
-        let Ok(fd_dir) = openat(&proc_fd, path.as_str(), flags, Mode::empty()) else {
-            continue;
+        let Ok(fd_dir) = openat(proc_fd, self.path.as_str(), flags, Mode::empty()) else {
+            return;
         };
         // Reads through `fd_dir` itself (`Dir::read_from` would reopen it).
         let Ok(mut listing) = Dir::new(fd_dir) else {
-            continue;
+            return;
         };
-        fds.clear();
+        self.fds.clear();
         while let Some(Ok(fd)) = listing.read() {
-            if let Some(n) = std::str::from_utf8(fd.file_name().to_bytes())
-                .ok()
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                fds.push(n);
+            if let Some(n) = parse_pid(fd.file_name().to_bytes()) {
+                self.fds.push(n);
             }
         }
-        let Ok(dir_fd) = listing.fd() else { continue };
-        for &fd in &fds {
-            path.clear();
-            let _ = write!(path, "{fd}");
-            let target = match readlinkat(dir_fd, path.as_str(), std::mem::take(&mut buf)) {
-                Ok(target) => target,
-                // Listing allowed but links not (ptrace rules, e.g. another user namespace):
-                // every fd of this process will fail the same way.
-                Err(rustix::io::Errno::ACCESS) => break,
-                Err(_) => continue, // closed since the listing
-            };
+        let Ok(dir_fd) = listing.fd() else { return };
+        for i in 0..self.fds.len() {
+            let fd = self.fds[i];
+            self.set_path(format_args!("{fd}"));
+            let target =
+                match readlinkat(dir_fd, self.path.as_str(), std::mem::take(&mut self.link)) {
+                    Ok(target) => target,
+                    // Listing allowed but links not (ptrace rules, e.g. another user namespace):
+                    // every fd of this process will fail the same way.
+                    Err(rustix::io::Errno::ACCESS) => break,
+                    Err(_) => continue, // closed since the listing
+                };
             let inode = socket_inode_bytes(target.as_bytes());
-            buf = target.into_bytes();
+            self.link = target.into_bytes();
             if let Some(inode) = inode
-                && wanted.contains(&inode)
+                && wanted.iter().any(|w| w.inode == inode)
             {
                 let pids = found.entry(inode).or_default();
                 if !pids.contains(&pid) {
@@ -304,7 +445,6 @@ fn pids_holding(root: &Path, wanted: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
             }
         }
     }
-    found
 }
 
 /// `socket:[12345]` → 12345.
@@ -361,6 +501,7 @@ fn split_cmdline(raw: &[u8]) -> Vec<String> {
 pub(crate) struct Stat {
     pub(crate) comm: String,
     pub(crate) state: char,
+    pub(crate) ppid: u32,
     pub(crate) start_ticks: u64,
 }
 
@@ -372,13 +513,46 @@ pub(crate) fn parse_stat(stat: &str) -> Option<Stat> {
     let comm = stat.get(open + 1..close)?.to_owned();
     let mut rest = stat.get(close + 1..)?.split_whitespace();
     let state = rest.next()?.chars().next()?;
-    // rest now starts at field 4; field 22 is 18 further on.
-    let start_ticks = rest.nth(18)?.parse().ok()?;
+    let ppid = rest.next()?.parse().ok()?;
+    // rest now starts at field 5; field 22 is 17 further on.
+    let start_ticks = rest.nth(17)?.parse().ok()?;
     Some(Stat {
         comm,
         state,
+        ppid,
         start_ticks,
     })
+}
+
+/// Bound on the parent chain walked by [`caller_lineage`]: real chains are a few dozen
+/// deep; the bound only guards against a cycle read from a racing `/proc`.
+const MAX_ANCESTORS: usize = 4096;
+
+/// This process, then its parent, grandparent, … up to pid 1, from field 4 (ppid) of
+/// `/proc/<pid>/stat`. Stops at ppid 0 (the top of this pid namespace), at a pid that cannot
+/// be read, at a repeated pid, or after [`MAX_ANCESTORS`] steps.
+pub(crate) fn caller_lineage() -> Vec<u32> {
+    lineage_in(Path::new("/proc"), std::process::id())
+}
+
+fn lineage_in(root: &Path, pid: u32) -> Vec<u32> {
+    let mut chain = vec![pid];
+    let mut current = pid;
+    while chain.len() < MAX_ANCESTORS {
+        let Some(stat) = fs::read_to_string(root.join(current.to_string()).join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        else {
+            break;
+        };
+        if stat.ppid == 0 || chain.contains(&stat.ppid) {
+            break;
+        }
+        chain.push(stat.ppid);
+        current = stat.ppid;
+    }
+    chain
 }
 
 /// Real uid from the `Uid:` line of `/proc/<pid>/status`.
@@ -542,6 +716,7 @@ mod tests {
         let s = parse_stat(stat).unwrap();
         assert_eq!(s.comm, "my (odd) prog");
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.start_ticks, 987_654);
     }
 
@@ -551,6 +726,76 @@ mod tests {
         assert!(me.start_time.is_some());
         assert_eq!(me.uid, current_uid());
         assert!(me.exe.is_some());
+    }
+
+    #[test]
+    fn lineage_walks_up_to_the_top_of_the_namespace() {
+        let chain = caller_lineage();
+        assert_eq!(chain[0], std::process::id());
+        let parent = parse_stat(&fs::read_to_string("/proc/self/stat").unwrap())
+            .unwrap()
+            .ppid;
+        assert_eq!(chain.get(1), Some(&parent));
+        // Every step is the parent of the one before, and the chain ends at the top.
+        for pair in chain.windows(2) {
+            let stat = parse_stat(&fs::read_to_string(format!("/proc/{}/stat", pair[0])).unwrap());
+            assert_eq!(stat.map(|s| s.ppid), Some(pair[1]));
+        }
+        let last = chain[chain.len() - 1];
+        let top = parse_stat(&fs::read_to_string(format!("/proc/{last}/stat")).unwrap()).unwrap();
+        assert_eq!(top.ppid, 0, "{chain:?}");
+    }
+
+    #[test]
+    fn lineage_stops_on_a_cycle_and_on_unreadable_pids() {
+        let root = tempfile::tempdir().unwrap();
+        let stat = |pid: u32, ppid: u32| {
+            let dir = root.path().join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            let line = format!("{pid} (x) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0");
+            fs::write(dir.join("stat"), line).unwrap();
+        };
+        stat(10, 11);
+        stat(11, 12);
+        stat(12, 10); // a cycle, as a racing /proc with reused pids could show
+        assert_eq!(lineage_in(root.path(), 10), [10, 11, 12]);
+        stat(20, 21); // 21 does not exist
+        assert_eq!(lineage_in(root.path(), 20), [20, 21]);
+        assert_eq!(lineage_in(root.path(), 99), [99]);
+    }
+
+    #[test]
+    fn likely_holder_names_are_the_codex_binary_and_interpreters() {
+        for comm in [
+            &b"codex\n"[..],
+            b"node",
+            b"nodejs\n",
+            b"bun",
+            b"deno",
+            b"python3",
+            b"python3.12\n",
+        ] {
+            assert!(
+                is_likely_holder_name(comm),
+                "{:?}",
+                String::from_utf8_lossy(comm)
+            );
+        }
+        for comm in [
+            &b"sleep\n"[..],
+            b"vscodex",
+            b"codex-helper",
+            b"",
+            b"\n",
+            b"nod",
+            b"rustc",
+        ] {
+            assert!(
+                !is_likely_holder_name(comm),
+                "{:?}",
+                String::from_utf8_lossy(comm)
+            );
+        }
     }
 
     #[test]

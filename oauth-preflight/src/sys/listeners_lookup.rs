@@ -23,10 +23,13 @@ impl HolderLookup for ListenersLookup {
         })?;
         Ok(all
             .into_iter()
+            // `listeners` 0.5 does not report a socket's TCP state (on Windows it reads the
+            // table of every TCP socket), so sockets accepted on the port count too: their
+            // owner holds the port as well. Pid 0 (Windows' TIME_WAIT rows) owns nothing.
             .filter(|l| {
                 l.protocol == listeners::Protocol::TCP
-                    && l.state == listeners::SocketState::Listen
                     && l.socket.port() == port
+                    && l.process.pid != 0
             })
             .map(|l| {
                 let mut p = super::describe(l.process.pid)

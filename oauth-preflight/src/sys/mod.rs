@@ -24,7 +24,14 @@ pub(crate) mod windows;
 pub(crate) use listeners_lookup::ListenersLookup;
 
 #[cfg(target_os = "linux")]
-pub(crate) use linux::{LinuxTarget as Target, current_uid, describe};
+pub(crate) use linux::{LinuxTarget as Target, caller_lineage, current_uid, describe};
+
+/// This process only: where the parent chain is not read (macOS, Windows), only the calling
+/// process itself is protected from being stopped.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn caller_lineage() -> Vec<u32> {
+    vec![std::process::id()]
+}
 #[cfg(target_os = "macos")]
 pub(crate) use macos::{MacTarget as Target, current_uid, describe};
 #[cfg(target_os = "windows")]
@@ -43,6 +50,8 @@ pub(crate) enum Stop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signalled {
     Sent,
+    // ok: Windows terminates through a verified handle and never reports this.
+    #[cfg_attr(windows, allow(dead_code))]
     AlreadyGone,
 }
 

@@ -20,6 +20,9 @@ if v6:
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if sys.argv[1] == "6" else 0)
 s.bind(("::" if sys.argv[1] == "6any" else "::1" if v6 else "127.0.0.1", 0))
 s.listen(8)
+if "drop-uid" in sys.argv:
+    os.setgid(65534)
+    os.setuid(65534)
 if "ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if "fork" in sys.argv and os.fork() == 0:
@@ -63,6 +66,9 @@ pub struct Spec {
     pub ignore_term: bool,
     pub fork: bool,
     pub uid: Option<u32>,
+    /// Bind as the starting user, then switch to uid/gid 65534 (needs root): the socket's
+    /// owner and the process's owner then differ.
+    pub drop_uid_after_bind: bool,
 }
 
 impl Spec {
@@ -73,6 +79,7 @@ impl Spec {
             ignore_term: false,
             fork: false,
             uid: None,
+            drop_uid_after_bind: false,
         }
     }
     pub fn python() -> Self {
@@ -133,23 +140,38 @@ pub fn spawn(spec: Spec) -> Holder {
     if spec.fork {
         cmd.arg("fork");
     }
+    if spec.drop_uid_after_bind {
+        cmd.arg("drop-uid");
+    }
     if let Some(uid) = spec.uid {
         cmd.uid(uid).gid(uid);
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    // A parallel test forking while we wrote the copy can hold its write fd until that
-    // child execs: exec then fails with ETXTBSY ("text file busy") for a moment. Retry.
-    let mut attempts = 0;
-    let mut child = loop {
-        match cmd.spawn() {
-            Ok(child) => break child,
-            Err(e) if e.raw_os_error() == Some(26) && attempts < 100 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("could not start holder {}: {e}", exe.display()),
-        }
+    let (child, port) = start_and_read_port(&mut cmd, None);
+    let ip = match spec.family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Family::V6Only => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Family::V6Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
+    Holder {
+        child,
+        addr: SocketAddr::new(ip, port),
+        exe,
+        _dir: dir,
+    }
+}
+
+/// Starts `cmd` with stdout piped (optionally writing `stdin` to it) and waits, bounded, for
+/// the port it prints on its first line. Panics (after killing it) when none comes.
+pub fn start_and_read_port(cmd: &mut Command, stdin: Option<&str>) -> (Child, u16) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = start(cmd);
+    if let Some(code) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(code.as_bytes()).unwrap();
+    }
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -161,16 +183,32 @@ pub fn spawn(spec: Spec) -> Holder {
     let Ok(port) = line.trim().parse::<u16>() else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("holder did not report its port (got {line:?})");
+        panic!("holder {cmd:?} did not report its port (got {line:?})");
     };
-    let ip = match spec.family {
-        Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Family::V6Only => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        Family::V6Any => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
+    (child, port)
+}
+
+/// Spawns `cmd`, retrying (bounded) while exec fails with ETXTBSY: a parallel test forking
+/// while we wrote a program copy or script can hold its write fd until that child execs.
+pub fn start(cmd: &mut Command) -> Child {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("could not start {cmd:?}: {e}"),
+        }
+    }
+}
+
+/// A holder started from any command (node, python3, a script); `dir` lives as long as it.
+pub fn holder(child: Child, addr: SocketAddr, exe: PathBuf, dir: tempfile::TempDir) -> Holder {
     Holder {
         child,
-        addr: SocketAddr::new(ip, port),
+        addr,
         exe,
         _dir: dir,
     }
