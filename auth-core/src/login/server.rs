@@ -337,8 +337,8 @@ async fn holders(addr: SocketAddr) -> Option<Vec<String>> {
             .map(|holder| match &holder.process {
                 Some(process) => {
                     let mut text = process.to_string();
-                    if let Some(exe) = process.exe() {
-                        text.push_str(&format!(" {}", exe.display()));
+                    if let Some(exe) = process.exe_display() {
+                        text.push_str(&format!(" {exe}"));
                     }
                     text
                 }
