@@ -56,8 +56,18 @@ struct Args {
     no_config_rewrite: bool,
     /// Bytes of request bodies held in memory at once, across all requests; a request that
     /// would go over is answered 503 with Retry-After (one body is also capped at 64 MiB).
-    #[arg(long, default_value_t = DEFAULT_BODY_BUDGET, value_name = "BYTES")]
+    #[arg(long, default_value_t = DEFAULT_BODY_BUDGET, value_name = "BYTES",
+          value_parser = parse_body_budget)]
     body_budget: usize,
+}
+
+/// A budget of 0 would answer every request with a body 413: refuse it at start instead.
+fn parse_body_budget(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (bytes); the default is 268435456 (256 MiB)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a number of bytes: {e}")),
+    }
 }
 
 fn default_codex_home() -> Option<PathBuf> {

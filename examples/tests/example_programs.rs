@@ -368,6 +368,30 @@ async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alo
         stderr.contains("not a loopback address") && stderr.contains("--allow-remote"),
         "{stderr}"
     );
+    // A zero body budget would refuse every body: refused at start, naming the flag.
+    let zero_budget = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(&binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-config-rewrite",
+                "--body-budget",
+                "0",
+            ])
+            .env(TOKEN_ENV, "test-wrapper-token-0123456789")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    assert_eq!(zero_budget.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&zero_budget.stderr);
+    assert!(
+        stderr.contains("--body-budget") && stderr.contains("at least 1"),
+        "{stderr}"
+    );
 
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
     let account = mock.synthetic_account("ws-x", "x.user@example.com", false);
