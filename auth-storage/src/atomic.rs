@@ -75,7 +75,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], temp_prefix: &str) -> Result<()> 
         // ok: the rename has happened and every reader sees the new file. Reporting a
         // failure now would make callers undo or retry a write that took effect; a lost
         // directory fsync only matters if the machine crashes before the next one.
-        tracing::warn!(%err, file = %path.display(), "replaced, but the directory fsync failed");
+        tracing::warn!(%err, file = %crate::error::shown(path), "replaced, but the directory fsync failed");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use auth_core::terminal::escape_control;
 
 /// A path for an error message: file names are chosen by whoever created them, so control
 /// and bidi characters are escaped (`\x1b`, `\u{202e}`) and cannot forge output lines.
-fn shown(path: &Path) -> String {
+pub(crate) fn shown(path: &Path) -> String {
     escape_control(&path.display().to_string()).to_string()
 }
 

@@ -238,8 +238,8 @@ impl PoolStore {
             if let Ok((mut pool, from)) = parse(&bytes) {
                 pool.revision = pool.revision.max(newest);
                 tracing::warn!(
-                    pool = %path.display(),
-                    backup = %backup.display(),
+                    pool = %crate::error::shown(&path),
+                    backup = %crate::error::shown(&backup),
                     reason = ?problem,
                     "pool file unusable; restored from backup"
                 );
@@ -438,7 +438,7 @@ impl PoolStore {
             && let Err(err) = std::fs::rename(aside, &main)
         {
             // ok: the damaged file is kept under its aside name; nothing is lost.
-            tracing::warn!(%err, aside = %aside.display(), "could not move the damaged pool file back");
+            tracing::warn!(%err, aside = %crate::error::shown(aside), "could not move the damaged pool file back");
         }
     }
 
@@ -684,7 +684,7 @@ impl PoolStore {
         }
         sync_dir(&self.dir)?;
         tracing::warn!(
-            pool = %self.dir.display(),
+            pool = %crate::error::shown(&self.dir),
             backups = oldest_first.len(),
             "pool revision reached its maximum; backups renumbered from 0"
         );
@@ -848,7 +848,7 @@ fn tighten_private(path: &Path) {
             None => Ok(()),
         });
     if let Err(err) = result {
-        tracing::warn!(file = %path.display(), error = %err, "could not make a pool file private");
+        tracing::warn!(file = %crate::error::shown(path), error = %err, "could not make a pool file private");
     }
 }
 
