@@ -1338,3 +1338,86 @@ async fn upstream_redirects_go_back_to_the_client_and_are_never_followed() {
     let status = h.stop().await;
     assert_invariant(&status);
 }
+
+/// A loopback upstream that reads only the request head, answers `200 {}` at once and then
+/// keeps each connection open without reading the body until `release` is notified: the
+/// proxy's HTTP client is then still uploading the body after the answer went back.
+async fn early_answering_upstream(
+    release: Arc<tokio::sync::Notify>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((mut socket, _)) = accepted else { return };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    // Bounded: a request head is far below 64 KiB.
+                    while head.len() < 65_536 && !head.ends_with(b"\r\n\r\n") {
+                        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                              content-length: 2\r\n\r\n{}",
+                        )
+                        .await;
+                    held.push(socket);
+                }
+                () = release.notified() => {
+                    drop(std::mem::take(&mut held));
+                }
+            }
+        }
+    });
+    (base, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_bytes_stay_counted_while_the_upload_outlives_the_request() {
+    const MIB: usize = 1024 * 1024;
+    // Bodies far larger than what loopback socket buffers absorb (a few MiB), so most of
+    // each one is still in the proxy's HTTP client when the answer comes back.
+    const BODY: usize = 40 * MIB;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (upstream, task) = early_answering_upstream(release.clone()).await;
+    let mut accounts = Accounts::new();
+    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+    let s = mock.synthetic_account("ws-a", "owner.a@example.com", false);
+    accounts
+        .push(Some(&s.email), None, s.tokens.clone())
+        .unwrap();
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(upstream, token.clone());
+    options.body_limit = 64 * MIB;
+    options.body_budget = 64 * MIB;
+    let proxy = RotationProxy::start(options, accounts).await.unwrap();
+    let addr = proxy.addr();
+    let secret = token.secret().expose().to_owned();
+
+    // The upstream answers before reading: the client gets its 200, the upload goes on.
+    let (code, text) = common::upload(addr, &secret, BODY, false, common::Shape::Padded).await;
+    assert_eq!(code, 200, "{text}");
+    let held = proxy.status().counters.body_bytes_held;
+    assert!(
+        held > (BODY - 16 * MIB) as u64,
+        "the answered request's body is still in memory, so still counted: {held}"
+    );
+    // So a second body of the same size does not fit: 503, not another 40 MiB in memory.
+    let (code, text) = common::upload(addr, &secret, BODY, false, common::Shape::Padded).await;
+    assert_eq!(code, 503, "{text}");
+
+    // Once the upstream lets go, the memory and its budget come back (bounded wait).
+    release.notify_one();
+    let c = counters_until(&proxy, |c| c.body_bytes_held == 0).await;
+    assert_eq!(c.body_bytes_held, 0, "{c:?}");
+    proxy.shutdown().await;
+    mock.shutdown().await;
+    task.abort();
+}

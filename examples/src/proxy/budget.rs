@@ -15,8 +15,11 @@
 //!
 //! Bytes are reserved before the buffer that holds them is allocated (the whole declared
 //! length up front; for bodies without length, each time the buffer grows), and released
-//! when the [`BodyReservation`] is dropped: when the request is answered, or when hyper
-//! drops the handler because the client went away.
+//! when the memory is: the [`BodyReservation`] becomes the owner of the body's [`Bytes`]
+//! (`Bytes::from_owner`), so it is dropped with the last clone or slice of the body — not
+//! when the handler returns. That matters because the HTTP client keeps its clone while the
+//! upload is still running: a client that hangs up, or an upstream that answers before
+//! reading the body, must not free budget for memory that is still in use.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,15 +111,29 @@ pub(crate) enum BodyRefusal {
     Unreadable,
 }
 
+/// The bytes of one body and the budget they were drawn from: the owner behind the [`Bytes`]
+/// that [`read_body`] returns, dropped (and the budget given back) with its last clone.
+struct HeldBody {
+    bytes: Bytes,
+    _reservation: BodyReservation,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Reads `body` into one contiguous buffer, reserving its bytes from `budget` before they
 /// are allocated. `declared` is the request's `Content-Length`, if any; `limit` the
-/// per-request cap.
+/// per-request cap. The reservation is held until the returned [`Bytes`] and every clone
+/// of it are dropped.
 pub(crate) async fn read_body<B>(
     body: B,
     declared: Option<u64>,
     limit: usize,
     budget: &Arc<BodyBudget>,
-) -> Result<(Bytes, BodyReservation), BodyRefusal>
+) -> Result<Bytes, BodyRefusal>
 where
     B: Body<Data = Bytes>,
 {
@@ -157,7 +174,10 @@ where
         }
         buf.extend_from_slice(&data);
     }
-    Ok((buf.freeze(), reservation))
+    Ok(Bytes::from_owner(HeldBody {
+        bytes: buf.freeze(),
+        _reservation: reservation,
+    }))
 }
 
 #[cfg(test)]
@@ -237,10 +257,15 @@ mod tests {
                 .unwrap_err(),
             BodyRefusal::Busy
         );
-        let (bytes, reservation) = read_body(body(), Some(3), 500, &budget).await.unwrap();
+        let bytes = read_body(body(), Some(3), 500, &budget).await.unwrap();
         assert_eq!(&bytes[..], b"abc");
         assert_eq!(budget.used(), 903);
-        drop((held, reservation));
+        // Every clone and slice keeps the bytes counted: the HTTP client holds one while it
+        // uploads, after the handler is gone.
+        let upload = bytes.slice(1..);
+        drop((held, bytes));
+        assert_eq!(budget.used(), 3, "a live slice keeps its reservation");
+        drop(upload);
         assert_eq!(budget.used(), 0);
     }
 
@@ -263,12 +288,12 @@ mod tests {
             BodyRefusal::Busy
         );
         assert_eq!(budget.used(), 100_000);
-        let (bytes, r) = read_body(chunked(vec![vec![1; 10], vec![2; 20]]), None, 100, &budget)
+        let bytes = read_body(chunked(vec![vec![1; 10], vec![2; 20]]), None, 100, &budget)
             .await
             .unwrap();
         assert_eq!(bytes.len(), 30);
         assert!(budget.used() > 100_000 && budget.used() <= 256 * 1024);
-        drop(r);
+        drop(bytes);
         assert_eq!(budget.used(), 100_000);
     }
 
@@ -292,7 +317,7 @@ mod tests {
             let result = rt.block_on(read_body(chunked(chunks), None, limit, &budget));
             prop_assert!(budget.used() <= capacity);
             match result {
-                Ok((bytes, _r)) => {
+                Ok(bytes) => {
                     prop_assert_eq!(&bytes[..], &expected[..]);
                     prop_assert!(total <= limit.min(capacity));
                     prop_assert!(budget.used() <= capacity);

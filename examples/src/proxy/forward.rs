@@ -117,9 +117,9 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // `_held` keeps the body's bytes counted against the budget until this request ends
-    // (answered or dropped by hyper when the client goes away).
-    let (body, _held) = match budget::read_body(
+    // The body's bytes stay counted against the budget as long as any clone of `body` lives
+    // (this handler's, or the HTTP client's while it is still uploading).
+    let body = match budget::read_body(
         body,
         declared,
         shared.options.body_limit,
