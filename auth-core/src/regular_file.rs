@@ -63,12 +63,16 @@ pub enum FileKind {
     CharDevice,
     /// A block device, e.g. a disk.
     BlockDevice,
+    /// A symbolic link, where one is not followed (e.g. in a pool backup slot).
+    Symlink,
     /// Anything else that is not a regular file.
     Other,
 }
 
 impl FileKind {
-    /// The kind of a file from its (symlink-followed) metadata; `None` for a regular file.
+    /// The kind of a file from its metadata (`std::fs::metadata` follows symlinks;
+    /// `symlink_metadata` shows a link as [`Symlink`](Self::Symlink)); `None` for a regular
+    /// file.
     ///
     /// ```
     /// use auth_core::regular_file::FileKind;
@@ -80,6 +84,9 @@ impl FileKind {
         let kind = meta.file_type();
         if kind.is_file() {
             return None;
+        }
+        if kind.is_symlink() {
+            return Some(Self::Symlink);
         }
         if kind.is_dir() {
             return Some(Self::Directory);
@@ -112,6 +119,7 @@ impl fmt::Display for FileKind {
             Self::Socket => "a socket",
             Self::CharDevice => "a character device",
             Self::BlockDevice => "a block device",
+            Self::Symlink => "a symbolic link",
             Self::Other => "a special file",
         })
     }

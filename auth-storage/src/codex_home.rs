@@ -103,6 +103,16 @@ impl CodexHome {
         Ok(PathBuf::from(lock))
     }
 
+    /// `auth.json`, `auth.lock` and the file lock are each a regular file or missing
+    /// (following symlinks); the error names the path as configured.
+    pub(crate) fn check_files(&self) -> Result<()> {
+        use auth_core::regular_file::ensure_regular_or_missing;
+        ensure_regular_or_missing(&self.auth_file())?;
+        ensure_regular_or_missing(&self.commit_lock_file())?;
+        ensure_regular_or_missing(&self.file_lock_target()?)?;
+        Ok(())
+    }
+
     /// The keyring account the Codex CLI uses for this home: `cli|` followed by the first 16
     /// hex digits of SHA-256 of the canonical path (the path as given if it cannot be
     /// canonicalized, e.g. because it does not exist yet).
@@ -117,6 +127,10 @@ impl CodexHome {
     /// (`auth.json.lock`), waiting at most `timeout` for each. Hold the returned guard for the
     /// whole load → decide → save sequence.
     pub fn lock_for_commit(&self, timeout: Duration) -> Result<CommitGuard> {
+        // Refuse a home whose login or lock files are not regular files before creating
+        // anything: a symlinked `auth.json` puts its file lock beside the link's target, and
+        // that must never create `/dev/full.lock` or leave lock files behind a refusal.
+        self.check_files()?;
         // A Codex home holds credentials: one we create is private (0700), parents too.
         auth_core::regular_file::create_private_dir_all(&self.dir)
             .map_err(|e| StorageError::io("create the directory", &self.dir, e))?;

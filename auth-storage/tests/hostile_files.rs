@@ -497,3 +497,83 @@ fn a_damaged_symlinked_pool_json_is_kept_aside_and_the_link_survives_recovery() 
     assert_eq!(std::fs::read(&damaged[0]).unwrap(), b"{ not json");
     assert_eq!(mode(&damaged[0]), 0o600);
 }
+
+#[test]
+fn a_hostile_object_in_the_current_backup_slot_is_refused_and_left_alone() {
+    for planted in [
+        Planted::Fifo,
+        Planted::Socket,
+        Planted::DevZeroLink,
+        Planted::Directory,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        store
+            .update(|p| p.upsert(account("a@example.com", "acct-a")))
+            .unwrap();
+        // The next write links the live revision-1 file into this very slot.
+        let slot = dir.path().join("pool.json.bak-000000000001");
+        std::fs::remove_file(&slot).unwrap();
+        let _guard = planted.plant(&slot);
+        let before = std::fs::read(store.file()).unwrap();
+        let s = store.clone();
+        let err = bounded("PoolStore::update", move || {
+            s.update(|p| p.upsert(account("b@example.com", "acct-b")))
+                .unwrap_err()
+        });
+        assert!(
+            matches!(&err, StorageError::NotRegularFile { path, .. } if *path == slot),
+            "{planted:?}: {err:?}"
+        );
+        assert!(planted.still_there(&slot), "{planted:?} replaced");
+        assert_eq!(std::fs::read(store.file()).unwrap(), before, "{planted:?}");
+    }
+}
+
+#[test]
+fn a_symlinked_auth_json_to_a_special_file_creates_no_lock_file_anywhere() {
+    for planted in [Planted::Fifo, Planted::Socket, Planted::Directory] {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        let _guard = planted.plant(&target);
+        let home = CodexHome::new(dir.path().join("home"));
+        std::fs::create_dir(home.dir()).unwrap();
+        std::os::unix::fs::symlink(&target, home.auth_file()).unwrap();
+        let h = home.clone();
+        let err = bounded("CodexHome::lock", move || h.lock().unwrap_err());
+        assert!(
+            matches!(&err, StorageError::NotRegularFile { path, .. } if *path == home.auth_file()),
+            "{planted:?}: {err:?}"
+        );
+        assert!(!dir.path().join("target.lock").exists(), "{planted:?}");
+        assert!(!home.commit_lock_file().exists(), "{planted:?}");
+        assert!(planted.still_there(&target), "{planted:?}");
+    }
+}
+
+#[test]
+fn a_switch_refused_for_its_pool_lock_creates_no_lock_file_in_the_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = PoolStore::new(dir.path().join("pool"));
+    pool.update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    let lock = dir.path().join("pool").join("pool.lock");
+    std::fs::remove_file(&lock).unwrap();
+    Planted::Fifo.plant(&lock);
+    let home = CodexHome::new(dir.path().join("home"));
+    let store = FileStore::new(home.clone());
+    let err = bounded("PoolStore::switch_to", move || {
+        pool.switch_to(0, &store, 1_700_000_000).unwrap_err()
+    });
+    assert!(
+        matches!(
+            &err,
+            StorageError::NotRegularFile {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!home.dir().exists(), "no Codex home or lock file created");
+}

@@ -306,6 +306,12 @@ impl PoolStore {
     }
 
     /// The pool lock, held for a whole load → change → save (→ undo) sequence.
+    /// `pool.lock` is a regular file or missing (checked before other locks are taken).
+    pub(crate) fn check_lock_file(&self) -> Result<()> {
+        auth_core::regular_file::ensure_regular_or_missing(&self.dir.join(LOCK_FILE))?;
+        Ok(())
+    }
+
     pub(crate) fn lock_pool(&self) -> Result<PoolGuard> {
         self.lock().map(PoolGuard)
     }
@@ -614,6 +620,17 @@ impl PoolStore {
             return Ok(None);
         }
         let backup = self.dir.join(format!("{BACKUP_PREFIX}{revision:012}"));
+        // Only a regular file in a backup slot is ours to replace: a FIFO, socket, device,
+        // directory or symlink there is refused (the write then fails, nothing changed).
+        if let Ok(meta) = std::fs::symlink_metadata(&backup)
+            && !meta.file_type().is_file()
+        {
+            return Err(StorageError::NotRegularFile {
+                path: backup,
+                kind: auth_core::regular_file::FileKind::of(&meta)
+                    .unwrap_or(auth_core::regular_file::FileKind::Other),
+            });
+        }
         remove_if_exists(&backup)?;
         if !is_private(main) || std::fs::hard_link(main, &backup).is_err() {
             // Loose mode, or a file system without hard links (or the target on another

@@ -130,6 +130,9 @@ impl PoolStore {
         if index >= len {
             return Err(out_of_range(index, len));
         }
+        // Likewise a pool lock that is not a regular file is refused before the home's lock
+        // files are created (they are taken first, see the lock order above).
+        self.check_lock_file()?;
         let home_guard = store.home().lock()?;
         let pool_guard = self.lock_pool()?;
         let outgoing = outgoing_login(store, now)?;
