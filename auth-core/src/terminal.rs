@@ -78,6 +78,35 @@ pub fn escape_control(text: &str) -> EscapedText<'_> {
     EscapedText { text }
 }
 
+/// Makes JSON text (as `serde_json` writes it) safe to print on a terminal without changing
+/// what it means: every unsafe character that `serde_json` leaves raw inside strings — DEL,
+/// C1 controls, bidi controls, U+2028/U+2029 — becomes a JSON `\uXXXX` escape. A JSON
+/// reader gets exactly the same values back; C0 controls inside strings are already escaped
+/// by `serde_json`, and the raw newlines and spaces of pretty-printed JSON are kept.
+///
+/// ```
+/// use auth_core::terminal::{is_unsafe_char, json_for_terminal};
+///
+/// let value = serde_json::json!({ "plan": "pro\u{9b}2J\u{202e}\x7f" });
+/// let text = json_for_terminal(&serde_json::to_string_pretty(&value).unwrap());
+/// assert!(!text.chars().any(|c| is_unsafe_char(c) && c != '\n'));
+/// let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+/// assert_eq!(back, value);
+/// ```
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_unsafe_char(c) && u32::from(c) >= 0x7f {
+            // Every unsafe character at or above DEL is in the Basic Multilingual Plane, so
+            // one `\uXXXX` escape spells it.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl EscapedText<'_> {
     /// Whether displaying the text changes anything (it holds an unsafe character).
     ///
@@ -168,6 +197,25 @@ mod tests {
             text in any::<String>().prop_map(|s| s.chars().filter(|c| !is_unsafe_char(*c)).collect::<String>())
         ) {
             prop_assert_eq!(escape_control(&text).to_string(), text);
+        }
+
+        #[test]
+        fn json_for_terminal_keeps_the_values_and_shows_no_unsafe_char(
+            texts in proptest::collection::vec(any::<String>(), 0..4),
+        ) {
+            let value = serde_json::json!({ "texts": texts, "n": 1 });
+            for json in [
+                serde_json::to_string(&value).unwrap(),
+                serde_json::to_string_pretty(&value).unwrap(),
+            ] {
+                let safe = json_for_terminal(&json);
+                prop_assert!(
+                    !safe.chars().any(|c| is_unsafe_char(c) && c != '\n'),
+                    "{safe:?}"
+                );
+                let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+                prop_assert_eq!(&back, &value);
+            }
         }
 
         #[test]

@@ -351,5 +351,9 @@ fn list_json(pool: &Pool) -> String {
         })
         .collect();
     let doc = serde_json::json!({ "revision": pool.revision, "accounts": accounts });
-    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+    // Raw values for a JSON reader, with DEL, C1 and bidi characters as \u escapes so the
+    // text is also safe on a terminal.
+    auth_core::terminal::json_for_terminal(
+        &serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into()),
+    )
 }

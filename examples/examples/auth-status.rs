@@ -214,7 +214,12 @@ fn print_json(path: &Path, r: &Report, now: i64) {
         "last_refresh": r.last_refresh,
         "other_fields": r.unknown_fields,
     });
-    println!("{value:#}");
+    // Values stay raw for a JSON reader; DEL, C1 and bidi characters become \u escapes so
+    // the text is also safe on a terminal.
+    println!(
+        "{}",
+        auth_core::terminal::json_for_terminal(&format!("{value:#}"))
+    );
 }
 
 fn main() -> ExitCode {

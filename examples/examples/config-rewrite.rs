@@ -31,21 +31,25 @@ use clap::{Args, Parser, Subcommand};
 use config_rewrite::{ProviderSpec, RestoreOutcome, RevertFile, Rewrite, Target};
 
 /// `println!` that never panics: once a file is changed, a closed or broken stdout must not
-/// turn its success into a crash with a non-zero status.
+/// turn its success into a crash with a non-zero status. Each line is one line: paths, keys
+/// and values from the file are shown with control and bidi characters escaped.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
+        let line = format!($($arg)*);
         // ok: the output is a courtesy; the exit status carries the result.
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let _ = writeln!(std::io::stdout(), "{}", auth_core::terminal::escape_control(&line));
     }};
 }
 
-/// `eprintln!` that never panics, for notes printed after a change was made.
+/// `eprintln!` that never panics, for notes printed after a change was made; escaped like
+/// [`say!`].
 macro_rules! note {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
+        let line = format!($($arg)*);
         // ok: as for `say!`.
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let _ = writeln!(std::io::stderr(), "{}", auth_core::terminal::escape_control(&line));
     }};
 }
 
@@ -277,7 +281,7 @@ fn status(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("{}: {e}", plan.file.display()))?,
         None => None,
     };
-    println!(
+    say!(
         "{}: model_provider = {}",
         plan.file.display(),
         provider
@@ -285,12 +289,12 @@ fn status(location: &Location) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or("(unset: Codex uses its default)")
     );
     match plan.revert.load()? {
-        Some(record) => println!(
+        Some(record) => say!(
             "pending rewrite: {} (keys: {})",
             plan.revert.path().display(),
             record.edited_keys().join(", ")
         ),
-        None => println!("no pending rewrite"),
+        None => say!("no pending rewrite"),
     }
     Ok(())
 }
@@ -339,18 +343,20 @@ fn main() -> ExitCode {
                 Some(config_rewrite::Error::PartiallyApplied { .. })
             );
             let mut message = format!(
-                "{}: {e}",
+                "{}: {}",
                 if partial {
                     "error (partially applied)"
                 } else {
                     "error"
-                }
+                },
+                auth_core::terminal::escape_control(&e.to_string())
             );
             let mut source = e.source();
             while let Some(cause) = source {
                 // Error::Config already prints its source in its message.
-                if !message.contains(&cause.to_string()) {
-                    message.push_str(&format!("\n  caused by: {cause}"));
+                let shown = auth_core::terminal::escape_control(&cause.to_string()).to_string();
+                if !message.contains(&shown) {
+                    message.push_str(&format!("\n  caused by: {shown}"));
                 }
                 source = cause.source();
             }

@@ -81,7 +81,8 @@ fn main() -> ExitCode {
                 );
             }
         }
-        println!("{v}");
+        // Raw values for a JSON reader; DEL, C1 and bidi characters as \u escapes.
+        println!("{}", auth_core::terminal::json_for_terminal(&v.to_string()));
     } else {
         if let Some(found) = &before {
             print_holders(found);

@@ -853,7 +853,7 @@ fn hostile_claims_are_escaped_in_import_and_list() {
     let doc = parse_list_json(&json);
     assert_eq!(doc["accounts"][0]["plan"], HOSTILE);
     assert_eq!(doc["accounts"][0]["account_id"], HOSTILE);
-    assert!(!json.stdout.contains('\x1b') && !json.stdout.contains('\r'));
+    assert_terminal_safe("list --json stdout", &json.stdout);
 
     // An error that names the hostile path is escaped too.
     let missing = sb.run(&[

@@ -223,6 +223,12 @@ fn hostile_claims_never_panic_forge_lines_or_show_a_wrong_date() {
 
         let out = run(&home.0, true);
         assert!(out.status.success(), "exp {exp}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
+            .collect();
+        assert!(raw.is_empty(), "--json shows {raw:?} raw:\n{text}");
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
         assert_eq!(json["plan"], hostile);
         assert_eq!(json["account_id"], hostile);

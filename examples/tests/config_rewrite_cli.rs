@@ -788,3 +788,75 @@ fn apply_and_restore_that_fail_part_way_roll_back() {
     ok(&cli(&bin, dir.path(), &restore), "restore");
     assert_eq!(both(), before);
 }
+
+/// No raw control, bidi or line-separator character in `text` (newlines between lines
+/// are the program's own).
+fn assert_terminal_safe(what: &str, text: &str) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what}: raw {raw:?} reach the terminal:\n{text}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn paths_and_values_from_files_reach_the_terminal_escaped() {
+    let Some(bin) = config_rewrite("paths_and_values_from_files_reach_the_terminal_escaped") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A directory name chosen by someone else: CR/LF forge lines, ESC/CSI recolour, bidi
+    // reorders what the reader sees.
+    let hostile = "d\x1b[31m\r\nok: restored\x07\u{9b}2J\u{202e}\u{2028}z";
+    let dir = tmp.path().join(hostile);
+    std::fs::create_dir(&dir).unwrap();
+    let config = dir.join("config.toml");
+    let config_arg = config.to_str().unwrap();
+    let apply = cli(
+        &bin,
+        tmp.path(),
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "proxy",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+    );
+    ok(&apply, "apply");
+    assert_terminal_safe("apply stdout", &apply.stdout);
+    assert_terminal_safe("apply stderr", &apply.stderr);
+    assert!(
+        apply.stdout.contains("\\x1b[31m\\x0d\\x0a"),
+        "{}",
+        apply.stdout
+    );
+    let status = cli(&bin, tmp.path(), &["status", "--config", config_arg]);
+    ok(&status, "status");
+    assert_terminal_safe("status stdout", &status.stdout);
+    let restore = cli(&bin, tmp.path(), &["restore", "--config", config_arg]);
+    ok(&restore, "restore");
+    assert_terminal_safe("restore stdout", &restore.stdout);
+
+    // A value in the file itself (TOML escapes make it any character).
+    let plain = tmp.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        "model_provider = \"q\\u001b[2J\\r\\nFAKE: restored\\u009b\\u202e\"\n",
+    )
+    .unwrap();
+    let status = cli(
+        &bin,
+        tmp.path(),
+        &["status", "--config", plain.to_str().unwrap()],
+    );
+    ok(&status, "status of a hostile value");
+    assert_terminal_safe("status stdout", &status.stdout);
+    assert_eq!(status.stdout.lines().count(), 2, "{}", status.stdout);
+}
