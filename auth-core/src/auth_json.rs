@@ -110,7 +110,10 @@ impl<'de> Deserialize<'de> for AuthMode {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Timestamp {
     text: String,
-    instant: jiff::Timestamp,
+    /// The instant, exact for every date RFC 3339 can write (seconds since 1970 and the
+    /// signed fraction, as `jiff` splits them).
+    seconds: i64,
+    nanos: i32,
 }
 
 /// A value that cannot be a [`Timestamp`]: text that is not an RFC 3339 timestamp with
@@ -221,17 +224,29 @@ impl Timestamp {
     /// use auth_core::Timestamp;
     /// assert_eq!(Timestamp::from_unix_seconds(1_700_000_000)?.as_str(), "2023-11-14T22:13:20Z");
     /// assert_eq!(Timestamp::from_unix_seconds(-1)?.as_str(), "1969-12-31T23:59:59Z");
-    /// // 10000-01-01T00:00:00Z and i64::MIN cannot be shown.
+    /// // The last second of 9999 can be shown; 10000-01-01T00:00:00Z and i64::MIN cannot.
+    /// assert_eq!(Timestamp::from_unix_seconds(253_402_300_799)?.as_str(), "9999-12-31T23:59:59Z");
     /// assert!(Timestamp::from_unix_seconds(253_402_300_800).is_err());
     /// assert!(Timestamp::from_unix_seconds(i64::MIN).is_err());
     /// # Ok::<(), auth_core::TimestampError>(())
     /// ```
     pub fn from_unix_seconds(secs: i64) -> Result<Self, TimestampError> {
-        jiff::Timestamp::from_second(secs)
-            .map(Self::from_instant)
+        if let Ok(instant) = jiff::Timestamp::from_second(secs) {
+            return Ok(Self::from_instant(instant));
+        }
+        // The last day of 9999 (and the first of -9999) is past jiff's instants but still a
+        // date: write it from civil time, keep the nearest instant for comparisons.
+        let civil = jiff::civil::date(1970, 1, 1)
+            .to_datetime(jiff::civil::Time::midnight())
+            .checked_add(jiff::SignedDuration::from_secs(secs))
             .map_err(|_| TimestampError {
                 problem: TimestampProblem::OutOfRange(Some(secs)),
-            })
+            })?;
+        Ok(Self {
+            text: format!("{civil}Z"),
+            seconds: secs,
+            nanos: 0,
+        })
     }
 
     fn from_instant(instant: jiff::Timestamp) -> Self {
@@ -251,7 +266,8 @@ impl Timestamp {
         };
         Self {
             text: format!("{base}{frac}Z"),
-            instant,
+            seconds: instant.as_second(),
+            nanos: instant.subsec_nanosecond(),
         }
     }
 
@@ -262,14 +278,14 @@ impl Timestamp {
 
     /// Seconds since the Unix epoch (negative before 1970).
     pub fn unix_seconds(&self) -> i64 {
-        self.instant.as_second()
+        self.seconds
     }
 
     /// The instant as a [`SystemTime`], for comparisons: an instant before
     /// 1601-01-01 (which not every platform's `SystemTime` holds) is clamped to it.
     pub fn to_system_time(&self) -> SystemTime {
-        let secs = self.instant.as_second();
-        let nanos = self.instant.subsec_nanosecond();
+        let secs = self.seconds;
+        let nanos = self.nanos;
         let base = jwt::unix_to_system_time(secs);
         if nanos >= 0 {
             base.checked_add(Duration::from_nanos(nanos.unsigned_abs().into()))
@@ -285,14 +301,43 @@ impl FromStr for Timestamp {
     type Err = TimestampError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let instant: jiff::Timestamp = s.parse().map_err(|_| TimestampError {
-            problem: TimestampProblem::NotRfc3339,
-        })?;
+        let (seconds, nanos) = match s.parse::<jiff::Timestamp>() {
+            Ok(instant) => (instant.as_second(), instant.subsec_nanosecond()),
+            Err(_) => edge_of_range(s).ok_or(TimestampError {
+                problem: TimestampProblem::NotRfc3339,
+            })?,
+        };
         Ok(Self {
             text: s.to_owned(),
-            instant,
+            seconds,
+            nanos,
         })
     }
+}
+
+/// jiff's instants stop about a day short of the years RFC 3339 can write (its range leaves
+/// room for any UTC offset), so `9999-12-31T23:59:59Z` — which the Codex CLI accepts — is not
+/// a jiff instant. For such text (a date and time with an offset in year 9999 or -9999) the
+/// seconds since 1970 are computed from civil time instead: exact, the text kept as written.
+fn edge_of_range(text: &str) -> Option<(i64, i32)> {
+    use jiff::fmt::temporal::{Pieces, PiecesOffset};
+    let pieces = Pieces::parse(text).ok()?;
+    if !matches!(pieces.date().year(), 9999 | -9999) {
+        return None;
+    }
+    let offset = match pieces.offset()? {
+        PiecesOffset::Zulu => 0,
+        PiecesOffset::Numeric(numeric) => i64::from(numeric.offset().seconds()),
+        _ => return None,
+    };
+    let civil = pieces.date().to_datetime(pieces.time()?);
+    let since_epoch = jiff::civil::date(1970, 1, 1)
+        .to_datetime(jiff::civil::Time::midnight())
+        .duration_until(civil);
+    Some((
+        since_epoch.as_secs().checked_sub(offset)?,
+        since_epoch.subsec_nanos(),
+    ))
 }
 
 impl fmt::Display for Timestamp {
@@ -881,12 +926,33 @@ mod tests {
         assert_eq!(td.effective_account_id().as_deref(), Some("acc-1"));
     }
 
+    /// -009999-01-01T00:00:00Z and 9999-12-31T23:59:59Z in seconds since 1970.
+    const FIRST_SECOND: i64 = -377_705_116_800;
+    const LAST_SECOND: i64 = 253_402_300_799;
+
     #[test]
     fn timestamps_outside_the_years_rfc3339_can_write_are_invalid_dates() {
-        // The last whole second jiff (and so RFC 3339 here) holds, and one past it.
-        let last = jiff::Timestamp::MAX.as_second();
-        assert!(Timestamp::from_unix_seconds(last).is_ok());
-        for secs in [last + 1, 253_402_300_800, i64::MAX, i64::MIN, i64::MIN + 1] {
+        // The last and first whole seconds RFC 3339 can write (years 9999 and -9999), past
+        // jiff's own instants by about a day: shown exactly, and read back exactly.
+        let (first, last) = (FIRST_SECOND, LAST_SECOND);
+        for (secs, text) in [
+            (last, "9999-12-31T23:59:59Z"),
+            (jiff::Timestamp::MAX.as_second() + 1, "9999-12-30T22:00:01Z"),
+            (first, "-009999-01-01T00:00:00Z"),
+        ] {
+            let t = Timestamp::from_unix_seconds(secs).unwrap();
+            assert_eq!(t.as_str(), text);
+            assert_eq!(t.unix_seconds(), secs);
+            let back: Timestamp = text.parse().unwrap();
+            assert_eq!((back.unix_seconds(), back.as_str()), (secs, text));
+        }
+        // The Codex CLI accepts these as last_refresh; so do we, keeping the text.
+        let doc = r#"{"OPENAI_API_KEY":null,"last_refresh":"9999-12-31T23:59:59+01:00"}"#;
+        let read = AuthDocument::from_json_str(doc).unwrap();
+        let refreshed = read.last_refresh.as_ref().unwrap();
+        assert_eq!(refreshed.unix_seconds(), last - 3600);
+        assert_eq!(refreshed.as_str(), "9999-12-31T23:59:59+01:00");
+        for secs in [last + 1, first - 1, i64::MAX, i64::MIN, i64::MIN + 1] {
             let err = Timestamp::from_unix_seconds(secs).unwrap_err();
             assert!(err.is_out_of_range(), "{secs}");
             assert!(err.to_string().starts_with("invalid date: "), "{err}");
@@ -952,9 +1018,7 @@ mod tests {
                 }
                 Err(e) => {
                     proptest::prop_assert!(e.is_out_of_range());
-                    proptest::prop_assert!(
-                        !(jiff::Timestamp::MIN.as_second()..=jiff::Timestamp::MAX.as_second()).contains(&secs)
-                    );
+                    proptest::prop_assert!(!(FIRST_SECOND..=LAST_SECOND).contains(&secs));
                 }
             }
         }
