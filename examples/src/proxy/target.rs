@@ -11,17 +11,25 @@
 //! | a path not starting with `/v1/` | refused (the proxy answers 404 before this) |
 //! | `\` anywhere in the path | refused (some servers read it as `/`) |
 //! | `%` not followed by two hex digits | refused (invalid percent-encoding) |
-//! | `%2f`/`%2F` or `%5c`/`%5C` (an encoded separator), or a character that Unicode normalization (NFKC) turns into `/` or `\` (`／`, `＼`, `∕`, `⁄`, …) | refused |
+//! | `%2f`/`%2F` or `%5c`/`%5C` (an encoded separator) | refused |
 //! | `%00`–`%1f`, `%7f` (control bytes, encoded; raw ones never parse) | refused |
 //! | `%25` (a `%` that decodes to `%`: double encoding such as `%252e`) | refused |
 //! | a segment that decodes to bytes that are not UTF-8 | refused |
 //! | an empty segment (`//`) | dropped (never becomes a scheme-relative `//host`) |
 //! | `.` (plain or `%2e`, any case) | dropped |
 //! | `..` (plain, `%2e%2e`, `.%2e`, `%2E.` …) | removes the previous segment; refused when there is none (it would leave the base path) |
-//! | a segment of only dots and spaces, or dots before `;` (`...`, `. `, `..;x`), counting characters that normalize to dots (`．．`, `‥`, `…`) | refused (servers disagree on what it means) |
+//! | a segment of only dots and spaces, or dots before `;` (`...`, `. `, `..;x`) | refused (servers disagree on what it means) |
+//! | any other segment whose Unicode compatibility normalization (NFKC) breaks one of the rules above: it contains `/` or `\` (`／`, `＼`, `﹨`, `℀` → `a/c`, `℅` → `c/o`), `%` (`％`, `﹪`) or a control byte, or is only dots and spaces or dots before `;` (`．．`, `‥`, `…`, `︰` → `..`, `︙` → `...`, `..;` with U+037E → `..;`) | refused, with the same error as the plain form |
+//! | a separator look-alike that NFKC keeps but other foldings map to `/` or `\` (`⁄`, `∕`, `⧵`, `⧸`, `⧹`), as sent or in the NFKC form (`½` → `1⁄2`) | refused |
 //! | anything else | decoded, then re-encoded by the `url` crate as one segment |
 //! | a trailing `/` | kept |
 //! | the query string | appended as it came (the `url` crate encodes what must be); it cannot change the origin or the path |
+//!
+//! Some servers and frameworks normalize decoded paths with NFKC, so each decoded segment is
+//! judged both as sent and in its NFKC form (computed with `icu_normalizer`). What NFKC maps
+//! onto structure is left to the normalizer, not to a list of look-alikes, so the class is
+//! whole whatever the Unicode version adds; only the five separator confusables NFKC keeps
+//! are listed. A unit test walks every `char` to hold this.
 //!
 //! The result is built from the parsed upstream URL with [`url::Url`]'s segment API, then
 //! checked again (scheme, host, port, no credentials, path under the base path, no dot
@@ -29,6 +37,9 @@
 //! (`Host`, `X-Forwarded-*` are dropped elsewhere), request-target form — changes the
 //! upstream scheme, host or port.
 
+use std::borrow::Cow;
+
+use icu_normalizer::ComposingNormalizerBorrowed;
 use url::Url;
 
 /// Why an upstream base URL cannot be used.
@@ -72,16 +83,20 @@ pub(crate) enum TargetError {
         "the path encodes a separator (%2F, %5C, or a look-alike such as U+FF0F); send segments unencoded"
     )]
     EncodedSeparator,
-    /// A segment encodes a control byte.
+    /// A segment encodes a control byte (or holds a character that normalizes to one).
     #[error("the path encodes a control byte (%00-%1F or %7F)")]
     ControlByte,
-    /// A segment decodes to `%` (double encoding).
-    #[error("the path is double-encoded (%25); send it encoded once")]
+    /// A segment decodes to `%` (double encoding), or holds a character that normalizes
+    /// to one.
+    #[error(
+        "the path is double-encoded (%25, or a look-alike of % such as U+FF05); send it encoded once"
+    )]
     DoubleEncoding,
     /// A segment decodes to bytes that are not UTF-8.
     #[error("the path decodes to bytes that are not UTF-8")]
     NotUtf8,
-    /// A segment of dots that servers read differently (`...`, `..;x`, `. `).
+    /// A segment of dots that servers read differently (`...`, `..;x`, `. `), as sent or
+    /// once normalized (`‥`, `︰`).
     #[error("the path has an ambiguous dot segment (dots with spaces or ;parameters)")]
     AmbiguousDotSegment,
     /// `..` would leave the upstream base path.
@@ -139,14 +154,12 @@ impl UpstreamBase {
         }
         let mut segments: Vec<String> = Vec::new();
         for raw in rest.split('/').filter(|s| !s.is_empty()) {
-            let segment = decode_segment(raw)?;
-            match segment.as_str() {
-                "." => {}
-                ".." => {
+            match classify(raw)? {
+                Segment::Current => {}
+                Segment::Parent => {
                     segments.pop().ok_or(TargetError::Escapes)?;
                 }
-                s if is_dot_like(s) => return Err(TargetError::AmbiguousDotSegment),
-                _ => segments.push(segment),
+                Segment::Name(name) => segments.push(name),
             }
         }
         let mut url = self.url.clone();
@@ -180,17 +193,79 @@ impl UpstreamBase {
         let under_base = p == self.path
             || p.strip_prefix(self.path.as_str())
                 .is_some_and(|tail| tail.starts_with('/'));
-        // Every segment sent must pass the same decoding rules and be no dot segment.
-        let dotted = p.split('/').skip(1).any(|s| match decode_segment(s) {
-            Ok(decoded) => decoded == "." || decoded == ".." || is_dot_like(&decoded),
-            Err(_) => true,
-        });
+        // Every segment sent must pass the same rules and be no dot segment.
+        let dotted = p
+            .split('/')
+            .skip(1)
+            .any(|s| !matches!(classify(s), Ok(Segment::Name(_))));
         if same_origin && under_base && !dotted {
             Ok(())
         } else {
             Err(TargetError::Escapes)
         }
     }
+}
+
+/// What one segment of the client's path is, once decoded and checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    /// `.` (plain or encoded): dropped.
+    Current,
+    /// `..` (plain or encoded): removes the previous segment.
+    Parent,
+    /// A name to forward, decoded.
+    Name(String),
+}
+
+/// Decodes one path segment (between two `/`) and applies the segment rules of the module
+/// docs, to the segment as sent and to its NFKC form.
+fn classify(raw: &str) -> Result<Segment, TargetError> {
+    let decoded = decode_segment(raw)?;
+    match decoded.as_str() {
+        "." => return Ok(Segment::Current),
+        ".." => return Ok(Segment::Parent),
+        _ => {}
+    }
+    // Both forms: the plain rules must hold whether or not the upstream normalizes.
+    for form in [Cow::Borrowed(decoded.as_str()), nfkc(&decoded)] {
+        check_decoded(&form)?;
+    }
+    Ok(Segment::Name(decoded))
+}
+
+/// The rules on a decoded segment (or its normalized form) that decoding alone does not
+/// enforce: no separator, no `%`, no control byte, not dot-like.
+fn check_decoded(segment: &str) -> Result<(), TargetError> {
+    if segment.contains(['/', '\\']) || segment.contains(SEPARATOR_CONFUSABLES) {
+        return Err(TargetError::EncodedSeparator);
+    }
+    if segment.contains('%') {
+        return Err(TargetError::DoubleEncoding);
+    }
+    if segment.chars().any(|c| c.is_ascii_control()) {
+        return Err(TargetError::ControlByte);
+    }
+    if is_dot_like(segment) {
+        return Err(TargetError::AmbiguousDotSegment);
+    }
+    Ok(())
+}
+
+/// Separator look-alikes that NFKC leaves alone but other foldings turn into `/` or `\`
+/// (Windows "best fit" code-page conversion, confusable skeletons): refused like the
+/// separators themselves, as sent and in the NFKC form (`½` is `1⁄2` there).
+const SEPARATOR_CONFUSABLES: [char; 5] = [
+    '\u{2044}', // FRACTION SLASH
+    '\u{2215}', // DIVISION SLASH
+    '\u{29F5}', // REVERSE SOLIDUS OPERATOR
+    '\u{29F8}', // BIG SOLIDUS
+    '\u{29F9}', // BIG REVERSE SOLIDUS
+];
+
+/// The Unicode compatibility normalization (NFKC) of `text`, borrowed when it is already
+/// normalized (all ASCII is).
+fn nfkc(text: &str) -> Cow<'_, str> {
+    ComposingNormalizerBorrowed::new_nfkc().normalize(text)
 }
 
 /// Percent-decodes one path segment strictly and refuses what an upstream could read as
@@ -223,43 +298,15 @@ fn decode_segment(raw: &str) -> Result<String, TargetError> {
     if out.iter().any(|b| b.is_ascii_control()) {
         return Err(TargetError::ControlByte);
     }
-    let segment = String::from_utf8(out).map_err(|_| TargetError::NotUtf8)?;
-    if segment.chars().any(|c| SEPARATOR_LOOKALIKES.contains(&c)) {
-        return Err(TargetError::EncodedSeparator);
-    }
-    Ok(segment)
+    String::from_utf8(out).map_err(|_| TargetError::NotUtf8)
 }
 
-/// Characters that Unicode compatibility normalization (NFKC), applied by some servers and
-/// frameworks to paths, turns into `/` or `\`.
-const SEPARATOR_LOOKALIKES: [char; 6] = [
-    '\u{2044}', // FRACTION SLASH
-    '\u{2215}', // DIVISION SLASH
-    '\u{29F5}', // REVERSE SOLIDUS OPERATOR
-    '\u{FE68}', // SMALL REVERSE SOLIDUS
-    '\u{FF0F}', // FULLWIDTH SOLIDUS
-    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
-];
-
-/// Characters that NFKC turns into one or more `.`.
-const DOT_LOOKALIKES: [char; 5] = [
-    '\u{2024}', // ONE DOT LEADER
-    '\u{2025}', // TWO DOT LEADER
-    '\u{2026}', // HORIZONTAL ELLIPSIS
-    '\u{FE52}', // SMALL FULL STOP
-    '\u{FF0E}', // FULLWIDTH FULL STOP
-];
-
 /// A segment that is neither `.` nor `..` but that some server could still take for one:
-/// only dots and whitespace (`...`, `. `, ` ..`), dots followed by `;parameters`, or
-/// characters that normalize to dots (`．．`, `‥`).
+/// only dots and whitespace (`...`, `. `, ` ..`), or dots followed by `;parameters`.
 fn is_dot_like(segment: &str) -> bool {
     let name = segment.split(';').next().unwrap_or(segment);
     let core = name.trim_matches(|c: char| c.is_whitespace());
-    !core.is_empty()
-        && core
-            .chars()
-            .all(|c| c == '.' || DOT_LOOKALIKES.contains(&c))
+    !core.is_empty() && core.chars().all(|c| c == '.')
 }
 
 #[cfg(test)]
@@ -384,6 +431,15 @@ mod tests {
             ("/v1/..%EF%BC%BCx", EncodedSeparator),   // ..＼x
             ("/v1/a%E2%88%95b", EncodedSeparator),    // ∕
             ("/v1/a%E2%81%84b", EncodedSeparator),    // ⁄
+            ("/v1/%EF%B8%B0/x", AmbiguousDotSegment), // ︰ (NFKC: ..)
+            ("/v1/%EF%B8%99/x", AmbiguousDotSegment), // ︙ (NFKC: ...)
+            ("/v1/..%CD%BEx/y", AmbiguousDotSegment), // ..; with GREEK QUESTION MARK (NFKC: ;)
+            ("/v1/%E2%84%80", EncodedSeparator),      // ℀ (NFKC: a/c)
+            ("/v1/%E2%84%81", EncodedSeparator),      // ℁ (a/s)
+            ("/v1/x%E2%84%85y", EncodedSeparator),    // ℅ (c/o)
+            ("/v1/%E2%84%86", EncodedSeparator),      // ℆ (c/u)
+            ("/v1/%EF%BC%852e%EF%BC%852e", DoubleEncoding), // ％2e％2e (NFKC: %2e%2e)
+            ("/v1/a%EF%B9%AAb", DoubleEncoding),      // ﹪
             ("/responses", NotUnderV1),
             ("/v1", NotUnderV1),
             ("/v2/x", NotUnderV1),
@@ -412,6 +468,94 @@ mod tests {
             b.resolve_parts("/v1/..\u{FF0F}x", None),
             Err(TargetError::EncodedSeparator)
         );
+    }
+
+    /// Every `char` (not only known look-alikes): a segment holding it is refused exactly
+    /// when its NFKC form breaks a plain rule — no character that normalizes to a
+    /// separator, `%`, or dots is ever forwarded, and every other one is.
+    #[test]
+    fn every_character_that_normalizes_onto_structure_is_refused_and_no_other() {
+        let encode = |text: &str| -> String { text.bytes().map(|b| format!("%{b:02X}")).collect() };
+        let separator = |t: &str| t.contains(['/', '\\']) || t.contains(SEPARATOR_CONFUSABLES);
+        let dots_only = |t: &str| {
+            let core = t.trim_matches(char::is_whitespace);
+            !core.is_empty() && core.chars().all(|c| c == '.')
+        };
+        let (mut refused, mut checked) = (0u32, 0u32);
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            if c.is_ascii_control() || c == '.' {
+                continue; // refused as control bytes / the plain dot segment: tested above
+            }
+            let alone = c.to_string();
+            let form = nfkc(&alone);
+            checked += 1;
+            // Inside a name: refused iff the normalized form holds structure.
+            let inside = format!("a{c}b");
+            let breaks = {
+                let n = nfkc(&inside);
+                separator(&n) || n.contains('%') || n.chars().any(|c| c.is_ascii_control())
+            };
+            match classify(&encode(&inside)) {
+                Ok(Segment::Name(name)) => {
+                    assert!(!breaks, "U+{:04X} accepted inside a name", u32::from(c));
+                    assert_eq!(name, inside);
+                }
+                Ok(other) => panic!("U+{:04X} inside a name gave {other:?}", u32::from(c)),
+                Err(_) => {
+                    assert!(breaks, "U+{:04X} refused inside a name", u32::from(c));
+                    refused += 1;
+                }
+            }
+            // Alone, doubled, after a dot, before `;`: refused when it normalizes to dots.
+            if dots_only(&form) {
+                for segment in [
+                    alone.clone(),
+                    format!("{c}{c}"),
+                    format!(".{c}"),
+                    format!("{c};x"),
+                ] {
+                    assert!(
+                        classify(&encode(&segment)).is_err(),
+                        "U+{:04X} accepted in {segment:?}",
+                        u32::from(c)
+                    );
+                }
+            }
+            // A character that normalizes to `;` makes `..` before it ambiguous.
+            if form == ";" {
+                assert_eq!(
+                    classify(&encode(&format!("..{c}x"))),
+                    Err(TargetError::AmbiguousDotSegment),
+                    "U+{:04X}",
+                    u32::from(c)
+                );
+            }
+        }
+        // The walk saw the whole range and found the known members of the class.
+        assert!(checked > 1_100_000, "{checked}");
+        // `/ \ %`, 5 confusables, 9 NFKC look-alikes (`／ ＼ ﹨ ％ ﹪ ℀ ℁ ℅ ℆`) at least,
+        // plus the characters whose NFKC holds a confusable (`½`, `⅓`, …).
+        assert!(refused >= 17, "{refused}");
+        for c in [
+            '\u{FE30}', '\u{FE19}', '\u{2024}', '\u{2025}', '\u{2026}', '\u{FF0E}',
+        ] {
+            assert_eq!(
+                classify(&encode(&c.to_string())),
+                Err(TargetError::AmbiguousDotSegment),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        for c in [
+            '\u{2100}', '\u{2101}', '\u{2105}', '\u{2106}', '\u{FF0F}', '\u{FF3C}',
+        ] {
+            assert_eq!(
+                classify(&encode(&c.to_string())),
+                Err(TargetError::EncodedSeparator),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
     }
 
     #[test]
@@ -475,6 +619,12 @@ mod tests {
             Just("%EF%BC%8F".to_owned()),
             Just("\u{FF0E}".to_owned()),
             Just("\u{2025}".to_owned()),
+            Just("\u{FE30}".to_owned()),
+            Just("\u{2100}".to_owned()),
+            Just("\u{037E}".to_owned()),
+            Just("%EF%B8%B0".to_owned()),
+            Just("%E2%84%85".to_owned()),
+            Just("%EF%BC%85".to_owned()),
             Just("%40".to_owned()),
             Just(":".to_owned()),
             Just("?".to_owned()),
