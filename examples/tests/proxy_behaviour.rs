@@ -367,6 +367,15 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_account_headers_swapped() 
         .header("openai-beta", "responses=experimental")
         .header("session_id", "s-1")
         .header("x-mock-send-hop-headers", "1")
+        .header("expect", "100-continue")
+        .header("x-forwarded", "for=evil.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .header("x-original-uri", "/oauth/token")
+        .header("x-envoy-original-path", "/oauth/token")
+        .header("x-http-method-override", "DELETE")
+        .header("x-method-override", "DELETE")
+        .header("x-http-method", "DELETE")
         .send()
         .await
         .unwrap();
@@ -387,6 +396,15 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_account_headers_swapped() 
         "proxy-authorization",
         "te",
         "x-api-key",
+        "expect",
+        "x-forwarded",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-original-uri",
+        "x-envoy-original-path",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
     ] {
         assert!(
             !seen.header_names.iter().any(|h| h == name),
@@ -1080,6 +1098,12 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
         "POST /v1/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/oauth/token HTTP/1.1",
         "POST /v1/..%EF%BC%8F..%EF%BC%8Foauth%EF%BC%8Ftoken HTTP/1.1",
         "POST /v1/%E2%80%A5/%E2%80%A5/oauth/token HTTP/1.1",
+        // NFKC look-alikes found by walking every character, not by a list.
+        "POST /v1/%EF%B8%B0/%EF%B8%B0/oauth/token HTTP/1.1", // ︰ → ..
+        "POST /v1/%EF%B8%99/oauth/token HTTP/1.1",           // ︙ → ...
+        "POST /v1/..%CD%BE/..%CD%BE/oauth/token HTTP/1.1",   // ..; (U+037E → ;)
+        "POST /v1/x%E2%84%85..%E2%84%85oauth HTTP/1.1",      // ℅ → c/o
+        "POST /v1/%EF%BC%852e%EF%BC%852e/oauth/token HTTP/1.1", // ％2e → %2e
         "POST /v1/../../oauth/token?x=1 HTTP/1.1",
         "POST http://evil.example/v1/responses HTTP/1.1",
         "POST http://evil.example:8080/v1/../x HTTP/1.1",
@@ -1197,6 +1221,74 @@ async fn request_targets_that_leave_the_upstream_base_path_get_400_and_are_never
         }
     }
     let status = h.stop().await;
+    assert_invariant(&status);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn methods_the_proxy_does_not_forward_get_405_and_are_never_sent() {
+    let h = harness(
+        MockConfig::default().base_path(BASE_PATH),
+        &["ws-a"],
+        |_| {},
+    )
+    .await;
+    let auth = format!("authorization: Bearer {}", h.token.secret().expose());
+    // A path target with CONNECT would become `CONNECT host:port` in the HTTP client: a
+    // tunnel request carrying the account's credentials outside the base path.
+    let refused = [
+        "CONNECT /v1/x HTTP/1.1",
+        "CONNECT /v1/responses HTTP/1.1",
+        "CONNECT /v1/../x HTTP/1.1",
+        "TRACE /v1/responses HTTP/1.1",
+        "OPTIONS /v1/responses HTTP/1.1",
+        "PROPFIND /v1/responses HTTP/1.1",
+        "MKCOL /v1/x HTTP/1.1",
+        "BREW /v1/responses HTTP/1.1",
+        "post /v1/responses HTTP/1.1",
+    ];
+    for line in refused {
+        let (code, text) = common::raw_exchange_with_body(
+            h.proxy.addr(),
+            &format!("{line}\r\nhost: evil.example\r\n{auth}\r\ncontent-type: application/json"),
+            b"{}",
+        )
+        .await;
+        assert_eq!(code, 405, "{line} → {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nallow: get, head, post, put, patch, delete\r\n"),
+            "{line} → {text}"
+        );
+        assert!(lower.contains("application/json"), "{text}");
+        assert!(text.contains(r#""type":"method_not_allowed""#), "{text}");
+    }
+    assert!(
+        h.mock.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        h.mock.seen()
+    );
+    let c = h.proxy.status().counters;
+    assert_eq!(c.rejected_method, refused.len() as u64, "{c:?}");
+    assert_eq!((c.requests, c.attempts), (0, 0), "{c:?}");
+
+    // The methods of an HTTP API are forwarded as they came, under the base path.
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+        let before = h.mock.seen().len();
+        let (code, text) = common::raw_exchange_with_body(
+            h.proxy.addr(),
+            &format!("{method} /v1/models HTTP/1.1\r\nhost: evil.example\r\n{auth}"),
+            b"",
+        )
+        .await;
+        assert_ne!(code, 405, "{method} → {text}");
+        let seen = h.mock.seen();
+        assert_eq!(seen.len(), before + 1, "{method}: {seen:?}");
+        assert_eq!(seen[before].method, method);
+        assert_eq!(seen[before].target, "/backend-api/codex/models");
+    }
+    let status = h.stop().await;
+    assert_eq!(status.counters.rejected_method, refused.len() as u64);
+    assert_eq!(status.counters.requests, 6);
     assert_invariant(&status);
 }
 

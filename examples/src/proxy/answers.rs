@@ -1,11 +1,12 @@
 //! The answers the proxy writes itself (not the upstream's): the JSON error shape shared by
 //! every refusal, and the refusals counted apart from account selection (`413`, `503` for a
-//! spent body budget, `400` for a request target outside the upstream base path).
+//! spent body budget, `400` for a request target outside the upstream base path, `405` for a
+//! method the proxy does not forward).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use super::{BoxBody, Shared, target};
@@ -87,4 +88,37 @@ pub(super) fn bad_target(shared: &Shared, error: target::TargetError) -> Respons
         &error.to_string(),
         None,
     )
+}
+
+/// The methods the proxy forwards. Anything else is answered `405` and never sent: `CONNECT`
+/// (the HTTP client would turn `CONNECT /v1/x` into `CONNECT host:port`, a tunnel carrying the
+/// account's credentials to a target outside the base path), `TRACE` (echoes the request,
+/// credentials included), `OPTIONS` and extension methods (no Responses API endpoint uses
+/// them, and their meaning to an upstream or a front end is unknown).
+pub(super) const FORWARDED_METHODS: [Method; 6] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// The `Allow` header of a `405`: [`FORWARDED_METHODS`].
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+
+pub(super) fn bad_method(shared: &Shared, method: &Method) -> Response<BoxBody> {
+    shared.lock().counters.rejected_method += 1;
+    // A method is a token (no spaces or control characters), safe to log.
+    tracing::warn!(%method, "rejected: a method the proxy does not forward");
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("the proxy forwards only {ALLOW}"),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+    response
 }

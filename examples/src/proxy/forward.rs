@@ -14,7 +14,7 @@ use rotation_policy::{AccountId, Decision, Outcome, Selection};
 use serde_json::value::RawValue;
 
 use super::accounts::{AccountCredentials, AfterRejection};
-use super::answers::{bad_target, busy, json_error, too_large};
+use super::answers::{FORWARDED_METHODS, bad_method, bad_target, busy, json_error, too_large};
 use super::budget::{self, BodyRefusal};
 use super::in_flight::{Answer, Pending};
 use super::stream::stream_back;
@@ -106,8 +106,11 @@ async fn step(
 pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody> {
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
-    // Where the request goes is settled before any body byte is read, and refused requests
-    // never reach the upstream.
+    // How and where the request goes is settled before any body byte is read, and refused
+    // requests never reach the upstream.
+    if !FORWARDED_METHODS.contains(&parts.method) {
+        return bad_method(&shared, &parts.method);
+    }
     let url = match shared.upstream.resolve(&parts.uri) {
         Ok(url) => url,
         Err(error) => return bad_target(&shared, error),
@@ -343,9 +346,34 @@ fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request
     });
     let request = rotation_policy::Request::new(family);
     match session {
-        Some(session) => request.with_session(session),
+        Some(session) => request.with_session(session_key(session)),
         None => request,
     }
+}
+
+/// Longest session key the policy is given as sent; longer ones are replaced by their digest.
+const SESSION_KEY_MAX: usize = 128;
+
+/// The key the policy remembers a session by (for its affinity window, 30 minutes by
+/// default): the client's value when it is at most [`SESSION_KEY_MAX`] bytes, else
+/// `sha256:` and the hex digest of it (71 bytes). A header is limited only by hyper's header
+/// buffer, so without this every request could leave hundreds of kilobytes in the policy's
+/// session table; the digest keeps affinity (same value, same key) at a bounded size.
+fn session_key(session: String) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+
+    if session.len() <= SESSION_KEY_MAX {
+        return session;
+    }
+    let digest = Sha256::digest(session.as_bytes());
+    let mut key = String::with_capacity("sha256:".len() + 2 * digest.len());
+    key.push_str("sha256:");
+    for byte in digest {
+        // ok: writing to a String cannot fail.
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
 }
 
 /// Asks the policy for an account and takes one dispatch from it. `Err(Some(wait))`: every
@@ -520,5 +548,39 @@ mod tests {
         assert_eq!((r.family(), r.session()), ("*", Some("h-1")));
         let r = routing_request(br#"{"model":""}"#, &HeaderMap::new());
         assert_eq!((r.family(), r.session()), ("*", None));
+    }
+
+    #[test]
+    fn long_session_keys_are_replaced_by_a_fixed_size_digest() {
+        // Up to the limit, the key is the client's value.
+        let short = "s".repeat(SESSION_KEY_MAX);
+        assert_eq!(session_key(short.clone()), short);
+        // Past it, a digest: the same size whatever the input, the same for the same
+        // input (affinity holds), different for different inputs.
+        let long = "s".repeat(SESSION_KEY_MAX + 1);
+        let huge = "s".repeat(300 * 1024);
+        for key in [session_key(long.clone()), session_key(huge.clone())] {
+            assert_eq!(key.len(), "sha256:".len() + 64, "{key}");
+            assert!(key.starts_with("sha256:"), "{key}");
+            assert!(key.len() <= SESSION_KEY_MAX);
+        }
+        assert_eq!(session_key(huge.clone()), session_key(huge.clone()));
+        assert_ne!(session_key(long), session_key(huge.clone()));
+        // A known answer (`printf 'x%.0s' {1..200} | sha256sum`): lower-case hex of the bytes.
+        assert_eq!(
+            session_key("x".repeat(200)),
+            "sha256:aa20c23e3201834050679e1d88941b9a6fed0557c9a705cb2c315e2e63fd486d"
+        );
+
+        // Both sources of a session go through it: a 300 KB `session_id` header...
+        let mut headers = HeaderMap::new();
+        headers.insert("session_id", HeaderValue::from_str(&huge).unwrap());
+        let r = routing_request(b"{}", &headers);
+        assert_eq!(r.session(), Some(session_key(huge.clone()).as_str()));
+        // ...and a body's `prompt_cache_key` (decoded up to PEEK_FIELD_MAX).
+        let key = "k".repeat(PEEK_FIELD_MAX - 2);
+        let body = format!(r#"{{"prompt_cache_key":"{key}"}}"#);
+        let r = routing_request(body.as_bytes(), &HeaderMap::new());
+        assert_eq!(r.session(), Some(session_key(key).as_str()));
     }
 }

@@ -33,22 +33,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Request headers that some servers and front ends read as the request's real origin or
-/// path (`X-Forwarded-Host: evil`, `X-Original-URL: /admin`). The proxy alone decides where
-/// a request goes, so a client's claims about it are never passed on.
-const ROUTING_CLAIMS: [&str; 6] = [
+/// Request headers that some servers and front ends read as the request's real origin,
+/// path or method (`X-Forwarded-Host: evil`, `X-Original-URL: /admin`,
+/// `X-HTTP-Method-Override: DELETE`). The proxy alone decides where a request goes and with
+/// which method, so a client's claims about them are never passed on. Every name starting
+/// with `x-forwarded-` is dropped too (see [`is_forwarded_claim`]).
+const ROUTING_CLAIMS: [&str; 14] = [
     "forwarded",
+    "x-forwarded",
     "x-original-url",
+    "x-original-uri",
+    "x-original-host",
     "x-rewrite-url",
+    "x-envoy-original-path",
     "x-host",
     "x-http-host-override",
     "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
 ];
+
+/// `X-Forwarded-For`, `-Host`, `-Proto`, `-Port`, `-Prefix`, `-Server`, …: a family whose
+/// members front ends keep adding, so it is matched by prefix.
+fn is_forwarded_claim(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-")
+}
 
 /// Request headers the proxy replaces or recomputes instead of forwarding: the client's
 /// credentials (the wrapper token), the account headers it sets per attempt, `Host` and
-/// `Content-Length` (set by the HTTP client for the outgoing request), and every routing
-/// claim (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`, …).
+/// `Content-Length` (set by the HTTP client for the outgoing request), `Expect` (hyper
+/// answers `100-continue` to the client itself when the body is read; the upstream gets the
+/// body whole), and every routing claim (`Forwarded`, `X-Forwarded*`, `X-Original-URL`,
+/// method overrides, …).
 pub(crate) fn strip_request_only(headers: &mut HeaderMap) {
     for name in [
         header::AUTHORIZATION.as_str(),
@@ -57,6 +75,7 @@ pub(crate) fn strip_request_only(headers: &mut HeaderMap) {
         header::HOST.as_str(),
         header::CONTENT_LENGTH.as_str(),
         header::COOKIE.as_str(),
+        header::EXPECT.as_str(),
     ]
     .into_iter()
     .chain(ROUTING_CLAIMS)
@@ -65,7 +84,7 @@ pub(crate) fn strip_request_only(headers: &mut HeaderMap) {
     }
     let forwarded: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .filter(|k| is_forwarded_claim(k))
         .cloned()
         .collect();
     for name in forwarded {
@@ -107,22 +126,44 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer wrapper"));
         h.insert("x-api-key", HeaderValue::from_static("wrapper"));
         h.insert("session_id", HeaderValue::from_static("abc"));
+        h.insert(
+            "openai-beta",
+            HeaderValue::from_static("responses=experimental"),
+        );
         for claim in [
             "host",
+            "cookie",
+            "content-length",
+            "expect",
+            "chatgpt-account-id",
             "forwarded",
+            "x-forwarded",
+            "x-forwarded-for",
             "x-forwarded-host",
             "x-forwarded-proto",
             "x-forwarded-port",
             "x-forwarded-prefix",
+            "x-forwarded-server",
             "x-original-url",
+            "x-original-uri",
+            "x-original-host",
             "x-rewrite-url",
+            "x-envoy-original-path",
+            "x-host",
+            "x-http-host-override",
+            "x-real-ip",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-method",
         ] {
             h.insert(claim, HeaderValue::from_static("evil.example"));
         }
+        // Names that only look like the family are kept.
+        h.insert("x-forwardedness", HeaderValue::from_static("1"));
         strip_request_only(&mut h);
-        assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["session_id"]
-        );
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["openai-beta", "session_id", "x-forwardedness"]);
     }
 }

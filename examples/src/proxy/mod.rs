@@ -30,15 +30,21 @@
 //!
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
 //! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s, `413`s, body-budget
-//! `503`s and request-target `400`s are counted apart, as they never reach account selection).
+//! `503`s, request-target `400`s and method `405`s are counted apart, as they never reach
+//! account selection).
+//!
+//! Only `GET`, `HEAD`, `POST`, `PUT`, `PATCH` and `DELETE` are forwarded; any other method
+//! (`CONNECT`, `TRACE`, `OPTIONS`, extension methods) is answered `405` with `Allow` and never
+//! sent upstream.
 //!
 //! The request target is mapped to the upstream URL by a pure module with its own rules
 //! table (`target.rs`): decoded and normalized first, anything that would leave
 //! `{upstream}/` (dot segments plain or percent-encoded in any case, encoded separators,
-//! control bytes, double encoding, absolute-form targets) is answered `400` and never sent,
-//! and nothing from the client changes the upstream scheme, host or port. Request bodies are
-//! drawn from a global budget ([`ProxyOptions::body_budget`]) besides the per-request cap:
-//! over the budget is `503` with `Retry-After`.
+//! control bytes, double encoding, segments whose NFKC form holds a separator or is dots
+//! only, absolute-form targets) is answered `400` and never sent, and nothing from the
+//! client changes the upstream scheme, host or port. Request bodies are drawn from a global
+//! budget ([`ProxyOptions::body_budget`]) besides the per-request cap: over the budget is
+//! `503` with `Retry-After`.
 //!
 //! ```
 //! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
@@ -260,6 +266,9 @@ pub struct ProxyCounters {
     /// Requests refused (`400`) for a target that would leave the upstream base path or
     /// is not a plain path (never sent upstream).
     pub rejected_bad_target: u64,
+    /// Requests refused (`405`) for a method the proxy does not forward (`CONNECT`,
+    /// `TRACE`, `OPTIONS`, extension methods; never sent upstream).
+    pub rejected_method: u64,
     /// Bytes of request bodies held right now (reserved from the body budget).
     pub body_bytes_held: u64,
     /// Response streams open right now.
@@ -519,7 +528,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody
 
 #[cfg(test)]
 mod tests {
-    use super::answers::{busy, too_large};
+    use super::answers::{FORWARDED_METHODS, bad_method, busy, too_large};
     use super::*;
     use http_body_util::BodyExt;
 
@@ -553,6 +562,7 @@ mod tests {
                 "400 bad target",
                 bad_target(&shared, target::TargetError::Escapes),
             ),
+            ("405 method", bad_method(&shared, &Method::TRACE)),
             (
                 "429 exhausted",
                 json_error(
@@ -589,10 +599,20 @@ mod tests {
                 counters.rejected_too_large,
                 counters.rejected_busy,
                 counters.rejected_bad_target,
+                counters.rejected_method,
                 counters.requests
             ),
-            (1, 1, 1, 0)
+            (1, 1, 1, 1, 0)
         );
+        // `Allow` lists exactly the methods that are forwarded.
+        let allow = bad_method(&shared, &Method::CONNECT);
+        let listed: Vec<&str> = allow.headers()[header::ALLOW]
+            .to_str()
+            .unwrap()
+            .split(", ")
+            .collect();
+        let forwarded: Vec<&str> = FORWARDED_METHODS.iter().map(Method::as_str).collect();
+        assert_eq!(listed, forwarded);
     }
 
     #[tokio::test]
