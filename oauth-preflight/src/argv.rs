@@ -150,6 +150,9 @@ fn node(args: &[String]) -> Launch<'_> {
     }
 }
 
+/// `--snapshot-blob BLOB` is deliberately absent from every list: node then runs the
+/// snapshot's own main function, and the next argument is only an argument, not a script.
+/// Unknown means unreadable, so such a command line never matches.
 fn node_arity(name: &str) -> Option<Arity> {
     const VALUE: &[&str] = &[
         "-r",
@@ -173,7 +176,6 @@ fn node_arity(name: &str) -> Option<Arity> {
         "--experimental-default-type",
         "--experimental-sea-config",
         "--build-snapshot-config",
-        "--snapshot-blob",
         "--icu-data-dir",
         "--openssl-config",
         "--redirect-warnings",
@@ -646,6 +648,17 @@ mod tests {
     const TABLE: &[(Interpreter, &[&str], Launch<'static>)] = &[
         // node: the script, not an option's value.
         (Node, &["node", "codex.js", "login"], Script("codex.js")),
+        // A startup snapshot runs its own main: `codex.js` is only an argument.
+        (
+            Node,
+            &["node", "--snapshot-blob", "snap.blob", "codex.js"],
+            Unreadable,
+        ),
+        (
+            Node,
+            &["node", "--snapshot-blob=snap.blob", "codex.js"],
+            Unreadable,
+        ),
         (
             Node,
             &["node", "-r", "codex.js", "server.js"],
@@ -830,7 +843,7 @@ mod tests {
             ("python", Some(Python)),
             ("/root/.bun/bin/bun", Some(Bun)),
             ("deno", Some(Deno)),
-            ("/usr/bin/node (deleted)", Some(Node)),
+            ("/usr/bin/node (deleted)", None),
             ("pythonista", None),
             ("nodemon", None),
             ("codex", None),

@@ -254,6 +254,22 @@ pub(crate) fn decide(
             method,
         }));
     }
+    // A socket another user created may also be held by that user's processes, whose
+    // descriptor tables only root can read: without root, such a port is never freed on the
+    // strength of the holders we happen to see.
+    if let Some(me) = our_uid.filter(|&me| me != 0)
+        && let Some(h) = found
+            .holders
+            .iter()
+            .find(|h| h.socket_uid.is_some_and(|owner| owner != me))
+    {
+        return Err(Box::new(Outcome::HeldByUnknown {
+            addr,
+            socket: h.socket,
+            socket_uid: h.socket_uid,
+            method,
+        }));
+    }
     Ok(processes)
 }
 
@@ -438,6 +454,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(*mixed, Outcome::HeldByForeign { ref holder, .. } if holder.pid == 12));
+
+        // Without root, a socket another user created may have holders we cannot see.
+        let mut theirs = on_v4(codex(10, 1000));
+        theirs.socket_uid = Some(0);
+        let hidden = decide(
+            &found(vec![theirs.clone()], BindProbe::InUse),
+            &p,
+            Some(1000),
+            &[1],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            *hidden,
+            Outcome::HeldByUnknown {
+                socket_uid: Some(0),
+                ..
+            }
+        ));
+        // Root sees every holder; the visible codex is then ours to decide on by its uid.
+        let as_root =
+            decide(&found(vec![theirs], BindProbe::InUse), &p, Some(0), &[1]).unwrap_err();
+        assert!(matches!(*as_root, Outcome::HeldByOtherUser { .. }));
 
         let unseen = PortHolder {
             socket: "[::]:1455".parse().unwrap(),

@@ -212,9 +212,10 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split(['/', '\\']).filter(|c| !c.is_empty())
 }
 
-/// Last path component; a trailing " (deleted)" (Linux, binary replaced while running) is dropped.
+/// Last path component, as written. (The ` (deleted)` Linux appends to a deleted
+/// executable is removed where the executable is read, never from argv: the kernel does
+/// not add it there, so in a command line it is part of the name.)
 pub(crate) fn basename(path: &str) -> &str {
-    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     components(path).last().unwrap_or("")
 }
 
@@ -262,7 +263,6 @@ mod tests {
                     "login",
                 ],
             ),
-            proc_(Some("/opt/codex/codex (deleted)"), &["codex", "login"]),
             proc_(None, &["C:\\Users\\me\\AppData\\codex.exe", "login"]),
             // The npm global shim: `#!/usr/bin/env node` runs the linked script.
             proc_(
@@ -295,6 +295,14 @@ mod tests {
             proc_(Some("/usr/bin/vscodex"), &["vscodex"]),
             proc_(Some("/usr/bin/not-codex-tool"), &["not-codex-tool"]),
             proc_(Some("/usr/bin/codex-helper"), &["codex-helper", "login"]),
+            // " (deleted)" is removed only where the kernel adds it (reading `exe`): in a
+            // name or a command line it is part of the name.
+            proc_(
+                Some("/opt/codex/codex (deleted)"),
+                &["codex (deleted)", "login"],
+            ),
+            proc_(Some("/usr/bin/node"), &["node", "codex.js (deleted)"]),
+            proc_(None, &["codex (deleted)", "login"]),
             proc_(None, &[]),
             proc_(None, &[""]),
             proc_(

@@ -42,7 +42,10 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// Short name (`/proc/<pid>/comm` on Linux, cut at 15 bytes there).
     pub name: String,
-    /// Path of the executable, when readable. A trailing ` (deleted)` is kept out.
+    /// Path of the executable, when readable. The ` (deleted)` the kernel appends to a
+    /// deleted executable is kept out. Serialized as text (bytes that are not UTF-8 become
+    /// U+FFFD), so a hostile path never makes the JSON fail.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_lossy_path"))]
     pub exe: Option<PathBuf>,
     /// Command line, when readable (may be empty for kernel threads or zombies).
     pub argv: Vec<String>,
@@ -50,6 +53,17 @@ pub struct ProcessInfo {
     pub uid: Option<u32>,
     /// Start time, used to detect pid reuse before signalling.
     pub start_time: Option<StartTime>,
+}
+
+#[cfg(feature = "serde")]
+fn serialize_lossy_path<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => serializer.serialize_some(&path.to_string_lossy()),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl ProcessInfo {
@@ -154,6 +168,17 @@ impl fmt::Display for ProcessInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(unix, feature = "serde"))]
+    #[test]
+    fn an_executable_path_that_is_not_utf8_still_serializes() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let exe = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/\x85web/server"));
+        let p = ProcessInfo::new(7, "server").with_exe(exe);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["exe"], "/srv/\u{fffd}web/server");
+        assert_eq!(json["pid"], 7);
+    }
 
     #[test]
     fn same_process_needs_a_known_equal_start_time() {

@@ -83,7 +83,16 @@ fn npm_launched_codex_login_is_freed() {
 /// 1455, frees the port, and checks the outcome, the port and that the launcher exited.
 fn login_then_free(test: &str, mut cmd: Command) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], CODEX_CALLBACK_PORT));
-    let before = inspect(addr).unwrap();
+    // The other test's login may still be letting go of the port: wait for it (bounded)
+    // before calling the port taken by something else.
+    let mut before = inspect(addr).unwrap();
+    for _ in 0..50 {
+        if before.is_free() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        before = inspect(addr).unwrap();
+    }
     if !before.is_free() {
         let who: Vec<String> = before.processes().iter().map(ToString::to_string).collect();
         skip(

@@ -220,6 +220,46 @@ fn rows() -> Vec<Row> {
             stdin: None,
         },
         Row {
+            name: "node --snapshot-blob BLOB codex.js (the snapshot's main runs, not codex.js)",
+            must_free: false,
+            build: |t, d| {
+                // Build a startup snapshot whose main function is the listener.
+                let entry = d.join("other/snapshot-entry.js");
+                write(
+                    &entry,
+                    &format!(
+                        "require('v8').startupSnapshot.setDeserializeMainFunction(() => {{\n{NODE_LISTENER}}});\n"
+                    ),
+                    0o644,
+                );
+                let built = Command::new(&t.node)
+                    .current_dir(d)
+                    .args(["--snapshot-blob", "other/snap.blob", "--build-snapshot"])
+                    .arg(&entry)
+                    .status()
+                    .unwrap();
+                assert!(built.success(), "node --build-snapshot");
+                node_with(
+                    t,
+                    d,
+                    &["--snapshot-blob", "other/snap.blob", "helper/codex.js"],
+                )
+            },
+            stdin: None,
+        },
+        Row {
+            name: "an executable really named `codex (deleted)` (not deleted)",
+            must_free: false,
+            build: |t, d| {
+                let exe = d.join("other/codex (deleted)");
+                std::fs::copy(&t.python, &exe).unwrap();
+                let mut c = Command::new(&exe);
+                c.current_dir(d).args(["-c", PY_LISTENER]);
+                c
+            },
+            stdin: None,
+        },
+        Row {
             name: "python3 -Bc CODE with argv[0] set to codex",
             must_free: false,
             build: |t, d| {
@@ -428,4 +468,53 @@ fn hostile_names_and_argv_are_escaped_in_messages_and_kept_raw_in_json() {
         let argv = back["holders"][0]["process"]["argv"].as_array().unwrap();
         assert_eq!(argv.last().and_then(|a| a.as_str()), Some(forged));
     }
+}
+
+/// A `codex` holder (a python3 copy so named) hands its socket to a python3 child that then
+/// renames itself with bytes that are not UTF-8: the child is still a holder, so the port is
+/// refused and both survive (a name that cannot be read as text must never hide a holder).
+const SHARE_PY: &str = "import socket, subprocess, sys, time\n\
+s = socket.socket()\n\
+s.bind(('127.0.0.1', 0))\n\
+s.listen(8)\n\
+child = \"import ctypes, time\\nctypes.CDLL(None).prctl(15, b'web-server\\\\xff', 0, 0, 0)\\ntime.sleep(60)\\n\"\n\
+p = subprocess.Popen([sys.argv[1], '-c', child], pass_fds=[s.fileno()])\n\
+time.sleep(0.5)\n\
+print(s.getsockname()[1], flush=True)\n\
+time.sleep(60)\n";
+
+#[test]
+fn a_sibling_whose_name_is_not_utf8_still_refuses_its_codex_sibling() {
+    let python = python3().expect("python3 is installed by .ci/run");
+    let dir = tempfile::tempdir().unwrap();
+    let codex = dir.path().join("codex");
+    std::fs::copy(&python, &codex).unwrap();
+    let mut cmd = Command::new(&codex);
+    cmd.args(["-c", SHARE_PY]).arg(&python);
+    let (child, port) = start_and_read_port(&mut cmd, None);
+    let mut h = holder(child, v4(port), codex.clone(), dir);
+    let found = inspect(h.addr).unwrap();
+    assert_eq!(found.processes().len(), 2, "{found:?}");
+    assert!(
+        found
+            .processes()
+            .iter()
+            .any(|p| p.name.starts_with("web-server") && p.pid != h.pid()),
+        "the renamed child is a described holder: {found:?}"
+    );
+    let outcome = free(h.addr, &quick());
+    assert!(
+        matches!(outcome, Outcome::HeldByForeign { .. }),
+        "expected a refusal, got {outcome}"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(h.is_alive(), "the codex sibling must survive");
+    let bound = std::net::TcpListener::bind(h.addr);
+    assert!(bound.is_err(), "the child still holds the port");
+    for p in found.processes().iter().filter(|p| p.pid != h.pid()) {
+        let _ = Command::new("kill")
+            .args(["-9", &p.pid.to_string()])
+            .status();
+    }
+    let _ = h.child.kill();
 }

@@ -184,11 +184,18 @@ fn holders_of(root: &Path, sockets: Vec<SocketRow>, scan: Scan) -> Vec<PortHolde
     let mut holders = Vec::new();
     for s in sockets {
         let pids = owners.get(&s.inode).map(Vec::as_slice).unwrap_or_default();
-        let described: Vec<ProcessInfo> = pids
-            .iter()
-            .filter_map(|&pid| describe_in(root, pid))
-            .collect();
-        if described.is_empty() {
+        let mut described = Vec::new();
+        let mut undescribed = false;
+        for &pid in pids {
+            match describe_in(root, pid) {
+                Some(info) => described.push(info),
+                // Still there but unreadable: an unknown holder, never silently dropped
+                // (dropping it could leave only a codex sibling to decide on).
+                None if root.join(pid.to_string()).exists() => undescribed = true,
+                None => {} // exited since the scan
+            }
+        }
+        if described.is_empty() || undescribed {
             holders.push(PortHolder {
                 socket: s.local,
                 socket_uid: Some(s.uid),
@@ -460,27 +467,51 @@ pub(crate) fn describe(pid: u32) -> Option<ProcessInfo> {
 
 fn describe_in(root: &Path, pid: u32) -> Option<ProcessInfo> {
     let dir = root.join(pid.to_string());
-    let stat = fs::read_to_string(dir.join("stat")).ok()?;
+    // A process name is any bytes (`prctl(PR_SET_NAME)`): read `/proc` text lossily, so a
+    // name that is not UTF-8 never hides a holder.
+    let stat = read_lossy(&dir.join("stat")).ok()?;
     let parsed = parse_stat(&stat)?;
-    let name = fs::read_to_string(dir.join("comm"))
+    let name = read_lossy(&dir.join("comm"))
         .map(|s| s.trim_end_matches('\n').to_owned())
         .unwrap_or(parsed.comm);
     let mut info = ProcessInfo::new(pid, name).with_start_time(StartTime(parsed.start_ticks));
-    if let Ok(exe) = fs::read_link(dir.join("exe")) {
-        let exe = exe
-            .to_str()
-            .and_then(|s| s.strip_suffix(" (deleted)"))
-            .map(PathBuf::from)
-            .unwrap_or(exe);
+    if let Some(exe) = executable(&dir) {
         info = info.with_exe(exe);
     }
     if let Ok(cmdline) = fs::read(dir.join("cmdline")) {
         info.argv = split_cmdline(&cmdline);
     }
-    if let Ok(status) = fs::read_to_string(dir.join("status")) {
+    if let Ok(status) = read_lossy(&dir.join("status")) {
         info.uid = parse_status_uid(&status);
     }
     Some(info)
+}
+
+/// A `/proc` text file, with bytes that are not UTF-8 replaced (U+FFFD).
+fn read_lossy(path: &Path) -> io::Result<String> {
+    fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The process's executable. Linux appends ` (deleted)` to the link of an executable that was
+/// deleted (or replaced) while running; that suffix is dropped — unless the file with the
+/// literal name is the running executable itself (same device and inode as `exe`), i.e. a
+/// program really named `… (deleted)`.
+fn executable(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let link = dir.join("exe");
+    let exe = fs::read_link(&link).ok()?;
+    let Some(stripped) = exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) else {
+        return Some(exe);
+    };
+    let literal_is_running = match (fs::metadata(&link), fs::metadata(&exe)) {
+        (Ok(running), Ok(named)) => running.dev() == named.dev() && running.ino() == named.ino(),
+        _ => false,
+    };
+    Some(if literal_is_running {
+        exe
+    } else {
+        PathBuf::from(stripped)
+    })
 }
 
 fn split_cmdline(raw: &[u8]) -> Vec<String> {
@@ -539,7 +570,7 @@ fn lineage_in(root: &Path, pid: u32) -> Vec<u32> {
     let mut chain = vec![pid];
     let mut current = pid;
     while chain.len() < MAX_ANCESTORS {
-        let Some(stat) = fs::read_to_string(root.join(current.to_string()).join("stat"))
+        let Some(stat) = read_lossy(&root.join(current.to_string()).join("stat"))
             .ok()
             .as_deref()
             .and_then(parse_stat)
@@ -568,7 +599,7 @@ fn parse_status_uid(status: &str) -> Option<u32> {
 
 /// True when the process `pid` with this start time has exited (gone, zombie or pid reused).
 fn has_exited_by_stat(pid: u32, start: Option<StartTime>) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat"))
+    match read_lossy(Path::new(&format!("/proc/{pid}/stat")))
         .ok()
         .as_deref()
         .and_then(parse_stat)
