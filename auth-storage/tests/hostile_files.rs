@@ -577,3 +577,96 @@ fn a_switch_refused_for_its_pool_lock_creates_no_lock_file_in_the_home() {
     );
     assert!(!home.dir().exists(), "no Codex home or lock file created");
 }
+
+#[test]
+fn the_reset_marker_is_never_followed_and_only_a_regular_file_counts() {
+    // A dangling symlink at the marker's name: removing the last account must not create
+    // its target (outside the pool directory), and the write is refused, nothing changed.
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let store = PoolStore::new(&pool_dir);
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    let outside = dir.path().join("outside/new/marker");
+    std::os::unix::fs::symlink(&outside, pool_dir.join("pool.reset")).unwrap();
+    let before = std::fs::read(store.file()).unwrap();
+    let err = store.update(|p| p.accounts.clear()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StorageError::NotRegularFile {
+                kind: FileKind::Symlink,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !dir.path().join("outside").exists(),
+        "the link was followed"
+    );
+    assert_eq!(std::fs::read(store.file()).unwrap(), before);
+
+    // A directory at the marker's name is not a marker: losing pool.json still recovers
+    // the accounts from the backups.
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    for id in ["acct-a", "acct-b"] {
+        store
+            .update(|p| p.upsert(account(&format!("{id}@example.com"), id)))
+            .unwrap();
+    }
+    std::fs::create_dir(dir.path().join("pool.reset")).unwrap();
+    std::fs::remove_file(store.file()).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.pool.accounts.len(), 2, "{:?}", loaded.recovery);
+}
+
+#[test]
+fn a_dangling_link_at_the_damaged_file_name_is_never_written_through() {
+    // pool.json is a link to a damaged file; the next write keeps a copy of the damaged
+    // bytes under `pool.json.damaged-<now>-after-<rev>`. Links planted at the names it may
+    // pick must not be followed out of the pool directory.
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let store = PoolStore::new(&pool_dir);
+    store
+        .update(|p| p.upsert(account("b@example.com", "acct-b")))
+        .unwrap();
+    // Now make pool.json a link to a damaged file elsewhere (the backups stay here).
+    std::fs::remove_file(pool_dir.join("pool.json")).unwrap();
+    std::fs::write(real.join("pool.json"), b"{ damaged").unwrap();
+    std::os::unix::fs::symlink(real.join("pool.json"), pool_dir.join("pool.json")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let outside = dir.path().join("outside");
+    for t in now..now + 5 {
+        for rev in 0..3 {
+            std::os::unix::fs::symlink(
+                outside.join(format!("{t}-{rev}")),
+                pool_dir.join(format!("pool.json.damaged-{t}-after-{rev}")),
+            )
+            .unwrap();
+        }
+    }
+    store
+        .update(|p| p.upsert(account("a@example.com", "acct-a")))
+        .unwrap();
+    assert!(
+        !outside.exists(),
+        "a damaged copy was written outside the pool"
+    );
+    assert!(
+        std::fs::symlink_metadata(pool_dir.join("pool.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the pool.json link is kept"
+    );
+    assert_eq!(store.load().unwrap().pool.accounts.len(), 2);
+}

@@ -280,6 +280,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Remove { n } => {
             let i = index(n)?;
+            // A number past the end (or a pool that does not exist yet) is refused before the
+            // pool directory or its lock file is created; checked again under the lock.
+            let len = pool.load()?.pool.accounts.len();
+            if i >= len {
+                return Err(Box::new(StorageError::Invalid {
+                    what: "account number",
+                    detail: if len == 0 {
+                        "the pool has no accounts".into()
+                    } else {
+                        format!("there is no account #{n} (the pool has {len})")
+                    },
+                }));
+            }
             let removed = pool.try_update(|p| {
                 let len = p.accounts.len();
                 let was_active = p.active_index() == Some(i);

@@ -1811,4 +1811,31 @@ fn use_exit_status_follows_what_changed_not_the_output() {
         assert!(!fresh_home.exists(), "use {n} created the Codex home");
         assert!(!fresh_pool.exists(), "use {n} created the pool directory");
     }
+    // `remove` of a number past the end (here: of a pool that does not exist) likewise.
+    let run = sb.run(&["--pool-dir", path_str(&fresh_pool), "remove", "1"]);
+    run.failed();
+    assert!(!fresh_pool.exists(), "remove created the pool directory");
+
+    // A home holding an API-key login is refused before any lock file is made there.
+    let api_home = sb.path("api-key-home");
+    std::fs::create_dir(&api_home).unwrap();
+    std::fs::write(
+        api_home.join("auth.json"),
+        "{\n  \"OPENAI_API_KEY\": \"sk-test\"\n}",
+    )
+    .unwrap();
+    let run = sb.run(&[
+        "--pool-dir",
+        path_str(&pool_dir),
+        "use",
+        "1",
+        "--codex-home",
+        path_str(&api_home),
+    ]);
+    run.failed();
+    let left: Vec<_> = std::fs::read_dir(&api_home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["auth.json"], "a refused use left {left:?}");
 }

@@ -221,7 +221,7 @@ impl PoolStore {
             revision: newest,
             ..Pool::default()
         };
-        if self.dir.join(RESET_MARKER).exists() {
+        if self.marker_present() {
             return Ok(Loaded {
                 pool: fresh(),
                 recovery: Some(Recovery {
@@ -306,6 +306,29 @@ impl PoolStore {
     }
 
     /// The pool lock, held for a whole load → change → save (→ undo) sequence.
+    /// Whether the reset marker is there: a regular file named `pool.reset`, not a symlink
+    /// (followed, a planted link would decide recovery) nor anything else.
+    fn marker_present(&self) -> bool {
+        std::fs::symlink_metadata(self.dir.join(RESET_MARKER))
+            .is_ok_and(|m| m.file_type().is_file())
+    }
+
+    /// Writes the reset marker in the pool directory. Whatever else is at its name (a
+    /// symlink, a directory, a FIFO) is refused, never followed or replaced.
+    fn write_marker(&self) -> Result<()> {
+        let marker = self.dir.join(RESET_MARKER);
+        if let Ok(meta) = std::fs::symlink_metadata(&marker)
+            && !meta.file_type().is_file()
+        {
+            return Err(StorageError::NotRegularFile {
+                path: marker,
+                kind: auth_core::regular_file::FileKind::of(&meta)
+                    .unwrap_or(auth_core::regular_file::FileKind::Other),
+            });
+        }
+        write_atomic(&marker, b"", TEMP_PREFIX)
+    }
+
     /// `pool.lock` is a regular file or missing (checked before other locks are taken).
     pub(crate) fn check_lock_file(&self) -> Result<()> {
         auth_core::regular_file::ensure_regular_or_missing(&self.dir.join(LOCK_FILE))?;
@@ -351,11 +374,10 @@ impl PoolStore {
         }
         // The current main file is intact exactly when nothing had to be recovered.
         let intact = loaded.recovery.is_none().then_some(before.revision);
-        let marker = self.dir.join(RESET_MARKER);
-        if pool.accounts.is_empty() && !before.accounts.is_empty() && !marker.exists() {
+        if pool.accounts.is_empty() && !before.accounts.is_empty() && !self.marker_present() {
             // Removing the last account is an intentional reset: a later loss of pool.json
             // must not bring the removed accounts back from a backup.
-            if let Err(e) = write_atomic(&marker, b"", TEMP_PREFIX) {
+            if let Err(e) = self.write_marker() {
                 self.undo_before_main(&undo);
                 return Err(e.into());
             }
@@ -413,7 +435,7 @@ impl PoolStore {
         let restored = match undo.marker {
             MarkerChange::None => Ok(()),
             MarkerChange::Created => remove_if_exists(&marker).map(|_| ()),
-            MarkerChange::Removed => write_atomic(&marker, b"", TEMP_PREFIX),
+            MarkerChange::Removed => self.write_marker(),
         };
         if let Err(err) = restored {
             // ok: the marker only matters when pool.json is lost, and then it errs on the
@@ -493,9 +515,8 @@ impl PoolStore {
             }
             Err(other) => return Err(other),
         };
-        let marker = self.dir.join(RESET_MARKER);
-        if !marker.exists() {
-            if let Err(e) = write_atomic(&marker, b"", TEMP_PREFIX) {
+        if !self.marker_present() {
+            if let Err(e) = self.write_marker() {
                 self.undo_before_main(&undo);
                 return Err(e);
             }
@@ -580,7 +601,7 @@ impl PoolStore {
                 Err(err) => tracing::warn!(%err, "could not link the new pool backup"),
             }
         }
-        if clear_reset && !pool.accounts.is_empty() {
+        if clear_reset && !pool.accounts.is_empty() && self.marker_present() {
             match remove_if_exists(&self.dir.join(RESET_MARKER)) {
                 Ok(removed) => written.marker_removed = removed,
                 Err(err) => tracing::warn!(%err, "could not remove the pool's reset marker"),
@@ -728,7 +749,9 @@ impl PoolStore {
                 0 => self.dir.join(&name),
                 n => self.dir.join(format!("{name}.{n}")),
             })
-            .find(|p| !p.exists())
+            // Nothing at all there, not even a dangling symlink (a write would follow it
+            // out of the pool directory).
+            .find(|p| std::fs::symlink_metadata(p).is_err())
             .ok_or_else(|| StorageError::Invalid {
                 what: "pool directory",
                 detail: format!(

@@ -130,9 +130,12 @@ impl PoolStore {
         if index >= len {
             return Err(out_of_range(index, len));
         }
-        // Likewise a pool lock that is not a regular file is refused before the home's lock
-        // files are created (they are taken first, see the lock order above).
+        // Likewise a pool lock that is not a regular file, and a home login the switch would
+        // refuse (an API key, a damaged or oversized file), are refused before the home's
+        // lock files are created (they are taken first, see the lock order above). Both are
+        // checked again under the locks.
         self.check_lock_file()?;
+        outgoing_login(store, now)?;
         let home_guard = store.home().lock()?;
         let pool_guard = self.lock_pool()?;
         let outgoing = outgoing_login(store, now)?;
