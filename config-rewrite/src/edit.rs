@@ -250,7 +250,9 @@ fn sha256_hex(text: &str) -> String {
 /// # Errors
 /// [`EditError::InvalidToml`] (with line and column) for text that is not TOML,
 /// [`EditError::NotATable`] when e.g. `profiles` is not a table,
-/// [`EditError::InvalidInput`] for an empty key or a reserved provider id,
+/// [`EditError::InvalidInput`] for an empty key, a reserved provider id, an unusable URL or
+/// variable name, or any text to be written that holds a control, bidi or line-separator
+/// character (checked before the text is parsed),
 /// [`EditError::NotRoundTrippable`] for text that would not print back unchanged.
 ///
 /// ```
@@ -271,6 +273,7 @@ pub fn apply_to_str(
     original: Option<&str>,
     rewrite: &Rewrite,
 ) -> Result<Applied, EditError> {
+    rewrite.validate()?;
     let (mut doc, layout) = match original {
         Some(text) => parse(text)?,
         None => (DocumentMut::new(), Layout::default()),
@@ -364,23 +367,6 @@ fn lookup<'a>(root: &'a Table, path: &[String], key: &str) -> Option<&'a Item> {
     cur.get(key).filter(|item| !item.is_none())
 }
 
-fn check_key(field: &str, key: &str) -> Result<(), EditError> {
-    if key.is_empty() || key.chars().any(char::is_control) {
-        return Err(EditError::InvalidInput {
-            field: field.to_owned(),
-            reason: "it is empty or contains control characters".to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn check_target(target: &Target) -> Result<(), EditError> {
-    match target {
-        Target::TopLevel => Ok(()),
-        Target::Profile(name) => check_key("profile name", name),
-    }
-}
-
 fn apply_op(
     root: &mut Table,
     op: &Op,
@@ -389,8 +375,6 @@ fn apply_op(
 ) -> Result<(), EditError> {
     match op {
         Op::SetString { target, key, value } => {
-            check_target(target)?;
-            check_key("key", key)?;
             let path = target.table_path();
             let table = navigate_or_create(root, &path, created)?;
             if let Some(existing) = table.get(key)
@@ -408,8 +392,6 @@ fn apply_op(
             set_value(table, &path, key, Value::from(value.as_str()), edits)
         }
         Op::RemoveKey { target, key } => {
-            check_target(target)?;
-            check_key("key", key)?;
             let path = target.table_path();
             if let Some(table) = navigate(root, &path, false, created)? {
                 remove_item(table, &path, key, edits);
@@ -417,7 +399,6 @@ fn apply_op(
             Ok(())
         }
         Op::UpsertProvider(spec) => {
-            spec.validate()?;
             let path = provider_path(spec.id());
             let table = navigate_or_create(root, &path, created)?;
             for (field, value) in spec.fields() {
@@ -426,7 +407,6 @@ fn apply_op(
             Ok(())
         }
         Op::RemoveProvider(id) => {
-            check_key("provider id", id)?;
             let path = vec!["model_providers".to_owned()];
             if let Some(table) = navigate(root, &path, false, created)? {
                 remove_item(table, &path, id, edits);

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 /// characters escaped (`\x1b`, `\u{202e}`) so a hostile key or path cannot forge output
 /// lines or send terminal escape sequences. The same form as `auth_core::terminal` (this
 /// crate depends on none of the workspace's crates, so it keeps its own copy).
-struct Shown<'a>(&'a str);
+pub(crate) struct Shown<'a>(&'a str);
 
-fn is_unsafe_char(c: char) -> bool {
+/// A control (C0, DEL, C1), bidi or line-separator character: escaped when shown, and
+/// refused in any text a caller asks us to write into `config.toml`.
+pub(crate) fn is_unsafe_char(c: char) -> bool {
     matches!(
         c,
         '\u{0}'..='\u{1f}'
@@ -40,7 +42,7 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
-fn shown(text: &str) -> Shown<'_> {
+pub(crate) fn shown(text: &str) -> Shown<'_> {
     Shown(text)
 }
 

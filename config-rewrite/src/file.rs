@@ -75,10 +75,20 @@ pub struct RestoreReport {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn apply(config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
+    check_input(config, rewrite)?;
     let target = resolve(config)?;
     let _lock = EditLock::acquire(&target)?;
     let (record, _) = apply_locked(config, &target, rewrite, |_| Ok(()))?;
     Ok(record)
+}
+
+/// Refuses a rewrite whose own text is unusable before any file is looked at, so a bad
+/// argument is reported as such whatever is on disk.
+fn check_input(config: &Path, rewrite: &Rewrite) -> Result<(), Error> {
+    rewrite.validate().map_err(|source| Error::Config {
+        path: config.to_path_buf(),
+        source,
+    })
 }
 
 /// Applies (the caller holds the lock), calling `before_write` with the record after
@@ -256,10 +266,12 @@ impl RevertFile {
     }
 
     /// Whether a record is waiting to be restored (a rewrite is in place, or an earlier run
-    /// crashed before restoring).
+    /// crashed before restoring). A symlink is followed: a dangling one means no record yet.
+    /// Does not read the record; [`load`](Self::load) does.
     ///
     /// # Errors
-    /// [`Error::Io`] when the record's directory cannot be read.
+    /// [`Error::Io`] when the record's directory cannot be read (or a symlink loop),
+    /// [`Error::NotRegularFile`] when a FIFO, socket, device or directory is there.
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -267,7 +279,9 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_pending(&self) -> Result<bool, Error> {
-        match fs::symlink_metadata(&self.path) {
+        // Symlinks are followed: a dangling link is no record yet, as for `load`.
+        crate::regular::ensure_regular_or_missing(&self.path)?;
+        match fs::metadata(&self.path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io("inspect", &self.path, e)),
@@ -302,11 +316,16 @@ impl RevertFile {
     ///
     /// Refuses with [`Error::PendingRevert`] while an earlier record is pending, because
     /// applying on top of a rewrite would make the rewritten file look like the original.
+    /// The record path is checked as [`load`](Self::load) reads it: something that is not a
+    /// record is named ([`Error::NotRegularFile`], [`Error::FileTooLarge`],
+    /// [`Error::InvalidRecordFile`], [`Error::Io`] for a symlink loop), never called pending;
+    /// a dangling symlink is no record yet, and the new record is written through it.
     /// If replacing the configuration fails, the record is removed again
     /// ([`Error::RolledBack`]; [`Error::PartiallyApplied`] if the record cannot be removed).
     ///
     /// # Errors
-    /// As [`apply`], plus [`Error::PendingRevert`] and [`Error::Io`] for the record file.
+    /// As [`apply`], plus [`Error::PendingRevert`] and those of [`load`](Self::load) for the
+    /// record file.
     ///
     /// ```
     /// use config_rewrite::{Error, ProviderSpec, RevertFile, Rewrite, Target};
@@ -320,9 +339,14 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn apply(&self, config: &Path, rewrite: &Rewrite) -> Result<RevertRecord, Error> {
+        check_input(config, rewrite)?;
         let target = resolve(config)?;
         let _lock = EditLock::acquire(&target)?;
-        if self.is_pending()? {
+        // Read the record exactly as `load` and `restore` do, so that whatever is there gets
+        // the same answer from all three: a FIFO, socket, device, directory or oversized
+        // file is named, a symlink loop is an I/O error, and a dangling symlink is no record
+        // yet (the record is then written through it, like any symlinked record).
+        if self.load()?.is_some() {
             return Err(Error::PendingRevert {
                 config: config.to_path_buf(),
                 record: self.path.clone(),
@@ -456,17 +480,19 @@ impl RevertFile {
         write_atomic(&self.path, &json, Some(0o600))
     }
 
-    /// Deletes the record file (no error when it is already gone).
+    /// Deletes the record file (no error when it is already gone). A symlinked record is kept
+    /// as a link: its final target is deleted, so the link dangles until the next
+    /// [`store`](Self::store) writes through it again.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be removed.
+    /// [`Error::Io`] when it cannot be removed (or the link cannot be followed).
     ///
     /// ```
     /// config_rewrite::RevertFile::at("/nonexistent/r.json").discard()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn discard(&self) -> Result<(), Error> {
-        remove_durably(&self.path)
+        remove_durably(&follow_links(&self.path)?)
     }
 }
 
@@ -717,7 +743,8 @@ fn sync_dir(_dir: &Path) -> Result<(), Error> {
 /// created on apply and removed again on restore.
 ///
 /// # Errors
-/// [`EditError::InvalidInput`] when `name` is empty or could escape the directory.
+/// [`EditError::InvalidInput`] when `name` is empty, could escape the directory, or holds a
+/// control, bidi or line-separator character.
 ///
 /// ```
 /// let p = config_rewrite::profile_config_path("/home/me/.codex/config.toml".as_ref(), "work")?;
@@ -726,11 +753,8 @@ fn sync_dir(_dir: &Path) -> Result<(), Error> {
 /// # Ok::<(), config_rewrite::EditError>(())
 /// ```
 pub fn profile_config_path(config: &Path, name: &str) -> Result<PathBuf, EditError> {
-    let bad = name.is_empty()
-        || name.starts_with('.')
-        || name.contains(['/', '\\', '\0'])
-        || name.chars().any(char::is_control);
-    if bad {
+    crate::input::non_empty("profile name", name)?;
+    if name.starts_with('.') || name.contains(['/', '\\']) {
         return Err(EditError::InvalidInput {
             field: "profile name".to_owned(),
             reason: "it must be a plain file-name part (no path separators, not starting with '.')"

@@ -77,6 +77,7 @@
 mod edit;
 mod error;
 mod file;
+mod input;
 mod provider;
 mod record;
 mod regular;

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::input;
+
 /// Provider ids the Codex CLI reserves for its built-in providers. Since Codex CLI 0.1xx a
 /// `[model_providers.<id>]` table with one of these ids is a configuration error
 /// ("Built-in providers cannot be overridden"), so [`ProviderSpec`] refuses them.
@@ -57,6 +59,13 @@ impl Target {
     /// ```
     pub fn profile(name: impl Into<String>) -> Self {
         Target::Profile(name.into())
+    }
+
+    fn validate(&self) -> Result<(), crate::EditError> {
+        match self {
+            Target::TopLevel => Ok(()),
+            Target::Profile(name) => input::non_empty("profile name", name),
+        }
     }
 
     pub(crate) fn table_path(&self) -> Vec<String> {
@@ -352,16 +361,42 @@ impl ProviderSpec {
         self
     }
 
-    /// Checks the id and numbers; called by the edit functions.
+    /// Checks every field before anything is edited (see `input.rs` for the rules): the id,
+    /// every string (no control, bidi or line-separator characters), URLs, variable names
+    /// and numbers.
     pub(crate) fn validate(&self) -> Result<(), crate::EditError> {
         validate_provider_id(&self.id)?;
+        for (field, text) in [
+            ("name", &self.name),
+            ("env_key_instructions", &self.env_key_instructions),
+        ] {
+            if let Some(text) = text {
+                input::plain_text(field, text)?;
+            }
+        }
         for (field, url) in [
             ("base_url", &self.base_url),
             ("model_catalog_url", &self.model_catalog_url),
         ] {
             if let Some(url) = url {
-                validate_http_url(field, url)?;
+                input::http_url(field, url)?;
             }
+        }
+        if let Some(var) = &self.env_key {
+            input::env_var_name("env_key", var)?;
+        }
+        for (field, map) in [
+            ("query_params", &self.query_params),
+            ("http_headers", &self.http_headers),
+        ] {
+            for (name, value) in map.iter().flatten() {
+                input::non_empty(&format!("{field} name"), name)?;
+                input::plain_text(&format!("{field} value"), value)?;
+            }
+        }
+        for (name, var) in self.env_http_headers.iter().flatten() {
+            input::non_empty("env_http_headers name", name)?;
+            input::env_var_name("env_http_headers variable", var)?;
         }
         for (field, value) in self.fields() {
             if let FieldValue::Int(n) = value
@@ -433,45 +468,15 @@ impl ProviderSpec {
     }
 }
 
-/// Codex sends requests to `base_url` as is: anything but an absolute `http(s)` URL with a
-/// host would only fail later, inside Codex, so it is refused here with the reason.
-fn validate_http_url(field: &str, value: &str) -> Result<(), crate::EditError> {
-    let bad = |reason: String| crate::EditError::InvalidInput {
-        field: field.to_owned(),
-        reason,
-    };
-    let url = url::Url::parse(value).map_err(|e| {
-        bad(format!(
-            "it is not an absolute URL ({e}); expected e.g. http://127.0.0.1:8080/v1"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "its scheme is `{}`; Codex needs http or https",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it has no host".to_owned()));
-    }
-    Ok(())
-}
-
 pub(crate) fn validate_provider_id(id: &str) -> Result<(), crate::EditError> {
-    let bad = |reason: &str| crate::EditError::InvalidInput {
-        field: "provider id".to_owned(),
-        reason: reason.to_owned(),
-    };
-    if id.trim().is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(bad("it contains control characters"));
-    }
+    input::non_empty("provider id", id)?;
     if RESERVED_PROVIDER_IDS.contains(&id) {
-        return Err(bad(
-            "it names a built-in Codex provider, which Codex does not allow to be redefined; pick another id",
-        ));
+        return Err(crate::EditError::InvalidInput {
+            field: "provider id".to_owned(),
+            reason: "it names a built-in Codex provider, which Codex does not allow to be \
+                     redefined; pick another id"
+                .to_owned(),
+        });
     }
     Ok(())
 }
@@ -655,6 +660,33 @@ impl Rewrite {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Checks every text and number the edits would write before the file is read (the
+    /// rules are in `input.rs`); what depends on the file (e.g. a key that holds a table) is
+    /// checked while editing.
+    pub(crate) fn validate(&self) -> Result<(), crate::EditError> {
+        for op in &self.ops {
+            match op {
+                Op::SetString { target, key, value } => {
+                    target.validate()?;
+                    input::non_empty("key", key)?;
+                    let label = crate::record::dotted(&{
+                        let mut path = target.table_path();
+                        path.push(key.clone());
+                        path
+                    });
+                    input::plain_text(&format!("value of `{label}`"), value)?;
+                }
+                Op::RemoveKey { target, key } => {
+                    target.validate()?;
+                    input::non_empty("key", key)?;
+                }
+                Op::UpsertProvider(spec) => spec.validate()?,
+                Op::RemoveProvider(id) => input::non_empty("provider id", id)?,
+            }
+        }
+        Ok(())
     }
 }
 

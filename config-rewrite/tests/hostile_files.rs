@@ -139,6 +139,22 @@ fn a_revert_record_that_is_not_a_regular_file_is_refused() {
         let r = revert.clone();
         let err = bounded("RevertFile::restore", move || r.restore().unwrap_err());
         assert!(planted.refused_by(&err), "restore {planted:?}: {err:?}");
+        // `apply` names what is there too instead of calling it a pending rewrite.
+        let (r, c) = (revert.clone(), config.clone());
+        let err = bounded("RevertFile::apply", move || {
+            r.apply(&c, &rewrite()).unwrap_err()
+        });
+        assert!(planted.refused_by(&err), "apply {planted:?}: {err:?}");
+        assert!(!err.to_string().contains("pending"), "{err}");
+        let r = revert.clone();
+        let err = bounded("RevertFile::is_pending", move || r.is_pending());
+        match planted {
+            Planted::Oversized(_) => assert!(err.unwrap(), "a file is there"),
+            _ => assert!(
+                planted.refused_by(&err.unwrap_err()),
+                "is_pending {planted:?}"
+            ),
+        }
         // Storing a record over it is refused too (never written through or replaced).
         let applied = config_rewrite::apply_to_str(&config, Some(""), &Rewrite::new()).unwrap();
         let r = revert.clone();
@@ -218,4 +234,71 @@ fn refusal_messages() {
     .map(|e| e.to_string())
     .join("\n");
     insta::assert_snapshot!(text);
+}
+
+#[test]
+fn a_symlink_loop_at_the_record_is_an_io_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "model = \"o3\"\n").unwrap();
+    let revert = RevertFile::beside(&config);
+    let other = dir.path().join("loop-b");
+    std::os::unix::fs::symlink(&other, revert.path()).unwrap();
+    std::os::unix::fs::symlink(revert.path(), &other).unwrap();
+    let is_io = |e: &Error| matches!(e, Error::Io { .. });
+    let err = revert.load().unwrap_err();
+    assert!(is_io(&err), "load: {err:?}");
+    let err = revert.restore().unwrap_err();
+    assert!(is_io(&err), "restore: {err:?}");
+    let err = revert.apply(&config, &rewrite()).unwrap_err();
+    assert!(is_io(&err), "apply: {err:?}");
+    assert!(!err.to_string().contains("pending"), "{err}");
+    assert!(is_io(&revert.is_pending().unwrap_err()));
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "model = \"o3\"\n"
+    );
+    assert!(kind_at(revert.path()).is_symlink());
+}
+
+/// A dangling symlink at the record is "no record yet" for every operation: `is_pending`,
+/// `load` and `restore` see nothing, and `apply` writes the record through the link (its
+/// target is created in the target's directory, 0600), keeping the link; `restore` deletes
+/// the target and keeps the link, so the next `apply` works the same way.
+#[test]
+fn a_dangling_symlink_at_the_record_is_no_record_yet_and_is_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let original = "model = \"o3\"\n";
+    std::fs::write(&config, original).unwrap();
+    let revert = RevertFile::beside(&config);
+    let target = dir.path().join("state/records/codex.json");
+    std::os::unix::fs::symlink("state/records/codex.json", revert.path()).unwrap();
+
+    for round in 0..2 {
+        assert!(!revert.is_pending().unwrap(), "round {round}");
+        assert!(revert.load().unwrap().is_none());
+        assert!(revert.restore().unwrap().is_none());
+        revert.apply(&config, &rewrite()).unwrap();
+        assert!(kind_at(revert.path()).is_symlink(), "the link is kept");
+        assert!(
+            kind_at(&target).is_file(),
+            "the record went to the link's target"
+        );
+        assert_eq!(mode(&target), 0o600);
+        assert!(revert.is_pending().unwrap());
+        assert!(
+            std::fs::read_to_string(&config)
+                .unwrap()
+                .contains("model_provider")
+        );
+        assert!(matches!(
+            revert.apply(&config, &rewrite()),
+            Err(Error::PendingRevert { .. })
+        ));
+        revert.restore().unwrap().unwrap();
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+        assert!(kind_at(revert.path()).is_symlink(), "still a link");
+        assert!(!target.exists(), "the record itself is gone");
+    }
 }

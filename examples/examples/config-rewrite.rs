@@ -117,7 +117,8 @@ impl Location {
             (None, _) => (self.config.clone(), Target::TopLevel),
             (Some(name), true) => (self.config.clone(), Target::profile(name.clone())),
             (Some(name), false) => (
-                config_rewrite::profile_config_path(&self.config, name)?,
+                config_rewrite::profile_config_path(&self.config, name)
+                    .map_err(|e| format!("{e} (given by --profile)"))?,
                 Target::TopLevel,
             ),
         };
@@ -159,7 +160,7 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             return Err(pending.into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(name_the_flag(e)),
     };
     if record.is_noop() {
         say!(
@@ -183,6 +184,29 @@ fn apply(args: &ApplyArgs) -> Result<(), Box<dyn std::error::Error>> {
     say!("revert record: {}", plan.revert.path().display());
     warn_about_legacy_profiles(&args.location);
     Ok(())
+}
+
+/// The library names the field it refused (`name`, `env_key`, …); say which flag gave it.
+/// The message itself never repeats the value.
+fn name_the_flag(e: config_rewrite::Error) -> Box<dyn std::error::Error> {
+    let flag = match &e {
+        config_rewrite::Error::Config {
+            source: config_rewrite::EditError::InvalidInput { field, .. },
+            ..
+        } => match field.as_str() {
+            "provider id" => Some("--provider"),
+            "base_url" => Some("--base-url"),
+            "name" => Some("--name"),
+            "env_key" => Some("--env-key"),
+            "profile name" => Some("--profile"),
+            _ => None,
+        },
+        _ => None,
+    };
+    match flag {
+        Some(flag) => format!("{e} (given by {flag}); nothing was changed").into(),
+        None => e.into(),
+    }
 }
 
 /// Whether applying `rewrite` to the file as it is now would change nothing.

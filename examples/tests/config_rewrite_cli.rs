@@ -860,3 +860,194 @@ fn paths_and_values_from_files_reach_the_terminal_escaped() {
     assert_terminal_safe("status stdout", &status.stdout);
     assert_eq!(status.stdout.lines().count(), 2, "{}", status.stdout);
 }
+
+/// Control, bidi and line-separator characters in any flag whose text would land in
+/// config.toml are refused (exit 1) with a message naming the flag and the field, escaped
+/// for the terminal, and every file stays byte for byte as it was.
+#[test]
+fn control_and_bidi_characters_in_flags_are_refused_and_nothing_changes() {
+    let test = "control_and_bidi_characters_in_flags_are_refused_and_nothing_changes";
+    let Some(bin) = config_rewrite(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let config = home.join("config.toml");
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let before = snapshot_dir(home);
+    let url = "http://127.0.0.1:9/v1";
+    for bad in [
+        "x\x1b[2J",
+        "x\rFAKE",
+        "x\nFAKE",
+        "x\u{202e}y",
+        "x\u{2028}y",
+        "x\u{7f}",
+        "x\u{9b}2J",
+    ] {
+        let path_url = format!("{url}/{bad}");
+        let query_url = format!("{url}?q={bad}");
+        let cases: [(&str, &str, &[&str]); 7] = [
+            (
+                "--provider",
+                "provider id",
+                &["--provider", bad, "--base-url", url],
+            ),
+            (
+                "--name",
+                "name",
+                &["--provider", "p", "--base-url", url, "--name", bad],
+            ),
+            (
+                "--env-key",
+                "env_key",
+                &["--provider", "p", "--base-url", url, "--env-key", bad],
+            ),
+            (
+                "--base-url",
+                "base_url",
+                &["--provider", "p", "--base-url", &path_url],
+            ),
+            (
+                "--base-url",
+                "base_url",
+                &["--provider", "p", "--base-url", &query_url],
+            ),
+            (
+                "--profile",
+                "profile name",
+                &["--provider", "p", "--base-url", url, "--profile", bad],
+            ),
+            (
+                "--profile",
+                "profile name",
+                &[
+                    "--provider",
+                    "p",
+                    "--base-url",
+                    url,
+                    "--profile",
+                    bad,
+                    "--legacy-profile-table",
+                ],
+            ),
+        ];
+        for (flag, field, args) in cases {
+            let mut all = vec!["apply", "--config", config_arg];
+            all.extend_from_slice(args);
+            let run = cli(&bin, home, &all);
+            let what = format!("{flag} {bad:?}");
+            assert_eq!(run.code, Some(1), "{what}: {}{}", run.stdout, run.stderr);
+            assert!(run.stderr.starts_with("error: "), "{what}: {}", run.stderr);
+            assert!(
+                run.stderr
+                    .contains(&format!("invalid {field}: it contains")),
+                "{what}: {}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains(&format!("(given by {flag})")),
+                "{what}: {}",
+                run.stderr
+            );
+            assert!(!run.stderr.contains("FAKE\n"), "{what}: {}", run.stderr);
+            assert_terminal_safe(&what, &run.stderr);
+            assert_eq!(snapshot_dir(home), before, "{what}: files changed");
+        }
+    }
+    // Not a variable name.
+    let run = cli(
+        &bin,
+        home,
+        &[
+            "apply",
+            "--config",
+            config_arg,
+            "--provider",
+            "p",
+            "--base-url",
+            url,
+            "--env-key",
+            "MY-TOKEN",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("invalid env_key: it must be an environment variable name")
+            && run.stderr.contains("--env-key"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(snapshot_dir(home), before);
+}
+
+/// A dangling symlink where the revert record goes is "no record yet" for all three
+/// commands; `apply` writes the record through it and `restore` keeps the link.
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_revert_record_is_no_record_yet() {
+    let Some(bin) = config_rewrite("a_dangling_symlink_revert_record_is_no_record_yet") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let config = home.join("config.toml");
+    std::fs::write(&config, ORIGINAL).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let link = home.join("config.toml.revert.json");
+    let target = home.join("records").join("revert.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    let status = cli(&bin, home, &["status", "--config", config_arg]);
+    ok(&status, "status");
+    assert!(
+        status.stdout.contains("no pending rewrite"),
+        "{}",
+        status.stdout
+    );
+    let restore = cli(&bin, home, &["restore", "--config", config_arg]);
+    assert_eq!(restore.code, Some(1), "{}", restore.stderr);
+    assert!(
+        restore.stderr.contains("no revert record"),
+        "{}",
+        restore.stderr
+    );
+
+    let apply = [
+        "apply",
+        "--config",
+        config_arg,
+        "--provider",
+        "p",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    ];
+    ok(&cli(&bin, home, &apply), "apply through a dangling link");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(target.is_file(), "the record was written through the link");
+    let status = cli(&bin, home, &["status", "--config", config_arg]);
+    assert!(
+        status.stdout.contains("pending rewrite:"),
+        "{}",
+        status.stdout
+    );
+    ok(
+        &cli(&bin, home, &["restore", "--config", config_arg]),
+        "restore",
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), ORIGINAL);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!target.exists());
+}
