@@ -589,19 +589,22 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
             tokio::spawn(async move { common::upload(addr, token, BODY, false, shape).await })
         })
         .collect();
-    // Those over the budget are answered at once; the rest wait for the upstream.
+    // Bytes are reserved as they arrive, so which uploads fit depends on timing: wait
+    // (bounded) until every upload is either answered (503 when the budget ran out under
+    // it) or held by the upstream, which holds what it got until the gate opens.
     let fits = BUDGET / BODY;
     let mut held = 0;
-    for _ in 0..600 {
+    for _ in 0..1200 {
         held = mock.seen().len();
-        if held >= fits && uploads.iter().filter(|u| u.is_finished()).count() == CLIENTS - fits {
+        let answered = uploads.iter().filter(|u| u.is_finished()).count();
+        if held + answered >= CLIENTS {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        held, fits,
-        "bodies that fit the budget reached the upstream"
+    assert!(
+        held <= fits,
+        "{held} bodies of {BODY} bytes reached the upstream at once within a {BUDGET}-byte budget"
     );
     let peak_while_held = peak_rss(pid);
     // A `Notify` keeps at most one permit, and a held request may still be reading its body
@@ -626,14 +629,19 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
     releaser.abort();
     let peak = peak_rss(pid);
     eprintln!(
-        "rotation-proxy peak RSS: {} MiB before the load, {} MiB while {fits} bodies were held, {} MiB in all",
+        "rotation-proxy peak RSS: {} MiB before the load, {} MiB while {held} bodies were held, {} MiB in all",
         before >> 20,
         peak_while_held >> 20,
         peak >> 20
     );
     let ok = codes.iter().filter(|c| **c == 200).count();
     let busy = codes.iter().filter(|c| **c == 503).count();
-    assert_eq!((ok, busy), (fits, CLIENTS - fits), "{codes:?}");
+    assert_eq!(
+        ok + busy,
+        CLIENTS,
+        "every upload is answered 200 or 503: {codes:?}"
+    );
+    assert!(busy >= CLIENTS - fits, "{codes:?}");
     assert!(
         peak <= BUDGET as u64 + MARGIN,
         "peak RSS {} MiB over the {} MiB budget + {} MiB (before the load: {} MiB, while held: {} MiB)",
@@ -646,7 +654,7 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
     let bodies: Vec<u64> = mock.recorded().iter().map(|r| r.body_len).collect();
     assert_eq!(
         bodies,
-        vec![BODY as u64; fits],
+        vec![BODY as u64; ok],
         "accepted bodies arrived whole"
     );
 

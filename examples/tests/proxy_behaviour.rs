@@ -1513,3 +1513,57 @@ async fn body_bytes_stay_counted_while_the_upload_outlives_the_request() {
     mock.shutdown().await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_declares_the_budget_and_stalls_holds_nothing_and_times_out() {
+    const MIB: usize = 1024 * 1024;
+    let h = harness(MockConfig::default(), &["ws-a"], |o| {
+        o.body_limit = 8 * MIB;
+        o.body_budget = 8 * MIB;
+        o.body_idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let token = h.token.secret().expose().to_owned();
+    let addr = h.proxy.addr();
+    // Headers declaring the whole budget, then silence.
+    let mut pinned = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pinned
+        .write_all(
+            format!(
+                "POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                8 * MIB
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everyone else still gets through.
+    let r = h.post("hello").send().await.unwrap();
+    assert_eq!(r.status(), 200, "the stalled declaration pinned the budget");
+    let _ = r.bytes().await;
+    assert!(h.proxy.status().counters.body_bytes_held < MIB as u64);
+    // The stalled request is answered 408 after the idle timeout (bounded read).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = pinned.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to the stalled request");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let c = counters_until(&h.proxy, |c| c.body_bytes_held == 0).await;
+    assert_eq!(c.body_bytes_held, 0);
+    h.stop().await;
+}

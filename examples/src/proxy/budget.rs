@@ -12,9 +12,12 @@
 //! | `Content-Length` within the cap but more than the budget has left | `503` + `Retry-After`, before any body byte is read |
 //! | a body without length (chunked) that grows past the cap | `413` when it does |
 //! | a body that grows past what the budget has left | `503` + `Retry-After` when it does |
+//! | no body byte for `body_idle_timeout` | `408` |
 //!
-//! Bytes are reserved before the buffer that holds them is allocated (the whole declared
-//! length up front; for bodies without length, each time the buffer grows), and released
+//! Bytes are reserved as they arrive, before the buffer that holds them grows (never more
+//! than the declared length): a declared length is only compared with what the budget has
+//! left, never reserved up front, so a client that declares the whole budget and then sends
+//! nothing holds nothing (and is cut off after the idle timeout). Reservations are released
 //! when the memory is: the [`BodyReservation`] becomes the owner of the body's [`Bytes`]
 //! (`Bytes::from_owner`), so it is dropped with the last clone or slice of the body — not
 //! when the handler returns. That matters because the HTTP client keeps its clone while the
@@ -109,6 +112,8 @@ pub(crate) enum BodyRefusal {
     Busy,
     /// The body could not be read (client error or disconnect): `400`.
     Unreadable,
+    /// No body byte arrived for the idle timeout: `408`.
+    TimedOut,
 }
 
 /// The bytes of one body and the budget they were drawn from: the owner behind the [`Bytes`]
@@ -133,22 +138,37 @@ pub(crate) async fn read_body<B>(
     declared: Option<u64>,
     limit: usize,
     budget: &Arc<BodyBudget>,
+    idle_timeout: std::time::Duration,
 ) -> Result<Bytes, BodyRefusal>
 where
     B: Body<Data = Bytes>,
 {
-    let cap = limit.min(budget.capacity());
-    let initial = match declared {
-        Some(len) => usize::try_from(len)
+    let mut cap = limit.min(budget.capacity());
+    let mut exact = false;
+    if let Some(len) = declared {
+        let len = usize::try_from(len)
             .ok()
             .filter(|len| *len <= cap)
-            .ok_or(BodyRefusal::TooLarge)?,
-        None => 0,
-    };
-    let mut reservation = budget.try_reserve(initial).ok_or(BodyRefusal::Busy)?;
-    let mut buf = BytesMut::with_capacity(initial);
+            .ok_or(BodyRefusal::TooLarge)?;
+        // Refused up front when it cannot fit now, but not reserved: bytes are reserved as
+        // they arrive, and never more than declared.
+        if len > budget.capacity().saturating_sub(budget.used()) {
+            return Err(BodyRefusal::Busy);
+        }
+        cap = len;
+        exact = true;
+    }
+    let mut reservation = budget.try_reserve(0).ok_or(BodyRefusal::Busy)?;
+    // A declared length gets its buffer at once (no copies while growing). Its pages only
+    // become resident as bytes are written into them, which is what the reservation counts.
+    let mut buf = BytesMut::with_capacity(if exact { cap } else { 0 });
     let mut body = std::pin::pin!(body);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(idle_timeout, body.frame()).await {
+            Err(_) => return Err(BodyRefusal::TimedOut),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let Ok(frame) = frame else {
             return Err(BodyRefusal::Unreadable);
         };
@@ -160,7 +180,11 @@ where
             .checked_add(data.len())
             .filter(|n| *n <= cap)
             .ok_or(BodyRefusal::TooLarge)?;
-        if needed > buf.capacity() {
+        if exact {
+            if !reservation.grow_to(needed) {
+                return Err(BodyRefusal::Busy);
+            }
+        } else if needed > buf.capacity() {
             // Grow geometrically (few copies), but never past the cap, and reserve the new
             // capacity before allocating it.
             let want = needed
@@ -183,6 +207,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
     use http_body_util::Full;
     use hyper::body::Frame;
     use proptest::prelude::*;
@@ -232,32 +258,34 @@ mod tests {
         let budget = BodyBudget::new(1000);
         let body = || Full::new(Bytes::from_static(b"abc"));
         assert_eq!(
-            read_body(body(), Some(2000), 5000, &budget)
+            read_body(body(), Some(2000), 5000, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::TooLarge,
             "over the budget's size is over the cap"
         );
         assert_eq!(
-            read_body(body(), Some(501), 500, &budget)
+            read_body(body(), Some(501), 500, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::TooLarge
         );
         assert_eq!(
-            read_body(body(), Some(u64::MAX), 500, &budget)
+            read_body(body(), Some(u64::MAX), 500, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::TooLarge
         );
         let held = budget.try_reserve(900).unwrap();
         assert_eq!(
-            read_body(body(), Some(101), 500, &budget)
+            read_body(body(), Some(101), 500, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::Busy
         );
-        let bytes = read_body(body(), Some(3), 500, &budget).await.unwrap();
+        let bytes = read_body(body(), Some(3), 500, &budget, IDLE)
+            .await
+            .unwrap();
         assert_eq!(&bytes[..], b"abc");
         assert_eq!(budget.used(), 903);
         // Every clone and slice keeps the bytes counted: the HTTP client holds one while it
@@ -274,7 +302,7 @@ mod tests {
         let budget = BodyBudget::new(256 * 1024);
         let big = vec![vec![7u8; 50_000]; 6]; // 300,000 bytes
         assert_eq!(
-            read_body(chunked(big.clone()), None, 200_000, &budget)
+            read_body(chunked(big.clone()), None, 200_000, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::TooLarge
@@ -282,19 +310,76 @@ mod tests {
         assert_eq!(budget.used(), 0, "a refused body gives its bytes back");
         let _held = budget.try_reserve(100_000).unwrap();
         assert_eq!(
-            read_body(chunked(big), None, 1 << 20, &budget)
+            read_body(chunked(big), None, 1 << 20, &budget, IDLE)
                 .await
                 .unwrap_err(),
             BodyRefusal::Busy
         );
         assert_eq!(budget.used(), 100_000);
-        let bytes = read_body(chunked(vec![vec![1; 10], vec![2; 20]]), None, 100, &budget)
-            .await
-            .unwrap();
+        let bytes = read_body(
+            chunked(vec![vec![1; 10], vec![2; 20]]),
+            None,
+            100,
+            &budget,
+            IDLE,
+        )
+        .await
+        .unwrap();
         assert_eq!(bytes.len(), 30);
         assert!(budget.used() > 100_000 && budget.used() <= 256 * 1024);
         drop(bytes);
         assert_eq!(budget.used(), 100_000);
+    }
+
+    /// A body that delivers `first` and then nothing, ever.
+    struct Stalls(Option<Vec<u8>>);
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(first) => std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(first))))),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_length_is_not_reserved_before_its_bytes_arrive_and_a_stall_times_out() {
+        let budget = BodyBudget::new(1 << 20);
+        let reader = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                read_body(
+                    Stalls(Some(vec![7; 10])),
+                    Some(1 << 20),
+                    1 << 20,
+                    &budget,
+                    IDLE,
+                )
+                .await
+            })
+        };
+        // Let the reader take the first frame and wait for the next.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let held = budget.used();
+        assert_eq!(
+            held, 10,
+            "a client that declared the whole budget and sent 10 bytes holds {held}"
+        );
+        assert!(
+            budget.try_reserve((1 << 20) - 10).is_some(),
+            "the rest of the budget is free for others"
+        );
+        tokio::time::advance(IDLE + std::time::Duration::from_secs(1)).await;
+        assert_eq!(reader.await.unwrap().unwrap_err(), BodyRefusal::TimedOut);
+        assert_eq!(budget.used(), 0, "a timed-out body gives its bytes back");
     }
 
     proptest! {
@@ -309,12 +394,15 @@ mod tests {
             capacity in 0usize..120_000,
             held in 0usize..120_000,
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
             let budget = BodyBudget::new(capacity);
             let held = budget.try_reserve(held);
             let total: usize = chunks.iter().map(Vec::len).sum();
             let expected: Vec<u8> = chunks.concat();
-            let result = rt.block_on(read_body(chunked(chunks), None, limit, &budget));
+            let result = rt.block_on(read_body(chunked(chunks), None, limit, &budget, IDLE));
             prop_assert!(budget.used() <= capacity);
             match result {
                 Ok(bytes) => {
@@ -325,6 +413,7 @@ mod tests {
                 Err(BodyRefusal::TooLarge) => prop_assert!(total > limit.min(capacity)),
                 Err(BodyRefusal::Busy) => prop_assert!(total > 0),
                 Err(BodyRefusal::Unreadable) => prop_assert!(false, "infallible body"),
+                Err(BodyRefusal::TimedOut) => prop_assert!(false, "the body never stalls"),
             }
             drop(held);
             prop_assert_eq!(budget.used(), 0);

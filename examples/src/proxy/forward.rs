@@ -127,12 +127,21 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         declared,
         shared.options.body_limit,
         &shared.body_budget,
+        shared.options.body_idle_timeout,
     )
     .await
     {
         Ok(read) => read,
         Err(BodyRefusal::TooLarge) => return too_large(&shared),
         Err(BodyRefusal::Busy) => return busy(&shared),
+        Err(BodyRefusal::TimedOut) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving; send it without pauses",
+                None,
+            );
+        }
         Err(BodyRefusal::Unreadable) => {
             return json_error(
                 StatusCode::BAD_REQUEST,

@@ -162,6 +162,10 @@ pub struct ProxyOptions {
     pub policy: PolicyConfig,
     /// Seed for the policy's jitter.
     pub seed: u64,
+    /// How long a request body may go without delivering a byte before the request is
+    /// answered `408` (default 30 s). Bytes are reserved from the budget only as they
+    /// arrive, so a client that declares a large body and then stalls holds nothing.
+    pub body_idle_timeout: Duration,
     /// How long shutdown waits for open streams.
     pub grace: Duration,
     /// Refresh an access token this long before its `exp`.
@@ -191,6 +195,7 @@ impl ProxyOptions {
             body_budget: DEFAULT_BODY_BUDGET,
             policy: PolicyConfig::default(),
             seed: 0x5eed,
+            body_idle_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             refresh_margin: Duration::from_secs(60),
         }
