@@ -773,18 +773,6 @@ async fn add_signs_in_through_the_callback_and_stores_the_account() {
     );
 }
 
-/// No raw control, C1 or bidi character in a program's output (line ends excepted).
-fn assert_terminal_safe(what: &str, text: &str) {
-    let raw: Vec<char> = text
-        .chars()
-        .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
-        .collect();
-    assert!(
-        raw.is_empty(),
-        "{what}: raw {raw:?} reach the terminal:\n{text}"
-    );
-}
-
 const HOSTILE: &str = "v\r\nerror: pool deleted\x1b[2J\x1b]0;owned\x07\u{9b}1m\u{202e}\u{2066}";
 
 /// Claim values with CR/LF/ESC, C1 and bidi characters (from a hostile id token) reach
@@ -831,14 +819,14 @@ fn hostile_claims_are_escaped_in_import_and_list() {
         path_str(&home),
     ]);
     import.ok();
-    assert_terminal_safe("import stdout", &import.stdout);
-    assert_terminal_safe("import stderr", &import.stderr);
+    common::assert_terminal_safe("import stdout", &import.stdout);
+    common::assert_terminal_safe("import stderr", &import.stderr);
     assert_eq!(import.stdout.lines().count(), 1, "{}", import.stdout);
 
     let list = sb.run(&["--pool-dir", pool, "list"]);
     list.ok();
-    assert_terminal_safe("list stdout", &list.stdout);
-    assert_terminal_safe("list stderr", &list.stderr);
+    common::assert_terminal_safe("list stdout", &list.stdout);
+    common::assert_terminal_safe("list stderr", &list.stderr);
     // A header and one account line: nothing forged.
     assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
     assert!(
@@ -853,7 +841,7 @@ fn hostile_claims_are_escaped_in_import_and_list() {
     let doc = parse_list_json(&json);
     assert_eq!(doc["accounts"][0]["plan"], HOSTILE);
     assert_eq!(doc["accounts"][0]["account_id"], HOSTILE);
-    assert_terminal_safe("list --json stdout", &json.stdout);
+    common::assert_terminal_safe("list --json stdout", &json.stdout);
 
     // An error that names the hostile path is escaped too.
     let missing = sb.run(&[
@@ -864,7 +852,7 @@ fn hostile_claims_are_escaped_in_import_and_list() {
         path_str(&home.join("nope\x1b[2J")),
     ]);
     missing.failed();
-    assert_terminal_safe("error stderr", &missing.stderr);
+    common::assert_terminal_safe("error stderr", &missing.stderr);
     assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
 }
 
@@ -892,8 +880,8 @@ async fn add_escapes_the_issuer_error_description() {
     })
     .await;
     assert_ne!(code, Some(0), "{stdout}{stderr}");
-    assert_terminal_safe("add stdout", &stdout);
-    assert_terminal_safe("add stderr", &stderr);
+    common::assert_terminal_safe("add stdout", &stdout);
+    common::assert_terminal_safe("add stderr", &stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("denied\\x0d\\x0aadded #1"), "{stderr}");
     assert!(

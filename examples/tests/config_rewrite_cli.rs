@@ -789,19 +789,6 @@ fn apply_and_restore_that_fail_part_way_roll_back() {
     assert_eq!(both(), before);
 }
 
-/// No raw control, bidi or line-separator character in `text` (newlines between lines
-/// are the program's own).
-fn assert_terminal_safe(what: &str, text: &str) {
-    let raw: Vec<char> = text
-        .chars()
-        .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
-        .collect();
-    assert!(
-        raw.is_empty(),
-        "{what}: raw {raw:?} reach the terminal:\n{text}"
-    );
-}
-
 #[cfg(unix)]
 #[test]
 fn paths_and_values_from_files_reach_the_terminal_escaped() {
@@ -830,8 +817,8 @@ fn paths_and_values_from_files_reach_the_terminal_escaped() {
         ],
     );
     ok(&apply, "apply");
-    assert_terminal_safe("apply stdout", &apply.stdout);
-    assert_terminal_safe("apply stderr", &apply.stderr);
+    common::assert_terminal_safe("apply stdout", &apply.stdout);
+    common::assert_terminal_safe("apply stderr", &apply.stderr);
     assert!(
         apply.stdout.contains("\\x1b[31m\\x0d\\x0a"),
         "{}",
@@ -839,10 +826,10 @@ fn paths_and_values_from_files_reach_the_terminal_escaped() {
     );
     let status = cli(&bin, tmp.path(), &["status", "--config", config_arg]);
     ok(&status, "status");
-    assert_terminal_safe("status stdout", &status.stdout);
+    common::assert_terminal_safe("status stdout", &status.stdout);
     let restore = cli(&bin, tmp.path(), &["restore", "--config", config_arg]);
     ok(&restore, "restore");
-    assert_terminal_safe("restore stdout", &restore.stdout);
+    common::assert_terminal_safe("restore stdout", &restore.stdout);
 
     // A value in the file itself (TOML escapes make it any character).
     let plain = tmp.path().join("plain.toml");
@@ -857,7 +844,7 @@ fn paths_and_values_from_files_reach_the_terminal_escaped() {
         &["status", "--config", plain.to_str().unwrap()],
     );
     ok(&status, "status of a hostile value");
-    assert_terminal_safe("status stdout", &status.stdout);
+    common::assert_terminal_safe("status stdout", &status.stdout);
     assert_eq!(status.stdout.lines().count(), 2, "{}", status.stdout);
 }
 
@@ -952,7 +939,7 @@ fn control_and_bidi_characters_in_flags_are_refused_and_nothing_changes() {
                 run.stderr
             );
             assert!(!run.stderr.contains("FAKE\n"), "{what}: {}", run.stderr);
-            assert_terminal_safe(&what, &run.stderr);
+            common::assert_terminal_safe(&what, &run.stderr);
             assert_eq!(snapshot_dir(home), before, "{what}: files changed");
         }
     }

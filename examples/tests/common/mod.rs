@@ -324,3 +324,16 @@ async fn write_piece(
         write.write_all(piece).await
     }
 }
+
+/// Asserts that `text` (a program's stdout or stderr) holds no raw control, bidi or
+/// line-separator character besides the newlines between its lines.
+pub fn assert_terminal_safe(what: &str, text: &str) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && auth_core::terminal::is_unsafe_char(c))
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what}: raw {raw:?} reach the terminal:\n{text}"
+    );
+}
