@@ -211,12 +211,7 @@ fn accounts_refuses_a_non_regular_auth_json_or_config_quickly() {
         // `use` reads the target home's config.toml to find where the CLI keeps logins.
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("pool");
-        PoolStore::new(&pool)
-            .update(|p| {
-                let tokens = login_doc("acct-a").tokens.unwrap();
-                p.upsert(Account::from_login(tokens, None, 1_700_000_000))
-            })
-            .unwrap();
+        seeded_pool(&pool);
         let target = dir.path().join("target-home");
         std::fs::create_dir(&target).unwrap();
         let _guard = planted.plant(&target.join("config.toml"));
