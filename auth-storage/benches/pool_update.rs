@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use auth_core::jwt::IdTokenClaims;
 use auth_core::{Secret, TokenData};
 use auth_storage::PoolStore;
-use auth_storage::pool::{Account, Pool};
+use auth_storage::pool::{Account, PoolDocument};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn account(i: usize) -> Account {
@@ -45,13 +45,13 @@ fn seeded(dir: &Path, n: usize) -> PoolStore {
 }
 
 /// The baseline: unlocked load-modify-write, truncating the file in place, no fsync.
-fn naive_update(path: &Path, change: impl FnOnce(&mut Pool)) {
-    let mut pool: Pool = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+fn naive_update(path: &Path, change: impl FnOnce(&mut PoolDocument)) {
+    let mut pool: PoolDocument = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     change(&mut pool);
     std::fs::write(path, serde_json::to_vec_pretty(&pool).unwrap()).unwrap();
 }
 
-fn touch(p: &mut Pool, tick: u64) {
+fn touch(p: &mut PoolDocument, tick: u64) {
     p.accounts[0].last_used_at = Some(tick);
 }
 
@@ -100,11 +100,11 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
-fn counter(p: &Pool) -> u64 {
+fn counter(p: &PoolDocument) -> u64 {
     p.extra.get("n").and_then(|v| v.as_u64()).unwrap_or(0)
 }
 
-fn increment(p: &mut Pool) {
+fn increment(p: &mut PoolDocument) {
     let next = counter(p) + 1;
     p.extra.insert("n".into(), next.into());
 }
@@ -141,7 +141,7 @@ fn concurrent(_c: &mut Criterion) {
                         for _ in 0..100 {
                             let ok = std::fs::read(&path)
                                 .ok()
-                                .and_then(|b| serde_json::from_slice::<Pool>(&b).ok())
+                                .and_then(|b| serde_json::from_slice::<PoolDocument>(&b).ok())
                                 .map(|mut p| {
                                     increment(&mut p);
                                     std::fs::write(&path, serde_json::to_vec_pretty(&p).unwrap())
@@ -163,7 +163,7 @@ fn concurrent(_c: &mut Criterion) {
     let naive = start.elapsed();
     let naive_count = std::fs::read(&path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Pool>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<PoolDocument>(&b).ok())
         .map(|p| counter(&p))
         .unwrap_or(0);
     let total = THREADS * EACH;

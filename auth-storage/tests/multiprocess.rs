@@ -26,7 +26,7 @@ fn spawn_child(test: &str, role: &str, dir: &Path, stdout: Stdio) -> Child {
         .unwrap()
 }
 
-fn counter(pool: &auth_storage::pool::Pool, key: &str) -> u64 {
+fn counter(pool: &auth_storage::pool::PoolDocument, key: &str) -> u64 {
     pool.extra
         .get("counts")
         .and_then(|c| c.get(key))
@@ -34,7 +34,7 @@ fn counter(pool: &auth_storage::pool::Pool, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn bump(pool: &mut auth_storage::pool::Pool, key: &str) -> u64 {
+fn bump(pool: &mut auth_storage::pool::PoolDocument, key: &str) -> u64 {
     let counts = pool
         .extra
         .entry("counts")

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use auth_storage::PoolStore;
-use auth_storage::pool::{Account, Pool, RestoreReason};
+use auth_storage::pool::{Account, PoolDocument, RestoreReason};
 use common::tokens;
 use proptest::prelude::*;
 
@@ -166,10 +166,10 @@ fn a_damaged_file_is_set_aside_not_overwritten() {
 fn a_newer_pool_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let store = seeded(dir.path());
-    let newer = br#"{"version": 3, "accounts": [], "future": true}"#;
+    let newer = br#"{"version": 4, "accounts": [], "future": true}"#;
     std::fs::write(store.file(), newer).unwrap();
     let err = store.update(|p| p.accounts.clear()).unwrap_err();
-    assert!(err.to_string().contains("version 3"), "{err}");
+    assert!(err.to_string().contains("version 4"), "{err}");
     assert_eq!(std::fs::read(store.file()).unwrap(), newer);
 }
 
@@ -237,10 +237,10 @@ fn damaged_files(dir: &Path) -> Vec<String> {
 fn reset_refuses_a_newer_pool_and_keeps_a_damaged_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = seeded(dir.path());
-    let newer = br#"{"version": 3, "accounts": [], "future": true}"#;
+    let newer = br#"{"version": 4, "accounts": [], "future": true}"#;
     std::fs::write(store.file(), newer).unwrap();
     let err = store.reset().unwrap_err();
-    assert!(err.to_string().contains("version 3"), "{err}");
+    assert!(err.to_string().contains("version 4"), "{err}");
     assert_eq!(std::fs::read(store.file()).unwrap(), newer);
     assert!(!dir.path().join("pool.reset").exists());
 
@@ -362,7 +362,7 @@ fn migrates_v1_documents_forward() {
 
 #[test]
 fn debug_output_masks_emails_and_redacts_tokens() {
-    let mut pool = Pool::default();
+    let mut pool = PoolDocument::default();
     pool.upsert(account("alice@example.com", "acct-a"));
     pool.set_active(0, 5);
     let text = format!("{pool:?}");
@@ -406,18 +406,18 @@ proptest! {
 
     #[test]
     fn pool_documents_round_trip(accounts in proptest::collection::vec(arb_account(), 0..5), active in any::<proptest::sample::Index>()) {
-        let mut pool = Pool::default();
+        let mut pool = PoolDocument::default();
         for a in accounts { pool.upsert(a); }
         if !pool.accounts.is_empty() {
             let i = active.index(pool.accounts.len());
             pool.set_active(i, 7);
         }
         let text = serde_json::to_string_pretty(&pool).unwrap();
-        let back: Pool = serde_json::from_str(&text).unwrap();
+        let back: PoolDocument = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(&back, &pool);
 
         // Through the store too: what update writes, load returns (revision bumped once).
-        prop_assume!(pool != Pool::default());
+        prop_assume!(pool != PoolDocument::default());
         let dir = tempfile::tempdir().unwrap();
         let store = PoolStore::new(dir.path()).with_backups(0);
         let written = pool.clone();
@@ -453,8 +453,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Any v1 document (with or without its `version` field) migrates to the same accounts,
-    /// times in seconds, `disabled` inverted, the same active account; and a write stores
-    /// exactly that as v2.
+    /// times in seconds, `disabled` inverted, the same active account, a valid unique id per
+    /// account that two loads agree on; and a write stores exactly that as the current
+    /// version.
     #[test]
     fn any_v1_document_migrates_faithfully(
         accounts in proptest::collection::vec(arb_v1_account(), 1..5),
@@ -511,14 +512,19 @@ proptest! {
             prop_assert_eq!(&a.cooldowns, &expected);
         }
         prop_assert_eq!(pool.active_index(), active);
+        let ids: std::collections::BTreeSet<&str> = pool.accounts.iter().map(|a| a.id.as_str()).collect();
+        prop_assert_eq!(ids.len(), accounts.len());
+        prop_assert!(ids.iter().all(|id| auth_storage::pool::is_valid_account_id(id)));
+        // A second reader of the same file derives the same ids.
+        prop_assert_eq!(&store.load().unwrap().pool, &pool);
 
-        // The first write stores the migrated pool as v2, unchanged.
+        // The first write stores the migrated pool in the current version, unchanged.
         store.update(|_| ()).unwrap();
         let again = store.load().unwrap();
         prop_assert_eq!(again.migrated_from, None);
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(store.file()).unwrap()).unwrap();
-        prop_assert_eq!(&raw["version"], &serde_json::Value::from(2));
+        prop_assert_eq!(&raw["version"], &serde_json::Value::from(auth_storage::pool::CURRENT_VERSION));
         let mut expected = pool;
         expected.revision = again.pool.revision;
         prop_assert_eq!(again.pool, expected);

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use auth_storage::PoolStore;
-use auth_storage::pool::{Account, Pool};
+use auth_storage::pool::{Account, PoolDocument};
 use common::tokens;
 use proptest::prelude::*;
 
@@ -35,7 +35,7 @@ fn seed_at(dir: &Path, revision: u64, accounts: u64) {
     std::fs::hard_link(&path, dir.join(format!("pool.json.bak-{revision:012}"))).unwrap();
 }
 
-fn emails(pool: &Pool) -> Vec<String> {
+fn emails(pool: &PoolDocument) -> Vec<String> {
     let mut e: Vec<String> = pool
         .accounts
         .iter()

@@ -444,7 +444,7 @@ mod model {
                 .pool
                 .accounts
                 .iter()
-                .map(|a| a.key())
+                .map(|a| a.id.clone())
                 .collect();
 
             match pool.switch_to(case.index, &FailingSave(files.clone()), 50) {
@@ -475,7 +475,7 @@ mod model {
                 }
                 Ok(done) => {
                     let after = pool.load().unwrap().pool;
-                    let keys: Vec<String> = after.accounts.iter().map(|a| a.key()).collect();
+                    let keys: Vec<String> = after.accounts.iter().map(|a| a.id.clone()).collect();
                     for key in &logins_before {
                         prop_assert!(keys.contains(key), "lost {}", key);
                     }

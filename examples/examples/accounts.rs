@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use auth_core::terminal::escape_control;
-use auth_storage::pool::{Pool, Upsert};
+use auth_storage::pool::{PoolDocument, Upsert};
 use auth_storage::{CodexHome, CredentialStore, FailureEffect, PoolStore, StorageError, StoreMode};
 use clap::{Parser, Subcommand};
 
@@ -243,7 +243,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let done = pool.switch_to(index(n)?, store.as_ref(), now())?;
             // The login that was there is never lost: it went into the pool first.
             if let Some((outcome, previous)) = &done.previous
-                && previous.key() != done.account.key()
+                && previous.id != done.account.id
             {
                 match outcome {
                     Upsert::Added(i) => say!(
@@ -320,7 +320,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn print_table(pool: &Pool) {
+fn print_table(pool: &PoolDocument) {
     if pool.accounts.is_empty() {
         println!("no accounts yet; add one with `accounts import --codex-home DIR`");
         return;
@@ -343,7 +343,7 @@ fn print_table(pool: &Pool) {
     }
 }
 
-fn list_json(pool: &Pool) -> String {
+fn list_json(pool: &PoolDocument) -> String {
     let active = pool.active_index();
     let accounts: Vec<serde_json::Value> = pool
         .accounts

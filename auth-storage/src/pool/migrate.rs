@@ -5,8 +5,12 @@
 //!   `rateLimitResetAt` per model family:
 //!   `{"version":1,"activeIndex":0,"accounts":[{"accountId":…,"email":…,"plan":…,
 //!   "tokens":{…},"addedAt":ms,"lastUsed":ms,"disabled":false,"rateLimitResetAt":{"gpt-5":ms}}]}`
-//! * **v2** (current): snake_case, seconds, `active` by account key, `enabled`, `cooldowns`,
-//!   `health`, `revision`.
+//! * **v2**: snake_case, seconds, `active` by account key (`<account id>|<email>`),
+//!   `enabled`, `cooldowns`, `health`, `revision`.
+//! * **v3** (current): every account has a stable `id` (`acct-` + 16 hex) and `active` names
+//!   it; optional `homes`, `unusable` and `refreshing`. A v2 account gets an id derived
+//!   from the document alone (its refresh token and position, hashed), so every process
+//!   reading the same v2 file agrees on the ids until the first v3 write stores them.
 //!
 //! Migrations work on `serde_json::Value` so they never need the old Rust types, and they
 //! keep fields they do not know.
@@ -47,6 +51,9 @@ pub(crate) fn migrate(doc: &mut Value) -> Result<u32, MigrateError> {
     }
     if from == 1 {
         v1_to_v2(doc)?;
+    }
+    if from <= 2 {
+        v2_to_v3(doc)?;
     }
     Ok(from)
 }
@@ -125,7 +132,54 @@ fn v1_to_v2(doc: &mut Value) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// Same rule as [`Account::key`](super::Account::key), on raw JSON.
+/// v2 → v3: ids derived from the document, `active` from the v2 key to the id.
+fn v2_to_v3(doc: &mut Value) -> Result<(), MigrateError> {
+    let Some(obj) = doc.as_object_mut() else {
+        return Err(MigrateError::Shape(
+            "the top level is not a JSON object".to_owned(),
+        ));
+    };
+    let active = obj.remove("active");
+    let active = active.as_ref().and_then(Value::as_str);
+    let mut new_active = None;
+    if let Some(Value::Array(accounts)) = obj.get_mut("accounts") {
+        for (index, account) in accounts.iter_mut().enumerate() {
+            let Value::Object(fields) = account else {
+                // Left for the typed parse to report with its position.
+                continue;
+            };
+            let refresh = fields
+                .get("tokens")
+                .and_then(|t| t.get("refresh_token"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let key = active_key_of(&Value::Object(fields.clone())).or_else(|| {
+                // v2 named an account with neither id nor email by its token's fingerprint.
+                Some(format!(
+                    "token:{}",
+                    auth_core::Secret::new(refresh.clone()).fingerprint()
+                ))
+            });
+            let id = match fields.get("id").and_then(Value::as_str) {
+                Some(id) if super::document::is_valid_account_id(id) => id.to_owned(),
+                _ => super::document::derived_id(&refresh, index, 0),
+            };
+            if new_active.is_none() && active.is_some() && key.as_deref() == active {
+                new_active = Some(id.clone());
+            }
+            fields.insert("id".into(), Value::String(id));
+        }
+    }
+    if let Some(id) = new_active {
+        obj.insert("active".into(), Value::String(id));
+    }
+    obj.insert("version".into(), Value::from(3));
+    Ok(())
+}
+
+/// The v2 `active` key of an account (`<account id>|<lower-cased email>`, or whichever of
+/// the two is known, `email:<email>` for an email alone), on raw JSON.
 fn active_key_of(account: &Value) -> Option<String> {
     let id = account.get("account_id").and_then(Value::as_str);
     let email = account

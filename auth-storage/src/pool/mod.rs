@@ -16,7 +16,10 @@ mod migrate;
 mod store;
 mod switch;
 
-pub use document::{Account, CURRENT_VERSION, Health, Pool, Upsert};
+pub use document::{
+    Account, CURRENT_VERSION, Health, PoolDocument, RefreshInFlight, Unusable, UnusableReason,
+    Upsert, is_valid_account_id,
+};
 pub use store::{
     DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, POOL_FILE_MAX_BYTES, PoolStore, Recovery,
     RestoreReason,

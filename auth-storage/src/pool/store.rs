@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::document::{CURRENT_VERSION, Pool};
+use super::document::{CURRENT_VERSION, PoolDocument};
 use super::migrate::{MigrateError, migrate};
 use crate::atomic::{read_if_exists, remove_if_exists, sync_dir, write_atomic};
 use crate::codex_home::CodexHome;
@@ -63,7 +63,7 @@ pub struct Recovery {
 #[non_exhaustive]
 pub struct Loaded {
     /// The pool (migrated to the current version).
-    pub pool: Pool,
+    pub pool: PoolDocument,
     /// Set when `pool.json` was missing, empty or damaged.
     pub recovery: Option<Recovery>,
     /// The schema version found on disk when it was older than [`CURRENT_VERSION`].
@@ -217,9 +217,9 @@ impl PoolStore {
             .first()
             .and_then(|p| backup_revision(p))
             .unwrap_or(0);
-        let fresh = || Pool {
+        let fresh = || PoolDocument {
             revision: newest,
-            ..Pool::default()
+            ..PoolDocument::default()
         };
         if self.marker_present() {
             return Ok(Loaded {
@@ -287,13 +287,16 @@ impl PoolStore {
     /// the steps before the new `pool.json` is renamed into place (moving a damaged file
     /// aside, the reset marker) are undone if that rename fails, and the steps after it
     /// (new backup link, pruning old backups) are best-effort and only logged.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Pool) -> T) -> Result<T> {
+    pub fn update<T>(&self, change: impl FnOnce(&mut PoolDocument) -> T) -> Result<T> {
         self.try_update(|pool| Ok::<T, StorageError>(change(pool)))
     }
 
     /// Like [`update`](Self::update), but `change` may fail; then nothing is written and its
     /// error is returned.
-    pub fn try_update<T, E>(&self, change: impl FnOnce(&mut Pool) -> Result<T, E>) -> Result<T, E>
+    pub fn try_update<T, E>(
+        &self,
+        change: impl FnOnce(&mut PoolDocument) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<StorageError>,
     {
@@ -347,7 +350,7 @@ impl PoolStore {
     pub(crate) fn change_locked<T, E>(
         &self,
         _guard: &PoolGuard,
-        change: impl FnOnce(&mut Pool) -> Result<T, E>,
+        change: impl FnOnce(&mut PoolDocument) -> Result<T, E>,
     ) -> Result<(T, Option<PoolUndo>), E>
     where
         E: From<StorageError>,
@@ -522,9 +525,9 @@ impl PoolStore {
             }
             undo.marker = MarkerChange::Created;
         }
-        let mut pool = Pool {
+        let mut pool = PoolDocument {
             revision: previous,
-            ..Pool::default()
+            ..PoolDocument::default()
         };
         match self.write_locked(&mut pool, false, intact, true) {
             Ok(_) => Ok(()),
@@ -562,7 +565,7 @@ impl PoolStore {
     /// logged: failing the call then would report a failure for a write that took effect.
     fn write_locked(
         &self,
-        pool: &mut Pool,
+        pool: &mut PoolDocument,
         clear_reset: bool,
         mut intact: Option<u64>,
         prune: bool,
@@ -826,13 +829,20 @@ enum ParseFailure {
     Corrupt(String),
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<(Pool, u32), ParseFailure> {
+fn parse(bytes: &[u8]) -> std::result::Result<(PoolDocument, u32), ParseFailure> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| classify(&e))?;
     let from = migrate(&mut value).map_err(|e| match e {
         MigrateError::Newer(v) => ParseFailure::Newer(v),
         MigrateError::Shape(detail) => ParseFailure::Corrupt(detail),
     })?;
-    let pool: Pool = serde_json::from_value(value).map_err(|e| classify(&e))?;
+    let mut pool: PoolDocument = serde_json::from_value(value).map_err(|e| classify(&e))?;
+    let repaired = pool.assign_missing_ids();
+    if repaired > 0 && from == CURRENT_VERSION {
+        tracing::warn!(
+            accounts = repaired,
+            "pool accounts without a usable, unique id were given ids derived from the file"
+        );
+    }
     Ok((pool, from))
 }
 

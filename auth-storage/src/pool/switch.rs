@@ -99,7 +99,7 @@ impl PoolStore {
     /// | 3′ | undoing step 2 fails too | [`StorageError::PartiallyApplied`]: the pool has the merged login and the new active account, the home still has its old login; nothing is lost, run the switch again |
     ///
     /// Merge rule for the home's login (step 2): a login the pool does not know is added
-    /// ([`Pool::upsert`](super::Pool::upsert)); a known one gets the home's tokens — which
+    /// ([`PoolDocument::upsert`](super::PoolDocument::upsert)); a known one gets the home's tokens — which
     /// the CLI may have refreshed since — unless the pool's copy was refreshed strictly
     /// later (e.g. by a proxy), in which case the pool's copy is kept and is what the
     /// home gets if `index` is that account. Without this, switching away and back would
@@ -144,6 +144,17 @@ impl PoolStore {
             if index >= len {
                 return Err(out_of_range(index, len));
             }
+            if let Some(mark) = &pool.accounts[index].unusable {
+                return Err(StorageError::Invalid {
+                    what: "account",
+                    detail: format!(
+                        "account #{} ({}) is unusable: {mark}; sign in to it again \
+                         (`accounts add`, or `codex login` and `accounts import`) first",
+                        index + 1,
+                        pool.accounts[index].id
+                    ),
+                });
+            }
             let previous = outgoing.map(|login| {
                 let known = pool.accounts.iter().position(|a| a.same_login(&login));
                 let outcome = match known {
@@ -159,6 +170,9 @@ impl PoolStore {
             });
             // `upsert` only appends or updates in place, so `index` still names the account.
             pool.set_active(index, now);
+            // Refresh finds the home's copy of this login through this entry.
+            let id = pool.accounts[index].id.clone();
+            pool.homes.insert(home_key(store.home().dir()), id);
             Ok::<_, StorageError>(Activated {
                 account: pool.accounts[index].clone(),
                 previous,
@@ -290,6 +304,16 @@ fn refreshed_later(a: &Account, b: &Account) -> bool {
         (Some(_), None) => true,
         (None, _) => false,
     }
+}
+
+/// How a Codex home is named in [`PoolDocument::homes`](super::PoolDocument::homes): its
+/// absolute path (canonical when it exists), so two spellings of one home are one entry.
+pub(crate) fn home_key(dir: &std::path::Path) -> String {
+    let absolute = dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    absolute.to_string_lossy().into_owned()
 }
 
 /// What [`PoolStore::switch_to`] did.

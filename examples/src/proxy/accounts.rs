@@ -372,7 +372,7 @@ impl Accounts {
         store.update(|pool| {
             let mut touched = 0;
             for (key, cooldowns, used) in &changes {
-                for account in pool.accounts.iter_mut().filter(|a| &a.key() == key) {
+                for account in pool.accounts.iter_mut().filter(|a| &a.id == key) {
                     // Ended cooldowns mean nothing to the next reader: drop them.
                     account.cooldowns.retain(|_, until| *until > now_secs);
                     for (family, until) in cooldowns {
@@ -449,7 +449,7 @@ impl RefreshStore for PoolRefreshStore {
         let saved = store.update(|pool| {
             let now = auth_core::Timestamp::now();
             let mut found = false;
-            for account in pool.accounts.iter_mut().filter(|a| &a.key() == key) {
+            for account in pool.accounts.iter_mut().filter(|a| &a.id == key) {
                 account.tokens = next.clone();
                 account.last_refresh = Some(now.clone());
                 found = true;
@@ -478,7 +478,7 @@ pub fn load_pool_accounts(store: PoolStore) -> Result<Accounts, super::ProxyErro
             account.email.as_deref(),
             account.plan.clone(),
             account.tokens.clone(),
-            Some(account.key()),
+            Some(account.id.clone()),
         )?;
         if let Some(entry) = accounts.entries.last_mut() {
             entry.saved_cooldowns = account
