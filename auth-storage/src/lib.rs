@@ -22,8 +22,10 @@
 //!   back byte for byte. [`StorageError::effect`] says whether an error left everything as
 //!   it was ([`FailureEffect`]); the lock order and step order are on
 //!   [`PoolStore::switch_to`].
-//! * **Coordinated refresh** (feature `refresh`, [`refresh`] module): however many
-//!   processes and threads find the same token stale, exactly one refresh request is made.
+//! * **Coordinated refresh** (feature `refresh`, `refresh` module): however many
+//!   processes and threads find the same token stale, exactly one refresh request is made —
+//!   for a Codex home (`CoordinatedRefresher`) and for pool accounts shared by proxies and
+//!   the Codex CLI (`PoolRefresher`, which also adopts tokens the CLI refreshed).
 //!
 //! All APIs block; from async code call them in `tokio::task::spawn_blocking`.
 //!
@@ -56,6 +58,8 @@ pub mod keyring_backend;
 pub mod lock;
 mod mode;
 pub mod pool;
+#[cfg(feature = "refresh")]
+mod pool_refresh;
 #[cfg(feature = "refresh")]
 pub mod refresh;
 mod store;

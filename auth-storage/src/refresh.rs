@@ -23,6 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::pool_refresh::{HomeOpener, PoolRefreshError, PoolRefresher, REFRESH_LOCK_DIR};
+
 use auth_core::refresh::{
     PersistError, RefreshError, RefreshStore, RefreshedTokens, TokenEndpoint,
 };

@@ -1,0 +1,597 @@
+//! Refresh of pool accounts that never spends a refresh token twice, across every process
+//! that uses the pool and the Codex homes it handed logins to (feature `refresh`).
+//!
+//! OpenAI refresh tokens are single-use. A pool account is used at once by rotation
+//! proxies (through the pool) and, after [`PoolStore::switch_to`], by the Codex CLI in
+//! that home (through its own copy in `auth.json`, which it refreshes on its own).
+//! [`PoolRefresher::refresh`] makes every one of them agree:
+//!
+//! | step | what happens | lock held |
+//! |------|--------------|-----------|
+//! | 1 | take the account's refresh lock (`refresh-locks/<id>.lock` in the pool directory) | account |
+//! | 2 | re-read the pool; an [`unusable`](crate::pool::Account::unusable) account is refused without a request | account |
+//! | 3 | for each Codex home the pool handed this account to ([`PoolDocument::homes`]): take the home's locks (`auth.lock`, `auth.json.lock`: the Codex CLI's own, so it cannot refresh meanwhile) and read its login; a home holding another login is left alone | account, homes |
+//! | 4 | the newest copy wins (later access-token expiry, then later `last_refresh`): if it is not the one the caller saw and it is still valid, it is adopted — written to the pool and to every home holding an older copy — and returned without a request | account, homes, pool (short) |
+//! | 5 | otherwise a [`RefreshInFlight`] mark is written on the account, the newest refresh token is exchanged (one request), and the answer is saved to the pool and to every home holding this login, clearing the mark | account, homes; pool (short, twice) |
+//! | 6 | a permanent refusal (`refresh_token_reused`, `…_expired`, `…_invalidated`, `invalid_grant`, HTTP 401) marks the account [`UnusableReason::LoginRequired`] in the pool, for every process | account, homes, pool (short) |
+//!
+//! Lock order: account, then homes, then the pool — the same order as
+//! [`PoolStore::switch_to`] for the last two, and nothing takes an account's refresh lock
+//! while holding a home's or the pool's, so the order cannot deadlock. The pool lock is
+//! never held across the network request; the account and home locks are (that is what
+//! keeps a second process, or the CLI, from spending the same token).
+//!
+//! **A process that dies after the issuer answered and before the save** (crash, `kill
+//! -9`, power loss) has spent the refresh token and taken the new one with it. The mark
+//! written in step 5 stays in the pool. The next refresh of that account (by any process)
+//! finds the mark, tries the refresh token it has — which succeeds if the request never
+//! reached the issuer — and otherwise gets `refresh_token_reused`, marks the account
+//! "login required" (step 6) and stops there: every later call returns
+//! [`PoolRefreshError::Unusable`] at step 2 without a request, so no process retries a
+//! dead token, let alone in a loop. Signing in again (`accounts add`, or `codex login` and
+//! `accounts import`) brings new tokens, which clear the mark.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use auth_core::refresh::{RefreshError, TokenEndpoint};
+use auth_core::{AuthDocument, Timestamp, TokenData};
+
+use crate::codex_home::{CodexHome, CommitGuard};
+use crate::error::StorageError;
+use crate::lock::{DEFAULT_LOCK_TIMEOUT, FileLock};
+use crate::pool::{
+    PoolDocument, PoolStore, RefreshInFlight, Unusable, UnusableReason, is_valid_account_id,
+};
+use crate::refresh::RefreshOutcome;
+use crate::store::{CredentialStore, FileStore};
+
+/// Directory of the per-account refresh locks, inside the pool directory.
+pub const REFRESH_LOCK_DIR: &str = "refresh-locks";
+
+/// Opens the credential store of a Codex home the pool handed a login to.
+pub type HomeOpener =
+    Arc<dyn Fn(&CodexHome) -> Result<Box<dyn CredentialStore>, StorageError> + Send + Sync>;
+
+/// Why a pool refresh failed. Never contains a token or an email.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolRefreshError {
+    /// Locking, reading or writing the pool or a home failed before any request was sent.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The pool has no account with this id (removed meanwhile?); nothing was sent.
+    #[error("the pool has no account {id}")]
+    NotInPool {
+        /// The account id.
+        id: String,
+    },
+    /// The account's login is gone for everyone (marked by an earlier refresh or an
+    /// upstream answer); nothing was sent. Sign in again to clear it.
+    #[error("account {id} is unusable: {mark}; sign in to it again")]
+    Unusable {
+        /// The account id.
+        id: String,
+        /// The mark in the pool.
+        mark: Unusable,
+    },
+    /// The token endpoint refused or could not be reached. `marked_unusable` says whether
+    /// the refusal was permanent and the account is now marked "login required".
+    #[error("refreshing account {id} failed: {source}")]
+    Refresh {
+        /// The account id.
+        id: String,
+        /// The endpoint's error.
+        #[source]
+        source: RefreshError,
+        /// Whether the account was marked [`UnusableReason::LoginRequired`] in the pool.
+        marked_unusable: bool,
+    },
+    /// New tokens were obtained (the old refresh token is spent) but could not be saved to
+    /// the pool; `tokens` carries them so the caller can keep using them. Homes holding the
+    /// login were still written when possible, so the next refresh can adopt them there.
+    #[error("refreshed tokens of account {id} could not be saved to the pool: {source}")]
+    Persist {
+        /// The account id.
+        id: String,
+        /// The storage failure.
+        #[source]
+        source: StorageError,
+        /// The new tokens (redacted in `Debug`).
+        tokens: Box<TokenData>,
+    },
+}
+
+/// Refreshes pool accounts so that however many processes ask at once, one token request
+/// is made per expiry and nobody ever sends a spent refresh token (see the [module
+/// docs](self) for the steps, the locks and what a crash leaves).
+///
+/// ```no_run
+/// use auth_core::refresh::{RefreshConfig, TokenEndpoint};
+/// use auth_storage::PoolStore;
+/// use auth_storage::refresh::PoolRefresher;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PoolStore::open_default()?;
+/// let refresher = PoolRefresher::new(TokenEndpoint::new(RefreshConfig::default())?, pool.clone());
+/// let account = pool.load()?.pool.accounts.remove(0);
+/// // ...the access token of `account` expired, or the upstream answered 401...
+/// let fresh = refresher.refresh(&account.id, &account.tokens).await?.into_tokens();
+/// # let _ = fresh; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PoolRefresher {
+    endpoint: TokenEndpoint,
+    pool: PoolStore,
+    lock_timeout: Duration,
+    margin: Duration,
+    open_home: HomeOpener,
+}
+
+impl std::fmt::Debug for PoolRefresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolRefresher")
+            .field("pool", &self.pool.dir())
+            .field("lock_timeout", &self.lock_timeout)
+            .field("margin", &self.margin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolRefresher {
+    /// Refresh through `endpoint`, keeping tokens in `pool`. Codex homes are opened as
+    /// `auth.json` files ([`FileStore`]) unless [`with_home_opener`](Self::with_home_opener)
+    /// says otherwise.
+    pub fn new(endpoint: TokenEndpoint, pool: PoolStore) -> Self {
+        Self {
+            endpoint,
+            pool,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            margin: Duration::from_secs(60),
+            open_home: Arc::new(|home: &CodexHome| {
+                Ok(Box::new(FileStore::new(home.clone())) as Box<dyn CredentialStore>)
+            }),
+        }
+    }
+
+    /// How to open a Codex home's credential store (e.g. the keyring, as its
+    /// `cli_auth_credentials_store` setting says).
+    pub fn with_home_opener(mut self, open: HomeOpener) -> Self {
+        self.open_home = open;
+        self
+    }
+
+    /// Wait at most `timeout` for each lock (default 30 s). Another process's refresh
+    /// holds the account's lock for one token request.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Tokens found in the pool or a home are adopted without a request only while their
+    /// access token stays valid for `margin` more (default 60 s).
+    pub fn with_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The pool this refresher keeps tokens in.
+    pub fn pool(&self) -> &PoolStore {
+        &self.pool
+    }
+
+    /// Refresh account `id`, whose tokens the caller last saw as `seen` (they expired, or
+    /// the upstream rejected the access token), unless someone already stored newer ones.
+    /// Must run inside a Tokio runtime (file work runs on `spawn_blocking` threads).
+    ///
+    /// Cancellation-safe: once the request is sent, it and the save of its answer finish in
+    /// a task of their own even if the returned future is dropped.
+    ///
+    /// # Errors
+    /// See [`PoolRefreshError`]; after every error but `Persist`, the caller's tokens are
+    /// the latest anyone has.
+    pub async fn refresh(
+        &self,
+        id: &str,
+        seen: &TokenData,
+    ) -> Result<RefreshOutcome, PoolRefreshError> {
+        if !is_valid_account_id(id) {
+            return Err(PoolRefreshError::NotInPool { id: id.to_owned() });
+        }
+        let this = self.clone();
+        let owned_id = id.to_owned();
+        let seen = seen.clone();
+        let prepared = tokio::task::spawn_blocking(move || this.prepare(&owned_id, &seen))
+            .await
+            .map_err(|_| aborted(id))??;
+        let Prepared::Refresh(mut held) = prepared else {
+            return match prepared {
+                Prepared::Adopted(tokens) => Ok(RefreshOutcome::AlreadyRefreshed(tokens)),
+                Prepared::Refresh(_) => Err(aborted(id)),
+            };
+        };
+        // The request and the save run in a task of their own: a caller that gives up
+        // (a client hung up, a timeout) must not leave a spent token unsaved.
+        let this = self.clone();
+        let owned_id = id.to_owned();
+        let task = tokio::spawn(async move {
+            let result = this
+                .endpoint
+                .exchange(&held.newest.tokens.refresh_token)
+                .await;
+            let id = owned_id.clone();
+            tokio::task::spawn_blocking(move || this.finish(&owned_id, &mut held, result))
+                .await
+                .map_err(|_| aborted(&id))?
+        });
+        task.await.map_err(|_| aborted(id))?
+    }
+
+    /// Steps 1–5 up to the request (blocking).
+    fn prepare(&self, id: &str, seen: &TokenData) -> Result<Prepared, PoolRefreshError> {
+        let account_lock = self.lock_account(id)?;
+        let pool = self.pool.load()?.pool;
+        let account = pool
+            .account(id)
+            .ok_or_else(|| PoolRefreshError::NotInPool { id: id.to_owned() })?;
+        if let Some(mark) = &account.unusable {
+            return Err(PoolRefreshError::Unusable {
+                id: id.to_owned(),
+                mark: mark.clone(),
+            });
+        }
+        let identity = Identity::of(&account.tokens);
+        let mut newest = Copy {
+            tokens: account.tokens.clone(),
+            last_refresh: account.last_refresh.clone(),
+        };
+        let pool_copy = newest.clone();
+        let homes = self.lock_homes(&pool, id, &identity)?;
+        for home in &homes {
+            if let Some(copy) = &home.copy
+                && copy.is_newer_than(&newest)
+            {
+                newest = copy.clone();
+            }
+        }
+        let interrupted = account.refreshing.clone();
+        let adopt =
+            newest.tokens.refresh_token != seen.refresh_token && newest.valid_for(self.margin);
+        let mut held = Held {
+            _account: account_lock,
+            homes,
+            newest,
+            interrupted,
+        };
+        if adopt {
+            tracing::debug!(
+                account = id,
+                "tokens were refreshed elsewhere; adopting them"
+            );
+            self.save_pool(id, &held.newest, None, &pool_copy)?;
+            held.write_homes(&held.newest.clone());
+            return Ok(Prepared::Adopted(held.newest.tokens));
+        }
+        if let Some(mark) = &held.interrupted {
+            tracing::warn!(
+                account = id,
+                pid = mark.pid,
+                started_at = mark.started_at,
+                "an earlier refresh of this account was interrupted; its refresh token may be spent"
+            );
+        }
+        // Written before the request: if this process dies before saving the answer, the
+        // next refresher knows the token may be spent (see the module docs).
+        let mark = RefreshInFlight::new(unix_now());
+        self.save_pool(id, &held.newest, Some(Some(mark)), &pool_copy)?;
+        Ok(Prepared::Refresh(held))
+    }
+
+    /// Step 5's save or step 6 (blocking); the locks in `held` are released on return.
+    fn finish(
+        &self,
+        id: &str,
+        held: &mut Held,
+        result: Result<auth_core::refresh::RefreshedTokens, RefreshError>,
+    ) -> Result<RefreshOutcome, PoolRefreshError> {
+        match result {
+            Ok(refreshed) => {
+                let next = Copy {
+                    tokens: refreshed.apply_to(&held.newest.tokens),
+                    last_refresh: Some(Timestamp::now()),
+                };
+                // Homes first: if the pool write fails, the new tokens still exist on disk
+                // where the next refresh looks.
+                held.write_homes(&next);
+                match self.pool.update(|pool| {
+                    if let Some(account) = pool.account_mut(id) {
+                        account.tokens = next.tokens.clone();
+                        account.last_refresh = next.last_refresh.clone();
+                        account.refreshing = None;
+                    }
+                }) {
+                    Ok(()) => Ok(RefreshOutcome::Refreshed(next.tokens)),
+                    Err(source) => Err(PoolRefreshError::Persist {
+                        id: id.to_owned(),
+                        source,
+                        tokens: Box::new(next.tokens),
+                    }),
+                }
+            }
+            Err(source) => {
+                let permanent = source.is_permanent();
+                // An answered error means the issuer did not spend the token (or says it is
+                // dead); a transport error leaves it unknown, so the mark stays.
+                let answered = matches!(
+                    source,
+                    RefreshError::Rejected { .. }
+                        | RefreshError::Endpoint { .. }
+                        | RefreshError::InvalidResponse { .. }
+                );
+                let code = source
+                    .oauth_error()
+                    .and_then(|e| e.code().map(str::to_owned));
+                let marked = self.pool.update(|pool| {
+                    let Some(account) = pool.account_mut(id) else {
+                        return false;
+                    };
+                    if answered {
+                        account.refreshing = None;
+                    }
+                    if permanent {
+                        account.unusable = Some(Unusable::new(
+                            UnusableReason::LoginRequired,
+                            unix_now(),
+                            Some(code.as_deref().unwrap_or("refresh_rejected")),
+                        ));
+                    }
+                    permanent
+                });
+                let marked_unusable = match marked {
+                    Ok(marked) => marked,
+                    Err(err) => {
+                        tracing::warn!(account = id, error = %err, "could not record the failed refresh in the pool");
+                        false
+                    }
+                };
+                if marked_unusable {
+                    tracing::warn!(
+                        account = id,
+                        code = code.as_deref().unwrap_or("-"),
+                        "the refresh token was refused for good; the account is marked login required"
+                    );
+                }
+                Err(PoolRefreshError::Refresh {
+                    id: id.to_owned(),
+                    source,
+                    marked_unusable,
+                })
+            }
+        }
+    }
+
+    fn lock_account(&self, id: &str) -> Result<FileLock, StorageError> {
+        let dir = self.pool.dir().join(REFRESH_LOCK_DIR);
+        auth_core::regular_file::create_private_dir_all(&dir)
+            .map_err(|e| StorageError::io("create the directory", &dir, e))?;
+        FileLock::acquire(&dir.join(format!("{id}.lock")), 0o600, self.lock_timeout)
+    }
+
+    /// Step 3: the locks and logins of the homes the pool handed `id` to.
+    fn lock_homes(
+        &self,
+        pool: &PoolDocument,
+        id: &str,
+        identity: &Identity,
+    ) -> Result<Vec<HeldHome>, StorageError> {
+        let mut held = Vec::new();
+        for (dir, holder) in &pool.homes {
+            if holder != id {
+                continue;
+            }
+            let home = CodexHome::new(PathBuf::from(dir));
+            let store = match (self.open_home)(&home) {
+                Ok(store) => store,
+                Err(err) => {
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not open a Codex home of this account; skipping it");
+                    continue;
+                }
+            };
+            // A home that is gone or unreadable is skipped: it cannot hold a newer copy,
+            // and refreshing must not depend on it.
+            let guard = match home.lock_for_commit(self.lock_timeout) {
+                Ok(guard) => guard,
+                Err(err) => {
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not lock a Codex home of this account; skipping it");
+                    continue;
+                }
+            };
+            let doc = match store.load() {
+                Ok(doc) => doc,
+                Err(err) => {
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not read a Codex home of this account; skipping it");
+                    continue;
+                }
+            };
+            let copy = doc.as_ref().and_then(|doc| {
+                let tokens = doc.tokens.as_ref()?;
+                Identity::of(tokens).matches(identity).then(|| Copy {
+                    tokens: tokens.clone(),
+                    last_refresh: doc.last_refresh.clone(),
+                })
+            });
+            held.push(HeldHome {
+                store,
+                guard,
+                doc,
+                copy,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Writes `copy` into the pool account `id` (when it differs from `before`) and sets
+    /// or clears its in-flight mark (`mark`: `None` leaves it).
+    fn save_pool(
+        &self,
+        id: &str,
+        copy: &Copy,
+        mark: Option<Option<RefreshInFlight>>,
+        before: &Copy,
+    ) -> Result<(), PoolRefreshError> {
+        let changed = copy.tokens != before.tokens;
+        if !changed && mark.is_none() {
+            return Ok(());
+        }
+        let found = self.pool.update(|pool| {
+            let Some(account) = pool.account_mut(id) else {
+                return false;
+            };
+            if changed {
+                account.tokens = copy.tokens.clone();
+                account.last_refresh = copy.last_refresh.clone();
+            }
+            if let Some(mark) = mark {
+                account.refreshing = mark;
+            }
+            true
+        })?;
+        if found {
+            Ok(())
+        } else {
+            Err(PoolRefreshError::NotInPool { id: id.to_owned() })
+        }
+    }
+}
+
+enum Prepared {
+    Adopted(TokenData),
+    Refresh(Held),
+}
+
+/// The locks and logins held from step 1 to the end.
+struct Held {
+    _account: FileLock,
+    homes: Vec<HeldHome>,
+    newest: Copy,
+    interrupted: Option<RefreshInFlight>,
+}
+
+impl Held {
+    /// Writes `copy` into every held home whose copy of this login is older. Failures are
+    /// logged: the pool has the tokens, and a home's copy is adopted or replaced next time.
+    fn write_homes(&mut self, copy: &Copy) {
+        for home in &mut self.homes {
+            let Some(current) = &home.copy else {
+                continue;
+            };
+            if current.tokens == copy.tokens || current.is_newer_than(copy) {
+                continue;
+            }
+            let mut doc = home.doc.clone().unwrap_or_else(|| {
+                AuthDocument::chatgpt(
+                    copy.tokens.clone(),
+                    copy.last_refresh.clone().unwrap_or_else(Timestamp::now),
+                )
+            });
+            doc.tokens = Some(copy.tokens.clone());
+            doc.last_refresh = Some(copy.last_refresh.clone().unwrap_or_else(Timestamp::now));
+            match home.store.save_locked(&doc, &home.guard) {
+                Ok(()) => {
+                    home.copy = Some(copy.clone());
+                    home.doc = Some(doc);
+                }
+                Err(err) => {
+                    tracing::warn!(home = %crate::error::shown(home.store.home().dir()), error = %err, "could not give a Codex home the account's new tokens")
+                }
+            }
+        }
+    }
+}
+
+struct HeldHome {
+    store: Box<dyn CredentialStore>,
+    guard: CommitGuard,
+    doc: Option<AuthDocument>,
+    /// The home's tokens when it holds this account's login.
+    copy: Option<Copy>,
+}
+
+/// One copy of an account's tokens and when it was refreshed.
+#[derive(Clone)]
+struct Copy {
+    tokens: TokenData,
+    last_refresh: Option<Timestamp>,
+}
+
+impl Copy {
+    /// Token age: a later access-token expiry is a later issue (lifetimes are the
+    /// issuer's), then a later `last_refresh`; unknown counts as oldest.
+    fn is_newer_than(&self, other: &Copy) -> bool {
+        let exp = |c: &Copy| c.tokens.access_token_expires_at().ok().flatten();
+        match (exp(self), exp(other)) {
+            (Some(a), Some(b)) if a != b => return a > b,
+            (Some(_), None) => return true,
+            (None, Some(_)) => return false,
+            _ => {}
+        }
+        let at = |c: &Copy| c.last_refresh.as_ref().map(Timestamp::unix_seconds);
+        match (at(self), at(other)) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    fn valid_for(&self, margin: Duration) -> bool {
+        match self.tokens.access_token_expires_at() {
+            Ok(Some(exp)) => SystemTime::now()
+                .checked_add(margin)
+                .is_some_and(|limit| exp > limit),
+            // No expiry to go by: only a rejection would tell; treat it as usable.
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Who a login belongs to (account id and email from the tokens), to tell whether a Codex
+/// home still holds the same login as the pool account.
+struct Identity {
+    account_id: Option<String>,
+    email: Option<String>,
+}
+
+impl Identity {
+    fn of(tokens: &TokenData) -> Self {
+        Self {
+            account_id: tokens.effective_account_id(),
+            email: tokens.id_token_claims().ok().and_then(|c| c.email),
+        }
+    }
+
+    fn matches(&self, other: &Identity) -> bool {
+        crate::pool::document_same_login(
+            self.account_id.as_deref(),
+            self.email.as_deref(),
+            other.account_id.as_deref(),
+            other.email.as_deref(),
+        )
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn aborted(id: &str) -> PoolRefreshError {
+    PoolRefreshError::Refresh {
+        id: id.to_owned(),
+        source: RefreshError::Aborted,
+        marked_unusable: false,
+    }
+}
