@@ -60,7 +60,7 @@ pub type HomeOpener =
 pub enum PoolRefreshError {
     /// Locking, reading or writing the pool or a home failed before any request was sent.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(Box<StorageError>),
     /// The pool has no account with this id (removed meanwhile?); nothing was sent.
     #[error("the pool has no account {id}")]
     NotInPool {
@@ -97,10 +97,16 @@ pub enum PoolRefreshError {
         id: String,
         /// The storage failure.
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
         /// The new tokens (redacted in `Debug`).
         tokens: Box<TokenData>,
     },
+}
+
+impl From<StorageError> for PoolRefreshError {
+    fn from(err: StorageError) -> Self {
+        Self::Storage(Box::new(err))
+    }
 }
 
 /// Refreshes pool accounts so that however many processes ask at once, one token request
@@ -314,7 +320,7 @@ impl PoolRefresher {
                     Ok(()) => Ok(RefreshOutcome::Refreshed(next.tokens)),
                     Err(source) => Err(PoolRefreshError::Persist {
                         id: id.to_owned(),
-                        source,
+                        source: Box::new(source),
                         tokens: Box::new(next.tokens),
                     }),
                 }
