@@ -17,6 +17,49 @@
 //! `/redirect?to=TARGET` answers `307` to `TARGET` (for testing that redirects are not
 //! followed).
 //!
+//! # The issuer: single-use refresh tokens
+//!
+//! `POST /oauth/token` (`grant_type=refresh_token`, JSON or form body) behaves like
+//! OpenAI's issuer as far as cross-process refresh coordination can tell: every refresh
+//! token is accepted **once**, and each success issues a new access token (lifetime
+//! [`MockConfig::access_ttl`], default one hour), a new id token and a new refresh token.
+//!
+//! | refresh token presented | answer | counted in |
+//! | --- | --- | --- |
+//! | live (issued, never used) | `200` new tokens; the token is spent | `refresh_calls`, `refreshes` |
+//! | live, account [`Behavior::TokenInvalidated`] | `refresh_token_invalidated` (not spent) | `refresh_calls`, `refresh_invalidated` |
+//! | spent | `refresh_token_reused` | `refresh_calls`, `refresh_reused` |
+//! | spent, account [`Behavior::TokenInvalidated`] | `refresh_token_invalidated` | `refresh_calls`, `refresh_invalidated` |
+//! | unknown to this mock | `400 {"error":"invalid_grant",…}` | [`MockStats::refresh_unknown`] |
+//! | missing / unreadable request | `400 {"error":"invalid_request"}` (or `unsupported_grant_type`) | [`MockStats::refresh_unknown`] |
+//!
+//! Every call counts once in [`MockStats::token_requests`]; the per-account counts are in
+//! [`AccountCounts`], which also keeps the `iat`/`exp` of every access token issued
+//! ([`AccountCounts::issued`]). `refresh_token_reused` and `refresh_token_invalidated` are
+//! worded as [`MockConfig::refresh_rejection`] says (default: `400` with the flat OAuth layout
+//! `{"error":"refresh_token_reused","error_description":"…"}`). The Codex CLI (codex-rs
+//! `login/src/auth/manager.rs`, `extract_refresh_token_error_code`) reads the code from
+//! `error` as a string, `error.code`, or a top-level `code`, so both layouts reach it.
+//!
+//! # The backend: expired and revoked access tokens
+//!
+//! With [`MockConfig::reject_expired_access`], a `/responses` request whose bearer token
+//! carries an `exp` in the past answers `401` with code `token_expired`. Accounts can be
+//! gone for everyone: [`Behavior::TokenInvalidated`] (`401`, code `token_invalidated`) and
+//! [`Behavior::Deactivated`] (`402`, `{"detail":{"code":"deactivated_workspace"}}`).
+//! [`MockUpstream::set_account`] changes an account's behaviour while the mock runs.
+//!
+//! # Crash tests
+//!
+//! [`MockConfig::stall_token_answers`] holds every successful refresh answer until a test
+//! opens a gate — after the refresh token was spent and the new tokens issued and counted —
+//! so a test can kill a client between "the issuer spent the token" and "the client saved
+//! the new one". [`MockUpstream::wait_for_token_requests`] tells the test when to strike.
+//!
+//! Memory stays bounded: request logs keep their first 10,000 entries, token histories
+//! their latest 10,000 per account, and the sets of issued, live and spent tokens their
+//! latest 100,000 each (a token forgotten that way is answered as unknown).
+//!
 //! Request bodies are counted in full but only their first 4 MiB are kept (enough to read
 //! `input` and `stream`), so large uploads do not fill the test process's memory.
 //!
@@ -35,7 +78,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +117,32 @@ pub enum Behavior {
     },
     /// Answer `401` to any access token the mock did not issue through `POST /oauth/token`.
     NeedsRefresh,
+    /// The login was revoked for everyone (signed out everywhere, password changed, revoked
+    /// by an admin): every `/responses` request answers `401` with code `token_invalidated`,
+    /// and every refresh token of the account, live or spent, answers
+    /// `refresh_token_invalidated`.
+    TokenInvalidated,
+    /// The account's workspace is deactivated: every `/responses` request answers `402` with
+    /// `{"detail":{"code":"deactivated_workspace"}}`. Refreshes still succeed — whether
+    /// the real issuer refuses them is not known — so a client holds fresh tokens that the
+    /// backend refuses.
+    Deactivated,
+}
+
+/// How the token endpoint words its refusal of a spent (`refresh_token_reused`) or revoked
+/// (`refresh_token_invalidated`) refresh token. An unknown token is always
+/// `400 {"error":"invalid_grant",…}` (RFC 6749).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshRejection {
+    /// `400` with the flat OAuth layout: `{"error":"<code>","error_description":"…"}`.
+    #[default]
+    Flat400,
+    /// `401` with OpenAI's nested error layout:
+    /// `{"error":{"message":"…","type":"invalid_request_error","param":null,"code":"<code>"}}`
+    /// — what Codex CLI logs show the real issuer answering to a reused refresh token.
+    /// Older Codex CLIs treat a refresh failure as permanent only when it is a `401`.
+    Nested401,
 }
 
 /// Settings of a [`MockUpstream`].
@@ -87,6 +156,10 @@ pub struct MockConfig {
     stall: Option<Arc<tokio::sync::Notify>>,
     break_streams: bool,
     base_path: String,
+    access_ttl: Duration,
+    reject_expired_access: bool,
+    token_stall: Option<Arc<tokio::sync::Notify>>,
+    refresh_rejection: RefreshRejection,
 }
 
 impl Default for MockConfig {
@@ -100,6 +173,10 @@ impl Default for MockConfig {
             stall: None,
             break_streams: false,
             base_path: String::new(),
+            access_ttl: Duration::from_secs(3600),
+            reject_expired_access: false,
+            token_stall: None,
+            refresh_rejection: RefreshRejection::default(),
         }
     }
 }
@@ -164,6 +241,56 @@ impl MockConfig {
         self.event_delay = delay;
         self
     }
+
+    /// The lifetime of the access and id tokens the mock issues, through `POST /oauth/token`
+    /// (`exp` claim and `expires_in`) and [`MockUpstream::synthetic_account`] (default: one
+    /// hour). JWT times are whole seconds, so the lifetime is rounded up to one; a token then
+    /// expires within `ttl` of its issue, up to a second early (`exp = floor(now) + ttl`).
+    /// Short lifetimes (a few seconds) let a test see many expiries.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use examples::mock_upstream::MockConfig;
+    /// let config = MockConfig::default().access_ttl(Duration::from_secs(3)).reject_expired_access(true);
+    /// # let _ = config;
+    /// ```
+    pub fn access_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl;
+        self
+    }
+
+    /// When `on`, a `/responses` request whose bearer token is a JWT with an integer `exp`
+    /// at or before now (whole seconds) answers `401` with code `token_expired`, for every
+    /// account. Tokens that are not JWTs or carry no integer `exp` are not judged by this
+    /// rule. The signature is not checked: the mock's own tokens are unsigned.
+    pub fn reject_expired_access(mut self, on: bool) -> Self {
+        self.reject_expired_access = on;
+        self
+    }
+
+    /// Holds each successful refresh answer until `gate` is notified. By then the refresh
+    /// token presented is already spent, the new tokens issued and the call counted — exactly
+    /// as if the answer had been delivered — so a test can kill the client before it saves
+    /// the new tokens. Refusals are not held.
+    ///
+    /// Each held answer waits for one permit, in arrival order: `gate.notify_one()` releases
+    /// the oldest (or, with none waiting, the next to arrive); `gate.notify_waiters()`
+    /// releases all that wait now. A held answer is counted in
+    /// [`MockUpstream::wait_for_token_requests`] only once it waits, so either call made
+    /// after that wait reaches it. A client that gives up meanwhile never gets the tokens
+    /// and the refresh token stays spent; its answer may still be waiting (a closed
+    /// connection is not always noticed) and take a `notify_one` permit, so release with
+    /// `notify_waiters` when clients were killed.
+    pub fn stall_token_answers(mut self, gate: Arc<tokio::sync::Notify>) -> Self {
+        self.token_stall = Some(gate);
+        self
+    }
+
+    /// How spent and revoked refresh tokens are refused (default [`RefreshRejection::Flat400`]).
+    pub fn refresh_rejection(mut self, style: RefreshRejection) -> Self {
+        self.refresh_rejection = style;
+        self
+    }
 }
 
 /// One request the mock received (header names only, never values).
@@ -204,6 +331,9 @@ pub struct SeenRequest {
 }
 
 /// Per-account counts of what the mock answered.
+///
+/// `/responses` answers are keyed by the request's `ChatGPT-Account-Id`; token-endpoint
+/// answers by the account the presented refresh token was issued for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AccountCounts {
@@ -213,10 +343,47 @@ pub struct AccountCounts {
     pub rate_limited: u64,
     /// Requests answered with 5xx.
     pub server_errors: u64,
-    /// Requests answered with 401.
+    /// Requests answered with 401 (expired, unknown or invalidated access tokens).
     pub unauthorized: u64,
+    /// Of [`unauthorized`](Self::unauthorized): requests refused because their access
+    /// token's `exp` had passed ([`MockConfig::reject_expired_access`]).
+    pub expired_access: u64,
+    /// Requests answered 402 `deactivated_workspace` ([`Behavior::Deactivated`]).
+    pub deactivated: u64,
+    /// Token-endpoint calls presenting one of this account's refresh tokens (live or
+    /// spent), whatever the answer.
+    pub refresh_calls: u64,
     /// Successful refreshes through `/oauth/token`.
     pub refreshes: u64,
+    /// Refresh calls answered `refresh_token_reused` (the token had been spent before).
+    pub refresh_reused: u64,
+    /// Refresh calls answered `refresh_token_invalidated` ([`Behavior::TokenInvalidated`]).
+    pub refresh_invalidated: u64,
+    /// The access tokens issued for this account, oldest first (the latest 10,000): by
+    /// [`MockUpstream::synthetic_account`] and by every successful refresh.
+    pub issued: Vec<IssuedToken>,
+}
+
+/// One access token the mock issued (its claims, never the token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssuedToken {
+    /// `iat` claim (Unix seconds).
+    pub iat: i64,
+    /// `exp` claim (Unix seconds).
+    pub exp: i64,
+    /// How it was issued.
+    pub via: IssuedVia,
+}
+
+/// How an [`IssuedToken`] came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IssuedVia {
+    /// [`MockUpstream::synthetic_account`] (a login, not a token-endpoint call).
+    SyntheticAccount,
+    /// A successful refresh through `POST /oauth/token`.
+    Refresh,
 }
 
 /// A snapshot of what the mock saw.
@@ -227,6 +394,17 @@ pub struct MockStats {
     pub accounts: HashMap<String, AccountCounts>,
     /// Total `/responses` requests.
     pub responses_requests: u64,
+    /// Total `POST /oauth/token` calls, whatever the answer.
+    pub token_requests: u64,
+    /// Total successful refreshes (the sum of [`AccountCounts::refreshes`]).
+    pub refreshes: u64,
+    /// Total `refresh_token_reused` answers.
+    pub refresh_reused: u64,
+    /// Total `refresh_token_invalidated` answers.
+    pub refresh_invalidated: u64,
+    /// Token-endpoint calls refused without naming an account: an unknown refresh token
+    /// (`invalid_grant`) or a malformed request.
+    pub refresh_unknown: u64,
 }
 
 /// A synthetic ChatGPT login: real-shaped unsigned JWTs for tests and demos, never valid anywhere else.
@@ -242,6 +420,11 @@ pub struct SyntheticAccount {
 }
 
 const MAX_RECORDED: usize = 10_000;
+/// Of each account's issued access tokens, the latest this many are kept in the stats.
+const MAX_ISSUED_HISTORY: usize = 10_000;
+/// Issued access tokens, live refresh tokens and spent refresh tokens: the latest this many
+/// of each are remembered (a test issuing more sees the oldest answered as unknown).
+const MAX_TOKENS_KEPT: usize = 100_000;
 /// Bodies longer than this are refused (`413`), as a real backend would.
 const MAX_BODY: u64 = 80 * 1024 * 1024;
 /// Of each body, the bytes kept in memory for parsing.
@@ -251,16 +434,126 @@ struct State {
     config: MockConfig,
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    /// Token-endpoint calls answered (or, when stalled, decided) so far; a watch so tests
+    /// can wait for a count without polling.
+    token_calls: tokio::sync::watch::Sender<u64>,
 }
 
-#[derive(Default)]
 struct Inner {
+    behaviors: HashMap<String, Behavior>,
     remaining: HashMap<String, u32>,
-    issued_access: HashSet<String>,
-    refresh_grants: HashMap<String, (String, String)>,
+    issued_access: Recent<()>,
+    /// Refresh tokens issued and not yet used.
+    live_refresh: Recent<Grant>,
+    /// Refresh tokens already used, with the account they belonged to.
+    spent_refresh: Recent<String>,
     stats: MockStats,
     recorded: Vec<RecordedRequest>,
     seen: Vec<SeenRequest>,
+}
+
+impl Inner {
+    fn new(config: &MockConfig) -> Self {
+        let mut inner = Self {
+            behaviors: HashMap::new(),
+            remaining: HashMap::new(),
+            issued_access: Recent::new(MAX_TOKENS_KEPT),
+            live_refresh: Recent::new(MAX_TOKENS_KEPT),
+            spent_refresh: Recent::new(MAX_TOKENS_KEPT),
+            stats: MockStats::default(),
+            recorded: Vec::new(),
+            seen: Vec::new(),
+        };
+        for (id, behavior) in &config.accounts {
+            inner.set_behavior(id, behavior.clone());
+        }
+        inner
+    }
+
+    fn set_behavior(&mut self, account_id: &str, behavior: Behavior) {
+        let times = match behavior {
+            Behavior::RateLimited { times, .. } | Behavior::ServerErrors { times } => times,
+            _ => 0,
+        };
+        self.remaining.insert(account_id.to_owned(), times);
+        self.behaviors.insert(account_id.to_owned(), behavior);
+    }
+
+    fn behavior(&self, account_id: &str) -> Behavior {
+        self.behaviors
+            .get(account_id)
+            .cloned()
+            .unwrap_or(Behavior::Ok)
+    }
+
+    fn record_issued(&mut self, account_id: &str, token: IssuedToken) {
+        let issued = &mut self
+            .stats
+            .accounts
+            .entry(account_id.to_owned())
+            .or_default()
+            .issued;
+        if issued.len() >= MAX_ISSUED_HISTORY {
+            issued.remove(0);
+        }
+        issued.push(token);
+    }
+}
+
+/// Whom a refresh token was issued to.
+#[derive(Clone)]
+struct Grant {
+    account_id: String,
+    email: String,
+}
+
+/// A map from token to `V` that forgets its oldest entries beyond `cap` (insertion order),
+/// so a long test cannot grow it without bound. Keys are never inserted twice (every token
+/// carries a fresh serial number).
+struct Recent<V> {
+    map: HashMap<String, V>,
+    order: VecDeque<String>,
+    cap: usize,
+}
+
+impl<V> Recent<V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        // Mostly removed keys (spent refresh tokens): drop them rather than evict a live
+        // entry. At most once per `cap / 2` inserts, so O(1) amortized.
+        if self.order.len() > self.cap && self.order.len() >= 2 * self.map.len() {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+        while self.order.len() > self.cap {
+            if let Some(oldest) = self.order.pop_front() {
+                self.map.remove(&oldest);
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Removes `key`; its place in `order` is dropped on eviction or compaction.
+    fn remove(&mut self, key: &str) -> Option<V> {
+        self.map.remove(key)
+    }
 }
 
 /// A running mock upstream; stops on [`MockUpstream::shutdown`] or drop.
@@ -284,18 +577,12 @@ impl MockUpstream {
     pub async fn start(config: MockConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let mut inner = Inner::default();
-        for (id, behavior) in &config.accounts {
-            let times = match behavior {
-                Behavior::RateLimited { times, .. } | Behavior::ServerErrors { times } => *times,
-                _ => 0,
-            };
-            inner.remaining.insert(id.clone(), times);
-        }
+        let inner = Inner::new(&config);
         let state = Arc::new(State {
             config,
             inner: Mutex::new(inner),
             next_id: AtomicU64::new(1),
+            token_calls: tokio::sync::watch::Sender::new(0),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let handler_state = state.clone();
@@ -331,8 +618,9 @@ impl MockUpstream {
         format!("http://{}/oauth/token", self.addr)
     }
 
-    /// Creates a synthetic login for `account_id` whose refresh token this mock accepts.
-    /// With `expired`, its access token is already past `exp`.
+    /// Creates a synthetic login for `account_id` whose refresh token this mock accepts
+    /// (once). Its access token lives [`MockConfig::access_ttl`]; with `expired`, it is
+    /// already a minute past `exp`.
     pub fn synthetic_account(
         &self,
         account_id: &str,
@@ -340,13 +628,32 @@ impl MockUpstream {
         expired: bool,
     ) -> SyntheticAccount {
         let now = unix_now();
-        let exp = if expired { now - 60 } else { now + 3600 };
+        let ttl = ttl_secs(self.state.config.access_ttl);
+        let (iat, exp) = if expired {
+            let exp = now.saturating_sub(60);
+            (exp.saturating_sub(ttl), exp)
+        } else {
+            (now, now.saturating_add(ttl))
+        };
         let n = self.state.next_id.fetch_add(1, Ordering::Relaxed);
-        let tokens = issue_tokens(account_id, email, exp, n);
-        self.lock().refresh_grants.insert(
+        let tokens = issue_tokens(account_id, email, iat, exp, n);
+        let mut inner = self.lock();
+        inner.live_refresh.insert(
             tokens.refresh_token.expose().to_owned(),
-            (account_id.to_owned(), email.to_owned()),
+            Grant {
+                account_id: account_id.to_owned(),
+                email: email.to_owned(),
+            },
         );
+        inner.record_issued(
+            account_id,
+            IssuedToken {
+                iat,
+                exp,
+                via: IssuedVia::SyntheticAccount,
+            },
+        );
+        drop(inner);
         SyntheticAccount {
             account_id: account_id.to_owned(),
             email: email.to_owned(),
@@ -357,6 +664,25 @@ impl MockUpstream {
     /// What the mock answered so far.
     pub fn stats(&self) -> MockStats {
         self.lock().stats.clone()
+    }
+
+    /// Changes how the mock treats `account_id` from now on (e.g. revoke a login while
+    /// clients are using it). Requests already being answered keep the old behaviour; the
+    /// `times` of a [`Behavior::RateLimited`] or [`Behavior::ServerErrors`] start afresh.
+    pub fn set_account(&self, account_id: &str, behavior: Behavior) {
+        self.lock().set_behavior(account_id, behavior);
+    }
+
+    /// Waits until at least `n` token-endpoint calls have been decided (counted in
+    /// [`MockStats::token_requests`]; a refresh counts once its token is spent, before a
+    /// [`MockConfig::stall_token_answers`] gate), or until `timeout` passes. Returns whether
+    /// the count was reached.
+    pub async fn wait_for_token_requests(&self, n: u64, timeout: Duration) -> bool {
+        let mut calls = self.state.token_calls.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, calls.wait_for(|seen| *seen >= n)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The `/responses` and `/models` requests received so far (at most the first 10,000).
@@ -409,18 +735,34 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn issue_tokens(account_id: &str, email: &str, exp: i64, n: u64) -> TokenData {
+/// A lifetime in whole JWT seconds, rounded up.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// The `exp` claim of a bearer token, if it is a JWT whose payload has an integer `exp`.
+/// Anything else (not a JWT, bad base64, not JSON, no or odd `exp`) is `None`.
+fn access_expiry(token: &str) -> Option<i64> {
+    // A `Value`, not a struct: serde would read a payload `[1]` as a struct's fields.
+    let claims: serde_json::Value = jwt::decode_payload(token).ok()?;
+    claims.as_object()?.get("exp")?.as_i64()
+}
+
+fn issue_tokens(account_id: &str, email: &str, iat: i64, exp: i64, n: u64) -> TokenData {
     let id_token = jwt::encode_unsigned_for_testing(&IdTokenClaims {
         email: Some(email.to_owned()),
         exp: Some(exp),
-        iat: Some(exp - 3600),
+        iat: Some(iat),
         chatgpt_plan_type: Some(PlanType::Pro),
         chatgpt_account_id: Some(account_id.to_owned()),
         chatgpt_user_id: Some(format!("user-{account_id}")),
     });
     let access = jwt::encode_unsigned_json_for_testing(&serde_json::json!({
         "exp": exp,
-        "iat": exp - 3600,
+        "iat": iat,
         "jti": format!("mock-access-{n}"),
         "https://api.openai.com/auth": { "chatgpt_account_id": account_id },
     }));
@@ -545,6 +887,56 @@ struct ResponsesBody {
     stream: Option<bool>,
 }
 
+/// What a `/responses` request is answered with.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Answer,
+    RateLimited(Duration),
+    ServerError,
+    /// `401 token_expired`: past `exp`, or (with [`Behavior::NeedsRefresh`]) not issued here.
+    Expired,
+    Invalidated,
+    Deactivated,
+}
+
+impl Verdict {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::Answer => StatusCode::OK,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Expired | Self::Invalidated => StatusCode::UNAUTHORIZED,
+            Self::Deactivated => StatusCode::PAYMENT_REQUIRED,
+        }
+    }
+}
+
+// The backend's refusals, in OpenAI's error layout. codex-rs does not read these bodies (it
+// refreshes on any 401 and shows other statuses with their body); the wording and codes are
+// those seen in public reports of the real backend's answers.
+
+fn token_expired_body() -> serde_json::Value {
+    serde_json::json!({"error": {
+        "message": "Provided authentication token is expired. Please try signing in again.",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "token_expired"
+    }})
+}
+
+fn token_invalidated_body() -> serde_json::Value {
+    serde_json::json!({"error": {
+        "message": "Your authentication token has been invalidated. Please try signing in again.",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "token_invalidated"
+    }, "status": 401})
+}
+
+fn deactivated_body() -> serde_json::Value {
+    serde_json::json!({"detail": {"code": "deactivated_workspace"}})
+}
+
 async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
     let account = parts
@@ -584,23 +976,33 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
         .map(|s| format!("echo: {s}"));
     let stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(true);
     let key = account.clone().unwrap_or_else(|| "-".to_owned());
-    let behavior = state
-        .config
-        .accounts
-        .get(&key)
-        .cloned()
-        .unwrap_or(Behavior::Ok);
+    // Read once, outside the lock: decoding is bounded by auth-core's token size limit.
+    let expired = state.config.reject_expired_access
+        && bearer
+            .as_deref()
+            .and_then(access_expiry)
+            .is_some_and(|exp| exp <= unix_now());
 
     let mut response = {
         let mut inner = lock(&state);
         inner.stats.responses_requests += 1;
+        let behavior = inner.behavior(&key);
+        // Authentication comes first, as on the real backend: a revoked or expired token is
+        // refused before anything about the account (deactivation, limits) is told.
         let verdict = match &behavior {
-            Behavior::Ok => None,
+            Behavior::TokenInvalidated => Verdict::Invalidated,
+            _ if expired => Verdict::Expired,
+            Behavior::Ok => Verdict::Answer,
+            Behavior::Deactivated => Verdict::Deactivated,
             Behavior::NeedsRefresh => {
                 let known = bearer
                     .as_deref()
                     .is_some_and(|t| inner.issued_access.contains(t));
-                (!known).then_some(StatusCode::UNAUTHORIZED)
+                if known {
+                    Verdict::Answer
+                } else {
+                    Verdict::Expired
+                }
             }
             Behavior::RateLimited { .. } | Behavior::ServerErrors { .. } => {
                 let left = inner.remaining.entry(key.clone()).or_insert(0);
@@ -608,22 +1010,30 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                     if *left != u32::MAX {
                         *left -= 1;
                     }
-                    Some(match behavior {
-                        Behavior::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
-                    })
+                    match behavior {
+                        Behavior::RateLimited { retry_after, .. } => {
+                            Verdict::RateLimited(retry_after)
+                        }
+                        _ => Verdict::ServerError,
+                    }
                 } else {
-                    None
+                    Verdict::Answer
                 }
             }
         };
         let counts = inner.stats.accounts.entry(key.clone()).or_default();
-        let status = verdict.unwrap_or(StatusCode::OK);
         match verdict {
-            None => counts.ok += 1,
-            Some(StatusCode::TOO_MANY_REQUESTS) => counts.rate_limited += 1,
-            Some(StatusCode::UNAUTHORIZED) => counts.unauthorized += 1,
-            Some(_) => counts.server_errors += 1,
+            Verdict::Answer => counts.ok += 1,
+            Verdict::RateLimited(_) => counts.rate_limited += 1,
+            Verdict::ServerError => counts.server_errors += 1,
+            Verdict::Invalidated => counts.unauthorized += 1,
+            Verdict::Expired => {
+                counts.unauthorized += 1;
+                if expired {
+                    counts.expired_access += 1;
+                }
+            }
+            Verdict::Deactivated => counts.deactivated += 1,
         }
         if inner.recorded.len() < MAX_RECORDED {
             inner.recorded.push(RecordedRequest {
@@ -632,16 +1042,12 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                 query: parts.uri.query().map(str::to_owned),
                 account_id: account.clone(),
                 header_names,
-                status: status.as_u16(),
+                status: verdict.status().as_u16(),
                 body_len,
             });
         }
         match verdict {
-            Some(StatusCode::TOO_MANY_REQUESTS) => {
-                let wait = match behavior {
-                    Behavior::RateLimited { retry_after, .. } => retry_after,
-                    _ => Duration::ZERO,
-                };
+            Verdict::RateLimited(wait) => {
                 let mut r = json_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     &serde_json::json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached"}}),
@@ -655,15 +1061,18 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                 }
                 r
             }
-            Some(StatusCode::UNAUTHORIZED) => json_response(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({"error": {"code": "token_expired", "message": "Provided authentication token is expired."}}),
-            ),
-            Some(status) => json_response(
-                status,
+            Verdict::Expired => json_response(StatusCode::UNAUTHORIZED, &token_expired_body()),
+            Verdict::Invalidated => {
+                json_response(StatusCode::UNAUTHORIZED, &token_invalidated_body())
+            }
+            Verdict::Deactivated => {
+                json_response(StatusCode::PAYMENT_REQUIRED, &deactivated_body())
+            }
+            Verdict::ServerError => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 &serde_json::json!({"error": {"type": "server_error", "message": "The server had an error while processing your request."}}),
             ),
-            None => {
+            Verdict::Answer => {
                 drop(inner);
                 let n = state.next_id.fetch_add(1, Ordering::Relaxed);
                 let text = echo.unwrap_or_else(|| state.config.reply.clone());
@@ -817,7 +1226,14 @@ struct TokenRequest {
     refresh_token: Option<String>,
 }
 
-async fn token(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+/// Why a token request could not even be looked at.
+enum Malformed {
+    Unreadable,
+    NoRefreshToken,
+    WrongGrant,
+}
+
+async fn read_token_request(req: Request<Incoming>) -> Result<String, Malformed> {
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -825,12 +1241,7 @@ async fn token(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(_) => {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "invalid_request"}),
-            );
-        }
+        Err(_) => return Err(Malformed::Unreadable),
     };
     let parsed: Option<TokenRequest> = if is_form {
         let mut grant_type = None;
@@ -856,50 +1267,156 @@ async fn token(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
         refresh_token: Some(refresh),
     }) = parsed
     else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "invalid_request"}),
-        );
+        return Err(Malformed::NoRefreshToken);
     };
     if grant_type.as_deref().is_some_and(|g| g != "refresh_token") {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "unsupported_grant_type"}),
-        );
+        return Err(Malformed::WrongGrant);
     }
-    let mut inner = lock(&state);
-    let Some((account_id, email)) = inner.refresh_grants.remove(&refresh) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "invalid_grant", "error_description": "refresh token is invalid or was already used"}),
-        );
+    Ok(refresh)
+}
+
+/// `POST /oauth/token`: single-use refresh tokens (the rules are in the module docs).
+async fn token(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBody> {
+    let request = read_token_request(req).await;
+    let (response, issued) = {
+        let mut inner = lock(&state);
+        inner.stats.token_requests += 1;
+        match request {
+            Ok(refresh) => redeem(&state, &mut inner, refresh),
+            Err(malformed) => {
+                inner.stats.refresh_unknown += 1;
+                let code = match malformed {
+                    Malformed::Unreadable | Malformed::NoRefreshToken => "invalid_request",
+                    Malformed::WrongGrant => "unsupported_grant_type",
+                };
+                let body = serde_json::json!({ "error": code });
+                (json_response(StatusCode::BAD_REQUEST, &body), false)
+            }
+        }
     };
-    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let tokens = issue_tokens(&account_id, &email, unix_now() + 3600, n);
-    inner
-        .issued_access
-        .insert(tokens.access_token.expose().to_owned());
-    inner.refresh_grants.insert(
-        tokens.refresh_token.expose().to_owned(),
-        (account_id.clone(), email),
-    );
-    inner
-        .stats
-        .accounts
-        .entry(account_id)
-        .or_default()
-        .refreshes += 1;
-    drop(inner);
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({
+    // Join the gate's queue before the call is counted: a test that opens the gate as soon
+    // as it sees the count must not find nobody waiting.
+    let held = state.config.token_stall.as_ref().filter(|_| issued);
+    let mut held = std::pin::pin!(held.map(|gate| gate.notified()));
+    if let Some(waiter) = held.as_mut().as_pin_mut() {
+        waiter.enable();
+    }
+    state.token_calls.send_modify(|calls| *calls += 1);
+    if let Some(waiter) = held.as_pin_mut() {
+        waiter.await;
+    }
+    response
+}
+
+/// Decides a refresh under the lock: spends a live token and issues new ones, or refuses.
+/// Returns the answer and whether it carries new tokens.
+fn redeem(state: &State, inner: &mut Inner, refresh: String) -> (Response<BoxBody>, bool) {
+    let style = state.config.refresh_rejection;
+    if let Some(grant) = inner.live_refresh.get(&refresh).cloned() {
+        let revoked = inner.behavior(&grant.account_id) == Behavior::TokenInvalidated;
+        let counts = inner
+            .stats
+            .accounts
+            .entry(grant.account_id.clone())
+            .or_default();
+        counts.refresh_calls += 1;
+        if revoked {
+            counts.refresh_invalidated += 1;
+            inner.stats.refresh_invalidated += 1;
+            return (refresh_refusal(style, RefreshRefusal::Invalidated), false);
+        }
+        counts.refreshes += 1;
+        inner.stats.refreshes += 1;
+        inner.live_refresh.remove(&refresh);
+        inner
+            .spent_refresh
+            .insert(refresh, grant.account_id.clone());
+
+        let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+        let ttl = ttl_secs(state.config.access_ttl);
+        let iat = unix_now();
+        let exp = iat.saturating_add(ttl);
+        let tokens = issue_tokens(&grant.account_id, &grant.email, iat, exp, n);
+        inner
+            .issued_access
+            .insert(tokens.access_token.expose().to_owned(), ());
+        inner
+            .live_refresh
+            .insert(tokens.refresh_token.expose().to_owned(), grant.clone());
+        inner.record_issued(
+            &grant.account_id,
+            IssuedToken {
+                iat,
+                exp,
+                via: IssuedVia::Refresh,
+            },
+        );
+        let body = serde_json::json!({
             "id_token": tokens.id_token.expose(),
             "access_token": tokens.access_token.expose(),
             "refresh_token": tokens.refresh_token.expose(),
             "token_type": "Bearer",
-            "expires_in": 3600
-        }),
-    )
+            "expires_in": ttl
+        });
+        return (json_response(StatusCode::OK, &body), true);
+    }
+    if let Some(account_id) = inner.spent_refresh.get(&refresh).cloned() {
+        let revoked = inner.behavior(&account_id) == Behavior::TokenInvalidated;
+        let counts = inner.stats.accounts.entry(account_id).or_default();
+        counts.refresh_calls += 1;
+        let refusal = if revoked {
+            counts.refresh_invalidated += 1;
+            inner.stats.refresh_invalidated += 1;
+            RefreshRefusal::Invalidated
+        } else {
+            counts.refresh_reused += 1;
+            inner.stats.refresh_reused += 1;
+            RefreshRefusal::Reused
+        };
+        return (refresh_refusal(style, refusal), false);
+    }
+    inner.stats.refresh_unknown += 1;
+    let body = serde_json::json!({
+        "error": "invalid_grant",
+        "error_description": "The refresh token is invalid or unknown."
+    });
+    (json_response(StatusCode::BAD_REQUEST, &body), false)
+}
+
+#[derive(Clone, Copy)]
+enum RefreshRefusal {
+    Reused,
+    Invalidated,
+}
+
+/// The issuer's refusal of a spent or revoked refresh token, in the configured layout. The
+/// `refresh_token_reused` message is the one the real issuer sends (seen in Codex CLI logs).
+fn refresh_refusal(style: RefreshRejection, refusal: RefreshRefusal) -> Response<BoxBody> {
+    let (code, message) = match refusal {
+        RefreshRefusal::Reused => (
+            "refresh_token_reused",
+            "Your refresh token has already been used to generate a new access token. Please try signing in again.",
+        ),
+        RefreshRefusal::Invalidated => (
+            "refresh_token_invalidated",
+            "Your refresh token has been invalidated. Please try signing in again.",
+        ),
+    };
+    match style {
+        RefreshRejection::Nested401 => json_response(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": null,
+                "code": code
+            }}),
+        ),
+        RefreshRejection::Flat400 => json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": code, "error_description": message}),
+        ),
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -947,6 +1464,69 @@ pub fn seed_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_forgets_the_oldest_beyond_its_cap() {
+        let mut recent = Recent::new(2);
+        recent.insert("a".to_owned(), 1);
+        recent.insert("b".to_owned(), 2);
+        recent.insert("c".to_owned(), 3);
+        assert!(!recent.contains("a"));
+        assert_eq!((recent.get("b"), recent.get("c")), (Some(&2), Some(&3)));
+        assert_eq!(recent.remove("b"), Some(2));
+        recent.insert("d".to_owned(), 4);
+        assert_eq!(recent.order.len(), 2);
+        assert!(recent.contains("c") && recent.contains("d"));
+
+        // A live entry outlasts many inserted-then-removed ones (spent refresh tokens).
+        let mut live = Recent::new(4);
+        live.insert("idle".to_owned(), ());
+        for i in 0..1000 {
+            let key = format!("rt-{i}");
+            live.insert(key.clone(), ());
+            live.remove(&key);
+        }
+        assert!(live.contains("idle"));
+        assert!(live.order.len() <= 4);
+    }
+
+    #[test]
+    fn lifetimes_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::ZERO), 0);
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(3)), 3);
+        assert_eq!(ttl_secs(Duration::from_millis(3001)), 4);
+        assert_eq!(ttl_secs(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn expiry_is_read_from_unsigned_test_tokens_only_when_it_is_an_integer() {
+        let token = |v: serde_json::Value| jwt::encode_unsigned_json_for_testing(&v);
+        assert_eq!(
+            access_expiry(&token(serde_json::json!({"exp": 42}))),
+            Some(42)
+        );
+        assert_eq!(
+            access_expiry(&token(serde_json::json!({"exp": "42"}))),
+            None
+        );
+        assert_eq!(access_expiry(&token(serde_json::json!({"exp": 1.5}))), None);
+        assert_eq!(access_expiry(&token(serde_json::json!({}))), None);
+        assert_eq!(access_expiry(&token(serde_json::json!([1]))), None);
+        for garbage in ["", ".", "..", "a.b.c", "a.%%%.c", "not a jwt", "a.e30"] {
+            assert_eq!(access_expiry(garbage), None, "{garbage}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_an_expiry_never_panics(text in ".{0,300}", middle in "[A-Za-z0-9_=-]{0,200}", exp: i64) {
+            let _ = access_expiry(&text);
+            let _ = access_expiry(&format!("eyJhbGciOiJub25lIn0.{middle}.c2ln"));
+            let token = jwt::encode_unsigned_json_for_testing(&serde_json::json!({"exp": exp}));
+            proptest::prop_assert_eq!(access_expiry(&token), Some(exp));
+        }
+    }
 
     #[test]
     fn percent_decoding_handles_escapes_plus_and_truncation() {
