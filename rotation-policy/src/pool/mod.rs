@@ -1,7 +1,14 @@
-//! The pool: account state, the per-family availability index, and the policy rules.
+//! The pool: the public API, session affinity, and the outcome rules. The account record
+//! lives in `account`, the per-family availability index in `index`.
+
+mod account;
+mod index;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
+
+use account::{Account, PerFamily, cool, count, refund_token};
+use index::{Family, Place, Rules};
 
 use crate::config::Strategy;
 use crate::rng::SplitMix64;
@@ -30,203 +37,12 @@ const HEALTH_STRIDE: u64 = 1_000_000;
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
-/// Ordering key of a usable account within a family; smaller is picked first. The account's
-/// insertion order is always part of it, so keys are unique.
-type Key = (u64, u64, u64);
-
-/// Where an account sits in one family's index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Disabled: in neither set.
-    Absent,
-    /// Usable at the pool clock, ordered by this key.
-    Ready(Key),
-    /// Usable from this time (ms) on.
-    Waiting(u64),
-}
-
-#[derive(Clone, Debug)]
-struct FamilySlot {
-    /// Rate-limit cooldown end (ms).
-    until: u64,
-    /// Consecutive rate limits.
-    streak: u32,
-    place: Place,
-}
-
-impl FamilySlot {
-    const NEW: FamilySlot = FamilySlot {
-        until: 0,
-        streak: 0,
-        place: Place::Absent,
-    };
-}
-
-#[derive(Clone, Debug)]
-struct Account {
-    id: AccountId,
-    /// Insertion sequence number (unique, never reused).
-    order: u64,
-    /// Generation of the slot when this account was added.
-    generation: u32,
-    disabled: Option<DisabledReason>,
-    /// Account-wide cooldown end (ms) and its reason.
-    until: u64,
-    until_reason: Option<CooldownReason>,
-    needs_refresh: bool,
-    unauthorized_streak: u32,
-    burst_streak: u32,
-    /// Times (ms) of the latest failures, at most `failure_burst` of them.
-    failures: VecDeque<u64>,
-    health: u8,
-    /// Sequence number of the last hand-out (0 = never).
-    last_used: u64,
-    /// Stride-scheduling pass (health-weighted strategy only).
-    pass: u64,
-    /// Token bucket as GCRA: the time (ms) at which the bucket is full again.
-    tat: u64,
-    in_flight: u32,
-    attempts: u64,
-    outcomes: OutcomeCounts,
-    families: Vec<FamilySlot>,
-}
-
-#[derive(Clone, Debug)]
-struct Family {
-    name: String,
-    ready: BTreeMap<Key, u32>,
-    /// `(available_at, order) -> slot`.
-    waiting: BTreeMap<(u64, u64), u32>,
-    /// Insertion order of the last account round-robin picked.
-    cursor: u64,
-}
-
 #[derive(Clone, Debug)]
 struct Binding {
     slot: u32,
     generation: u32,
     expires: u64,
     seq: u64,
-}
-
-/// Immutable policy numbers, pre-converted to milliseconds.
-#[derive(Clone, Debug)]
-struct Rules {
-    strategy: Strategy,
-    /// `(capacity, refill_ms)`.
-    bucket: Option<(u64, u64)>,
-    session_ttl: Option<u64>,
-    max_attempts: u32,
-    max_wait: u64,
-    min_cooldown: u64,
-    max_cooldown: u64,
-    rate_limit_backoff: u64,
-    failure_burst: usize,
-    failure_window: u64,
-    failure_cooldown: u64,
-    unauthorized_cooldown: u64,
-    disable_after_unauthorized: u32,
-    forbidden_cooldown: u64,
-    jitter_percent: u64,
-    max_families: usize,
-}
-
-impl Rules {
-    fn new(c: &PolicyConfig) -> Self {
-        Rules {
-            strategy: c.strategy,
-            bucket: c
-                .bucket
-                .map(|b| (u64::from(b.capacity), ceil_millis(b.refill_every))),
-            session_ttl: c.session_ttl.map(ceil_millis),
-            max_attempts: c.max_attempts,
-            max_wait: ceil_millis(c.max_wait),
-            min_cooldown: ceil_millis(c.min_cooldown),
-            max_cooldown: ceil_millis(c.max_cooldown),
-            rate_limit_backoff: ceil_millis(c.rate_limit_backoff),
-            failure_burst: usize::try_from(c.failure_burst).unwrap_or(usize::MAX),
-            failure_window: ceil_millis(c.failure_window),
-            failure_cooldown: ceil_millis(c.failure_cooldown),
-            unauthorized_cooldown: ceil_millis(c.unauthorized_cooldown),
-            disable_after_unauthorized: c.disable_after_unauthorized,
-            forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
-            jitter_percent: u64::from(c.jitter_percent),
-            max_families: c.max_families,
-        }
-    }
-
-    fn key(&self, a: &Account) -> Key {
-        match self.strategy {
-            Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
-            Strategy::RoundRobin => (a.order, 0, 0),
-            Strategy::HealthWeighted => (a.pass, a.order, 0),
-        }
-    }
-
-    /// When the bucket next holds a whole token.
-    fn bucket_ready_at(&self, a: &Account) -> u64 {
-        match self.bucket {
-            Some((capacity, refill)) => a.tat.saturating_sub((capacity - 1).saturating_mul(refill)),
-            None => 0,
-        }
-    }
-
-    fn available_at(&self, a: &Account, family: usize) -> u64 {
-        a.until
-            .max(a.families[family].until)
-            .max(self.bucket_ready_at(a))
-    }
-
-    /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
-    fn place(
-        &self,
-        a: &mut Account,
-        families: &mut [Family],
-        slot: u32,
-        family: usize,
-        clock: u64,
-    ) {
-        let desired = if a.disabled.is_some() {
-            Place::Absent
-        } else {
-            let at = self.available_at(a, family);
-            if at <= clock {
-                Place::Ready(self.key(a))
-            } else {
-                Place::Waiting(at)
-            }
-        };
-        let current = a.families[family].place;
-        if current == desired {
-            return;
-        }
-        let index = &mut families[family];
-        match current {
-            Place::Absent => {}
-            Place::Ready(key) => {
-                index.ready.remove(&key);
-            }
-            Place::Waiting(at) => {
-                index.waiting.remove(&(at, a.order));
-            }
-        }
-        match desired {
-            Place::Absent => {}
-            Place::Ready(key) => {
-                index.ready.insert(key, slot);
-            }
-            Place::Waiting(at) => {
-                index.waiting.insert((at, a.order), slot);
-            }
-        }
-        a.families[family].place = desired;
-    }
-
-    fn place_everywhere(&self, a: &mut Account, families: &mut [Family], slot: u32, clock: u64) {
-        for family in 0..families.len() {
-            self.place(a, families, slot, family, clock);
-        }
-    }
 }
 
 /// A pool of accounts and the rotation policy over them. See the [crate docs](crate) for the
@@ -376,8 +192,8 @@ impl Pool {
             order: self.order_seq,
             generation: self.generations[slot as usize],
             disabled: None,
-            until: 0,
-            until_reason: None,
+            cooldown_until: 0,
+            cooldown_reason: None,
             needs_refresh: false,
             unauthorized_streak: 0,
             burst_streak: 0,
@@ -385,11 +201,11 @@ impl Pool {
             health: HEALTH_MAX,
             last_used: 0,
             pass: 0,
-            tat: 0,
+            bucket_full_at: 0,
             in_flight: 0,
             attempts: 0,
             outcomes: OutcomeCounts::default(),
-            families: vec![FamilySlot::NEW; self.families.len()],
+            families: vec![PerFamily::NEW; self.families.len()],
         };
         self.rules
             .place_everywhere(&mut account, &mut self.families, slot, self.clock);
@@ -480,9 +296,9 @@ impl Pool {
         self.tick(now);
         self.update(id, |account| {
             account.needs_refresh = false;
-            if account.until_reason == Some(CooldownReason::Unauthorized) {
-                account.until = 0;
-                account.until_reason = None;
+            if account.cooldown_reason == Some(CooldownReason::Unauthorized) {
+                account.cooldown_until = 0;
+                account.cooldown_reason = None;
             }
         })
     }
@@ -519,7 +335,7 @@ impl Pool {
         let clock = self.clock;
         if let Some(account) = self.slots[slot as usize].as_mut() {
             let state = &mut account.families[family];
-            state.until = state.until.max(until);
+            state.cooldown_until = state.cooldown_until.max(until);
             self.rules
                 .place(account, &mut self.families, slot, family, clock);
         }
@@ -661,7 +477,7 @@ impl Pool {
                     ready_in: Duration::from_millis(ready - clock),
                 });
             }
-            account.tat = account.tat.max(clock).saturating_add(refill);
+            account.bucket_full_at = account.bucket_full_at.max(clock).saturating_add(refill);
         }
         account.in_flight = account.in_flight.saturating_add(1);
         rules.place_everywhere(account, &mut self.families, slot, clock);
@@ -802,22 +618,27 @@ impl Pool {
 
     fn describe(&self, a: &Account, t: u64) -> AccountStatus {
         let tokens = self.rules.bucket.map(|(capacity, refill)| {
-            let missing = a.tat.saturating_sub(t).div_ceil(refill);
+            let missing = a.bucket_full_at.saturating_sub(t).div_ceil(refill);
             u32::try_from(capacity.saturating_sub(missing)).unwrap_or(u32::MAX)
         });
         AccountStatus {
             id: a.id.clone(),
             disabled: a.disabled,
-            cooldown_until: (a.until > t).then_some(Timestamp::from_millis(a.until)),
-            cooldown_reason: if a.until > t { a.until_reason } else { None },
+            cooldown_until: (a.cooldown_until > t)
+                .then_some(Timestamp::from_millis(a.cooldown_until)),
+            cooldown_reason: if a.cooldown_until > t {
+                a.cooldown_reason
+            } else {
+                None
+            },
             family_cooldowns: a
                 .families
                 .iter()
                 .zip(&self.families)
-                .filter(|(slot, _)| slot.until > t)
+                .filter(|(slot, _)| slot.cooldown_until > t)
                 .map(|(slot, family)| FamilyCooldown {
                     family: family.name.clone(),
-                    until: Timestamp::from_millis(slot.until),
+                    until: Timestamp::from_millis(slot.cooldown_until),
                     streak: slot.streak,
                 })
                 .collect(),
@@ -877,7 +698,7 @@ impl Pool {
         });
         for (slot, account) in self.slots.iter_mut().enumerate() {
             if let Some(account) = account {
-                account.families.push(FamilySlot::NEW);
+                account.families.push(PerFamily::NEW);
                 // ok: slots.len() fits in u32, checked in `add`.
                 self.rules
                     .place(account, &mut self.families, slot as u32, index, self.clock);
@@ -1067,7 +888,8 @@ impl Pool {
                     .max(rules.min_cooldown);
                 let slot_state = &mut account.families[family];
                 slot_state.streak = streak;
-                slot_state.until = slot_state.until.max(clock.saturating_add(wait));
+                slot_state.cooldown_until =
+                    slot_state.cooldown_until.max(clock.saturating_add(wait));
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);
@@ -1105,33 +927,4 @@ impl Pool {
         }
         rules.place_everywhere(account, &mut self.families, slot, clock);
     }
-}
-
-/// Extends the account-wide cooldown to `until` (never shortens it).
-fn cool(account: &mut Account, until: u64, reason: CooldownReason) {
-    if until > account.until {
-        account.until = until;
-        account.until_reason = Some(reason);
-    }
-}
-
-/// Gives one token back: the bucket's full-at time moves one refill earlier, but never
-/// before `clock` (a full bucket stays full).
-fn refund_token(rules: &Rules, account: &mut Account, clock: u64) {
-    if let Some((_, refill)) = rules.bucket {
-        account.tat = account.tat.saturating_sub(refill).max(clock);
-    }
-}
-
-fn count(counts: &mut OutcomeCounts, outcome: Outcome) {
-    let field = match outcome {
-        Outcome::Success => &mut counts.success,
-        Outcome::RateLimited { .. } => &mut counts.rate_limited,
-        Outcome::Unauthorized => &mut counts.unauthorized,
-        Outcome::Forbidden => &mut counts.forbidden,
-        Outcome::ServerError => &mut counts.server_error,
-        Outcome::NetworkError => &mut counts.network_error,
-        Outcome::Timeout => &mut counts.timeout,
-    };
-    *field += 1;
 }
