@@ -147,6 +147,7 @@ mod request;
 mod retry_after;
 mod rng;
 pub mod sim;
+pub mod state;
 mod status;
 mod time;
 
@@ -156,6 +157,9 @@ pub use id::{AccountId, MAX_ACCOUNT_ID_LEN};
 pub use pool::Pool;
 pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
+pub use state::{
+    AccountState, Cooldown, Disabled, FamilyState, MergeReport, POLICY_STATE_VERSION, PolicyState,
+};
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,
     PoolStatus,

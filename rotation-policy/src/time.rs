@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Used with wall-clock time, a `Timestamp` is milliseconds since the Unix epoch: the
 /// [`From`] conversions to and from [`SystemTime`] read it that way. State shared between
-/// processes compares their timestamps, so every
+/// processes ([`PolicyState`](crate::PolicyState)) compares their timestamps, so every
 /// process sharing it must use wall-clock time.
 ///
 /// If a call passes a `now` earlier than one already seen (a wall clock stepped back),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::account::Account;
 use crate::PolicyConfig;
 use crate::config::Strategy;
+use crate::status::CooldownReason;
 use crate::time::ceil_millis;
 
 /// Ordering key of a usable account within a family; smaller is picked first. The account's
@@ -77,6 +78,16 @@ impl Rules {
             forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
             jitter_percent: u64::from(c.jitter_percent),
             max_families: c.max_families,
+        }
+    }
+
+    /// The longest account-wide cooldown these rules set for `reason` (ms): how far from
+    /// now a merged cooldown may reach.
+    pub(super) fn cooldown_cap(&self, reason: CooldownReason) -> u64 {
+        match reason {
+            CooldownReason::Unauthorized => self.unauthorized_cooldown,
+            CooldownReason::Forbidden => self.forbidden_cooldown,
+            CooldownReason::FailureBurst => self.max_cooldown,
         }
     }
 

@@ -1,13 +1,15 @@
 //! The pool: the public API, session affinity, and the outcome rules. The account record
-//! lives in `account`, the per-family availability index in `index`.
+//! lives in `account`, the per-family availability index in `index`, export and merge of
+//! shared state in `shared`.
 
 mod account;
 mod index;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use account::{Account, PerFamily, cool, count, refund_token};
+use account::{Account, PerFamily, cool, count, mark_changed, refund_token};
 use index::{Family, Place, Rules};
 
 use crate::config::Strategy;
@@ -74,6 +76,9 @@ pub struct Pool {
     /// Pass of the latest health-weighted pick; accounts behind it catch up to it when picked.
     pass_clock: u64,
     counters: Counters,
+    /// Slots whose account's shared state changed since the last `take_changes` (each
+    /// account at most once; see `Account::changed`).
+    changed: Vec<u32>,
 }
 
 impl Pool {
@@ -106,6 +111,7 @@ impl Pool {
             order_seq: 0,
             pass_clock: 0,
             counters: Counters::default(),
+            changed: Vec::new(),
         })
     }
 
@@ -192,13 +198,21 @@ impl Pool {
             order: self.order_seq,
             generation: self.generations[slot as usize],
             disabled: None,
+            disabled_since: 0,
+            enabled_since: None,
             cooldown_until: 0,
             cooldown_reason: None,
+            cooldown_since: 0,
+            refreshed_at: None,
+            health: HEALTH_MAX,
             needs_refresh: false,
             unauthorized_streak: 0,
             burst_streak: 0,
+            health_at: 0,
+            // A new account's state is the default, which every shared document already
+            // implies: nothing to write.
+            changed: false,
             failures: VecDeque::new(),
-            health: HEALTH_MAX,
             last_used: 0,
             pass: 0,
             bucket_full_at: 0,
@@ -240,6 +254,8 @@ impl Pool {
     }
 
     /// Takes an account out of selection until [`enable`](Self::enable); its state is kept.
+    /// The same as [`disable_for`](Self::disable_for) with [`DisabledReason::Manual`]: an
+    /// account already disabled keeps its reason.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -251,13 +267,41 @@ impl Pool {
     /// # Ok::<(), rotation_policy::PolicyError>(())
     /// ```
     pub fn disable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
-        self.update(id, |account| {
-            account.disabled.get_or_insert(DisabledReason::Manual);
-        })
+        self.disable_for(id, DisabledReason::Manual)
     }
 
-    /// Makes a disabled account selectable again (running cooldowns still apply) and
-    /// resets its count of consecutive 401s.
+    /// Takes an account out of selection for `reason` until [`enable`](Self::enable).
+    ///
+    /// A gone login ([`DisabledReason::LoginRequired`], [`DisabledReason::Deactivated`] —
+    /// e.g. the refresh token was reused or revoked) replaces any other reason, because it
+    /// is news every process must act on; any other reason keeps the reason of an account
+    /// already disabled. The disable is stamped with the pool's clock (the latest `now` it
+    /// has seen, never before the last [`enable`](Self::enable)), which orders it against
+    /// enables from other processes in [`merge_state`](Self::merge_state).
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, DisabledReason, PolicyConfig, Pool, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// pool.disable(&id)?;
+    /// pool.disable_for(&id, DisabledReason::LoginRequired)?; // replaces Manual
+    /// pool.disable_for(&id, DisabledReason::Manual)?; // kept: LoginRequired
+    /// let status = pool.account_status(&id, Timestamp::ZERO).unwrap();
+    /// assert_eq!(status.disabled, Some(DisabledReason::LoginRequired));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn disable_for(
+        &mut self,
+        id: &AccountId,
+        reason: DisabledReason,
+    ) -> Result<(), PolicyError> {
+        self.update(id, |account, clock| account.disable_for(reason, clock))
+    }
+
+    /// Makes a disabled account selectable again, whatever the reason (running cooldowns
+    /// still apply), and resets its count of consecutive 401s. The enable is stamped with the
+    /// pool's clock and after the disable it clears, so it wins a merge against that disable.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -270,14 +314,12 @@ impl Pool {
     /// # Ok::<(), rotation_policy::PolicyError>(())
     /// ```
     pub fn enable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
-        self.update(id, |account| {
-            account.disabled = None;
-            account.unauthorized_streak = 0;
-        })
+        self.update(id, |account, clock| account.enable(clock))
     }
 
     /// Tells the pool the account's token was refreshed after a 401: clears `needs_refresh`
-    /// and ends a running 401 cooldown (other cooldowns stay).
+    /// and ends a running 401 cooldown (other cooldowns stay). The refresh time is shared
+    /// state: merged into other pools it ends their 401 cooldowns that started no later.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, Outcome, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -294,12 +336,21 @@ impl Pool {
     /// ```
     pub fn mark_refreshed(&mut self, id: &AccountId, now: Timestamp) -> Result<(), PolicyError> {
         self.tick(now);
-        self.update(id, |account| {
+        self.update(id, |account, clock| {
+            let before = account.observation();
             account.needs_refresh = false;
+            let mut refreshed_at = clock.max(account.refreshed_at.unwrap_or(0));
+            let mut changed = false;
             if account.cooldown_reason == Some(CooldownReason::Unauthorized) {
+                // Never before the cooldown it ends, or a merge elsewhere would keep it.
+                refreshed_at = refreshed_at.max(account.cooldown_since);
                 account.cooldown_until = 0;
                 account.cooldown_reason = None;
+                changed = true;
             }
+            changed |= account.refreshed_at != Some(refreshed_at);
+            account.refreshed_at = Some(refreshed_at);
+            account.observed(before, clock) | changed
         })
     }
 
@@ -335,7 +386,10 @@ impl Pool {
         let clock = self.clock;
         if let Some(account) = self.slots[slot as usize].as_mut() {
             let state = &mut account.families[family];
-            state.cooldown_until = state.cooldown_until.max(until);
+            if until > state.cooldown_until {
+                state.cooldown_until = until;
+                mark_changed(&mut self.changed, account, slot);
+            }
             self.rules
                 .place(account, &mut self.families, slot, family, clock);
         }
@@ -662,26 +716,35 @@ impl Pool {
             .ok_or_else(|| PolicyError::UnknownAccount { id: id.clone() })
     }
 
+    /// Applies `change` (given the pool clock; returns whether shared state changed) to
+    /// `id`'s account and re-indexes it.
     fn update(
         &mut self,
         id: &AccountId,
-        change: impl FnOnce(&mut Account),
+        change: impl FnOnce(&mut Account, u64) -> bool,
     ) -> Result<(), PolicyError> {
         let slot = self.slot_of(id)?;
         if let Some(account) = self.slots[slot as usize].as_mut() {
-            change(account);
+            if change(account, self.clock) {
+                mark_changed(&mut self.changed, account, slot);
+            }
             self.rules
                 .place_everywhere(account, &mut self.families, slot, self.clock);
         }
         Ok(())
     }
 
-    /// The index of `name`'s family, creating it (O(n log n), once per family) if new.
+    /// The index of `name`'s family, creating it (O(n log n), once per family) if new. Past
+    /// `max_families` named families, new names share the family `"*"`.
     fn family_index(&mut self, name: &str) -> usize {
         if let Some(&index) = self.family_ids.get(name) {
             return index;
         }
-        let name = if self.families.len() >= self.rules.max_families {
+        // `max_families` named families, plus the shared one: a document listing the shared
+        // family by name (exported from a full pool) then fits a pool of the same config.
+        let named =
+            self.families.len() - usize::from(self.family_ids.contains_key(OVERFLOW_FAMILY));
+        let name = if name != OVERFLOW_FAMILY && named >= self.rules.max_families {
             if let Some(&index) = self.family_ids.get(OVERFLOW_FAMILY) {
                 return index;
             }
@@ -870,6 +933,13 @@ impl Pool {
         count(&mut self.counters.outcomes, outcome);
         count(&mut account.outcomes, outcome);
 
+        // What shared state looked like, to stamp and record a change in O(1).
+        let observation = account.observation();
+        let family_before = (
+            account.families[family].cooldown_until,
+            account.families[family].streak,
+        );
+        let mut changed = false;
         match outcome {
             Outcome::Success => {
                 account.health = account
@@ -896,34 +966,46 @@ impl Pool {
                 account.needs_refresh = true;
                 account.unauthorized_streak = account.unauthorized_streak.saturating_add(1);
                 if account.unauthorized_streak >= rules.disable_after_unauthorized {
-                    account.disabled.get_or_insert(DisabledReason::Unauthorized);
+                    changed |= account.disable_for(DisabledReason::Unauthorized, clock);
                 } else {
-                    cool(
+                    changed |= cool(
                         account,
                         clock.saturating_add(rules.unauthorized_cooldown),
                         CooldownReason::Unauthorized,
+                        clock,
                     );
                 }
             }
             Outcome::Forbidden => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);
-                cool(
+                changed |= cool(
                     account,
                     clock.saturating_add(rules.forbidden_cooldown),
                     CooldownReason::Forbidden,
+                    clock,
                 );
             }
             Outcome::ServerError | Outcome::NetworkError | Outcome::Timeout => {
                 account.health = account.health.saturating_sub(HEALTH_FAILURE);
                 if let Some(wait) = burst_wait {
                     account.burst_streak = burst;
-                    cool(
+                    changed |= cool(
                         account,
                         clock.saturating_add(wait),
                         CooldownReason::FailureBurst,
+                        clock,
                     );
                 }
             }
+        }
+        changed |= account.observed(observation, clock);
+        changed |= family_before
+            != (
+                account.families[family].cooldown_until,
+                account.families[family].streak,
+            );
+        if changed {
+            mark_changed(&mut self.changed, account, slot);
         }
         rules.place_everywhere(account, &mut self.families, slot, clock);
     }
