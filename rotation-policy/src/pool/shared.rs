@@ -225,14 +225,6 @@ impl Pool {
             fresh
         };
 
-        // Does the pool know something `theirs` lacks? Then what the merge yields differs
-        // from what was merged in and must be written back. (An account already marked
-        // changed will be written anyway.)
-        let knows_more = match self.slots.get(slot as usize) {
-            Some(Some(ours)) if !ours.changed => !theirs.covers(&self.export(ours)),
-            _ => false,
-        };
-
         // Family indexes first: adding a family re-indexes every account.
         let family_cap = clock.saturating_add(self.rules.max_cooldown);
         let mut families = Vec::new();
@@ -351,7 +343,14 @@ impl Pool {
             self.rules
                 .place_everywhere(account, &mut self.families, slot, clock);
         }
-        if knows_more {
+        // Does the result hold something `theirs` lacks (what the pool knew, or a family
+        // name this pool files under "*")? Only then must it be written back. (An account
+        // already marked changed will be written anyway.)
+        let knows_more = match self.slots.get(slot as usize) {
+            Some(Some(ours)) if !ours.changed => !theirs.covers(&self.export(ours)),
+            _ => false,
+        };
+        if knows_more && let Some(Some(account)) = self.slots.get_mut(slot as usize) {
             mark_changed(&mut self.changed, account, slot);
         }
         changed
