@@ -538,3 +538,71 @@ fn disabled_reason_or_nearest<'de, D: Deserializer<'de>>(d: D) -> Result<Disable
 fn cooldown_reason_or_nearest<'de, D: Deserializer<'de>>(d: D) -> Result<CooldownReason, D::Error> {
     reason_or(d, CooldownReason::FailureBurst)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t() -> impl Strategy<Value = Timestamp> {
+        (0u64..4).prop_map(Timestamp::from_millis)
+    }
+
+    fn account() -> impl Strategy<Value = AccountState> {
+        (
+            proptest::option::of((t(), any::<bool>(), t())),
+            proptest::collection::btree_map("[ab]", (t(), 0u32..2), 0..2),
+            proptest::option::of((any::<bool>(), t())),
+            (proptest::option::of(t()), proptest::option::of(t())),
+            (0u8..=100, t(), any::<bool>(), 0u32..2, 0u32..2),
+        )
+            .prop_map(
+                |(cooldown, families, disabled, (enabled, refreshed), obs)| {
+                    let (health, health_at, needs_refresh, unauthorized_streak, burst_streak) = obs;
+                    AccountState {
+                        cooldown: cooldown.map(|(until, forbidden, since)| {
+                            let reason = if forbidden {
+                                CooldownReason::Forbidden
+                            } else {
+                                CooldownReason::Unauthorized
+                            };
+                            Cooldown::new(until, reason, since)
+                        }),
+                        families: families
+                            .into_iter()
+                            .map(|(name, (until, streak))| (name, FamilyState::new(until, streak)))
+                            .collect(),
+                        disabled: disabled.map(|(gone, since)| {
+                            let reason = if gone {
+                                DisabledReason::LoginRequired
+                            } else {
+                                DisabledReason::Manual
+                            };
+                            Disabled::new(reason, since)
+                        }),
+                        enabled_since: enabled,
+                        refreshed_at: refreshed,
+                        health,
+                        health_at,
+                        needs_refresh,
+                        unauthorized_streak,
+                        burst_streak,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// `covers` (used to decide whether a merge must be written back) says exactly
+        /// whether joining would change nothing.
+        #[test]
+        fn covers_is_join_changes_nothing(a in account(), b in account()) {
+            let mut joined = a.clone();
+            let changed = joined.join(&b);
+            prop_assert_eq!(a.covers(&b), !changed);
+            prop_assert_eq!(changed, joined != a);
+            prop_assert!(joined.covers(&a) && joined.covers(&b));
+        }
+    }
+}
