@@ -13,6 +13,9 @@
 //!   end up in a status snapshot or error.
 //! - **The policy decides**: [`Pool::report`] returns a [`Decision`] — retry on another
 //!   account, wait N ms, or return to the client with an exact `retry_after`.
+//! - **State survives restarts and is shared**: what decisions depend on (cooldowns,
+//!   disables, health) exports as a serde [`PolicyState`] that several processes merge by
+//!   written rules — see [Persisting and sharing state](#persisting-and-sharing-state).
 //!
 //! # The request loop
 //!
@@ -111,6 +114,87 @@
 //! attempts left ([`PolicyConfig::max_attempts`]) — never on an account this request already
 //! tried, so one bad request cannot replay across the whole pool.
 //!
+//! # Persisting and sharing state
+//!
+//! Several processes (rotation proxies on one machine) use the same accounts, and a proxy
+//! restarts. What one learns about an account — a 429 cooldown, a 403, a revoked login,
+//! falling health — should steer the others and survive the restart. [`Pool::take_changes`]
+//! returns the shared state of the accounts that changed since the last call (O(1) to record
+//! a change, O(changed) to take them); the caller merges it into a shared file under the
+//! file's lock with [`PolicyState::merge`] and merges the whole file back with
+//! [`Pool::merge_state`]. [`Pool::export_state`] gives everything, e.g. to save on shutdown.
+//!
+//! ```
+//! use std::time::Duration;
+//! use rotation_policy::{
+//!     AccountId, Outcome, PolicyConfig, PolicyError, PolicyState, Pool, Request, Selection,
+//!     Timestamp,
+//! };
+//!
+//! let new_pool = || -> Result<Pool, PolicyError> {
+//!     let mut pool = Pool::new(PolicyConfig::default(), 42)?;
+//!     for id in ["acct-1", "acct-2"] {
+//!         pool.add(AccountId::new(id)?)?;
+//!     }
+//!     Ok(pool)
+//! };
+//! let (mut proxy_a, mut proxy_b) = (new_pool()?, new_pool()?);
+//! let mut file = PolicyState::default(); // stands in for the shared file
+//!
+//! // What each proxy does every ~250 ms: write its changes (under the file's lock: read,
+//! // merge, write atomically), then merge the whole file.
+//! let sync = |pool: &mut Pool, file: &mut PolicyState, now| {
+//!     let changes = pool.take_changes();
+//!     if !changes.accounts.is_empty() {
+//!         file.merge(&changes);
+//!     }
+//!     pool.merge_state(file, now)
+//! };
+//!
+//! // Proxy A: acct-1 is rate limited for gpt-5 for 30 s.
+//! let now = Timestamp::from_millis(1_700_000_000_000);
+//! let mut request = Request::new("gpt-5");
+//! let Selection::Account(acct_1) = proxy_a.select(&mut request, now) else { unreachable!() };
+//! let limited = Outcome::RateLimited { retry_after: Some(Duration::from_secs(30)) };
+//! proxy_a.report(&mut request, &acct_1, limited, now);
+//! sync(&mut proxy_a, &mut file, now);
+//! let on_disk = serde_json::to_string(&file)?;
+//!
+//! // Proxy B (or A after a restart) reads the file 5 s later: acct-1 cools there too.
+//! let later = now.saturating_add(Duration::from_secs(5));
+//! let report = proxy_b.merge_state(&serde_json::from_str(&on_disk)?, later);
+//! assert_eq!(report.changed, 1);
+//! let acct_2 = AccountId::new("acct-2")?;
+//! assert_eq!(proxy_b.select(&mut Request::new("gpt-5"), later), Selection::Account(acct_2.clone()));
+//! proxy_b.disable(&acct_2)?;
+//! assert_eq!(
+//!     proxy_b.select(&mut Request::new("gpt-5"), later),
+//!     Selection::Exhausted { retry_after: Duration::from_secs(25) } // exact
+//! );
+//! // B writes only what it learned itself, not what it merged: no ping-pong.
+//! let changes = proxy_b.take_changes();
+//! assert_eq!(changes.accounts.keys().collect::<Vec<_>>(), [&acct_2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Writers never coordinate: each rule is a join (commutative, associative, idempotent), so
+//! merges in any order give one result. Per account ([`state`] has the details and format):
+//!
+//! | state | merge keeps |
+//! |---|---|
+//! | account-wide cooldown | the later `until` (with its reason); ties by reason, then start |
+//! | `refreshed_at` | the later; it ends 401 cooldowns that started no later ([`Pool::mark_refreshed`] in one process ends them in all) |
+//! | family cooldowns | per family the later `until`; streak = the larger |
+//! | disabled / enabled | the later of the last disable and the last explicit enable; equal times: disabled; a gone login ([`DisabledReason::LoginRequired`], [`DisabledReason::Deactivated`]) is never cleared by an earlier enable |
+//! | health, `needs_refresh`, streaks | the observation with the later `health_at`; ties: the lower health |
+//!
+//! Merging into a pool only extends cooldowns it runs, caps merged cooldowns at the pool's
+//! own longest for that kind ([`PolicyConfig::max_cooldown`] for rate limits), and ignores
+//! records stamped more than `max_cooldown` in the future, so a hostile or broken writer
+//! cannot block an account for long. Token buckets, in-flight counts, sessions, counters and
+//! the strategy's order stay per process. Share state only between processes using
+//! wall-clock [`Timestamp`]s.
+//!
 //! # Complexity
 //!
 //! For each model family the pool keeps two ordered indexes: accounts usable now, keyed by
@@ -123,7 +207,11 @@
 //! - [`Pool::select`], [`Pool::consume`], [`Pool::report`], [`Pool::refund`]: O(F · log n)
 //!   amortized, plus O(attempts) to skip accounts the request already tried;
 //! - `Exhausted { retry_after }` is the first entry of the waiting index: O(log n), exact;
-//! - [`Pool::add`]/[`Pool::remove`]/[`Pool::disable`]/[`Pool::enable`]: O(F · log n);
+//! - [`Pool::add`]/[`Pool::remove`]/[`Pool::disable`]/[`Pool::disable_for`]/[`Pool::enable`]:
+//!   O(F · log n);
+//! - recording a change for [`Pool::take_changes`]: O(1); the call: O(k · F log k) for k
+//!   changed accounts; [`Pool::merge_state`]: O(k · F log n) for k accounts in the
+//!   document; [`Pool::export_state`]: O(n · F);
 //! - the first request of a new model family indexes every account once: O(n log n);
 //!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"`;
 //! - [`Pool::status`]: O(n log n) (a full snapshot).
@@ -147,6 +235,7 @@ mod request;
 mod retry_after;
 mod rng;
 pub mod sim;
+pub mod state;
 mod status;
 mod time;
 
@@ -156,6 +245,9 @@ pub use id::{AccountId, MAX_ACCOUNT_ID_LEN};
 pub use pool::Pool;
 pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
+pub use state::{
+    AccountState, Cooldown, Disabled, FamilyState, MergeReport, POLICY_STATE_VERSION, PolicyState,
+};
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,
     PoolStatus,

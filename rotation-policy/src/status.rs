@@ -74,6 +74,30 @@ pub enum DisabledReason {
     Manual,
     /// Too many consecutive 401s.
     Unauthorized,
+    /// The account's login is gone for everyone until the person signs in again: its refresh
+    /// token was reused or revoked (`refresh_token_reused`, `invalid_grant`). Set with
+    /// [`Pool::disable_for`](crate::Pool::disable_for); it replaces any other reason.
+    LoginRequired,
+    /// The account or its workspace was deactivated upstream: gone for everyone. Set with
+    /// [`Pool::disable_for`](crate::Pool::disable_for); it replaces any other reason.
+    Deactivated,
+}
+
+impl DisabledReason {
+    /// Whether the account's login is gone for every process ([`LoginRequired`](Self::LoginRequired),
+    /// [`Deactivated`](Self::Deactivated)), as opposed to disabled by a choice or a local count.
+    ///
+    /// ```
+    /// # use rotation_policy::DisabledReason;
+    /// assert!(DisabledReason::LoginRequired.is_gone());
+    /// assert!(!DisabledReason::Manual.is_gone());
+    /// ```
+    pub fn is_gone(self) -> bool {
+        matches!(
+            self,
+            DisabledReason::LoginRequired | DisabledReason::Deactivated
+        )
+    }
 }
 
 /// Why an account-wide cooldown is running.

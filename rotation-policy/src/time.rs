@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 ///   `Retry-After` into a wait;
 /// - a simulation or a test starts at [`Timestamp::ZERO`] and adds virtual time.
 ///
+/// Used with wall-clock time, a `Timestamp` is milliseconds since the Unix epoch: the
+/// [`From`] conversions to and from [`SystemTime`] read it that way. State shared between
+/// processes ([`PolicyState`](crate::PolicyState)) compares their timestamps, so every
+/// process sharing it must use wall-clock time.
+///
 /// If a call passes a `now` earlier than one already seen (a wall clock stepped back),
 /// the pool keeps using the latest `now` it has seen, so cooldowns never stretch or shrink
 /// because of clock jumps backwards.
@@ -74,6 +79,34 @@ impl Timestamp {
         }
     }
 
+    /// The wall-clock time this timestamp stands for, read as milliseconds since the Unix
+    /// epoch (the epoch [`from_system_time`](Self::from_system_time) uses). Saturates at the
+    /// latest time the platform's [`SystemTime`] can hold.
+    ///
+    /// ```
+    /// # use rotation_policy::Timestamp;
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// let t = Timestamp::from_millis(1_700_000_000_250);
+    /// assert_eq!(t.to_system_time(), UNIX_EPOCH + Duration::from_millis(1_700_000_000_250));
+    /// assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
+    /// ```
+    pub fn to_system_time(self) -> SystemTime {
+        let since = Duration::from_millis(self.0);
+        if let Some(time) = UNIX_EPOCH.checked_add(since) {
+            return time;
+        }
+        // Beyond the platform's range (e.g. Windows' 100 ns ticks overflow before u64 ms do):
+        // approach the latest representable time by halving steps, at most ~2 × 64 tries.
+        let (mut time, mut step) = (UNIX_EPOCH, since);
+        while !step.is_zero() {
+            match time.checked_add(step) {
+                Some(later) => time = later,
+                None => step /= 2,
+            }
+        }
+        time
+    }
+
     /// This time plus `d`, rounded up to a whole millisecond, saturating at the far future.
     ///
     /// ```
@@ -95,6 +128,36 @@ impl Timestamp {
     /// ```
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Wall-clock time as milliseconds since the Unix epoch; the same as
+/// [`Timestamp::from_system_time`] (times before 1970 become [`Timestamp::ZERO`]).
+///
+/// ```
+/// # use rotation_policy::Timestamp;
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t: Timestamp = (UNIX_EPOCH + Duration::from_millis(1500)).into();
+/// assert_eq!(t, Timestamp::from_millis(1500));
+/// ```
+impl From<SystemTime> for Timestamp {
+    fn from(time: SystemTime) -> Self {
+        Timestamp::from_system_time(time)
+    }
+}
+
+/// The wall-clock time of a timestamp read as milliseconds since the Unix epoch; the same as
+/// [`Timestamp::to_system_time`] (saturating at the platform's latest time).
+///
+/// ```
+/// # use rotation_policy::Timestamp;
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// let wall: SystemTime = Timestamp::from_millis(1500).into();
+/// assert_eq!(wall, UNIX_EPOCH + Duration::from_millis(1500));
+/// ```
+impl From<Timestamp> for SystemTime {
+    fn from(time: Timestamp) -> Self {
+        time.to_system_time()
     }
 }
 
@@ -121,6 +184,19 @@ mod tests {
     fn system_time_before_epoch_is_zero() {
         let before = UNIX_EPOCH - Duration::from_secs(5);
         assert_eq!(Timestamp::from_system_time(before), Timestamp::ZERO);
+    }
+
+    #[test]
+    fn system_time_round_trips_and_saturates() {
+        for ms in [0, 1, 1_700_000_000_250, 253_402_300_799_999] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+        }
+        // The far future never panics; it is the latest time the platform holds (on Linux
+        // every u64 of milliseconds fits, so it round-trips exactly).
+        let far = Timestamp::from_millis(u64::MAX).to_system_time();
+        assert!(far > UNIX_EPOCH + Duration::from_secs(253_402_300_799));
+        assert!(Timestamp::from(far).as_millis() > 253_402_300_799_999);
     }
 
     #[test]

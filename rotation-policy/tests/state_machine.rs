@@ -1,9 +1,15 @@
 //! State-machine property test: random operation sequences run against `Pool` and against
 //! the linear-scan reference model in `model/`, which must agree on every selection,
-//! consume, refund and decision, and on every account's state after every step. On top of
-//! that, the invariants the issue names are asserted directly against the pool's own status:
-//! a selected account is enabled, out of cooldown for the family and holds a token; tokens
-//! never exceed capacity; a session stays on its account while that account is usable.
+//! consume, refund and decision, and on every account's state — its status and its exported
+//! shared state — after every step. On top of that, invariants are asserted directly against
+//! the pool: a selected account is enabled, out of cooldown for the family and holds a token;
+//! tokens never exceed capacity; a session stays on its account while that account is usable.
+//!
+//! Shared state: `Merge` ops play other processes writing to a shared file (the test keeps
+//! it) that the pool then merges whole; `Take` ops write the pool's changes into it. After
+//! every `Take` the file holds everything the pool knows (nothing was missed), and merging
+//! the file back leaves nothing to write (no ping-pong). After every step, exporting the
+//! pool and merging that into a fresh pool of the same accounts gives the same export.
 
 mod model;
 
@@ -12,19 +18,55 @@ use std::time::Duration;
 use model::{Model, ModelRequest, view_of};
 use proptest::prelude::*;
 use rotation_policy::{
-    AccountId, Decision, Outcome, PolicyConfig, PolicyError, Pool, Request, Selection,
+    AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
+    FamilyState, Outcome, PolicyConfig, PolicyError, PolicyState, Pool, Request, Selection,
     Strategy as Pick, Timestamp, TokenBucket,
 };
 
 const ACCOUNTS: u8 = 6;
 const FAMILIES: [&str; 3] = ["gpt-5", "gpt-5-codex", "o4-mini"];
 
+/// Family names a merged document may use: the request families, one no request uses, and
+/// the shared overflow family.
+const DOC_FAMILIES: [&str; 5] = ["gpt-5", "gpt-5-codex", "o4-mini", "o3", "*"];
+const COOLDOWN_REASONS: [CooldownReason; 3] = [
+    CooldownReason::Unauthorized,
+    CooldownReason::Forbidden,
+    CooldownReason::FailureBurst,
+];
+const DISABLED_REASONS: [DisabledReason; 4] = [
+    DisabledReason::Manual,
+    DisabledReason::Unauthorized,
+    DisabledReason::LoginRequired,
+    DisabledReason::Deactivated,
+];
+
+/// A time relative to the harness clock (far future included), resolved when the op runs.
+type Offset = i64;
+
+/// One account of a document another process wrote; times are offsets from `now`.
+#[derive(Clone, Debug)]
+struct DocAccount {
+    /// Index of the account; `ACCOUNTS..` are ids the pool never has.
+    who: u8,
+    cooldown: Option<(Offset, usize, Offset)>,
+    families: Vec<(usize, Offset, u32)>,
+    disabled: Option<(usize, Offset)>,
+    enabled_since: Option<Offset>,
+    refreshed_at: Option<Offset>,
+    /// (health, health_at, needs_refresh, unauthorized_streak, burst_streak)
+    observation: Option<(u8, Offset, bool, u32, u32)>,
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Add(u8),
     Remove(u8),
     Disable(u8),
+    DisableFor(u8, usize),
     Enable(u8),
+    Merge(Vec<DocAccount>),
+    Take,
     MarkRefreshed(u8),
     Refund(u8),
     Consume(u8),
@@ -52,13 +94,50 @@ fn outcome() -> impl Strategy<Value = Outcome> {
     ]
 }
 
+/// Mostly near now (ties included), sometimes far ahead (a broken clock or hostile writer).
+fn offset() -> impl Strategy<Value = Offset> {
+    prop_oneof![
+        3 => -3i64..=3,
+        6 => -300_000i64..300_000,
+        1 => Just(1_000_000_000_000i64),
+    ]
+}
+
+fn doc_account() -> impl Strategy<Value = DocAccount> {
+    (
+        0..ACCOUNTS + 2,
+        proptest::option::of((offset(), 0..COOLDOWN_REASONS.len(), offset())),
+        proptest::collection::vec((0..DOC_FAMILIES.len(), offset(), 0u32..5), 0..3),
+        proptest::option::of((0..DISABLED_REASONS.len(), offset())),
+        proptest::option::of(offset()),
+        proptest::option::of(offset()),
+        proptest::option::of((0u8..=100, offset(), any::<bool>(), 0u32..4, 0u32..3)),
+    )
+        .prop_map(
+            |(who, cooldown, families, disabled, enabled_since, refreshed_at, observation)| {
+                DocAccount {
+                    who,
+                    cooldown,
+                    families,
+                    disabled,
+                    enabled_since,
+                    refreshed_at,
+                    observation,
+                }
+            },
+        )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let idx = 0..ACCOUNTS;
     prop_oneof![
         2 => idx.clone().prop_map(Op::Add),
         1 => idx.clone().prop_map(Op::Remove),
         1 => idx.clone().prop_map(Op::Disable),
+        1 => (idx.clone(), 0..DISABLED_REASONS.len()).prop_map(|(i, r)| Op::DisableFor(i, r)),
         1 => idx.clone().prop_map(Op::Enable),
+        2 => proptest::collection::vec(doc_account(), 1..4).prop_map(Op::Merge),
+        2 => Just(Op::Take),
         1 => idx.clone().prop_map(Op::MarkRefreshed),
         1 => idx.clone().prop_map(Op::Refund),
         1 => idx.prop_map(Op::Consume),
@@ -136,13 +215,129 @@ struct Harness {
     model: Model,
     now: u64,
     capacity: Option<u32>,
+    /// The shared file: what other processes and the pool's `take_changes` wrote.
+    file: PolicyState,
+}
+
+fn at(now: u64, offset: Offset) -> Timestamp {
+    Timestamp::from_millis(now.saturating_add_signed(offset))
 }
 
 impl Harness {
+    fn document(&self, accounts: &[DocAccount]) -> PolicyState {
+        let now = self.now;
+        let mut doc = PolicyState::default();
+        for d in accounts {
+            let mut s = AccountState::default();
+            s.cooldown = d.cooldown.map(|(until, reason, since)| {
+                Cooldown::new(at(now, until), COOLDOWN_REASONS[reason], at(now, since))
+            });
+            for &(family, until, streak) in &d.families {
+                s.families.insert(
+                    DOC_FAMILIES[family].to_owned(),
+                    FamilyState::new(at(now, until), streak),
+                );
+            }
+            s.disabled = d
+                .disabled
+                .map(|(reason, since)| Disabled::new(DISABLED_REASONS[reason], at(now, since)));
+            s.enabled_since = d.enabled_since.map(|t| at(now, t));
+            s.refreshed_at = d.refreshed_at.map(|t| at(now, t));
+            if let Some((health, health_at, needs_refresh, unauthorized, bursts)) = d.observation {
+                s.health = health;
+                s.health_at = at(now, health_at);
+                s.needs_refresh = needs_refresh;
+                s.unauthorized_streak = unauthorized;
+                s.burst_streak = bursts;
+            }
+            let mut one = PolicyState::default();
+            one.accounts.insert(id(d.who), s);
+            doc.merge(&one);
+        }
+        doc
+    }
+
+    /// Merges the shared file into the pool and the model; they must agree on which ids
+    /// are unknown.
+    fn merge_file(&mut self) -> Result<(), TestCaseError> {
+        let now = Timestamp::from_millis(self.now);
+        let report = self.pool.merge_state(&self.file, now);
+        let unknown = self.model.merge(&self.file, self.now);
+        prop_assert_eq!(&report.unknown, &unknown);
+        prop_assert_eq!(report.applied, self.file.accounts.len() - unknown.len());
+        prop_assert!(report.changed <= report.applied);
+        Ok(())
+    }
+
+    /// Writes the pool's changes into the file; afterwards the file must hold everything
+    /// the pool knows, and (after at most one more round for names the pool files under
+    /// "*") merging the file back must leave nothing to write.
+    fn take(&mut self) -> Result<(), TestCaseError> {
+        for _round in 0..2 {
+            let changes = self.pool.take_changes();
+            for id in changes.accounts.keys() {
+                prop_assert!(self.pool.contains(id), "took a change of a removed account");
+            }
+            self.file.merge(&changes);
+            self.check_file_covers_pool()?;
+            self.merge_file()?;
+        }
+        let again = self.pool.take_changes();
+        prop_assert!(
+            again.accounts.is_empty(),
+            "merging the file it wrote made the pool write again: {:?}",
+            again
+        );
+        Ok(())
+    }
+
+    fn check_file_covers_pool(&self) -> Result<(), TestCaseError> {
+        let mut export = self.pool.export_state();
+        // An account nothing is known about is implied by any file.
+        export.accounts.retain(|_, s| *s != AccountState::default());
+        let mut merged = self.file.clone();
+        merged.merge(&export);
+        prop_assert_eq!(&merged, &self.file, "a change was never taken");
+        Ok(())
+    }
+
+    /// Export, merge into a fresh pool of the same accounts at the same time, export again:
+    /// the same state (when every time in it is within the merge horizon).
+    fn check_round_trip(&self) -> Result<(), TestCaseError> {
+        let export = self.pool.export_state();
+        // The export is at the pool's clock (the latest `now` it was given), which may be
+        // behind the harness clock after an `Advance`.
+        let clock = self.pool.status(Timestamp::ZERO).now;
+        let config = self.pool.config().clone();
+        let horizon = clock
+            .as_millis()
+            .saturating_add(u64::try_from(config.max_cooldown.as_millis()).unwrap_or(u64::MAX));
+        let within = |t: Timestamp| t.as_millis() <= horizon;
+        let in_horizon = export.accounts.values().all(|s| {
+            s.cooldown.is_none_or(|c| within(c.since))
+                && s.disabled.is_none_or(|d| within(d.since))
+                && s.enabled_since.is_none_or(within)
+                && s.refreshed_at.is_none_or(within)
+                && within(s.health_at)
+        });
+        if !in_horizon {
+            return Ok(());
+        }
+        let mut fresh = Pool::new(config, 0).unwrap();
+        for account in self.pool.status(clock).accounts {
+            fresh.add(account.id).unwrap();
+        }
+        let report = fresh.merge_state(&export, clock);
+        prop_assert_eq!(report.capped, 0);
+        prop_assert_eq!(fresh.export_state(), export);
+        Ok(())
+    }
+
     fn check_state(&self) -> Result<(), TestCaseError> {
         let status = self.pool.status(Timestamp::from_millis(self.now));
         let view = view_of(&status);
         prop_assert_eq!(&view, &self.model.view(self.now));
+        prop_assert_eq!(self.pool.export_state(), self.model.export());
         prop_assert_eq!(status.sessions, self.model.live_sessions(self.now));
         let c = &status.counters;
         let m = &self.model.counters;
@@ -295,12 +490,25 @@ impl Harness {
                     self.model.disable(&id(*i))
                 );
             }
+            Op::DisableFor(i, reason) => {
+                let reason = DISABLED_REASONS[*reason];
+                prop_assert_eq!(
+                    self.pool.disable_for(&id(*i), reason).is_ok(),
+                    self.model.disable_for(&id(*i), reason)
+                );
+            }
             Op::Enable(i) => {
                 prop_assert_eq!(
                     self.pool.enable(&id(*i)).is_ok(),
                     self.model.enable(&id(*i))
                 );
             }
+            Op::Merge(accounts) => {
+                let doc = self.document(accounts);
+                self.file.merge(&doc);
+                self.merge_file()?;
+            }
+            Op::Take => self.take()?,
             Op::MarkRefreshed(i) => {
                 prop_assert_eq!(
                     self.pool.mark_refreshed(&id(*i), now).is_ok(),
@@ -325,6 +533,7 @@ impl Harness {
                 }
             }
             Op::Advance(ms) => self.now += ms,
+            // (the round trip is checked after every step, below)
             Op::Serve {
                 family,
                 session,
@@ -335,7 +544,8 @@ impl Harness {
                 self.serve(FAMILIES[*family], session, *consume, outcomes)?;
             }
         }
-        self.check_state()
+        self.check_state()?;
+        self.check_round_trip()
     }
 }
 
@@ -354,6 +564,7 @@ proptest! {
             model: Model::new(config, seed),
             now: 0,
             capacity,
+            file: PolicyState::default(),
         };
         for op in &ops {
             h.run(op)?;
@@ -376,6 +587,7 @@ fn reference_model_and_pool_agree_on_a_scripted_run() {
         model: Model::new(config, 9),
         now: 0,
         capacity: Some(2),
+        file: PolicyState::default(),
     };
     for i in 0..4 {
         h.run(&Op::Add(i)).unwrap();

@@ -1,15 +1,17 @@
 //! A deliberately simple reference implementation of the rotation policy: plain vectors,
-//! linear scans, a level-based token bucket (not the pool's GCRA). The state-machine
-//! property test compares `Pool` against it step by step, and the `select_report` benchmark
-//! uses it as the naive baseline. Keep it obviously correct rather than fast.
+//! linear scans, a level-based token bucket (not the pool's GCRA), and shared state exported
+//! and merged field by field, straight from the merge-rule table. The state-machine property
+//! test compares `Pool` against it step by step, and the `select_report` benchmark uses it as
+//! the naive baseline. Keep it obviously correct rather than fast.
 #![allow(dead_code, unreachable_pub)]
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use rotation_policy::{
-    AccountId, CooldownReason, Decision, DisabledReason, Outcome, PolicyConfig, PoolStatus,
-    Selection, Strategy,
+    AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
+    FamilyState, Outcome, PolicyConfig, PolicyState, PoolStatus, Selection, Strategy, Timestamp,
 };
 
 /// The fields of an account's status both implementations must agree on.
@@ -113,8 +115,13 @@ struct Acct {
     id: AccountId,
     order: u64,
     disabled: Option<DisabledReason>,
+    disabled_since: u64,
+    enabled_since: Option<u64>,
     until: u64,
     until_reason: Option<CooldownReason>,
+    until_since: u64,
+    refreshed_at: Option<u64>,
+    health_at: u64,
     needs_refresh: bool,
     unauthorized_streak: u32,
     burst_streak: u32,
@@ -232,7 +239,8 @@ impl Model {
         if let Some(i) = self.families.iter().position(|(n, _)| n == name) {
             return i;
         }
-        let name = if self.families.len() >= self.c.max_families {
+        let named = self.families.iter().filter(|(n, _)| n != "*").count();
+        let name = if name != "*" && named >= self.c.max_families {
             if let Some(i) = self.families.iter().position(|(n, _)| n == "*") {
                 return i;
             }
@@ -273,8 +281,13 @@ impl Model {
             id,
             order: self.order_seq,
             disabled: None,
+            disabled_since: 0,
+            enabled_since: None,
             until: 0,
             until_reason: None,
+            until_since: 0,
+            refreshed_at: None,
+            health_at: 0,
             needs_refresh: false,
             unauthorized_streak: 0,
             burst_streak: 0,
@@ -303,11 +316,35 @@ impl Model {
     }
 
     pub fn disable(&mut self, id: &AccountId) -> bool {
+        self.disable_for(id, DisabledReason::Manual)
+    }
+
+    /// A disable is stamped no earlier than the last enable; a gone reason replaces another
+    /// one strictly later, so it also wins a merge against it.
+    fn disable_acct(a: &mut Acct, reason: DisabledReason, clock: u64) {
+        let gone = matches!(
+            reason,
+            DisabledReason::LoginRequired | DisabledReason::Deactivated
+        );
+        let not_before_enable = clock.max(a.enabled_since.unwrap_or(0));
+        match a.disabled {
+            None => {
+                a.disabled = Some(reason);
+                a.disabled_since = not_before_enable;
+            }
+            Some(current) if gone && current != reason => {
+                a.disabled = Some(reason);
+                a.disabled_since = not_before_enable.max(a.disabled_since + 1);
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub fn disable_for(&mut self, id: &AccountId, reason: DisabledReason) -> bool {
+        let clock = self.clock;
         match self.find(id) {
             Some(i) => {
-                self.accounts[i]
-                    .disabled
-                    .get_or_insert(DisabledReason::Manual);
+                Self::disable_acct(&mut self.accounts[i], reason, clock);
                 true
             }
             None => false,
@@ -315,10 +352,19 @@ impl Model {
     }
 
     pub fn enable(&mut self, id: &AccountId) -> bool {
+        let clock = self.clock;
         match self.find(id) {
             Some(i) => {
-                self.accounts[i].disabled = None;
-                self.accounts[i].unauthorized_streak = 0;
+                let a = &mut self.accounts[i];
+                let before = Self::observation(a);
+                let mut since = clock.max(a.enabled_since.unwrap_or(0));
+                if a.disabled.is_some() {
+                    since = since.max(a.disabled_since + 1);
+                }
+                a.enabled_since = Some(since);
+                a.disabled = None;
+                a.unauthorized_streak = 0;
+                Self::stamp(a, before, clock);
                 true
             }
             None => false,
@@ -327,17 +373,39 @@ impl Model {
 
     pub fn mark_refreshed(&mut self, id: &AccountId, now: u64) -> bool {
         self.tick(now);
+        let clock = self.clock;
         match self.find(id) {
             Some(i) => {
                 let a = &mut self.accounts[i];
+                let before = Self::observation(a);
                 a.needs_refresh = false;
+                let mut at = clock.max(a.refreshed_at.unwrap_or(0));
                 if a.until_reason == Some(CooldownReason::Unauthorized) {
+                    at = at.max(a.until_since);
                     a.until = 0;
                     a.until_reason = None;
                 }
+                a.refreshed_at = Some(at);
+                Self::stamp(a, before, clock);
                 true
             }
             None => false,
+        }
+    }
+
+    fn observation(a: &Acct) -> (u8, bool, u32, u32) {
+        (
+            a.health,
+            a.needs_refresh,
+            a.unauthorized_streak,
+            a.burst_streak,
+        )
+    }
+
+    /// A changed observation is stamped with the clock, never earlier than the last one.
+    fn stamp(a: &mut Acct, before: (u8, bool, u32, u32), clock: u64) {
+        if Self::observation(a) != before {
+            a.health_at = a.health_at.max(clock);
         }
     }
 
@@ -515,10 +583,11 @@ impl Model {
         wait.min(ms(self.c.max_cooldown))
     }
 
-    fn cool(a: &mut Acct, until: u64, reason: CooldownReason) {
+    fn cool(a: &mut Acct, until: u64, reason: CooldownReason, clock: u64) {
         if until > a.until {
             a.until = until;
             a.until_reason = Some(reason);
+            a.until_since = clock.max(a.refreshed_at.map_or(0, |r| r + 1));
         }
     }
 
@@ -541,6 +610,7 @@ impl Model {
             }
             self.outcomes.bump(o);
             self.accounts[i].outcomes.bump(o);
+            let before = Self::observation(&self.accounts[i]);
             let (min_cd, max_cd) = (ms(self.c.min_cooldown), ms(self.c.max_cooldown));
             match o {
                 Outcome::Success => {
@@ -573,16 +643,16 @@ impl Model {
                     a.needs_refresh = true;
                     a.unauthorized_streak += 1;
                     if a.unauthorized_streak >= limit {
-                        a.disabled.get_or_insert(DisabledReason::Unauthorized);
+                        Self::disable_acct(a, DisabledReason::Unauthorized, clock);
                     } else {
-                        Self::cool(a, clock + cd, CooldownReason::Unauthorized);
+                        Self::cool(a, clock + cd, CooldownReason::Unauthorized, clock);
                     }
                 }
                 Outcome::Forbidden => {
                     let cd = ms(self.c.forbidden_cooldown);
                     let a = &mut self.accounts[i];
                     a.health = a.health.saturating_sub(40);
-                    Self::cool(a, clock + cd, CooldownReason::Forbidden);
+                    Self::cool(a, clock + cd, CooldownReason::Forbidden, clock);
                 }
                 _ => {
                     let burst = self.c.failure_burst as usize;
@@ -599,10 +669,11 @@ impl Model {
                         let wait = self.backoff(ms(self.c.failure_cooldown), streak);
                         let a = &mut self.accounts[i];
                         a.burst_streak = streak;
-                        Self::cool(a, clock + wait, CooldownReason::FailureBurst);
+                        Self::cool(a, clock + wait, CooldownReason::FailureBurst, clock);
                     }
                 }
             }
+            Self::stamp(&mut self.accounts[i], before, clock);
         }
         if o == Outcome::Success {
             return Decision::ReturnToClient { retry_after: None };
@@ -658,8 +729,167 @@ impl Model {
             .collect()
     }
 
+    /// Every account's shared state at the model clock, by the table in `rotation_policy::state`.
+    pub fn export(&self) -> PolicyState {
+        let t = self.clock;
+        let mut state = PolicyState::default();
+        for a in &self.accounts {
+            let mut s = AccountState::default();
+            if a.until > t
+                && let Some(reason) = a.until_reason
+            {
+                s.cooldown = Some(Cooldown::new(ms_t(a.until), reason, ms_t(a.until_since)));
+            }
+            for (f, (name, _)) in a.fam.iter().zip(&self.families) {
+                if f.0 > t {
+                    s.families
+                        .insert(name.clone(), FamilyState::new(ms_t(f.0), f.1));
+                }
+            }
+            s.disabled = a.disabled.map(|r| Disabled::new(r, ms_t(a.disabled_since)));
+            s.enabled_since = a.enabled_since.map(ms_t);
+            s.refreshed_at = a.refreshed_at.map(ms_t);
+            s.health = a.health;
+            s.health_at = ms_t(a.health_at);
+            s.needs_refresh = a.needs_refresh;
+            s.unauthorized_streak = a.unauthorized_streak;
+            s.burst_streak = a.burst_streak;
+            state.accounts.insert(a.id.clone(), s);
+        }
+        state
+    }
+
+    /// Merges `doc` into the model by the table, with the pool's guards: only running
+    /// cooldowns, capped at this config's longest for their kind; records stamped more than
+    /// `max_cooldown` after now ignored; nothing running is shortened except a 401 cooldown
+    /// by a later refresh. Returns the ids not in the model.
+    pub fn merge(&mut self, doc: &PolicyState, now: u64) -> Vec<AccountId> {
+        self.tick(now);
+        let clock = self.clock;
+        let max_cd = ms(self.c.max_cooldown);
+        let caps = [
+            (
+                CooldownReason::Unauthorized,
+                ms(self.c.unauthorized_cooldown),
+            ),
+            (CooldownReason::Forbidden, ms(self.c.forbidden_cooldown)),
+            (CooldownReason::FailureBurst, max_cd),
+        ];
+        let ok = |t: Timestamp| t.as_millis() <= clock.saturating_add(max_cd);
+        let mut unknown = Vec::new();
+        for (id, s) in &doc.accounts {
+            let Some(i) = self.find(id) else {
+                unknown.push(id.clone());
+                continue;
+            };
+            for (name, f) in &s.families {
+                let until = f.until.as_millis().min(clock.saturating_add(max_cd));
+                if until > clock {
+                    let fi = self.family(name);
+                    let ours = &mut self.accounts[i].fam[fi];
+                    ours.0 = ours.0.max(until);
+                    ours.1 = ours.1.max(f.streak);
+                }
+            }
+            let a = &mut self.accounts[i];
+            if let Some(at) = s.refreshed_at.filter(|&t| ok(t)) {
+                a.refreshed_at = a.refreshed_at.max(Some(at.as_millis()));
+            }
+            let voided = |refreshed: Option<u64>, reason: Option<CooldownReason>, since: u64| {
+                reason == Some(CooldownReason::Unauthorized)
+                    && refreshed.is_some_and(|r| r >= since)
+            };
+            if a.until > clock && voided(a.refreshed_at, a.until_reason, a.until_since) {
+                a.until = 0;
+                a.until_reason = None;
+            }
+            if let Some(c) = s.cooldown.filter(|c| ok(c.since))
+                && !voided(a.refreshed_at, Some(c.reason), c.since.as_millis())
+            {
+                let cap = caps.iter().find(|(r, _)| *r == c.reason).unwrap().1;
+                let until = c.until.as_millis().min(clock.saturating_add(cap));
+                let theirs = (until, cooldown_rank(Some(c.reason)), c.since.as_millis());
+                let ours = (a.until, cooldown_rank(a.until_reason), a.until_since);
+                if until > clock && theirs > ours {
+                    a.until = until;
+                    a.until_reason = Some(c.reason);
+                    a.until_since = c.since.as_millis();
+                }
+            }
+            // The latest disable and the latest enable; disabled unless the enable is later.
+            let mut disables = Vec::new();
+            if let Some(r) = a.disabled {
+                disables.push((a.disabled_since, r));
+            }
+            if let Some(d) = s.disabled.filter(|d| ok(d.since)) {
+                disables.push((d.since.as_millis(), d.reason));
+            }
+            let latest = disables
+                .into_iter()
+                .max_by_key(|&(since, r)| (since, disabled_rank(r)));
+            if let Some(at) = s.enabled_since.filter(|&t| ok(t)) {
+                a.enabled_since = a.enabled_since.max(Some(at.as_millis()));
+            }
+            a.disabled = None;
+            if let Some((since, r)) = latest
+                && a.enabled_since.is_none_or(|e| since >= e)
+            {
+                a.disabled = Some(r);
+                a.disabled_since = since;
+            }
+            let theirs = (
+                s.health_at.as_millis(),
+                Reverse(s.health.min(100)),
+                s.needs_refresh,
+                s.unauthorized_streak,
+                s.burst_streak,
+            );
+            let ours = (
+                a.health_at,
+                Reverse(a.health),
+                a.needs_refresh,
+                a.unauthorized_streak,
+                a.burst_streak,
+            );
+            if ok(s.health_at) && theirs > ours {
+                a.health = s.health.min(100);
+                a.health_at = s.health_at.as_millis();
+                a.needs_refresh = s.needs_refresh;
+                a.unauthorized_streak = s.unauthorized_streak;
+                a.burst_streak = s.burst_streak;
+            }
+        }
+        unknown
+    }
+
     pub fn live_sessions(&self, now: u64) -> usize {
         let t = self.clock.max(now);
         self.sessions.values().filter(|s| s.2 > t).count()
+    }
+}
+
+fn ms_t(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+/// Equal-`until` order of cooldown reasons (none lowest).
+pub fn cooldown_rank(reason: Option<CooldownReason>) -> u8 {
+    match reason {
+        None => 0,
+        Some(CooldownReason::Unauthorized) => 1,
+        Some(CooldownReason::FailureBurst) => 2,
+        Some(CooldownReason::Forbidden) => 3,
+        Some(_) => unreachable!("model knows every cooldown reason"),
+    }
+}
+
+/// Equal-`since` order of disable reasons.
+pub fn disabled_rank(reason: DisabledReason) -> u8 {
+    match reason {
+        DisabledReason::Manual => 0,
+        DisabledReason::Unauthorized => 1,
+        DisabledReason::LoginRequired => 2,
+        DisabledReason::Deactivated => 3,
+        _ => unreachable!("model knows every disable reason"),
     }
 }

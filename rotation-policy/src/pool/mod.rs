@@ -1,7 +1,16 @@
-//! The pool: account state, the per-family availability index, and the policy rules.
+//! The pool: the public API, session affinity, and the outcome rules. The account record
+//! lives in `account`, the per-family availability index in `index`, export and merge of
+//! shared state in `shared`.
+
+mod account;
+mod index;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
+
+use account::{Account, PerFamily, cool, count, mark_changed, refund_token};
+use index::{Family, Place, Rules};
 
 use crate::config::Strategy;
 use crate::rng::SplitMix64;
@@ -30,203 +39,12 @@ const HEALTH_STRIDE: u64 = 1_000_000;
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
-/// Ordering key of a usable account within a family; smaller is picked first. The account's
-/// insertion order is always part of it, so keys are unique.
-type Key = (u64, u64, u64);
-
-/// Where an account sits in one family's index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Disabled: in neither set.
-    Absent,
-    /// Usable at the pool clock, ordered by this key.
-    Ready(Key),
-    /// Usable from this time (ms) on.
-    Waiting(u64),
-}
-
-#[derive(Clone, Debug)]
-struct FamilySlot {
-    /// Rate-limit cooldown end (ms).
-    until: u64,
-    /// Consecutive rate limits.
-    streak: u32,
-    place: Place,
-}
-
-impl FamilySlot {
-    const NEW: FamilySlot = FamilySlot {
-        until: 0,
-        streak: 0,
-        place: Place::Absent,
-    };
-}
-
-#[derive(Clone, Debug)]
-struct Account {
-    id: AccountId,
-    /// Insertion sequence number (unique, never reused).
-    order: u64,
-    /// Generation of the slot when this account was added.
-    generation: u32,
-    disabled: Option<DisabledReason>,
-    /// Account-wide cooldown end (ms) and its reason.
-    until: u64,
-    until_reason: Option<CooldownReason>,
-    needs_refresh: bool,
-    unauthorized_streak: u32,
-    burst_streak: u32,
-    /// Times (ms) of the latest failures, at most `failure_burst` of them.
-    failures: VecDeque<u64>,
-    health: u8,
-    /// Sequence number of the last hand-out (0 = never).
-    last_used: u64,
-    /// Stride-scheduling pass (health-weighted strategy only).
-    pass: u64,
-    /// Token bucket as GCRA: the time (ms) at which the bucket is full again.
-    tat: u64,
-    in_flight: u32,
-    attempts: u64,
-    outcomes: OutcomeCounts,
-    families: Vec<FamilySlot>,
-}
-
-#[derive(Clone, Debug)]
-struct Family {
-    name: String,
-    ready: BTreeMap<Key, u32>,
-    /// `(available_at, order) -> slot`.
-    waiting: BTreeMap<(u64, u64), u32>,
-    /// Insertion order of the last account round-robin picked.
-    cursor: u64,
-}
-
 #[derive(Clone, Debug)]
 struct Binding {
     slot: u32,
     generation: u32,
     expires: u64,
     seq: u64,
-}
-
-/// Immutable policy numbers, pre-converted to milliseconds.
-#[derive(Clone, Debug)]
-struct Rules {
-    strategy: Strategy,
-    /// `(capacity, refill_ms)`.
-    bucket: Option<(u64, u64)>,
-    session_ttl: Option<u64>,
-    max_attempts: u32,
-    max_wait: u64,
-    min_cooldown: u64,
-    max_cooldown: u64,
-    rate_limit_backoff: u64,
-    failure_burst: usize,
-    failure_window: u64,
-    failure_cooldown: u64,
-    unauthorized_cooldown: u64,
-    disable_after_unauthorized: u32,
-    forbidden_cooldown: u64,
-    jitter_percent: u64,
-    max_families: usize,
-}
-
-impl Rules {
-    fn new(c: &PolicyConfig) -> Self {
-        Rules {
-            strategy: c.strategy,
-            bucket: c
-                .bucket
-                .map(|b| (u64::from(b.capacity), ceil_millis(b.refill_every))),
-            session_ttl: c.session_ttl.map(ceil_millis),
-            max_attempts: c.max_attempts,
-            max_wait: ceil_millis(c.max_wait),
-            min_cooldown: ceil_millis(c.min_cooldown),
-            max_cooldown: ceil_millis(c.max_cooldown),
-            rate_limit_backoff: ceil_millis(c.rate_limit_backoff),
-            failure_burst: usize::try_from(c.failure_burst).unwrap_or(usize::MAX),
-            failure_window: ceil_millis(c.failure_window),
-            failure_cooldown: ceil_millis(c.failure_cooldown),
-            unauthorized_cooldown: ceil_millis(c.unauthorized_cooldown),
-            disable_after_unauthorized: c.disable_after_unauthorized,
-            forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
-            jitter_percent: u64::from(c.jitter_percent),
-            max_families: c.max_families,
-        }
-    }
-
-    fn key(&self, a: &Account) -> Key {
-        match self.strategy {
-            Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
-            Strategy::RoundRobin => (a.order, 0, 0),
-            Strategy::HealthWeighted => (a.pass, a.order, 0),
-        }
-    }
-
-    /// When the bucket next holds a whole token.
-    fn bucket_ready_at(&self, a: &Account) -> u64 {
-        match self.bucket {
-            Some((capacity, refill)) => a.tat.saturating_sub((capacity - 1).saturating_mul(refill)),
-            None => 0,
-        }
-    }
-
-    fn available_at(&self, a: &Account, family: usize) -> u64 {
-        a.until
-            .max(a.families[family].until)
-            .max(self.bucket_ready_at(a))
-    }
-
-    /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
-    fn place(
-        &self,
-        a: &mut Account,
-        families: &mut [Family],
-        slot: u32,
-        family: usize,
-        clock: u64,
-    ) {
-        let desired = if a.disabled.is_some() {
-            Place::Absent
-        } else {
-            let at = self.available_at(a, family);
-            if at <= clock {
-                Place::Ready(self.key(a))
-            } else {
-                Place::Waiting(at)
-            }
-        };
-        let current = a.families[family].place;
-        if current == desired {
-            return;
-        }
-        let index = &mut families[family];
-        match current {
-            Place::Absent => {}
-            Place::Ready(key) => {
-                index.ready.remove(&key);
-            }
-            Place::Waiting(at) => {
-                index.waiting.remove(&(at, a.order));
-            }
-        }
-        match desired {
-            Place::Absent => {}
-            Place::Ready(key) => {
-                index.ready.insert(key, slot);
-            }
-            Place::Waiting(at) => {
-                index.waiting.insert((at, a.order), slot);
-            }
-        }
-        a.families[family].place = desired;
-    }
-
-    fn place_everywhere(&self, a: &mut Account, families: &mut [Family], slot: u32, clock: u64) {
-        for family in 0..families.len() {
-            self.place(a, families, slot, family, clock);
-        }
-    }
 }
 
 /// A pool of accounts and the rotation policy over them. See the [crate docs](crate) for the
@@ -258,6 +76,9 @@ pub struct Pool {
     /// Pass of the latest health-weighted pick; accounts behind it catch up to it when picked.
     pass_clock: u64,
     counters: Counters,
+    /// Slots whose account's shared state changed since the last `take_changes` (each
+    /// account at most once; see `Account::changed`).
+    changed: Vec<u32>,
 }
 
 impl Pool {
@@ -290,6 +111,7 @@ impl Pool {
             order_seq: 0,
             pass_clock: 0,
             counters: Counters::default(),
+            changed: Vec::new(),
         })
     }
 
@@ -376,20 +198,28 @@ impl Pool {
             order: self.order_seq,
             generation: self.generations[slot as usize],
             disabled: None,
-            until: 0,
-            until_reason: None,
+            disabled_since: 0,
+            enabled_since: None,
+            cooldown_until: 0,
+            cooldown_reason: None,
+            cooldown_since: 0,
+            refreshed_at: None,
+            health: HEALTH_MAX,
             needs_refresh: false,
             unauthorized_streak: 0,
             burst_streak: 0,
+            health_at: 0,
+            // A new account's state is the default, which every shared document already
+            // implies: nothing to write.
+            changed: false,
             failures: VecDeque::new(),
-            health: HEALTH_MAX,
             last_used: 0,
             pass: 0,
-            tat: 0,
+            bucket_full_at: 0,
             in_flight: 0,
             attempts: 0,
             outcomes: OutcomeCounts::default(),
-            families: vec![FamilySlot::NEW; self.families.len()],
+            families: vec![PerFamily::NEW; self.families.len()],
         };
         self.rules
             .place_everywhere(&mut account, &mut self.families, slot, self.clock);
@@ -424,6 +254,8 @@ impl Pool {
     }
 
     /// Takes an account out of selection until [`enable`](Self::enable); its state is kept.
+    /// The same as [`disable_for`](Self::disable_for) with [`DisabledReason::Manual`]: an
+    /// account already disabled keeps its reason.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -435,13 +267,41 @@ impl Pool {
     /// # Ok::<(), rotation_policy::PolicyError>(())
     /// ```
     pub fn disable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
-        self.update(id, |account| {
-            account.disabled.get_or_insert(DisabledReason::Manual);
-        })
+        self.disable_for(id, DisabledReason::Manual)
     }
 
-    /// Makes a disabled account selectable again (running cooldowns still apply) and
-    /// resets its count of consecutive 401s.
+    /// Takes an account out of selection for `reason` until [`enable`](Self::enable).
+    ///
+    /// A gone login ([`DisabledReason::LoginRequired`], [`DisabledReason::Deactivated`] —
+    /// e.g. the refresh token was reused or revoked) replaces any other reason, because it
+    /// is news every process must act on; any other reason keeps the reason of an account
+    /// already disabled. The disable is stamped with the pool's clock (the latest `now` it
+    /// has seen, never before the last [`enable`](Self::enable)), which orders it against
+    /// enables from other processes in [`merge_state`](Self::merge_state).
+    ///
+    /// ```
+    /// # use rotation_policy::{AccountId, DisabledReason, PolicyConfig, Pool, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let id = AccountId::new("a")?;
+    /// pool.add(id.clone())?;
+    /// pool.disable(&id)?;
+    /// pool.disable_for(&id, DisabledReason::LoginRequired)?; // replaces Manual
+    /// pool.disable_for(&id, DisabledReason::Manual)?; // kept: LoginRequired
+    /// let status = pool.account_status(&id, Timestamp::ZERO).unwrap();
+    /// assert_eq!(status.disabled, Some(DisabledReason::LoginRequired));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn disable_for(
+        &mut self,
+        id: &AccountId,
+        reason: DisabledReason,
+    ) -> Result<(), PolicyError> {
+        self.update(id, |account, clock| account.disable_for(reason, clock))
+    }
+
+    /// Makes a disabled account selectable again, whatever the reason (running cooldowns
+    /// still apply), and resets its count of consecutive 401s. The enable is stamped with the
+    /// pool's clock and after the disable it clears, so it wins a merge against that disable.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -454,14 +314,12 @@ impl Pool {
     /// # Ok::<(), rotation_policy::PolicyError>(())
     /// ```
     pub fn enable(&mut self, id: &AccountId) -> Result<(), PolicyError> {
-        self.update(id, |account| {
-            account.disabled = None;
-            account.unauthorized_streak = 0;
-        })
+        self.update(id, |account, clock| account.enable(clock))
     }
 
     /// Tells the pool the account's token was refreshed after a 401: clears `needs_refresh`
-    /// and ends a running 401 cooldown (other cooldowns stay).
+    /// and ends a running 401 cooldown (other cooldowns stay). The refresh time is shared
+    /// state: merged into other pools it ends their 401 cooldowns that started no later.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, Outcome, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -478,12 +336,21 @@ impl Pool {
     /// ```
     pub fn mark_refreshed(&mut self, id: &AccountId, now: Timestamp) -> Result<(), PolicyError> {
         self.tick(now);
-        self.update(id, |account| {
+        self.update(id, |account, clock| {
+            let before = account.observation();
             account.needs_refresh = false;
-            if account.until_reason == Some(CooldownReason::Unauthorized) {
-                account.until = 0;
-                account.until_reason = None;
+            let mut refreshed_at = clock.max(account.refreshed_at.unwrap_or(0));
+            let mut changed = false;
+            if account.cooldown_reason == Some(CooldownReason::Unauthorized) {
+                // Never before the cooldown it ends, or a merge elsewhere would keep it.
+                refreshed_at = refreshed_at.max(account.cooldown_since);
+                account.cooldown_until = 0;
+                account.cooldown_reason = None;
+                changed = true;
             }
+            changed |= account.refreshed_at != Some(refreshed_at);
+            account.refreshed_at = Some(refreshed_at);
+            account.observed(before, clock) | changed
         })
     }
 
@@ -519,7 +386,10 @@ impl Pool {
         let clock = self.clock;
         if let Some(account) = self.slots[slot as usize].as_mut() {
             let state = &mut account.families[family];
-            state.until = state.until.max(until);
+            if until > state.cooldown_until {
+                state.cooldown_until = until;
+                mark_changed(&mut self.changed, account, slot);
+            }
             self.rules
                 .place(account, &mut self.families, slot, family, clock);
         }
@@ -661,7 +531,7 @@ impl Pool {
                     ready_in: Duration::from_millis(ready - clock),
                 });
             }
-            account.tat = account.tat.max(clock).saturating_add(refill);
+            account.bucket_full_at = account.bucket_full_at.max(clock).saturating_add(refill);
         }
         account.in_flight = account.in_flight.saturating_add(1);
         rules.place_everywhere(account, &mut self.families, slot, clock);
@@ -802,22 +672,27 @@ impl Pool {
 
     fn describe(&self, a: &Account, t: u64) -> AccountStatus {
         let tokens = self.rules.bucket.map(|(capacity, refill)| {
-            let missing = a.tat.saturating_sub(t).div_ceil(refill);
+            let missing = a.bucket_full_at.saturating_sub(t).div_ceil(refill);
             u32::try_from(capacity.saturating_sub(missing)).unwrap_or(u32::MAX)
         });
         AccountStatus {
             id: a.id.clone(),
             disabled: a.disabled,
-            cooldown_until: (a.until > t).then_some(Timestamp::from_millis(a.until)),
-            cooldown_reason: if a.until > t { a.until_reason } else { None },
+            cooldown_until: (a.cooldown_until > t)
+                .then_some(Timestamp::from_millis(a.cooldown_until)),
+            cooldown_reason: if a.cooldown_until > t {
+                a.cooldown_reason
+            } else {
+                None
+            },
             family_cooldowns: a
                 .families
                 .iter()
                 .zip(&self.families)
-                .filter(|(slot, _)| slot.until > t)
+                .filter(|(slot, _)| slot.cooldown_until > t)
                 .map(|(slot, family)| FamilyCooldown {
                     family: family.name.clone(),
-                    until: Timestamp::from_millis(slot.until),
+                    until: Timestamp::from_millis(slot.cooldown_until),
                     streak: slot.streak,
                 })
                 .collect(),
@@ -841,26 +716,35 @@ impl Pool {
             .ok_or_else(|| PolicyError::UnknownAccount { id: id.clone() })
     }
 
+    /// Applies `change` (given the pool clock; returns whether shared state changed) to
+    /// `id`'s account and re-indexes it.
     fn update(
         &mut self,
         id: &AccountId,
-        change: impl FnOnce(&mut Account),
+        change: impl FnOnce(&mut Account, u64) -> bool,
     ) -> Result<(), PolicyError> {
         let slot = self.slot_of(id)?;
         if let Some(account) = self.slots[slot as usize].as_mut() {
-            change(account);
+            if change(account, self.clock) {
+                mark_changed(&mut self.changed, account, slot);
+            }
             self.rules
                 .place_everywhere(account, &mut self.families, slot, self.clock);
         }
         Ok(())
     }
 
-    /// The index of `name`'s family, creating it (O(n log n), once per family) if new.
+    /// The index of `name`'s family, creating it (O(n log n), once per family) if new. Past
+    /// `max_families` named families, new names share the family `"*"`.
     fn family_index(&mut self, name: &str) -> usize {
         if let Some(&index) = self.family_ids.get(name) {
             return index;
         }
-        let name = if self.families.len() >= self.rules.max_families {
+        // `max_families` named families, plus the shared one: a document listing the shared
+        // family by name (exported from a full pool) then fits a pool of the same config.
+        let named =
+            self.families.len() - usize::from(self.family_ids.contains_key(OVERFLOW_FAMILY));
+        let name = if name != OVERFLOW_FAMILY && named >= self.rules.max_families {
             if let Some(&index) = self.family_ids.get(OVERFLOW_FAMILY) {
                 return index;
             }
@@ -877,7 +761,7 @@ impl Pool {
         });
         for (slot, account) in self.slots.iter_mut().enumerate() {
             if let Some(account) = account {
-                account.families.push(FamilySlot::NEW);
+                account.families.push(PerFamily::NEW);
                 // ok: slots.len() fits in u32, checked in `add`.
                 self.rules
                     .place(account, &mut self.families, slot as u32, index, self.clock);
@@ -1049,6 +933,13 @@ impl Pool {
         count(&mut self.counters.outcomes, outcome);
         count(&mut account.outcomes, outcome);
 
+        // What shared state looked like, to stamp and record a change in O(1).
+        let observation = account.observation();
+        let family_before = (
+            account.families[family].cooldown_until,
+            account.families[family].streak,
+        );
+        let mut changed = false;
         match outcome {
             Outcome::Success => {
                 account.health = account
@@ -1067,71 +958,55 @@ impl Pool {
                     .max(rules.min_cooldown);
                 let slot_state = &mut account.families[family];
                 slot_state.streak = streak;
-                slot_state.until = slot_state.until.max(clock.saturating_add(wait));
+                slot_state.cooldown_until =
+                    slot_state.cooldown_until.max(clock.saturating_add(wait));
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);
                 account.needs_refresh = true;
                 account.unauthorized_streak = account.unauthorized_streak.saturating_add(1);
                 if account.unauthorized_streak >= rules.disable_after_unauthorized {
-                    account.disabled.get_or_insert(DisabledReason::Unauthorized);
+                    changed |= account.disable_for(DisabledReason::Unauthorized, clock);
                 } else {
-                    cool(
+                    changed |= cool(
                         account,
                         clock.saturating_add(rules.unauthorized_cooldown),
                         CooldownReason::Unauthorized,
+                        clock,
                     );
                 }
             }
             Outcome::Forbidden => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);
-                cool(
+                changed |= cool(
                     account,
                     clock.saturating_add(rules.forbidden_cooldown),
                     CooldownReason::Forbidden,
+                    clock,
                 );
             }
             Outcome::ServerError | Outcome::NetworkError | Outcome::Timeout => {
                 account.health = account.health.saturating_sub(HEALTH_FAILURE);
                 if let Some(wait) = burst_wait {
                     account.burst_streak = burst;
-                    cool(
+                    changed |= cool(
                         account,
                         clock.saturating_add(wait),
                         CooldownReason::FailureBurst,
+                        clock,
                     );
                 }
             }
         }
+        changed |= account.observed(observation, clock);
+        changed |= family_before
+            != (
+                account.families[family].cooldown_until,
+                account.families[family].streak,
+            );
+        if changed {
+            mark_changed(&mut self.changed, account, slot);
+        }
         rules.place_everywhere(account, &mut self.families, slot, clock);
     }
-}
-
-/// Extends the account-wide cooldown to `until` (never shortens it).
-fn cool(account: &mut Account, until: u64, reason: CooldownReason) {
-    if until > account.until {
-        account.until = until;
-        account.until_reason = Some(reason);
-    }
-}
-
-/// Gives one token back: the bucket's full-at time moves one refill earlier, but never
-/// before `clock` (a full bucket stays full).
-fn refund_token(rules: &Rules, account: &mut Account, clock: u64) {
-    if let Some((_, refill)) = rules.bucket {
-        account.tat = account.tat.saturating_sub(refill).max(clock);
-    }
-}
-
-fn count(counts: &mut OutcomeCounts, outcome: Outcome) {
-    let field = match outcome {
-        Outcome::Success => &mut counts.success,
-        Outcome::RateLimited { .. } => &mut counts.rate_limited,
-        Outcome::Unauthorized => &mut counts.unauthorized,
-        Outcome::Forbidden => &mut counts.forbidden,
-        Outcome::ServerError => &mut counts.server_error,
-        Outcome::NetworkError => &mut counts.network_error,
-        Outcome::Timeout => &mut counts.timeout,
-    };
-    *field += 1;
 }

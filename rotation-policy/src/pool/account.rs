@@ -1,0 +1,175 @@
+//! One account's state and the small rules that change it.
+
+use std::collections::VecDeque;
+
+use super::index::{Place, Rules};
+use crate::status::{CooldownReason, DisabledReason, OutcomeCounts};
+use crate::{AccountId, Outcome};
+
+/// An account's state for one model family, and where it sits in that family's index.
+#[derive(Clone, Debug)]
+pub(super) struct PerFamily {
+    /// Rate-limit cooldown end (ms).
+    pub(super) cooldown_until: u64,
+    /// Consecutive rate limits.
+    pub(super) streak: u32,
+    pub(super) place: Place,
+}
+
+impl PerFamily {
+    pub(super) const NEW: PerFamily = PerFamily {
+        cooldown_until: 0,
+        streak: 0,
+        place: Place::Absent,
+    };
+}
+
+/// One account in the pool.
+///
+/// The first group of fields is the account's shared state: what
+/// [`AccountState`](crate::AccountState) exports and merges, with the times that order it
+/// against other writers. The rest is this process's pacing and bookkeeping.
+#[derive(Clone, Debug)]
+pub(super) struct Account {
+    pub(super) id: AccountId,
+    pub(super) disabled: Option<DisabledReason>,
+    /// When `disabled` was set (ms); meaningful while it is `Some`.
+    pub(super) disabled_since: u64,
+    /// Time (ms) of the last explicit enable.
+    pub(super) enabled_since: Option<u64>,
+    /// Account-wide cooldown end (ms), its reason, and when it was set.
+    pub(super) cooldown_until: u64,
+    pub(super) cooldown_reason: Option<CooldownReason>,
+    pub(super) cooldown_since: u64,
+    /// Time (ms) of the last token refresh after a 401.
+    pub(super) refreshed_at: Option<u64>,
+    pub(super) health: u8,
+    pub(super) needs_refresh: bool,
+    pub(super) unauthorized_streak: u32,
+    pub(super) burst_streak: u32,
+    /// When the observation (health, needs_refresh, streaks) last changed (ms).
+    pub(super) health_at: u64,
+    /// Shared state changed since the last `take_changes` (and the slot is in the pool's
+    /// list of changed slots).
+    pub(super) changed: bool,
+
+    /// Insertion sequence number (unique, never reused).
+    pub(super) order: u64,
+    /// Generation of the slot when this account was added.
+    pub(super) generation: u32,
+    /// Times (ms) of the latest failures, at most `failure_burst` of them.
+    pub(super) failures: VecDeque<u64>,
+    /// Sequence number of the last hand-out (0 = never).
+    pub(super) last_used: u64,
+    /// Stride-scheduling pass (health-weighted strategy only).
+    pub(super) pass: u64,
+    /// Token bucket as GCRA: the time (ms) at which the bucket is full again.
+    pub(super) bucket_full_at: u64,
+    pub(super) in_flight: u32,
+    pub(super) attempts: u64,
+    pub(super) outcomes: OutcomeCounts,
+    pub(super) families: Vec<PerFamily>,
+}
+
+/// The part of an account's shared state one health observation consists of.
+pub(super) type Observation = (u8, bool, u32, u32);
+
+impl Account {
+    pub(super) fn observation(&self) -> Observation {
+        (
+            self.health,
+            self.needs_refresh,
+            self.unauthorized_streak,
+            self.burst_streak,
+        )
+    }
+
+    /// Stamps the observation with `clock` if it differs from `before`; returns whether it
+    /// did. Never stamps earlier than the previous observation (which may have been merged
+    /// from a process whose clock runs ahead), so a local change is never older than what
+    /// it changed.
+    pub(super) fn observed(&mut self, before: Observation, clock: u64) -> bool {
+        if self.observation() == before {
+            return false;
+        }
+        self.health_at = self.health_at.max(clock);
+        true
+    }
+
+    /// Disables the account for `reason`: a gone login replaces any other reason, any
+    /// other reason keeps an existing one. Returns whether anything changed.
+    pub(super) fn disable_for(&mut self, reason: DisabledReason, clock: u64) -> bool {
+        let after_enable = clock.max(self.enabled_since.unwrap_or(0));
+        match self.disabled {
+            None => {
+                self.disabled = Some(reason);
+                self.disabled_since = after_enable;
+                true
+            }
+            Some(current) if reason.is_gone() && current != reason => {
+                self.disabled = Some(reason);
+                // Strictly later, so this replacement also wins a merge against the reason
+                // it replaces.
+                self.disabled_since = after_enable.max(self.disabled_since.saturating_add(1));
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Enables the account and resets its 401 streak; the enable is stamped after the
+    /// disable it clears. Returns whether anything changed.
+    pub(super) fn enable(&mut self, clock: u64) -> bool {
+        let before = self.observation();
+        let mut since = clock.max(self.enabled_since.unwrap_or(0));
+        if self.disabled.is_some() {
+            since = since.max(self.disabled_since.saturating_add(1));
+        }
+        let changed = self.disabled.is_some() || self.enabled_since != Some(since);
+        self.enabled_since = Some(since);
+        self.disabled = None;
+        self.unauthorized_streak = 0;
+        self.observed(before, clock) | changed
+    }
+}
+
+/// Extends the account-wide cooldown to `until` (never shortens it); returns whether it did.
+/// A new cooldown is stamped after the last refresh, so that refresh cannot end it.
+pub(super) fn cool(account: &mut Account, until: u64, reason: CooldownReason, clock: u64) -> bool {
+    if until <= account.cooldown_until {
+        return false;
+    }
+    account.cooldown_until = until;
+    account.cooldown_reason = Some(reason);
+    account.cooldown_since = clock.max(account.refreshed_at.map_or(0, |r| r.saturating_add(1)));
+    true
+}
+
+/// Records `account` as changed for `take_changes`: O(1), once per account between takes.
+pub(super) fn mark_changed(changed: &mut Vec<u32>, account: &mut Account, slot: u32) {
+    if !account.changed {
+        account.changed = true;
+        changed.push(slot);
+    }
+}
+
+/// Gives one token back: the bucket's full-at time moves one refill earlier, but never
+/// before `clock` (a full bucket stays full).
+pub(super) fn refund_token(rules: &Rules, account: &mut Account, clock: u64) {
+    if let Some((_, refill)) = rules.bucket {
+        account.bucket_full_at = account.bucket_full_at.saturating_sub(refill).max(clock);
+    }
+}
+
+pub(super) fn count(counts: &mut OutcomeCounts, outcome: Outcome) {
+    let field = match outcome {
+        Outcome::Success => &mut counts.success,
+        Outcome::RateLimited { .. } => &mut counts.rate_limited,
+        Outcome::Unauthorized => &mut counts.unauthorized,
+        Outcome::Forbidden => &mut counts.forbidden,
+        Outcome::ServerError => &mut counts.server_error,
+        Outcome::NetworkError => &mut counts.network_error,
+        Outcome::Timeout => &mut counts.timeout,
+    };
+    *field += 1;
+}

@@ -1,0 +1,174 @@
+//! The per-family availability index: where each account sits (usable now, ordered by the
+//! strategy, or waiting until a known time) and the rules that decide it.
+
+use std::collections::BTreeMap;
+
+use super::account::Account;
+use crate::PolicyConfig;
+use crate::config::Strategy;
+use crate::status::CooldownReason;
+use crate::time::ceil_millis;
+
+/// Ordering key of a usable account within a family; smaller is picked first. The account's
+/// insertion order is always part of it, so keys are unique.
+pub(super) type Key = (u64, u64, u64);
+
+/// Where an account sits in one family's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Place {
+    /// Disabled: in neither set.
+    Absent,
+    /// Usable at the pool clock, ordered by this key.
+    Ready(Key),
+    /// Usable from this time (ms) on.
+    Waiting(u64),
+}
+
+/// One model family's index over the pool's accounts.
+#[derive(Clone, Debug)]
+pub(super) struct Family {
+    pub(super) name: String,
+    pub(super) ready: BTreeMap<Key, u32>,
+    /// `(available_at, order) -> slot`.
+    pub(super) waiting: BTreeMap<(u64, u64), u32>,
+    /// Insertion order of the last account round-robin picked.
+    pub(super) cursor: u64,
+}
+
+/// Immutable policy numbers, pre-converted to milliseconds.
+#[derive(Clone, Debug)]
+pub(super) struct Rules {
+    pub(super) strategy: Strategy,
+    /// `(capacity, refill_ms)`.
+    pub(super) bucket: Option<(u64, u64)>,
+    pub(super) session_ttl: Option<u64>,
+    pub(super) max_attempts: u32,
+    pub(super) max_wait: u64,
+    pub(super) min_cooldown: u64,
+    pub(super) max_cooldown: u64,
+    pub(super) rate_limit_backoff: u64,
+    pub(super) failure_burst: usize,
+    pub(super) failure_window: u64,
+    pub(super) failure_cooldown: u64,
+    pub(super) unauthorized_cooldown: u64,
+    pub(super) disable_after_unauthorized: u32,
+    pub(super) forbidden_cooldown: u64,
+    pub(super) jitter_percent: u64,
+    pub(super) max_families: usize,
+}
+
+impl Rules {
+    pub(super) fn new(c: &PolicyConfig) -> Self {
+        Rules {
+            strategy: c.strategy,
+            bucket: c
+                .bucket
+                .map(|b| (u64::from(b.capacity), ceil_millis(b.refill_every))),
+            session_ttl: c.session_ttl.map(ceil_millis),
+            max_attempts: c.max_attempts,
+            max_wait: ceil_millis(c.max_wait),
+            min_cooldown: ceil_millis(c.min_cooldown),
+            max_cooldown: ceil_millis(c.max_cooldown),
+            rate_limit_backoff: ceil_millis(c.rate_limit_backoff),
+            failure_burst: usize::try_from(c.failure_burst).unwrap_or(usize::MAX),
+            failure_window: ceil_millis(c.failure_window),
+            failure_cooldown: ceil_millis(c.failure_cooldown),
+            unauthorized_cooldown: ceil_millis(c.unauthorized_cooldown),
+            disable_after_unauthorized: c.disable_after_unauthorized,
+            forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
+            jitter_percent: u64::from(c.jitter_percent),
+            max_families: c.max_families,
+        }
+    }
+
+    /// The longest account-wide cooldown these rules set for `reason` (ms): how far from
+    /// now a merged cooldown may reach.
+    pub(super) fn cooldown_cap(&self, reason: CooldownReason) -> u64 {
+        match reason {
+            CooldownReason::Unauthorized => self.unauthorized_cooldown,
+            CooldownReason::Forbidden => self.forbidden_cooldown,
+            CooldownReason::FailureBurst => self.max_cooldown,
+        }
+    }
+
+    pub(super) fn key(&self, a: &Account) -> Key {
+        match self.strategy {
+            Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
+            Strategy::RoundRobin => (a.order, 0, 0),
+            Strategy::HealthWeighted => (a.pass, a.order, 0),
+        }
+    }
+
+    /// When the bucket next holds a whole token.
+    pub(super) fn bucket_ready_at(&self, a: &Account) -> u64 {
+        match self.bucket {
+            Some((capacity, refill)) => a
+                .bucket_full_at
+                .saturating_sub((capacity - 1).saturating_mul(refill)),
+            None => 0,
+        }
+    }
+
+    pub(super) fn available_at(&self, a: &Account, family: usize) -> u64 {
+        a.cooldown_until
+            .max(a.families[family].cooldown_until)
+            .max(self.bucket_ready_at(a))
+    }
+
+    /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
+    pub(super) fn place(
+        &self,
+        a: &mut Account,
+        families: &mut [Family],
+        slot: u32,
+        family: usize,
+        clock: u64,
+    ) {
+        let desired = if a.disabled.is_some() {
+            Place::Absent
+        } else {
+            let at = self.available_at(a, family);
+            if at <= clock {
+                Place::Ready(self.key(a))
+            } else {
+                Place::Waiting(at)
+            }
+        };
+        let current = a.families[family].place;
+        if current == desired {
+            return;
+        }
+        let index = &mut families[family];
+        match current {
+            Place::Absent => {}
+            Place::Ready(key) => {
+                index.ready.remove(&key);
+            }
+            Place::Waiting(at) => {
+                index.waiting.remove(&(at, a.order));
+            }
+        }
+        match desired {
+            Place::Absent => {}
+            Place::Ready(key) => {
+                index.ready.insert(key, slot);
+            }
+            Place::Waiting(at) => {
+                index.waiting.insert((at, a.order), slot);
+            }
+        }
+        a.families[family].place = desired;
+    }
+
+    pub(super) fn place_everywhere(
+        &self,
+        a: &mut Account,
+        families: &mut [Family],
+        slot: u32,
+        clock: u64,
+    ) {
+        for family in 0..families.len() {
+            self.place(a, families, slot, family, clock);
+        }
+    }
+}

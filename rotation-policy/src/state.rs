@@ -1,0 +1,608 @@
+//! Shared account state: what a [`Pool`](crate::Pool) exports so another process (or the
+//! next run) can pick it up, and the rules for merging what concurrent writers wrote. Pure
+//! data and a pure merge; reading and writing the shared file is the caller's job.
+//!
+//! Several processes (rotation proxies on one machine, say) use the same accounts. Each keeps
+//! its own [`Pool`](crate::Pool); what one learns about an account — a 429 cooldown, a
+//! revoked login, falling health — should steer the others too, and survive a restart. A
+//! [`PolicyState`] carries exactly that, keyed by [`AccountId`], as serde data (JSON in a
+//! file, typically). Writers never coordinate: every rule below is a *join* — commutative,
+//! associative and idempotent — so any number of writers merging in any order, any number of
+//! times, end with the same document.
+//!
+//! # Merge rules
+//!
+//! [`PolicyState::merge`] (two documents) and [`Pool::merge_state`](crate::Pool::merge_state)
+//! (a document into a live pool) follow one table, per account:
+//!
+//! | state | the merge keeps | so that |
+//! |---|---|---|
+//! | `cooldown` (account-wide) | the later `until`, with its `reason` and `since`; equal `until`: the higher reason (`forbidden` > `failure-burst` > `unauthorized`), then the later `since` | cooldowns only extend, never shorten |
+//! | `refreshed_at` | the later one; a `cooldown` with reason `unauthorized` and `since` ≤ `refreshed_at` is over | a token refresh after a 401 ends that 401's cooldown for every process (the token is shared) |
+//! | `families.<family>` | per family, the later `until`; `streak` = the larger | a 429 cools that family for everyone |
+//! | `disabled` / `enabled_since` | each the later one (equal `disabled.since`: `deactivated` > `login-required` > `unauthorized` > `manual`); the account is disabled when `disabled.since` ≥ `enabled_since` (equal times: disabled) | a disable holds until an explicit *later* enable; a gone login (`login-required`, `deactivated`) is never cleared by an earlier enable |
+//! | `health`, `needs_refresh`, `unauthorized_streak`, `burst_streak` | one observation, whole: the one with the later `health_at`; equal `health_at`: the lower health, then `needs_refresh`, then the larger streaks | the latest view of the account wins, ties deterministically |
+//! | `version` | [`POLICY_STATE_VERSION`] | a merged document is in this crate's format |
+//!
+//! Merging into a live pool adds four guards, because the document may come from a process
+//! with a wrong clock, an older run, or a hostile writer:
+//!
+//! - **Capped**: a cooldown runs at most as long from `now` as this pool's own rules would set
+//!   for it — [`max_cooldown`](crate::PolicyConfig::max_cooldown) for a family (429) or a
+//!   failure burst, [`unauthorized_cooldown`](crate::PolicyConfig::unauthorized_cooldown) for
+//!   a 401, [`forbidden_cooldown`](crate::PolicyConfig::forbidden_cooldown) for a 403 — so a
+//!   file cannot block an account for years.
+//! - **Not from the future**: a record stamped more than `max_cooldown` after `now` (a
+//!   `cooldown.since`, `disabled.since`, `enabled_since`, `refreshed_at` or `health_at`) is
+//!   ignored, so a broken clock cannot pin an account's state; such records are counted in
+//!   [`MergeReport::ignored_future`].
+//! - **Only what is running**: cooldowns that ended (`until` ≤ `now`) are ignored.
+//! - **Never shorter**: a merge never shortens a cooldown the pool is running, except that a
+//!   later `refreshed_at` ends a 401 cooldown, as [`Pool::mark_refreshed`](crate::Pool::mark_refreshed)
+//!   does.
+//!
+//! # Timestamps the pool writes
+//!
+//! Each event is stamped with the pool's clock (the latest `now` it has seen, so a proxy
+//! that merges every few hundred milliseconds keeps it current even when `disable`/`enable`
+//! take no `now`), and never earlier than the event it follows on that account, so a later
+//! local event always wins a merge against what the pool had merged before, even from a
+//! process whose clock runs a little ahead: an `enable` is stamped after the `disabled.since`
+//! it clears, a disable no earlier than the last `enabled_since`, a 401 cooldown after the
+//! last `refreshed_at`, a refresh no earlier than the 401 cooldown it ends, and a health
+//! observation no earlier than the previous one.
+//!
+//! # What is not shared
+//!
+//! Token buckets, in-flight counts, session bindings, outcome counters, the strategy's order
+//! (last use, round-robin cursor, stride passes) and the window of recent failures stay in
+//! each process: they pace *this* process's traffic or are its bookkeeping, and another
+//! process's values would be wrong for it. Two proxies with a bucket of 60 each send up to
+//! 120 per account; size buckets per process.
+//!
+//! A family streak is shared while that family's cooldown runs; afterwards it lives only in
+//! the pool that counted it.
+//!
+//! # Format
+//!
+//! Field names are snake_case, timestamps are milliseconds since the Unix epoch (use
+//! wall-clock [`Timestamp`]s in every process that shares state), and fields at their
+//! default are left out: an account with nothing to say is `{}`. Missing fields read as
+//! their defaults (health 100), unknown fields are ignored, and a reason this version does
+//! not know (from a newer writer) reads as the nearest one it does (`manual` for a disable,
+//! `failure-burst` for a cooldown), so a newer writer's file still loads. Map keys are
+//! [`AccountId`]s and are checked like any other: a document naming an account by email is
+//! refused.
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "accounts": {
+//!     "acct-1": {
+//!       "cooldown": { "until": 1700000060000, "reason": "forbidden", "since": 1700000000000 },
+//!       "families": { "gpt-5": { "until": 1700000030000, "streak": 2 } },
+//!       "health": 45,
+//!       "health_at": 1700000000000
+//!     },
+//!     "acct-2": { "disabled": { "reason": "login-required", "since": 1700000000000 } }
+//!   }
+//! }
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use serde::de::IntoDeserializer;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::status::{CooldownReason, DisabledReason};
+use crate::{AccountId, Timestamp};
+
+/// The format version this crate writes (see [`PolicyState::version`]).
+pub const POLICY_STATE_VERSION: u32 = 1;
+
+/// Health of an account nothing has been observed about.
+const FULL_HEALTH: u8 = 100;
+
+/// Per-account state that several processes share, or one process keeps across restarts:
+/// from [`Pool::export_state`](crate::Pool::export_state) or
+/// [`Pool::take_changes`](crate::Pool::take_changes), into
+/// [`Pool::merge_state`](crate::Pool::merge_state). See the [module docs](self) for the merge
+/// rules and the format.
+///
+/// ```
+/// use rotation_policy::{AccountId, AccountState, PolicyState};
+///
+/// let json = r#"{"version": 1, "accounts": {"acct-1": {"health": 40, "health_at": 5}}}"#;
+/// let mut file: PolicyState = serde_json::from_str(json)?;
+/// let mut other = PolicyState::default();
+/// let mut healthier = AccountState::default();
+/// healthier.health = 90;
+/// healthier.health_at = rotation_policy::Timestamp::from_millis(9);
+/// other.accounts.insert(AccountId::new("acct-1")?, healthier);
+/// file.merge(&other); // the later observation wins
+/// assert_eq!(file.accounts[&AccountId::new("acct-1")?].health, 90);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PolicyState {
+    /// The format version: [`POLICY_STATE_VERSION`] for documents this crate makes or
+    /// merges. Any version is read (fields this version does not know are ignored).
+    #[serde(default = "current_version")]
+    pub version: u32,
+    /// Every account the document knows something about.
+    #[serde(default)]
+    pub accounts: BTreeMap<AccountId, AccountState>,
+}
+
+impl Default for PolicyState {
+    fn default() -> Self {
+        PolicyState {
+            version: POLICY_STATE_VERSION,
+            accounts: BTreeMap::new(),
+        }
+    }
+}
+
+impl PolicyState {
+    /// Merges `other` into `self` by the [merge rules](self#merge-rules): what a file store
+    /// does under its lock with the file's document and a process's changes. The merge is a
+    /// join — commutative, associative and idempotent — so writers may merge in any order
+    /// and any number of times. O(k · F log(n + k)) for k accounts in `other` with F families.
+    ///
+    /// ```
+    /// use rotation_policy::{AccountId, AccountState, FamilyState, PolicyState, Timestamp};
+    ///
+    /// let id = AccountId::new("acct-1")?;
+    /// let limited = |until, streak| {
+    ///     let mut state = PolicyState::default();
+    ///     let mut account = AccountState::default();
+    ///     account.families.insert("gpt-5".into(), FamilyState::new(Timestamp::from_millis(until), streak));
+    ///     state.accounts.insert(id.clone(), account);
+    ///     state
+    /// };
+    /// let (mut a, b) = (limited(30_000, 1), limited(20_000, 3));
+    /// a.merge(&b);
+    /// assert_eq!(a.accounts[&id].families["gpt-5"], FamilyState::new(Timestamp::from_millis(30_000), 3));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn merge(&mut self, other: &PolicyState) {
+        self.version = POLICY_STATE_VERSION;
+        for (id, theirs) in &other.accounts {
+            match self.accounts.get_mut(id) {
+                Some(ours) => {
+                    ours.join(theirs);
+                }
+                None => {
+                    let mut ours = AccountState::default();
+                    ours.join(theirs);
+                    self.accounts.insert(id.clone(), ours);
+                }
+            }
+        }
+    }
+}
+
+/// What a pool's decisions about one account depend on and other processes should know: its
+/// cooldowns, whether it is disabled, and its latest health observation. See the
+/// [module docs](self) for the merge rules and what is deliberately left out (token buckets,
+/// in-flight counts, session bindings, counters and the strategy's order are per-process
+/// pacing and bookkeeping).
+///
+/// `Default` is an account nothing is known about: no cooldown, enabled, health 100.
+///
+/// ```
+/// use rotation_policy::AccountState;
+///
+/// let state: AccountState = serde_json::from_str("{}")?;
+/// assert_eq!(state, AccountState::default());
+/// assert_eq!(state.health, 100);
+/// assert_eq!(serde_json::to_string(&state)?, "{}");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AccountState {
+    /// The account-wide cooldown (after a 401, a 403 or a failure burst), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Cooldown>,
+    /// Running rate-limit cooldowns, by model family.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub families: BTreeMap<String, FamilyState>,
+    /// Set when the account was disabled; it *is* disabled unless `enabled_since` is later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+    /// When the account was last explicitly enabled ([`Pool::enable`](crate::Pool::enable)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_since: Option<Timestamp>,
+    /// When the account's token was last refreshed after a 401
+    /// ([`Pool::mark_refreshed`](crate::Pool::mark_refreshed)); ends 401 cooldowns that
+    /// started no later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at: Option<Timestamp>,
+    /// 0 (failing) to 100 (healthy); a larger value reads as 100.
+    #[serde(
+        default = "full_health",
+        deserialize_with = "health_up_to_100",
+        skip_serializing_if = "is_full_health"
+    )]
+    pub health: u8,
+    /// When `health`, `needs_refresh` or a streak last changed: the observation's time.
+    #[serde(default, skip_serializing_if = "is_epoch")]
+    pub health_at: Timestamp,
+    /// A 401 was seen since the last success or refresh.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub needs_refresh: bool,
+    /// Consecutive 401s (the account is disabled after
+    /// [`disable_after_unauthorized`](crate::PolicyConfig::disable_after_unauthorized)).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unauthorized_streak: u32,
+    /// Consecutive failure bursts (each doubles the next burst's cooldown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub burst_streak: u32,
+}
+
+impl Default for AccountState {
+    fn default() -> Self {
+        AccountState {
+            cooldown: None,
+            families: BTreeMap::new(),
+            disabled: None,
+            enabled_since: None,
+            refreshed_at: None,
+            health: FULL_HEALTH,
+            health_at: Timestamp::ZERO,
+            needs_refresh: false,
+            unauthorized_streak: 0,
+            burst_streak: 0,
+        }
+    }
+}
+
+impl AccountState {
+    /// Joins `other` into `self` by the merge rules; returns whether `self` changed.
+    pub(crate) fn join(&mut self, other: &AccountState) -> bool {
+        let mut changed = false;
+        if cooldown_key(other.cooldown.as_ref()) > cooldown_key(self.cooldown.as_ref()) {
+            self.cooldown = other.cooldown;
+            changed = true;
+        }
+        changed |= raise(&mut self.refreshed_at, other.refreshed_at);
+        for (name, theirs) in &other.families {
+            match self.families.get_mut(name) {
+                Some(ours) => {
+                    changed |= raise(&mut ours.until, theirs.until);
+                    changed |= raise(&mut ours.streak, theirs.streak);
+                }
+                None => {
+                    self.families.insert(name.clone(), *theirs);
+                    changed = true;
+                }
+            }
+        }
+        if disabled_key(other.disabled.as_ref()) > disabled_key(self.disabled.as_ref()) {
+            self.disabled = other.disabled;
+            changed = true;
+        }
+        changed |= raise(&mut self.enabled_since, other.enabled_since);
+        if other.observation_key() > self.observation_key() {
+            self.health = other.health.min(FULL_HEALTH);
+            self.health_at = other.health_at;
+            self.needs_refresh = other.needs_refresh;
+            self.unauthorized_streak = other.unauthorized_streak;
+            self.burst_streak = other.burst_streak;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Whether `self` already holds everything `other` does: merging `other` into it would
+    /// change nothing.
+    pub(crate) fn covers(&self, other: &AccountState) -> bool {
+        cooldown_key(other.cooldown.as_ref()) <= cooldown_key(self.cooldown.as_ref())
+            && other.refreshed_at <= self.refreshed_at
+            && other.families.iter().all(|(name, theirs)| {
+                self.families
+                    .get(name)
+                    .is_some_and(|ours| theirs.until <= ours.until && theirs.streak <= ours.streak)
+            })
+            && disabled_key(other.disabled.as_ref()) <= disabled_key(self.disabled.as_ref())
+            && other.enabled_since <= self.enabled_since
+            && other.observation_key() <= self.observation_key()
+    }
+
+    /// The order of health observations: later first, then lower health, then the more
+    /// alarming flags. Total, so ties are decided the same way by every writer.
+    pub(crate) fn observation_key(&self) -> (Timestamp, Reverse<u8>, bool, u32, u32) {
+        (
+            self.health_at,
+            Reverse(self.health.min(FULL_HEALTH)),
+            self.needs_refresh,
+            self.unauthorized_streak,
+            self.burst_streak,
+        )
+    }
+}
+
+/// An account-wide cooldown: the account serves nothing until `until`.
+///
+/// ```
+/// use rotation_policy::{Cooldown, CooldownReason, Timestamp};
+/// let c = Cooldown::new(Timestamp::from_millis(60_000), CooldownReason::Forbidden, Timestamp::ZERO);
+/// assert_eq!(serde_json::to_string(&c)?, r#"{"until":60000,"reason":"forbidden"}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Cooldown {
+    /// When the account is usable again.
+    pub until: Timestamp,
+    /// Why it cools down.
+    #[serde(deserialize_with = "cooldown_reason_or_nearest")]
+    pub reason: CooldownReason,
+    /// When this cooldown was set (decides whether a later refresh ends a 401 cooldown).
+    #[serde(default, skip_serializing_if = "is_epoch")]
+    pub since: Timestamp,
+}
+
+impl Cooldown {
+    /// A cooldown until `until` for `reason`, set at `since`.
+    ///
+    /// ```
+    /// # use rotation_policy::{Cooldown, CooldownReason, Timestamp};
+    /// let c = Cooldown::new(Timestamp::from_millis(9), CooldownReason::FailureBurst, Timestamp::from_millis(1));
+    /// assert_eq!(c.until, Timestamp::from_millis(9));
+    /// ```
+    pub fn new(until: Timestamp, reason: CooldownReason, since: Timestamp) -> Self {
+        Cooldown {
+            until,
+            reason,
+            since,
+        }
+    }
+}
+
+/// A rate-limit cooldown of one account for one model family.
+///
+/// ```
+/// use rotation_policy::{FamilyState, Timestamp};
+/// let f = FamilyState::new(Timestamp::from_millis(30_000), 2);
+/// assert_eq!(serde_json::to_string(&f)?, r#"{"until":30000,"streak":2}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FamilyState {
+    /// When the account may serve the family again.
+    pub until: Timestamp,
+    /// Consecutive rate limits behind it (doubles the next backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub streak: u32,
+}
+
+impl FamilyState {
+    /// A family cooldown until `until` after `streak` rate limits in a row.
+    ///
+    /// ```
+    /// # use rotation_policy::{FamilyState, Timestamp};
+    /// assert_eq!(FamilyState::new(Timestamp::ZERO, 1).streak, 1);
+    /// ```
+    pub fn new(until: Timestamp, streak: u32) -> Self {
+        FamilyState { until, streak }
+    }
+}
+
+/// Why and since when an account is disabled.
+///
+/// ```
+/// use rotation_policy::{Disabled, DisabledReason, Timestamp};
+/// let d = Disabled::new(DisabledReason::LoginRequired, Timestamp::from_millis(7));
+/// assert_eq!(serde_json::to_string(&d)?, r#"{"reason":"login-required","since":7}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Disabled {
+    /// Why.
+    #[serde(deserialize_with = "disabled_reason_or_nearest")]
+    pub reason: DisabledReason,
+    /// When the account was disabled (for this reason).
+    #[serde(default, skip_serializing_if = "is_epoch")]
+    pub since: Timestamp,
+}
+
+impl Disabled {
+    /// Disabled for `reason` at `since`.
+    ///
+    /// ```
+    /// # use rotation_policy::{Disabled, DisabledReason, Timestamp};
+    /// assert_eq!(Disabled::new(DisabledReason::Manual, Timestamp::ZERO).reason, DisabledReason::Manual);
+    /// ```
+    pub fn new(reason: DisabledReason, since: Timestamp) -> Self {
+        Disabled { reason, since }
+    }
+}
+
+/// What [`Pool::merge_state`](crate::Pool::merge_state) did.
+///
+/// ```
+/// use rotation_policy::{AccountId, AccountState, PolicyConfig, PolicyState, Pool, Timestamp};
+///
+/// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+/// pool.add(AccountId::new("a")?)?;
+/// let mut state = PolicyState::default();
+/// state.accounts.insert(AccountId::new("a")?, AccountState::default());
+/// state.accounts.insert(AccountId::new("gone")?, AccountState::default());
+/// let report = pool.merge_state(&state, Timestamp::ZERO);
+/// assert_eq!((report.applied, report.changed), (1, 0));
+/// assert_eq!(report.unknown, vec![AccountId::new("gone")?]);
+/// # Ok::<(), rotation_policy::PolicyError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MergeReport {
+    /// Accounts of the document that are in the pool (merged, changed or not).
+    pub applied: usize,
+    /// Accounts whose state in the pool the merge changed (their selection may differ now).
+    pub changed: usize,
+    /// Accounts of the document that are not in the pool: ignored.
+    pub unknown: Vec<AccountId>,
+    /// Cooldowns that were cut to this pool's longest (see the merge guards).
+    pub capped: usize,
+    /// Records ignored because they were stamped more than `max_cooldown` after `now`.
+    pub ignored_future: usize,
+}
+
+/// The order of account-wide cooldowns: later end, then the reason's rank, then later start.
+pub(crate) fn cooldown_key(c: Option<&Cooldown>) -> Option<(Timestamp, u8, Timestamp)> {
+    c.map(|c| (c.until, cooldown_rank(c.reason), c.since))
+}
+
+/// The order of disables: later first, then the reason's rank.
+pub(crate) fn disabled_key(d: Option<&Disabled>) -> Option<(Timestamp, u8)> {
+    d.map(|d| (d.since, disabled_rank(d.reason)))
+}
+
+/// Equal-time tie-break between cooldown reasons: the one a refresh cannot end ranks higher.
+pub(crate) fn cooldown_rank(reason: CooldownReason) -> u8 {
+    match reason {
+        CooldownReason::Unauthorized => 0,
+        CooldownReason::FailureBurst => 1,
+        CooldownReason::Forbidden => 2,
+    }
+}
+
+/// Equal-time tie-break between disable reasons: a gone login ranks highest.
+pub(crate) fn disabled_rank(reason: DisabledReason) -> u8 {
+    match reason {
+        DisabledReason::Manual => 0,
+        DisabledReason::Unauthorized => 1,
+        DisabledReason::LoginRequired => 2,
+        DisabledReason::Deactivated => 3,
+    }
+}
+
+/// Raises `ours` to `theirs` if that is larger; returns whether it did.
+fn raise<T: Ord + Copy>(ours: &mut T, theirs: T) -> bool {
+    if theirs > *ours {
+        *ours = theirs;
+        true
+    } else {
+        false
+    }
+}
+
+fn current_version() -> u32 {
+    POLICY_STATE_VERSION
+}
+
+fn full_health() -> u8 {
+    FULL_HEALTH
+}
+
+fn is_full_health(health: &u8) -> bool {
+    *health == FULL_HEALTH
+}
+
+fn is_epoch(t: &Timestamp) -> bool {
+    *t == Timestamp::ZERO
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn health_up_to_100<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    Ok(u8::deserialize(d)?.min(FULL_HEALTH))
+}
+
+/// A reason by name; one this version does not know reads as `unknown` (a newer writer's).
+fn reason_or<'de, D: Deserializer<'de>, R: Deserialize<'de>>(
+    d: D,
+    unknown: R,
+) -> Result<R, D::Error> {
+    let name = String::deserialize(d)?;
+    let known: Result<R, serde::de::value::Error> = R::deserialize(name.into_deserializer());
+    Ok(known.unwrap_or(unknown))
+}
+
+fn disabled_reason_or_nearest<'de, D: Deserializer<'de>>(d: D) -> Result<DisabledReason, D::Error> {
+    reason_or(d, DisabledReason::Manual)
+}
+
+fn cooldown_reason_or_nearest<'de, D: Deserializer<'de>>(d: D) -> Result<CooldownReason, D::Error> {
+    reason_or(d, CooldownReason::FailureBurst)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t() -> impl Strategy<Value = Timestamp> {
+        (0u64..4).prop_map(Timestamp::from_millis)
+    }
+
+    fn account() -> impl Strategy<Value = AccountState> {
+        (
+            proptest::option::of((t(), any::<bool>(), t())),
+            proptest::collection::btree_map("[ab]", (t(), 0u32..2), 0..2),
+            proptest::option::of((any::<bool>(), t())),
+            (proptest::option::of(t()), proptest::option::of(t())),
+            (0u8..=100, t(), any::<bool>(), 0u32..2, 0u32..2),
+        )
+            .prop_map(
+                |(cooldown, families, disabled, (enabled, refreshed), obs)| {
+                    let (health, health_at, needs_refresh, unauthorized_streak, burst_streak) = obs;
+                    AccountState {
+                        cooldown: cooldown.map(|(until, forbidden, since)| {
+                            let reason = if forbidden {
+                                CooldownReason::Forbidden
+                            } else {
+                                CooldownReason::Unauthorized
+                            };
+                            Cooldown::new(until, reason, since)
+                        }),
+                        families: families
+                            .into_iter()
+                            .map(|(name, (until, streak))| (name, FamilyState::new(until, streak)))
+                            .collect(),
+                        disabled: disabled.map(|(gone, since)| {
+                            let reason = if gone {
+                                DisabledReason::LoginRequired
+                            } else {
+                                DisabledReason::Manual
+                            };
+                            Disabled::new(reason, since)
+                        }),
+                        enabled_since: enabled,
+                        refreshed_at: refreshed,
+                        health,
+                        health_at,
+                        needs_refresh,
+                        unauthorized_streak,
+                        burst_streak,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// `covers` (used to decide whether a merge must be written back) says exactly
+        /// whether joining would change nothing.
+        #[test]
+        fn covers_is_join_changes_nothing(a in account(), b in account()) {
+            let mut joined = a.clone();
+            let changed = joined.join(&b);
+            prop_assert_eq!(a.covers(&b), !changed);
+            prop_assert_eq!(changed, joined != a);
+            prop_assert!(joined.covers(&a) && joined.covers(&b));
+        }
+    }
+}
