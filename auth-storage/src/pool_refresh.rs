@@ -253,7 +253,7 @@ impl PoolRefresher {
             last_refresh: account.last_refresh.clone(),
         };
         let pool_copy = newest.clone();
-        let homes = self.lock_homes(&pool, id, &identity)?;
+        let homes = self.lock_homes(&pool, id, &identity, &[])?;
         for home in &homes {
             if let Some(copy) = &home.copy
                 && copy.is_newer_than(&newest)
@@ -275,8 +275,13 @@ impl PoolRefresher {
                 account = id,
                 "tokens were refreshed elsewhere; adopting them"
             );
+            let replaced = held.newest.tokens != pool_copy.tokens;
             self.save_pool(id, &held.newest, None, &pool_copy)?;
-            held.write_homes(&held.newest.clone());
+            let newest = held.newest.clone();
+            held.write_homes(&newest);
+            if replaced {
+                self.reach_new_homes(id, &mut held, &newest);
+            }
             return Ok(Prepared::Adopted(held.newest.tokens));
         }
         if let Some(mark) = &held.interrupted {
@@ -317,7 +322,10 @@ impl PoolRefresher {
                         account.refreshing = None;
                     }
                 }) {
-                    Ok(()) => Ok(RefreshOutcome::Refreshed(next.tokens)),
+                    Ok(()) => {
+                        self.reach_new_homes(id, held, &next);
+                        Ok(RefreshOutcome::Refreshed(next.tokens))
+                    }
                     Err(source) => Err(PoolRefreshError::Persist {
                         id: id.to_owned(),
                         source: Box::new(source),
@@ -390,10 +398,11 @@ impl PoolRefresher {
         pool: &PoolDocument,
         id: &str,
         identity: &Identity,
+        skip: &[HeldHome],
     ) -> Result<Vec<HeldHome>, StorageError> {
         let mut held = Vec::new();
         for (dir, holder) in &pool.homes {
-            if holder != id {
+            if holder != id || skip.iter().any(|home| home.key == *dir) {
                 continue;
             }
             let home = CodexHome::new(PathBuf::from(dir));
@@ -428,6 +437,7 @@ impl PoolRefresher {
                 })
             });
             held.push(HeldHome {
+                key: dir.clone(),
                 store,
                 guard,
                 doc,
@@ -435,6 +445,31 @@ impl PoolRefresher {
             });
         }
         Ok(held)
+    }
+
+    /// After new tokens were saved to the pool: homes the pool handed `id` to since step 3
+    /// (a [`PoolStore::switch_to`] meanwhile handed them the pool's copy as it was then,
+    /// e.g. the refresh token being spent) get `copy` too. Any switch that wrote the pool
+    /// before our save is listed now, and holds its home's lock until that home is written.
+    fn reach_new_homes(&self, id: &str, held: &mut Held, copy: &Copy) {
+        let pool = match self.pool.load() {
+            Ok(loaded) => loaded.pool,
+            Err(err) => {
+                tracing::warn!(account = id, error = %err, "could not re-read the pool for Codex homes added during the refresh");
+                return;
+            }
+        };
+        let identity = Identity::of(&held.newest.tokens);
+        match self.lock_homes(&pool, id, &identity, &held.homes) {
+            Ok(new) if !new.is_empty() => {
+                held.homes.extend(new);
+                held.write_homes(copy);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(account = id, error = %err, "could not reach Codex homes added during the refresh")
+            }
+        }
     }
 
     /// Writes `copy` into the pool account `id` (when it differs from `before`) and sets
@@ -517,6 +552,8 @@ impl Held {
 }
 
 struct HeldHome {
+    /// The home as named in [`PoolDocument::homes`].
+    key: String,
     store: Box<dyn CredentialStore>,
     guard: CommitGuard,
     doc: Option<AuthDocument>,
