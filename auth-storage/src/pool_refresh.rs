@@ -275,8 +275,11 @@ impl PoolRefresher {
                 account = id,
                 "tokens were refreshed elsewhere; adopting them"
             );
+            // A mark left by an earlier refresh whose answer is adopted now (it reached a
+            // home but not the pool) is about a token these replace; no live refresh can
+            // own it, as we hold the account's lock.
             let replaced = held.newest.tokens != pool_copy.tokens;
-            self.save_pool(id, &held.newest, None, &pool_copy)?;
+            self.save_pool(id, &held.newest, replaced.then_some(None), &pool_copy)?;
             let newest = held.newest.clone();
             held.write_homes(&newest);
             if replaced {
