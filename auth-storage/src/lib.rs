@@ -27,6 +27,11 @@
 //!   for a Codex home (`CoordinatedRefresher`) and for pool accounts shared by proxies and
 //!   the Codex CLI (`PoolRefresher`, which also adopts tokens the CLI refreshed).
 //!
+//! * **Shared rotation state** (feature `policy`, `policy` module): the rotation
+//!   policy's cooldowns, disabled reasons and health, kept beside the pool and merged
+//!   between processes by written rules; one call builds a ready `rotation_policy::Pool`
+//!   from a pool and one call saves its changes back.
+//!
 //! All APIs block; from async code call them in `tokio::task::spawn_blocking`.
 //!
 //! ```
@@ -57,6 +62,8 @@ mod error;
 pub mod keyring_backend;
 pub mod lock;
 mod mode;
+#[cfg(feature = "policy")]
+pub mod policy;
 pub mod pool;
 #[cfg(feature = "refresh")]
 mod pool_refresh;

@@ -16,6 +16,7 @@ mod migrate;
 mod store;
 mod switch;
 
+#[cfg(feature = "refresh")]
 pub(crate) use document::same_login as document_same_login;
 pub use document::{
     Account, CURRENT_VERSION, Health, PoolDocument, RefreshInFlight, Unusable, UnusableReason,

@@ -163,6 +163,11 @@ impl PoolStore {
         self
     }
 
+    /// How long to wait for a lock.
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
     /// The pool directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,0 +1,383 @@
+//! The rotation policy's state, kept beside the pool and shared by every process that
+//! rotates over it (feature `policy`), and the one-call glue from a pool to a ready
+//! [`rotation_policy::Pool`].
+//!
+//! `pool.json` holds the logins; `pool-state.json` (same directory) holds what the policy
+//! learned about each account — cooldowns with their reason and end, disabled reasons,
+//! health and streaks — as a [`PolicyState`], keyed by the accounts' stable
+//! [`ids`](crate::pool::Account::id). It has its own lock (`pool-state.lock`) and no tokens,
+//! so the frequent small writes of running proxies never rewrite (or wait for) the file
+//! that holds every account's tokens.
+//!
+//! **Concurrent writers** never lose each other's changes: [`PoolStore::save_policy_state`]
+//! takes the state lock, reads the file, merges the caller's changes in with
+//! [`PolicyState::merge`] and replaces the file atomically. The merge rules (a later
+//! cooldown end wins, a disable holds until a later explicit enable, the later health
+//! observation wins, …) are the table in `rotation_policy::state`; they make the result
+//! independent of the order writers come in.
+//!
+//! **A damaged state file never costs an account**: a malformed file, one from a newer
+//! version, or one naming accounts the pool does not have is reported
+//! ([`StateProblem`]) and the accounts load anyway with fresh state; a malformed file is
+//! moved aside (`pool-state.json.damaged-…`) by the next save, a newer one is never
+//! overwritten.
+//!
+//! ```
+//! use auth_storage::PoolStore;
+//! use auth_storage::pool::Account;
+//! use rotation_policy::{Outcome, PolicyConfig, Request, Selection, Timestamp};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let tokens = |rt: &str| auth_core::TokenData::new(
+//! #     auth_core::Secret::new(auth_core::jwt::encode_unsigned_for_testing(&Default::default())),
+//! #     auth_core::Secret::new("at".into()), auth_core::Secret::new(rt.into()), None).unwrap();
+//! let store = PoolStore::new(dir.path());
+//! store.update(|pool| {
+//!     pool.upsert(Account::new(tokens("rt-1"), 0));
+//!     pool.upsert(Account::new(tokens("rt-2"), 0));
+//! })?;
+//!
+//! // Process A: a ready policy in one call, then the request loop reports a 429.
+//! let now = Timestamp::from_system_time(std::time::SystemTime::now());
+//! let mut a = store.rotation_pool(PolicyConfig::default(), 1, now)?;
+//! assert!(a.problems.is_empty());
+//! let mut request = Request::new("gpt-5");
+//! let Selection::Account(first) = a.policy.select(&mut request, now) else { unreachable!() };
+//! let limited = Outcome::RateLimited { retry_after: Some(std::time::Duration::from_secs(60)) };
+//! a.policy.report(&mut request, &first, limited, now);
+//! store.save_rotation_state(&mut a.policy, now)?; // one call: coalesced changes out, others' in
+//!
+//! // Process B, started later: it honours A's cooldown at once.
+//! let mut b = store.rotation_pool(PolicyConfig::default(), 2, now)?;
+//! let Selection::Account(picked) = b.policy.select(&mut Request::new("gpt-5"), now) else { unreachable!() };
+//! assert_ne!(picked, first);
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+
+use rotation_policy::{AccountId, MergeReport, PolicyConfig, PolicyState, Timestamp};
+
+use crate::atomic::{read_if_exists, write_atomic};
+use crate::error::{Result, StorageError, describe_json_error};
+use crate::lock::FileLock;
+use crate::pool::{PoolDocument, PoolStore};
+
+/// Name of the policy state file inside the pool directory.
+pub const STATE_FILE: &str = "pool-state.json";
+const STATE_LOCK: &str = "pool-state.lock";
+const DAMAGED_PREFIX: &str = "pool-state.json.damaged-";
+const TEMP_PREFIX: &str = ".pool-state-";
+/// Largest state file read (about 200 bytes per account: room for millions).
+pub const STATE_FILE_MAX_BYTES: u64 = 256 << 20;
+
+/// What is wrong with the policy state file. The accounts are not affected: they load with
+/// fresh policy state for whatever the file could not provide.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateProblem {
+    /// The file is not a policy state document (line/column and category; never contents).
+    #[error(
+        "{path} is not a usable policy state file ({detail}); accounts start with fresh state and the next save moves it aside"
+    )]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The file was written by a newer program; it is read as far as this version
+    /// understands it... not at all, and never overwritten.
+    #[error(
+        "{path} has policy state version {found}, newer than the {supported} this program understands; accounts start with fresh state and the file is left alone (upgrade the program)"
+    )]
+    Newer {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest version this program reads.
+        supported: u32,
+    },
+    /// The file has state for accounts the pool does not have (removed since, or the
+    /// file belongs to another pool); it is ignored.
+    #[error("{path} has state for {count} account(s) the pool does not have; ignored")]
+    UnknownAccounts {
+        /// The file.
+        path: PathBuf,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// The state file as read by [`PoolStore::load_policy_state`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StateLoad {
+    /// The state (empty when the file is missing or unusable).
+    pub state: PolicyState,
+    /// Why the file could not be used, if it could not.
+    pub problem: Option<StateProblem>,
+}
+
+/// A ready policy over a pool, from [`PoolStore::rotation_pool`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RotationSetup {
+    /// Every account of the pool under its stable id; disabled by hand
+    /// ([`DisabledReason::Manual`](rotation_policy::DisabledReason::Manual)) or gone for everyone
+    /// (`LoginRequired`, `Deactivated`) as the pool says; the shared state merged in.
+    pub policy: rotation_policy::Pool,
+    /// The pool document it was built from (tokens for the request loop).
+    pub document: PoolDocument,
+    /// Problems with the state file (the accounts loaded anyway).
+    pub problems: Vec<StateProblem>,
+}
+
+/// What [`PoolStore::save_rotation_state`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct StateSync {
+    /// Accounts whose changed state was written.
+    pub written: usize,
+    /// What merging the file's state (others' changes) back into the policy did.
+    pub merged: MergeReport,
+}
+
+impl PoolStore {
+    /// `<dir>/pool-state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir().join(STATE_FILE)
+    }
+
+    /// Read the shared policy state without locking (writers replace the file
+    /// atomically). A missing file is empty state; a malformed or newer one is empty
+    /// state with a [`StateProblem`].
+    ///
+    /// # Errors
+    /// Only I/O errors (permissions, a FIFO or directory in the file's place, a file over
+    /// [`STATE_FILE_MAX_BYTES`]).
+    pub fn load_policy_state(&self) -> Result<StateLoad> {
+        let path = self.state_file();
+        let Some(bytes) = read_if_exists(&path, STATE_FILE_MAX_BYTES)? else {
+            return Ok(StateLoad::default());
+        };
+        Ok(parse_state(&path, &bytes))
+    }
+
+    /// Merge `changes` into the shared state file under its lock and return the file's new
+    /// content (everyone's state). Nothing is written when `changes` is empty and the file
+    /// is usable.
+    ///
+    /// # Errors
+    /// [`StorageError::NewerVersion`] when the file comes from a newer program (it is left
+    /// alone); lock and I/O errors, after which the file is as it was.
+    pub fn save_policy_state(&self, changes: &PolicyState) -> Result<PolicyState> {
+        let path = self.state_file();
+        auth_core::regular_file::create_private_dir_all(self.dir())
+            .map_err(|e| StorageError::io("create the pool directory", self.dir(), e))?;
+        let _lock = FileLock::acquire(&self.dir().join(STATE_LOCK), 0o600, self.lock_timeout())?;
+        let loaded = match read_if_exists(&path, STATE_FILE_MAX_BYTES)? {
+            Some(bytes) => parse_state(&path, &bytes),
+            None => StateLoad::default(),
+        };
+        match &loaded.problem {
+            Some(StateProblem::Newer {
+                found, supported, ..
+            }) => {
+                return Err(StorageError::NewerVersion {
+                    path,
+                    found: *found,
+                    supported: *supported,
+                });
+            }
+            Some(StateProblem::Malformed { .. }) => self.set_aside(&path)?,
+            _ => {
+                if changes.accounts.is_empty() {
+                    return Ok(loaded.state);
+                }
+            }
+        }
+        let mut state = loaded.state;
+        state.merge(changes);
+        let bytes = serde_json::to_vec(&state).map_err(|e| StorageError::Serialize {
+            what: "the policy state",
+            detail: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes, TEMP_PREFIX)?;
+        Ok(state)
+    }
+
+    /// Everything a rotation proxy needs in one call: the pool's accounts in a new
+    /// [`rotation_policy::Pool`] under their stable ids, disabled or gone accounts marked as
+    /// such, cooldowns from the pool's legacy `cooldowns` field, and the shared state file
+    /// merged in. Problems with the state file are reported in
+    /// [`RotationSetup::problems`], never fatal.
+    ///
+    /// # Errors
+    /// Reading the pool ([`PoolStore::load`]), an invalid `config`, and I/O errors on the
+    /// state file.
+    pub fn rotation_pool(
+        &self,
+        config: PolicyConfig,
+        seed: u64,
+        now: Timestamp,
+    ) -> Result<RotationSetup> {
+        let document = self.load()?.pool;
+        let mut policy =
+            rotation_policy::Pool::new(config, seed).map_err(|e| StorageError::Invalid {
+                what: "rotation policy configuration",
+                detail: e.to_string(),
+            })?;
+        for account in &document.accounts {
+            if let Ok(id) = AccountId::new(account.id.clone()) {
+                // ok: ids are unique in a loaded pool, so `add` cannot refuse a duplicate.
+                let _ = policy.add(id);
+            }
+        }
+        let mut problems = Vec::new();
+        let loaded = self.load_policy_state()?;
+        problems.extend(loaded.problem);
+        let report = policy.merge_state(&loaded.state, now);
+        if !report.unknown.is_empty() {
+            problems.push(StateProblem::UnknownAccounts {
+                path: self.state_file(),
+                count: report.unknown.len(),
+            });
+        }
+        // The pool's word on each account comes last, so no state from the file (an old
+        // enable, say) can outvote `enabled: false` or a "login required" mark.
+        for account in &document.accounts {
+            let Ok(id) = AccountId::new(account.id.clone()) else {
+                continue;
+            };
+            if let Some(reason) = pool_disabled_reason(account) {
+                let _ = policy.disable_for(&id, reason);
+            }
+            for (family, until) in &account.cooldowns {
+                let until = Timestamp::from_millis(until.saturating_mul(1000));
+                if until > now {
+                    let _ = policy.restore_cooldown(&id, family, until, now);
+                }
+            }
+        }
+        // What came from the file is not a change of this process.
+        let _ = policy.take_changes();
+        Ok(RotationSetup {
+            policy,
+            document,
+            problems,
+        })
+    }
+
+    /// Save what `policy` learned since the last call (coalesced: only changed accounts)
+    /// and merge everyone else's state back into it, in one call. Cheap when nothing
+    /// changed: no lock, no write.
+    ///
+    /// # Errors
+    /// As [`save_policy_state`](Self::save_policy_state); the changes are then handed back
+    /// to `policy`'s next call only if the caller merges them again — prefer retrying soon.
+    pub fn save_rotation_state(
+        &self,
+        policy: &mut rotation_policy::Pool,
+        now: Timestamp,
+    ) -> Result<StateSync> {
+        let changes = policy.take_changes();
+        if changes.accounts.is_empty() {
+            return Ok(StateSync::default());
+        }
+        let written = changes.accounts.len();
+        let merged = self.save_policy_state(&changes)?;
+        let report = policy.merge_state(&merged, now);
+        Ok(StateSync {
+            written,
+            merged: report,
+        })
+    }
+
+    fn set_aside(&self, path: &std::path::Path) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = (0..1000)
+            .map(|n| self.dir().join(format!("{DAMAGED_PREFIX}{now}.{n}")))
+            .find(|p| std::fs::symlink_metadata(p).is_err())
+            .ok_or_else(|| StorageError::Invalid {
+                what: "pool directory",
+                detail: format!(
+                    "{} holds too many damaged state files; remove old `{DAMAGED_PREFIX}*` files",
+                    self.dir().display()
+                ),
+            })?;
+        std::fs::rename(path, &aside)
+            .map_err(|e| StorageError::io("move aside the damaged", path, e))?;
+        tracing::warn!(
+            state = %crate::error::shown(path),
+            aside = %crate::error::shown(&aside),
+            "the policy state file was unusable; moved aside"
+        );
+        Ok(())
+    }
+}
+
+/// Why the pool itself keeps `account` out of rotation: disabled by hand, or its login gone
+/// for everyone.
+pub fn pool_disabled_reason(
+    account: &crate::pool::Account,
+) -> Option<rotation_policy::DisabledReason> {
+    match (&account.unusable, account.enabled) {
+        (Some(mark), _) => Some(disabled_reason_for(mark.reason)),
+        (None, false) => Some(rotation_policy::DisabledReason::Manual),
+        (None, true) => None,
+    }
+}
+
+/// The policy's reason for an account the pool marked [unusable](crate::pool::Unusable).
+pub fn disabled_reason_for(reason: crate::pool::UnusableReason) -> rotation_policy::DisabledReason {
+    match reason {
+        crate::pool::UnusableReason::Deactivated => rotation_policy::DisabledReason::Deactivated,
+        _ => rotation_policy::DisabledReason::LoginRequired,
+    }
+}
+
+fn parse_state(path: &std::path::Path, bytes: &[u8]) -> StateLoad {
+    let malformed = |detail: String| StateLoad {
+        state: PolicyState::default(),
+        problem: Some(StateProblem::Malformed {
+            path: path.to_path_buf(),
+            detail,
+        }),
+    };
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return malformed(format!(
+                "line {}, column {}: {}",
+                e.line(),
+                e.column(),
+                describe_json_error(&e)
+            ));
+        }
+    };
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    if let Some(found) = version
+        && found > u64::from(rotation_policy::POLICY_STATE_VERSION)
+    {
+        return StateLoad {
+            state: PolicyState::default(),
+            problem: Some(StateProblem::Newer {
+                path: path.to_path_buf(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: rotation_policy::POLICY_STATE_VERSION,
+            }),
+        };
+    }
+    match serde_json::from_value::<PolicyState>(value) {
+        Ok(state) => StateLoad {
+            state,
+            problem: None,
+        },
+        Err(e) => malformed(describe_json_error(&e)),
+    }
+}
