@@ -6,6 +6,8 @@
 //! cargo run -p examples --example accounts -- list --json
 //! cargo run -p examples --example accounts -- use 2 --codex-home ~/.codex
 //! cargo run -p examples --example accounts -- remove 2
+//! cargo run -p examples --example accounts -- disable 2     # kept, never picked
+//! cargo run -p examples --example accounts -- enable 2
 //! cargo run -p examples --example accounts -- add [--no-browser]   # browser sign-in
 //! ```
 //!
@@ -83,6 +85,17 @@ enum Command {
     },
     /// Remove account N (as numbered by `list`) from the pool.
     Remove {
+        /// Account number from `list`.
+        n: usize,
+    },
+    /// Keep account N in the pool but stop every proxy from using it (running proxies
+    /// follow within a second), until `enable N`.
+    Disable {
+        /// Account number from `list`.
+        n: usize,
+    },
+    /// Let proxies use account N again (after `disable N`).
+    Enable {
         /// Account number from `list`.
         n: usize,
     },
@@ -278,34 +291,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .timeout(std::time::Duration::from_secs(timeout_secs));
             say!("{}", examples::account_add::add_account_blocking(&options)?);
         }
+        Command::Disable { n } => set_enabled(&pool, n, false)?,
+        Command::Enable { n } => set_enabled(&pool, n, true)?,
         Command::Remove { n } => {
             let i = index(n)?;
             // A number past the end (or a pool that does not exist yet) is refused before the
             // pool directory or its lock file is created; checked again under the lock.
             let len = pool.load()?.pool.accounts.len();
             if i >= len {
-                return Err(Box::new(StorageError::Invalid {
-                    what: "account number",
-                    detail: if len == 0 {
-                        "the pool has no accounts".into()
-                    } else {
-                        format!("there is no account #{n} (the pool has {len})")
-                    },
-                }));
+                return Err(Box::new(no_such_account(n, len)));
             }
             let removed = pool.try_update(|p| {
                 let len = p.accounts.len();
                 let was_active = p.active_index() == Some(i);
                 p.remove(i)
                     .map(|a| (a, was_active))
-                    .ok_or_else(|| StorageError::Invalid {
-                        what: "account number",
-                        detail: if len == 0 {
-                            "the pool has no accounts".into()
-                        } else {
-                            format!("there is no account #{n} (the pool has {len})")
-                        },
-                    })
+                    .ok_or_else(|| no_such_account(n, len))
             })?;
             let (removed, was_active) = removed;
             say!("removed #{n} {}", removed.masked_email());
@@ -320,6 +321,59 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `disable N` / `enable N`: one locked pool update; a number past the end is refused
+/// before the pool directory or its lock file is created.
+fn set_enabled(pool: &PoolStore, n: usize, enabled: bool) -> Result<(), StorageError> {
+    let i = index(n)?;
+    let len = pool.load()?.pool.accounts.len();
+    if i >= len {
+        return Err(no_such_account(n, len));
+    }
+    let (was, account) = pool.try_update(|p| {
+        let len = p.accounts.len();
+        let account = p
+            .accounts
+            .get_mut(i)
+            .ok_or_else(|| no_such_account(n, len))?;
+        let was = account.enabled;
+        account.enabled = enabled;
+        Ok::<_, StorageError>((was, account.clone()))
+    })?;
+    let verb = if enabled { "enabled" } else { "disabled" };
+    if was == enabled {
+        say!("#{n} {} was already {verb}", account.masked_email());
+    } else {
+        say!("{verb} #{n} {} ({})", account.masked_email(), account.id);
+    }
+    if enabled && let Some(mark) = &account.unusable {
+        say!(
+            "note: #{n} is still unusable ({mark}); sign in to it again (`accounts add`, or \
+             `codex login` and `accounts import`)"
+        );
+    }
+    Ok(())
+}
+
+fn no_such_account(n: usize, len: usize) -> StorageError {
+    StorageError::Invalid {
+        what: "account number",
+        detail: if len == 0 {
+            "the pool has no accounts".into()
+        } else {
+            format!("there is no account #{n} (the pool has {len})")
+        },
+    }
+}
+
+/// What `list` shows in its status column.
+fn status_of(a: &auth_storage::pool::Account) -> String {
+    match (&a.unusable, a.enabled) {
+        (Some(mark), _) => mark.to_string(),
+        (None, false) => "disabled".to_owned(),
+        (None, true) => "ok".to_owned(),
+    }
+}
+
 fn print_table(pool: &PoolDocument) {
     if pool.accounts.is_empty() {
         println!("no accounts yet; add one with `accounts import --codex-home DIR`");
@@ -327,17 +381,18 @@ fn print_table(pool: &PoolDocument) {
     }
     let active = pool.active_index();
     println!(
-        "   #  {:<28} {:<10} {:<8} account id",
-        "email", "plan", "enabled"
+        "   #  {:<21} {:<28} {:<10} {:<16} account id",
+        "id", "email", "plan", "status"
     );
     for (i, a) in pool.accounts.iter().enumerate() {
         println!(
-            "{} {:>2}  {:<28} {:<10} {:<8} {}",
+            "{} {:>2}  {:<21} {:<28} {:<10} {:<16} {}",
             if Some(i) == active { "*" } else { " " },
             i + 1,
+            escape_control(&a.id),
             a.masked_email(),
             escape_control(a.plan.as_deref().unwrap_or("-")).to_string(),
-            if a.enabled { "yes" } else { "no" },
+            status_of(a),
             escape_control(a.account_id.as_deref().unwrap_or("-"))
         );
     }
@@ -352,11 +407,13 @@ fn list_json(pool: &PoolDocument) -> String {
         .map(|(i, a)| {
             serde_json::json!({
                 "number": i + 1,
+                "id": a.id,
                 "active": Some(i) == active,
                 "email": a.masked_email(),
                 "account_id": a.account_id,
                 "plan": a.plan,
                 "enabled": a.enabled,
+                "unusable": a.unusable,
                 "added_at": a.added_at,
                 "last_used_at": a.last_used_at,
                 "cooldowns": a.cooldowns,

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
 //!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite] [--body-budget BYTES]
+//!     [--refresh-margin SECS]
 //! ```
 //!
 //! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
@@ -15,6 +16,14 @@
 //! (`/v1/../x`, `/v1/%2e%2e/x`, encoded separators, absolute-form URLs, …) is answered `400`
 //! and never sent. Request bodies held at once are bounded by `--body-budget` (default
 //! 256 MiB; over it → `503` + `Retry-After`).
+//!
+//! The pool is shared: several proxies, the `accounts` tool and the Codex CLI may use it at
+//! once. Refreshes are coordinated across all of them (one token request per expiry; tokens
+//! the CLI refreshed in a Codex home the pool handed a login to are adopted, never
+//! overwritten), and accounts added, removed, disabled or enabled with `accounts` take
+//! effect here within a second, without a restart. An upstream answer saying an account's
+//! login is gone for everyone (a revoked token, a deactivated workspace) marks it in the
+//! pool, so no process uses it until someone signs in to it again.
 //!
 //! The wrapper token comes from `ROTATION_PROXY_TOKEN`; when unset, one is generated and
 //! printed once on stdout. Logs (stderr, `RUST_LOG`) never contain tokens or full emails.
@@ -59,6 +68,9 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_BODY_BUDGET, value_name = "BYTES",
           value_parser = parse_body_budget)]
     body_budget: usize,
+    /// Refresh an account's access token this many seconds before it expires.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    refresh_margin: u64,
 }
 
 /// A budget of 0 would answer every request with a body 413: refuse it at start instead.
@@ -121,6 +133,7 @@ async fn run(args: Args) -> Result<(), String> {
     options.listen = args.listen;
     options.token_url = args.token_url.clone();
     options.body_budget = args.body_budget;
+    options.refresh_margin = std::time::Duration::from_secs(args.refresh_margin);
     let proxy = RotationProxy::start(options, accounts)
         .await
         .map_err(|e| e.to_string())?;

@@ -1,18 +1,20 @@
-//! The proxy's accounts: credentials per policy id, single-flight refresh, write-back to the
-//! pool store.
+//! The proxy's accounts: credentials per policy id, refresh (cross-process for pool
+//! accounts, through [`PoolRefresher`]; single-flight in memory otherwise), and the live set
+//! of accounts, which follows the pool file while the proxy runs ([`Accounts::apply_document`]).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::SystemTime;
-
-use std::sync::Arc;
 
 use auth_core::refresh::{
     PersistError, RefreshConfig, RefreshError, RefreshStore, RefreshedTokens, Refresher,
+    TokenEndpoint,
 };
 use auth_core::{Secret, TokenData};
 use auth_storage::PoolStore;
-use rotation_policy::{AccountId, PoolStatus};
+use auth_storage::pool::{Account, PoolDocument, Unusable, UnusableReason};
+use auth_storage::refresh::{PoolRefreshError, PoolRefresher, RefreshOutcome};
+use rotation_policy::{AccountId, DisabledReason, PoolStatus};
 use serde::Serialize;
 
 use super::Shared;
@@ -21,7 +23,8 @@ use super::Shared;
 pub(crate) enum AfterRejection {
     /// This caller's refresh replaced the rejected token.
     RefreshedHere,
-    /// The rejected token had already been replaced by another request's refresh.
+    /// The rejected token had already been replaced by another request's (or process's)
+    /// refresh.
     AlreadyRefreshed,
     /// The refresh failed.
     Failed,
@@ -35,7 +38,7 @@ pub struct AccountCredentials {
     pub access_token: Secret,
     /// Sent as `ChatGPT-Account-Id`.
     pub chatgpt_account_id: Option<String>,
-    /// Bumped by every refresh of the account's tokens.
+    /// Bumped by every change of the account's tokens.
     pub(crate) generation: u64,
 }
 
@@ -43,7 +46,8 @@ pub struct AccountCredentials {
 #[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct AccountReport {
-    /// The proxy's id for the account (`acct-N`, pool order).
+    /// The account's id: the pool's stable id (`acct-` + 16 hex) for pool accounts,
+    /// `acct-N` (position) for accounts given in code.
     pub id: String,
     /// Masked email (`a***@example.com`) or `-`.
     pub email: String,
@@ -65,17 +69,19 @@ pub struct AccountReport {
     pub cooldown_until_ms: Option<u64>,
     /// Model families this account is rate limited for.
     pub rate_limited_families: Vec<String>,
+    /// Why the account is not picked, if it is disabled (`manual`, `unauthorized`,
+    /// `login-required`, `deactivated`).
+    pub disabled: Option<DisabledReason>,
     /// Last error seen with this account (no secrets).
     pub last_error: Option<String>,
 }
 
-struct Entry {
+pub(crate) struct Entry {
     id: AccountId,
-    /// `auth_storage::pool::Account::key()` for write-back; contains the email, never logged.
-    pool_key: Option<String>,
     masked_email: String,
     plan: Option<String>,
     tokens: Mutex<(TokenData, u64)>,
+    /// In-memory refresher of an account given in code (no pool).
     refresher: Mutex<Option<Refresher>>,
     info: Mutex<Info>,
     /// Per-family cooldown ends (Unix seconds) read from the pool file at load.
@@ -96,18 +102,46 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[derive(Default)]
+struct Live {
+    /// In pool order (then order of `push`).
+    list: Vec<Arc<Entry>>,
+    by_id: HashMap<AccountId, Arc<Entry>>,
+    /// Accounts the pool itself keeps out of rotation, with the reason (re-asserted after
+    /// every merge of shared policy state, which must never outvote the pool).
+    pool_disabled: Vec<(AccountId, DisabledReason)>,
+}
+
+/// How a pool account should stand in the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    Enabled,
+    Disabled(DisabledReason),
+}
+
+/// What [`Accounts::apply_document`] found changed in the pool file.
+#[derive(Debug, Default)]
+pub(crate) struct PoolChanges {
+    pub(crate) added: Vec<AccountId>,
+    pub(crate) removed: Vec<AccountId>,
+    /// Accounts whose enabled/unusable standing may have changed.
+    pub(crate) standing: Vec<(AccountId, Standing)>,
+    /// Accounts whose tokens were replaced by newer ones from the pool.
+    pub(crate) adopted: Vec<AccountId>,
+}
+
 /// The accounts a [`super::RotationProxy`] rotates over.
 #[derive(Default)]
 pub struct Accounts {
-    entries: Vec<Entry>,
-    by_id: HashMap<AccountId, usize>,
+    live: RwLock<Live>,
     store: Option<PoolStore>,
+    pool_refresher: OnceLock<Result<PoolRefresher, String>>,
 }
 
 impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accounts")
-            .field("len", &self.entries.len())
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -125,65 +159,69 @@ impl Accounts {
         plan: Option<String>,
         tokens: TokenData,
     ) -> Result<AccountId, rotation_policy::PolicyError> {
-        self.push_keyed(email, plan, tokens, None)
+        let n = self.len() + 1;
+        let id = AccountId::new(format!("acct-{n}"))?;
+        self.insert(Entry::new(id.clone(), email, plan, tokens));
+        Ok(id)
     }
 
-    fn push_keyed(
-        &mut self,
-        email: Option<&str>,
-        plan: Option<String>,
-        tokens: TokenData,
-        pool_key: Option<String>,
-    ) -> Result<AccountId, rotation_policy::PolicyError> {
-        let n = self.entries.len() + 1;
-        let id = AccountId::new(format!("acct-{n}"))?;
-        self.by_id.insert(id.clone(), self.entries.len());
-        self.entries.push(Entry {
-            id: id.clone(),
-            pool_key,
-            masked_email: email
-                .map(auth_core::redact::mask_email)
-                .unwrap_or_else(|| "-".to_owned()),
-            plan,
-            tokens: Mutex::new((tokens, 0)),
-            refresher: Mutex::new(None),
-            info: Mutex::new(Info::default()),
-            saved_cooldowns: Vec::new(),
-            rejected_generation: Mutex::new(None),
-        });
-        Ok(id)
+    fn insert(&self, entry: Entry) {
+        let entry = Arc::new(entry);
+        let mut live = self.live_mut();
+        live.by_id.insert(entry.id.clone(), entry.clone());
+        live.list.push(entry);
+    }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        // Replaced whole under the write lock, never left half-changed.
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many accounts.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live().list.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live().list.is_empty()
     }
 
-    pub(crate) fn ids(&self) -> impl Iterator<Item = &AccountId> {
-        self.entries.iter().map(|e| &e.id)
+    /// The pool store the accounts came from, if any.
+    pub fn store(&self) -> Option<&PoolStore> {
+        self.store.as_ref()
     }
 
-    fn entry(&self, id: &AccountId) -> Option<&Entry> {
-        self.by_id.get(id).and_then(|&i| self.entries.get(i))
+    /// Accounts the pool keeps out of rotation, and why.
+    pub(crate) fn pool_disabled(&self) -> Vec<(AccountId, DisabledReason)> {
+        self.live().pool_disabled.clone()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<AccountId> {
+        self.live().list.iter().map(|e| e.id.clone()).collect()
+    }
+
+    fn entry(&self, id: &AccountId) -> Option<Arc<Entry>> {
+        self.live().by_id.get(id).cloned()
     }
 
     /// Cooldowns saved in the pool file by an earlier run (or another tool) that are still
     /// running at `now_ms`, as `(account, family, until_ms)`.
-    pub(crate) fn saved_cooldowns(
-        &self,
-        now_ms: u64,
-    ) -> impl Iterator<Item = (&AccountId, &str, u64)> + '_ {
-        self.entries.iter().flat_map(move |e| {
-            e.saved_cooldowns.iter().filter_map(move |(family, until)| {
-                let until_ms = until.saturating_mul(1000);
-                (until_ms > now_ms).then_some((&e.id, family.as_str(), until_ms))
+    pub(crate) fn saved_cooldowns(&self, now_ms: u64) -> Vec<(AccountId, String, u64)> {
+        self.live()
+            .list
+            .iter()
+            .flat_map(|e| {
+                e.saved_cooldowns.iter().filter_map(move |(family, until)| {
+                    let until_ms = until.saturating_mul(1000);
+                    (until_ms > now_ms).then(|| (e.id.clone(), family.clone(), until_ms))
+                })
             })
-        })
+            .collect()
     }
 
     /// Whether an upstream `401` for the token of `generation` is the first one seen for that
@@ -207,8 +245,8 @@ impl Accounts {
         }
     }
 
-    /// Credentials for an attempt; refreshes first (single-flight) when the access token
-    /// expires within the margin. `Err` carries a redacted reason.
+    /// Credentials for an attempt; refreshes first when the access token expires within
+    /// the margin. `Err` carries a redacted reason.
     pub(crate) async fn usable_credentials(
         &self,
         shared: &Shared,
@@ -235,7 +273,7 @@ impl Accounts {
             return Ok(creds);
         }
         tracing::info!(account = %id, "access token expired or about to; refreshing");
-        self.refresh(shared, entry, creds.generation)
+        self.refresh(shared, &entry, creds.generation)
             .await
             .map(|(creds, _)| creds)
     }
@@ -251,7 +289,7 @@ impl Accounts {
         let Some(entry) = self.entry(id) else {
             return AfterRejection::Failed;
         };
-        match self.refresh(shared, entry, used.generation).await {
+        match self.refresh(shared, &entry, used.generation).await {
             Ok((_, true)) => AfterRejection::RefreshedHere,
             Ok((_, false)) => AfterRejection::AlreadyRefreshed,
             Err(_) => AfterRejection::Failed,
@@ -272,14 +310,12 @@ impl Accounts {
             }
             t.0.clone()
         };
-        // Single-flight inside auth-core: concurrent callers with the same refresh token
-        // share one exchange and one write to the pool store.
-        let refresher = match self.refresher_for(shared, entry) {
-            Ok(r) => r,
-            Err(e) => return Err(format!("refresh unavailable for {}: {e}", entry.id)),
+        let result = match &self.store {
+            Some(store) => self.refresh_pooled(shared, store, entry, &current).await,
+            None => self.refresh_in_memory(shared, entry, &current).await,
         };
-        match refresher.refresh(&current).await {
-            Ok(fresh) => {
+        match result {
+            Ok((fresh, requested)) => {
                 let (creds, first) = {
                     let mut t = guard(&entry.tokens);
                     if t.0.refresh_token == current.refresh_token {
@@ -291,51 +327,217 @@ impl Accounts {
                     }
                 };
                 if first {
-                    guard(&entry.info).refreshes += 1;
                     let mut state = shared.lock();
-                    state.counters.refreshes += 1;
+                    if requested {
+                        state.counters.refreshes += 1;
+                    }
                     let _ = state.policy.mark_refreshed(&entry.id, super::now());
                     drop(state);
-                    tracing::info!(account = %entry.id, "token refreshed");
+                    if requested {
+                        guard(&entry.info).refreshes += 1;
+                        tracing::info!(account = %entry.id, "token refreshed");
+                    } else {
+                        tracing::info!(account = %entry.id, "took the tokens another process refreshed");
+                    }
                 }
-                Ok((creds, first))
+                Ok((creds, first && requested))
             }
-            Err(err) => {
-                // One line whatever the token endpoint or the store put in the error.
-                let message = format!(
-                    "refresh failed for {}: {}",
-                    entry.id,
-                    auth_core::terminal::escape_control(&err.to_string())
-                );
+            Err(message) => {
                 {
                     let mut info = guard(&entry.info);
                     info.refresh_failures += 1;
                     info.last_error = Some(message.clone());
                 }
-                {
-                    let mut state = shared.lock();
-                    state.counters.refresh_failures += 1;
-                    state.last_error = Some(message.clone());
-                }
-                tracing::warn!(account = %entry.id, error = %auth_core::terminal::escape_control(&err.to_string()), "token refresh failed");
+                let mut state = shared.lock();
+                state.counters.refresh_failures += 1;
+                state.last_error = Some(message.clone());
+                drop(state);
+                tracing::warn!(account = %entry.id, error = %message, "token refresh failed");
                 Err(message)
             }
         }
     }
 
-    fn refresher_for(&self, shared: &Shared, entry: &Entry) -> Result<Refresher, RefreshError> {
-        let mut slot = guard(&entry.refresher);
-        if let Some(r) = slot.as_ref() {
-            return Ok(r.clone());
+    /// Through the pool, across processes: `(tokens, whether a request was made)`.
+    async fn refresh_pooled(
+        &self,
+        shared: &Shared,
+        store: &PoolStore,
+        entry: &Entry,
+        current: &TokenData,
+    ) -> Result<(TokenData, bool), String> {
+        let refresher = self
+            .pool_refresher
+            .get_or_init(|| {
+                let config =
+                    RefreshConfig::default().with_token_url(shared.options.token_url.clone());
+                TokenEndpoint::new(config)
+                    .map(|endpoint| {
+                        PoolRefresher::new(endpoint, store.clone())
+                            .with_margin(shared.options.refresh_margin)
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| format!("refresh unavailable for {}: {e}", entry.id))?;
+        match refresher.refresh(entry.id.as_str(), current).await {
+            Ok(RefreshOutcome::Refreshed(tokens)) => Ok((tokens, true)),
+            Ok(RefreshOutcome::AlreadyRefreshed(tokens)) => Ok((tokens, false)),
+            Ok(other) => Ok((other.into_tokens(), false)),
+            Err(err) => {
+                let gone = match &err {
+                    PoolRefreshError::Unusable { mark, .. } => Some(mark.reason),
+                    PoolRefreshError::Refresh {
+                        marked_unusable: true,
+                        ..
+                    } => Some(UnusableReason::LoginRequired),
+                    PoolRefreshError::Persist { tokens, .. } => {
+                        // Spent token, new ones unsaved: keep using them from memory.
+                        tracing::warn!(account = %entry.id, "refreshed tokens kept in memory only: {err}");
+                        return Ok(((**tokens).clone(), true));
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = gone {
+                    // Gone for everyone: never picked again here (the pool mark keeps every
+                    // other process away too).
+                    let _ = shared
+                        .lock()
+                        .policy
+                        .disable_for(&entry.id, auth_storage::policy::disabled_reason_for(reason));
+                }
+                Err(format!(
+                    "refresh failed for {}: {}",
+                    entry.id,
+                    auth_core::terminal::escape_control(&err.to_string())
+                ))
+            }
         }
-        let config = RefreshConfig::default().with_token_url(shared.options.token_url.clone());
-        let store: Arc<dyn RefreshStore> = Arc::new(PoolRefreshStore {
-            store: self.store.clone(),
-            key: entry.pool_key.clone(),
-        });
-        let refresher = Refresher::new(config, store)?;
-        *slot = Some(refresher.clone());
-        Ok(refresher)
+    }
+
+    /// In memory (accounts given in code): single-flight inside auth-core.
+    async fn refresh_in_memory(
+        &self,
+        shared: &Shared,
+        entry: &Entry,
+        current: &TokenData,
+    ) -> Result<(TokenData, bool), String> {
+        let refresher = {
+            let mut slot = guard(&entry.refresher);
+            match slot.as_ref() {
+                Some(r) => r.clone(),
+                None => {
+                    let config =
+                        RefreshConfig::default().with_token_url(shared.options.token_url.clone());
+                    let store: Arc<dyn RefreshStore> = Arc::new(MemoryRefreshStore);
+                    let r = Refresher::new(config, store)
+                        .map_err(|e| format!("refresh unavailable for {}: {e}", entry.id))?;
+                    *slot = Some(r.clone());
+                    r
+                }
+            }
+        };
+        refresher
+            .refresh(current)
+            .await
+            .map(|fresh| (fresh, true))
+            .map_err(|err: RefreshError| {
+                format!(
+                    "refresh failed for {}: {}",
+                    entry.id,
+                    auth_core::terminal::escape_control(&err.to_string())
+                )
+            })
+    }
+
+    /// An upstream answer said the account's login is gone for everyone (a revoked or
+    /// invalidated token, a deactivated workspace): mark it in the pool (unless the pool
+    /// meanwhile holds other tokens for it, i.e. someone signed in again) so no process
+    /// picks it, and take it out of this proxy's rotation. Blocking file I/O.
+    pub(crate) fn mark_gone(
+        &self,
+        id: &AccountId,
+        used: &AccountCredentials,
+        reason: UnusableReason,
+        code: Option<&str>,
+    ) -> Result<bool, auth_storage::StorageError> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let now = unix_now();
+        store.update(|pool| {
+            let Some(account) = pool.account_mut(id.as_str()) else {
+                return false;
+            };
+            if account.tokens.access_token != used.access_token || account.unusable.is_some() {
+                return false;
+            }
+            account.unusable = Some(Unusable::new(reason, now, code));
+            true
+        })
+    }
+
+    /// Makes the live set follow `doc` (the pool file as another process left it): new
+    /// accounts are added, removed ones dropped (requests already using them finish),
+    /// newer tokens adopted, and each account's standing (enabled, disabled by hand, login
+    /// gone) reported for the policy. In-flight requests keep their entry alive.
+    pub(crate) fn apply_document(&self, doc: &PoolDocument) -> PoolChanges {
+        let mut changes = PoolChanges::default();
+        let mut wanted: HashMap<AccountId, &Account> = HashMap::new();
+        for account in &doc.accounts {
+            if let Ok(id) = AccountId::new(account.id.clone()) {
+                wanted.insert(id, account);
+            }
+        }
+        let mut live = self.live_mut();
+        let before: Vec<AccountId> = live.list.iter().map(|e| e.id.clone()).collect();
+        for id in &before {
+            if !wanted.contains_key(id) {
+                live.by_id.remove(id);
+                changes.removed.push(id.clone());
+            }
+        }
+        live.list.retain(|e| wanted.contains_key(&e.id));
+        for account in &doc.accounts {
+            let Ok(id) = AccountId::new(account.id.clone()) else {
+                continue;
+            };
+            match live.by_id.get(&id) {
+                Some(entry) => {
+                    let mut t = guard(&entry.tokens);
+                    if t.0 != account.tokens && newer(&account.tokens, &t.0) {
+                        t.0 = account.tokens.clone();
+                        t.1 += 1;
+                        changes.adopted.push(id.clone());
+                    }
+                }
+                None => {
+                    let entry = Arc::new(Entry::from_pool(id.clone(), account));
+                    live.by_id.insert(id.clone(), entry.clone());
+                    live.list.push(entry);
+                    changes.added.push(id.clone());
+                }
+            }
+            changes.standing.push((id, standing(account)));
+        }
+        live.pool_disabled = changes
+            .standing
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Standing::Disabled(reason) => Some((id.clone(), *reason)),
+                Standing::Enabled => None,
+            })
+            .collect();
+        // Pool order for `/status`.
+        let position: HashMap<&str, usize> = doc
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.id.as_str(), i))
+            .collect();
+        live.list
+            .sort_by_key(|e| position.get(e.id.as_str()).copied().unwrap_or(usize::MAX));
+        changes
     }
 
     /// Writes what this run learned into the pool file, so account switchers and the next
@@ -349,16 +551,10 @@ impl Accounts {
         let Some(store) = &self.store else {
             return Ok(0);
         };
-        let now_secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now_secs = unix_now();
         let mut changes = Vec::new();
-        for entry in &self.entries {
-            let (Some(key), Some(p)) = (
-                &entry.pool_key,
-                policy.accounts.iter().find(|a| a.id == entry.id),
-            ) else {
+        for entry in self.live().list.iter() {
+            let Some(p) = policy.accounts.iter().find(|a| a.id == entry.id) else {
                 continue;
             };
             let cooldowns: Vec<(String, u64)> = p
@@ -367,30 +563,32 @@ impl Accounts {
                 .filter(|c| c.until > policy.now)
                 .map(|c| (c.family.clone(), c.until.as_millis().div_ceil(1000)))
                 .collect();
-            changes.push((key.clone(), cooldowns, p.attempts > 0));
+            changes.push((entry.id.to_string(), cooldowns, p.attempts > 0));
         }
         store.update(|pool| {
             let mut touched = 0;
-            for (key, cooldowns, used) in &changes {
-                for account in pool.accounts.iter_mut().filter(|a| &a.id == key) {
-                    // Ended cooldowns mean nothing to the next reader: drop them.
-                    account.cooldowns.retain(|_, until| *until > now_secs);
-                    for (family, until) in cooldowns {
-                        let slot = account.cooldowns.entry(family.clone()).or_insert(0);
-                        *slot = (*slot).max(*until);
-                    }
-                    if *used {
-                        account.last_used_at = Some(now_secs);
-                    }
-                    touched += 1;
+            for (id, cooldowns, used) in &changes {
+                let Some(account) = pool.account_mut(id) else {
+                    continue;
+                };
+                // Ended cooldowns mean nothing to the next reader: drop them.
+                account.cooldowns.retain(|_, until| *until > now_secs);
+                for (family, until) in cooldowns {
+                    let slot = account.cooldowns.entry(family.clone()).or_insert(0);
+                    *slot = (*slot).max(*until);
                 }
+                if *used {
+                    account.last_used_at = Some(now_secs);
+                }
+                touched += 1;
             }
             touched
         })
     }
 
     pub(crate) fn reports(&self, policy: &PoolStatus) -> Vec<AccountReport> {
-        self.entries
+        self.live()
+            .list
             .iter()
             .map(|e| {
                 let info = guard(&e.info);
@@ -415,11 +613,69 @@ impl Accounts {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    disabled: p.and_then(|a| a.disabled),
                     last_error: info.last_error.clone(),
                 }
             })
             .collect()
     }
+}
+
+impl Entry {
+    fn new(id: AccountId, email: Option<&str>, plan: Option<String>, tokens: TokenData) -> Self {
+        Self {
+            id,
+            masked_email: email
+                .map(auth_core::redact::mask_email)
+                .unwrap_or_else(|| "-".to_owned()),
+            plan,
+            tokens: Mutex::new((tokens, 0)),
+            refresher: Mutex::new(None),
+            info: Mutex::new(Info::default()),
+            saved_cooldowns: Vec::new(),
+            rejected_generation: Mutex::new(None),
+        }
+    }
+
+    fn from_pool(id: AccountId, account: &Account) -> Self {
+        let mut entry = Self::new(
+            id,
+            account.email.as_deref(),
+            account.plan.clone(),
+            account.tokens.clone(),
+        );
+        entry.saved_cooldowns = account
+            .cooldowns
+            .iter()
+            .map(|(family, until)| (family.clone(), *until))
+            .collect();
+        entry
+    }
+}
+
+/// How a pool account stands: disabled by hand, gone for everyone, or enabled.
+pub(crate) fn standing(account: &Account) -> Standing {
+    match auth_storage::policy::pool_disabled_reason(account) {
+        Some(reason) => Standing::Disabled(reason),
+        None => Standing::Enabled,
+    }
+}
+
+/// Whether `a` was issued after `b` (a later access-token expiry).
+fn newer(a: &TokenData, b: &TokenData) -> bool {
+    let exp = |t: &TokenData| t.access_token_expires_at().ok().flatten();
+    match (exp(a), exp(b)) {
+        (Some(x), Some(y)) => x > y,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn credentials(tokens: &TokenData, generation: u64) -> AccountCredentials {
@@ -430,64 +686,32 @@ fn credentials(tokens: &TokenData, generation: u64) -> AccountCredentials {
     }
 }
 
-/// Saves refreshed tokens into the pool store (when the proxy runs over one).
-struct PoolRefreshStore {
-    store: Option<PoolStore>,
-    key: Option<String>,
-}
+/// Accounts given in code keep refreshed tokens in memory only.
+struct MemoryRefreshStore;
 
-impl RefreshStore for PoolRefreshStore {
+impl RefreshStore for MemoryRefreshStore {
     fn persist(
         &self,
         previous: &TokenData,
         refreshed: &RefreshedTokens,
     ) -> Result<TokenData, PersistError> {
-        let next = refreshed.apply_to(previous);
-        let (Some(store), Some(key)) = (&self.store, &self.key) else {
-            return Ok(next);
-        };
-        let saved = store.update(|pool| {
-            let now = auth_core::Timestamp::now();
-            let mut found = false;
-            for account in pool.accounts.iter_mut().filter(|a| &a.id == key) {
-                account.tokens = next.clone();
-                account.last_refresh = Some(now.clone());
-                found = true;
-            }
-            found
-        })?;
-        if !saved {
-            tracing::warn!(
-                "the refreshed account left the pool file; new tokens kept in memory only"
-            );
-        }
-        Ok(next)
+        Ok(refreshed.apply_to(previous))
     }
 }
 
-/// Loads the enabled accounts of a pool store; refreshed tokens are written back to it.
-/// Per-family cooldowns saved in the pool (by an earlier run or another tool) that are still
-/// running are handed to the policy when the proxy starts.
+/// Loads the accounts of a pool store: every account, with its pool id; disabled and
+/// gone ones are kept (the proxy's policy skips them, and they come back when enabled or
+/// signed in again). Refreshes go through [`PoolRefresher`] (cross-process, never a spent
+/// token). Per-family cooldowns saved in the pool's legacy `cooldowns` field that are
+/// still running are handed to the policy when the proxy starts.
 pub fn load_pool_accounts(store: PoolStore) -> Result<Accounts, super::ProxyError> {
     let loaded = store
         .load()
         .map_err(|e| super::ProxyError::Pool(e.to_string()))?;
-    let mut accounts = Accounts::new();
-    for account in loaded.pool.accounts.iter().filter(|a| a.enabled) {
-        accounts.push_keyed(
-            account.email.as_deref(),
-            account.plan.clone(),
-            account.tokens.clone(),
-            Some(account.id.clone()),
-        )?;
-        if let Some(entry) = accounts.entries.last_mut() {
-            entry.saved_cooldowns = account
-                .cooldowns
-                .iter()
-                .map(|(family, until)| (family.clone(), *until))
-                .collect();
-        }
-    }
-    accounts.store = Some(store);
+    let accounts = Accounts {
+        store: Some(store),
+        ..Accounts::default()
+    };
+    accounts.apply_document(&loaded.pool);
     Ok(accounts)
 }

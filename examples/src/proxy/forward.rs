@@ -18,7 +18,7 @@ use super::answers::{FORWARDED_METHODS, bad_method, bad_target, busy, json_error
 use super::budget::{self, BodyRefusal};
 use super::in_flight::{Answer, Pending};
 use super::stream::stream_back;
-use super::{BoxBody, Shared, headers, now, strip_hop_by_hop};
+use super::{BoxBody, Shared, gone, headers, now, strip_hop_by_hop};
 
 /// The two fields of a Responses API body that steer account selection.
 ///
@@ -281,6 +281,55 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         };
         let status = response.status();
         last_status = Some(status);
+        // An error answer may say the login is gone for everyone: read its (small) body.
+        let (response, gone) = if matches!(status.as_u16(), 401..=403) {
+            read_error_answer(response).await
+        } else {
+            (response, None)
+        };
+        if let Some((reason, code)) = gone {
+            let marked = {
+                let (accounts, creds, account) = (shared.clone(), creds.clone(), account.clone());
+                let code = code.clone();
+                tokio::task::spawn_blocking(move || {
+                    accounts
+                        .accounts
+                        .mark_gone(&account, &creds, reason, Some(&code))
+                })
+                .await
+            };
+            match marked {
+                Ok(Ok(_)) => {
+                    // Whether this call wrote the mark or it was there already, the account
+                    // is out of rotation here; every other process skips it from the pool.
+                    let message = format!("{account}: {reason} ({code}); sign in to it again");
+                    tracing::warn!(account = %account, %reason, code = %code, "the account's login is gone for everyone; it is no longer used");
+                    let _ = shared
+                        .lock()
+                        .policy
+                        .disable_for(&account, auth_storage::policy::disabled_reason_for(reason));
+                    let decision = pending.record_outcome(
+                        &mut request,
+                        &account,
+                        Outcome::Forbidden,
+                        Some(message.clone()),
+                    );
+                    let next = step(decision, |_| {
+                        pending.finish(Answer::UpstreamError, Some(message));
+                        stream_back(&shared, response, account.clone(), request.family())
+                    })
+                    .await;
+                    match next {
+                        Step::Next => continue,
+                        Step::Answer(response) => return response,
+                    }
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(account = %account, error = %auth_core::terminal::escape_control(&err.to_string()), "could not mark the account unusable in the pool");
+                }
+                Err(_) => {}
+            }
+        }
         let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
         let error = (outcome != Outcome::Success)
             .then(|| format!("upstream answered {} for {account}", status.as_u16()));
@@ -480,6 +529,38 @@ async fn after_unauthorized(
             None
         }
     }
+}
+
+/// Reads an error answer's body (at most [`gone::CLASSIFIED_BODY_MAX`] bytes, the rest is
+/// dropped: error bodies are small) and classifies it; returns an equivalent response to
+/// pass on.
+async fn read_error_answer(
+    mut response: reqwest::Response,
+) -> (
+    reqwest::Response,
+    Option<(auth_storage::pool::UnusableReason, String)>,
+) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    // Bounded: stops at the cap, at the end of the body, or at an error.
+    while body.len() < gone::CLASSIFIED_BODY_MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = gone::CLASSIFIED_BODY_MAX - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    let verdict = gone::gone(status.as_u16(), &body);
+    let mut rebuilt = http::Response::new(body);
+    *rebuilt.status_mut() = status;
+    *rebuilt.headers_mut() = headers;
+    // The length may have changed (a body over the cap); let the client's side recompute.
+    rebuilt.headers_mut().remove(header::CONTENT_LENGTH);
+    rebuilt.headers_mut().remove(header::TRANSFER_ENCODING);
+    (reqwest::Response::from(rebuilt), verdict)
 }
 
 /// A reqwest error without its URL (which could carry query secrets).

@@ -92,10 +92,12 @@ mod answers;
 mod budget;
 mod codex_config;
 mod forward;
+mod gone;
 mod headers;
 mod in_flight;
 mod serve;
 mod stream;
+mod sync;
 mod target;
 mod wrapper_token;
 
@@ -120,6 +122,7 @@ pub use codex_config::{CodexRoute, PROVIDER_ID};
 use forward::forward;
 pub use headers::strip_hop_by_hop;
 pub use serve::{serve_http1, shutdown_signal};
+pub use sync::SYNC_INTERVAL;
 use target::UpstreamBase;
 pub use target::UpstreamUrlError;
 pub use wrapper_token::{TOKEN_ENV, WrapperToken, WrapperTokenError};
@@ -349,6 +352,8 @@ pub struct RotationProxy {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Follows the pool file (live account changes).
+    follower: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RotationProxy {
@@ -371,12 +376,41 @@ impl RotationProxy {
         for id in accounts.ids() {
             policy.add(id.clone())?;
         }
+        if let Some(store) = accounts.store() {
+            // What every process learned so far (cooldowns, disables, health): a restarted
+            // or second proxy honours it from its first request.
+            match store.load_policy_state() {
+                Ok(loaded) => {
+                    if let Some(problem) = loaded.problem {
+                        tracing::warn!(problem = %auth_core::terminal::escape_control(&problem.to_string()), "policy state not restored");
+                    }
+                    let report = policy.merge_state(&loaded.state, now());
+                    if report.applied > 0 {
+                        tracing::info!(
+                            accounts = report.applied,
+                            "policy state restored from the pool"
+                        );
+                    }
+                    // Restored, not learned here: nothing to write back.
+                    let _ = policy.take_changes();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not read the policy state; starting fresh")
+                }
+            }
+        }
+        // Disabled by hand, or gone for everyone: in the pool but never picked. Applied
+        // after the shared state, which never outvotes the pool.
+        for (id, reason) in accounts.pool_disabled() {
+            // ok: only an unknown id is refused; the account then is not served.
+            let _ = policy.disable_for(&id, reason);
+        }
         // Cooldowns saved by an earlier run still hold: a restart must not spend requests
         // on accounts the upstream is still rate limiting.
         let t = now();
         let mut restored = 0;
         for (id, family, until_ms) in accounts.saved_cooldowns(t.as_millis()) {
-            policy.restore_cooldown(id, family, Timestamp::from_millis(until_ms), t)?;
+            policy.restore_cooldown(&id, &family, Timestamp::from_millis(until_ms), t)?;
             restored += 1;
         }
         if restored > 0 {
@@ -431,12 +465,14 @@ impl RotationProxy {
             },
             grace,
         ));
+        let follower = tokio::spawn(sync::follow_pool(shared.clone()));
         tracing::info!(%addr, accounts = shared.accounts.len(), "rotation proxy listening");
         Ok(Self {
             addr,
             shared,
             stop: Some(stop),
             task: Some(task),
+            follower: Some(follower),
         })
     }
 
@@ -464,6 +500,9 @@ impl RotationProxy {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
+        }
         let shared = self.shared.clone();
         let saved = tokio::task::spawn_blocking(move || {
             let status = shared.lock().policy.status(now());
@@ -486,6 +525,9 @@ impl Drop for RotationProxy {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
         }
     }
 }

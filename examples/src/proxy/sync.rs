@@ -1,0 +1,195 @@
+//! Keeping a running proxy in step with the pool other processes change (I/O shell around
+//! [`Accounts::apply_document`](super::accounts::Accounts::apply_document)).
+//!
+//! Every [`SYNC_INTERVAL`] a background task looks at `pool.json`'s identity (size,
+//! modification time, inode: every writer replaces the file, so any write changes it) and
+//! only when it changed reads the pool and applies it: accounts added by `accounts add` or
+//! `import` join the rotation, removed ones leave it (requests already using them finish),
+//! `accounts disable`/`enable` and "login required"/"deactivated" marks written by any
+//! process take the account out of (or back into) rotation, and tokens another process
+//! refreshed replace this proxy's copy.
+//!
+//! The same task shares the policy's state (cooldowns, disabled reasons, health) through
+//! `pool-state.json` ([`auth_storage::policy`]): what another proxy learned (a 429, an
+//! account that keeps failing) is merged into this one's policy when the file changes, and
+//! what this proxy learned since the last tick is written, coalesced, once per tick — only
+//! the accounts that changed, merged under the file's lock by the written rules. The policy
+//! lock is held only to take or apply state; file reads and writes run on blocking threads,
+//! so request handling never waits for the disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotation_policy::{DisabledReason, PolicyState};
+
+use super::Shared;
+use super::accounts::Standing;
+
+/// How often the pool file is checked for changes (changes apply within this, plus the
+/// time to read the file).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The identity of a file version: replaced files get a new inode, so equal stamps mean
+/// the same version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    pub(crate) fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
+}
+
+/// Runs until the task is aborted (at shutdown).
+pub(crate) async fn follow_pool(shared: Arc<Shared>) {
+    let Some(store) = shared.accounts.store().cloned() else {
+        return;
+    };
+    let mut pool_seen = FileStamp::of(&store.file());
+    let mut state_seen = FileStamp::of(&store.state_file());
+    // Changes whose write failed, retried with the next tick's.
+    let mut unsaved = PolicyState::default();
+    let mut ticker = tokio::time::interval(SYNC_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // Others' state first, then ours: our write merges theirs in anyway.
+        let mut changes = {
+            let mut state = shared.lock();
+            state.policy.take_changes()
+        };
+        changes.merge(&unsaved);
+        let (st, pool_last, state_last) = (store.clone(), pool_seen, state_seen);
+        let read = tokio::task::spawn_blocking(move || {
+            let pool_stamp = FileStamp::of(&st.file());
+            let pool = (pool_stamp != pool_last).then(|| st.load());
+            let state = if changes.accounts.is_empty() {
+                if FileStamp::of(&st.state_file()) == state_last {
+                    StateStep::Unchanged
+                } else {
+                    match st.load_policy_state() {
+                        Ok(loaded) => StateStep::Read(loaded.state, loaded.problem),
+                        Err(err) => StateStep::Failed(err, PolicyState::default()),
+                    }
+                }
+            } else {
+                match st.save_policy_state(&changes) {
+                    Ok(state) => StateStep::Read(state, None),
+                    Err(err) => StateStep::Failed(err, changes),
+                }
+            };
+            (pool_stamp, pool, FileStamp::of(&st.state_file()), state)
+        })
+        .await;
+        let Ok((pool_stamp, pool, state_stamp, state)) = read else {
+            continue;
+        };
+        if let Some(loaded) = pool {
+            pool_seen = pool_stamp;
+            match loaded {
+                Ok(loaded) => apply(&shared, &loaded.pool),
+                // Kept: the last good view. Tried again at the next change.
+                Err(err) => {
+                    tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not read the changed pool; keeping the accounts as they were")
+                }
+            }
+        }
+        match state {
+            StateStep::Unchanged => {}
+            StateStep::Read(state, problem) => {
+                state_seen = state_stamp;
+                unsaved = PolicyState::default();
+                if let Some(problem) = problem {
+                    tracing::warn!(problem = %auth_core::terminal::escape_control(&problem.to_string()), "policy state not shared");
+                }
+                let pool_disabled = shared.accounts.pool_disabled();
+                let mut guard = shared.lock();
+                guard.policy.merge_state(&state, super::now());
+                // The pool's word last: no shared state re-enables what it keeps out.
+                for (id, reason) in &pool_disabled {
+                    let _ = guard.policy.disable_for(id, *reason);
+                }
+            }
+            StateStep::Failed(err, changes) => {
+                // Kept for the next tick.
+                unsaved = changes;
+                tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not share the policy state; retrying");
+            }
+        }
+    }
+}
+
+/// What the state half of a tick did.
+enum StateStep {
+    /// The file did not change and this proxy had nothing to write.
+    Unchanged,
+    /// The file's state (after this proxy's write, if it had changes).
+    Read(PolicyState, Option<auth_storage::policy::StateProblem>),
+    /// Reading or writing failed; the changes to write again.
+    Failed(auth_storage::StorageError, PolicyState),
+}
+
+/// Applies a pool document to the live accounts and the policy.
+pub(crate) fn apply(shared: &Shared, doc: &auth_storage::pool::PoolDocument) {
+    let changes = shared.accounts.apply_document(doc);
+    let t = super::now();
+    let mut state = shared.lock();
+    for id in &changes.removed {
+        // ok: an id the policy does not know is already gone from it.
+        let _ = state.policy.remove(id);
+    }
+    for id in &changes.added {
+        // ok: only a duplicate is refused, and then the account is already in.
+        let _ = state.policy.add(id.clone());
+    }
+    for id in &changes.adopted {
+        let _ = state.policy.mark_refreshed(id, t);
+    }
+    for (id, standing) in &changes.standing {
+        let current = state
+            .policy
+            .account_status(id, t)
+            .and_then(|status| status.disabled);
+        match (standing, current) {
+            (Standing::Disabled(reason), current) if current != Some(*reason) => {
+                let _ = state.policy.disable_for(id, *reason);
+            }
+            // Enabled in the pool: lift what the pool had imposed. A disable the policy
+            // decided itself (too many 401s) holds until an explicit enable.
+            (
+                Standing::Enabled,
+                Some(
+                    DisabledReason::Manual
+                    | DisabledReason::LoginRequired
+                    | DisabledReason::Deactivated,
+                ),
+            ) => {
+                let _ = state.policy.enable(id);
+            }
+            _ => {}
+        }
+    }
+    let touched = changes.added.len() + changes.removed.len() + changes.adopted.len();
+    drop(state);
+    if touched > 0 {
+        tracing::info!(
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            adopted_tokens = changes.adopted.len(),
+            "pool changed; accounts updated"
+        );
+    }
+}
