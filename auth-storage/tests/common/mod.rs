@@ -158,3 +158,436 @@ pub(crate) fn wait_bounded(
     };
     (status, reader.join().unwrap())
 }
+
+/// Re-run this test binary as a child process that runs only the test `test` (a `child_*`
+/// test that does nothing unless the parent set its role variable in `envs`); stdout is
+/// piped for [`wait_bounded`] and [`result_lines`], stderr inherited.
+pub(crate) fn spawn_test_child<K, V>(
+    test: &str,
+    envs: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Child
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use std::process::Stdio;
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .envs(envs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (bounded by `secs`) until `path` exists: the parent's "go" signal that lets child
+/// processes start a race together. Returns whether it appeared.
+pub(crate) fn wait_for_file(path: &Path, secs: u64) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !path.exists() {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    true
+}
+
+/// The `RESULT …` lines a child printed, without the prefix.
+pub(crate) fn result_lines(stdout: &str) -> Vec<String> {
+    stdout
+        .split("RESULT ")
+        .skip(1)
+        .map(|l| l.lines().next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Run `tasks` futures made by `make` at once on a multi-threaded runtime of their own (one
+/// worker per task) and return their results in order.
+pub(crate) fn run_concurrently<T, F, Fut>(tasks: usize, make: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tasks.max(1))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks).map(|i| tokio::spawn(make(i))).collect();
+        let mut out = Vec::with_capacity(tasks);
+        for handle in handles {
+            out.push(handle.await.unwrap());
+        }
+        out
+    })
+}
+
+/// Print one `RESULT` line per refresh: `refreshed <refresh token>`, `already <refresh
+/// token>` (someone else refreshed) or `error <message>`, for the parent to compare.
+#[cfg(feature = "refresh")]
+pub(crate) fn print_outcomes<E: std::fmt::Display>(
+    results: impl IntoIterator<Item = Result<auth_storage::refresh::RefreshOutcome, E>>,
+) {
+    use auth_storage::refresh::RefreshOutcome;
+    for result in results {
+        match result {
+            Ok(outcome) => {
+                let kind = match &outcome {
+                    RefreshOutcome::Refreshed(_) => "refreshed",
+                    RefreshOutcome::AlreadyRefreshed(_) => "already",
+                    _ => "other",
+                };
+                println!("RESULT {kind} {}", outcome.tokens().refresh_token.expose());
+            }
+            Err(e) => println!("RESULT error {e}"),
+        }
+    }
+}
+
+/// Wait for each child (at most `secs` seconds each), require that it succeeded, and
+/// return all the `RESULT` lines they printed.
+pub(crate) fn child_results(
+    children: impl IntoIterator<Item = std::process::Child>,
+    secs: u64,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for child in children {
+        let (status, text) = wait_bounded(child, secs);
+        assert!(status.success(), "a child failed: {status}");
+        lines.extend(result_lines(&text));
+    }
+    lines
+}
+
+/// Read one HTTP/1.1 request from `conn` and return its body (at most 64 KiB); `None` when
+/// the peer hung up or sent something unreadable.
+pub(crate) fn read_request(conn: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(conn);
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; len.min(64 * 1024)];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A loopback OAuth token endpoint that behaves like OpenAI's where refresh is concerned:
+/// each login has a chain of refresh tokens of which only the newest is valid; exchanging
+/// it spends it and answers new tokens (the access token an unsigned JWT expiring
+/// `access_ttl` from now); any earlier token of a chain is answered 400
+/// `{"error":"refresh_token_reused"}`. One thread per connection, so a stalled answer (see
+/// [`TokenIssuer::stall_next`]) holds up nobody else. Stopped when dropped.
+pub(crate) struct TokenServer {
+    url: String,
+    issuer: std::sync::Arc<TokenIssuer>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The state and counters of a [`TokenServer`]; shareable with other threads.
+pub(crate) struct TokenIssuer {
+    state: std::sync::Mutex<IssuerState>,
+    changed: std::sync::Condvar,
+    access_ttl: std::time::Duration,
+}
+
+#[derive(Default)]
+struct IssuerState {
+    /// By account id: the login's email and its chain of refresh tokens (last = valid).
+    logins: std::collections::HashMap<String, (String, Vec<String>)>,
+    /// Every token and email handed out, to check that nothing shows them.
+    secrets: Vec<String>,
+    requests: usize,
+    successes: usize,
+    reuses: usize,
+    unavailable: bool,
+    /// The account whose next exchange is answered only after [`TokenIssuer::release`].
+    stall: Option<String>,
+    stalled: usize,
+    releases: u64,
+    stopping: bool,
+}
+
+/// Longest a stalled answer waits for [`TokenIssuer::release`] (keeps every test bounded).
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl std::ops::Deref for TokenServer {
+    type Target = TokenIssuer;
+    fn deref(&self) -> &TokenIssuer {
+        &self.issuer
+    }
+}
+
+impl TokenServer {
+    /// A server whose access tokens live one hour.
+    pub(crate) fn start() -> Self {
+        Self::start_with_ttl(std::time::Duration::from_secs(3600))
+    }
+
+    /// A server whose access tokens live `access_ttl`.
+    pub(crate) fn start_with_ttl(access_ttl: std::time::Duration) -> Self {
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = Arc::new(TokenIssuer {
+            state: std::sync::Mutex::new(IssuerState::default()),
+            changed: std::sync::Condvar::new(),
+            access_ttl,
+        });
+        let shared = Arc::clone(&issuer);
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if shared.state().stopping {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let issuer = Arc::clone(&shared);
+                // Detached: bounded by the read timeout and STALL_LIMIT.
+                std::thread::spawn(move || issuer.serve(conn));
+            }
+        });
+        Self {
+            url: format!("http://{addr}/oauth/token"),
+            issuer,
+            accept: Some(accept),
+        }
+    }
+
+    /// The token URL to configure clients with.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A handle on the issuer for another thread.
+    pub(crate) fn issuer(&self) -> std::sync::Arc<TokenIssuer> {
+        std::sync::Arc::clone(&self.issuer)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.issuer.state().stopping = true;
+        self.issuer.changed.notify_all();
+        let _ = std::net::TcpStream::connect(
+            self.url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap(),
+        );
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl TokenIssuer {
+    fn state(&self) -> std::sync::MutexGuard<'_, IssuerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new sign-in of `email` in workspace `account_id`: a new chain (earlier tokens of
+    /// this login are spent from now on) and tokens whose access token expires at
+    /// `access_exp` (Unix seconds; in the past for an expired login).
+    pub(crate) fn sign_in(&self, email: &str, account_id: &str, access_exp: i64) -> TokenData {
+        let mut state = self.state();
+        let chain = state
+            .logins
+            .entry(account_id.to_owned())
+            .or_insert_with(|| (email.to_owned(), Vec::new()));
+        chain.0 = email.to_owned();
+        let refresh = format!("rt.{account_id}.{}.single-use", chain.1.len());
+        chain.1.push(refresh.clone());
+        let tokens = Self::tokens(email, account_id, &refresh, access_exp);
+        state.remember(&tokens, email);
+        tokens
+    }
+
+    fn tokens(email: &str, account_id: &str, refresh: &str, access_exp: i64) -> TokenData {
+        let mut tokens = tokens(email, account_id, refresh);
+        // The refresh token goes in so two access tokens issued in one second differ.
+        tokens.access_token = Secret::new(auth_core::jwt::encode_unsigned_json_for_testing(
+            &serde_json::json!({"exp": access_exp, "sub": account_id, "jti": refresh}),
+        ));
+        tokens
+    }
+
+    /// The refresh token the issuer accepts now for `account_id`.
+    pub(crate) fn valid_refresh_token(&self, account_id: &str) -> String {
+        self.state().logins[account_id].1.last().unwrap().clone()
+    }
+
+    /// Every token and email this issuer handed out.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        self.state().secrets.clone()
+    }
+
+    /// Token requests received (answered or not).
+    pub(crate) fn requests(&self) -> usize {
+        self.state().requests
+    }
+
+    /// Exchanges that spent a valid refresh token.
+    pub(crate) fn successes(&self) -> usize {
+        self.state().successes
+    }
+
+    /// Requests with a spent refresh token (answered `refresh_token_reused`).
+    pub(crate) fn reuses(&self) -> usize {
+        self.state().reuses
+    }
+
+    /// Answer every request 503 without spending anything (`true`) or serve again.
+    pub(crate) fn set_unavailable(&self, unavailable: bool) {
+        self.state().unavailable = unavailable;
+    }
+
+    /// The next exchange for `account_id` spends the token, then holds its answer until
+    /// [`release`](Self::release) (at most a minute).
+    pub(crate) fn stall_next(&self, account_id: &str) {
+        self.state().stall = Some(account_id.to_owned());
+    }
+
+    /// Wait (at most `secs`) until an answer is being held; returns whether one is.
+    pub(crate) fn wait_stalled(&self, secs: u64) -> bool {
+        let state = self.state();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, std::time::Duration::from_secs(secs), |s| {
+                s.stalled == 0
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        state.stalled > 0
+    }
+
+    /// How many answers are being held now.
+    pub(crate) fn stalled(&self) -> usize {
+        self.state().stalled
+    }
+
+    /// Let every held answer go out.
+    pub(crate) fn release(&self) {
+        self.state().releases += 1;
+        self.changed.notify_all();
+    }
+
+    fn serve(&self, mut conn: std::net::TcpStream) {
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let Some(body) = read_request(&mut conn) else {
+            return;
+        };
+        let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let token = sent["refresh_token"].as_str().unwrap_or("");
+        let (status, reply) = self.answer(token);
+        let text = reply.to_string();
+        // ok: a client killed meanwhile (the crash test) does not read its answer.
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+    }
+
+    /// Decide the answer to an exchange of `token` (spending it), then hold it if a stall
+    /// was armed for its login.
+    fn answer(&self, token: &str) -> (&'static str, serde_json::Value) {
+        let mut state = self.state();
+        state.requests += 1;
+        if state.unavailable {
+            return (
+                "503 Service Unavailable",
+                serde_json::json!({"error": "temporarily_unavailable"}),
+            );
+        }
+        let found = state
+            .logins
+            .iter()
+            .find(|(_, (_, chain))| chain.iter().any(|t| t == token))
+            .map(|(id, (email, chain))| {
+                (
+                    id.clone(),
+                    email.clone(),
+                    chain.last() == Some(&token.to_owned()),
+                )
+            });
+        let (account_id, answer) = match found {
+            Some((account_id, email, true)) => {
+                state.successes += 1;
+                let chain = &mut state.logins.get_mut(&account_id).unwrap().1;
+                let refresh = format!("rt.{account_id}.{}.single-use", chain.len());
+                chain.push(refresh.clone());
+                let exp = unix_now() + self.access_ttl.as_secs() as i64;
+                let fresh = Self::tokens(&email, &account_id, &refresh, exp);
+                state.remember(&fresh, &email);
+                let reply = serde_json::json!({
+                    "id_token": fresh.id_token.expose(),
+                    "access_token": fresh.access_token.expose(),
+                    "refresh_token": refresh,
+                });
+                (account_id, ("200 OK", reply))
+            }
+            Some((account_id, _, false)) => {
+                state.reuses += 1;
+                (
+                    account_id,
+                    (
+                        "400 Bad Request",
+                        serde_json::json!({"error": "refresh_token_reused"}),
+                    ),
+                )
+            }
+            None => {
+                return (
+                    "400 Bad Request",
+                    serde_json::json!({"error": "invalid_grant"}),
+                );
+            }
+        };
+        if state.stall.as_deref() == Some(account_id.as_str()) {
+            state.stall = None;
+            state.stalled += 1;
+            let releases = state.releases;
+            self.changed.notify_all();
+            let (mut held, _) = self
+                .changed
+                .wait_timeout_while(state, STALL_LIMIT, |s| {
+                    s.releases == releases && !s.stopping
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            held.stalled -= 1;
+        }
+        answer
+    }
+}
+
+impl IssuerState {
+    fn remember(&mut self, tokens: &TokenData, email: &str) {
+        self.secrets.extend([
+            tokens.id_token.expose().to_owned(),
+            tokens.access_token.expose().to_owned(),
+            tokens.refresh_token.expose().to_owned(),
+            email.to_owned(),
+        ]);
+    }
+}
