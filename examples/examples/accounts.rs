@@ -339,6 +339,17 @@ fn set_enabled(pool: &PoolStore, n: usize, enabled: bool) -> Result<(), StorageE
         account.enabled = enabled;
         Ok::<_, StorageError>((was, account.clone()))
     })?;
+    if enabled {
+        // An explicit enable also lifts a disable the rotation policy decided itself (too
+        // many 401s in a row), for every proxy: the shared state's later enable wins.
+        let mut state = rotation_policy::PolicyState::default();
+        let mut entry = rotation_policy::AccountState::default();
+        entry.enabled_since = Some(rotation_policy::Timestamp::from(SystemTime::now()));
+        if let Ok(id) = rotation_policy::AccountId::new(account.id.clone()) {
+            state.accounts.insert(id, entry);
+            pool.save_policy_state(&state)?;
+        }
+    }
     let verb = if enabled { "enabled" } else { "disabled" };
     if was == enabled {
         say!("#{n} {} was already {verb}", account.masked_email());
