@@ -297,6 +297,34 @@ impl Timestamp {
     }
 }
 
+/// Saturating, as [`Timestamp::from_system_time`]. With `rotation_policy::Timestamp`
+/// (milliseconds) the conversion goes through [`SystemTime`], which both convert to and from:
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// let wall = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+/// let t = auth_core::Timestamp::from(wall);
+/// assert_eq!(SystemTime::from(&t), wall);
+/// assert_eq!(SystemTime::from(t), wall);
+/// ```
+impl From<SystemTime> for Timestamp {
+    fn from(time: SystemTime) -> Self {
+        Self::from_system_time(time)
+    }
+}
+
+impl From<&Timestamp> for SystemTime {
+    fn from(t: &Timestamp) -> Self {
+        t.to_system_time()
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        t.to_system_time()
+    }
+}
+
 impl FromStr for Timestamp {
     type Err = TimestampError;
 

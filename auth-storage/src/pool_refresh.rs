@@ -409,6 +409,10 @@ impl PoolRefresher {
                 continue;
             }
             let home = CodexHome::new(PathBuf::from(dir));
+            // A home deleted since cannot hold a copy; locking it would create it again.
+            if !home.dir().is_dir() {
+                continue;
+            }
             let store = match (self.open_home)(&home) {
                 Ok(store) => store,
                 Err(err) => {

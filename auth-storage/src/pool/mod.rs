@@ -8,6 +8,21 @@
 //! the pool alone ([`PoolStore::update`], `import`, `reset`) take only the pool lock; reading
 //! a home's login takes no lock, since every writer replaces it atomically.
 //!
+//! Times: the document keeps Unix seconds (`added_at`, `last_used_at`, cooldown ends,
+//! [`Unusable::since`]) and RFC 3339 [`auth_core::Timestamp`]s (`last_refresh`, as in
+//! `auth.json`); `rotation_policy::Timestamp` counts milliseconds. All three meet in
+//! [`SystemTime`](std::time::SystemTime):
+//!
+//! ```
+//! use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! let added_at: u64 = 1_700_000_000; // seconds, as in the pool
+//! let wall = UNIX_EPOCH + Duration::from_secs(added_at);
+//! let rfc3339 = auth_core::Timestamp::from(wall);
+//! let policy = rotation_policy::Timestamp::from(SystemTime::from(&rfc3339));
+//! assert_eq!(policy.as_millis(), added_at * 1000);
+//! assert_eq!(SystemTime::from(policy), wall);
+//! ```
+//!
 //! A failed operation changes nothing: see the table on [`PoolStore::switch_to`] and
 //! [`StorageError::effect`](crate::StorageError::effect).
 

@@ -164,6 +164,7 @@ impl PoolStore {
     }
 
     /// How long to wait for a lock.
+    #[cfg(feature = "policy")]
     pub(crate) fn lock_timeout(&self) -> Duration {
         self.lock_timeout
     }
