@@ -17,7 +17,7 @@
 //! * a **missing directory** is created with mode 0700, missing parents too. Directories
 //!   that already exist keep the mode their owner gave them.
 //!
-//! Reads ([`read_if_exists`]) open without blocking, accept only regular files and stop at a
+//! Reads (`read_if_exists`) open without blocking, accept only regular files and stop at a
 //! size limit given per kind of file.
 
 use std::io::Write;

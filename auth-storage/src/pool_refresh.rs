@@ -1,35 +1,4 @@
-//! Refresh of pool accounts that never spends a refresh token twice, across every process
-//! that uses the pool and the Codex homes it handed logins to (feature `refresh`).
-//!
-//! OpenAI refresh tokens are single-use. A pool account is used at once by rotation
-//! proxies (through the pool) and, after [`PoolStore::switch_to`], by the Codex CLI in
-//! that home (through its own copy in `auth.json`, which it refreshes on its own).
-//! [`PoolRefresher::refresh`] makes every one of them agree:
-//!
-//! | step | what happens | lock held |
-//! |------|--------------|-----------|
-//! | 1 | take the account's refresh lock (`refresh-locks/<id>.lock` in the pool directory) | account |
-//! | 2 | re-read the pool; an [`unusable`](crate::pool::Account::unusable) account is refused without a request | account |
-//! | 3 | for each Codex home the pool handed this account to ([`PoolDocument::homes`]): take the home's locks (`auth.lock`, `auth.json.lock`: the Codex CLI's own, so it cannot refresh meanwhile) and read its login; a home holding another login is left alone | account, homes |
-//! | 4 | the newest copy wins (later access-token expiry, then later `last_refresh`): if it is not the one the caller saw and it is still valid, it is adopted — written to the pool and to every home holding an older copy — and returned without a request | account, homes, pool (short) |
-//! | 5 | otherwise a [`RefreshInFlight`] mark is written on the account, the newest refresh token is exchanged (one request), and the answer is saved to the pool and to every home holding this login, clearing the mark | account, homes; pool (short, twice) |
-//! | 6 | a permanent refusal (`refresh_token_reused`, `…_expired`, `…_invalidated`, `invalid_grant`, HTTP 401) marks the account [`UnusableReason::LoginRequired`] in the pool, for every process | account, homes, pool (short) |
-//!
-//! Lock order: account, then homes, then the pool — the same order as
-//! [`PoolStore::switch_to`] for the last two, and nothing takes an account's refresh lock
-//! while holding a home's or the pool's, so the order cannot deadlock. The pool lock is
-//! never held across the network request; the account and home locks are (that is what
-//! keeps a second process, or the CLI, from spending the same token).
-//!
-//! **A process that dies after the issuer answered and before the save** (crash, `kill
-//! -9`, power loss) has spent the refresh token and taken the new one with it. The mark
-//! written in step 5 stays in the pool. The next refresh of that account (by any process)
-//! finds the mark, tries the refresh token it has — which succeeds if the request never
-//! reached the issuer — and otherwise gets `refresh_token_reused`, marks the account
-//! "login required" (step 6) and stops there: every later call returns
-//! [`PoolRefreshError::Unusable`] at step 2 without a request, so no process retries a
-//! dead token, let alone in a loop. Signing in again (`accounts add`, or `codex login` and
-//! `accounts import`) brings new tokens, which clear the mark.
+//! Refresh of pool accounts across processes: [`PoolRefresher`] (feature `refresh`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,8 +16,7 @@ use crate::pool::{
 use crate::refresh::RefreshOutcome;
 use crate::store::{CredentialStore, FileStore};
 
-/// Directory of the per-account refresh locks, inside the pool directory.
-pub const REFRESH_LOCK_DIR: &str = "refresh-locks";
+pub use crate::pool::REFRESH_LOCK_DIR;
 
 /// Opens the credential store of a Codex home the pool handed a login to.
 pub type HomeOpener =
@@ -109,9 +77,38 @@ impl From<StorageError> for PoolRefreshError {
     }
 }
 
-/// Refreshes pool accounts so that however many processes ask at once, one token request
-/// is made per expiry and nobody ever sends a spent refresh token (see the [module
-/// docs](self) for the steps, the locks and what a crash leaves).
+/// Refresh of pool accounts that never spends a refresh token twice, across every process
+/// that uses the pool and the Codex homes it handed logins to (feature `refresh`).
+///
+/// OpenAI refresh tokens are single-use. A pool account is used at once by rotation
+/// proxies (through the pool) and, after [`PoolStore::switch_to`], by the Codex CLI in
+/// that home (through its own copy in `auth.json`, which it refreshes on its own).
+/// [`PoolRefresher::refresh`] makes every one of them agree:
+///
+/// | step | what happens | lock held |
+/// |------|--------------|-----------|
+/// | 1 | take the account's refresh lock (`refresh-locks/<id>.lock` in the pool directory) | account |
+/// | 2 | re-read the pool; an [`unusable`](crate::pool::Account::unusable) account is refused without a request | account |
+/// | 3 | for each Codex home the pool handed this account to ([`PoolDocument::homes`]): take the home's locks (`auth.lock`, `auth.json.lock`: the Codex CLI's own, so it cannot refresh meanwhile) and read its login; a home holding another login is left alone | account, homes |
+/// | 4 | the newest copy wins (later access-token expiry, then later `last_refresh`): if it is not the one the caller saw and it is still valid, it is adopted — written to the pool and to every home holding an older copy — and returned without a request | account, homes, pool (short) |
+/// | 5 | otherwise a [`RefreshInFlight`] mark is written on the account, the newest refresh token is exchanged (one request), and the answer is saved to the pool and to every home holding this login, clearing the mark | account, homes; pool (short, twice) |
+/// | 6 | a permanent refusal (`refresh_token_reused`, `…_expired`, `…_invalidated`, `invalid_grant`, HTTP 401) marks the account [`UnusableReason::LoginRequired`] in the pool, for every process | account, homes, pool (short) |
+///
+/// Lock order: account, then homes, then the pool — the same order as
+/// [`PoolStore::switch_to`] for the last two, and nothing takes an account's refresh lock
+/// while holding a home's or the pool's, so the order cannot deadlock. The pool lock is
+/// never held across the network request; the account and home locks are (that is what
+/// keeps a second process, or the CLI, from spending the same token).
+///
+/// **A process that dies after the issuer answered and before the save** (crash, `kill
+/// -9`, power loss) has spent the refresh token and taken the new one with it. The mark
+/// written in step 5 stays in the pool. The next refresh of that account (by any process)
+/// finds the mark, tries the refresh token it has — which succeeds if the request never
+/// reached the issuer — and otherwise gets `refresh_token_reused`, marks the account
+/// "login required" (step 6) and stops there: every later call returns
+/// [`PoolRefreshError::Unusable`] at step 2 without a request, so no process retries a
+/// dead token, let alone in a loop. Signing in again (`accounts add`, or `codex login` and
+/// `accounts import`) brings new tokens, which clear the mark.
 ///
 /// ```no_run
 /// use auth_core::refresh::{RefreshConfig, TokenEndpoint};
@@ -296,7 +293,7 @@ impl PoolRefresher {
             );
         }
         // Written before the request: if this process dies before saving the answer, the
-        // next refresher knows the token may be spent (see the module docs).
+        // next refresher knows the token may be spent (see the type docs).
         let mark = RefreshInFlight::new(unix_now());
         self.save_pool(id, &held.newest, Some(Some(mark)), &pool_copy)?;
         Ok(Prepared::Refresh(held))
@@ -389,10 +386,7 @@ impl PoolRefresher {
     }
 
     fn lock_account(&self, id: &str) -> Result<FileLock, StorageError> {
-        let dir = self.pool.dir().join(REFRESH_LOCK_DIR);
-        auth_core::regular_file::create_private_dir_all(&dir)
-            .map_err(|e| StorageError::io("create the directory", &dir, e))?;
-        FileLock::acquire(&dir.join(format!("{id}.lock")), 0o600, self.lock_timeout)
+        self.pool.lock_account_refresh(id, self.lock_timeout)
     }
 
     /// Step 3: the locks and logins of the homes the pool handed `id` to.
@@ -579,19 +573,12 @@ impl Copy {
     /// Token age: a later access-token expiry is a later issue (lifetimes are the
     /// issuer's), then a later `last_refresh`; unknown counts as oldest.
     fn is_newer_than(&self, other: &Copy) -> bool {
-        let exp = |c: &Copy| c.tokens.access_token_expires_at().ok().flatten();
-        match (exp(self), exp(other)) {
-            (Some(a), Some(b)) if a != b => return a > b,
-            (Some(_), None) => return true,
-            (None, Some(_)) => return false,
-            _ => {}
-        }
-        let at = |c: &Copy| c.last_refresh.as_ref().map(Timestamp::unix_seconds);
-        match (at(self), at(other)) {
-            (Some(a), Some(b)) => a > b,
-            (Some(_), None) => true,
-            _ => false,
-        }
+        crate::pool::tokens_newer(
+            &self.tokens,
+            self.last_refresh.as_ref(),
+            &other.tokens,
+            other.last_refresh.as_ref(),
+        )
     }
 
     fn valid_for(&self, margin: Duration) -> bool {

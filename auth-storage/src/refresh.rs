@@ -16,6 +16,12 @@
 //! Threads and tasks of one process are serialized by the same file lock (each attempt
 //! opens its own descriptor), so this is single-flight within a process too.
 //!
+//! [`PoolRefresher`] does the same for the accounts of a pool, which several processes and
+//! the Codex CLI (in homes the pool handed a login to) use at once: per-account lock,
+//! the newest copy adopted from the pool or a linked home, one request, the answer saved to
+//! both, and a login that is dead for good marked so nobody retries it. Its docs have the
+//! step and lock table and what a crash between the issuer's answer and the save leaves.
+//!
 //! [`LockedRefreshStore`] is the other way in: an [`auth_core::refresh::RefreshStore`] for
 //! auth-core's in-process [`Refresher`](auth_core::refresh::Refresher) that saves under
 //! the same locks and refuses to overwrite credentials that changed meanwhile.

@@ -662,10 +662,11 @@ async fn expired_newer_tokens_are_refreshed_from_the_newest_token() {
     assert_eq!((f.server.successes(), f.server.reuses()), (2, 0));
 }
 
-/// Step 5's "every home holding this login": a home the pool hands the account to while
-/// its refresh is in flight (so it gets the token being spent) gets the answer too.
+/// A switch that hands the account to a Codex home while its refresh is in flight waits for
+/// the refresh (it takes the account's refresh lock first), so the home never gets the
+/// token being spent: it gets the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_home_handed_the_account_during_its_refresh_gets_the_new_tokens() {
+async fn a_switch_during_a_refresh_waits_and_hands_out_the_new_tokens() {
     let f = Fixture::new();
     let (seen, id) = f.add_expired("late@example.com", "ws-late");
     f.server.stall_next("ws-late");
@@ -673,6 +674,33 @@ async fn a_home_handed_the_account_during_its_refresh_gets_the_new_tokens() {
     assert!(wait_stalled(&f.server).await, "the request never arrived");
     let home = f.home("late-home");
     let (pool, id_copy, dir) = (f.pool.clone(), id.clone(), home.clone());
+    let switch = tokio::task::spawn_blocking(move || {
+        let index = pool.load().unwrap().pool.index_of(&id_copy).unwrap();
+        pool.switch_to(index, &FileStore::new(CodexHome::new(dir)), 0)
+            .map(|_| ())
+    });
+    // Bounded: the switch must still be waiting for the refresh half a second later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !switch.is_finished(),
+        "the switch did not wait for the refresh"
+    );
+    f.server.release();
+    let fresh = refreshed(finished(running).await.unwrap());
+    switch.await.unwrap().unwrap();
+    assert_eq!(home_tokens(&home), fresh, "the home got the new tokens");
+    cli_refresh(f.server.url(), &home).await.unwrap();
+    assert_eq!(f.server.reuses(), 0, "the CLI never sends a spent token");
+}
+
+/// A second Codex home the pool handed the account to holds a copy its CLI refreshed: a
+/// switch of a third home hands out that newest copy, never the pool's spent one.
+#[tokio::test]
+async fn a_switch_hands_out_the_newest_copy_of_another_home() {
+    let f = Fixture::new();
+    let (_seen, id) = f.add_expired("two@example.com", "ws-two");
+    let (first, second) = (f.home("first-home"), f.home("second-home"));
+    let (pool, id_copy, dir) = (f.pool.clone(), id.clone(), first.clone());
     tokio::task::spawn_blocking(move || {
         let index = pool.load().unwrap().pool.index_of(&id_copy).unwrap();
         pool.switch_to(index, &FileStore::new(CodexHome::new(dir)), 0)
@@ -680,20 +708,21 @@ async fn a_home_handed_the_account_during_its_refresh_gets_the_new_tokens() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        home_tokens(&home),
-        seen,
-        "the home got the token being spent"
-    );
-    f.server.release();
-    let fresh = refreshed(finished(running).await.unwrap());
-    assert_eq!(
-        home_tokens(&home),
-        fresh,
-        "the late home has the new tokens"
-    );
-    cli_refresh(f.server.url(), &home).await.unwrap();
-    assert_eq!(f.server.reuses(), 0, "the CLI never sends a spent token");
+    // The CLI in the first home refreshes on its own (the pool does not know).
+    cli_refresh(f.server.url(), &first).await.unwrap();
+    let newest = home_tokens(&first);
+    let (pool, id_copy, dir) = (f.pool.clone(), id.clone(), second.clone());
+    tokio::task::spawn_blocking(move || {
+        let index = pool.load().unwrap().pool.index_of(&id_copy).unwrap();
+        pool.switch_to(index, &FileStore::new(CodexHome::new(dir)), 0)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(home_tokens(&second), newest);
+    assert_eq!(f.account(&id).tokens, newest, "the pool adopted it too");
+    cli_refresh(f.server.url(), &second).await.unwrap();
+    assert_eq!(f.server.reuses(), 0);
 }
 
 /// `PoolRefreshError::Persist`: the answer could not be saved to the pool (its lock held

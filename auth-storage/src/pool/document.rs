@@ -363,6 +363,32 @@ pub(crate) fn same_login(
     }
 }
 
+/// Token age, for choosing between two copies of one login's tokens: `a` is newer when its
+/// access token expires later (lifetimes are the issuer's, so a later expiry is a later
+/// issue), else when it was refreshed later; an unknown time counts as oldest.
+pub(crate) fn tokens_newer(
+    a: &TokenData,
+    a_refreshed: Option<&auth_core::Timestamp>,
+    b: &TokenData,
+    b_refreshed: Option<&auth_core::Timestamp>,
+) -> bool {
+    let exp = |t: &TokenData| t.access_token_expires_at().ok().flatten();
+    match (exp(a), exp(b)) {
+        (Some(x), Some(y)) if x != y => return x > y,
+        (Some(_), None) => return true,
+        (None, Some(_)) => return false,
+        _ => {}
+    }
+    match (
+        a_refreshed.map(auth_core::Timestamp::unix_seconds),
+        b_refreshed.map(auth_core::Timestamp::unix_seconds),
+    ) {
+        (Some(x), Some(y)) => x > y,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 /// Whether `id` has the shape of an id this crate assigns or accepts: 1 to 64 bytes of
 /// ASCII letters, digits, `-`, `_` and `.`, not starting with `.` (so it is also a safe
 /// file name and a valid `rotation_policy::AccountId`).

@@ -1,12 +1,16 @@
 //! The multi-account pool: a versioned JSON document of many logins with one active, kept
 //! by [`PoolStore`] with cross-process locking, atomic writes, rotating backups and recovery.
 //!
-//! Lock order: an operation that needs both a Codex home's locks and the pool lock
-//! ([`PoolStore::switch_to`]) takes the home's first (`auth.lock`, then `auth.json.lock`,
-//! as the Codex CLI does) and the pool's (`pool.lock`) second, and holds both to the end.
-//! Nothing takes the pool lock and then a home's, so the two cannot deadlock. Operations on
-//! the pool alone ([`PoolStore::update`], `import`, `reset`) take only the pool lock; reading
-//! a home's login takes no lock, since every writer replaces it atomically.
+//! Lock order: account, home, pool. A refresh of a pool account
+//! (`refresh::PoolRefresher`, feature `refresh`) takes the account's refresh lock
+//! (`refresh-locks/<id>.lock`), then the locks of the Codex homes the pool handed that
+//! account to (`auth.lock`, then `auth.json.lock`, as the Codex CLI does; several homes in
+//! path order), then briefly the pool lock (`pool.lock`). [`PoolStore::switch_to`] takes the
+//! same locks in the same order (the account it hands over, one home, the pool). Nothing
+//! takes them in another order, so they cannot deadlock. Operations on the pool alone
+//! ([`PoolStore::update`], `import`, `reset`) take only the pool lock; reading a home's
+//! login takes no lock, since our writers replace it atomically (the CLI's own in-place
+//! writes happen under its locks).
 //!
 //! Times: the document keeps Unix seconds (`added_at`, `last_used_at`, cooldown ends,
 //! [`Unusable::since`]) and RFC 3339 [`auth_core::Timestamp`]s (`last_refresh`, as in
@@ -33,12 +37,13 @@ mod switch;
 
 #[cfg(feature = "refresh")]
 pub(crate) use document::same_login as document_same_login;
+pub(crate) use document::tokens_newer;
 pub use document::{
     Account, CURRENT_VERSION, Health, PoolDocument, RefreshInFlight, Unusable, UnusableReason,
     Upsert, is_valid_account_id,
 };
 pub use store::{
-    DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, POOL_FILE_MAX_BYTES, PoolStore, Recovery,
-    RestoreReason,
+    DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, POOL_FILE_MAX_BYTES, PoolStore,
+    REFRESH_LOCK_DIR, Recovery, RestoreReason,
 };
 pub use switch::Activated;

@@ -17,6 +17,8 @@ pub const POOL_DIR_ENV: &str = "CODEX_POOL_DIR";
 /// Name of the pool file inside the pool directory.
 pub const POOL_FILE: &str = "pool.json";
 const LOCK_FILE: &str = "pool.lock";
+/// Directory of the per-account refresh locks, inside the pool directory.
+pub const REFRESH_LOCK_DIR: &str = "refresh-locks";
 const RESET_MARKER: &str = "pool.reset";
 const BACKUP_PREFIX: &str = "pool.json.bak-";
 const DAMAGED_PREFIX: &str = "pool.json.damaged-";
@@ -342,6 +344,23 @@ impl PoolStore {
     pub(crate) fn check_lock_file(&self) -> Result<()> {
         auth_core::regular_file::ensure_regular_or_missing(&self.dir.join(LOCK_FILE))?;
         Ok(())
+    }
+
+    /// The refresh lock of account `id` (`refresh-locks/<id>.lock`): held by a refresh of
+    /// that account from before it reads the tokens to after it saved the answer, and by a
+    /// switch that hands the account to a Codex home. First in the lock order (account,
+    /// then homes, then the pool).
+    pub(crate) fn lock_account_refresh(&self, id: &str, timeout: Duration) -> Result<FileLock> {
+        if !super::is_valid_account_id(id) {
+            return Err(StorageError::Invalid {
+                what: "account id",
+                detail: "not an id this pool assigns (letters, digits, `-`, `_`, `.`)".to_owned(),
+            });
+        }
+        let dir = self.dir.join(REFRESH_LOCK_DIR);
+        auth_core::regular_file::create_private_dir_all(&dir)
+            .map_err(|e| StorageError::io("create the directory", &dir, e))?;
+        FileLock::acquire(&dir.join(format!("{id}.lock")), 0o600, timeout)
     }
 
     pub(crate) fn lock_pool(&self) -> Result<PoolGuard> {

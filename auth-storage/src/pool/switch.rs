@@ -7,6 +7,7 @@ use auth_core::{AuthDocument, AuthMode, Timestamp};
 use super::document::{Account, Upsert};
 use super::store::PoolStore;
 use crate::error::{Result, StorageError};
+use crate::lock::DEFAULT_LOCK_TIMEOUT;
 use crate::store::CredentialStore;
 
 impl PoolStore {
@@ -83,13 +84,17 @@ impl PoolStore {
 
     /// [`activate`](Self::activate), reporting what happened to the login it replaced.
     ///
-    /// The whole switch runs under both locks, taken in this order and held to the end:
-    /// the Codex home's (`auth.lock`, then `auth.json.lock`, as the Codex CLI takes them),
-    /// then the pool's (`pool.lock`). Nothing in this workspace takes the pool lock and then
-    /// a home's, so the order cannot deadlock; a concurrent `remove` or `update` of the pool
-    /// waits for the switch (or the switch for it), and `codex` cannot refresh in between.
-    /// Under the locks the home's login is read and `index` is checked against the pool as
-    /// it is then.
+    /// The whole switch runs under three locks, taken in this order and held to the end:
+    /// the refresh lock of the account handed over (`refresh-locks/<id>.lock`, so no
+    /// [`PoolRefresher`](crate::refresh) spends its token meanwhile), the Codex home's
+    /// (`auth.lock`, then `auth.json.lock`, as the Codex CLI takes them), then the pool's
+    /// (`pool.lock`). Everything in this workspace takes them in that order (account, home,
+    /// pool; a refresh takes several homes in path order), so they cannot deadlock; a
+    /// concurrent `remove` or `update` of the pool waits for the switch (or the switch for
+    /// it), and `codex` cannot refresh in between. Under the locks the home's login is read
+    /// and `index` is checked against the pool as it is then. When another Codex home the
+    /// pool handed the account to holds a newer copy (its CLI refreshed it), that copy is
+    /// what this home gets.
     ///
     /// | step | what is written | if it fails |
     /// |------|-----------------|-------------|
@@ -136,14 +141,35 @@ impl PoolStore {
         // checked again under the locks.
         self.check_lock_file()?;
         outgoing_login(store, now)?;
+        // The account's refresh lock first (the lock order is account, home, pool): no
+        // process spends the account's refresh token while it is being handed over.
+        let target = self.load()?.pool.accounts.get(index).map(|a| a.id.clone());
+        let account_guard = match &target {
+            Some(id) => Some(self.lock_account_refresh(id, DEFAULT_LOCK_TIMEOUT)?),
+            None => None,
+        };
         let home_guard = store.home().lock()?;
         let pool_guard = self.lock_pool()?;
         let outgoing = outgoing_login(store, now)?;
+        let this_home = home_key(store.home().dir());
         let (activated, undo) = self.change_locked(&pool_guard, |pool| {
             let len = pool.accounts.len();
             if index >= len {
                 return Err(out_of_range(index, len));
             }
+            if target.as_deref() != Some(pool.accounts[index].id.as_str()) {
+                return Err(StorageError::Invalid {
+                    what: "account number",
+                    detail: format!(
+                        "account #{} changed while switching (another process edited the \
+                         pool); run the command again",
+                        index + 1
+                    ),
+                });
+            }
+            // Another Codex home the pool handed this account to may hold a copy its CLI
+            // refreshed since: hand out the newest, never a spent refresh token.
+            adopt_from_other_homes(pool, index, &this_home);
             if let Some(mark) = &pool.accounts[index].unusable {
                 return Err(StorageError::Invalid {
                     what: "account",
@@ -187,6 +213,7 @@ impl PoolStore {
                 .unwrap_or_else(Timestamp::now),
         );
         let saved = save_checked(store, &doc, &home_guard);
+        drop(account_guard);
         match (saved, undo) {
             (Ok(()), undo) => {
                 if let Some(undo) = &undo {
@@ -303,6 +330,42 @@ fn refreshed_later(a: &Account, b: &Account) -> bool {
         (Some(x), Some(y)) => x > y,
         (Some(_), None) => true,
         (None, _) => false,
+    }
+}
+
+/// Takes into account `index` the newest copy of its tokens held by another Codex home the
+/// pool handed it to (read without that home's locks: a torn or unreadable copy is
+/// skipped, and the pool's own copy stays).
+fn adopt_from_other_homes(pool: &mut super::PoolDocument, index: usize, this_home: &str) {
+    let id = pool.accounts[index].id.clone();
+    let homes: Vec<String> = pool
+        .homes
+        .iter()
+        .filter(|(home, holder)| **holder == id && home.as_str() != this_home)
+        .map(|(home, _)| home.clone())
+        .collect();
+    for dir in homes {
+        let home = crate::CodexHome::new(std::path::PathBuf::from(&dir));
+        let Ok(Some(doc)) = crate::FileStore::new(home).load() else {
+            continue;
+        };
+        let Some(tokens) = doc.tokens else {
+            continue;
+        };
+        let copy = Account::from_login(tokens, doc.last_refresh, 0);
+        let account = &mut pool.accounts[index];
+        if account.same_login(&copy)
+            && super::tokens_newer(
+                &copy.tokens,
+                copy.last_refresh.as_ref(),
+                &account.tokens,
+                account.last_refresh.as_ref(),
+            )
+        {
+            account.tokens = copy.tokens;
+            account.last_refresh = copy.last_refresh;
+            account.refreshing = None;
+        }
     }
 }
 
