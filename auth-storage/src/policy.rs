@@ -360,6 +360,12 @@ fn parse_state(path: &std::path::Path, bytes: &[u8]) -> StateLoad {
             ));
         }
     };
+    // serde's derived structs also read a JSON array as their fields in order (`[]` is an
+    // empty state), so without this check such a file would be taken as state and then
+    // overwritten instead of reported and moved aside.
+    if !value.is_object() {
+        return malformed("the top level is not a JSON object".to_owned());
+    }
     let version = value.get("version").and_then(serde_json::Value::as_u64);
     if let Some(found) = version
         && found > u64::from(rotation_policy::POLICY_STATE_VERSION)
