@@ -10,17 +10,20 @@ use auth_core::{AuthDocument, Timestamp, TokenData};
 use crate::codex_home::{CodexHome, CommitGuard};
 use crate::error::StorageError;
 use crate::lock::{DEFAULT_LOCK_TIMEOUT, FileLock};
+use crate::mode::StoreMode;
 use crate::pool::{
     PoolDocument, PoolStore, RefreshInFlight, Unusable, UnusableReason, is_valid_account_id,
 };
 use crate::refresh::RefreshOutcome;
-use crate::store::{CredentialStore, FileStore};
+use crate::store::CredentialStore;
 
 pub use crate::pool::REFRESH_LOCK_DIR;
 
-/// Opens the credential store of a Codex home the pool handed a login to.
-pub type HomeOpener =
-    Arc<dyn Fn(&CodexHome) -> Result<Box<dyn CredentialStore>, StorageError> + Send + Sync>;
+/// Opens the credential store of a Codex home the pool knows, in the mode recorded for it
+/// ([`LinkedHome::mode`](crate::pool::LinkedHome::mode)).
+pub type HomeOpener = Arc<
+    dyn Fn(&CodexHome, StoreMode) -> Result<Box<dyn CredentialStore>, StorageError> + Send + Sync,
+>;
 
 /// Why a pool refresh failed. Never contains a token or an email.
 #[derive(Debug, thiserror::Error)]
@@ -143,8 +146,9 @@ impl std::fmt::Debug for PoolRefresher {
 }
 
 impl PoolRefresher {
-    /// Refresh through `endpoint`, keeping tokens in `pool`. Codex homes are opened as
-    /// `auth.json` files ([`FileStore`]) unless [`with_home_opener`](Self::with_home_opener)
+    /// Refresh through `endpoint`, keeping tokens in `pool`. Codex homes are opened with
+    /// [`open_store`](crate::open_store) in the mode the pool recorded for each (a
+    /// keyring home needs the `keyring` feature) unless [`with_home_opener`](Self::with_home_opener)
     /// says otherwise.
     pub fn new(endpoint: TokenEndpoint, pool: PoolStore) -> Self {
         Self {
@@ -152,8 +156,8 @@ impl PoolRefresher {
             pool,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             margin: Duration::from_secs(60),
-            open_home: Arc::new(|home: &CodexHome| {
-                Ok(Box::new(FileStore::new(home.clone())) as Box<dyn CredentialStore>)
+            open_home: Arc::new(|home: &CodexHome, mode: StoreMode| {
+                crate::open_store(home.clone(), mode)
             }),
         }
     }
@@ -233,7 +237,11 @@ impl PoolRefresher {
 
     /// Steps 1–5 up to the request (blocking).
     fn prepare(&self, id: &str, seen: &TokenData) -> Result<Prepared, PoolRefreshError> {
-        let account_lock = self.lock_account(id)?;
+        let before = self.pool.load()?.pool;
+        let account = before
+            .account(id)
+            .ok_or_else(|| PoolRefreshError::NotInPool { id: id.to_owned() })?;
+        let account_lock = self.pool.lock_account_refresh(account, self.lock_timeout)?;
         let pool = self.pool.load()?.pool;
         let account = pool
             .account(id)
@@ -250,7 +258,16 @@ impl PoolRefresher {
             last_refresh: account.last_refresh.clone(),
         };
         let pool_copy = newest.clone();
-        let homes = self.lock_homes(&pool, id, &identity, &[])?;
+        // The caller's copy counts too: tokens it holds that never reached the pool (a
+        // refresh whose save failed) are newer than the pool's spent ones.
+        let theirs = Copy {
+            tokens: seen.clone(),
+            last_refresh: None,
+        };
+        if Identity::of(seen).matches(&identity) && theirs.is_newer_than(&newest) {
+            newest = theirs;
+        }
+        let homes = self.lock_homes(&pool, &identity, &[])?;
         for home in &homes {
             if let Some(copy) = &home.copy
                 && copy.is_newer_than(&newest)
@@ -315,8 +332,16 @@ impl PoolRefresher {
                 // Homes first: if the pool write fails, the new tokens still exist on disk
                 // where the next refresh looks.
                 held.write_homes(&next);
+                let sent = held.newest.tokens.refresh_token.clone();
+                // Only where the spent token still is (compare-and-set): an account that
+                // got other tokens meanwhile (a new sign-in) keeps them; a copy of the same
+                // login re-added under another id gets the answer too.
                 match self.pool.update(|pool| {
-                    if let Some(account) = pool.account_mut(id) {
+                    for account in pool
+                        .accounts
+                        .iter_mut()
+                        .filter(|a| a.tokens.refresh_token == sent)
+                    {
                         account.tokens = next.tokens.clone();
                         account.last_refresh = next.last_refresh.clone();
                         account.refreshing = None;
@@ -334,8 +359,11 @@ impl PoolRefresher {
                 }
             }
             Err(source) => {
-                let permanent = source.is_permanent();
-                // An answered error means the issuer did not spend the token (or says it is
+                // A 2xx whose body cannot be used still spent the token (the issuer
+                // rotated it): as dead as a refusal.
+                let spent = matches!(source, RefreshError::InvalidResponse { .. });
+                let permanent = source.is_permanent() || spent;
+                // An answered refusal means the issuer did not spend the token (or says it is
                 // dead); a transport error leaves it unknown, so the mark stays.
                 let answered = matches!(
                     source,
@@ -343,24 +371,36 @@ impl PoolRefresher {
                         | RefreshError::Endpoint { .. }
                         | RefreshError::InvalidResponse { .. }
                 );
-                let code = source
-                    .oauth_error()
-                    .and_then(|e| e.code().map(str::to_owned));
+                let code = if spent {
+                    Some("unusable_token_response".to_owned())
+                } else {
+                    source
+                        .oauth_error()
+                        .and_then(|e| e.code().map(str::to_owned))
+                };
+                let sent = held.newest.tokens.refresh_token.clone();
                 let marked = self.pool.update(|pool| {
-                    let Some(account) = pool.account_mut(id) else {
-                        return false;
-                    };
-                    if answered {
-                        account.refreshing = None;
+                    let mut marked = false;
+                    // Compare-and-set: only accounts still holding the token sent; one that
+                    // got new tokens meanwhile (a new sign-in) is not marked.
+                    for account in pool
+                        .accounts
+                        .iter_mut()
+                        .filter(|a| a.tokens.refresh_token == sent)
+                    {
+                        if answered {
+                            account.refreshing = None;
+                        }
+                        if permanent {
+                            account.unusable = Some(Unusable::new(
+                                UnusableReason::LoginRequired,
+                                unix_now(),
+                                Some(code.as_deref().unwrap_or("refresh_rejected")),
+                            ));
+                            marked = true;
+                        }
                     }
-                    if permanent {
-                        account.unusable = Some(Unusable::new(
-                            UnusableReason::LoginRequired,
-                            unix_now(),
-                            Some(code.as_deref().unwrap_or("refresh_rejected")),
-                        ));
-                    }
-                    permanent
+                    marked
                 });
                 let marked_unusable = match marked {
                     Ok(marked) => marked,
@@ -385,48 +425,33 @@ impl PoolRefresher {
         }
     }
 
-    fn lock_account(&self, id: &str) -> Result<FileLock, StorageError> {
-        self.pool.lock_account_refresh(id, self.lock_timeout)
-    }
-
-    /// Step 3: the locks and logins of the homes the pool handed `id` to.
+    /// Step 3: the locks and logins of the Codex homes the pool knows that hold this login
+    /// (in path order). A home that holds another login is released at once; one deleted
+    /// since is skipped (locking it would create it again), and so is one whose login
+    /// cannot be read (its CLI cannot refresh it either). A home that cannot be opened or
+    /// locked is an error and no request is sent: its CLI might be refreshing the very
+    /// token this refresh would spend.
     fn lock_homes(
         &self,
         pool: &PoolDocument,
-        id: &str,
         identity: &Identity,
         skip: &[HeldHome],
     ) -> Result<Vec<HeldHome>, StorageError> {
         let mut held = Vec::new();
-        for (dir, holder) in &pool.homes {
-            if holder != id || skip.iter().any(|home| home.key == *dir) {
+        for (dir, link) in &pool.homes {
+            if skip.iter().any(|home| home.key == *dir) {
                 continue;
             }
             let home = CodexHome::new(PathBuf::from(dir));
-            // A home deleted since cannot hold a copy; locking it would create it again.
             if !home.dir().is_dir() {
                 continue;
             }
-            let store = match (self.open_home)(&home) {
-                Ok(store) => store,
-                Err(err) => {
-                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not open a Codex home of this account; skipping it");
-                    continue;
-                }
-            };
-            // A home that is gone or unreadable is skipped: it cannot hold a newer copy,
-            // and refreshing must not depend on it.
-            let guard = match home.lock_for_commit(self.lock_timeout) {
-                Ok(guard) => guard,
-                Err(err) => {
-                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not lock a Codex home of this account; skipping it");
-                    continue;
-                }
-            };
+            let store = (self.open_home)(&home, link.mode())?;
+            let guard = home.lock_for_commit(self.lock_timeout)?;
             let doc = match store.load() {
                 Ok(doc) => doc,
                 Err(err) => {
-                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not read a Codex home of this account; skipping it");
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not read a Codex home's login; skipping it");
                     continue;
                 }
             };
@@ -437,6 +462,11 @@ impl PoolRefresher {
                     last_refresh: doc.last_refresh.clone(),
                 })
             });
+            if copy.is_none() {
+                // Another login: its CLI must not wait for this refresh.
+                drop(guard);
+                continue;
+            }
             held.push(HeldHome {
                 key: dir.clone(),
                 store,
@@ -461,7 +491,7 @@ impl PoolRefresher {
             }
         };
         let identity = Identity::of(&held.newest.tokens);
-        match self.lock_homes(&pool, id, &identity, &held.homes) {
+        match self.lock_homes(&pool, &identity, &held.homes) {
             Ok(new) if !new.is_empty() => {
                 held.homes.extend(new);
                 held.write_homes(copy);

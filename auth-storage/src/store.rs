@@ -38,6 +38,13 @@ pub trait CredentialStore: fmt::Debug + Send + Sync {
     /// The Codex home this store belongs to.
     fn home(&self) -> &CodexHome;
 
+    /// Where this store keeps the login, as a [`StoreMode`] (so another process can open
+    /// the same store for the same home). Stores outside this crate answer `File` unless
+    /// they say otherwise.
+    fn mode(&self) -> StoreMode {
+        StoreMode::File
+    }
+
     /// The stored document, `None` when there is none.
     fn load(&self) -> Result<Option<AuthDocument>>;
 
@@ -190,6 +197,10 @@ impl From<KeyringOutcome> for StorageError {
 }
 
 impl CredentialStore for KeyringStore {
+    fn mode(&self) -> StoreMode {
+        StoreMode::Keyring
+    }
+
     fn home(&self) -> &CodexHome {
         &self.home
     }
@@ -280,6 +291,10 @@ impl AutoStore {
 }
 
 impl CredentialStore for AutoStore {
+    fn mode(&self) -> StoreMode {
+        StoreMode::Auto
+    }
+
     fn home(&self) -> &CodexHome {
         self.file.home()
     }
@@ -334,6 +349,10 @@ impl EphemeralStore {
 }
 
 impl CredentialStore for EphemeralStore {
+    fn mode(&self) -> StoreMode {
+        StoreMode::Ephemeral
+    }
+
     fn home(&self) -> &CodexHome {
         &self.home
     }

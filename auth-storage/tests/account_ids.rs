@@ -160,9 +160,35 @@ fn new_tokens_clear_an_unusable_mark_and_the_same_tokens_do_not() {
     // Importing a home that still holds the dead tokens changes nothing.
     pool.upsert(login("a@example.com", "ws-1", "rt-1"));
     assert!(pool.accounts[0].unusable.is_some());
-    pool.upsert(login("a@example.com", "ws-1", "rt-new"));
+    // A different copy that is not newer (it may be the very token that was refused).
+    pool.upsert(login("a@example.com", "ws-1", "rt-other"));
+    assert!(pool.accounts[0].unusable.is_some());
+    // A new sign-in: newer tokens.
+    let mut fresh = login("a@example.com", "ws-1", "rt-new");
+    fresh.last_refresh = Some(auth_core::Timestamp::from_unix_seconds(1_800_000_000).unwrap());
+    pool.upsert(fresh);
     assert!(pool.accounts[0].unusable.is_none());
     assert!(pool.accounts[0].is_available("gpt-5", 10));
+}
+
+/// An import of an older copy (a Codex home whose token another process already refreshed)
+/// never replaces the pool's newer tokens.
+#[test]
+fn older_tokens_never_replace_newer_ones() {
+    let mut pool = PoolDocument::default();
+    let mut newer = login("a@example.com", "ws-1", "rt-2");
+    newer.last_refresh = Some(auth_core::Timestamp::from_unix_seconds(1_800_000_100).unwrap());
+    pool.upsert(newer);
+    let mut older = login("a@example.com", "ws-1", "rt-1");
+    older.last_refresh = Some(auth_core::Timestamp::from_unix_seconds(1_800_000_000).unwrap());
+    older.plan = Some("team".into());
+    assert_eq!(pool.upsert(older), Upsert::Updated(0));
+    assert_eq!(pool.accounts[0].tokens.refresh_token.expose(), "rt-2");
+    assert_eq!(
+        pool.accounts[0].plan.as_deref(),
+        Some("team"),
+        "the rest is updated"
+    );
 }
 
 #[test]

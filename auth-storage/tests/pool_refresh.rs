@@ -364,9 +364,9 @@ async fn a_pool_refresh_reaches_the_codex_home_but_not_a_home_with_another_login
     let f = Fixture::new();
     let (seen, id) = f.add_expired("pool@example.com", "ws-pool");
     let (home, other_home) = (f.home("home-1"), f.home("home-2"));
-    f.hand_to(&id, &home);
+    // The second home got the account first, then `codex login` with another account
+    // there; only then could the first home get it (a login is in one home at a time).
     f.hand_to(&id, &other_home);
-    // `codex login` with another account in the second home.
     let other = f
         .server
         .sign_in("other@example.com", "ws-other", unix_now() + 3600);
@@ -374,6 +374,7 @@ async fn a_pool_refresh_reaches_the_codex_home_but_not_a_home_with_another_login
         .save(&AuthDocument::chatgpt(other.clone(), Timestamp::now()))
         .unwrap();
     let other_bytes = std::fs::read(other_home.join("auth.json")).unwrap();
+    f.hand_to(&id, &home);
 
     let fresh = refreshed(f.refresher.refresh(&id, &seen).await.unwrap());
     assert_eq!(f.server.requests(), 1);
@@ -484,7 +485,13 @@ async fn a_dead_refresh_token_marks_the_account_once_and_is_never_sent_again() {
         .sign_in("dead@example.com", "ws-dead", unix_now() - 60);
     let upsert = f
         .pool
-        .update(|p| p.upsert(Account::from_login(renewed.clone(), None, 0)))
+        .update(|p| {
+            p.upsert(Account::from_login(
+                renewed.clone(),
+                Some(Timestamp::now()),
+                0,
+            ))
+        })
         .unwrap();
     assert!(matches!(upsert, Upsert::Updated(_)), "{upsert:?}");
     assert!(f.account(&id).unusable.is_none());
@@ -693,36 +700,39 @@ async fn a_switch_during_a_refresh_waits_and_hands_out_the_new_tokens() {
     assert_eq!(f.server.reuses(), 0, "the CLI never sends a spent token");
 }
 
-/// A second Codex home the pool handed the account to holds a copy its CLI refreshed: a
-/// switch of a third home hands out that newest copy, never the pool's spent one.
+/// A refresh token works once, so one login cannot live in two Codex homes whose CLIs
+/// refresh it on their own: a switch handing an account to a second home while the first
+/// still holds it is refused and changes nothing; once the first home holds another login,
+/// the switch goes through.
 #[tokio::test]
-async fn a_switch_hands_out_the_newest_copy_of_another_home() {
+async fn a_login_in_use_by_one_home_is_not_handed_to_a_second() {
     let f = Fixture::new();
     let (_seen, id) = f.add_expired("two@example.com", "ws-two");
     let (first, second) = (f.home("first-home"), f.home("second-home"));
-    let (pool, id_copy, dir) = (f.pool.clone(), id.clone(), first.clone());
-    tokio::task::spawn_blocking(move || {
-        let index = pool.load().unwrap().pool.index_of(&id_copy).unwrap();
-        pool.switch_to(index, &FileStore::new(CodexHome::new(dir)), 0)
-            .unwrap();
-    })
-    .await
-    .unwrap();
-    // The CLI in the first home refreshes on its own (the pool does not know).
-    cli_refresh(f.server.url(), &first).await.unwrap();
-    let newest = home_tokens(&first);
-    let (pool, id_copy, dir) = (f.pool.clone(), id.clone(), second.clone());
-    tokio::task::spawn_blocking(move || {
-        let index = pool.load().unwrap().pool.index_of(&id_copy).unwrap();
-        pool.switch_to(index, &FileStore::new(CodexHome::new(dir)), 0)
-            .unwrap();
-    })
-    .await
-    .unwrap();
-    assert_eq!(home_tokens(&second), newest);
-    assert_eq!(f.account(&id).tokens, newest, "the pool adopted it too");
-    cli_refresh(f.server.url(), &second).await.unwrap();
-    assert_eq!(f.server.reuses(), 0);
+    f.hand_to(&id, &first);
+    let pool_before = std::fs::read(f.pool.file()).unwrap();
+    let index = f.pool.load().unwrap().pool.index_of(&id).unwrap();
+    let err = f
+        .pool
+        .switch_to(index, &FileStore::new(CodexHome::new(&second)), 0)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("two Codex homes cannot share one login"),
+        "{err}"
+    );
+    assert!(err.effect().left_state_unchanged());
+    assert_eq!(std::fs::read(f.pool.file()).unwrap(), pool_before);
+    assert!(!second.join("auth.json").exists());
+    // `codex login` with another account in the first home frees the login.
+    let other = f
+        .server
+        .sign_in("other@example.com", "ws-other", unix_now() + 3600);
+    FileStore::new(CodexHome::new(&first))
+        .save(&AuthDocument::chatgpt(other, Timestamp::now()))
+        .unwrap();
+    f.hand_to(&id, &second);
+    assert_eq!(home_tokens(&second), f.account(&id).tokens);
 }
 
 /// `PoolRefreshError::Persist`: the answer could not be saved to the pool (its lock held

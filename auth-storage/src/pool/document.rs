@@ -34,14 +34,16 @@ pub struct PoolDocument {
     /// [`Account::id`] of the active account (the one last handed to a Codex home).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<String>,
-    /// Codex homes this pool handed a login to ([`PoolStore::switch_to`]), by directory
-    /// (as given), with the [`Account::id`] handed to each. Refresh uses it to find the
-    /// copies of a login the Codex CLI keeps refreshing on its own; a home whose login was
-    /// changed since by other means is recognised by its tokens and left alone.
+    /// Codex homes that hold (or held) a login of this pool — handed to them by
+    /// [`PoolStore::switch_to`] or imported from them — by absolute directory, with where
+    /// the home keeps its login. Refresh looks at every one of them for a copy of the
+    /// account it refreshes (the Codex CLI keeps refreshing its copy on its own); a home's
+    /// login is recognised by its tokens, so a home that now holds another login is left
+    /// alone.
     ///
     /// [`PoolStore::switch_to`]: crate::PoolStore::switch_to
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub homes: BTreeMap<String, String>,
+    pub homes: BTreeMap<String, LinkedHome>,
     /// The accounts, in the order they were added.
     #[serde(default)]
     pub accounts: Vec<Account>,
@@ -72,6 +74,38 @@ impl fmt::Debug for PoolDocument {
             .field("homes", &self.homes.len())
             .field("accounts", &self.accounts)
             .finish_non_exhaustive()
+    }
+}
+
+/// A Codex home the pool knows about ([`PoolDocument::homes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LinkedHome {
+    /// The [`Account::id`] last handed to or imported from the home (informational: the
+    /// home's tokens say which login it holds now).
+    pub account: String,
+    /// Where the home keeps its login, as its `cli_auth_credentials_store` says (`file`,
+    /// `keyring`, `auto`).
+    #[serde(default = "file_mode")]
+    pub store: String,
+}
+
+fn file_mode() -> String {
+    crate::StoreMode::File.as_str().to_owned()
+}
+
+impl LinkedHome {
+    /// A link to a home holding account `account` in a store of `mode`.
+    pub fn new(account: impl Into<String>, mode: crate::StoreMode) -> Self {
+        Self {
+            account: account.into(),
+            store: mode.as_str().to_owned(),
+        }
+    }
+
+    /// The store mode (`file` when unreadable).
+    pub fn mode(&self) -> crate::StoreMode {
+        self.store.parse().unwrap_or_default()
     }
 }
 
@@ -414,6 +448,22 @@ fn id_from(parts: &[&[u8]]) -> String {
     format!("acct-{hex}")
 }
 
+/// The name of the refresh lock of `account`'s login: the same for every copy of the login
+/// (a re-added or re-imported account gets a new id but is refreshed under the same lock),
+/// a one-way hash (no email in a file name), and always a safe file name.
+pub(crate) fn refresh_lock_name(account: &Account) -> String {
+    // Coarser than `same_login` (two users of one workspace share a lock): never two locks
+    // for one login, at worst one lock for two logins, which only serializes their
+    // refreshes.
+    let email = account.email.as_deref().map(str::to_lowercase);
+    let key = match (&account.account_id, &email) {
+        (Some(workspace), _) => id_from(&[b"codex-pool-refresh-lock/ws", workspace.as_bytes()]),
+        (None, Some(email)) => id_from(&[b"codex-pool-refresh-lock/email", email.as_bytes()]),
+        (None, None) => id_from(&[b"codex-pool-refresh-lock/id", account.id.as_bytes()]),
+    };
+    format!("{}.lock", key.trim_start_matches("acct-"))
+}
+
 /// A new id: unique (the refresh token, the clock, the process and a counter go in) and
 /// revealing nothing (a one-way hash; no email goes in).
 fn fresh_id(tokens: &TokenData) -> String {
@@ -456,18 +506,37 @@ pub enum Upsert {
 
 impl PoolDocument {
     /// Add `account`, or refresh the tokens, plan and email of the same login already in the
-    /// pool (keeping its [`id`](Account::id), history, cooldowns and `added_at`). New tokens
-    /// (a different refresh token) clear an [`unusable`](Account::unusable) mark: the
-    /// person signed in again.
+    /// pool (keeping its [`id`](Account::id), history, cooldowns and `added_at`). Tokens
+    /// older than the pool's copy ([token age](Account): later access-token expiry, then
+    /// later `last_refresh`) never replace it; newer ones clear an
+    /// [`unusable`](Account::unusable) mark: the person signed in again.
     pub fn upsert(&mut self, mut account: Account) -> Upsert {
         if let Some(i) = self.accounts.iter().position(|a| a.same_login(&account)) {
             let existing = &mut self.accounts[i];
-            if existing.tokens.refresh_token != account.tokens.refresh_token {
-                existing.unusable = None;
-                existing.refreshing = None;
+            let older = tokens_newer(
+                &existing.tokens,
+                existing.last_refresh.as_ref(),
+                &account.tokens,
+                account.last_refresh.as_ref(),
+            );
+            let newer = tokens_newer(
+                &account.tokens,
+                account.last_refresh.as_ref(),
+                &existing.tokens,
+                existing.last_refresh.as_ref(),
+            );
+            // Never older tokens over newer ones: an import of a home whose copy another
+            // process already refreshed would bring back a spent refresh token.
+            if !older && existing.tokens != account.tokens {
+                // Only newer tokens show the person signed in again (a different but not
+                // newer copy may be the very token that was refused).
+                if newer {
+                    existing.unusable = None;
+                    existing.refreshing = None;
+                }
+                existing.tokens = account.tokens;
+                existing.last_refresh = account.last_refresh.or(existing.last_refresh.take());
             }
-            existing.tokens = account.tokens;
-            existing.last_refresh = account.last_refresh.or(existing.last_refresh.take());
             if account.email.is_some() {
                 existing.email = account.email;
             }
@@ -529,8 +598,9 @@ impl PoolDocument {
         Some(&self.accounts[index])
     }
 
-    /// Remove and return the account at `index`; clears `active` and the [`homes`](Self::homes)
-    /// entries that named it.
+    /// Remove and return the account at `index`; clears `active` if it was that account.
+    /// [`homes`](Self::homes) keep their entries: a home may still hold the login (and a
+    /// re-added copy of it must be refreshed together with that home's).
     pub fn remove(&mut self, index: usize) -> Option<Account> {
         if index >= self.accounts.len() {
             return None;
@@ -539,7 +609,6 @@ impl PoolDocument {
         if self.active.as_deref() == Some(removed.id.as_str()) {
             self.active = None;
         }
-        self.homes.retain(|_, id| *id != removed.id);
         Some(removed)
     }
 

@@ -37,10 +37,11 @@ mod switch;
 
 #[cfg(feature = "refresh")]
 pub(crate) use document::same_login as document_same_login;
+#[cfg(feature = "refresh")]
 pub(crate) use document::tokens_newer;
 pub use document::{
-    Account, CURRENT_VERSION, Health, PoolDocument, RefreshInFlight, Unusable, UnusableReason,
-    Upsert, is_valid_account_id,
+    Account, CURRENT_VERSION, Health, LinkedHome, PoolDocument, RefreshInFlight, Unusable,
+    UnusableReason, Upsert, is_valid_account_id,
 };
 pub use store::{
     DEFAULT_BACKUPS, Loaded, POOL_DIR_ENV, POOL_FILE, POOL_FILE_MAX_BYTES, PoolStore,

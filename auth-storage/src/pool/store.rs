@@ -346,21 +346,24 @@ impl PoolStore {
         Ok(())
     }
 
-    /// The refresh lock of account `id` (`refresh-locks/<id>.lock`): held by a refresh of
-    /// that account from before it reads the tokens to after it saved the answer, and by a
-    /// switch that hands the account to a Codex home. First in the lock order (account,
-    /// then homes, then the pool).
-    pub(crate) fn lock_account_refresh(&self, id: &str, timeout: Duration) -> Result<FileLock> {
-        if !super::is_valid_account_id(id) {
-            return Err(StorageError::Invalid {
-                what: "account id",
-                detail: "not an id this pool assigns (letters, digits, `-`, `_`, `.`)".to_owned(),
-            });
-        }
+    /// The refresh lock of `account`'s login (`refresh-locks/<hash>.lock`, one per login,
+    /// so a removed and re-added copy shares it): held by a refresh of that login from
+    /// before it reads the tokens to after it saved the answer, and by a switch that hands
+    /// the account to a Codex home. First in the lock order (account, then homes, then the
+    /// pool).
+    pub(crate) fn lock_account_refresh(
+        &self,
+        account: &super::Account,
+        timeout: Duration,
+    ) -> Result<FileLock> {
         let dir = self.dir.join(REFRESH_LOCK_DIR);
         auth_core::regular_file::create_private_dir_all(&dir)
             .map_err(|e| StorageError::io("create the directory", &dir, e))?;
-        FileLock::acquire(&dir.join(format!("{id}.lock")), 0o600, timeout)
+        FileLock::acquire(
+            &dir.join(super::document::refresh_lock_name(account)),
+            0o600,
+            timeout,
+        )
     }
 
     pub(crate) fn lock_pool(&self) -> Result<PoolGuard> {

@@ -4,7 +4,7 @@
 
 use auth_core::{AuthDocument, AuthMode, Timestamp};
 
-use super::document::{Account, Upsert};
+use super::document::{Account, LinkedHome, Upsert};
 use super::store::PoolStore;
 use crate::error::{Result, StorageError};
 use crate::lock::DEFAULT_LOCK_TIMEOUT;
@@ -57,11 +57,17 @@ impl PoolStore {
         self.update(|pool| {
             accounts
                 .into_iter()
-                .map(|account| {
+                .zip(stores)
+                .map(|(account, store)| {
                     let outcome = pool.upsert(account);
                     let index = match outcome {
                         Upsert::Added(i) | Upsert::Updated(i) => i,
                     };
+                    // The home keeps using this login: refreshes must see its copy.
+                    pool.homes.insert(
+                        home_key(store.home().dir()),
+                        LinkedHome::new(pool.accounts[index].id.clone(), store.mode()),
+                    );
                     (outcome, pool.accounts[index].clone())
                 })
                 .collect()
@@ -143,11 +149,12 @@ impl PoolStore {
         outgoing_login(store, now)?;
         // The account's refresh lock first (the lock order is account, home, pool): no
         // process spends the account's refresh token while it is being handed over.
-        let target = self.load()?.pool.accounts.get(index).map(|a| a.id.clone());
+        let target = self.load()?.pool.accounts.get(index).cloned();
         let account_guard = match &target {
-            Some(id) => Some(self.lock_account_refresh(id, DEFAULT_LOCK_TIMEOUT)?),
+            Some(account) => Some(self.lock_account_refresh(account, DEFAULT_LOCK_TIMEOUT)?),
             None => None,
         };
+        let target = target.map(|a| a.id);
         let home_guard = store.home().lock()?;
         let pool_guard = self.lock_pool()?;
         let outgoing = outgoing_login(store, now)?;
@@ -167,9 +174,19 @@ impl PoolStore {
                     ),
                 });
             }
-            // Another Codex home the pool handed this account to may hold a copy its CLI
-            // refreshed since: hand out the newest, never a spent refresh token.
-            adopt_from_other_homes(pool, index, &this_home);
+            // A refresh token works once: two Codex homes whose CLIs refresh one login on
+            // their own would spend each other's token.
+            if let Some(other) = other_home_holding(pool, index, &this_home) {
+                return Err(StorageError::Invalid {
+                    what: "account",
+                    detail: format!(
+                        "account #{} is the login of the Codex home {other}; a refresh token \
+                         works once, so two Codex homes cannot share one login — switch that \
+                         home to another account first (or run `codex logout` there)",
+                        index + 1
+                    ),
+                });
+            }
             if let Some(mark) = &pool.accounts[index].unusable {
                 return Err(StorageError::Invalid {
                     what: "account",
@@ -182,13 +199,9 @@ impl PoolStore {
                 });
             }
             let previous = outgoing.map(|login| {
-                let known = pool.accounts.iter().position(|a| a.same_login(&login));
-                let outcome = match known {
-                    // The pool's copy is fresher (e.g. a proxy refreshed it since the home
-                    // got it): keep it, the home's refresh token may already be spent.
-                    Some(i) if refreshed_later(&pool.accounts[i], &login) => Upsert::Updated(i),
-                    _ => pool.upsert(login),
-                };
+                // `upsert` keeps the pool's copy when it is newer (e.g. a proxy refreshed it
+                // since the home got it): the home's refresh token may already be spent.
+                let outcome = pool.upsert(login);
                 let i = match outcome {
                     Upsert::Added(i) | Upsert::Updated(i) => i,
                 };
@@ -198,7 +211,8 @@ impl PoolStore {
             pool.set_active(index, now);
             // Refresh finds the home's copy of this login through this entry.
             let id = pool.accounts[index].id.clone();
-            pool.homes.insert(home_key(store.home().dir()), id);
+            pool.homes
+                .insert(this_home.clone(), LinkedHome::new(id, store.mode()));
             Ok::<_, StorageError>(Activated {
                 account: pool.accounts[index].clone(),
                 previous,
@@ -322,51 +336,29 @@ fn importable(store: &dyn CredentialStore, now: u64) -> Result<Account> {
     }
 }
 
-/// Whether `a`'s tokens were refreshed strictly later than `b`'s (an unknown time counts
-/// as oldest).
-fn refreshed_later(a: &Account, b: &Account) -> bool {
-    let at = |x: &Account| x.last_refresh.as_ref().map(Timestamp::unix_seconds);
-    match (at(a), at(b)) {
-        (Some(x), Some(y)) => x > y,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
-
-/// Takes into account `index` the newest copy of its tokens held by another Codex home the
-/// pool handed it to (read without that home's locks: a torn or unreadable copy is
-/// skipped, and the pool's own copy stays).
-fn adopt_from_other_homes(pool: &mut super::PoolDocument, index: usize, this_home: &str) {
-    let id = pool.accounts[index].id.clone();
-    let homes: Vec<String> = pool
-        .homes
+/// Another Codex home the pool knows that holds account `index`'s login right now (read
+/// without that home's locks; a home that cannot be read is not counted).
+fn other_home_holding(pool: &super::PoolDocument, index: usize, this_home: &str) -> Option<String> {
+    let account = &pool.accounts[index];
+    pool.homes
         .iter()
-        .filter(|(home, holder)| **holder == id && home.as_str() != this_home)
-        .map(|(home, _)| home.clone())
-        .collect();
-    for dir in homes {
-        let home = crate::CodexHome::new(std::path::PathBuf::from(&dir));
-        let Ok(Some(doc)) = crate::FileStore::new(home).load() else {
-            continue;
-        };
-        let Some(tokens) = doc.tokens else {
-            continue;
-        };
-        let copy = Account::from_login(tokens, doc.last_refresh, 0);
-        let account = &mut pool.accounts[index];
-        if account.same_login(&copy)
-            && super::tokens_newer(
-                &copy.tokens,
-                copy.last_refresh.as_ref(),
-                &account.tokens,
-                account.last_refresh.as_ref(),
-            )
-        {
-            account.tokens = copy.tokens;
-            account.last_refresh = copy.last_refresh;
-            account.refreshing = None;
-        }
-    }
+        .filter(|(dir, _)| dir.as_str() != this_home)
+        .find(|(dir, link)| {
+            let home = crate::CodexHome::new(std::path::PathBuf::from(dir.as_str()));
+            if !home.dir().is_dir() {
+                return false;
+            }
+            let Ok(store) = crate::open_store(home, link.mode()) else {
+                return false;
+            };
+            let Ok(Some(doc)) = store.load() else {
+                return false;
+            };
+            doc.tokens
+                .map(|tokens| account.same_login(&Account::from_login(tokens, None, 0)))
+                .unwrap_or(false)
+        })
+        .map(|(dir, _)| crate::error::shown(std::path::Path::new(dir)).to_string())
 }
 
 /// How a Codex home is named in [`PoolDocument::homes`](super::PoolDocument::homes): its
