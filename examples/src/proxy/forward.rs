@@ -178,6 +178,8 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     let mut resend: Option<AccountId> = None;
     // Whether this attempt already re-sent after a refresh (at most once per attempt).
     let mut resent = false;
+    // The last upstream answer saying an account's login is gone, with that account.
+    let mut gone_answer: Option<(reqwest::Response, AccountId)> = None;
     for attempt in 0..max_loops {
         let selected = match resend.take() {
             Some(id) => {
@@ -208,6 +210,10 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 );
             }
             Err(None) => {
+                if let Some((response, account)) = gone_answer.take() {
+                    pending.finish(Answer::UpstreamError, None);
+                    return stream_back(&shared, response, account, request.family());
+                }
                 pending.finish(Answer::NoAccount, None);
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -304,25 +310,25 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                     // is out of rotation here; every other process skips it from the pool.
                     let message = format!("{account}: {reason} ({code}); sign in to it again");
                     tracing::warn!(account = %account, %reason, code = %code, "the account's login is gone for everyone; it is no longer used");
-                    let _ = shared
-                        .lock()
-                        .policy
-                        .disable_for(&account, auth_storage::policy::disabled_reason_for(reason));
-                    let decision = pending.record_outcome(
-                        &mut request,
-                        &account,
-                        Outcome::Forbidden,
-                        Some(message.clone()),
-                    );
-                    let next = step(decision, |_| {
-                        pending.finish(Answer::UpstreamError, Some(message));
-                        stream_back(&shared, response, account.clone(), request.family())
-                    })
-                    .await;
-                    match next {
-                        Step::Next => continue,
-                        Step::Answer(response) => return response,
+                    // A disable, not an outcome: reported as one (a 403), it would start an
+                    // hour's cooldown, shared with every process and never shortened, that
+                    // keeps the account out for that hour after someone signs in to it
+                    // again. The dispatch is given back and the request moves on; when no
+                    // account is left, the client gets this answer.
+                    {
+                        let mut state = shared.lock();
+                        let _ = state.policy.disable_for(
+                            &account,
+                            auth_storage::policy::disabled_reason_for(reason),
+                        );
+                        // ok: the id was just selected, so it is known.
+                        let _ = state.policy.refund(&account, now());
+                        state.last_error = Some(message.clone());
                     }
+                    pending.dispatched = None;
+                    shared.accounts.note_error(&account, message);
+                    gone_answer = Some((response, account));
+                    continue;
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(account = %account, error = %auth_core::terminal::escape_control(&err.to_string()), "could not mark the account unusable in the pool");
