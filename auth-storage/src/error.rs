@@ -105,9 +105,10 @@ pub enum StorageError {
         /// The limit in bytes.
         limit: u64,
     },
-    /// The pool file was written by a newer version of this crate; we refuse to touch it.
+    /// The pool file (or the policy state file) was written by a newer version of this
+    /// crate; we refuse to touch it.
     #[error(
-        "{} has pool schema version {found}, newer than the {supported} this program \
+        "{} has format version {found}, newer than the {supported} this program \
          understands; upgrade the program instead of overwriting the file",
         shown(path)
     )]

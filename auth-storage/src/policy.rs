@@ -45,7 +45,7 @@
 //! let Selection::Account(first) = a.policy.select(&mut request, now) else { unreachable!() };
 //! let limited = Outcome::RateLimited { retry_after: Some(std::time::Duration::from_secs(60)) };
 //! a.policy.report(&mut request, &first, limited, now);
-//! store.save_rotation_state(&mut a.policy, now)?; // one call: coalesced changes out, others' in
+//! store.save_rotation_state(&mut a, now)?; // one call: coalesced changes out, others' in
 //!
 //! // Process B, started later: it honours A's cooldown at once.
 //! let mut b = store.rotation_pool(PolicyConfig::default(), 2, now)?;
@@ -68,8 +68,10 @@ pub const STATE_FILE: &str = "pool-state.json";
 const STATE_LOCK: &str = "pool-state.lock";
 const DAMAGED_PREFIX: &str = "pool-state.json.damaged-";
 const TEMP_PREFIX: &str = ".pool-state-";
-/// Largest state file read (about 200 bytes per account: room for millions).
-pub const STATE_FILE_MAX_BYTES: u64 = 256 << 20;
+/// Largest state file read: 64 MiB, about 300,000 accounts' worth (some 200 bytes each).
+/// A bigger file is refused before it is read, so a runaway or hostile writer cannot make
+/// every process that polls it parse hundreds of megabytes.
+pub const STATE_FILE_MAX_BYTES: u64 = 64 << 20;
 
 /// What is wrong with the policy state file. The accounts are not affected: they load with
 /// fresh policy state for whatever the file could not provide.
@@ -78,7 +80,9 @@ pub const STATE_FILE_MAX_BYTES: u64 = 256 << 20;
 pub enum StateProblem {
     /// The file is not a policy state document (line/column and category; never contents).
     #[error(
-        "{path} is not a usable policy state file ({detail}); accounts start with fresh state and the next save moves it aside"
+        "{} is not a usable policy state file ({}); accounts start with fresh state and the next save moves it aside",
+        shown(path),
+        escape_control(detail)
     )]
     Malformed {
         /// The file.
@@ -89,7 +93,8 @@ pub enum StateProblem {
     /// The file was written by a newer program; it is read as far as this version
     /// understands it... not at all, and never overwritten.
     #[error(
-        "{path} has policy state version {found}, newer than the {supported} this program understands; accounts start with fresh state and the file is left alone (upgrade the program)"
+        "{} has policy state version {found}, newer than the {supported} this program understands; accounts start with fresh state and the file is left alone (upgrade the program)",
+        shown(path)
     )]
     Newer {
         /// The file.
@@ -101,14 +106,36 @@ pub enum StateProblem {
     },
     /// The file has state for accounts the pool does not have (removed since, or the
     /// file belongs to another pool); it is ignored.
-    #[error("{path} has state for {count} account(s) the pool does not have; ignored")]
+    #[error(
+        "{} has state for {count} account(s) the pool does not have; ignored",
+        shown(path)
+    )]
     UnknownAccounts {
         /// The file.
         path: PathBuf,
         /// How many.
         count: usize,
     },
+    /// The file could not be read at all (not a regular file, too large, no permission);
+    /// accounts start with fresh state and saves fail until it is fixed.
+    #[error(
+        "{} could not be read ({}); accounts start with fresh state",
+        shown(path),
+        escape_control(detail)
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why (the storage error's text).
+        detail: String,
+    },
 }
+
+fn shown(path: &std::path::Path) -> String {
+    crate::error::shown(path)
+}
+
+use auth_core::terminal::escape_control;
 
 /// The state file as read by [`PoolStore::load_policy_state`].
 #[derive(Debug, Clone, Default)]
@@ -120,7 +147,8 @@ pub struct StateLoad {
     pub problem: Option<StateProblem>,
 }
 
-/// A ready policy over a pool, from [`PoolStore::rotation_pool`].
+/// A ready policy over a pool, from [`PoolStore::rotation_pool`], kept in step with the
+/// pool and the shared state by [`PoolStore::save_rotation_state`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct RotationSetup {
@@ -128,10 +156,13 @@ pub struct RotationSetup {
     /// ([`DisabledReason::Manual`](rotation_policy::DisabledReason::Manual)) or gone for everyone
     /// (`LoginRequired`, `Deactivated`) as the pool says; the shared state merged in.
     pub policy: rotation_policy::Pool,
-    /// The pool document it was built from (tokens for the request loop).
+    /// The pool document as last read (tokens for the request loop; re-read by
+    /// [`PoolStore::save_rotation_state`] when `pool.json` changed).
     pub document: PoolDocument,
     /// Problems with the state file (the accounts loaded anyway).
     pub problems: Vec<StateProblem>,
+    pool_seen: Option<FileStamp>,
+    state_seen: Option<FileStamp>,
 }
 
 /// What [`PoolStore::save_rotation_state`] did.
@@ -142,6 +173,35 @@ pub struct StateSync {
     pub written: usize,
     /// What merging the file's state (others' changes) back into the policy did.
     pub merged: MergeReport,
+    /// Accounts that joined the rotation because they were added to the pool.
+    pub added: usize,
+    /// Accounts that left it because they were removed from the pool.
+    pub removed: usize,
+}
+
+/// The identity of one version of a file: every writer of the pool's files replaces them,
+/// so a new version has a new inode (and usually a new size and time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now (`None` when it cannot be read).
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
 }
 
 impl PoolStore {
@@ -223,6 +283,7 @@ impl PoolStore {
         seed: u64,
         now: Timestamp,
     ) -> Result<RotationSetup> {
+        let pool_seen = FileStamp::of(&self.file());
         let document = self.load()?.pool;
         let mut policy =
             rotation_policy::Pool::new(config, seed).map_err(|e| StorageError::Invalid {
@@ -236,7 +297,14 @@ impl PoolStore {
             }
         }
         let mut problems = Vec::new();
-        let loaded = self.load_policy_state()?;
+        let state_seen = FileStamp::of(&self.state_file());
+        let loaded = self.load_policy_state().unwrap_or_else(|err| StateLoad {
+            state: PolicyState::default(),
+            problem: Some(StateProblem::Unreadable {
+                path: self.state_file(),
+                detail: err.to_string(),
+            }),
+        });
         problems.extend(loaded.problem);
         let report = policy.merge_state(&loaded.state, now);
         if !report.unknown.is_empty() {
@@ -246,14 +314,12 @@ impl PoolStore {
             });
         }
         // The pool's word on each account comes last, so no state from the file (an old
-        // enable, say) can outvote `enabled: false` or a "login required" mark.
+        // enable, a stray "login required") can outvote the pool.
+        reconcile_with_pool(&mut policy, &document);
         for account in &document.accounts {
             let Ok(id) = AccountId::new(account.id.clone()) else {
                 continue;
             };
-            if let Some(reason) = pool_disabled_reason(account) {
-                let _ = policy.disable_for(&id, reason);
-            }
             for (family, until) in &account.cooldowns {
                 let until = Timestamp::from_millis(until.saturating_mul(1000));
                 if until > now {
@@ -261,38 +327,72 @@ impl PoolStore {
                 }
             }
         }
-        // What came from the file is not a change of this process.
+        // What came from the files is not a change of this process.
         let _ = policy.take_changes();
         Ok(RotationSetup {
             policy,
             document,
             problems,
+            pool_seen,
+            state_seen,
         })
     }
 
-    /// Save what `policy` learned since the last call (coalesced: only changed accounts)
-    /// and merge everyone else's state back into it, in one call. Cheap when nothing
-    /// changed: no lock, no write.
+    /// One tick of a rotation loop, in one call: accounts added to or removed from the
+    /// pool join or leave `setup.policy` (when `pool.json` changed), what the policy learned
+    /// since the last call is written (only changed accounts, merged under the state lock),
+    /// everyone else's state is merged in (when the state file changed), and the pool's word
+    /// (disabled by hand, gone for everyone, or neither) is applied last. Cheap when nothing
+    /// changed: two `stat`s, no lock, no read, no write. Call it every few hundred
+    /// milliseconds from a background task (it blocks).
     ///
     /// # Errors
-    /// As [`save_policy_state`](Self::save_policy_state); the changes are then handed back
-    /// to `policy`'s next call only if the caller merges them again — prefer retrying soon.
+    /// Reading a changed pool, or writing the state ([`save_policy_state`](Self::save_policy_state));
+    /// the policy keeps the changes it could not write and the next call writes them.
     pub fn save_rotation_state(
         &self,
-        policy: &mut rotation_policy::Pool,
+        setup: &mut RotationSetup,
         now: Timestamp,
     ) -> Result<StateSync> {
-        let changes = policy.take_changes();
-        if changes.accounts.is_empty() {
-            return Ok(StateSync::default());
+        let mut sync = StateSync::default();
+        let pool_now = FileStamp::of(&self.file());
+        let pool_was = setup.pool_seen;
+        if pool_now != setup.pool_seen {
+            let document = self.load()?.pool;
+            let (added, removed) = follow_accounts(&mut setup.policy, &setup.document, &document);
+            sync.added = added;
+            sync.removed = removed;
+            setup.document = document;
+            setup.pool_seen = pool_now;
         }
-        let written = changes.accounts.len();
-        let merged = self.save_policy_state(&changes)?;
-        let report = policy.merge_state(&merged, now);
-        Ok(StateSync {
-            written,
-            merged: report,
-        })
+        let changes = setup.policy.take_changes();
+        let state_now = FileStamp::of(&self.state_file());
+        let merged = if !changes.accounts.is_empty() {
+            sync.written = changes.accounts.len();
+            match self.save_policy_state(&changes) {
+                Ok(merged) => Some(merged),
+                Err(err) => {
+                    // Handed back: the next call writes them (merging them in again marks
+                    // them changed only where the policy still differs).
+                    setup.policy.merge_state(&changes, now);
+                    return Err(err);
+                }
+            }
+        } else if state_now != setup.state_seen {
+            Some(self.load_policy_state()?.state)
+        } else {
+            None
+        };
+        let pool_changed = pool_now != pool_was;
+        let merged_any = merged.is_some();
+        if let Some(merged) = merged {
+            sync.merged = setup.policy.merge_state(&merged, now);
+            setup.state_seen = FileStamp::of(&self.state_file());
+        }
+        if pool_changed || merged_any {
+            reconcile_with_pool(&mut setup.policy, &setup.document);
+        }
+        Ok(sync)
     }
 
     fn set_aside(&self, path: &std::path::Path) -> Result<()> {
@@ -319,6 +419,69 @@ impl PoolStore {
         );
         Ok(())
     }
+}
+
+/// Makes `policy` agree with the pool on what the pool decides, for every account of `doc`:
+/// disabled by hand ([`DisabledReason::Manual`](rotation_policy::DisabledReason::Manual)),
+/// gone for everyone (`LoginRequired`, `Deactivated`), or neither — then a disable for one of
+/// these reasons that came from elsewhere (shared state) is lifted. A disable the policy
+/// decided itself (too many 401s) is left alone. O(accounts · families).
+pub fn reconcile_with_pool(policy: &mut rotation_policy::Pool, doc: &PoolDocument) {
+    use rotation_policy::DisabledReason;
+    for account in &doc.accounts {
+        let Ok(id) = AccountId::new(account.id.clone()) else {
+            continue;
+        };
+        let current = policy
+            .export_account(&id)
+            .and_then(|state| state.disabled.map(|d| d.reason));
+        match (pool_disabled_reason(account), current) {
+            (Some(reason), current) if current != Some(reason) => {
+                let _ = policy.disable_for(&id, reason);
+            }
+            (
+                None,
+                Some(
+                    DisabledReason::Manual
+                    | DisabledReason::LoginRequired
+                    | DisabledReason::Deactivated,
+                ),
+            ) => {
+                let _ = policy.enable(&id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Adds to `policy` the accounts of `new` it does not have and removes those `new` no
+/// longer has; returns how many of each.
+fn follow_accounts(
+    policy: &mut rotation_policy::Pool,
+    old: &PoolDocument,
+    new: &PoolDocument,
+) -> (usize, usize) {
+    let ids = |doc: &PoolDocument| -> std::collections::HashSet<String> {
+        doc.accounts.iter().map(|a| a.id.clone()).collect()
+    };
+    let (before, after) = (ids(old), ids(new));
+    let mut added = 0;
+    for id in after.difference(&before) {
+        if let Ok(id) = AccountId::new(id.clone())
+            && policy.add(id).is_ok()
+        {
+            added += 1;
+        }
+    }
+    let mut removed = 0;
+    for id in before.difference(&after) {
+        if let Ok(id) = AccountId::new(id.clone())
+            && policy.remove(&id).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    (added, removed)
 }
 
 /// Why the pool itself keeps `account` out of rotation: disabled by hand, or its login gone
@@ -362,41 +525,62 @@ fn parse_state(path: &std::path::Path, bytes: &[u8]) -> StateLoad {
             detail,
         }),
     };
-    let value: serde_json::Value = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            return malformed(format!(
-                "line {}, column {}: {}",
-                e.line(),
-                e.column(),
-                describe_json_error(&e)
-            ));
-        }
-    };
+    // Why the typed parse refused it, without building a tree of the file (a large file
+    // of junk must not cost gigabytes): the top level first, then the version alone (every
+    // other field is skipped as it streams by), then the typed error itself.
     // serde's derived structs also read a JSON array as their fields in order (`[]` is an
     // empty state), so without this check such a file would be taken as state and then
     // overwritten instead of reported and moved aside.
-    if !value.is_object() {
-        return malformed("the top level is not a JSON object".to_owned());
-    }
-    let version = value.get("version").and_then(serde_json::Value::as_u64);
-    if let Some(found) = version
-        && found > u64::from(rotation_policy::POLICY_STATE_VERSION)
-    {
-        return StateLoad {
-            state: PolicyState::default(),
-            problem: Some(StateProblem::Newer {
-                path: path.to_path_buf(),
-                found: u32::try_from(found).unwrap_or(u32::MAX),
-                supported: rotation_policy::POLICY_STATE_VERSION,
-            }),
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) => malformed(located(&e)),
+            Ok(_) => malformed("the top level is not a JSON object".to_owned()),
         };
     }
-    match serde_json::from_value::<PolicyState>(value) {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        #[serde(default)]
+        version: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<VersionOnly>(bytes) {
+        Err(e) => return malformed(located(&e)),
+        Ok(VersionOnly {
+            version: Some(version),
+        }) => {
+            if let Some(found) = version.as_u64()
+                && found > u64::from(rotation_policy::POLICY_STATE_VERSION)
+            {
+                return StateLoad {
+                    state: PolicyState::default(),
+                    problem: Some(StateProblem::Newer {
+                        path: path.to_path_buf(),
+                        found: u32::try_from(found).unwrap_or(u32::MAX),
+                        supported: rotation_policy::POLICY_STATE_VERSION,
+                    }),
+                };
+            }
+        }
+        Ok(_) => {}
+    }
+    match serde_json::from_slice::<PolicyState>(bytes) {
         Ok(state) => StateLoad {
             state,
             problem: None,
         },
-        Err(e) => malformed(describe_json_error(&e)),
+        Err(e) => malformed(located(&e)),
+    }
+}
+
+/// A JSON error with its line and column, never the file's text.
+fn located(e: &serde_json::Error) -> String {
+    if e.line() > 0 {
+        format!(
+            "line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            describe_json_error(e)
+        )
+    } else {
+        describe_json_error(e)
     }
 }

@@ -134,7 +134,7 @@ fn a_429_saved_by_one_process_cools_the_account_in_the_next() {
     );
     a.policy.consume(&ids[0], NOW).unwrap();
     a.policy.report(&mut request, &ids[0], limited(60), NOW);
-    let sync = store.save_rotation_state(&mut a.policy, NOW).unwrap();
+    let sync = store.save_rotation_state(&mut a, NOW).unwrap();
     assert_eq!(sync.written, 1);
     // The file holds the cooldown, exactly.
     let on_disk = store.load_policy_state().unwrap();
@@ -145,7 +145,7 @@ fn a_429_saved_by_one_process_cools_the_account_in_the_next() {
     );
     // Nothing more to say: the next save takes no lock and writes nothing.
     assert_eq!(
-        store.save_rotation_state(&mut a.policy, NOW).unwrap(),
+        store.save_rotation_state(&mut a, NOW).unwrap(),
         Default::default()
     );
 
@@ -187,7 +187,7 @@ fn a_429_saved_by_one_process_cools_the_account_in_the_next() {
         panic!("an account for the first request");
     };
     a.policy.report(&mut request, &first, limited(60), NOW);
-    store.save_rotation_state(&mut a.policy, NOW).unwrap();
+    store.save_rotation_state(&mut a, NOW).unwrap();
     let mut b = PoolStore::new(dir.path())
         .rotation_pool(PolicyConfig::default(), 2, later)
         .unwrap();
@@ -538,10 +538,7 @@ fn unusable_state_files_cost_no_account_and_are_reported() {
     d.setup
         .policy
         .report(&mut request, &first, limited(30), NOW);
-    let sync_err = d
-        .store
-        .save_rotation_state(&mut d.setup.policy, NOW)
-        .unwrap_err();
+    let sync_err = d.store.save_rotation_state(&mut d.setup, NOW).unwrap_err();
     assert!(
         matches!(sync_err, StorageError::NewerVersion { found: 99, .. }),
         "{sync_err:?}"
@@ -602,6 +599,84 @@ fn unusable_state_files_cost_no_account_and_are_reported() {
     ));
 
     insta::assert_snapshot!(out);
+}
+
+/// `save_rotation_state` is one tick of a rotation loop: accounts added to or removed from
+/// the pool join or leave the policy, `accounts disable`/`enable` in the pool take effect,
+/// and no shared state — a later enable, a stray "login required" — outvotes the pool.
+#[test]
+fn a_tick_follows_the_pool_and_the_pool_outvotes_shared_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = seeded(dir.path(), 2);
+    let mut setup = store
+        .rotation_pool(PolicyConfig::default(), 1, NOW)
+        .unwrap();
+    let disabled = |setup: &auth_storage::policy::RotationSetup, id: &AccountId| {
+        setup
+            .policy
+            .export_account(id)
+            .and_then(|s| s.disabled.map(|d| d.reason))
+    };
+
+    // Added and disabled in the pool by another process (`accounts add`, `disable 1`).
+    store
+        .update(|p| {
+            p.upsert(account(7));
+            p.accounts[0].enabled = false;
+        })
+        .unwrap();
+    let sync = store
+        .save_rotation_state(&mut setup, at(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!((sync.added, sync.removed), (1, 0));
+    assert_eq!(setup.policy.len(), 3);
+    assert_eq!(disabled(&setup, &ids[0]), Some(DisabledReason::Manual));
+
+    // Another process writes a later enable of account 1 and a "login required" for account
+    // 2 into the shared state: the pool says disabled / usable, so the pool wins.
+    let mut enable = AccountState::default();
+    enable.enabled_since = Some(at(Duration::from_secs(30)));
+    let mut gone = AccountState::default();
+    gone.disabled = Some(rotation_policy::Disabled::new(
+        DisabledReason::LoginRequired,
+        at(Duration::from_secs(30)),
+    ));
+    store
+        .save_policy_state(&state_of([
+            (ids[0].clone(), enable),
+            (ids[1].clone(), gone),
+        ]))
+        .unwrap();
+    store
+        .save_rotation_state(&mut setup, at(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(disabled(&setup, &ids[0]), Some(DisabledReason::Manual));
+    assert_eq!(disabled(&setup, &ids[1]), None);
+
+    // `accounts enable 1`, and removing account 2: followed at the next tick.
+    store
+        .update(|p| {
+            p.accounts[0].enabled = true;
+            p.remove(1);
+        })
+        .unwrap();
+    let sync = store
+        .save_rotation_state(&mut setup, at(Duration::from_secs(3)))
+        .unwrap();
+    assert_eq!((sync.added, sync.removed), (0, 1));
+    assert_eq!(disabled(&setup, &ids[0]), None);
+    assert!(!setup.policy.contains(&ids[1]));
+    // The enable is shared at the next tick; after that nothing changed: nothing written.
+    let sync = store
+        .save_rotation_state(&mut setup, at(Duration::from_secs(4)))
+        .unwrap();
+    assert_eq!(sync.written, 1, "the enable is shared");
+    let before = std::fs::read(store.state_file()).unwrap();
+    let sync = store
+        .save_rotation_state(&mut setup, at(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!((sync.written, sync.added, sync.removed), (0, 0, 0));
+    assert_eq!(std::fs::read(store.state_file()).unwrap(), before);
 }
 
 mod arbitrary_files {
@@ -939,7 +1014,7 @@ fn the_pools_word_on_disabled_and_gone_accounts_outvotes_the_state_file() {
     }
     // A save merges the file back in: they stay disabled.
     let t = at(Duration::from_secs(10));
-    store.save_rotation_state(&mut setup.policy, t).unwrap();
+    store.save_rotation_state(&mut setup, t).unwrap();
     assert_eq!(disabled(&setup, t), expected);
     // And a fresh process agrees.
     let again = store.rotation_pool(PolicyConfig::default(), 4, t).unwrap();
@@ -1107,14 +1182,19 @@ mod files {
                 "names the file: {err}"
             );
 
+            // The one-call glue never loses the accounts to the state file: it reports it.
             let s = store.clone();
-            let err = bounded("rotation_pool", move || {
-                s.rotation_pool(PolicyConfig::default(), 1, NOW)
-                    .unwrap_err()
+            let setup = bounded("rotation_pool", move || {
+                s.rotation_pool(PolicyConfig::default(), 1, NOW).unwrap()
             });
+            assert_eq!(setup.policy.len(), 1, "rotation_pool {planted:?}");
             assert!(
-                planted.refused_by(&err, &path),
-                "rotation_pool {planted:?}: {err:?}"
+                matches!(
+                    setup.problems.as_slice(),
+                    [auth_storage::policy::StateProblem::Unreadable { path: p, .. }] if *p == path
+                ),
+                "rotation_pool {planted:?}: {:?}",
+                setup.problems
             );
 
             let s = store.clone();

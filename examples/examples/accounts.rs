@@ -342,10 +342,19 @@ fn set_enabled(pool: &PoolStore, n: usize, enabled: bool) -> Result<(), StorageE
     if enabled {
         // An explicit enable also lifts a disable the rotation policy decided itself (too
         // many 401s in a row), for every proxy: the shared state's later enable wins.
-        let mut state = rotation_policy::PolicyState::default();
-        let mut entry = rotation_policy::AccountState::default();
-        entry.enabled_since = Some(rotation_policy::Timestamp::from(SystemTime::now()));
         if let Ok(id) = rotation_policy::AccountId::new(account.id.clone()) {
+            // Stamped after any disable the shared state holds (even one stamped a little
+            // ahead by a process whose clock runs fast), so this enable wins the merge.
+            let wall = rotation_policy::Timestamp::from(SystemTime::now());
+            let after = pool
+                .load_policy_state()
+                .ok()
+                .and_then(|loaded| loaded.state.accounts.get(&id).cloned())
+                .and_then(|state| state.disabled)
+                .map(|d| d.since.saturating_add(std::time::Duration::from_millis(1)));
+            let mut entry = rotation_policy::AccountState::default();
+            entry.enabled_since = Some(after.map_or(wall, |after| after.max(wall)));
+            let mut state = rotation_policy::PolicyState::default();
             state.accounts.insert(id, entry);
             pool.save_policy_state(&state)?;
         }

@@ -196,6 +196,14 @@ impl Accounts {
         self.store.as_ref()
     }
 
+    /// Records at once that the pool now keeps `id` out (this process just marked it), so
+    /// a merge of shared state before the next pool read cannot put it back.
+    pub(crate) fn note_pool_disabled(&self, id: &AccountId, reason: DisabledReason) {
+        let mut live = self.live_mut();
+        live.pool_disabled.retain(|(known, _)| known != id);
+        live.pool_disabled.push((id.clone(), reason));
+    }
+
     /// Accounts the pool keeps out of rotation, and why.
     pub(crate) fn pool_disabled(&self) -> Vec<(AccountId, DisabledReason)> {
         self.live().pool_disabled.clone()
@@ -401,10 +409,9 @@ impl Accounts {
                 if let Some(reason) = gone {
                     // Gone for everyone: never picked again here (the pool mark keeps every
                     // other process away too).
-                    let _ = shared
-                        .lock()
-                        .policy
-                        .disable_for(&entry.id, auth_storage::policy::disabled_reason_for(reason));
+                    let reason = auth_storage::policy::disabled_reason_for(reason);
+                    self.note_pool_disabled(&entry.id, reason);
+                    let _ = shared.lock().policy.disable_for(&entry.id, reason);
                 }
                 Err(format!(
                     "refresh failed for {}: {}",
