@@ -315,12 +315,11 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                     // keeps the account out for that hour after someone signs in to it
                     // again. The dispatch is given back and the request moves on; when no
                     // account is left, the client gets this answer.
+                    let reason = auth_storage::policy::disabled_reason_for(reason);
+                    shared.accounts.note_pool_disabled(&account, reason);
                     {
                         let mut state = shared.lock();
-                        let _ = state.policy.disable_for(
-                            &account,
-                            auth_storage::policy::disabled_reason_for(reason),
-                        );
+                        let _ = state.policy.disable_for(&account, reason);
                         // ok: the id was just selected, so it is known.
                         let _ = state.policy.refund(&account, now());
                         state.last_error = Some(message.clone());
