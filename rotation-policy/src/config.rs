@@ -106,11 +106,13 @@ pub struct PolicyConfig {
     /// Default: 10 s.
     pub failure_cooldown: Duration,
     /// Account-wide cooldown after a 401, giving the caller time to refresh the token (call
-    /// [`Pool::mark_refreshed`](crate::Pool::mark_refreshed) to end it early). Default: 60 s.
+    /// [`Pool::mark_refreshed`](crate::Pool::mark_refreshed) to end it early); at most
+    /// [`MAX_COOLDOWN_SPAN`](crate::MAX_COOLDOWN_SPAN) (30 days). Default: 60 s.
     pub unauthorized_cooldown: Duration,
     /// Disable an account after this many consecutive 401s (≥ 1). Default: 3.
     pub disable_after_unauthorized: u32,
-    /// Account-wide cooldown after a 403. Default: 1 hour.
+    /// Account-wide cooldown after a 403; at most
+    /// [`MAX_COOLDOWN_SPAN`](crate::MAX_COOLDOWN_SPAN) (30 days). Default: 1 hour.
     pub forbidden_cooldown: Duration,
     /// Computed backoffs (not upstream `Retry-After` values) are lengthened by a random
     /// 0..=`jitter_percent`% drawn from the pool's seeded generator, so accounts cooled
@@ -182,6 +184,18 @@ impl PolicyConfig {
         }
         if self.max_cooldown > crate::RetryAfter::CEILING {
             return bad("max_cooldown", "is longer than one day; use at most 24 h");
+        }
+        if self.unauthorized_cooldown > crate::MAX_COOLDOWN_SPAN {
+            return bad(
+                "unauthorized_cooldown",
+                "is longer than 30 days (the longest cooldown shared state keeps); use at most 30 days",
+            );
+        }
+        if self.forbidden_cooldown > crate::MAX_COOLDOWN_SPAN {
+            return bad(
+                "forbidden_cooldown",
+                "is longer than 30 days (the longest cooldown shared state keeps); use at most 30 days",
+            );
         }
         if self.failure_burst == 0 {
             return bad("failure_burst", "is 0; use at least 1");

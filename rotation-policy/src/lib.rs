@@ -184,16 +184,19 @@
 //! |---|---|
 //! | account-wide cooldown | the later `until` (with its reason); ties by reason, then start |
 //! | `refreshed_at` | the later; it ends 401 cooldowns that started no later ([`Pool::mark_refreshed`] in one process ends them in all) |
-//! | family cooldowns | per family the later `until`; streak = the larger |
+//! | family cooldowns | per family the later `until` (one with a known start over one without); streak = the larger |
 //! | disabled / enabled | the later of the last disable and the last explicit enable; equal times: disabled; a gone login ([`DisabledReason::LoginRequired`], [`DisabledReason::Deactivated`]) is never cleared by an earlier enable |
 //! | health, `needs_refresh`, streaks | the observation with the later `health_at`; ties: the lower health |
+//! | a time after [`LAST_PLAUSIBLE_TIME`] (year 9999), a cooldown longer than [`MAX_COOLDOWN_SPAN`] (30 days) | nothing: it reads as absent |
 //!
 //! Merging into a pool only extends cooldowns it runs, caps merged cooldowns at the pool's
-//! own longest for that kind ([`PolicyConfig::max_cooldown`] for rate limits), and ignores
-//! records stamped more than `max_cooldown` in the future, so a hostile or broken writer
-//! cannot block an account for long. Token buckets, in-flight counts, sessions, counters and
-//! the strategy's order stay per process. Share state only between processes using
-//! wall-clock [`Timestamp`]s.
+//! own longest for that kind ([`PolicyConfig::max_cooldown`] for rate limits) from *their
+//! own start* (so merging the same file again never restarts one), ignores records stamped
+//! more than `max_cooldown` in the future, and adds model families only up to half of
+//! [`PolicyConfig::max_families`], so a hostile or broken writer cannot block an account for
+//! long or crowd out the families real requests use. Token buckets, in-flight counts,
+//! sessions, counters and the strategy's order stay per process. Share state only between
+//! processes using wall-clock [`Timestamp`]s.
 //!
 //! # Complexity
 //!
@@ -213,7 +216,8 @@
 //!   changed accounts; [`Pool::merge_state`]: O(k · F log n) for k accounts in the
 //!   document; [`Pool::export_state`]: O(n · F);
 //! - the first request of a new model family indexes every account once: O(n log n);
-//!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"`;
+//!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"` (a
+//!   merge adds at most half of them);
 //! - [`Pool::status`]: O(n log n) (a full snapshot).
 //!
 //! The `select_report` benchmark measures select + consume + report against a linear scan
@@ -246,7 +250,8 @@ pub use pool::Pool;
 pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
 pub use state::{
-    AccountState, Cooldown, Disabled, FamilyState, MergeReport, POLICY_STATE_VERSION, PolicyState,
+    AccountState, Cooldown, Disabled, FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN,
+    MergeReport, POLICY_STATE_VERSION, PolicyState,
 };
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,

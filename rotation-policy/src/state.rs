@@ -19,24 +19,51 @@
 //! |---|---|---|
 //! | `cooldown` (account-wide) | the later `until`, with its `reason` and `since`; equal `until`: the higher reason (`forbidden` > `failure-burst` > `unauthorized`), then the later `since` | cooldowns only extend, never shorten |
 //! | `refreshed_at` | the later one; a `cooldown` with reason `unauthorized` and `since` ≤ `refreshed_at` is over | a token refresh after a 401 ends that 401's cooldown for every process (the token is shared) |
-//! | `families.<family>` | per family, the later `until`; `streak` = the larger | a 429 cools that family for everyone |
+//! | `families.<family>` | per family, one with a `since` over one without (whatever their ends), then the later `until`, then the later `since`; `streak` = the larger | a 429 cools that family for everyone, and a cooldown its start bounds replaces one nothing bounds (an older writer's, or junk) |
 //! | `disabled` / `enabled_since` | each the later one (equal `disabled.since`: `deactivated` > `login-required` > `unauthorized` > `manual`); the account is disabled when `disabled.since` ≥ `enabled_since` (equal times: disabled) | a disable holds until an explicit *later* enable; a gone login (`login-required`, `deactivated`) is never cleared by an earlier enable |
 //! | `health`, `needs_refresh`, `unauthorized_streak`, `burst_streak` | one observation, whole: the one with the later `health_at`; equal `health_at`: the lower health, then `needs_refresh`, then the larger streaks | the latest view of the account wins, ties deterministically |
+//! | what no writer can have written: any time after [`LAST_PLAUSIBLE_TIME`] (year 9999), a cooldown running longer than [`MAX_COOLDOWN_SPAN`] (30 days) from its `since` | nothing: it reads as absent, on either side (a stamp is dropped, an observation reads as none) | junk in a file (`"until": 18446744073709551615`) never wins against the real records written after it |
 //! | `version` | [`POLICY_STATE_VERSION`] | a merged document is in this crate's format |
 //!
-//! Merging into a live pool adds four guards, because the document may come from a process
-//! with a wrong clock, an older run, or a hostile writer:
+//! The join is over what a document can hold: merging a document with itself or with an
+//! empty one drops what no writer can have written, and changes nothing after that.
 //!
-//! - **Capped**: a cooldown runs at most as long from `now` as this pool's own rules would set
-//!   for it — [`max_cooldown`](crate::PolicyConfig::max_cooldown) for a family (429) or a
-//!   failure burst, [`unauthorized_cooldown`](crate::PolicyConfig::unauthorized_cooldown) for
-//!   a 401, [`forbidden_cooldown`](crate::PolicyConfig::forbidden_cooldown) for a 403 — so a
-//!   file cannot block an account for years.
+//! A document merge has no clock, so it cannot tell a record from a clock years ahead (but
+//! before year 9999) from a real one: such a record keeps its slot in the document until
+//! that time comes, and a real record of the same kind written meanwhile is kept only if it
+//! orders after it. Every pool ignores such a record (see *not from the future* below).
+//!
+//! Merging into a live pool adds guards, because the document may come from a process with
+//! a wrong clock, an older run or version, or a hostile writer:
+//!
+//! - **Capped from its own start**: a cooldown runs at most as long from its `since` as this
+//!   pool's own rules would set for it — [`max_cooldown`](crate::PolicyConfig::max_cooldown)
+//!   for a family (429) or a failure burst,
+//!   [`unauthorized_cooldown`](crate::PolicyConfig::unauthorized_cooldown) for a 401,
+//!   [`forbidden_cooldown`](crate::PolicyConfig::forbidden_cooldown) for a 403 — so a file
+//!   cannot block an account for years, and a 24 h cooldown written by a process whose
+//!   config allows it runs 15 minutes here (by default). Never from `now`: merging the same
+//!   document again later must not restart it. A family cooldown without a `since` (from a
+//!   writer of the format before it had one, or given to
+//!   [`Pool::restore_cooldown`](crate::Pool::restore_cooldown)) is timed from the first time
+//!   this pool sees that `until`, and seeing it again does nothing; the pool writes it back
+//!   with the start it gave it, which replaces the start-less record in the file (the table
+//!   above), so other readers and later runs time it from the same start. (Ignoring such
+//!   cooldowns instead would be simpler, but a real 429 an older process saw must still cool
+//!   the account.)
 //! - **Not from the future**: a record stamped more than `max_cooldown` after `now` (a
-//!   `cooldown.since`, `disabled.since`, `enabled_since`, `refreshed_at` or `health_at`) is
-//!   ignored, so a broken clock cannot pin an account's state; such records are counted in
-//!   [`MergeReport::ignored_future`].
-//! - **Only what is running**: cooldowns that ended (`until` ≤ `now`) are ignored.
+//!   `cooldown.since`, `families.<family>.since`, `disabled.since`, `enabled_since`,
+//!   `refreshed_at` or `health_at`) is ignored, so a broken clock cannot pin an account's
+//!   state; such records are counted in [`MergeReport::ignored_future`].
+//! - **Only what is running**: cooldowns that ended (`until` ≤ `now`) are ignored, and so
+//!   are those no writer can have written ([`MergeReport::ignored_implausible`]).
+//! - **Only families the pool uses**: a family cooldown merges into a model family the pool
+//!   tracks; a merge adds a new family only while the pool tracks fewer than
+//!   [`max_families`](crate::PolicyConfig::max_families)` / 2` named families, keeping the
+//!   rest for the pool's own traffic, and never files a name under the shared family `"*"`
+//!   ([`MergeReport::ignored_families`]). A file naming thousands of families therefore
+//!   cannot push the families real requests use into `"*"`; a cooldown left out is merged by
+//!   the next merge after traffic brought its family.
 //! - **Never shorter**: a merge never shortens a cooldown the pool is running, except that a
 //!   later `refreshed_at` ends a 401 cooldown, as [`Pool::mark_refreshed`](crate::Pool::mark_refreshed)
 //!   does.
@@ -48,9 +75,11 @@
 //! take no `now`), and never earlier than the event it follows on that account, so a later
 //! local event always wins a merge against what the pool had merged before, even from a
 //! process whose clock runs a little ahead: an `enable` is stamped after the `disabled.since`
-//! it clears, a disable no earlier than the last `enabled_since`, a 401 cooldown after the
+//! it clears (so it lifts a disable stamped a little in the future, here and wherever it is
+//! merged), a disable no earlier than the last `enabled_since`, a 401 cooldown after the
 //! last `refreshed_at`, a refresh no earlier than the 401 cooldown it ends, and a health
-//! observation no earlier than the previous one.
+//! observation no earlier than the previous one. A family cooldown's `since` is the time of
+//! the 429 that set its `until`.
 //!
 //! # What is not shared
 //!
@@ -68,11 +97,11 @@
 //! Field names are snake_case, timestamps are milliseconds since the Unix epoch (use
 //! wall-clock [`Timestamp`]s in every process that shares state), and fields at their
 //! default are left out: an account with nothing to say is `{}`. Missing fields read as
-//! their defaults (health 100), unknown fields are ignored, and a reason this version does
-//! not know (from a newer writer) reads as the nearest one it does (`manual` for a disable,
-//! `failure-burst` for a cooldown), so a newer writer's file still loads. Map keys are
-//! [`AccountId`]s and are checked like any other: a document naming an account by email is
-//! refused.
+//! their defaults (health 100; a family cooldown without `since` has an unknown start),
+//! unknown fields are ignored, and a reason this version does not know (from a newer writer)
+//! reads as the nearest one it does (`manual` for a disable, `failure-burst` for a
+//! cooldown), so a newer writer's file still loads. Map keys are [`AccountId`]s and are
+//! checked like any other: a document naming an account by email is refused.
 //!
 //! ```json
 //! {
@@ -80,7 +109,7 @@
 //!   "accounts": {
 //!     "acct-1": {
 //!       "cooldown": { "until": 1700000060000, "reason": "forbidden", "since": 1700000000000 },
-//!       "families": { "gpt-5": { "until": 1700000030000, "streak": 2 } },
+//!       "families": { "gpt-5": { "until": 1700000030000, "streak": 2, "since": 1700000000000 } },
 //!       "health": 45,
 //!       "health_at": 1700000000000
 //!     },
@@ -91,6 +120,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::de::IntoDeserializer;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -100,6 +130,19 @@ use crate::{AccountId, Timestamp};
 
 /// The format version this crate writes (see [`PolicyState::version`]).
 pub const POLICY_STATE_VERSION: u32 = 1;
+
+/// The longest cooldown a shared document keeps: one running longer from its start (an
+/// account-wide `until − since`, or a family's when it has a `since`) is dropped by every
+/// merge. No configuration this crate accepts sets a longer one
+/// ([`PolicyConfig::validate`](crate::PolicyConfig::validate) refuses longer 401 and 403
+/// cooldowns; 429 and failure-burst cooldowns are at most a day). A constant, because
+/// documents are merged without a configuration: 30 days.
+pub const MAX_COOLDOWN_SPAN: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The last time a shared document can name: 9999-12-31T23:59:59.999Z, in milliseconds
+/// since the Unix epoch. A record stamped or ending later (`u64::MAX`, say) cannot come
+/// from a real clock and every merge treats it as absent.
+pub const LAST_PLAUSIBLE_TIME: Timestamp = Timestamp::from_millis(253_402_300_799_999);
 
 /// Health of an account nothing has been observed about.
 const FULL_HEALTH: u8 = 100;
@@ -149,7 +192,10 @@ impl PolicyState {
     /// Merges `other` into `self` by the [merge rules](self#merge-rules): what a file store
     /// does under its lock with the file's document and a process's changes. The merge is a
     /// join — commutative, associative and idempotent — so writers may merge in any order
-    /// and any number of times. O(k · F log(n + k)) for k accounts in `other` with F families.
+    /// and any number of times. What no writer can have written (a time after
+    /// [`LAST_PLAUSIBLE_TIME`], a cooldown longer than [`MAX_COOLDOWN_SPAN`]) is dropped from
+    /// both sides, so it never outlives a merge. O(n · F) for that over the n accounts of
+    /// `self`, plus O(k · F log(n + k)) for k accounts in `other`, with F families each.
     ///
     /// ```
     /// use rotation_policy::{AccountId, AccountState, FamilyState, PolicyState, Timestamp};
@@ -169,6 +215,11 @@ impl PolicyState {
     /// ```
     pub fn merge(&mut self, other: &PolicyState) {
         self.version = POLICY_STATE_VERSION;
+        // Every account, not only those in `other`: the result must not depend on which
+        // side held a record no writer can have written.
+        for ours in self.accounts.values_mut() {
+            ours.normalize();
+        }
         for (id, theirs) in &other.accounts {
             match self.accounts.get_mut(id) {
                 Some(ours) => {
@@ -261,18 +312,62 @@ impl Default for AccountState {
 }
 
 impl AccountState {
-    /// Joins `other` into `self` by the merge rules; returns whether `self` changed.
-    pub(crate) fn join(&mut self, other: &AccountState) -> bool {
+    /// Drops what no writer can have written (see [`MAX_COOLDOWN_SPAN`] and
+    /// [`LAST_PLAUSIBLE_TIME`]): an implausible cooldown, family cooldown, disable, enable or
+    /// refresh time is removed, and an observation stamped after the last plausible time is
+    /// reset to none. Returns whether anything was dropped. O(F).
+    pub(crate) fn normalize(&mut self) -> bool {
         let mut changed = false;
-        if cooldown_key(other.cooldown.as_ref()) > cooldown_key(self.cooldown.as_ref()) {
-            self.cooldown = other.cooldown;
+        if self.cooldown.is_some_and(|c| !c.is_plausible()) {
+            self.cooldown = None;
             changed = true;
         }
-        changed |= raise(&mut self.refreshed_at, other.refreshed_at);
-        for (name, theirs) in &other.families {
+        let families = self.families.len();
+        self.families.retain(|_, f| f.is_plausible());
+        changed |= self.families.len() != families;
+        if self.disabled.is_some_and(|d| !plausible(d.since)) {
+            self.disabled = None;
+            changed = true;
+        }
+        for stamp in [&mut self.enabled_since, &mut self.refreshed_at] {
+            if stamp.is_some_and(|t| !plausible(t)) {
+                *stamp = None;
+                changed = true;
+            }
+        }
+        if !plausible(self.health_at) {
+            self.health = FULL_HEALTH;
+            self.health_at = Timestamp::ZERO;
+            self.needs_refresh = false;
+            self.unauthorized_streak = 0;
+            self.burst_streak = 0;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Joins `other` into `self` by the merge rules, both treated as
+    /// [normalized](Self::normalize); returns whether `self` changed.
+    pub(crate) fn join(&mut self, other: &AccountState) -> bool {
+        let mut changed = self.normalize();
+        if let Some(theirs) = other.cooldown.filter(Cooldown::is_plausible)
+            && cooldown_key(Some(&theirs)) > cooldown_key(self.cooldown.as_ref())
+        {
+            self.cooldown = Some(theirs);
+            changed = true;
+        }
+        changed |= raise(
+            &mut self.refreshed_at,
+            other.refreshed_at.filter(|&t| plausible(t)),
+        );
+        for (name, theirs) in other.families.iter().filter(|(_, f)| f.is_plausible()) {
             match self.families.get_mut(name) {
                 Some(ours) => {
-                    changed |= raise(&mut ours.until, theirs.until);
+                    if family_key(theirs) > family_key(ours) {
+                        ours.until = theirs.until;
+                        ours.since = theirs.since;
+                        changed = true;
+                    }
                     changed |= raise(&mut ours.streak, theirs.streak);
                 }
                 None => {
@@ -281,12 +376,17 @@ impl AccountState {
                 }
             }
         }
-        if disabled_key(other.disabled.as_ref()) > disabled_key(self.disabled.as_ref()) {
-            self.disabled = other.disabled;
+        if let Some(theirs) = other.disabled.filter(|d| plausible(d.since))
+            && disabled_key(Some(&theirs)) > disabled_key(self.disabled.as_ref())
+        {
+            self.disabled = Some(theirs);
             changed = true;
         }
-        changed |= raise(&mut self.enabled_since, other.enabled_since);
-        if other.observation_key() > self.observation_key() {
+        changed |= raise(
+            &mut self.enabled_since,
+            other.enabled_since.filter(|&t| plausible(t)),
+        );
+        if plausible(other.health_at) && other.observation_key() > self.observation_key() {
             self.health = other.health.min(FULL_HEALTH);
             self.health_at = other.health_at;
             self.needs_refresh = other.needs_refresh;
@@ -297,19 +397,36 @@ impl AccountState {
         changed
     }
 
-    /// Whether `self` already holds everything `other` does: merging `other` into it would
-    /// change nothing.
+    /// Whether `self` already holds everything `other` does: merging `other` into `self`
+    /// would change nothing but drop what [`normalize`](Self::normalize) drops.
     pub(crate) fn covers(&self, other: &AccountState) -> bool {
-        cooldown_key(other.cooldown.as_ref()) <= cooldown_key(self.cooldown.as_ref())
-            && other.refreshed_at <= self.refreshed_at
-            && other.families.iter().all(|(name, theirs)| {
-                self.families
-                    .get(name)
-                    .is_some_and(|ours| theirs.until <= ours.until && theirs.streak <= ours.streak)
-            })
-            && disabled_key(other.disabled.as_ref()) <= disabled_key(self.disabled.as_ref())
-            && other.enabled_since <= self.enabled_since
-            && other.observation_key() <= self.observation_key()
+        let our_cooldown = self.cooldown.filter(Cooldown::is_plausible);
+        let our_disabled = self.disabled.filter(|d| plausible(d.since));
+        let stamp = |t: Option<Timestamp>| t.filter(|&t| plausible(t));
+        other
+            .cooldown
+            .filter(Cooldown::is_plausible)
+            .is_none_or(|c| cooldown_key(Some(&c)) <= cooldown_key(our_cooldown.as_ref()))
+            && stamp(other.refreshed_at) <= stamp(self.refreshed_at)
+            && other
+                .families
+                .iter()
+                .filter(|(_, f)| f.is_plausible())
+                .all(|(name, theirs)| {
+                    self.families
+                        .get(name)
+                        .filter(|ours| ours.is_plausible())
+                        .is_some_and(|ours| {
+                            family_key(theirs) <= family_key(ours) && theirs.streak <= ours.streak
+                        })
+                })
+            && other
+                .disabled
+                .filter(|d| plausible(d.since))
+                .is_none_or(|d| disabled_key(Some(&d)) <= disabled_key(our_disabled.as_ref()))
+            && stamp(other.enabled_since) <= stamp(self.enabled_since)
+            && (!plausible(other.health_at)
+                || other.observation_key() <= self.plausible_observation_key())
     }
 
     /// The order of health observations: later first, then lower health, then the more
@@ -322,6 +439,15 @@ impl AccountState {
             self.unauthorized_streak,
             self.burst_streak,
         )
+    }
+
+    /// [`observation_key`](Self::observation_key) after [`normalize`](Self::normalize).
+    fn plausible_observation_key(&self) -> (Timestamp, Reverse<u8>, bool, u32, u32) {
+        if plausible(self.health_at) {
+            self.observation_key()
+        } else {
+            AccountState::default().observation_key()
+        }
     }
 }
 
@@ -361,14 +487,20 @@ impl Cooldown {
             since,
         }
     }
+
+    /// Whether some writer can have set this cooldown (see [`MAX_COOLDOWN_SPAN`] and
+    /// [`LAST_PLAUSIBLE_TIME`]); merges treat any other as absent.
+    pub(crate) fn is_plausible(&self) -> bool {
+        plausible(self.until) && plausible(self.since) && within_span(self.since, self.until)
+    }
 }
 
 /// A rate-limit cooldown of one account for one model family.
 ///
 /// ```
 /// use rotation_policy::{FamilyState, Timestamp};
-/// let f = FamilyState::new(Timestamp::from_millis(30_000), 2);
-/// assert_eq!(serde_json::to_string(&f)?, r#"{"until":30000,"streak":2}"#);
+/// let f = FamilyState::new(Timestamp::from_millis(30_000), 2).with_since(Timestamp::from_millis(1));
+/// assert_eq!(serde_json::to_string(&f)?, r#"{"until":30000,"streak":2,"since":1}"#);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,17 +511,51 @@ pub struct FamilyState {
     /// Consecutive rate limits behind it (doubles the next backoff).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub streak: u32,
+    /// When the cooldown started (the 429 was seen); `None` when unknown (documents written
+    /// before this field existed). A merged cooldown is bounded from its start, so knowing
+    /// it keeps a long cooldown from being restarted by every merge; see the
+    /// [merge rules](self#merge-rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
 }
 
 impl FamilyState {
-    /// A family cooldown until `until` after `streak` rate limits in a row.
+    /// A family cooldown until `until` after `streak` rate limits in a row, start unknown
+    /// (add it with [`with_since`](Self::with_since)).
     ///
     /// ```
     /// # use rotation_policy::{FamilyState, Timestamp};
-    /// assert_eq!(FamilyState::new(Timestamp::ZERO, 1).streak, 1);
+    /// let f = FamilyState::new(Timestamp::ZERO, 1);
+    /// assert_eq!((f.streak, f.since), (1, None));
     /// ```
     pub fn new(until: Timestamp, streak: u32) -> Self {
-        FamilyState { until, streak }
+        FamilyState {
+            until,
+            streak,
+            since: None,
+        }
+    }
+
+    /// The same cooldown, started at `since`.
+    ///
+    /// ```
+    /// # use rotation_policy::{FamilyState, Timestamp};
+    /// let f = FamilyState::new(Timestamp::from_millis(9), 1).with_since(Timestamp::from_millis(2));
+    /// assert_eq!(f.since, Some(Timestamp::from_millis(2)));
+    /// ```
+    #[must_use]
+    pub fn with_since(mut self, since: Timestamp) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// Whether some writer can have set this cooldown (see [`MAX_COOLDOWN_SPAN`] and
+    /// [`LAST_PLAUSIBLE_TIME`]); merges treat any other as absent.
+    pub(crate) fn is_plausible(&self) -> bool {
+        plausible(self.until)
+            && self
+                .since
+                .is_none_or(|since| plausible(since) && within_span(since, self.until))
     }
 }
 
@@ -448,15 +614,40 @@ pub struct MergeReport {
     pub changed: usize,
     /// Accounts of the document that are not in the pool: ignored.
     pub unknown: Vec<AccountId>,
-    /// Cooldowns that were cut to this pool's longest (see the merge guards).
+    /// Cooldowns that were cut to this pool's longest from their start (see the merge
+    /// guards).
     pub capped: usize,
     /// Records ignored because they were stamped more than `max_cooldown` after `now`.
     pub ignored_future: usize,
+    /// Running cooldowns ignored because no writer can have set them: ending after
+    /// [`LAST_PLAUSIBLE_TIME`] or running longer than [`MAX_COOLDOWN_SPAN`] from their start.
+    pub ignored_implausible: usize,
+    /// Running family cooldowns ignored because the pool does not track that model family
+    /// and merged state may not add it (see the merge guards and
+    /// [`max_families`](crate::PolicyConfig::max_families)).
+    pub ignored_families: usize,
 }
 
 /// The order of account-wide cooldowns: later end, then the reason's rank, then later start.
 pub(crate) fn cooldown_key(c: Option<&Cooldown>) -> Option<(Timestamp, u8, Timestamp)> {
     c.map(|c| (c.until, cooldown_rank(c.reason), c.since))
+}
+
+/// The order of family cooldowns: one with a known start first (so a cooldown bounded by
+/// its start wins over one nothing bounds, whatever their ends), then the later end, then
+/// the later start.
+pub(crate) fn family_key(f: &FamilyState) -> (bool, Timestamp, Option<Timestamp>) {
+    (f.since.is_some(), f.until, f.since)
+}
+
+/// Whether `t` can be a real time (no later than [`LAST_PLAUSIBLE_TIME`]).
+pub(crate) fn plausible(t: Timestamp) -> bool {
+    t <= LAST_PLAUSIBLE_TIME
+}
+
+/// Whether a cooldown from `since` to `until` runs no longer than [`MAX_COOLDOWN_SPAN`].
+fn within_span(since: Timestamp, until: Timestamp) -> bool {
+    until.saturating_duration_since(since) <= MAX_COOLDOWN_SPAN
 }
 
 /// The order of disables: later first, then the reason's rank.
@@ -545,14 +736,25 @@ mod tests {
 
     use super::*;
 
+    /// Small times (ties are common), plus a span just past [`MAX_COOLDOWN_SPAN`] from them
+    /// and a time past [`LAST_PLAUSIBLE_TIME`]: what normalizing drops.
     fn t() -> impl Strategy<Value = Timestamp> {
-        (0u64..4).prop_map(Timestamp::from_millis)
+        let span = u64::try_from(MAX_COOLDOWN_SPAN.as_millis()).unwrap_or(u64::MAX);
+        prop_oneof![
+            8 => (0u64..4).prop_map(Timestamp::from_millis),
+            1 => Just(Timestamp::from_millis(span + 2)),
+            1 => Just(Timestamp::from_millis(u64::MAX)),
+        ]
     }
 
     fn account() -> impl Strategy<Value = AccountState> {
         (
             proptest::option::of((t(), any::<bool>(), t())),
-            proptest::collection::btree_map("[ab]", (t(), 0u32..2), 0..2),
+            proptest::collection::btree_map(
+                "[ab]",
+                (t(), 0u32..2, proptest::option::of(t())),
+                0..2,
+            ),
             proptest::option::of((any::<bool>(), t())),
             (proptest::option::of(t()), proptest::option::of(t())),
             (0u8..=100, t(), any::<bool>(), 0u32..2, 0u32..2),
@@ -571,7 +773,16 @@ mod tests {
                         }),
                         families: families
                             .into_iter()
-                            .map(|(name, (until, streak))| (name, FamilyState::new(until, streak)))
+                            .map(|(name, (until, streak, since))| {
+                                (
+                                    name,
+                                    FamilyState {
+                                        until,
+                                        streak,
+                                        since,
+                                    },
+                                )
+                            })
                             .collect(),
                         disabled: disabled.map(|(gone, since)| {
                             let reason = if gone {
@@ -595,14 +806,20 @@ mod tests {
 
     proptest! {
         /// `covers` (used to decide whether a merge must be written back) says exactly
-        /// whether joining would change nothing.
+        /// whether joining would change more than normalizing does; `join` says whether it
+        /// changed anything.
         #[test]
         fn covers_is_join_changes_nothing(a in account(), b in account()) {
-            let mut joined = a.clone();
+            let mut normal = a.clone();
+            normal.normalize();
+            let mut joined = normal.clone();
             let changed = joined.join(&b);
             prop_assert_eq!(a.covers(&b), !changed);
-            prop_assert_eq!(changed, joined != a);
+            prop_assert_eq!(changed, joined != normal);
             prop_assert!(joined.covers(&a) && joined.covers(&b));
+            let mut direct = a.clone();
+            prop_assert_eq!(direct.join(&b), direct != a);
+            prop_assert_eq!(direct, joined);
         }
     }
 }

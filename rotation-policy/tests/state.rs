@@ -10,7 +10,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use rotation_policy::{
     AccountId, AccountState, Cooldown, CooldownReason, Disabled, DisabledReason, FamilyState,
-    Outcome, POLICY_STATE_VERSION, PolicyConfig, PolicyState, Pool, Request, Selection, Timestamp,
+    LAST_PLAUSIBLE_TIME, Outcome, POLICY_STATE_VERSION, PolicyConfig, PolicyState, Pool, Request,
+    Selection, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -78,11 +79,18 @@ const DISABLED_REASONS: [DisabledReason; 4] = [
     DisabledReason::Deactivated,
 ];
 
+/// The longest cooldown span a document keeps, in ms.
+const SPAN_MS: u64 = 30 * 24 * 60 * 60 * 1_000;
+
 /// Times from a small range, so that equal times (the tie-breaks) are common, plus the
-/// extremes.
+/// edges of what a document keeps: the longest span from the small times, the last
+/// plausible time, and the largest.
 fn time() -> impl Strategy<Value = Timestamp> {
+    let last = LAST_PLAUSIBLE_TIME.as_millis();
     prop_oneof![
-        8 => (0u64..6).prop_map(Timestamp::from_millis),
+        12 => (0u64..6).prop_map(Timestamp::from_millis),
+        1 => (0u64..6).prop_map(|t| Timestamp::from_millis(SPAN_MS + t)),
+        1 => (0u64..2).prop_map(move |t| Timestamp::from_millis(last + t)),
         1 => Just(Timestamp::from_millis(u64::MAX)),
     ]
 }
@@ -90,7 +98,11 @@ fn time() -> impl Strategy<Value = Timestamp> {
 fn account_state() -> impl Strategy<Value = AccountState> {
     (
         proptest::option::of((time(), 0..COOLDOWN_REASONS.len(), time())),
-        proptest::collection::btree_map(0..FAMILIES.len(), (time(), 0u32..3), 0..3),
+        proptest::collection::btree_map(
+            0..FAMILIES.len(),
+            (time(), 0u32..3, proptest::option::of(time())),
+            0..3,
+        ),
         proptest::option::of((0..DISABLED_REASONS.len(), time())),
         proptest::option::of(time()),
         proptest::option::of(time()),
@@ -109,8 +121,10 @@ fn account_state() -> impl Strategy<Value = AccountState> {
                     .map(|(until, r, since)| Cooldown::new(until, COOLDOWN_REASONS[r], since));
                 s.families = families
                     .into_iter()
-                    .map(|(f, (until, streak))| {
-                        (FAMILIES[f].to_owned(), FamilyState::new(until, streak))
+                    .map(|(f, (until, streak, since))| {
+                        let mut family = FamilyState::new(until, streak);
+                        family.since = since;
+                        (FAMILIES[f].to_owned(), family)
                     })
                     .collect();
                 s.disabled = disabled.map(|(r, since)| Disabled::new(DISABLED_REASONS[r], since));
@@ -144,7 +158,19 @@ fn merged(a: &PolicyState, b: &PolicyState) -> PolicyState {
     out
 }
 
-/// The merge-rule table, one field at a time, for one account (deliberately plain).
+/// Whether a document keeps `t`: no later than the end of year 9999.
+fn real(t: Timestamp) -> bool {
+    t <= LAST_PLAUSIBLE_TIME
+}
+
+/// Whether a cooldown from `since` to `until` runs at most 30 days.
+fn short(since: Timestamp, until: Timestamp) -> bool {
+    until.as_millis().saturating_sub(since.as_millis()) <= SPAN_MS
+}
+
+/// The merge-rule table, one field at a time, for one account (deliberately plain). What no
+/// writer can have written (a time after year 9999, a cooldown longer than 30 days) is
+/// absent, on either side.
 fn oracle_join(a: &AccountState, b: &AccountState) -> AccountState {
     let cooldown_rank = |r: CooldownReason| match r {
         CooldownReason::Unauthorized => 0,
@@ -157,8 +183,11 @@ fn oracle_join(a: &AccountState, b: &AccountState) -> AccountState {
             .position(|&x| x == r)
             .expect("every reason is listed")
     };
+    let cooldown = |c: Option<Cooldown>| {
+        c.filter(|c| real(c.until) && real(c.since) && short(c.since, c.until))
+    };
     let mut out = AccountState::default();
-    out.cooldown = match (a.cooldown, b.cooldown) {
+    out.cooldown = match (cooldown(a.cooldown), cooldown(b.cooldown)) {
         (Some(x), Some(y)) => {
             let later = if y.until != x.until {
                 y.until > x.until
@@ -171,16 +200,30 @@ fn oracle_join(a: &AccountState, b: &AccountState) -> AccountState {
         }
         (x, y) => x.or(y),
     };
-    out.refreshed_at = a.refreshed_at.max(b.refreshed_at);
+    let stamp = |t: Option<Timestamp>| t.filter(|&t| real(t));
+    out.refreshed_at = stamp(a.refreshed_at).max(stamp(b.refreshed_at));
+    let family = |s: &AccountState, name: &String| {
+        s.families.get(name).copied().filter(|f| {
+            real(f.until)
+                && f.since
+                    .is_none_or(|since| real(since) && short(since, f.until))
+        })
+    };
     for name in a.families.keys().chain(b.families.keys()) {
-        let x = a.families.get(name);
-        let y = b.families.get(name);
-        let until = x.map(|f| f.until).max(y.map(|f| f.until)).unwrap();
-        let streak = x.map_or(0, |f| f.streak).max(y.map_or(0, |f| f.streak));
-        out.families
-            .insert(name.clone(), FamilyState::new(until, streak));
+        let kept = [family(a, name), family(b, name)];
+        let Some(end) = kept.iter().flatten().max_by(|x, y| {
+            // A cooldown with a start beats one without; then the later end, the later start.
+            (x.since.is_some(), x.until, x.since).cmp(&(y.since.is_some(), y.until, y.since))
+        }) else {
+            continue;
+        };
+        let streak = kept.iter().flatten().map(|f| f.streak).max().unwrap();
+        let mut merged = FamilyState::new(end.until, streak);
+        merged.since = end.since;
+        out.families.insert(name.clone(), merged);
     }
-    out.disabled = match (a.disabled, b.disabled) {
+    let disabled = |d: Option<Disabled>| d.filter(|d| real(d.since));
+    out.disabled = match (disabled(a.disabled), disabled(b.disabled)) {
         (Some(x), Some(y)) => {
             let later = if y.since != x.since {
                 y.since > x.since
@@ -191,7 +234,7 @@ fn oracle_join(a: &AccountState, b: &AccountState) -> AccountState {
         }
         (x, y) => x.or(y),
     };
-    out.enabled_since = a.enabled_since.max(b.enabled_since);
+    out.enabled_since = stamp(a.enabled_since).max(stamp(b.enabled_since));
     let key = |s: &AccountState| {
         (
             s.health_at,
@@ -201,6 +244,12 @@ fn oracle_join(a: &AccountState, b: &AccountState) -> AccountState {
             s.burst_streak,
         )
     };
+    // An observation stamped after year 9999 is none.
+    let none = AccountState::default();
+    let (a, b) = (
+        if real(a.health_at) { a } else { &none },
+        if real(b.health_at) { b } else { &none },
+    );
     let winner = if key(b) > key(a) { b } else { a };
     out.health = winner.health;
     out.health_at = winner.health_at;
@@ -223,10 +272,14 @@ proptest! {
         prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
     }
 
+    /// Idempotent on what a merge keeps: merging a document with itself (or with nothing)
+    /// only drops what no writer can have written, and then changes nothing more.
     #[test]
     fn merge_is_idempotent_and_an_upper_bound(a in policy_state(), b in policy_state()) {
-        prop_assert_eq!(merged(&a, &a), a.clone());
-        prop_assert_eq!(merged(&a, &PolicyState::default()), a.clone());
+        let kept = merged(&a, &PolicyState::default());
+        prop_assert_eq!(merged(&a, &a), kept.clone());
+        prop_assert_eq!(merged(&kept, &kept), kept.clone());
+        prop_assert_eq!(merged(&PolicyState::default(), &a), kept.clone());
         let ab = merged(&a, &b);
         prop_assert_eq!(merged(&ab, &a), ab.clone());
         prop_assert_eq!(merged(&ab, &b), ab);
@@ -326,6 +379,7 @@ fn document_like_json() -> impl Strategy<Value = Value> {
     let family = json_object(vec![
         ("until", json_time()),
         ("streak", or_garbage(any::<u32>().prop_map(Value::from))),
+        ("since", json_time()),
     ]);
     let families = or_garbage(
         proptest::collection::btree_map(
@@ -413,10 +467,11 @@ proptest! {
         let mut pool = pool_of(&["acct-1", "b"]);
         let report = pool.merge_state(&state, at(now));
         prop_assert_eq!(report.applied + report.unknown.len(), state.accounts.len());
-        // Whatever the file says, no cooldown reaches past this pool's own longest.
+        // Whatever the file says, no cooldown reaches past this pool's own longest from the
+        // latest start it accepts (`max_cooldown` from now).
         let c = quiet_config();
         let longest = c.max_cooldown.max(c.forbidden_cooldown).max(c.unauthorized_cooldown);
-        let limit = at(now).saturating_add(longest);
+        let limit = at(now).saturating_add(c.max_cooldown).saturating_add(longest);
         for account in pool.export_state().accounts.values() {
             prop_assert!(account.cooldown.is_none_or(|c| c.until <= limit));
             prop_assert!(account.families.values().all(|f| f.until <= limit));
@@ -489,6 +544,15 @@ fn missing_fields_are_defaults() {
     let nulls: AccountState =
         serde_json::from_str(r#"{"cooldown":null,"disabled":null,"enabled_since":null}"#).unwrap();
     assert_eq!(nulls, AccountState::default());
+    // A family cooldown from a writer that did not record its start yet.
+    let old: AccountState =
+        serde_json::from_str(r#"{"families":{"gpt-5":{"until":30000,"streak":2}}}"#).unwrap();
+    assert_eq!(old.families["gpt-5"], FamilyState::new(at(30_000), 2));
+    assert_eq!(old.families["gpt-5"].since, None);
+    assert_eq!(
+        serde_json::to_string(&old).unwrap(),
+        r#"{"families":{"gpt-5":{"until":30000,"streak":2}}}"#
+    );
 }
 
 /// The on-disk format, as a pool exports it after a busy minute.
@@ -745,16 +809,30 @@ fn a_hostile_file_cannot_block_an_account_for_long() {
     let state: PolicyState = serde_json::from_str(&json).unwrap();
     let report = pool.merge_state(&state, at(1_000));
     assert_eq!(report.unknown, [id("z")]);
-    assert_eq!(report.capped, 2);
+    // Cooldowns ending after year 9999 cannot be real: ignored, not capped.
+    assert_eq!((report.ignored_implausible, report.capped), (2, 0));
     assert_eq!(report.ignored_future, 3);
-    // y's far-future disable, health and refresh are ignored: y serves.
+    // y's far-future disable, health and refresh are ignored: y serves, and so does x.
+    assert_eq!(pick(&mut pool, "gpt-5", 1_000), Selection::Account(id("x")));
     assert_eq!(pick(&mut pool, "gpt-5", 1_000), Selection::Account(id("y")));
     assert_eq!(
         pool.account_status(&id("y"), at(1_000)).unwrap().health,
         100
     );
-    // x cools at most as long as this pool's own rules would: a 403 for forbidden_cooldown,
-    // gpt-5 for max_cooldown.
+
+    // Long but possible cooldowns run at most as long from their start as this pool's own
+    // rules would: a 403 for forbidden_cooldown, gpt-5 for max_cooldown.
+    let json = format!(
+        r#"{{"accounts":{{"x": {{
+            "cooldown": {{"until": {}, "reason": "forbidden", "since": 1000}},
+            "families": {{"gpt-5": {{"until": {}, "since": 1000, "streak": 9}}}}}}
+        }}}}"#,
+        1_000 + 20 * DAY,
+        1_000 + DAY
+    );
+    let state: PolicyState = serde_json::from_str(&json).unwrap();
+    let report = pool.merge_state(&state, at(1_000));
+    assert_eq!((report.capped, report.ignored_implausible), (2, 0));
     let c = quiet_config();
     let status = pool.account_status(&id("x"), at(1_000)).unwrap();
     let forbidden_ms = u64::try_from(c.forbidden_cooldown.as_millis()).unwrap();
@@ -775,4 +853,293 @@ fn merging_ids_the_pool_lacks_is_not_an_error() {
     let report = pool.merge_state(&state, at(0));
     assert_eq!(report.applied, 1);
     assert_eq!(report.unknown, [id("b"), id("c")]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cooldowns nobody can have set, and cooldowns longer than this pool's: bounded from their
+// own start, never from the time of the merge, so merging the same file again and again
+// never keeps an account out longer.
+
+/// Wall-clock now for these scenarios (Nov 2023).
+const T0: u64 = 1_700_000_000_000;
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+/// 9000-01-01T00:00:00Z: far away, but a time a document can name.
+const YEAR_9000: u64 = 221_845_392_000_000;
+
+fn document(json: Value) -> PolicyState {
+    serde_json::from_value(json).unwrap()
+}
+
+fn family_doc(family: Value) -> PolicyState {
+    document(json!({"version": 1, "accounts": {"x": {"families": {"gpt-5": family}}}}))
+}
+
+fn cooldown_doc(cooldown: Value) -> PolicyState {
+    document(json!({"version": 1, "accounts": {"x": {"cooldown": cooldown}}}))
+}
+
+/// What a pool with only `x` answers for gpt-5 at `now` after merging `doc` at `now`.
+fn after_merge(pool: &mut Pool, doc: &PolicyState, now: u64) -> Selection {
+    pool.merge_state(doc, at(now));
+    pick(pool, "gpt-5", now)
+}
+
+fn exhausted_for(ms: u64) -> Selection {
+    Selection::Exhausted {
+        retry_after: Duration::from_millis(ms),
+    }
+}
+
+#[test]
+fn a_family_cooldown_ending_after_year_9999_is_ignored() {
+    let doc = family_doc(json!({"until": u64::MAX}));
+    let mut pool = pool_of(&["x"]);
+    for now in [T0, T0 + DAY, T0 + 30 * DAY, T0 + 365 * DAY] {
+        assert_eq!(
+            after_merge(&mut pool, &doc, now),
+            Selection::Account(id("x"))
+        );
+    }
+    let report = pool_of(&["x"]).merge_state(&doc, at(T0));
+    assert_eq!((report.changed, report.capped), (0, 0));
+}
+
+#[test]
+fn a_far_family_cooldown_without_a_start_counts_from_the_first_merge_and_never_slides() {
+    let doc = family_doc(json!({"until": YEAR_9000}));
+    let mut pool = pool_of(&["x"]);
+    // First seen now: at most max_cooldown (15 min) from now ...
+    assert_eq!(after_merge(&mut pool, &doc, T0), exhausted_for(15 * MINUTE));
+    assert_eq!(
+        after_merge(&mut pool, &doc, T0 + 5 * MINUTE),
+        exhausted_for(10 * MINUTE)
+    );
+    // ... and merging the same file later never starts it again.
+    for now in [T0 + 15 * MINUTE, T0 + DAY, T0 + 30 * DAY, T0 + 365 * DAY] {
+        assert_eq!(
+            after_merge(&mut pool, &doc, now),
+            Selection::Account(id("x"))
+        );
+    }
+}
+
+#[test]
+fn a_family_cooldown_without_a_start_is_written_back_with_the_start_it_was_given() {
+    let mut file = family_doc(json!({"until": YEAR_9000}));
+    let mut first = pool_of(&["x"]);
+    sync(&mut first, &mut file, T0);
+    // Its next round writes what it knows beyond the file: the start it gave the cooldown.
+    assert_eq!(sync(&mut first, &mut file, T0 + 250), 1);
+    assert_eq!(
+        file.accounts[&id("x")].families["gpt-5"].since,
+        Some(at(T0))
+    );
+    assert_eq!(sync(&mut first, &mut file, T0 + 500), 0);
+    // The file now says when it started, so a process that first reads it a day later
+    // (or this one after a restart) does not start it again.
+    let mut later = pool_of(&["x"]);
+    assert_eq!(
+        after_merge(&mut later, &file, T0 + DAY),
+        Selection::Account(id("x"))
+    );
+    assert_eq!(
+        after_merge(&mut later, &file, T0 + 5 * MINUTE),
+        Selection::Account(id("x"))
+    );
+    let mut meanwhile = pool_of(&["x"]);
+    assert_eq!(
+        after_merge(&mut meanwhile, &file, T0 + 5 * MINUTE),
+        exhausted_for(10 * MINUTE)
+    );
+}
+
+#[test]
+fn a_family_cooldown_longer_than_this_pools_is_capped_from_its_own_start() {
+    // Another process allows 24 h cooldowns; this one at most 15 min.
+    let doc = family_doc(json!({"until": T0 + DAY, "since": T0, "streak": 1}));
+    let mut pool = pool_of(&["x"]);
+    assert_eq!(
+        after_merge(&mut pool, &doc, T0 + MINUTE),
+        exhausted_for(14 * MINUTE)
+    );
+    for now in [T0 + 15 * MINUTE, T0 + HOUR, T0 + 23 * HOUR] {
+        assert_eq!(
+            after_merge(&mut pool, &doc, now),
+            Selection::Account(id("x"))
+        );
+    }
+    // A pool that first sees it later does not start it again either.
+    assert_eq!(
+        after_merge(&mut pool_of(&["x"]), &doc, T0 + HOUR),
+        Selection::Account(id("x"))
+    );
+}
+
+#[test]
+fn a_family_cooldown_spanning_more_than_30_days_is_ignored() {
+    let doc = family_doc(json!({"until": YEAR_9000, "since": T0}));
+    let mut pool = pool_of(&["x"]);
+    assert_eq!(
+        after_merge(&mut pool, &doc, T0),
+        Selection::Account(id("x"))
+    );
+}
+
+#[test]
+fn an_account_cooldown_from_the_epoch_or_ending_after_year_9999_is_ignored() {
+    for cooldown in [
+        json!({"until": u64::MAX, "reason": "forbidden", "since": 0}),
+        json!({"until": YEAR_9000, "reason": "failure-burst"}),
+        json!({"until": T0 + 20 * DAY, "reason": "forbidden", "since": T0 - 20 * DAY}),
+    ] {
+        let doc = cooldown_doc(cooldown.clone());
+        let mut pool = pool_of(&["x"]);
+        for now in [T0, T0 + DAY, T0 + 30 * DAY, T0 + 365 * DAY] {
+            assert_eq!(
+                after_merge(&mut pool, &doc, now),
+                Selection::Account(id("x")),
+                "{cooldown} at {now}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_account_cooldown_longer_than_this_pools_is_capped_from_its_own_start() {
+    // A 403 cooldown of 20 days (another process's config): here at most 1 h from its start.
+    let doc = cooldown_doc(json!({"until": T0 + 20 * DAY, "reason": "forbidden", "since": T0}));
+    let mut pool = pool_of(&["x"]);
+    assert_eq!(
+        after_merge(&mut pool, &doc, T0 + MINUTE),
+        exhausted_for(59 * MINUTE)
+    );
+    for now in [T0 + HOUR, T0 + 2 * HOUR, T0 + 10 * DAY] {
+        assert_eq!(
+            after_merge(&mut pool, &doc, now),
+            Selection::Account(id("x"))
+        );
+    }
+}
+
+/// A document keeps cooldowns up to 30 days long, so no pool may set a longer one.
+#[test]
+fn no_config_sets_a_cooldown_longer_than_a_document_keeps() {
+    let longest = Duration::from_secs(30 * 24 * 3600);
+    for (field, set) in [
+        (
+            "forbidden_cooldown",
+            (|c: &mut PolicyConfig, d| c.forbidden_cooldown = d) as fn(&mut PolicyConfig, Duration),
+        ),
+        ("unauthorized_cooldown", |c, d| c.unauthorized_cooldown = d),
+    ] {
+        let mut c = quiet_config();
+        set(&mut c, longest);
+        assert!(c.validate().is_ok(), "{field}");
+        set(&mut c, longest + Duration::from_millis(1));
+        let err = c.validate().unwrap_err();
+        assert!(
+            matches!(err, rotation_policy::PolicyError::InvalidConfig { field: f, .. } if f == field),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("30 days"), "{err}");
+    }
+}
+
+/// The file store merges documents without a clock: a cooldown nobody can have set must not
+/// win that merge against the real ones written after it.
+#[test]
+fn junk_cooldowns_in_a_file_lose_to_the_real_ones_written_later() {
+    let mut real = pool_of(&["x"]);
+    serve(&mut real, "gpt-5", limited(30), T0);
+    serve(&mut real, "o3", Outcome::Forbidden, T0 + 1);
+    let written = real.export_state();
+    let theirs = &written.accounts[&id("x")];
+    for junk in [
+        json!({"families": {"gpt-5": {"until": u64::MAX, "streak": 1}}}),
+        json!({"families": {"gpt-5": {"until": YEAR_9000, "streak": 1}}}),
+        json!({"families": {"gpt-5": {"until": YEAR_9000, "since": T0 - DAY, "streak": 1}}}),
+        json!({"cooldown": {"until": u64::MAX, "reason": "forbidden", "since": 0}}),
+        json!({"cooldown": {"until": YEAR_9000, "reason": "forbidden", "since": T0}}),
+    ] {
+        let mut file = document(json!({"version": 1, "accounts": {"x": junk}}));
+        file.merge(&written);
+        let merged = &file.accounts[&id("x")];
+        assert_eq!(
+            merged.families["gpt-5"].until, theirs.families["gpt-5"].until,
+            "{junk}"
+        );
+        assert_eq!(merged.cooldown, theirs.cooldown, "{junk}");
+        // Whichever way round.
+        let mut other = written.clone();
+        other.merge(&document(json!({"version": 1, "accounts": {"x": junk}})));
+        assert_eq!(other, file, "{junk}");
+    }
+}
+
+/// A file naming more model families than the pool tracks (a hostile writer, or one with a
+/// larger `max_families`) does not push the pool's own traffic into the shared family `*`.
+#[test]
+fn a_file_naming_thousands_of_families_leaves_room_for_real_traffic() {
+    let families: serde_json::Map<String, Value> = (0..20_000)
+        .map(|i| {
+            (
+                format!("junk-{i:05}"),
+                json!({"until": T0 + MINUTE, "since": T0}),
+            )
+        })
+        .collect();
+    let doc = document(json!({"version": 1, "accounts": {"x": {"families": families}}}));
+    let mut pool = pool_of(&["x"]);
+    let report = pool.merge_state(&doc, at(T0));
+    assert_eq!(report.applied, 1);
+    let cooling = pool
+        .account_status(&id("x"), at(T0))
+        .unwrap()
+        .family_cooldowns;
+    let max = quiet_config().max_families;
+    assert!(
+        cooling.len() <= max / 2,
+        "{} families merged",
+        cooling.len()
+    );
+    assert!(cooling.iter().all(|f| f.family != "*"));
+    // Every family real traffic brings up to `max_families` is tracked by name, and x
+    // serves it.
+    for i in 0..max - cooling.len() {
+        let family = format!("model-{i}");
+        assert_eq!(
+            pick(&mut pool, &family, T0),
+            Selection::Account(id("x")),
+            "{family}"
+        );
+    }
+}
+
+/// A disable stamped a little in the future by a process whose clock runs ahead is lifted
+/// by a later enable here, in this pool and in every pool the enable reaches.
+#[test]
+fn a_later_enable_lifts_a_disable_stamped_slightly_in_the_future() {
+    let future = document(json!({"version": 1, "accounts": {
+        "x": {"disabled": {"reason": "manual", "since": T0 + 2 * MINUTE}}
+    }}));
+    let (mut here, mut there) = (pool_of(&["x"]), pool_of(&["x"]));
+    for pool in [&mut here, &mut there] {
+        pool.merge_state(&future, at(T0));
+        assert_eq!(pick(pool, "gpt-5", T0), Selection::NoAccount);
+    }
+    here.enable(&id("x")).unwrap();
+    assert_eq!(pick(&mut here, "gpt-5", T0), Selection::Account(id("x")));
+    let enabled = here.export_state();
+    assert!(enabled.accounts[&id("x")].enabled_since > Some(at(T0 + 2 * MINUTE)));
+    there.merge_state(&enabled, at(T0));
+    assert_eq!(pick(&mut there, "gpt-5", T0), Selection::Account(id("x")));
+    // And in the file, whichever order the writes arrive in.
+    let mut file = future.clone();
+    file.merge(&enabled);
+    let mut fresh = pool_of(&["x"]);
+    fresh.merge_state(&file, at(T0));
+    assert_eq!(pick(&mut fresh, "gpt-5", T0), Selection::Account(id("x")));
 }

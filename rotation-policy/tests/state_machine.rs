@@ -50,7 +50,8 @@ struct DocAccount {
     /// Index of the account; `ACCOUNTS..` are ids the pool never has.
     who: u8,
     cooldown: Option<(Offset, usize, Offset)>,
-    families: Vec<(usize, Offset, u32)>,
+    /// (family, until, streak, since); no `since` is an older writer's record.
+    families: Vec<(usize, Offset, u32, Option<Offset>)>,
     disabled: Option<(usize, Offset)>,
     enabled_since: Option<Offset>,
     refreshed_at: Option<Offset>,
@@ -65,7 +66,13 @@ enum Op {
     Disable(u8),
     DisableFor(u8, usize),
     Enable(u8),
-    Merge(Vec<DocAccount>),
+    /// Another process's document: written into the file, which the pool then merges
+    /// (`direct: false`), or merged by the pool as it is, junk and all, and then written
+    /// into the file (`direct: true`).
+    Merge {
+        accounts: Vec<DocAccount>,
+        direct: bool,
+    },
     Take,
     MarkRefreshed(u8),
     Refund(u8),
@@ -94,12 +101,16 @@ fn outcome() -> impl Strategy<Value = Outcome> {
     ]
 }
 
-/// Mostly near now (ties included), sometimes far ahead (a broken clock or hostile writer).
+/// Mostly near now (ties included), sometimes far ahead (a broken clock or hostile writer):
+/// about the longest span a document keeps (30 days), decades, and past year 9999.
 fn offset() -> impl Strategy<Value = Offset> {
+    const SPAN: i64 = 30 * 24 * 60 * 60 * 1_000;
     prop_oneof![
         3 => -3i64..=3,
         6 => -300_000i64..300_000,
+        1 => SPAN - 3..=SPAN + 3,
         1 => Just(1_000_000_000_000i64),
+        1 => Just(i64::MAX),
     ]
 }
 
@@ -107,7 +118,15 @@ fn doc_account() -> impl Strategy<Value = DocAccount> {
     (
         0..ACCOUNTS + 2,
         proptest::option::of((offset(), 0..COOLDOWN_REASONS.len(), offset())),
-        proptest::collection::vec((0..DOC_FAMILIES.len(), offset(), 0u32..5), 0..3),
+        proptest::collection::vec(
+            (
+                0..DOC_FAMILIES.len(),
+                offset(),
+                0u32..5,
+                proptest::option::of(offset()),
+            ),
+            0..3,
+        ),
         proptest::option::of((0..DISABLED_REASONS.len(), offset())),
         proptest::option::of(offset()),
         proptest::option::of(offset()),
@@ -136,7 +155,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => idx.clone().prop_map(Op::Disable),
         1 => (idx.clone(), 0..DISABLED_REASONS.len()).prop_map(|(i, r)| Op::DisableFor(i, r)),
         1 => idx.clone().prop_map(Op::Enable),
-        2 => proptest::collection::vec(doc_account(), 1..4).prop_map(Op::Merge),
+        2 => (proptest::collection::vec(doc_account(), 1..4), any::<bool>())
+            .prop_map(|(accounts, direct)| Op::Merge { accounts, direct }),
         2 => Just(Op::Take),
         1 => idx.clone().prop_map(Op::MarkRefreshed),
         1 => idx.clone().prop_map(Op::Refund),
@@ -224,6 +244,8 @@ fn at(now: u64, offset: Offset) -> Timestamp {
 }
 
 impl Harness {
+    /// The document `accounts` describe, as written (a later entry for the same account
+    /// replaces an earlier one), junk included.
     fn document(&self, accounts: &[DocAccount]) -> PolicyState {
         let now = self.now;
         let mut doc = PolicyState::default();
@@ -232,11 +254,10 @@ impl Harness {
             s.cooldown = d.cooldown.map(|(until, reason, since)| {
                 Cooldown::new(at(now, until), COOLDOWN_REASONS[reason], at(now, since))
             });
-            for &(family, until, streak) in &d.families {
-                s.families.insert(
-                    DOC_FAMILIES[family].to_owned(),
-                    FamilyState::new(at(now, until), streak),
-                );
+            for &(family, until, streak, since) in &d.families {
+                let mut state = FamilyState::new(at(now, until), streak);
+                state.since = since.map(|since| at(now, since));
+                s.families.insert(DOC_FAMILIES[family].to_owned(), state);
             }
             s.disabled = d
                 .disabled
@@ -250,21 +271,24 @@ impl Harness {
                 s.unauthorized_streak = unauthorized;
                 s.burst_streak = bursts;
             }
-            let mut one = PolicyState::default();
-            one.accounts.insert(id(d.who), s);
-            doc.merge(&one);
+            doc.accounts.insert(id(d.who), s);
         }
         doc
     }
 
-    /// Merges the shared file into the pool and the model; they must agree on which ids
-    /// are unknown.
+    /// Merges the shared file into the pool and the model.
     fn merge_file(&mut self) -> Result<(), TestCaseError> {
+        let file = self.file.clone();
+        self.merge(&file)
+    }
+
+    /// Merges `doc` into the pool and the model; they must agree on which ids are unknown.
+    fn merge(&mut self, doc: &PolicyState) -> Result<(), TestCaseError> {
         let now = Timestamp::from_millis(self.now);
-        let report = self.pool.merge_state(&self.file, now);
-        let unknown = self.model.merge(&self.file, self.now);
+        let report = self.pool.merge_state(doc, now);
+        let unknown = self.model.merge(doc, self.now);
         prop_assert_eq!(&report.unknown, &unknown);
-        prop_assert_eq!(report.applied, self.file.accounts.len() - unknown.len());
+        prop_assert_eq!(report.applied, doc.accounts.len() - unknown.len());
         prop_assert!(report.changed <= report.applied);
         Ok(())
     }
@@ -315,6 +339,7 @@ impl Harness {
         let within = |t: Timestamp| t.as_millis() <= horizon;
         let in_horizon = export.accounts.values().all(|s| {
             s.cooldown.is_none_or(|c| within(c.since))
+                && s.families.values().all(|f| f.since.is_none_or(within))
                 && s.disabled.is_none_or(|d| within(d.since))
                 && s.enabled_since.is_none_or(within)
                 && s.refreshed_at.is_none_or(within)
@@ -326,6 +351,11 @@ impl Harness {
         let mut fresh = Pool::new(config, 0).unwrap();
         for account in self.pool.status(clock).accounts {
             fresh.add(account.id).unwrap();
+        }
+        // The same families, in the same order, as the pool's traffic brought them: a merge
+        // adds families only up to half of `max_families`.
+        for family in self.model.family_names() {
+            fresh.select(&mut Request::new(family), clock);
         }
         let report = fresh.merge_state(&export, clock);
         prop_assert_eq!(report.capped, 0);
@@ -503,10 +533,15 @@ impl Harness {
                     self.model.enable(&id(*i))
                 );
             }
-            Op::Merge(accounts) => {
+            Op::Merge { accounts, direct } => {
                 let doc = self.document(accounts);
-                self.file.merge(&doc);
-                self.merge_file()?;
+                if *direct {
+                    self.merge(&doc)?;
+                    self.file.merge(&doc);
+                } else {
+                    self.file.merge(&doc);
+                    self.merge_file()?;
+                }
             }
             Op::Take => self.take()?,
             Op::MarkRefreshed(i) => {

@@ -11,6 +11,13 @@ use crate::{AccountId, Outcome};
 pub(super) struct PerFamily {
     /// Rate-limit cooldown end (ms).
     pub(super) cooldown_until: u64,
+    /// When that cooldown started (ms): the 429, or when this pool first saw a cooldown
+    /// whose start was not known.
+    pub(super) cooldown_since: u64,
+    /// The latest end (ms) of a cooldown without a known start that this pool adopted for
+    /// the family (merged from an older writer's document, or restored). One ending no later
+    /// is not adopted again, so reading the same document again never restarts it.
+    pub(super) unstamped_seen: u64,
     /// Consecutive rate limits.
     pub(super) streak: u32,
     pub(super) place: Place,
@@ -19,9 +26,28 @@ pub(super) struct PerFamily {
 impl PerFamily {
     pub(super) const NEW: PerFamily = PerFamily {
         cooldown_until: 0,
+        cooldown_since: 0,
+        unstamped_seen: 0,
         streak: 0,
         place: Place::Absent,
     };
+
+    /// Takes the cooldown from `since` to `until` if it orders after the one held (later
+    /// end, then later start: the order of [`FamilyState`](crate::FamilyState)s with a
+    /// start) and raises the streak to `streak`; returns whether anything changed.
+    pub(super) fn take(&mut self, until: u64, since: u64, streak: u32) -> bool {
+        let mut changed = false;
+        if (until, since) > (self.cooldown_until, self.cooldown_since) {
+            self.cooldown_until = until;
+            self.cooldown_since = since;
+            changed = true;
+        }
+        if streak > self.streak {
+            self.streak = streak;
+            changed = true;
+        }
+        changed
+    }
 }
 
 /// One account in the pool.
@@ -143,6 +169,52 @@ pub(super) fn cool(account: &mut Account, until: u64, reason: CooldownReason, cl
     account.cooldown_reason = Some(reason);
     account.cooldown_since = clock.max(account.refreshed_at.map_or(0, |r| r.saturating_add(1)));
     true
+}
+
+/// What merging one family cooldown into an account did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Adoption {
+    /// The account's state for the family changed.
+    pub(super) changed: bool,
+    /// The cooldown was cut to `cap` from its start.
+    pub(super) capped: bool,
+}
+
+/// Merges a family cooldown learned elsewhere — ending at `until` (ms), started at `since`
+/// (`None`: unknown), behind `streak` rate limits — into `state`, cut to at most `cap` from
+/// its start. Bounding it from its own start, never from `clock`, is what keeps a long
+/// cooldown from being restarted by every merge of the same document.
+///
+/// An unknown start is taken as `clock`: the first time this pool sees that end. The same
+/// end (or an earlier one) seen again without a start is ignored, so it is never restarted
+/// either; the pool exports the cooldown with the start it gave it, and that record
+/// outranks the start-less one in every document it is merged into.
+pub(super) fn adopt_family(
+    state: &mut PerFamily,
+    until: u64,
+    since: Option<u64>,
+    streak: u32,
+    clock: u64,
+    cap: u64,
+) -> Adoption {
+    if until <= clock {
+        return Adoption::default(); // over (a streak is shared only while its cooldown runs)
+    }
+    let since = match since {
+        Some(since) => since,
+        None if until <= state.unstamped_seen => return Adoption::default(),
+        None => {
+            state.unstamped_seen = until;
+            clock
+        }
+    };
+    let bound = since.saturating_add(cap);
+    let capped = until > bound;
+    let until = until.min(bound);
+    Adoption {
+        changed: until > clock && state.take(until, since, streak),
+        capped,
+    }
 }
 
 /// Records `account` as changed for `take_changes`: O(1), once per account between takes.

@@ -82,7 +82,7 @@ impl Rules {
     }
 
     /// The longest account-wide cooldown these rules set for `reason` (ms): how far from
-    /// now a merged cooldown may reach.
+    /// its own start a merged cooldown may reach.
     pub(super) fn cooldown_cap(&self, reason: CooldownReason) -> u64 {
         match reason {
             CooldownReason::Unauthorized => self.unauthorized_cooldown,

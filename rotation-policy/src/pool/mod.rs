@@ -9,7 +9,7 @@ mod shared;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use account::{Account, PerFamily, cool, count, mark_changed, refund_token};
+use account::{Account, PerFamily, adopt_family, cool, count, mark_changed, refund_token};
 use index::{Family, Place, Rules};
 
 use crate::config::Strategy;
@@ -354,10 +354,15 @@ impl Pool {
         })
     }
 
-    /// Starts a rate-limit cooldown of `id` for `family` that ends at `until` (capped at
-    /// [`max_cooldown`](PolicyConfig::max_cooldown) from `now`; a running cooldown is never
-    /// shortened). Unlike [`report`](Self::report) it counts no outcome and changes no health
-    /// or streak: it is for cooldowns learned elsewhere, e.g. saved by an earlier run.
+    /// Starts a rate-limit cooldown of `id` for `family` that ends at `until`; a running
+    /// cooldown is never shortened. Unlike [`report`](Self::report) it counts no outcome and
+    /// changes no health or streak: it is for cooldowns learned elsewhere, e.g. saved by an
+    /// earlier run, whose start is not known.
+    ///
+    /// Such a cooldown is treated like a merged family cooldown without a `since` (see the
+    /// [merge rules](crate::state#merge-rules)): it starts at `now` and runs at most
+    /// [`max_cooldown`](PolicyConfig::max_cooldown), and restoring the same end (or an
+    /// earlier one) again does nothing, so calling this again later never restarts it.
     ///
     /// ```
     /// # use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
@@ -380,14 +385,19 @@ impl Pool {
         self.tick(now);
         let slot = self.slot_of(id)?;
         let family = self.family_index(family);
-        let until = until
-            .as_millis()
-            .min(self.clock.saturating_add(self.rules.max_cooldown));
         let clock = self.clock;
         if let Some(account) = self.slots[slot as usize].as_mut() {
             let state = &mut account.families[family];
-            if until > state.cooldown_until {
-                state.cooldown_until = until;
+            if adopt_family(
+                state,
+                until.as_millis(),
+                None,
+                0,
+                clock,
+                self.rules.max_cooldown,
+            )
+            .changed
+            {
                 mark_changed(&mut self.changed, account, slot);
             }
             self.rules
@@ -771,6 +781,24 @@ impl Pool {
         index
     }
 
+    /// The index of `name`'s family for merged state, or `None` when merged state may not
+    /// add it. A merge uses a family the pool tracks, and adds a new one only while the pool
+    /// tracks fewer than `max_families / 2` named families: the other half is kept for the
+    /// pool's own traffic, so a document naming thousands of families (a hostile writer, or
+    /// one with a larger `max_families`) cannot push the families real requests use into
+    /// the shared family `"*"`. A merge never creates `"*"`, nor files a name under it.
+    fn merged_family_index(&mut self, name: &str) -> Option<usize> {
+        if let Some(&index) = self.family_ids.get(name) {
+            return Some(index);
+        }
+        let named =
+            self.families.len() - usize::from(self.family_ids.contains_key(OVERFLOW_FAMILY));
+        if name == OVERFLOW_FAMILY || named >= self.rules.max_families / 2 {
+            return None;
+        }
+        Some(self.family_index(name))
+    }
+
     /// Moves every account of `family` whose wait is over into the ready set. Each move
     /// undoes one earlier move to waiting, so this is amortized O(log n) per state change.
     fn promote(&mut self, family: usize) {
@@ -958,8 +986,11 @@ impl Pool {
                     .max(rules.min_cooldown);
                 let slot_state = &mut account.families[family];
                 slot_state.streak = streak;
-                slot_state.cooldown_until =
-                    slot_state.cooldown_until.max(clock.saturating_add(wait));
+                let until = clock.saturating_add(wait);
+                if until > slot_state.cooldown_until {
+                    slot_state.cooldown_until = until;
+                    slot_state.cooldown_since = clock;
+                }
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);

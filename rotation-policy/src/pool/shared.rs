@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 
 use super::Pool;
-use super::account::{Account, mark_changed};
+use super::account::{Account, adopt_family, mark_changed};
 use crate::state::{cooldown_rank, disabled_rank};
 use crate::status::{CooldownReason, DisabledReason};
 use crate::{
@@ -118,9 +118,11 @@ impl Pool {
     /// changed, so the next [`select`](Self::select) honours what other processes learned.
     ///
     /// Ids not in the pool are listed in [`MergeReport::unknown`] and otherwise ignored.
-    /// Cooldowns are capped at this pool's own longest, records stamped more than
-    /// [`max_cooldown`](crate::PolicyConfig::max_cooldown) after `now` are ignored, and a
-    /// running cooldown is never shortened (see the guards in [`crate::state`]).
+    /// Cooldowns are capped at this pool's own longest *from their own start*, so merging
+    /// the same document again later never restarts one; cooldowns no writer can have set,
+    /// records stamped more than [`max_cooldown`](crate::PolicyConfig::max_cooldown) after
+    /// `now`, and cooldowns of model families the pool may not add are ignored; a running
+    /// cooldown is never shortened (see the guards in [`crate::state`]).
     ///
     /// An account is recorded as changed for [`take_changes`](Self::take_changes) only when
     /// the pool knew something `state` lacks — never merely because the merge changed the
@@ -128,7 +130,8 @@ impl Pool {
     /// processes sharing a file settle instead of rewriting it in turn.
     ///
     /// O(k · F log n) for k accounts in `state` with F families; the first mention of a
-    /// model family the pool has not seen adds it (O(n log n), once per family).
+    /// model family the pool has not seen adds it (O(n log n), once per family, for at most
+    /// `max_families / 2` families).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -138,8 +141,8 @@ impl Pool {
     /// pool.add(a.clone())?;
     /// pool.add(b.clone())?;
     ///
-    /// // Another process saw `a` rate limited for gpt-5 until t = 20 s.
-    /// let json = r#"{"version":1,"accounts":{"a":{"families":{"gpt-5":{"until":20000,"streak":1}}}}}"#;
+    /// // Another process saw `a` rate limited for gpt-5 at t = 2 s, until t = 20 s.
+    /// let json = r#"{"version":1,"accounts":{"a":{"families":{"gpt-5":{"until":20000,"since":2000}}}}}"#;
     /// let shared: PolicyState = serde_json::from_str(json)?;
     /// let report = pool.merge_state(&shared, Timestamp::from_millis(5_000));
     /// assert_eq!((report.applied, report.changed), (1, 1));
@@ -153,6 +156,31 @@ impl Pool {
     /// );
     /// // Nothing to write back for `a`: the file already says all the pool knows of it.
     /// assert_eq!(pool.take_changes().accounts.keys().collect::<Vec<_>>(), [&b]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// A cooldown longer than this pool's runs this pool's longest from when it started, and
+    /// merging the same document later does not start it again:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use rotation_policy::*;
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?; // max_cooldown: 15 min
+    /// let a = AccountId::new("a")?;
+    /// pool.add(a.clone())?;
+    /// // A process allowing 24 h cooldowns saw a 429 at t = 0.
+    /// let json = r#"{"version":1,"accounts":{"a":{"families":{"gpt-5":{"until":86400000,"since":0}}}}}"#;
+    /// let shared: PolicyState = serde_json::from_str(json)?;
+    /// let minutes = |m: u64| Timestamp::from_millis(m * 60_000);
+    /// pool.merge_state(&shared, minutes(5));
+    /// assert_eq!(
+    ///     pool.select(&mut Request::new("gpt-5"), minutes(5)),
+    ///     Selection::Exhausted { retry_after: Duration::from_secs(10 * 60) }
+    /// );
+    /// for later in [15, 60, 24 * 60] {
+    ///     pool.merge_state(&shared, minutes(later));
+    ///     assert_eq!(pool.select(&mut Request::new("gpt-5"), minutes(later)), Selection::Account(a.clone()));
+    /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn merge_state(&mut self, state: &PolicyState, now: Timestamp) -> MergeReport {
@@ -191,7 +219,9 @@ impl Pool {
                 .filter(|(ours, _)| ours.cooldown_until > t)
                 .map(|(ours, family)| {
                     let until = Timestamp::from_millis(ours.cooldown_until);
-                    (family.name.clone(), FamilyState::new(until, ours.streak))
+                    let since = Timestamp::from_millis(ours.cooldown_since);
+                    let state = FamilyState::new(until, ours.streak).with_since(since);
+                    (family.name.clone(), state)
                 })
                 .collect(),
             disabled: a.disabled.map(|reason| Disabled {
@@ -226,19 +256,21 @@ impl Pool {
         };
 
         // Family indexes first: adding a family re-indexes every account.
-        let family_cap = clock.saturating_add(self.rules.max_cooldown);
         let mut families = Vec::new();
         for (name, family) in &theirs.families {
-            let until = family.until.as_millis();
-            if until <= clock {
-                continue; // ended
+            if family.until.as_millis() <= clock {
+                continue; // over
             }
-            if until > family_cap {
-                report.capped += 1;
+            if !family.is_plausible() {
+                report.ignored_implausible += 1;
+                continue;
             }
-            let until = until.min(family_cap);
-            if until > clock {
-                families.push((self.family_index(name), until, family.streak));
+            if family.since.is_some_and(|since| !fresh(since)) {
+                continue;
+            }
+            match self.merged_family_index(name) {
+                Some(index) => families.push((index, family)),
+                None => report.ignored_families += 1,
             }
         }
 
@@ -246,16 +278,17 @@ impl Pool {
             return false;
         };
         let mut changed = false;
-        for (index, until, streak) in families {
-            let ours = &mut account.families[index];
-            if until > ours.cooldown_until {
-                ours.cooldown_until = until;
-                changed = true;
-            }
-            if streak > ours.streak {
-                ours.streak = streak;
-                changed = true;
-            }
+        for (index, family) in families {
+            let adopted = adopt_family(
+                &mut account.families[index],
+                family.until.as_millis(),
+                family.since.map(Timestamp::as_millis),
+                family.streak,
+                clock,
+                self.rules.max_cooldown,
+            );
+            report.capped += usize::from(adopted.capped);
+            changed |= adopted.changed;
         }
 
         // The refresh time first: it may end our 401 cooldown and voids theirs.
@@ -273,17 +306,21 @@ impl Pool {
             account.cooldown_reason = None;
             changed = true;
         }
-        if let Some(cooldown) = theirs.cooldown.filter(|c| fresh(c.since))
-            && cooldown.until.as_millis() > clock
+        let cooldown = theirs.cooldown.filter(|c| c.until.as_millis() > clock);
+        if cooldown.is_some_and(|c| !c.is_plausible()) {
+            report.ignored_implausible += 1;
+        } else if let Some(cooldown) = cooldown.filter(|c| fresh(c.since))
             && !(cooldown.reason == CooldownReason::Unauthorized
                 && refreshed_since(account.refreshed_at, cooldown.since.as_millis()))
         {
-            let cap = clock.saturating_add(self.rules.cooldown_cap(cooldown.reason));
+            // Bounded from its own start, never from now: merging it again later must not
+            // restart it.
+            let since = cooldown.since.as_millis();
+            let cap = since.saturating_add(self.rules.cooldown_cap(cooldown.reason));
             if cooldown.until.as_millis() > cap {
                 report.capped += 1;
             }
             let until = cooldown.until.as_millis().min(cap);
-            let since = cooldown.since.as_millis();
             let ours = (
                 account.cooldown_until,
                 account.cooldown_reason.map_or(0, cooldown_rank),

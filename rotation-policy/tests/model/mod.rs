@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use rotation_policy::{
     AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
-    FamilyState, Outcome, PolicyConfig, PolicyState, PoolStatus, Selection, Strategy, Timestamp,
+    FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN, Outcome, PolicyConfig, PolicyState,
+    PoolStatus, Selection, Strategy, Timestamp,
 };
 
 /// The fields of an account's status both implementations must agree on.
@@ -135,8 +136,19 @@ struct Acct {
     in_flight: u32,
     attempts: u64,
     outcomes: Outcomes,
-    /// Per family index: (until, streak).
-    fam: Vec<(u64, u32)>,
+    /// Per family index.
+    fam: Vec<Fam>,
+}
+
+/// One account's rate-limit state for one family.
+#[derive(Clone, Copy, Debug, Default)]
+struct Fam {
+    until: u64,
+    /// When the cooldown started.
+    since: u64,
+    streak: u32,
+    /// The latest end of a start-less cooldown adopted for this family.
+    unstamped_seen: u64,
 }
 
 /// A request as the model sees it.
@@ -232,7 +244,7 @@ impl Model {
     }
 
     fn avail(&self, a: &Acct, f: usize) -> u64 {
-        a.until.max(a.fam[f].0).max(self.token_at(a))
+        a.until.max(a.fam[f].until).max(self.token_at(a))
     }
 
     fn family(&mut self, name: &str) -> usize {
@@ -250,9 +262,27 @@ impl Model {
         };
         self.families.push((name.to_owned(), 0));
         for a in &mut self.accounts {
-            a.fam.push((0, 0));
+            a.fam.push(Fam::default());
         }
         self.families.len() - 1
+    }
+
+    /// The family a merged record for `name` goes to: one already tracked, or a new one
+    /// while fewer than half of `max_families` named families are tracked; never `*`.
+    fn merge_family(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.families.iter().position(|(n, _)| n == name) {
+            return Some(i);
+        }
+        let named = self.families.iter().filter(|(n, _)| n != "*").count();
+        if name == "*" || named >= self.c.max_families / 2 {
+            return None;
+        }
+        Some(self.family(name))
+    }
+
+    /// Every family tracked, in the order it was first used.
+    pub fn family_names(&self) -> Vec<String> {
+        self.families.iter().map(|(n, _)| n.clone()).collect()
     }
 
     /// The family name `name` is tracked under (itself, or `*` past `max_families`), once
@@ -300,7 +330,7 @@ impl Model {
             in_flight: 0,
             attempts: 0,
             outcomes: Outcomes::new(),
-            fam: vec![(0, 0); self.families.len()],
+            fam: vec![Fam::default(); self.families.len()],
         });
         true
     }
@@ -619,10 +649,10 @@ impl Model {
                     a.unauthorized_streak = 0;
                     a.burst_streak = 0;
                     a.needs_refresh = false;
-                    a.fam[f].1 = 0;
+                    a.fam[f].streak = 0;
                 }
                 Outcome::RateLimited { retry_after } => {
-                    let streak = self.accounts[i].fam[f].1 + 1;
+                    let streak = self.accounts[i].fam[f].streak + 1;
                     let wait = match retry_after {
                         Some(h) => ms(h).min(max_cd),
                         None => self.backoff(ms(self.c.rate_limit_backoff), streak),
@@ -630,8 +660,11 @@ impl Model {
                     .max(min_cd);
                     let a = &mut self.accounts[i];
                     a.health = a.health.saturating_sub(15);
-                    a.fam[f].1 = streak;
-                    a.fam[f].0 = a.fam[f].0.max(clock + wait);
+                    a.fam[f].streak = streak;
+                    if clock + wait > a.fam[f].until {
+                        a.fam[f].until = clock + wait;
+                        a.fam[f].since = clock;
+                    }
                 }
                 Outcome::Unauthorized => {
                     let (limit, cd) = (
@@ -715,8 +748,8 @@ impl Model {
                     .fam
                     .iter()
                     .zip(&self.families)
-                    .filter(|(s, _)| s.0 > t)
-                    .map(|(s, (name, _))| (name.clone(), s.0, s.1))
+                    .filter(|(s, _)| s.until > t)
+                    .map(|(s, (name, _))| (name.clone(), s.until, s.streak))
                     .collect(),
                 needs_refresh: a.needs_refresh,
                 health: a.health,
@@ -741,9 +774,10 @@ impl Model {
                 s.cooldown = Some(Cooldown::new(ms_t(a.until), reason, ms_t(a.until_since)));
             }
             for (f, (name, _)) in a.fam.iter().zip(&self.families) {
-                if f.0 > t {
-                    s.families
-                        .insert(name.clone(), FamilyState::new(ms_t(f.0), f.1));
+                if f.until > t {
+                    let family =
+                        FamilyState::new(ms_t(f.until), f.streak).with_since(ms_t(f.since));
+                    s.families.insert(name.clone(), family);
                 }
             }
             s.disabled = a.disabled.map(|r| Disabled::new(r, ms_t(a.disabled_since)));
@@ -760,9 +794,12 @@ impl Model {
     }
 
     /// Merges `doc` into the model by the table, with the pool's guards: only running
-    /// cooldowns, capped at this config's longest for their kind; records stamped more than
-    /// `max_cooldown` after now ignored; nothing running is shortened except a 401 cooldown
-    /// by a later refresh. Returns the ids not in the model.
+    /// cooldowns some writer can have set (ending by year 9999, at most 30 days from their
+    /// start), each capped at this config's longest for its kind from its own start (a
+    /// family cooldown without a start: from the first time the model sees that end, and
+    /// never again); records stamped more than `max_cooldown` after now ignored; family
+    /// records only for families tracked or addable by a merge; nothing running is shortened
+    /// except a 401 cooldown by a later refresh. Returns the ids not in the model.
     pub fn merge(&mut self, doc: &PolicyState, now: u64) -> Vec<AccountId> {
         self.tick(now);
         let clock = self.clock;
@@ -776,6 +813,10 @@ impl Model {
             (CooldownReason::FailureBurst, max_cd),
         ];
         let ok = |t: Timestamp| t.as_millis() <= clock.saturating_add(max_cd);
+        let real = |t: Timestamp| t <= LAST_PLAUSIBLE_TIME;
+        let short = |since: Timestamp, until: Timestamp| {
+            until.saturating_duration_since(since) <= MAX_COOLDOWN_SPAN
+        };
         let mut unknown = Vec::new();
         for (id, s) in &doc.accounts {
             let Some(i) = self.find(id) else {
@@ -783,12 +824,31 @@ impl Model {
                 continue;
             };
             for (name, f) in &s.families {
-                let until = f.until.as_millis().min(clock.saturating_add(max_cd));
+                let plausible = real(f.until)
+                    && f.since
+                        .is_none_or(|since| real(since) && short(since, f.until));
+                if f.until.as_millis() <= clock || !plausible || f.since.is_some_and(|t| !ok(t)) {
+                    continue;
+                }
+                let Some(fi) = self.merge_family(name) else {
+                    continue;
+                };
+                let ours = &mut self.accounts[i].fam[fi];
+                let since = match f.since {
+                    Some(since) => since.as_millis(),
+                    None if f.until.as_millis() <= ours.unstamped_seen => continue,
+                    None => {
+                        ours.unstamped_seen = f.until.as_millis();
+                        clock
+                    }
+                };
+                let until = f.until.as_millis().min(since.saturating_add(max_cd));
                 if until > clock {
-                    let fi = self.family(name);
-                    let ours = &mut self.accounts[i].fam[fi];
-                    ours.0 = ours.0.max(until);
-                    ours.1 = ours.1.max(f.streak);
+                    if (until, since) > (ours.until, ours.since) {
+                        ours.until = until;
+                        ours.since = since;
+                    }
+                    ours.streak = ours.streak.max(f.streak);
                 }
             }
             let a = &mut self.accounts[i];
@@ -803,11 +863,18 @@ impl Model {
                 a.until = 0;
                 a.until_reason = None;
             }
-            if let Some(c) = s.cooldown.filter(|c| ok(c.since))
+            if let Some(c) = s.cooldown
+                && real(c.until)
+                && real(c.since)
+                && short(c.since, c.until)
+                && ok(c.since)
                 && !voided(a.refreshed_at, Some(c.reason), c.since.as_millis())
             {
                 let cap = caps.iter().find(|(r, _)| *r == c.reason).unwrap().1;
-                let until = c.until.as_millis().min(clock.saturating_add(cap));
+                let until = c
+                    .until
+                    .as_millis()
+                    .min(c.since.as_millis().saturating_add(cap));
                 let theirs = (until, cooldown_rank(Some(c.reason)), c.since.as_millis());
                 let ours = (a.until, cooldown_rank(a.until_reason), a.until_since);
                 if until > clock && theirs > ours {
