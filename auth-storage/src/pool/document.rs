@@ -78,7 +78,12 @@ impl fmt::Debug for PoolDocument {
 }
 
 /// A Codex home the pool knows about ([`PoolDocument::homes`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On disk an object `{"account": …, "store": …}`; a bare account id — how pools of schema
+/// v3 recorded homes before store modes were — is read as a `file` home, so those pools
+/// keep loading (refusing them would restore an older backup, whose refresh tokens may be
+/// spent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct LinkedHome {
     /// The [`Account::id`] last handed to or imported from the home (informational: the
@@ -86,12 +91,47 @@ pub struct LinkedHome {
     pub account: String,
     /// Where the home keeps its login, as its `cli_auth_credentials_store` says (`file`,
     /// `keyring`, `auto`).
-    #[serde(default = "file_mode")]
     pub store: String,
 }
 
 fn file_mode() -> String {
     crate::StoreMode::File.as_str().to_owned()
+}
+
+impl<'de> Deserialize<'de> for LinkedHome {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Link;
+        impl<'de> serde::de::Visitor<'de> for Link {
+            type Value = LinkedHome;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a Codex home link: an object with `account` and `store`, or an account id",
+                )
+            }
+
+            /// Schema v3 before store modes were recorded: the account id alone.
+            fn visit_str<E: serde::de::Error>(self, account: &str) -> Result<LinkedHome, E> {
+                Ok(LinkedHome::new(account, crate::StoreMode::File))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<LinkedHome, A::Error> {
+                #[derive(Deserialize)]
+                struct Fields {
+                    account: String,
+                    #[serde(default = "file_mode")]
+                    store: String,
+                }
+                let Fields { account, store } =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(LinkedHome { account, store })
+            }
+        }
+        deserializer.deserialize_any(Link)
+    }
 }
 
 impl LinkedHome {
