@@ -90,9 +90,9 @@ impl From<StorageError> for PoolRefreshError {
 ///
 /// | step | what happens | lock held |
 /// |------|--------------|-----------|
-/// | 1 | take the account's refresh lock (`refresh-locks/<id>.lock` in the pool directory) | account |
+/// | 1 | take the refresh lock of the account's login (`refresh-locks/<hash>.lock` in the pool directory; one per login, so a removed and re-added copy shares it) | account |
 /// | 2 | re-read the pool; an [`unusable`](crate::pool::Account::unusable) account is refused without a request | account |
-/// | 3 | for each Codex home the pool handed this account to ([`PoolDocument::homes`]): take the home's locks (`auth.lock`, `auth.json.lock`: the Codex CLI's own, so it cannot refresh meanwhile) and read its login; a home holding another login is left alone | account, homes |
+/// | 3 | for each Codex home the pool knows ([`PoolDocument::homes`]), in the store mode recorded for it: take the home's locks (`auth.lock`, `auth.json.lock`: the Codex CLI's own, so it cannot refresh meanwhile) and read its login; a home holding another login is released at once; a home that cannot be opened, locked or read (a keyring out of reach) fails the refresh with no request | account, homes |
 /// | 4 | the newest copy wins (later access-token expiry, then later `last_refresh`): if it is not the one the caller saw and it is still valid, it is adopted — written to the pool and to every home holding an older copy — and returned without a request | account, homes, pool (short) |
 /// | 5 | otherwise a [`RefreshInFlight`] mark is written on the account, the newest refresh token is exchanged (one request), and the answer is saved to the pool and to every home holding this login, clearing the mark | account, homes; pool (short, twice) |
 /// | 6 | a permanent refusal (`refresh_token_reused`, `…_expired`, `…_invalidated`, `invalid_grant`, HTTP 401) marks the account [`UnusableReason::LoginRequired`] in the pool, for every process | account, homes, pool (short) |
@@ -427,10 +427,10 @@ impl PoolRefresher {
 
     /// Step 3: the locks and logins of the Codex homes the pool knows that hold this login
     /// (in path order). A home that holds another login is released at once; one deleted
-    /// since is skipped (locking it would create it again), and so is one whose login
-    /// cannot be read (its CLI cannot refresh it either). A home that cannot be opened or
-    /// locked is an error and no request is sent: its CLI might be refreshing the very
-    /// token this refresh would spend.
+    /// since is skipped (locking it would create it again), and so is one whose login is
+    /// unusable (its CLI cannot refresh it either). A home that cannot be opened, locked or
+    /// read (e.g. a keyring this process cannot reach) is an error and no request is sent:
+    /// its CLI might be refreshing the very token this refresh would spend.
     fn lock_homes(
         &self,
         pool: &PoolDocument,
@@ -450,10 +450,20 @@ impl PoolRefresher {
             let guard = home.lock_for_commit(self.lock_timeout)?;
             let doc = match store.load() {
                 Ok(doc) => doc,
-                Err(err) => {
-                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "could not read a Codex home's login; skipping it");
+                // A login that is there but unusable (damaged, not a regular file, too
+                // large): its CLI cannot refresh it either.
+                Err(
+                    err @ (StorageError::AuthFile { .. }
+                    | StorageError::NotRegularFile { .. }
+                    | StorageError::FileTooLarge { .. }),
+                ) => {
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "a Codex home's login is unusable; skipping it");
                     continue;
                 }
+                // A store this process cannot read (a keyring it cannot reach, a file it
+                // may not open) may hold a copy its CLI reads and refreshes: unknown, as
+                // for a home that cannot be locked.
+                Err(err) => return Err(err),
             };
             let copy = doc.as_ref().and_then(|doc| {
                 let tokens = doc.tokens.as_ref()?;
