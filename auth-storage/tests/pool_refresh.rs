@@ -17,11 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use auth_core::refresh::{RefreshConfig, RefreshError, TokenEndpoint};
+use auth_core::refresh::RefreshError;
 use auth_core::{AuthDocument, Timestamp, TokenData};
 use auth_storage::pool::{Account, RefreshInFlight, UnusableReason, Upsert};
-use auth_storage::refresh::{PoolRefreshError, PoolRefresher, RefreshOutcome};
+use auth_storage::refresh::{PoolRefreshError, RefreshOutcome};
 use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore};
+use common::refresh::{
+    Fixture, assert_no_secrets, cli_refresh, endpoint, finished, home_tokens, refreshed, refresher,
+    shown, spawn_refresh, wait_stalled,
+};
 use common::{TokenServer, unix_now};
 use pretty_assertions::assert_eq;
 
@@ -30,67 +34,7 @@ const ROLE: &str = "AUTH_STORAGE_POOL_REFRESH_ACCOUNT";
 const PROCESSES: usize = 4;
 const TASKS: usize = 4;
 
-/// A pool in a temporary directory, a token server and a refresher between them.
-struct Fixture {
-    server: TokenServer,
-    dir: tempfile::TempDir,
-    pool: PoolStore,
-    refresher: PoolRefresher,
-}
-
 impl Fixture {
-    fn new() -> Self {
-        Self::with_server(TokenServer::start())
-    }
-
-    fn with_server(server: TokenServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = PoolStore::new(dir.path().join("pool"));
-        let refresher = refresher(server.url(), &pool);
-        Self {
-            server,
-            dir,
-            pool,
-            refresher,
-        }
-    }
-
-    /// Sign `email` in at the issuer with an access token that expired a minute ago and
-    /// add the login to the pool (refreshed an hour ago); returns its tokens and pool id.
-    fn add_expired(&self, email: &str, workspace: &str) -> (TokenData, String) {
-        let tokens = self.server.sign_in(email, workspace, unix_now() - 60);
-        let id = self
-            .pool
-            .update(|p| {
-                let hour_ago = Timestamp::from_unix_seconds(unix_now() - 3600).unwrap();
-                let login = Account::from_login(tokens.clone(), Some(hour_ago), 0);
-                match p.upsert(login) {
-                    Upsert::Added(i) | Upsert::Updated(i) => p.accounts[i].id.clone(),
-                    other => panic!("{other:?}"),
-                }
-            })
-            .unwrap();
-        (tokens, id)
-    }
-
-    fn account(&self, id: &str) -> Account {
-        self.pool.load().unwrap().pool.account(id).unwrap().clone()
-    }
-
-    /// A Codex home in the temporary directory.
-    fn home(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `PoolStore::switch_to`: the pool hands account `id` to the Codex home `home`.
-    fn hand_to(&self, id: &str, home: &Path) {
-        let index = self.pool.load().unwrap().pool.index_of(id).unwrap();
-        let store = FileStore::new(CodexHome::new(home));
-        self.pool
-            .switch_to(index, &store, unix_now() as u64)
-            .unwrap();
-    }
-
     /// Write `seen` where `child_pool_refresher` reads it.
     fn seen_file(&self, name: &str, seen: &TokenData) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -119,92 +63,8 @@ impl Fixture {
     }
 }
 
-fn refresher(url: &str, pool: &PoolStore) -> PoolRefresher {
-    PoolRefresher::new(endpoint(url), pool.clone()).with_lock_timeout(Duration::from_secs(30))
-}
-
-fn endpoint(url: &str) -> TokenEndpoint {
-    TokenEndpoint::new(RefreshConfig::default().with_token_url(url)).unwrap()
-}
-
-fn home_tokens(home: &Path) -> TokenData {
-    let store = FileStore::new(CodexHome::new(home));
-    store.load().unwrap().unwrap().tokens.unwrap()
-}
-
-/// What the Codex CLI does when its access token expires: under its own locks, read
-/// `auth.json`, exchange its refresh token, write the answer back.
-async fn cli_refresh(url: &str, home: &Path) -> Result<TokenData, RefreshError> {
-    let home = CodexHome::new(home);
-    let store = FileStore::new(home.clone());
-    let guard = home.lock().unwrap();
-    let mut doc = store.load().unwrap().unwrap();
-    let refreshed = endpoint(url)
-        .exchange(&doc.tokens.as_ref().unwrap().refresh_token)
-        .await?;
-    let fresh = refreshed
-        .apply_to_document(&mut doc, Timestamp::now())
-        .unwrap();
-    store.save_locked(&doc, &guard).unwrap();
-    Ok(fresh)
-}
-
-/// The tokens of an outcome that must be `Refreshed` (one request made by this caller).
-fn refreshed(outcome: RefreshOutcome) -> TokenData {
-    match outcome {
-        RefreshOutcome::Refreshed(tokens) => tokens,
-        other => panic!("expected a refresh by this caller: {other:?}"),
-    }
-}
-
-/// Everything a person or a log could be shown of `err`: `Display`, `Debug` and the
-/// `Display` of every source.
-fn shown(err: &PoolRefreshError) -> String {
-    let mut text = format!("{err}\n{err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        text.push_str(&format!("\n{inner}\n{inner:?}"));
-        source = inner.source();
-    }
-    text
-}
-
-/// No token the issuer handed out and no email appears in `text`.
-fn assert_no_secrets(server: &TokenServer, text: &str) {
-    for secret in server.secrets() {
-        assert!(
-            !text.contains(&secret),
-            "a token or an email leaked into: {text}"
-        );
-    }
-}
-
 fn refreshing_cleared(account: &Account) -> bool {
     account.refreshing.is_none()
-}
-
-type Running = tokio::task::JoinHandle<Result<RefreshOutcome, PoolRefreshError>>;
-
-/// `refresher.refresh(id, seen)` in a task of its own.
-fn spawn_refresh(refresher: &PoolRefresher, id: &str, seen: &TokenData) -> Running {
-    let (r, id, seen) = (refresher.clone(), id.to_owned(), seen.clone());
-    tokio::spawn(async move { r.refresh(&id, &seen).await })
-}
-
-/// Wait (at most 60 s, off the runtime's threads) until the issuer holds an answer.
-async fn wait_stalled(server: &TokenServer) -> bool {
-    let issuer = server.issuer();
-    tokio::task::spawn_blocking(move || issuer.wait_stalled(60))
-        .await
-        .unwrap()
-}
-
-/// The result of a spawned refresh, waiting at most 30 s.
-async fn finished(running: Running) -> Result<RefreshOutcome, PoolRefreshError> {
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the refresh did not finish within 30 s")
-        .unwrap()
 }
 
 /// Child: `TASKS` concurrent refreshes of pool account `$ROLE` from the tokens in `$SEEN`.
@@ -744,31 +604,7 @@ async fn tokens_that_could_not_be_saved_to_the_pool_are_adopted_from_the_home() 
     let (seen, id) = f.add_expired("persist@example.com", "ws-persist");
     let home = f.home("codex-home");
     f.hand_to(&id, &home);
-    let impatient = refresher(
-        f.server.url(),
-        &PoolStore::new(f.pool.dir()).with_lock_timeout(Duration::from_millis(300)),
-    );
-    f.server.stall_next("ws-persist");
-    let running = spawn_refresh(&impatient, &id, &seen);
-    assert!(wait_stalled(&f.server).await, "the request never arrived");
-    let pool_lock = auth_storage::lock::FileLock::acquire(
-        &f.pool.dir().join("pool.lock"),
-        0o600,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    f.server.release();
-    let err = finished(running).await.unwrap_err();
-    drop(pool_lock);
-    let PoolRefreshError::Persist { tokens, .. } = &err else {
-        panic!("{err:?}")
-    };
-    let fresh = (**tokens).clone();
-    assert_eq!(
-        fresh.refresh_token.expose(),
-        f.server.valid_refresh_token("ws-persist")
-    );
-    assert_no_secrets(&f.server, &shown(&err));
+    let fresh = f.refresh_that_cannot_save(&id, &seen).await;
     assert_eq!(home_tokens(&home), fresh, "the home got the new tokens");
     assert_eq!(f.account(&id).tokens, seen, "the pool did not");
 

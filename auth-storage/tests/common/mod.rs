@@ -8,6 +8,9 @@ use std::process::Command;
 use auth_core::jwt::{IdTokenClaims, PlanType};
 use auth_core::{Secret, TokenData};
 
+#[cfg(feature = "refresh")]
+pub(crate) mod refresh;
+
 /// Real-shaped (unsigned, test-only) tokens for `email` in workspace `account_id`.
 pub(crate) fn tokens(email: &str, account_id: &str, refresh: &str) -> TokenData {
     // auth-core may grow more claims; keep the defaults for those.
@@ -285,6 +288,27 @@ pub(crate) fn read_request(conn: &mut std::net::TcpStream) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// Every file under `root` is whole: no temporary file of an atomic write (`.auth-…` beside
+/// an `auth.json`, `.pool-…` beside a `pool.json`) was left behind.
+pub(crate) fn assert_no_partial_files(root: &Path) {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                assert!(
+                    !name.starts_with(".auth-") && !name.starts_with(".pool-"),
+                    "a partially written file was left: {}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -324,6 +348,8 @@ struct IssuerState {
     unavailable: bool,
     /// The account whose next exchange is answered only after [`TokenIssuer::release`].
     stall: Option<String>,
+    /// The account whose next exchange spends the token and answers an unusable 200.
+    garble: Option<String>,
     stalled: usize,
     releases: u64,
     stopping: bool,
@@ -469,6 +495,12 @@ impl TokenIssuer {
         self.state().stall = Some(account_id.to_owned());
     }
 
+    /// The next exchange for `account_id` spends the token like any other, but its 200
+    /// answer is unusable: the id token is not a JWT (a proxy that mangled the body).
+    pub(crate) fn garble_next(&self, account_id: &str) {
+        self.state().garble = Some(account_id.to_owned());
+    }
+
     /// Wait (at most `secs`) until an answer is being held; returns whether one is.
     pub(crate) fn wait_stalled(&self, secs: u64) -> bool {
         let state = self.state();
@@ -540,8 +572,12 @@ impl TokenIssuer {
                 let exp = unix_now() + self.access_ttl.as_secs() as i64;
                 let fresh = Self::tokens(&email, &account_id, &refresh, exp);
                 state.remember(&fresh, &email);
+                let garbled = state.garble.as_deref() == Some(account_id.as_str());
+                if garbled {
+                    state.garble = None;
+                }
                 let reply = serde_json::json!({
-                    "id_token": fresh.id_token.expose(),
+                    "id_token": if garbled { "not-a-jwt" } else { fresh.id_token.expose() },
                     "access_token": fresh.access_token.expose(),
                     "refresh_token": refresh,
                 });
