@@ -446,8 +446,47 @@ impl PoolRefresher {
             if !home.dir().is_dir() {
                 continue;
             }
-            let store = (self.open_home)(&home, link.mode())?;
-            let guard = home.lock_for_commit(self.lock_timeout)?;
+            // A home that cannot be opened, locked or read blocks this refresh only when it
+            // may hold this login (the pool last put this login there, or does not know what
+            // it holds): its CLI might be refreshing the very token this refresh would
+            // spend. Any other such home is skipped, so one broken home does not stop the
+            // refreshes of every login.
+            let may_hold = pool
+                .account(&link.account)
+                .is_none_or(|linked| Identity::of(&linked.tokens).matches(identity));
+            let unreachable = |err: StorageError| -> Result<(), StorageError> {
+                if may_hold {
+                    Err(err)
+                } else {
+                    tracing::warn!(home = %crate::error::shown(home.dir()), error = %err, "a Codex home holding another login cannot be reached; skipping it");
+                    Ok(())
+                }
+            };
+            let Some(mode) = link.mode() else {
+                unreachable(StorageError::Invalid {
+                    what: "Codex home",
+                    detail: format!(
+                        "{} keeps its login in a credential store this version does not know ({})",
+                        crate::error::shown(home.dir()),
+                        auth_core::terminal::escape_control(&link.store)
+                    ),
+                })?;
+                continue;
+            };
+            let store = match (self.open_home)(&home, mode) {
+                Ok(store) => store,
+                Err(err) => {
+                    unreachable(err)?;
+                    continue;
+                }
+            };
+            let guard = match home.lock_for_commit(self.lock_timeout) {
+                Ok(guard) => guard,
+                Err(err) => {
+                    unreachable(err)?;
+                    continue;
+                }
+            };
             let doc = match store.load() {
                 Ok(doc) => doc,
                 // A login that is there but unusable (damaged, not a regular file, too
@@ -461,9 +500,11 @@ impl PoolRefresher {
                     continue;
                 }
                 // A store this process cannot read (a keyring it cannot reach, a file it
-                // may not open) may hold a copy its CLI reads and refreshes: unknown, as
-                // for a home that cannot be locked.
-                Err(err) => return Err(err),
+                // may not open) may hold a copy its CLI reads and refreshes.
+                Err(err) => {
+                    unreachable(err)?;
+                    continue;
+                }
             };
             let copy = doc.as_ref().and_then(|doc| {
                 let tokens = doc.tokens.as_ref()?;

@@ -67,7 +67,7 @@ async fn a1_import_links_the_home_so_its_cli_never_resends_the_token_the_pool_sp
     let link = f.pool.load().unwrap().pool.homes[&home_key(&home)].clone();
     assert_eq!(
         (link.account.as_str(), link.mode()),
-        (account.id.as_str(), StoreMode::File)
+        (account.id.as_str(), Some(StoreMode::File))
     );
 
     let t1 = refreshed(f.refresher.refresh(&account.id, &t0).await.unwrap());
@@ -299,7 +299,7 @@ fn hand_to_store(f: &Fixture, id: &str, store: &dyn CredentialStore, mode: Store
     f.pool.switch_to(index, store, 0).unwrap();
     let key = home_key(store.home().dir());
     let link = f.pool.load().unwrap().pool.homes[&key].clone();
-    assert_eq!((link.account.as_str(), link.mode()), (id, mode));
+    assert_eq!((link.account.as_str(), link.mode()), (id, Some(mode)));
     assert!(
         !store.home().auth_file().exists(),
         "the login is not in auth.json"
@@ -607,7 +607,7 @@ async fn a_pool_whose_homes_name_only_the_account_loads_and_its_homes_are_still_
     let link = &loaded.pool.homes[&key];
     assert_eq!(
         (link.account.as_str(), link.mode()),
-        (id.as_str(), StoreMode::File)
+        (id.as_str(), Some(StoreMode::File))
     );
     assert_eq!(loaded.pool.accounts.len(), 1);
 
@@ -715,4 +715,61 @@ async fn i1_hostile_ids_and_homes_are_repaired_and_refresh_stays_inside_the_pool
         .collect();
     assert_eq!(top, ["pool"], "nothing beside the pool directory");
     assert_on_disk_whole(&f);
+}
+
+/// One broken Codex home must not stop every refresh: a home the pool last gave another
+/// login, locked past the timeout, is skipped (its CLI holds another token); the same home
+/// blocks the refresh of the login it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_home_blocks_only_the_login_it_may_hold() {
+    let f = Fixture::new();
+    let (ta, a) = f.add_expired("a@example.com", "ws-a");
+    let (tb, b) = f.add_expired("b@example.com", "ws-b");
+    let home = f.home("h");
+    f.hand_to(&b, &home);
+    let store = FileStore::new(CodexHome::new(&home));
+    let stuck = store.home().lock().unwrap();
+    let impatient = f
+        .refresher
+        .clone()
+        .with_lock_timeout(Duration::from_secs(1));
+    // Account a: the stuck home holds b, so a's refresh goes through.
+    refreshed(impatient.refresh(&a, &ta).await.unwrap());
+    // Account b: the stuck home may be refreshing it right now; no request.
+    let err = impatient.refresh(&b, &tb).await.unwrap_err();
+    assert!(
+        matches!(&err, PoolRefreshError::Storage(e) if matches!(**e, StorageError::LockTimeout { .. })),
+        "{err:?}"
+    );
+    drop(stuck);
+    assert_eq!((f.server.requests(), f.server.reuses()), (1, 0));
+}
+
+/// The same login imported from a second Codex home while the first holds it: both CLIs
+/// would refresh it and spend each other's token. Refused, nothing written.
+#[tokio::test]
+async fn importing_a_login_another_home_holds_is_refused() {
+    let f = Fixture::new();
+    let first = f.home("first");
+    let tokens = f.login_in_home(&first, "c@example.com", "ws-c");
+    f.pool
+        .import(&FileStore::new(CodexHome::new(&first)), 0)
+        .unwrap();
+    let second = f.home("second");
+    put_login(&second, &tokens);
+    let before = std::fs::read(f.pool.file()).unwrap();
+    let err = f
+        .pool
+        .import(&FileStore::new(CodexHome::new(&second)), 0)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("two Codex homes cannot share one login"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(f.pool.file()).unwrap(), before);
+    // Importing the first home again is fine (same home).
+    f.pool
+        .import(&FileStore::new(CodexHome::new(&first)), 0)
+        .unwrap();
 }

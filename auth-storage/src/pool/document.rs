@@ -143,9 +143,10 @@ impl LinkedHome {
         }
     }
 
-    /// The store mode (`file` when unreadable).
-    pub fn mode(&self) -> crate::StoreMode {
-        self.store.parse().unwrap_or_default()
+    /// The store mode; `None` when the recorded value is not one this version knows
+    /// (written by a newer program): such a home cannot be read here.
+    pub fn mode(&self) -> Option<crate::StoreMode> {
+        self.store.parse().ok()
     }
 }
 
@@ -453,9 +454,11 @@ pub(crate) fn tokens_newer(
         (None, Some(_)) => return false,
         _ => {}
     }
+    // To the nanosecond (`last_refresh` is RFC 3339 with fractions): two refreshes in
+    // one second must not tie.
     match (
-        a_refreshed.map(auth_core::Timestamp::unix_seconds),
-        b_refreshed.map(auth_core::Timestamp::unix_seconds),
+        a_refreshed.map(auth_core::Timestamp::to_system_time),
+        b_refreshed.map(auth_core::Timestamp::to_system_time),
     ) {
         (Some(x), Some(y)) => x > y,
         (Some(_), None) => true,

@@ -54,23 +54,27 @@ impl PoolStore {
             .iter()
             .map(|store| importable(*store, now))
             .collect::<Result<Vec<_>>>()?;
-        self.update(|pool| {
-            accounts
-                .into_iter()
-                .zip(stores)
-                .map(|(account, store)| {
-                    let outcome = pool.upsert(account);
-                    let index = match outcome {
-                        Upsert::Added(i) | Upsert::Updated(i) => i,
-                    };
-                    // The home keeps using this login: refreshes must see its copy.
-                    pool.homes.insert(
-                        home_key(store.home().dir()),
-                        LinkedHome::new(pool.accounts[index].id.clone(), store.mode()),
-                    );
-                    (outcome, pool.accounts[index].clone())
-                })
-                .collect()
+        self.try_update(|pool| {
+            let mut done = Vec::with_capacity(accounts.len());
+            for (account, store) in accounts.into_iter().zip(stores) {
+                let outcome = pool.upsert(account);
+                let index = match outcome {
+                    Upsert::Added(i) | Upsert::Updated(i) => i,
+                };
+                let this_home = home_key(store.home().dir());
+                // The same login in a second Codex home: both CLIs would refresh it on their
+                // own and spend each other's token; refused (nothing is written).
+                if let Some(refusal) = other_home_holding(pool, index, &this_home) {
+                    return Err(refusal);
+                }
+                // The home keeps using this login: refreshes must see its copy.
+                pool.homes.insert(
+                    this_home,
+                    LinkedHome::new(pool.accounts[index].id.clone(), store.mode()),
+                );
+                done.push((outcome, pool.accounts[index].clone()));
+            }
+            Ok(done)
         })
     }
 
@@ -176,16 +180,8 @@ impl PoolStore {
             }
             // A refresh token works once: two Codex homes whose CLIs refresh one login on
             // their own would spend each other's token.
-            if let Some(other) = other_home_holding(pool, index, &this_home) {
-                return Err(StorageError::Invalid {
-                    what: "account",
-                    detail: format!(
-                        "account #{} is the login of the Codex home {other}; a refresh token \
-                         works once, so two Codex homes cannot share one login — switch that \
-                         home to another account first (or run `codex logout` there)",
-                        index + 1
-                    ),
-                });
+            if let Some(refusal) = other_home_holding(pool, index, &this_home) {
+                return Err(refusal);
             }
             if let Some(mark) = &pool.accounts[index].unusable {
                 return Err(StorageError::Invalid {
@@ -336,29 +332,67 @@ fn importable(store: &dyn CredentialStore, now: u64) -> Result<Account> {
     }
 }
 
-/// Another Codex home the pool knows that holds account `index`'s login right now (read
-/// without that home's locks; a home that cannot be read is not counted).
-fn other_home_holding(pool: &super::PoolDocument, index: usize, this_home: &str) -> Option<String> {
+/// Another Codex home the pool knows that holds (or may hold) account `index`'s login
+/// right now, as a refusal naming it. Homes are read without their locks. A home that is
+/// gone, empty, or holds another login does not count; one whose store cannot be read
+/// counts when the pool last handed it this login (or does not know what it holds): it may
+/// hold the login, and a refresh token works once.
+fn other_home_holding(
+    pool: &super::PoolDocument,
+    index: usize,
+    this_home: &str,
+) -> Option<StorageError> {
     let account = &pool.accounts[index];
-    pool.homes
+    for (dir, link) in pool
+        .homes
         .iter()
         .filter(|(dir, _)| dir.as_str() != this_home)
-        .find(|(dir, link)| {
-            let home = crate::CodexHome::new(std::path::PathBuf::from(dir.as_str()));
-            if !home.dir().is_dir() {
-                return false;
+    {
+        let home = crate::CodexHome::new(std::path::PathBuf::from(dir.as_str()));
+        if !home.dir().is_dir() {
+            continue;
+        }
+        let shown = crate::error::shown(std::path::Path::new(dir));
+        let may_hold = pool
+            .account(&link.account)
+            .is_none_or(|linked| linked.same_login(account));
+        let read = link
+            .mode()
+            .ok_or_else(|| format!("its credential store `{}` is unknown here", link.store))
+            .and_then(|mode| crate::open_store(home, mode).map_err(|e| e.to_string()))
+            .and_then(|store| store.load().map_err(|e| e.to_string()));
+        let holds = match read {
+            Ok(Some(doc)) => doc
+                .tokens
+                .is_some_and(|tokens| account.same_login(&Account::from_login(tokens, None, 0))),
+            Ok(None) => false,
+            Err(why) if may_hold => {
+                return Some(StorageError::Invalid {
+                    what: "account",
+                    detail: format!(
+                        "account #{} may be the login of the Codex home {shown}, which cannot \
+                         be read ({}); a refresh token works once, so two Codex homes cannot \
+                         share one login — fix or remove that home first",
+                        index + 1,
+                        auth_core::terminal::escape_control(&why)
+                    ),
+                });
             }
-            let Ok(store) = crate::open_store(home, link.mode()) else {
-                return false;
-            };
-            let Ok(Some(doc)) = store.load() else {
-                return false;
-            };
-            doc.tokens
-                .map(|tokens| account.same_login(&Account::from_login(tokens, None, 0)))
-                .unwrap_or(false)
-        })
-        .map(|(dir, _)| crate::error::shown(std::path::Path::new(dir)).to_string())
+            Err(_) => false,
+        };
+        if holds {
+            return Some(StorageError::Invalid {
+                what: "account",
+                detail: format!(
+                    "account #{} is the login of the Codex home {shown}; a refresh token \
+                     works once, so two Codex homes cannot share one login — switch that \
+                     home to another account first (or run `codex logout` there)",
+                    index + 1
+                ),
+            });
+        }
+    }
+    None
 }
 
 /// How a Codex home is named in [`PoolDocument::homes`](super::PoolDocument::homes): its
