@@ -18,6 +18,14 @@
 //! `use` first saves the login it replaces into the pool (tokens the CLI refreshed since
 //! are kept; an unknown login is added), and refuses to replace an API-key login.
 //!
+//! A login lives in one Codex home at a time: a refresh token works once, so two homes
+//! whose CLIs refresh the same login would spend each other's token. `use N` (and
+//! `import`) refuse a login another Codex home the pool knows still holds, and say which
+//! home; run `codex logout` there (or `use` another account there) first. The pool
+//! remembers the homes it imported from or handed logins to, and every refresh of a login
+//! (by a `rotation-proxy`, say) goes through the locks of the home holding it and gives that
+//! home the new tokens, so the CLI there and the proxies never spend a token twice.
+//!
 //! The pool lives in `--pool-dir`, else `$CODEX_POOL_DIR`, else `$CODEX_HOME/accounts`
 //! (`~/.codex/accounts`). Every change is a locked, atomic read-modify-write, so running
 //! several of these at once (or beside `codex`) never loses an account.

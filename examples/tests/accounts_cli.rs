@@ -261,8 +261,31 @@ fn import_list_use_remove_as_a_user_would() {
     assert_eq!(list["accounts"][1]["account_id"], "acct-bob");
     assert_eq!(list["accounts"][1]["active"], false);
 
-    // use 2: the target Codex home gets bob's login, 0600, and the real CLI accepts it.
+    // use 2 into another home while the source home still holds bob: refused (a refresh
+    // token works once; two homes' CLIs would spend each other's), nothing changed.
     let target = sb.path("target-home");
+    let pool_before = std::fs::read(pool_dir.join("pool.json")).unwrap();
+    let run = sb.run(&[
+        "--pool-dir",
+        pool,
+        "use",
+        "2",
+        "--codex-home",
+        path_str(&target),
+    ]);
+    run.failed().assert_no_secrets(&all);
+    assert!(
+        run.stderr.contains("two Codex homes cannot share one login")
+            && run.stderr.contains("source-home"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(pool_dir.join("pool.json")).unwrap(), pool_before);
+    assert!(!target.join("auth.json").exists());
+
+    // use 2 once the source home is logged out: the target Codex home gets bob's login,
+    // 0600, and the real CLI accepts it.
+    log_out(&source);
     let run = sb.run(&[
         "--pool-dir",
         pool,
@@ -357,6 +380,7 @@ fn use_keeps_the_login_it_replaces() {
         path_str(&source),
     ])
     .ok();
+    log_out(&source);
 
     // The target home holds a login the pool does not know: `use` adds it first.
     let target = sb.path("target-home");
@@ -1115,6 +1139,7 @@ fn use_and_import_follow_the_codex_homes_credential_store() {
         path_str(&source),
     ])
     .ok();
+    log_out(&source);
     let home_with_mode = |name: &str, mode: &str| {
         let dir = sb.path(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -1191,6 +1216,7 @@ fn use_and_import_follow_the_codex_homes_credential_store() {
         }
         None => skip(test, "Codex CLI not found; auto-mode status not checked"),
     }
+    log_out(&auto_home);
 
     // A real Secret Service.
     let service = match SecretService::start() {
@@ -1319,6 +1345,13 @@ impl Drop for Immutable {
 
 /// A pool of alice, bob and carol (alice active, handed to `home`), then `dave` written
 /// into `home` by "codex login": the next `use` must keep dave.
+/// `codex logout` in a Codex home used only to sign in and import: a login lives in one
+/// Codex home at a time (a refresh token works once), so `use` hands it to another home
+/// only once the staging home no longer holds it.
+fn log_out(home: &Path) {
+    std::fs::remove_file(home.join("auth.json")).unwrap();
+}
+
 fn three_in_pool_dave_in_home(sb: &Sandbox, pool_dir: &Path, home: &Path) -> [Login; 4] {
     let logins = [
         Login::new(ALICE, "acct-alice"),
@@ -1338,6 +1371,7 @@ fn three_in_pool_dave_in_home(sb: &Sandbox, pool_dir: &Path, home: &Path) -> [Lo
         ])
         .ok();
     }
+    log_out(&source);
     sb.run(&[
         "--pool-dir",
         path_str(pool_dir),

@@ -286,6 +286,8 @@ fn directories_the_programs_create_are_private() {
         &["--pool-dir", s(&pool), "import", "--codex-home", s(&src)],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // `codex logout` in the source home: a login lives in one Codex home at a time.
+    std::fs::remove_file(src.join("auth.json")).unwrap();
     let target = dir.path().join("c/new-home");
     let out = run(
         &bin,
