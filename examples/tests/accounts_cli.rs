@@ -275,12 +275,16 @@ fn import_list_use_remove_as_a_user_would() {
     ]);
     run.failed().assert_no_secrets(&all);
     assert!(
-        run.stderr.contains("two Codex homes cannot share one login")
+        run.stderr
+            .contains("two Codex homes cannot share one login")
             && run.stderr.contains("source-home"),
         "{}",
         run.stderr
     );
-    assert_eq!(std::fs::read(pool_dir.join("pool.json")).unwrap(), pool_before);
+    assert_eq!(
+        std::fs::read(pool_dir.join("pool.json")).unwrap(),
+        pool_before
+    );
     assert!(!target.join("auth.json").exists());
 
     // use 2 once the source home is logged out: the target Codex home gets bob's login,
