@@ -22,36 +22,14 @@ use std::time::Duration;
 
 use rotation_policy::{DisabledReason, PolicyState};
 
+use auth_storage::policy::FileStamp;
+
 use super::Shared;
 use super::accounts::Standing;
 
 /// How often the pool file is checked for changes (changes apply within this, plus the
 /// time to read the file).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-
-/// The identity of a file version: replaced files get a new inode, so equal stamps mean
-/// the same version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    pub(crate) fn of(path: &std::path::Path) -> Option<Self> {
-        let meta = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Some(Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode,
-        })
-    }
-}
 
 /// Runs until the task is aborted (at shutdown).
 pub(crate) async fn follow_pool(shared: Arc<Shared>) {
