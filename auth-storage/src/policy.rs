@@ -233,6 +233,21 @@ impl PoolStore {
     /// [`StorageError::NewerVersion`] when the file comes from a newer program (it is left
     /// alone); lock and I/O errors, after which the file is as it was.
     pub fn save_policy_state(&self, changes: &PolicyState) -> Result<PolicyState> {
+        self.save_policy_state_stamped(changes)
+            .map(|(state, _)| state)
+    }
+
+    /// [`save_policy_state`](Self::save_policy_state), also returning the [`FileStamp`] of
+    /// the file it leaves, taken under the lock: exactly the version whose content it
+    /// returns, so a poller that records it never mistakes a later writer's version for one
+    /// it has seen.
+    ///
+    /// # Errors
+    /// As [`save_policy_state`](Self::save_policy_state).
+    pub fn save_policy_state_stamped(
+        &self,
+        changes: &PolicyState,
+    ) -> Result<(PolicyState, Option<FileStamp>)> {
         let path = self.state_file();
         auth_core::regular_file::create_private_dir_all(self.dir())
             .map_err(|e| StorageError::io("create the pool directory", self.dir(), e))?;
@@ -254,7 +269,7 @@ impl PoolStore {
             Some(StateProblem::Malformed { .. }) => self.set_aside(&path)?,
             _ => {
                 if changes.accounts.is_empty() {
-                    return Ok(loaded.state);
+                    return Ok((loaded.state, FileStamp::of(&path)));
                 }
             }
         }
@@ -265,7 +280,7 @@ impl PoolStore {
             detail: e.to_string(),
         })?;
         write_atomic(&path, &bytes, TEMP_PREFIX)?;
-        Ok(state)
+        Ok((state, FileStamp::of(&path)))
     }
 
     /// Everything a rotation proxy needs in one call: the pool's accounts in a new
@@ -366,10 +381,12 @@ impl PoolStore {
             setup.pool_seen = pool_now;
         }
         let changes = setup.policy.take_changes();
+        // The stamp recorded is always that of the version merged: taken before a read
+        // (a version written meanwhile is read next time), under the lock for a write.
         let state_now = FileStamp::of(&self.state_file());
         let merged = if !changes.accounts.is_empty() {
             sync.written = changes.accounts.len();
-            match self.save_policy_state(&changes) {
+            match self.save_policy_state_stamped(&changes) {
                 Ok(merged) => Some(merged),
                 Err(err) => {
                     // Handed back: the next call writes them (merging them in again marks
@@ -379,15 +396,15 @@ impl PoolStore {
                 }
             }
         } else if state_now != setup.state_seen {
-            Some(self.load_policy_state()?.state)
+            Some((self.load_policy_state()?.state, state_now))
         } else {
             None
         };
         let pool_changed = pool_now != pool_was;
         let merged_any = merged.is_some();
-        if let Some(merged) = merged {
+        if let Some((merged, stamp)) = merged {
             sync.merged = setup.policy.merge_state(&merged, now);
-            setup.state_seen = FileStamp::of(&self.state_file());
+            setup.state_seen = stamp;
         }
         if pool_changed || merged_any {
             reconcile_with_pool(&mut setup.policy, &setup.document);

@@ -54,25 +54,28 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
         let read = tokio::task::spawn_blocking(move || {
             let pool_stamp = FileStamp::of(&st.file());
             let pool = (pool_stamp != pool_last).then(|| st.load());
+            // The stamp recorded is that of the version merged: taken before a read (a
+            // version written meanwhile is read next tick), under the lock for a write.
+            let state_now = FileStamp::of(&st.state_file());
             let state = if changes.accounts.is_empty() {
-                if FileStamp::of(&st.state_file()) == state_last {
+                if state_now == state_last {
                     StateStep::Unchanged
                 } else {
                     match st.load_policy_state() {
-                        Ok(loaded) => StateStep::Read(loaded.state, loaded.problem),
+                        Ok(loaded) => StateStep::Read(loaded.state, loaded.problem, state_now),
                         Err(err) => StateStep::Failed(err, PolicyState::default()),
                     }
                 }
             } else {
-                match st.save_policy_state(&changes) {
-                    Ok(state) => StateStep::Read(state, None),
+                match st.save_policy_state_stamped(&changes) {
+                    Ok((state, stamp)) => StateStep::Read(state, None, stamp),
                     Err(err) => StateStep::Failed(err, changes),
                 }
             };
-            (pool_stamp, pool, FileStamp::of(&st.state_file()), state)
+            (pool_stamp, pool, state)
         })
         .await;
-        let Ok((pool_stamp, pool, state_stamp, state)) = read else {
+        let Ok((pool_stamp, pool, state)) = read else {
             continue;
         };
         if let Some(loaded) = pool {
@@ -87,8 +90,8 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
         }
         match state {
             StateStep::Unchanged => {}
-            StateStep::Read(state, problem) => {
-                state_seen = state_stamp;
+            StateStep::Read(state, problem, stamp) => {
+                state_seen = stamp;
                 unsaved = PolicyState::default();
                 if let Some(problem) = problem {
                     tracing::warn!(problem = %auth_core::terminal::escape_control(&problem.to_string()), "policy state not shared");
@@ -114,8 +117,13 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
 enum StateStep {
     /// The file did not change and this proxy had nothing to write.
     Unchanged,
-    /// The file's state (after this proxy's write, if it had changes).
-    Read(PolicyState, Option<auth_storage::policy::StateProblem>),
+    /// The file's state (after this proxy's write, if it had changes), and the stamp of
+    /// that version.
+    Read(
+        PolicyState,
+        Option<auth_storage::policy::StateProblem>,
+        Option<FileStamp>,
+    ),
     /// Reading or writing failed; the changes to write again.
     Failed(auth_storage::StorageError, PolicyState),
 }
