@@ -119,6 +119,21 @@ pub(crate) enum Standing {
     Disabled(DisabledReason),
 }
 
+/// What [`Accounts::mark_gone`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GoneMark {
+    /// This call marked the account in the pool.
+    Marked,
+    /// The pool had marked it already.
+    AlreadyMarked,
+    /// The pool holds other tokens for it now: the answer was about old tokens.
+    TokensChanged,
+    /// The account is no longer in the pool.
+    NotInPool,
+    /// The accounts were given in code (no pool to mark).
+    NoPool,
+}
+
 /// What [`Accounts::apply_document`] found changed in the pool file.
 #[derive(Debug, Default)]
 pub(crate) struct PoolChanges {
@@ -458,29 +473,33 @@ impl Accounts {
     }
 
     /// An upstream answer said the account's login is gone for everyone (a revoked or
-    /// invalidated token, a deactivated workspace): mark it in the pool (unless the pool
-    /// meanwhile holds other tokens for it, i.e. someone signed in again) so no process
-    /// picks it, and take it out of this proxy's rotation. Blocking file I/O.
+    /// invalidated token, a deactivated workspace): mark it in the pool, unless the pool
+    /// meanwhile holds other tokens for it (someone signed in again, or another process
+    /// refreshed): then the answer was about tokens that are no longer the account's.
+    /// Blocking file I/O.
     pub(crate) fn mark_gone(
         &self,
         id: &AccountId,
         used: &AccountCredentials,
         reason: UnusableReason,
         code: Option<&str>,
-    ) -> Result<bool, auth_storage::StorageError> {
+    ) -> Result<GoneMark, auth_storage::StorageError> {
         let Some(store) = &self.store else {
-            return Ok(false);
+            return Ok(GoneMark::NoPool);
         };
         let now = unix_now();
         store.update(|pool| {
             let Some(account) = pool.account_mut(id.as_str()) else {
-                return false;
+                return GoneMark::NotInPool;
             };
-            if account.tokens.access_token != used.access_token || account.unusable.is_some() {
-                return false;
+            if account.tokens.access_token != used.access_token {
+                return GoneMark::TokensChanged;
+            }
+            if account.unusable.is_some() {
+                return GoneMark::AlreadyMarked;
             }
             account.unusable = Some(Unusable::new(reason, now, code));
-            true
+            GoneMark::Marked
         })
     }
 
@@ -721,4 +740,63 @@ pub fn load_pool_accounts(store: PoolStore) -> Result<Accounts, super::ProxyErro
     };
     accounts.apply_document(&loaded.pool);
     Ok(accounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_upstream::{MockConfig, MockUpstream};
+
+    /// A "gone" answer about tokens the pool has since replaced (a new sign-in) marks
+    /// nothing: the account keeps its new tokens and stays usable.
+    #[tokio::test]
+    async fn a_gone_answer_about_replaced_tokens_marks_nothing() {
+        let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = PoolStore::new(dir.path());
+        let old = mock.synthetic_account("ws-1", "a@example.com", false);
+        crate::mock_upstream::seed_pool(&store, std::slice::from_ref(&old)).unwrap();
+        let accounts = load_pool_accounts(store.clone()).unwrap();
+        let id = accounts.ids().remove(0);
+        let used = credentials(&old.tokens, 0);
+
+        // Someone signed in again: the pool holds newer tokens.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let new = mock.synthetic_account("ws-1", "a@example.com", false);
+        crate::mock_upstream::seed_pool(&store, std::slice::from_ref(&new)).unwrap();
+        let mark = accounts
+            .mark_gone(
+                &id,
+                &used,
+                UnusableReason::LoginRequired,
+                Some("token_invalidated"),
+            )
+            .unwrap();
+        assert_eq!(mark, GoneMark::TokensChanged);
+        let pool = store.load().unwrap().pool;
+        assert!(pool.accounts[0].unusable.is_none());
+        assert_eq!(pool.accounts[0].tokens, new.tokens);
+
+        // About the tokens the pool holds: marked, once.
+        let current = credentials(&new.tokens, 1);
+        let mark = accounts
+            .mark_gone(
+                &id,
+                &current,
+                UnusableReason::LoginRequired,
+                Some("token_invalidated"),
+            )
+            .unwrap();
+        assert_eq!(mark, GoneMark::Marked);
+        let mark = accounts
+            .mark_gone(&id, &current, UnusableReason::LoginRequired, None)
+            .unwrap();
+        assert_eq!(mark, GoneMark::AlreadyMarked);
+        let pool = store.load().unwrap().pool;
+        assert_eq!(
+            pool.accounts[0].unusable.as_ref().map(|m| m.to_string()),
+            Some("login required (token_invalidated)".to_owned())
+        );
+        mock.shutdown().await;
+    }
 }

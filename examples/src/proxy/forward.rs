@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use rotation_policy::{AccountId, Decision, Outcome, Selection};
 use serde_json::value::RawValue;
 
-use super::accounts::{AccountCredentials, AfterRejection};
+use super::accounts::{AccountCredentials, AfterRejection, GoneMark};
 use super::answers::{FORWARDED_METHODS, bad_method, bad_target, busy, json_error, too_large};
 use super::budget::{self, BodyRefusal};
 use super::in_flight::{Answer, Pending};
@@ -305,6 +305,10 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 .await
             };
             match marked {
+                // The pool holds other tokens for the account now (a new sign-in, or
+                // another process refreshed): the answer was about these old ones; handled
+                // as any 401/403 below (a 401 adopts the new tokens).
+                Ok(Ok(GoneMark::TokensChanged)) => {}
                 Ok(Ok(_)) => {
                     // Whether this call wrote the mark or it was there already, the account
                     // is out of rotation here; every other process skips it from the pool.
