@@ -59,6 +59,20 @@ pub enum PoolRefreshError {
         /// Whether the account was marked [`UnusableReason::LoginRequired`] in the pool.
         marked_unusable: bool,
     },
+    /// Another process that is still running refreshed this login and has not saved the
+    /// answer to the pool yet (its save failed and it is retrying, see
+    /// [`PoolRefresher::save_refreshed`]): the pool's refresh token is probably spent, so
+    /// no request is sent. Try again shortly. After [`IN_FLIGHT_HOLD`], or once that
+    /// process has exited, the next refresh tries the token once (the crash outcome).
+    #[error(
+        "account {id} is being refreshed by process {pid}, which has not saved the new tokens yet; try again shortly"
+    )]
+    InFlightElsewhere {
+        /// The account id.
+        id: String,
+        /// The process holding the answer.
+        pid: u32,
+    },
     /// New tokens were obtained (the old refresh token is spent) but could not be saved to
     /// the pool; `tokens` carries them so the caller can keep using them. Homes holding the
     /// login were still written when possible, so the next refresh can adopt them there.
@@ -73,6 +87,10 @@ pub enum PoolRefreshError {
         tokens: Box<TokenData>,
     },
 }
+
+/// How long a refresh mark of a live process holds off other refreshers: past this, the
+/// process is taken to have lost its answer for good (or its pid to have been reused).
+pub const IN_FLIGHT_HOLD: Duration = Duration::from_secs(600);
 
 impl From<StorageError> for PoolRefreshError {
     fn from(err: StorageError) -> Self {
@@ -301,6 +319,17 @@ impl PoolRefresher {
             }
             return Ok(Prepared::Adopted(held.newest.tokens));
         }
+        if let Some(mark) = &held.interrupted
+            && mark.pid != std::process::id()
+            && process_alive(mark.pid)
+            && unix_now().saturating_sub(mark.started_at) < IN_FLIGHT_HOLD.as_secs()
+        {
+            // Its answer lives in that process's memory, which keeps trying to save it.
+            return Err(PoolRefreshError::InFlightElsewhere {
+                id: id.to_owned(),
+                pid: mark.pid,
+            });
+        }
         if let Some(mark) = &held.interrupted {
             tracing::warn!(
                 account = id,
@@ -423,6 +452,34 @@ impl PoolRefresher {
                 })
             }
         }
+    }
+
+    /// Saves to the pool the tokens of a refresh of account `id` that this process made
+    /// but could not save ([`PoolRefreshError::Persist`]), and clears its in-flight mark.
+    /// Only while the mark is still this process's (compare-and-set): once another process
+    /// took over the login (after [`IN_FLIGHT_HOLD`]) or someone signed in again, nothing is
+    /// written. Returns whether it saved. Blocking; call it until it returns `Ok`.
+    ///
+    /// # Errors
+    /// The pool could not be read or written (still locked, disk full, …).
+    pub fn save_refreshed(&self, id: &str, tokens: &TokenData) -> Result<bool, StorageError> {
+        let me = std::process::id();
+        self.pool.update(|pool| {
+            let Some(account) = pool.account_mut(id) else {
+                return false;
+            };
+            if account
+                .refreshing
+                .as_ref()
+                .is_none_or(|mark| mark.pid != me)
+            {
+                return false;
+            }
+            account.tokens = tokens.clone();
+            account.last_refresh = Some(Timestamp::now());
+            account.refreshing = None;
+            true
+        })
     }
 
     /// Step 3: the locks and logins of the Codex homes the pool knows that hold this login
@@ -696,6 +753,20 @@ impl Identity {
             other.account_id.as_deref(),
             other.email.as_deref(),
         )
+    }
+}
+
+/// Whether process `pid` is running (on Linux, `/proc/<pid>` exists; elsewhere assumed
+/// running, and [`IN_FLIGHT_HOLD`] bounds the wait).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        true
     }
 }
 

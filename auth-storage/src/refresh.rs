@@ -29,7 +29,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::pool_refresh::{HomeOpener, PoolRefreshError, PoolRefresher, REFRESH_LOCK_DIR};
+pub use crate::pool_refresh::{
+    HomeOpener, IN_FLIGHT_HOLD, PoolRefreshError, PoolRefresher, REFRESH_LOCK_DIR,
+};
 
 use auth_core::refresh::{
     PersistError, RefreshError, RefreshStore, RefreshedTokens, TokenEndpoint,

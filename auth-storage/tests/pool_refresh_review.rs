@@ -773,3 +773,65 @@ async fn importing_a_login_another_home_holds_is_refused() {
         .import(&FileStore::new(CodexHome::new(&first)), 0)
         .unwrap();
 }
+
+/// Proxy review F1: a process whose save of a refresh's answer failed keeps the new tokens
+/// in memory and its in-flight mark in the pool. While that process runs, no other process
+/// sends the (probably spent) refresh token: `InFlightElsewhere`, no request. The process
+/// saves them later (`save_refreshed`, compare-and-set on its own mark). Once the process
+/// is gone, the next refresh tries the token (the crash outcome).
+#[tokio::test]
+async fn a_live_process_holding_an_unsaved_answer_holds_others_off() {
+    let f = Fixture::new();
+    let (t0, id) = f.add_expired("live@example.com", "ws-live");
+    // Another process (alive) left its in-flight mark: pretend with a sleeping child.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = other.id();
+    f.pool
+        .update(|p| {
+            let account = p.account_mut(&id).unwrap();
+            account.refreshing = Some(
+                serde_json::from_value(serde_json::json!({
+                    "started_at": unix_now(),
+                    "pid": pid,
+                }))
+                .unwrap(),
+            );
+        })
+        .unwrap();
+    let err = f.refresher.refresh(&id, &t0).await.unwrap_err();
+    assert!(
+        matches!(&err, PoolRefreshError::InFlightElsewhere { pid: p, .. } if *p == pid),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.server.requests(),
+        0,
+        "no request while that process may save"
+    );
+    // Not this process's mark: `save_refreshed` writes nothing.
+    assert!(!f.refresher.save_refreshed(&id, &t0).unwrap());
+
+    // The process is gone: the next refresh tries the token once.
+    other.kill().unwrap();
+    other.wait().unwrap();
+    refreshed(f.refresher.refresh(&id, &t0).await.unwrap());
+    assert_eq!((f.server.requests(), f.server.reuses()), (1, 0));
+}
+
+/// `save_refreshed` saves this process's unsaved answer and clears its mark.
+#[tokio::test]
+async fn save_refreshed_completes_this_processs_refresh() {
+    let f = Fixture::new();
+    let (t0, id) = f.add_expired("mine@example.com", "ws-mine");
+    let t1 = f.refresh_that_cannot_save(&id, &t0).await;
+    assert!(f.account(&id).refreshing.is_some());
+    assert!(f.refresher.save_refreshed(&id, &t1).unwrap());
+    let account = f.account(&id);
+    assert_eq!(account.tokens, t1);
+    assert!(account.refreshing.is_none());
+    // Done once: nothing left to save.
+    assert!(!f.refresher.save_refreshed(&id, &t1).unwrap());
+}
