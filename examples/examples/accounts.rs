@@ -364,7 +364,16 @@ fn set_enabled(pool: &PoolStore, n: usize, enabled: bool) -> Result<(), StorageE
             entry.enabled_since = Some(after.map_or(wall, |after| after.max(wall)));
             let mut state = rotation_policy::PolicyState::default();
             state.accounts.insert(id, entry);
-            pool.save_policy_state(&state)?;
+            // The enable above took effect; this part only lifts a disable the proxies'
+            // policy decided itself (too many 401s). Its failure is said, not fatal: exit 1
+            // must keep meaning "nothing changed".
+            if let Err(err) = pool.save_policy_state(&state) {
+                say!(
+                    "note: could not write the shared policy state ({}); a proxy that \
+                     disabled #{n} after repeated 401s keeps it out: run `accounts enable {n}` again once the state file is free",
+                    escape_control(&err.to_string())
+                );
+            }
         }
     }
     let verb = if enabled { "enabled" } else { "disabled" };

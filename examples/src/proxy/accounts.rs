@@ -19,6 +19,25 @@ use serde::Serialize;
 
 use super::Shared;
 
+/// Why an account's tokens could not be made usable.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshFailure {
+    /// Redacted, one line.
+    pub(crate) message: String,
+    /// Not the account's fault and over soon (another process holds the new tokens and is
+    /// saving them): reported as a transient failure, never towards "disable after N 401s".
+    pub(crate) transient: bool,
+}
+
+impl RefreshFailure {
+    fn new(message: String) -> Self {
+        Self {
+            message,
+            transient: false,
+        }
+    }
+}
+
 /// What the refresh after an upstream `401` came to.
 pub(crate) enum AfterRejection {
     /// This caller's refresh replaced the rejected token.
@@ -27,7 +46,7 @@ pub(crate) enum AfterRejection {
     /// refresh.
     AlreadyRefreshed,
     /// The refresh failed.
-    Failed,
+    Failed(RefreshFailure),
 }
 
 /// What one upstream attempt needs from an account.
@@ -151,6 +170,8 @@ pub struct Accounts {
     live: RwLock<Live>,
     store: Option<PoolStore>,
     pool_refresher: OnceLock<Result<PoolRefresher, String>>,
+    /// Tokens this process refreshed but could not save yet (see [`Self::retry_unsaved`]).
+    unsaved: Mutex<Vec<(AccountId, TokenData)>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -219,6 +240,13 @@ impl Accounts {
         live.pool_disabled.push((id.clone(), reason));
     }
 
+    /// Undoes [`note_pool_disabled`](Self::note_pool_disabled) for `reason`.
+    pub(crate) fn lift_pool_disabled(&self, id: &AccountId, reason: DisabledReason) {
+        self.live_mut()
+            .pool_disabled
+            .retain(|(known, r)| !(known == id && *r == reason));
+    }
+
     /// Accounts the pool keeps out of rotation, and why.
     pub(crate) fn pool_disabled(&self) -> Vec<(AccountId, DisabledReason)> {
         self.live().pool_disabled.clone()
@@ -274,10 +302,10 @@ impl Accounts {
         &self,
         shared: &Shared,
         id: &AccountId,
-    ) -> Result<AccountCredentials, String> {
+    ) -> Result<AccountCredentials, RefreshFailure> {
         let entry = self
             .entry(id)
-            .ok_or_else(|| format!("{id} is not in the pool"))?;
+            .ok_or_else(|| RefreshFailure::new(format!("{id} is not in the pool")))?;
         let (creds, expiring) = {
             let t = guard(&entry.tokens);
             let expiring =
@@ -310,12 +338,12 @@ impl Accounts {
         used: &AccountCredentials,
     ) -> AfterRejection {
         let Some(entry) = self.entry(id) else {
-            return AfterRejection::Failed;
+            return AfterRejection::Failed(RefreshFailure::new(format!("{id} is not in the pool")));
         };
         match self.refresh(shared, &entry, used.generation).await {
             Ok((_, true)) => AfterRejection::RefreshedHere,
             Ok((_, false)) => AfterRejection::AlreadyRefreshed,
-            Err(_) => AfterRejection::Failed,
+            Err(failure) => AfterRejection::Failed(failure),
         }
     }
 
@@ -324,7 +352,7 @@ impl Accounts {
         shared: &Shared,
         entry: &Entry,
         seen: u64,
-    ) -> Result<(AccountCredentials, bool), String> {
+    ) -> Result<(AccountCredentials, bool), RefreshFailure> {
         let current = {
             let t = guard(&entry.tokens);
             if t.1 != seen {
@@ -365,7 +393,8 @@ impl Accounts {
                 }
                 Ok((creds, first && requested))
             }
-            Err(message) => {
+            Err(failure) => {
+                let message = failure.message.clone();
                 {
                     let mut info = guard(&entry.info);
                     info.refresh_failures += 1;
@@ -376,7 +405,7 @@ impl Accounts {
                 state.last_error = Some(message.clone());
                 drop(state);
                 tracing::warn!(account = %entry.id, error = %message, "token refresh failed");
-                Err(message)
+                Err(failure)
             }
         }
     }
@@ -388,7 +417,7 @@ impl Accounts {
         store: &PoolStore,
         entry: &Entry,
         current: &TokenData,
-    ) -> Result<(TokenData, bool), String> {
+    ) -> Result<(TokenData, bool), RefreshFailure> {
         let refresher = self
             .pool_refresher
             .get_or_init(|| {
@@ -402,7 +431,9 @@ impl Accounts {
                     .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| format!("refresh unavailable for {}: {e}", entry.id))?;
+            .map_err(|e| {
+                RefreshFailure::new(format!("refresh unavailable for {}: {e}", entry.id))
+            })?;
         match refresher.refresh(entry.id.as_str(), current).await {
             Ok(RefreshOutcome::Refreshed(tokens)) => Ok((tokens, true)),
             Ok(RefreshOutcome::AlreadyRefreshed(tokens)) => Ok((tokens, false)),
@@ -415,8 +446,11 @@ impl Accounts {
                         ..
                     } => Some(UnusableReason::LoginRequired),
                     PoolRefreshError::Persist { tokens, .. } => {
-                        // Spent token, new ones unsaved: keep using them from memory.
-                        tracing::warn!(account = %entry.id, "refreshed tokens kept in memory only: {err}");
+                        // Spent token, new ones unsaved: keep using them from memory, and
+                        // keep trying to save them (the sync task), while the in-flight mark
+                        // holds other processes off the spent token.
+                        tracing::warn!(account = %entry.id, "refreshed tokens kept in memory until they can be saved: {err}");
+                        guard(&self.unsaved).push((entry.id.clone(), (**tokens).clone()));
                         return Ok(((**tokens).clone(), true));
                     }
                     _ => None,
@@ -428,13 +462,42 @@ impl Accounts {
                     self.note_pool_disabled(&entry.id, reason);
                     let _ = shared.lock().policy.disable_for(&entry.id, reason);
                 }
-                Err(format!(
-                    "refresh failed for {}: {}",
-                    entry.id,
-                    auth_core::terminal::escape_control(&err.to_string())
-                ))
+                Err(RefreshFailure {
+                    message: format!(
+                        "refresh failed for {}: {}",
+                        entry.id,
+                        auth_core::terminal::escape_control(&err.to_string())
+                    ),
+                    transient: matches!(err, PoolRefreshError::InFlightElsewhere { .. }),
+                })
             }
         }
+    }
+
+    /// Tries again to save tokens this process refreshed but could not save (blocking;
+    /// called by the sync task every tick). Returns how many were saved.
+    pub(crate) fn retry_unsaved(&self) -> usize {
+        let pending: Vec<(AccountId, TokenData)> = guard(&self.unsaved).clone();
+        let Some(Ok(refresher)) = self.pool_refresher.get() else {
+            return 0;
+        };
+        let mut saved = 0;
+        for (id, tokens) in pending {
+            match refresher.save_refreshed(id.as_str(), &tokens) {
+                Ok(done) => {
+                    // Saved, or no longer ours to save (taken over, signed in again, removed).
+                    guard(&self.unsaved).retain(|(i, t)| !(*i == id && *t == tokens));
+                    if done {
+                        saved += 1;
+                        tracing::info!(account = %id, "refreshed tokens saved to the pool");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(account = %id, error = %auth_core::terminal::escape_control(&err.to_string()), "refreshed tokens still not saved; retrying");
+                }
+            }
+        }
+        saved
     }
 
     /// In memory (accounts given in code): single-flight inside auth-core.
@@ -443,7 +506,7 @@ impl Accounts {
         shared: &Shared,
         entry: &Entry,
         current: &TokenData,
-    ) -> Result<(TokenData, bool), String> {
+    ) -> Result<(TokenData, bool), RefreshFailure> {
         let refresher = {
             let mut slot = guard(&entry.refresher);
             match slot.as_ref() {
@@ -452,8 +515,9 @@ impl Accounts {
                     let config =
                         RefreshConfig::default().with_token_url(shared.options.token_url.clone());
                     let store: Arc<dyn RefreshStore> = Arc::new(MemoryRefreshStore);
-                    let r = Refresher::new(config, store)
-                        .map_err(|e| format!("refresh unavailable for {}: {e}", entry.id))?;
+                    let r = Refresher::new(config, store).map_err(|e| {
+                        RefreshFailure::new(format!("refresh unavailable for {}: {e}", entry.id))
+                    })?;
                     *slot = Some(r.clone());
                     r
                 }
@@ -464,11 +528,11 @@ impl Accounts {
             .await
             .map(|fresh| (fresh, true))
             .map_err(|err: RefreshError| {
-                format!(
+                RefreshFailure::new(format!(
                     "refresh failed for {}: {}",
                     entry.id,
                     auth_core::terminal::escape_control(&err.to_string())
-                )
+                ))
             })
     }
 
@@ -578,9 +642,11 @@ impl Accounts {
             return Ok(0);
         };
         let now_secs = unix_now();
+        let by_id: HashMap<&AccountId, &rotation_policy::AccountStatus> =
+            policy.accounts.iter().map(|a| (&a.id, a)).collect();
         let mut changes = Vec::new();
         for entry in self.live().list.iter() {
-            let Some(p) = policy.accounts.iter().find(|a| a.id == entry.id) else {
+            let Some(p) = by_id.get(&entry.id).copied() else {
                 continue;
             };
             let cooldowns: Vec<(String, u64)> = p
@@ -613,12 +679,14 @@ impl Accounts {
     }
 
     pub(crate) fn reports(&self, policy: &PoolStatus) -> Vec<AccountReport> {
+        let by_id: HashMap<&AccountId, &rotation_policy::AccountStatus> =
+            policy.accounts.iter().map(|a| (&a.id, a)).collect();
         self.live()
             .list
             .iter()
             .map(|e| {
                 let info = guard(&e.info);
-                let p = policy.accounts.iter().find(|a| a.id == e.id);
+                let p = by_id.get(&e.id).copied();
                 AccountReport {
                     id: e.id.to_string(),
                     email: e.masked_email.clone(),

@@ -225,13 +225,13 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         };
         let creds = match shared.accounts.usable_credentials(&shared, &account).await {
             Ok(creds) => creds,
-            Err(reason) => {
+            Err(failure) => {
                 // Refresh failed: the account cannot be used; let the policy cool it down.
                 let decision = pending.record_outcome(
                     &mut request,
                     &account,
-                    Outcome::Unauthorized,
-                    Some(reason),
+                    refresh_failure_outcome(&failure),
+                    Some(failure.message),
                 );
                 let next = step(decision, |retry_after| {
                     pending.finish(Answer::GaveUp, None);
@@ -294,50 +294,56 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             (response, None)
         };
         if let Some((reason, code)) = gone {
-            let marked = {
-                let (accounts, creds, account) = (shared.clone(), creds.clone(), account.clone());
-                let code = code.clone();
-                tokio::task::spawn_blocking(move || {
-                    accounts
-                        .accounts
-                        .mark_gone(&account, &creds, reason, Some(&code))
-                })
-                .await
-            };
-            match marked {
-                // The pool holds other tokens for the account now (a new sign-in, or
-                // another process refreshed): the answer was about these old ones; handled
-                // as any 401/403 below (a 401 adopts the new tokens).
-                Ok(Ok(GoneMark::TokensChanged)) => {}
-                Ok(Ok(_)) => {
-                    // Whether this call wrote the mark or it was there already, the account
-                    // is out of rotation here; every other process skips it from the pool.
-                    let message = format!("{account}: {reason} ({code}); sign in to it again");
-                    tracing::warn!(account = %account, %reason, code = %code, "the account's login is gone for everyone; it is no longer used");
-                    // A disable, not an outcome: reported as one (a 403), it would start an
-                    // hour's cooldown, shared with every process and never shortened, that
-                    // keeps the account out for that hour after someone signs in to it
-                    // again. The dispatch is given back and the request moves on; when no
-                    // account is left, the client gets this answer.
-                    let reason = auth_storage::policy::disabled_reason_for(reason);
-                    shared.accounts.note_pool_disabled(&account, reason);
-                    {
-                        let mut state = shared.lock();
-                        let _ = state.policy.disable_for(&account, reason);
-                        // ok: the id was just selected, so it is known.
-                        let _ = state.policy.refund(&account, now());
-                        state.last_error = Some(message.clone());
-                    }
-                    pending.dispatched = None;
-                    shared.accounts.note_error(&account, message);
-                    gone_answer = Some((response, account));
-                    continue;
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(account = %account, error = %auth_core::terminal::escape_control(&err.to_string()), "could not mark the account unusable in the pool");
-                }
-                Err(_) => {}
+            let message = format!("{account}: {reason} ({code}); sign in to it again");
+            tracing::warn!(account = %account, %reason, code = %code, "the upstream says the account's login is gone for everyone; it is no longer used");
+            // Out of rotation here at once, the mark written in the background: a pool lock
+            // held elsewhere must not hold up this request, which moves on to the next
+            // account. A disable, not an outcome: reported as one (a 403), it would start
+            // an hour's cooldown, shared with every process and never shortened, that keeps
+            // the account out for that hour after someone signs in to it again. When no
+            // account is left, the client gets this answer.
+            let policy_reason = auth_storage::policy::disabled_reason_for(reason);
+            shared.accounts.note_pool_disabled(&account, policy_reason);
+            {
+                let mut state = shared.lock();
+                let _ = state.policy.disable_for(&account, policy_reason);
+                // ok: the id was just selected, so it is known.
+                let _ = state.policy.refund(&account, now());
+                state.last_error = Some(message.clone());
             }
+            pending.dispatched = None;
+            shared.accounts.note_error(&account, message);
+            let (sh, id, used) = (shared.clone(), account.clone(), creds.clone());
+            tokio::spawn(async move {
+                let (sh2, id2) = (sh.clone(), id.clone());
+                let marked = tokio::task::spawn_blocking(move || {
+                    sh2.accounts.mark_gone(&id2, &used, reason, Some(&code))
+                })
+                .await;
+                match marked {
+                    // The pool holds other tokens for the account now (a new sign-in, or
+                    // another process refreshed): the answer was about old ones; back in.
+                    Ok(Ok(GoneMark::TokensChanged)) => {
+                        sh.accounts.lift_pool_disabled(&id, policy_reason);
+                        let mut state = sh.lock();
+                        let current = state
+                            .policy
+                            .export_account(&id)
+                            .and_then(|a| a.disabled.map(|d| d.reason));
+                        if current == Some(policy_reason) {
+                            let _ = state.policy.enable(&id);
+                        }
+                        tracing::info!(account = %id, "the gone answer was about replaced tokens; the account is back in rotation");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(account = %id, error = %auth_core::terminal::escape_control(&err.to_string()), "could not mark the account unusable in the pool; out of rotation here only");
+                    }
+                    Err(_) => {}
+                }
+            });
+            gone_answer = Some((response, account));
+            continue;
         }
         let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
         let error = (outcome != Outcome::Success)
@@ -509,8 +515,8 @@ async fn after_unauthorized(
         .await
     {
         // The refresh already recorded the more useful error ("refresh failed…").
-        AfterRejection::Failed => {
-            Some(pending.record_outcome(request, account, Outcome::Unauthorized, None))
+        AfterRejection::Failed(failure) => {
+            Some(pending.record_outcome(request, account, refresh_failure_outcome(&failure), None))
         }
         AfterRejection::AlreadyRefreshed | AfterRejection::RefreshedHere => {
             if !first {
@@ -570,6 +576,17 @@ async fn read_error_answer(
     rebuilt.headers_mut().remove(header::CONTENT_LENGTH);
     rebuilt.headers_mut().remove(header::TRANSFER_ENCODING);
     (reqwest::Response::from(rebuilt), verdict)
+}
+
+/// How a failed refresh is told to the policy: a 401-like failure of the account, or (the
+/// new tokens are with another process that is saving them) a transient one that never
+/// counts towards "disable after N 401s".
+fn refresh_failure_outcome(failure: &super::accounts::RefreshFailure) -> Outcome {
+    if failure.transient {
+        Outcome::NetworkError
+    } else {
+        Outcome::Unauthorized
+    }
 }
 
 /// A reqwest error without its URL (which could carry query secrets).

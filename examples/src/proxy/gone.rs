@@ -3,7 +3,7 @@
 //! | status | error code (any of `error.code`, `error.type`, `code`, `detail.code`, or `error` as a string) | meaning |
 //! |---|---|---|
 //! | 401 | `token_invalidated`, `token_revoked`, `refresh_token_reused`, `refresh_token_invalidated`, `refresh_token_expired`, `invalid_grant`, `account_deactivated` → (deactivated) | [`UnusableReason::LoginRequired`] (or `Deactivated`) |
-//! | 402, 403 | contains `deactivated` (`deactivated_workspace`, `account_deactivated`, `workspace_deactivated`) | [`UnusableReason::Deactivated`] |
+//! | 401, 402, 403 | `deactivated_workspace`, `workspace_deactivated`, `account_deactivated`, `deactivated_account`, `user_deactivated` | [`UnusableReason::Deactivated`] |
 //! | anything else | | not gone: a `401` is answered with a refresh, a `403` with a cooldown |
 //!
 //! An expired access token (`401`, `token_expired` or no code) is not "gone": a refresh
@@ -24,7 +24,16 @@ pub(crate) fn gone(status: u16, body: &[u8]) -> Option<(UnusableReason, String)>
     let codes = codes(&value);
     for code in &codes {
         let lower = code.to_ascii_lowercase();
-        if lower.contains("deactivated") {
+        // An exact list: a code that merely contains the word could be text the upstream
+        // took from the request.
+        if matches!(
+            lower.as_str(),
+            "deactivated_workspace"
+                | "workspace_deactivated"
+                | "account_deactivated"
+                | "deactivated_account"
+                | "user_deactivated"
+        ) {
             return Some((UnusableReason::Deactivated, lower));
         }
         if status == 401
@@ -115,6 +124,10 @@ mod tests {
             (403, r#"{"error":{"code":"token_invalidated"}}"#, None),
             (403, r#"{"error":{"code":"forbidden"}}"#, None),
             (429, r#"{"error":{"code":"deactivated_workspace"}}"#, None),
+            // Only exact codes: text that merely contains the word (possibly echoed from
+            // the request) marks nothing.
+            (403, r#"{"error":{"code":"model_deactivated"}}"#, None),
+            (403, r#"{"error":{"code":"deactivated_workspace_x"}}"#, None),
             (500, r#"{"error":"token_invalidated"}"#, None),
             // A message is never read as a code.
             (401, r#"{"error":{"message":"token_invalidated"}}"#, None),

@@ -329,15 +329,18 @@ impl Shared {
     fn status(&self) -> StatusReport {
         let state = self.lock();
         let policy = state.policy.status(now());
-        let accounts = self.accounts.reports(&policy);
         let mut counters = state.counters;
+        let last_error = state.last_error.clone();
+        // Requests wait for this lock: the per-account report is built after it is let go.
+        drop(state);
+        let accounts = self.accounts.reports(&policy);
         counters.body_bytes_held = u64::try_from(self.body_budget.used()).unwrap_or(u64::MAX);
         StatusReport {
             started_at: self.started_at.to_string(),
             counters,
             accounts,
             policy,
-            last_error: state.last_error.clone(),
+            last_error,
         }
     }
 }
@@ -391,6 +394,7 @@ impl RotationProxy {
                             "policy state restored from the pool"
                         );
                     }
+                    sync::pool_word_last(&mut policy, &accounts.pool_disabled(), &loaded.state);
                     // Restored, not learned here: nothing to write back.
                     let _ = policy.take_changes();
                 }

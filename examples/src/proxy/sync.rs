@@ -31,11 +31,16 @@ use super::accounts::Standing;
 /// time to read the file).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long a tick waits for the state file's lock before keeping its changes for the next
+/// tick.
+const STATE_LOCK_WAIT: Duration = Duration::from_millis(200);
+
 /// Runs until the task is aborted (at shutdown).
 pub(crate) async fn follow_pool(shared: Arc<Shared>) {
     let Some(store) = shared.accounts.store().cloned() else {
         return;
     };
+    let state_store = store.clone().with_lock_timeout(STATE_LOCK_WAIT);
     let mut pool_seen = FileStamp::of(&store.file());
     let mut state_seen = FileStamp::of(&store.state_file());
     // Changes whose write failed, retried with the next tick's.
@@ -50,14 +55,36 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
             state.policy.take_changes()
         };
         changes.merge(&unsaved);
-        let (st, pool_last, state_last) = (store.clone(), pool_seen, state_seen);
+        // The pool first, on its own: a state file whose lock another process holds must
+        // not hold up account changes (nor the reverse).
+        let (st, sh, pool_last) = (store.clone(), shared.clone(), pool_seen);
         let read = tokio::task::spawn_blocking(move || {
+            // Refreshed tokens a failed save left in memory: saved as soon as possible (the
+            // pool's in-flight mark holds other processes off the spent token meanwhile).
+            sh.accounts.retry_unsaved();
             let pool_stamp = FileStamp::of(&st.file());
             let pool = (pool_stamp != pool_last).then(|| st.load());
+            (pool_stamp, pool)
+        })
+        .await;
+        if let Ok((pool_stamp, Some(loaded))) = read {
+            pool_seen = pool_stamp;
+            match loaded {
+                Ok(loaded) => apply(&shared, &loaded.pool),
+                // Kept: the last good view. Tried again at the next change.
+                Err(err) => {
+                    tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not read the changed pool; keeping the accounts as they were")
+                }
+            }
+        }
+        // A busy state lock costs a tick, not the loop: the changes are kept and written
+        // next time.
+        let (st, state_last) = (state_store.clone(), state_seen);
+        let step = tokio::task::spawn_blocking(move || {
             // The stamp recorded is that of the version merged: taken before a read (a
             // version written meanwhile is read next tick), under the lock for a write.
             let state_now = FileStamp::of(&st.state_file());
-            let state = if changes.accounts.is_empty() {
+            if changes.accounts.is_empty() {
                 if state_now == state_last {
                     StateStep::Unchanged
                 } else {
@@ -71,23 +98,12 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
                     Ok((state, stamp)) => StateStep::Read(state, None, stamp),
                     Err(err) => StateStep::Failed(err, changes),
                 }
-            };
-            (pool_stamp, pool, state)
+            }
         })
         .await;
-        let Ok((pool_stamp, pool, state)) = read else {
+        let Ok(state) = step else {
             continue;
         };
-        if let Some(loaded) = pool {
-            pool_seen = pool_stamp;
-            match loaded {
-                Ok(loaded) => apply(&shared, &loaded.pool),
-                // Kept: the last good view. Tried again at the next change.
-                Err(err) => {
-                    tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not read the changed pool; keeping the accounts as they were")
-                }
-            }
-        }
         match state {
             StateStep::Unchanged => {}
             StateStep::Read(state, problem, stamp) => {
@@ -99,16 +115,54 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
                 let pool_disabled = shared.accounts.pool_disabled();
                 let mut guard = shared.lock();
                 guard.policy.merge_state(&state, super::now());
-                // The pool's word last: no shared state re-enables what it keeps out.
-                for (id, reason) in &pool_disabled {
-                    let _ = guard.policy.disable_for(id, *reason);
-                }
+                pool_word_last(&mut guard.policy, &pool_disabled, &state);
             }
             StateStep::Failed(err, changes) => {
                 // Kept for the next tick.
                 unsaved = changes;
                 tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not share the policy state; retrying");
             }
+        }
+    }
+}
+
+/// After merging shared `state`: the pool's word wins both ways. What the pool keeps out
+/// (disabled by hand, gone for everyone) stays out, and a disable for one of those reasons
+/// that came from the shared state while the pool no longer holds it (the person signed in
+/// again, `accounts enable`) is lifted. A disable the policy decided itself (too many 401s)
+/// is left alone. O(accounts in `state` with a disable).
+pub(crate) fn pool_word_last(
+    policy: &mut rotation_policy::Pool,
+    pool_disabled: &[(rotation_policy::AccountId, DisabledReason)],
+    state: &PolicyState,
+) {
+    for (id, reason) in pool_disabled {
+        let _ = policy.disable_for(id, *reason);
+    }
+    let kept: std::collections::HashSet<&rotation_policy::AccountId> =
+        pool_disabled.iter().map(|(id, _)| id).collect();
+    for (id, shared) in &state.accounts {
+        let pools_reason = |r: DisabledReason| {
+            matches!(
+                r,
+                DisabledReason::Manual
+                    | DisabledReason::LoginRequired
+                    | DisabledReason::Deactivated
+            )
+        };
+        if kept.contains(id)
+            || !shared
+                .disabled
+                .as_ref()
+                .is_some_and(|d| pools_reason(d.reason))
+        {
+            continue;
+        }
+        let here = policy
+            .export_account(id)
+            .and_then(|a| a.disabled.map(|d| d.reason));
+        if here.is_some_and(pools_reason) {
+            let _ = policy.enable(id);
         }
     }
 }
@@ -177,5 +231,57 @@ pub(crate) fn apply(shared: &Shared, doc: &auth_storage::pool::PoolDocument) {
             adopted_tokens = changes.adopted.len(),
             "pool changed; accounts updated"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rotation_policy::{AccountId, AccountState, Disabled, PolicyConfig, Pool, Timestamp};
+
+    fn reason(policy: &Pool, id: &AccountId) -> Option<DisabledReason> {
+        policy
+            .export_account(id)
+            .and_then(|a| a.disabled.map(|d| d.reason))
+    }
+
+    /// Shared state saying "login required" for an account the pool has since cleared (the
+    /// person signed in again) is lifted; for one the pool still keeps out, it holds; a
+    /// disable the policy decided itself is never lifted.
+    #[test]
+    fn the_pools_word_wins_both_ways_after_a_merge() {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        let mut policy = Pool::new(PolicyConfig::default(), 1).unwrap();
+        let ids: Vec<AccountId> = ["a", "b", "c"]
+            .iter()
+            .map(|i| AccountId::new(*i).unwrap())
+            .collect();
+        for id in &ids {
+            policy.add(id.clone()).unwrap();
+        }
+        let mut state = PolicyState::default();
+        for (id, why) in [
+            (&ids[0], DisabledReason::LoginRequired),
+            (&ids[1], DisabledReason::LoginRequired),
+            (&ids[2], DisabledReason::Unauthorized),
+        ] {
+            let mut entry = AccountState::default();
+            entry.disabled = Some(Disabled::new(why, now));
+            state.accounts.insert(id.clone(), entry);
+        }
+        policy.merge_state(&state, now);
+        assert_eq!(
+            reason(&policy, &ids[0]),
+            Some(DisabledReason::LoginRequired)
+        );
+        // The pool still marks b; a was signed in again.
+        let pool_disabled = vec![(ids[1].clone(), DisabledReason::LoginRequired)];
+        pool_word_last(&mut policy, &pool_disabled, &state);
+        assert_eq!(reason(&policy, &ids[0]), None);
+        assert_eq!(
+            reason(&policy, &ids[1]),
+            Some(DisabledReason::LoginRequired)
+        );
+        assert_eq!(reason(&policy, &ids[2]), Some(DisabledReason::Unauthorized));
     }
 }
