@@ -131,6 +131,12 @@ impl From<StorageError> for PoolRefreshError {
 /// dead token, let alone in a loop. Signing in again (`accounts add`, or `codex login` and
 /// `accounts import`) brings new tokens, which clear the mark.
 ///
+/// **A process that got the answer but could not save it** (the pool lock held too long,
+/// a full disk) keeps the new tokens (in [`PoolRefreshError::Persist`]) and its mark in the
+/// pool. While it runs, and for at most [`IN_FLIGHT_HOLD`], every other process gets
+/// [`PoolRefreshError::InFlightElsewhere`] instead of sending the spent token; the holder
+/// saves the tokens with [`save_refreshed`](Self::save_refreshed) as soon as it can.
+///
 /// ```no_run
 /// use auth_core::refresh::{RefreshConfig, TokenEndpoint};
 /// use auth_storage::PoolStore;
