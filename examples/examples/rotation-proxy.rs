@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
 //!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite] [--body-budget BYTES]
-//!     [--refresh-margin SECS]
+//!     [--refresh-margin SECS] [--bucket-capacity N] [--bucket-refill-ms MS]
 //! ```
 //!
 //! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
@@ -71,6 +71,14 @@ struct Args {
     /// Refresh an account's access token this many seconds before it expires.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     refresh_margin: u64,
+    /// Requests one account may take back to back in this process (its pacing bucket);
+    /// 0 turns pacing off. With several proxies over one pool, each paces on its own.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    bucket_capacity: u32,
+    /// Milliseconds for one account's bucket to regain one request (at least 1).
+    #[arg(long, default_value_t = 1000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    bucket_refill_ms: u64,
 }
 
 /// A budget of 0 would answer every request with a body 413: refuse it at start instead.
@@ -134,6 +142,12 @@ async fn run(args: Args) -> Result<(), String> {
     options.token_url = args.token_url.clone();
     options.body_budget = args.body_budget;
     options.refresh_margin = std::time::Duration::from_secs(args.refresh_margin);
+    options.policy.bucket = (args.bucket_capacity > 0).then(|| {
+        rotation_policy::TokenBucket::new(
+            args.bucket_capacity,
+            std::time::Duration::from_millis(args.bucket_refill_ms),
+        )
+    });
     let proxy = RotationProxy::start(options, accounts)
         .await
         .map_err(|e| e.to_string())?;

@@ -746,3 +746,68 @@ async fn rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_
         );
     }
 }
+
+/// `--bucket-capacity N --bucket-refill-ms MS` set the per-account pacing of the program:
+/// with a bucket of 2 that refills once a minute, one account serves 2 requests and the
+/// third is a clear 429; `--bucket-capacity 0` turns pacing off (12 in a row served).
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_takes_its_pacing_from_the_bucket_flags() {
+    let Some(binary) = common::example_or_skip(
+        "rotation-proxy",
+        "rotation_proxy_binary_takes_its_pacing_from_the_bucket_flags",
+    ) else {
+        return;
+    };
+    let token = "test-wrapper-token-0123456789";
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/responses"))
+                .bearer_auth(token)
+                .body(r#"{"model":"gpt-5","input":"hi"}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for (flags, expected) in [
+        (
+            &["--bucket-capacity", "2", "--bucket-refill-ms", "60000"][..],
+            vec![200, 200, 429],
+        ),
+        (&["--bucket-capacity", "0"][..], vec![200; 12]),
+    ] {
+        let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
+        let (mut child, base_url, _dirs) = start_binary(&binary, &mock, token, flags).await;
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(send(base_url.clone()).await);
+        }
+        assert_eq!(got, expected, "{flags:?}");
+        let _ = child.kill().await;
+        mock.shutdown().await;
+    }
+    // A bucket that never refills is refused at start, naming the flag.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(&binary)
+            .args(["--no-config-rewrite", "--bucket-refill-ms", "0"])
+            .env(TOKEN_ENV, token)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--bucket-refill-ms"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
