@@ -233,20 +233,23 @@ impl PoolStore {
     /// [`StorageError::NewerVersion`] when the file comes from a newer program (it is left
     /// alone); lock and I/O errors, after which the file is as it was.
     pub fn save_policy_state(&self, changes: &PolicyState) -> Result<PolicyState> {
-        self.save_policy_state_stamped(changes)
+        self.save_policy_state_stamped(changes, None)
             .map(|(state, _)| state)
     }
 
     /// [`save_policy_state`](Self::save_policy_state), also returning the [`FileStamp`] of
     /// the file it leaves, taken under the lock: exactly the version whose content it
     /// returns, so a poller that records it never mistakes a later writer's version for one
-    /// it has seen.
+    /// it has seen. With `now`, what no reader would use any more is dropped as the file is
+    /// written — cooldowns that ended before `now`, and accounts left with nothing to say —
+    /// so the file does not grow with every model name and account ever seen.
     ///
     /// # Errors
     /// As [`save_policy_state`](Self::save_policy_state).
     pub fn save_policy_state_stamped(
         &self,
         changes: &PolicyState,
+        now: Option<Timestamp>,
     ) -> Result<(PolicyState, Option<FileStamp>)> {
         let path = self.state_file();
         auth_core::regular_file::create_private_dir_all(self.dir())
@@ -275,6 +278,9 @@ impl PoolStore {
         }
         let mut state = loaded.state;
         state.merge(changes);
+        if let Some(now) = now {
+            prune_ended(&mut state, now);
+        }
         let bytes = serde_json::to_vec(&state).map_err(|e| StorageError::Serialize {
             what: "the policy state",
             detail: e.to_string(),
@@ -386,7 +392,7 @@ impl PoolStore {
         let state_now = FileStamp::of(&self.state_file());
         let merged = if !changes.accounts.is_empty() {
             sync.written = changes.accounts.len();
-            match self.save_policy_state_stamped(&changes) {
+            match self.save_policy_state_stamped(&changes, Some(now)) {
                 Ok(merged) => Some(merged),
                 Err(err) => {
                     // Handed back: the next call writes them (merging them in again marks
@@ -469,6 +475,19 @@ pub fn reconcile_with_pool(policy: &mut rotation_policy::Pool, doc: &PoolDocumen
             _ => {}
         }
     }
+}
+
+/// Drops what no reader would use any more: cooldowns that ended before `now` (every pool
+/// ignores them) and accounts left with nothing to say.
+fn prune_ended(state: &mut PolicyState, now: Timestamp) {
+    let empty = rotation_policy::AccountState::default();
+    state.accounts.retain(|_, account| {
+        account.families.retain(|_, family| family.until > now);
+        if account.cooldown.as_ref().is_some_and(|c| c.until <= now) {
+            account.cooldown = None;
+        }
+        *account != empty
+    });
 }
 
 /// Adds to `policy` the accounts of `new` it does not have and removes those `new` no

@@ -679,6 +679,40 @@ fn a_tick_follows_the_pool_and_the_pool_outvotes_shared_state() {
     assert_eq!(std::fs::read(store.state_file()).unwrap(), before);
 }
 
+/// A write with a `now` drops what nobody would use any more: a cooldown that ended, and an
+/// account left with nothing to say; what still runs stays.
+#[test]
+fn ended_cooldowns_are_dropped_from_the_file_as_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = seeded(dir.path(), 2);
+    store
+        .save_policy_state(&state_of([
+            (
+                ids[0].clone(),
+                family_cooldown("gpt-5", at(Duration::from_secs(60)), 1),
+            ),
+            (
+                ids[1].clone(),
+                family_cooldown("o3", at(Duration::from_secs(600)), 1),
+            ),
+        ]))
+        .unwrap();
+    let later = at(Duration::from_secs(120));
+    let (state, _) = store
+        .save_policy_state_stamped(
+            &state_of([(
+                ids[1].clone(),
+                family_cooldown("o4", at(Duration::from_secs(900)), 1),
+            )]),
+            Some(later),
+        )
+        .unwrap();
+    assert!(!state.accounts.contains_key(&ids[0]), "{state:?}");
+    let families: Vec<&String> = state.accounts[&ids[1]].families.keys().collect();
+    assert_eq!(families, ["o3", "o4"]);
+    assert_eq!(store.load_policy_state().unwrap().state, state);
+}
+
 mod arbitrary_files {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};

@@ -94,7 +94,7 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
                     }
                 }
             } else {
-                match st.save_policy_state_stamped(&changes) {
+                match st.save_policy_state_stamped(&changes, Some(super::now())) {
                     Ok((state, stamp)) => StateStep::Read(state, None, stamp),
                     Err(err) => StateStep::Failed(err, changes),
                 }
