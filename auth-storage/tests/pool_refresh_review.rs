@@ -330,13 +330,23 @@ async fn a7_a_keyring_home_is_reached_through_its_recorded_store_mode() {
     hand_to_store(&f, &id, cli_store.as_ref(), StoreMode::Keyring);
 
     let refresher = f.refresher.clone().with_home_opener(opener_on(keyring));
-    let t1 = refreshed(refresher.refresh(&id, &t0).await.unwrap());
+    refresh_reaches_the_home(&f, &refresher, &id, &t0, cli_store.as_ref()).await;
+}
+
+/// A pool refresh of `id` gives the home behind `cli_store` the new tokens, and the CLI's
+/// own next refresh there spends them without a reuse.
+async fn refresh_reaches_the_home(
+    f: &Fixture,
+    refresher: &auth_storage::refresh::PoolRefresher,
+    id: &str,
+    seen: &auth_core::TokenData,
+    cli_store: &dyn CredentialStore,
+) {
+    let t1 = refreshed(refresher.refresh(id, seen).await.unwrap());
     assert_eq!(cli_store.load().unwrap().unwrap().tokens.unwrap(), t1);
-    cli_refresh_store(f.server.url(), cli_store.as_ref())
-        .await
-        .unwrap();
+    cli_refresh_store(f.server.url(), cli_store).await.unwrap();
     assert_eq!((f.server.successes(), f.server.reuses()), (2, 0));
-    assert_on_disk_whole(&f);
+    assert_on_disk_whole(f);
 }
 
 /// a7, the default opener: without `with_home_opener`, each home is opened in its recorded
@@ -352,14 +362,7 @@ async fn a7_the_default_opener_opens_a_home_in_its_recorded_mode() {
         Arc::new(MockKeyring::default()),
     );
     hand_to_store(&f, &id, cli_store.as_ref(), StoreMode::Ephemeral);
-
-    let t1 = refreshed(f.refresher.refresh(&id, &t0).await.unwrap());
-    assert_eq!(cli_store.load().unwrap().unwrap().tokens.unwrap(), t1);
-    cli_refresh_store(f.server.url(), cli_store.as_ref())
-        .await
-        .unwrap();
-    assert_eq!((f.server.successes(), f.server.reuses()), (2, 0));
-    assert_on_disk_whole(&f);
+    refresh_reaches_the_home(&f, &f.refresher, &id, &t0, cli_store.as_ref()).await;
 }
 
 /// a7, a keyring this process cannot read (no keyring service reachable from a proxy
