@@ -1062,90 +1062,15 @@ fn the_pools_word_on_disabled_and_gone_accounts_outvotes_the_state_file() {
 #[cfg(unix)]
 mod files {
     use std::os::unix::fs::PermissionsExt as _;
-    use std::sync::mpsc;
 
-    use auth_core::regular_file::FileKind;
     use auth_storage::policy::STATE_FILE_MAX_BYTES;
+    use common::hostile::{Planted, bounded};
     use pretty_assertions::assert_eq;
 
     use super::*;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    /// Run `f` on a thread; a regression that blocks (opening a FIFO) fails the test after
-    /// 20 s instead of hanging it.
-    fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("{what} blocked for 20 s"))
-    }
-
-    #[derive(Debug, Clone, Copy)]
-    enum Planted {
-        Fifo,
-        Socket,
-        DevZeroLink,
-        Directory,
-        Oversized,
-    }
-
-    impl Planted {
-        fn plant(self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
-            match self {
-                Self::Fifo => {
-                    let ok = std::process::Command::new("mkfifo")
-                        .arg(path)
-                        .status()
-                        .unwrap()
-                        .success();
-                    assert!(ok, "mkfifo");
-                }
-                Self::Socket => {
-                    return Some(std::os::unix::net::UnixListener::bind(path).unwrap());
-                }
-                Self::DevZeroLink => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
-                Self::Directory => std::fs::create_dir(path).unwrap(),
-                Self::Oversized => std::fs::File::create(path)
-                    .unwrap()
-                    .set_len(STATE_FILE_MAX_BYTES + 1)
-                    .unwrap(),
-            }
-            None
-        }
-
-        fn refused_by(self, err: &StorageError, at: &Path) -> bool {
-            let kind = match self {
-                Self::Fifo => FileKind::Fifo,
-                Self::Socket => FileKind::Socket,
-                Self::DevZeroLink => FileKind::CharDevice,
-                Self::Directory => FileKind::Directory,
-                Self::Oversized => {
-                    return matches!(err, StorageError::FileTooLarge { path, limit }
-                        if path == at && *limit == STATE_FILE_MAX_BYTES);
-                }
-            };
-            matches!(err, StorageError::NotRegularFile { path, kind: k } if path == at && *k == kind)
-        }
-
-        fn still_there(self, path: &Path) -> bool {
-            use std::os::unix::fs::FileTypeExt as _;
-            let Ok(meta) = std::fs::symlink_metadata(path) else {
-                return false;
-            };
-            let t = meta.file_type();
-            match self {
-                Self::Fifo => t.is_fifo(),
-                Self::Socket => t.is_socket(),
-                Self::DevZeroLink => t.is_symlink(),
-                Self::Directory => t.is_dir(),
-                Self::Oversized => t.is_file() && meta.len() == STATE_FILE_MAX_BYTES + 1,
-            }
-        }
     }
 
     /// `pool-state.json` and its lock are created 0600, and an existing file readable by
@@ -1199,7 +1124,7 @@ mod files {
             Planted::Socket,
             Planted::DevZeroLink,
             Planted::Directory,
-            Planted::Oversized,
+            Planted::Oversized(STATE_FILE_MAX_BYTES),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let (store, ids) = seeded(dir.path(), 1);
@@ -1210,7 +1135,7 @@ mod files {
             let err = bounded("load_policy_state", move || {
                 s.load_policy_state().unwrap_err()
             });
-            assert!(planted.refused_by(&err, &path), "load {planted:?}: {err:?}");
+            assert!(planted.refused_at(&err, &path), "load {planted:?}: {err:?}");
             assert!(
                 err.to_string().contains(STATE_FILE),
                 "names the file: {err}"
@@ -1239,7 +1164,7 @@ mod files {
             let err = bounded("save_policy_state", move || {
                 s.save_policy_state(&change).unwrap_err()
             });
-            assert!(planted.refused_by(&err, &path), "save {planted:?}: {err:?}");
+            assert!(planted.refused_at(&err, &path), "save {planted:?}: {err:?}");
             assert!(planted.still_there(&path), "{planted:?}");
             assert!(files_starting(dir.path(), "pool-state.json.damaged-").is_empty());
             assert!(files_starting(dir.path(), ".pool-state-").is_empty());
@@ -1259,7 +1184,7 @@ mod files {
                 s.save_policy_state(&change).unwrap_err()
             });
             assert!(
-                planted.refused_by(&err, &lock),
+                planted.refused_at(&err, &lock),
                 "pool-state.lock {planted:?}: {err:?}"
             );
             assert!(!store.state_file().exists(), "{planted:?}");

@@ -9,6 +9,8 @@ use auth_core::jwt::{IdTokenClaims, PlanType};
 use auth_core::{Secret, TokenData};
 
 #[cfg(feature = "refresh")]
+#[cfg(unix)]
+pub(crate) mod hostile;
 pub(crate) mod refresh;
 
 /// Real-shaped (unsigned, test-only) tokens for `email` in workspace `account_id`.
