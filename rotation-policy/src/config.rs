@@ -27,6 +27,19 @@ pub enum Strategy {
     /// Keeps most traffic off accounts that recently failed without starving them (they can
     /// earn their health back) and without waiting for them to be cooled down.
     HealthWeighted,
+    /// Spends the capacity that expires first: among usable accounts, the one whose usage
+    /// window resets soonest (the long window first, then the short one) while it still has
+    /// headroom below [`usage_threshold`](PolicyConfig::usage_threshold); accounts with no
+    /// usage known yet come last (no window of theirs is running, so nothing of theirs can
+    /// expire), then the order they were added. Needs usage reports
+    /// ([`Pool::record_usage`](crate::Pool::record_usage)); without them it is first-added
+    /// order.
+    QuotaAware,
+    /// Stays on the account it picked last for the model family while that account is
+    /// usable (not cooling down, below the usage threshold, with a token in its bucket), then
+    /// moves to the least recently used one. Keeps a prompt cache warm and makes accounts'
+    /// weekly windows start (and so reset) at different times.
+    Sticky,
 }
 
 /// A per-account token bucket that paces dispatches: up to `capacity` back to back, then one
@@ -121,6 +134,11 @@ pub struct PolicyConfig {
     /// Most distinct model families tracked (≥ 1); further names share the family `"*"`.
     /// Default: 64.
     pub max_families: usize,
+    /// Usage threshold in percent (1–100): an account that reported a usage window of a
+    /// limit at or above it serves no request counted against that limit until the window
+    /// resets (see [`Pool::record_usage`](crate::Pool::record_usage)). Below 100 it leaves
+    /// room for requests already in flight when the report arrived. Default: 95.
+    pub usage_threshold: u8,
 }
 
 impl Default for PolicyConfig {
@@ -142,6 +160,7 @@ impl Default for PolicyConfig {
             forbidden_cooldown: Duration::from_secs(60 * 60),
             jitter_percent: 10,
             max_families: 64,
+            usage_threshold: 95,
         }
     }
 }
@@ -205,6 +224,9 @@ impl PolicyConfig {
         }
         if self.jitter_percent > 100 {
             return bad("jitter_percent", "is over 100; use 0 to 100");
+        }
+        if !(1..=100).contains(&self.usage_threshold) {
+            return bad("usage_threshold", "must be a percentage from 1 to 100");
         }
         if self.max_families == 0 {
             return bad("max_families", "is 0; use at least 1");

@@ -242,6 +242,7 @@ pub mod sim;
 pub mod state;
 mod status;
 mod time;
+pub mod usage;
 
 pub use config::{PolicyConfig, Strategy, TokenBucket};
 pub use error::PolicyError;
@@ -255,6 +256,6 @@ pub use state::{
 };
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,
-    PoolStatus,
+    PoolStatus, UsageStatus,
 };
 pub use time::Timestamp;

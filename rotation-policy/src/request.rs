@@ -20,6 +20,7 @@ use crate::AccountId;
 pub struct Request {
     pub(crate) family: String,
     pub(crate) session: Option<String>,
+    pub(crate) account: Option<AccountId>,
     pub(crate) attempts: u32,
     /// `(slot, generation)` of every account handed out for this request.
     pub(crate) tried: Vec<(u32, u32)>,
@@ -33,6 +34,7 @@ impl Request {
         Request {
             family: family.into(),
             session: None,
+            account: None,
             attempts: 0,
             tried: Vec::new(),
         }
@@ -44,6 +46,34 @@ impl Request {
     pub fn with_session(mut self, session: impl Into<String>) -> Self {
         self.session = Some(session.into());
         self
+    }
+
+    /// Pins the request to one account: only `account` may serve it. For a request that
+    /// continues a conversation only that account knows (a Responses API
+    /// `previous_response_id`). While the account is cooling down, out of tokens or over
+    /// the usage threshold, [`Pool::select`](crate::Pool::select) answers
+    /// [`Selection::Exhausted`] with the exact time until it is usable; when it is disabled,
+    /// removed or already tried by this request, [`Selection::NoAccount`]. Session affinity
+    /// does not apply.
+    ///
+    /// ```
+    /// use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// let (a, b) = (AccountId::new("a")?, AccountId::new("b")?);
+    /// pool.add(a.clone())?;
+    /// pool.add(b.clone())?;
+    /// let mut request = Request::new("gpt-5").with_account(b.clone());
+    /// assert_eq!(pool.select(&mut request, Timestamp::ZERO), Selection::Account(b));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn with_account(mut self, account: AccountId) -> Self {
+        self.account = Some(account);
+        self
+    }
+
+    /// The account the request is pinned to, if any.
+    pub fn account(&self) -> Option<&AccountId> {
+        self.account.as_ref()
     }
 
     /// The model family.

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::LimitUsage;
 use crate::{AccountId, Timestamp};
 
 /// Pool-wide counters. Taken together with the account list in one [`PoolStatus`] they are
@@ -151,6 +152,24 @@ pub struct AccountStatus {
     pub attempts: u64,
     /// Reported outcomes.
     pub outcomes: OutcomeCounts,
+    /// The latest usage known per limit (reported by the upstream or merged from shared
+    /// state), with what it means for selection.
+    pub usage: Vec<UsageStatus>,
+}
+
+/// One limit's latest known usage of one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UsageStatus {
+    /// The limit and its windows as last reported (windows whose reset has passed are left
+    /// out: they start again from 0 %).
+    pub limit: LimitUsage,
+    /// When that report was received.
+    pub observed_at: Timestamp,
+    /// Set while a window is at or above
+    /// [`usage_threshold`](crate::PolicyConfig::usage_threshold): the account serves no
+    /// request counted against this limit before then.
+    pub blocked_until: Option<Timestamp>,
 }
 
 /// A consistent picture of a pool at one instant, from [`Pool::status`](crate::Pool::status).

@@ -96,6 +96,8 @@ impl Rules {
             Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
             Strategy::RoundRobin => (a.order, 0, 0),
             Strategy::HealthWeighted => (a.pass, a.order, 0),
+            Strategy::QuotaAware => (a.order, 0, 0),
+            Strategy::Sticky => (a.last_used, a.order, 0),
         }
     }
 

