@@ -93,6 +93,9 @@ pub struct AccountReport {
     pub disabled: Option<DisabledReason>,
     /// Last error seen with this account (no secrets).
     pub last_error: Option<String>,
+    /// The latest usage the upstream reported, per limit, and until when it keeps the
+    /// account out (policy view).
+    pub usage: Vec<super::AccountUsage>,
 }
 
 pub(crate) struct Entry {
@@ -709,6 +712,9 @@ impl Accounts {
                         .unwrap_or_default(),
                     disabled: p.and_then(|a| a.disabled),
                     last_error: info.last_error.clone(),
+                    usage: p
+                        .map(|a| a.usage.iter().map(super::AccountUsage::of).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect()

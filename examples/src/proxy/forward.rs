@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use rotation_policy::usage::UsageReport;
 use rotation_policy::{AccountId, Decision, Outcome, Selection};
 use serde_json::value::RawValue;
 
@@ -346,6 +347,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             continue;
         }
         let outcome = Outcome::from_response(status.as_u16(), response.headers(), wall);
+        let usage = UsageReport::from_headers(response.headers());
         let error = (outcome != Outcome::Success)
             .then(|| format!("upstream answered {} for {account}", status.as_u16()));
         tracing::info!(
@@ -367,7 +369,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 }
             }
         } else {
-            pending.record_outcome(&mut request, &account, outcome, error.clone())
+            pending.record_answer(&mut request, &account, outcome, error.clone(), &usage)
         };
         let next = step(decision, |retry_after| match retry_after {
             Some(wait) if outcome != Outcome::Success => {

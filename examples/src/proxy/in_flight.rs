@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use rotation_policy::usage::UsageReport;
 use rotation_policy::{AccountId, Decision, Outcome};
 
 use super::{Shared, now};
@@ -54,9 +55,39 @@ impl Pending {
         outcome: Outcome,
         error: Option<String>,
     ) -> Decision {
+        self.record(request, account, outcome, error, None)
+    }
+
+    /// [`record_outcome`](Self::record_outcome) for an upstream answer that reported
+    /// `usage`: the usage is recorded first, under the same lock, so the policy decides
+    /// what follows the answer with it.
+    pub(super) fn record_answer(
+        &mut self,
+        request: &mut rotation_policy::Request,
+        account: &AccountId,
+        outcome: Outcome,
+        error: Option<String>,
+        usage: &UsageReport,
+    ) -> Decision {
+        self.record(request, account, outcome, error, Some(usage))
+    }
+
+    fn record(
+        &mut self,
+        request: &mut rotation_policy::Request,
+        account: &AccountId,
+        outcome: Outcome,
+        error: Option<String>,
+        usage: Option<&UsageReport>,
+    ) -> Decision {
         self.dispatched = None;
+        let t = now();
         let mut state = self.shared.lock();
-        let decision = state.policy.report(request, account, outcome, now());
+        if let Some(usage) = usage.filter(|u| !u.is_empty()) {
+            // ok: only an account the pool no longer holds is refused; nothing to record.
+            let _ = state.policy.record_usage(account, usage, t);
+        }
+        let decision = state.policy.report(request, account, outcome, t);
         if let Some(e) = &error {
             state.last_error = Some(e.clone());
         }

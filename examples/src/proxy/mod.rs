@@ -96,9 +96,11 @@ mod gone;
 mod headers;
 mod in_flight;
 mod serve;
+mod sse;
 mod stream;
 mod sync;
 mod target;
+mod usage;
 mod wrapper_token;
 
 use std::net::SocketAddr;
@@ -125,6 +127,7 @@ pub use serve::{serve_http1, shutdown_signal};
 pub use sync::SYNC_INTERVAL;
 use target::UpstreamBase;
 pub use target::UpstreamUrlError;
+pub use usage::{AccountUsage, LimitReport, PoolUsageReport, WindowReport};
 pub use wrapper_token::{TOKEN_ENV, WrapperToken, WrapperTokenError};
 
 /// Boxed error type of response bodies.
@@ -295,6 +298,8 @@ pub struct StatusReport {
     pub counters: ProxyCounters,
     /// Per-account state: masked email, refreshes, last error, and the policy's view.
     pub accounts: Vec<AccountReport>,
+    /// The pool's usage, as clients are told it (see [`PoolUsageReport`]).
+    pub pool_usage: PoolUsageReport,
     /// The rotation policy's snapshot (counters, cooldowns, health).
     pub policy: rotation_policy::PoolStatus,
     /// The last error (redacted), if any.
@@ -305,6 +310,24 @@ struct State {
     policy: Pool,
     counters: ProxyCounters,
     last_error: Option<String>,
+    /// The pool's usage as told to clients, remade at most once per `usage::USAGE_TTL`.
+    usage: usage::UsageCache,
+}
+
+impl State {
+    fn new(policy: Pool) -> Self {
+        State {
+            policy,
+            counters: ProxyCounters::default(),
+            last_error: None,
+            usage: usage::UsageCache::default(),
+        }
+    }
+
+    /// The pool's usage as clients are told it (O(1) but once per `usage::USAGE_TTL`).
+    fn client_usage(&mut self, now: Timestamp) -> Arc<usage::ClientUsage> {
+        self.usage.get(&self.policy, now)
+    }
 }
 
 pub(crate) struct Shared {
@@ -327,8 +350,10 @@ impl Shared {
     }
 
     fn status(&self) -> StatusReport {
-        let state = self.lock();
-        let policy = state.policy.status(now());
+        let mut state = self.lock();
+        let t = now();
+        let policy = state.policy.status(t);
+        let pool_usage = state.client_usage(t);
         let mut counters = state.counters;
         let last_error = state.last_error.clone();
         // Requests wait for this lock: the per-account report is built after it is let go.
@@ -339,6 +364,7 @@ impl Shared {
             started_at: self.started_at.to_string(),
             counters,
             accounts,
+            pool_usage: PoolUsageReport::of(pool_usage.report()),
             policy,
             last_error,
         }
@@ -451,11 +477,7 @@ impl RotationProxy {
             upstream,
             body_budget,
             client,
-            state: Mutex::new(State {
-                policy,
-                counters: ProxyCounters::default(),
-                last_error: None,
-            }),
+            state: Mutex::new(State::new(policy)),
             accounts,
             started_at: WallTimestamp::now(),
         });
@@ -597,11 +619,7 @@ mod tests {
             body_budget: BodyBudget::new(options.body_budget),
             options,
             client: reqwest::Client::new(),
-            state: Mutex::new(State {
-                policy: Pool::new(PolicyConfig::default(), 1).unwrap(),
-                counters: ProxyCounters::default(),
-                last_error: None,
-            }),
+            state: Mutex::new(State::new(Pool::new(PolicyConfig::default(), 1).unwrap())),
             accounts: Accounts::new(),
             started_at: WallTimestamp::now(),
         };

@@ -1,0 +1,470 @@
+//! Usage reports in the proxy: what every upstream answer says about its account's usage
+//! goes to the policy, and what the client is told is the pool's usage, never one account's.
+//!
+//! | where the upstream reports usage | what the proxy does |
+//! | --- | --- |
+//! | response headers (`x-codex-primary-used-percent`, … and `x-<limit>-…` for metered limits, `x-codex-credits-*`) | read at response time and recorded for the account ([`Pool::record_usage`]) before the answer's outcome is reported, under the same lock; then every such header is removed and the pool's usage headers are sent instead |
+//! | a `codex.rate_limits` server-sent event | read as the stream passes through (`sse.rs`, nothing buffered but the event's own line), recorded for the account, and the line replaced by the pool's usage of the same limit |
+//!
+//! Every `x-codex-*` header is removed (promotions and credits are per account too), and
+//! any other `x-<limit>-primary-…`, `-secondary-…` or `-limit-name` header.
+//!
+//! The pool's usage is [`Pool::pool_usage`]: per limit and window, the mean of the
+//! enabled accounts' use, where an account at or above the usage threshold counts as
+//! 100 % (it takes no more requests), and as reset time the earliest reset that gives
+//! capacity back. So a client's rate-limit display (the Codex CLI's `/status` and its
+//! session log) shows how much of the whole pool is spent, and "100 %" only when every
+//! account is.
+//!
+//! Computing it walks every account, so it is done at most once per [`USAGE_TTL`] (the
+//! pool-state sync interval) and shared by every answer in between.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rotation_policy::usage::{DEFAULT_LIMIT, LimitUsage, UsageReport, UsageWindow};
+use rotation_policy::{AccountId, Pool, Timestamp, UsageStatus};
+use serde::Serialize;
+
+use super::sse::{DataLine, DataObserver};
+use super::{Shared, now};
+
+/// How long one computation of the pool's usage is sent to clients before it is made
+/// again.
+pub(crate) const USAGE_TTL: Duration = super::sync::SYNC_INTERVAL;
+
+/// Header-name endings of a usage family `x-<limit>-…` (codex-rs `rate_limits.rs`).
+const USAGE_SUFFIXES: [&str; 8] = [
+    "-primary-used-percent",
+    "-primary-window-minutes",
+    "-primary-reset-at",
+    "-secondary-used-percent",
+    "-secondary-window-minutes",
+    "-secondary-reset-at",
+    "-primary-over-secondary-limit-percent",
+    "-limit-name",
+];
+
+/// The event type of a usage report in the response stream.
+const RATE_LIMITS_EVENT: &str = "codex.rate_limits";
+
+fn is_usage_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-codex-")
+        || (name.starts_with("x-") && USAGE_SUFFIXES.iter().any(|s| name.ends_with(s)))
+}
+
+/// Removes every usage header an upstream answer carries (see the module docs).
+pub(crate) fn strip_usage_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_usage_header(n))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// What clients are told about the pool's usage, made once per [`USAGE_TTL`].
+#[derive(Debug, Default)]
+pub(crate) struct ClientUsage {
+    report: UsageReport,
+    headers: HeaderMap,
+}
+
+impl ClientUsage {
+    fn new(report: UsageReport) -> Self {
+        ClientUsage {
+            headers: usage_headers(&report),
+            report,
+        }
+    }
+
+    /// The pool's usage.
+    pub(crate) fn report(&self) -> &UsageReport {
+        &self.report
+    }
+
+    /// Adds the pool's usage headers (after [`strip_usage_headers`]).
+    pub(crate) fn write_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// The data of a `codex.rate_limits` event with the pool's usage of `limit_id` (without
+    /// windows when the pool knows none for it).
+    pub(crate) fn event(&self, limit_id: &str) -> Bytes {
+        Bytes::from(rate_limits_event(&self.report, limit_id))
+    }
+}
+
+/// The pool's usage as sent to clients, remade when older than [`USAGE_TTL`].
+#[derive(Debug, Default)]
+pub(crate) struct UsageCache {
+    made: Option<(Instant, Arc<ClientUsage>)>,
+}
+
+impl UsageCache {
+    /// The pool's usage as of at most [`USAGE_TTL`] ago. O(1), or O(accounts) once per TTL.
+    pub(crate) fn get(&mut self, policy: &Pool, now: Timestamp) -> Arc<ClientUsage> {
+        match &self.made {
+            Some((at, usage)) if at.elapsed() < USAGE_TTL => usage.clone(),
+            _ => {
+                let usage = Arc::new(ClientUsage::new(policy.pool_usage(now)));
+                self.made = Some((Instant::now(), usage.clone()));
+                usage
+            }
+        }
+    }
+}
+
+/// Reads the `codex.rate_limits` events of one account's response stream: records each for
+/// the account and gives the client the pool's usage of that limit instead.
+pub(crate) struct StreamUsage {
+    shared: Arc<Shared>,
+    account: AccountId,
+}
+
+impl StreamUsage {
+    pub(crate) fn new(shared: Arc<Shared>, account: AccountId) -> Self {
+        StreamUsage { shared, account }
+    }
+}
+
+impl DataObserver for StreamUsage {
+    fn data(&mut self, value: &[u8]) -> DataLine {
+        // Most events are text deltas: a substring test spares them the JSON parser.
+        if !contains(value, RATE_LIMITS_EVENT.as_bytes()) {
+            return DataLine::Keep;
+        }
+        let Some(report) = UsageReport::from_event(value) else {
+            return DataLine::Keep;
+        };
+        let limit_id = report
+            .limits
+            .first()
+            .map_or(DEFAULT_LIMIT, LimitUsage::limit_id)
+            .to_owned();
+        let t = now();
+        let mut state = self.shared.lock();
+        if !report.is_empty() {
+            // ok: only an account the pool no longer holds is refused; nothing to record.
+            let _ = state.policy.record_usage(&self.account, &report, t);
+        }
+        let client = state.client_usage(t);
+        drop(state);
+        DataLine::Replace(client.event(&limit_id))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The usage headers of `report`, as the Codex backend names them.
+fn usage_headers(report: &UsageReport) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: String, value: String| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    };
+    for limit in &report.limits {
+        // `codex_bengalfox` is sent as `x-codex-bengalfox-…`.
+        let prefix = format!("x-{}", limit.limit_id().replace('_', "-"));
+        for (kind, window) in [("primary", &limit.primary), ("secondary", &limit.secondary)] {
+            let Some(window) = window else { continue };
+            put(
+                format!("{prefix}-{kind}-used-percent"),
+                window.used_percent.get().to_string(),
+            );
+            if let Some(minutes) = window.window_minutes {
+                put(
+                    format!("{prefix}-{kind}-window-minutes"),
+                    minutes.to_string(),
+                );
+            }
+            if let Some(at) = window.resets_at {
+                put(
+                    format!("{prefix}-{kind}-reset-at"),
+                    (at.as_millis() / 1000).to_string(),
+                );
+            }
+        }
+        if let Some(name) = &limit.limit_name {
+            put(format!("{prefix}-limit-name"), name.clone());
+        }
+    }
+    if let Some(credits) = &report.credits {
+        put(
+            "x-codex-credits-has-credits".into(),
+            credits.has_credits.to_string(),
+        );
+        put(
+            "x-codex-credits-unlimited".into(),
+            credits.unlimited.to_string(),
+        );
+        if let Some(balance) = &credits.balance {
+            put("x-codex-credits-balance".into(), balance.clone());
+        }
+    }
+    headers
+}
+
+/// A `codex.rate_limits` event with `report`'s usage of `limit_id`.
+fn rate_limits_event(report: &UsageReport, limit_id: &str) -> String {
+    let window = |w: &UsageWindow| {
+        let mut v = serde_json::json!({ "used_percent": w.used_percent.get() });
+        if let Some(minutes) = w.window_minutes {
+            v["window_minutes"] = minutes.into();
+        }
+        if let Some(at) = w.resets_at {
+            v["reset_at"] = (at.as_millis() / 1000).into();
+        }
+        v
+    };
+    let mut event = serde_json::json!({ "type": RATE_LIMITS_EVENT });
+    if let Some(plan) = &report.plan_type {
+        event["plan_type"] = plan.as_str().into();
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(limit) = report.limit(limit_id) {
+        if let Some(w) = &limit.primary {
+            limits.insert("primary".into(), window(w));
+        }
+        if let Some(w) = &limit.secondary {
+            limits.insert("secondary".into(), window(w));
+        }
+    }
+    event["rate_limits"] = limits.into();
+    if let Some(credits) = &report.credits {
+        event["credits"] = serde_json::json!({
+            "has_credits": credits.has_credits,
+            "unlimited": credits.unlimited,
+            "balance": credits.balance,
+        });
+    }
+    if limit_id != DEFAULT_LIMIT {
+        event["metered_limit_name"] = limit_id.into();
+    }
+    event.to_string()
+}
+
+/// One usage window, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct WindowReport {
+    /// How much of the window is used, 0–100.
+    pub used_percent: f64,
+    /// The window's length in minutes, if reported.
+    pub window_minutes: Option<u32>,
+    /// When it resets (ms since the Unix epoch), if reported.
+    pub resets_at_ms: Option<u64>,
+}
+
+/// One limit's usage (of an account or of the pool), as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LimitReport {
+    /// The limit (`codex`, or a metered one like `codex_bengalfox`).
+    pub limit_id: String,
+    /// Its display name (for a metered limit, the model it counts), if reported.
+    pub limit_name: Option<String>,
+    /// The short window (about 5 hours).
+    pub primary: Option<WindowReport>,
+    /// The long window (about a week).
+    pub secondary: Option<WindowReport>,
+}
+
+impl LimitReport {
+    pub(crate) fn of(limit: &LimitUsage) -> Self {
+        let window = |w: &UsageWindow| WindowReport {
+            used_percent: w.used_percent.get(),
+            window_minutes: w.window_minutes,
+            resets_at_ms: w.resets_at.map(Timestamp::as_millis),
+        };
+        LimitReport {
+            limit_id: limit.limit_id().to_owned(),
+            limit_name: limit.limit_name.clone(),
+            primary: limit.primary.as_ref().map(window),
+            secondary: limit.secondary.as_ref().map(window),
+        }
+    }
+}
+
+/// One limit's usage of one account, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AccountUsage {
+    /// The limit and its windows as last reported (windows that have reset since are left
+    /// out).
+    #[serde(flatten)]
+    pub limit: LimitReport,
+    /// When that was reported (ms since the Unix epoch).
+    pub observed_at_ms: u64,
+    /// While set, the account serves no request counted against this limit: a window is at
+    /// or above the usage threshold until then (ms since the Unix epoch).
+    pub blocked_until_ms: Option<u64>,
+}
+
+impl AccountUsage {
+    pub(crate) fn of(status: &UsageStatus) -> Self {
+        AccountUsage {
+            limit: LimitReport::of(&status.limit),
+            observed_at_ms: status.observed_at.as_millis(),
+            blocked_until_ms: status.blocked_until.map(Timestamp::as_millis),
+        }
+    }
+}
+
+/// The pool's usage, as `/status` shows it (what clients are told; see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PoolUsageReport {
+    /// Per limit.
+    pub limits: Vec<LimitReport>,
+}
+
+impl PoolUsageReport {
+    pub(crate) fn of(report: &UsageReport) -> Self {
+        PoolUsageReport {
+            limits: report.limits.iter().map(LimitReport::of).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rotation_policy::usage::Percent;
+
+    fn window(used: f64, minutes: u32, resets_at_s: u64) -> UsageWindow {
+        UsageWindow::new(Percent::new(used).unwrap())
+            .with_window_minutes(minutes)
+            .with_resets_at(Timestamp::from_millis(resets_at_s * 1000))
+    }
+
+    fn report() -> UsageReport {
+        let mut report = UsageReport::default();
+        let mut codex = LimitUsage::new("codex").unwrap();
+        codex.primary = Some(window(42.5, 300, 1_700_000_000));
+        codex.secondary = Some(window(7.0, 10_080, 1_700_500_000));
+        report.push(codex);
+        let mut metered = LimitUsage::new("codex_bengalfox").unwrap();
+        metered.limit_name = Some("gpt-5.2-codex-sonic".into());
+        metered.primary = Some(UsageWindow::new(Percent::new(80.0).unwrap()));
+        report.push(metered);
+        report
+    }
+
+    #[test]
+    fn usage_headers_are_recognized_by_family_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-codex-primary-used-percent",
+            "x-codex-secondary-reset-at",
+            "x-codex-bengalfox-limit-name",
+            "x-codex-credits-balance",
+            "x-codex-promo-message",
+            "x-other-primary-window-minutes",
+            "x-other-secondary-used-percent",
+            "content-type",
+            "x-request-id",
+            "openai-processing-ms",
+            "x-ratelimit-remaining-requests",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        strip_usage_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "content-type",
+                "openai-processing-ms",
+                "x-ratelimit-remaining-requests",
+                "x-request-id"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pool_usage_is_written_as_the_backend_writes_it() {
+        let usage = ClientUsage::new(report());
+        let mut h = HeaderMap::new();
+        usage.write_headers(&mut h);
+        let mut shown: Vec<String> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        shown.sort_unstable();
+        insta::assert_snapshot!(shown.join("\n"), @r"
+        x-codex-bengalfox-limit-name: gpt-5.2-codex-sonic
+        x-codex-bengalfox-primary-used-percent: 80
+        x-codex-primary-reset-at: 1700000000
+        x-codex-primary-used-percent: 42.5
+        x-codex-primary-window-minutes: 300
+        x-codex-secondary-reset-at: 1700500000
+        x-codex-secondary-used-percent: 7
+        x-codex-secondary-window-minutes: 10080
+        ");
+        // Every header written is one a client strips as usage.
+        assert!(h.keys().all(is_usage_header));
+        insta::assert_snapshot!(
+            String::from_utf8(usage.event("codex").to_vec()).unwrap(),
+            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.5,"window_minutes":300,"reset_at":1700000000},"secondary":{"used_percent":7.0,"window_minutes":10080,"reset_at":1700500000}}}"#
+        );
+        insta::assert_snapshot!(
+            String::from_utf8(usage.event("codex_bengalfox").to_vec()).unwrap(),
+            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":80.0}},"metered_limit_name":"codex_bengalfox"}"#
+        );
+        // A limit the pool knows nothing of: an event without windows, never the account's.
+        insta::assert_snapshot!(
+            String::from_utf8(usage.event("codex_other").to_vec()).unwrap(),
+            @r#"{"type":"codex.rate_limits","rate_limits":{},"metered_limit_name":"codex_other"}"#
+        );
+    }
+
+    #[test]
+    fn status_shows_limits_with_times_in_ms() {
+        let shown = PoolUsageReport::of(&report());
+        insta::assert_json_snapshot!(shown, @r#"
+        {
+          "limits": [
+            {
+              "limit_id": "codex",
+              "limit_name": null,
+              "primary": {
+                "used_percent": 42.5,
+                "window_minutes": 300,
+                "resets_at_ms": 1700000000000
+              },
+              "secondary": {
+                "used_percent": 7.0,
+                "window_minutes": 10080,
+                "resets_at_ms": 1700500000000
+              }
+            },
+            {
+              "limit_id": "codex_bengalfox",
+              "limit_name": "gpt-5.2-codex-sonic",
+              "primary": {
+                "used_percent": 80.0,
+                "window_minutes": null,
+                "resets_at_ms": null
+              },
+              "secondary": null
+            }
+          ]
+        }
+        "#);
+    }
+}
