@@ -8,6 +8,11 @@
 //! limit (429 with `Retry-After`), fail with a burst of 5xx, or reject every access token the
 //! mock did not issue itself until the client refreshes through `POST /oauth/token`.
 //!
+//! Accounts can report usage ([`MockConfig::usage`], rules in the `usage` module): windows
+//! that grow with every served request, sent as the backend's `x-codex-*` headers and/or a
+//! `codex.rate_limits` event, and a `429` `usage_limit_reached` (with `Retry-After` until
+//! the reset) once a window is full.
+//!
 //! It binds `127.0.0.1` on an ephemeral port and records what it saw ([`MockStats`],
 //! [`RecordedRequest`], and every request on any route as a [`SeenRequest`]) so tests can
 //! check what a proxy forwarded, and where. With [`MockConfig::base_path`] it serves its API
@@ -97,6 +102,11 @@ use tokio::task::JoinHandle;
 
 use crate::proxy::{BoxBody, BoxError, serve_http1};
 
+mod usage;
+
+use usage::UsageState;
+pub use usage::{MockUsage, MockWindow, UsageChannel, UsageNow, WindowNow};
+
 /// How the mock treats requests for one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -160,6 +170,7 @@ pub struct MockConfig {
     reject_expired_access: bool,
     token_stall: Option<Arc<tokio::sync::Notify>>,
     refresh_rejection: RefreshRejection,
+    usage: HashMap<String, MockUsage>,
 }
 
 impl Default for MockConfig {
@@ -177,6 +188,7 @@ impl Default for MockConfig {
             reject_expired_access: false,
             token_stall: None,
             refresh_rejection: RefreshRejection::default(),
+            usage: HashMap::new(),
         }
     }
 }
@@ -185,6 +197,13 @@ impl MockConfig {
     /// Sets the behaviour for requests carrying `ChatGPT-Account-Id: account_id` (others: [`Behavior::Ok`]).
     pub fn account(mut self, account_id: impl Into<String>, behavior: Behavior) -> Self {
         self.accounts.insert(account_id.into(), behavior);
+        self
+    }
+
+    /// Makes the account carrying `ChatGPT-Account-Id: account_id` report `usage` (its
+    /// windows start when the mock starts; rules in the module docs).
+    pub fn usage(mut self, account_id: impl Into<String>, usage: MockUsage) -> Self {
+        self.usage.insert(account_id.into(), usage);
         self
     }
 
@@ -450,6 +469,7 @@ struct Inner {
     stats: MockStats,
     recorded: Vec<RecordedRequest>,
     seen: Vec<SeenRequest>,
+    usage: HashMap<String, UsageState>,
 }
 
 impl Inner {
@@ -463,9 +483,16 @@ impl Inner {
             stats: MockStats::default(),
             recorded: Vec::new(),
             seen: Vec::new(),
+            usage: HashMap::new(),
         };
         for (id, behavior) in &config.accounts {
             inner.set_behavior(id, behavior.clone());
+        }
+        let now = unix_now();
+        for (id, usage) in &config.usage {
+            inner
+                .usage
+                .insert(id.clone(), UsageState::start(usage, now));
         }
         inner
     }
@@ -671,6 +698,19 @@ impl MockUpstream {
     /// `times` of a [`Behavior::RateLimited`] or [`Behavior::ServerErrors`] start afresh.
     pub fn set_account(&self, account_id: &str, behavior: Behavior) {
         self.lock().set_behavior(account_id, behavior);
+    }
+
+    /// Makes `account_id` report `usage` from now on (its windows start now).
+    pub fn set_usage(&self, account_id: &str, usage: &MockUsage) {
+        self.lock()
+            .usage
+            .insert(account_id.to_owned(), UsageState::start(usage, unix_now()));
+    }
+
+    /// The usage the mock reports for `account_id` now (as of its last answer), if it
+    /// reports any.
+    pub fn usage(&self, account_id: &str) -> Option<UsageNow> {
+        self.lock().usage.get(account_id).map(UsageState::now)
     }
 
     /// Waits until at least `n` token-endpoint calls have been decided (counted in
@@ -983,13 +1023,15 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
             .and_then(access_expiry)
             .is_some_and(|exp| exp <= unix_now());
 
+    // What the account's usage is after this request, reported with its answer.
+    let reported: Option<UsageState>;
     let mut response = {
         let mut inner = lock(&state);
         inner.stats.responses_requests += 1;
         let behavior = inner.behavior(&key);
         // Authentication comes first, as on the real backend: a revoked or expired token is
         // refused before anything about the account (deactivation, limits) is told.
-        let verdict = match &behavior {
+        let mut verdict = match &behavior {
             Behavior::TokenInvalidated => Verdict::Invalidated,
             _ if expired => Verdict::Expired,
             Behavior::Ok => Verdict::Answer,
@@ -1021,6 +1063,14 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                 }
             }
         };
+        // Usage limits come after everything else: a request the account would serve is
+        // refused once a window is full.
+        if let (Verdict::Answer, Some(usage)) = (verdict, inner.usage.get_mut(&key))
+            && let Some(wait) = usage.admit(unix_now())
+        {
+            verdict = Verdict::RateLimited(wait);
+        }
+        reported = inner.usage.get(&key).cloned();
         let counts = inner.stats.accounts.entry(key.clone()).or_default();
         match verdict {
             Verdict::Answer => counts.ok += 1,
@@ -1077,7 +1127,8 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
                 let n = state.next_id.fetch_add(1, Ordering::Relaxed);
                 let text = echo.unwrap_or_else(|| state.config.reply.clone());
                 if stream {
-                    sse_response(&state.config, n, &text)
+                    let event = reported.as_ref().and_then(UsageState::event);
+                    sse_response(&state.config, n, &text, event)
                 } else {
                     json_response(
                         StatusCode::OK,
@@ -1093,6 +1144,9 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
             }
         }
     };
+    if let Some(reported) = &reported {
+        reported.write_headers(response.headers_mut());
+    }
     if want_hop {
         let h = response.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("x-mock-hop"));
@@ -1176,8 +1230,18 @@ pub fn sse_events(n: u64, text: &str, deltas: usize) -> Vec<Bytes> {
     events
 }
 
-fn sse_response(config: &MockConfig, n: u64, text: &str) -> Response<BoxBody> {
-    let events = sse_events(n, text, config.deltas);
+/// The streamed answer; `usage_event` (a whole `codex.rate_limits` event) goes right after
+/// `response.created`.
+fn sse_response(
+    config: &MockConfig,
+    n: u64,
+    text: &str,
+    usage_event: Option<Bytes>,
+) -> Response<BoxBody> {
+    let mut events = sse_events(n, text, config.deltas);
+    if let Some(event) = usage_event {
+        events.insert(1, event);
+    }
     let body = if config.event_delay.is_zero() && config.pause.is_none() && !config.break_streams {
         let mut all = Vec::new();
         for e in &events {
