@@ -102,7 +102,7 @@ impl<'de> Deserialize<'de> for Percent {
 /// assert_eq!(window.used_percent.get(), 40.0);
 /// assert_eq!(window.window_minutes, Some(300));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageWindow {
     /// How much of the window is used.
