@@ -43,12 +43,18 @@ pub const MAX_WINDOW_MINUTES: u32 = 400 * 24 * 60;
 /// assert_eq!(Percent::new(-1.0), None);
 /// assert_eq!(Percent::new(1e300), None);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Percent(f64);
 
 // A `Percent` is never NaN (checked in `new`), so `==` is an equivalence.
 impl Eq for Percent {}
+
+impl PartialOrd for Percent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Percent {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
