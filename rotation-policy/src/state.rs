@@ -366,6 +366,31 @@ impl UsageState {
         }
     }
 
+    /// Whether the report still says something at `now`: a window of it runs (its reset is
+    /// later), or a window without a known reset was reported less than 8 days ago (no
+    /// window is longer than a week). A report that says nothing can be dropped.
+    ///
+    /// ```
+    /// # use rotation_policy::{Timestamp, UsageState};
+    /// use rotation_policy::usage::{Percent, UsageWindow};
+    /// let mut state = UsageState::new(Timestamp::ZERO);
+    /// state.primary = Some(UsageWindow::new(Percent::FULL).with_resets_at(Timestamp::from_millis(60_000)));
+    /// assert!(state.is_current(Timestamp::from_millis(59_999)));
+    /// assert!(!state.is_current(Timestamp::from_millis(60_000)));
+    /// ```
+    pub fn is_current(&self, now: Timestamp) -> bool {
+        let stale_after = self
+            .observed_at
+            .saturating_add(Duration::from_secs(8 * 24 * 60 * 60));
+        [self.primary, self.secondary]
+            .into_iter()
+            .flatten()
+            .any(|w| match w.resets_at {
+                Some(at) => at > now,
+                None => stale_after > now,
+            })
+    }
+
     /// The order of reports of one limit: later first; equal times by a total order of the
     /// content, so every writer breaks ties alike.
     pub(crate) fn key(&self) -> UsageKey<'_> {
@@ -547,7 +572,9 @@ impl AccountState {
             && other
                 .usage
                 .iter()
-                .filter(|(id, u)| u.is_plausible() && normalize_limit_id(id).as_deref() == Some(*id))
+                .filter(|(id, u)| {
+                    u.is_plausible() && normalize_limit_id(id).as_deref() == Some(*id)
+                })
                 .all(|(id, theirs)| {
                     self.usage
                         .get(id)

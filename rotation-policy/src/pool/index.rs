@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::account::Account;
-use crate::usage::UsageWindow;
-use crate::{PolicyConfig, Timestamp};
 use crate::config::Strategy;
 use crate::status::CooldownReason;
 use crate::time::ceil_millis;
+use crate::usage::UsageWindow;
+use crate::{PolicyConfig, Timestamp};
 
 /// Ordering key of a usable account within a family; smaller is picked first. The account's
 /// insertion order is always part of it, so keys are unique.
@@ -146,9 +146,9 @@ impl Rules {
             .flatten()
             .filter(|w| w.used_percent.get() >= self.usage_threshold)
             .map(|w| {
-                let longest = w.window_minutes.map_or(MAX_USAGE_BLOCK, |m| {
-                    u64::from(m).saturating_mul(60_000)
-                });
+                let longest = w
+                    .window_minutes
+                    .map_or(MAX_USAGE_BLOCK, |m| u64::from(m).saturating_mul(60_000));
                 let cap = observed.saturating_add(longest);
                 match (w.resets_at, w.window_minutes) {
                     (Some(at), _) => at.as_millis().min(cap),

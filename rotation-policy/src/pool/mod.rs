@@ -506,7 +506,10 @@ impl Pool {
         if !self.is_untried(request, slot) {
             return Err(Selection::NoAccount);
         }
-        match self.slots[slot as usize].as_ref().map(|a| a.families[family].place) {
+        match self.slots[slot as usize]
+            .as_ref()
+            .map(|a| a.families[family].place)
+        {
             Some(Place::Ready(_)) => Ok(slot),
             Some(Place::Waiting(at)) => Err(Selection::Exhausted {
                 retry_after: Duration::from_millis(at.saturating_sub(self.clock)),

@@ -7,8 +7,8 @@ use std::cmp::Reverse;
 use super::Pool;
 use super::account::{Account, adopt_family, mark_changed};
 use crate::state::{cooldown_rank, disabled_rank};
-use crate::usage::{MAX_LIMITS, UsageWindow, normalize_limit_id};
 use crate::status::{CooldownReason, DisabledReason};
+use crate::usage::{MAX_LIMITS, normalize_limit_id};
 use crate::{
     AccountId, AccountState, Cooldown, Disabled, FamilyState, MergeReport, POLICY_STATE_VERSION,
     PolicyState, Timestamp,
@@ -242,11 +242,8 @@ impl Pool {
                 .enumerate()
                 .filter_map(|(index, limit)| {
                     let usage = a.usage(index)?;
-                    // A report whose every window has reset says nothing any more.
-                    let running = |w: Option<UsageWindow>| {
-                        w.is_some_and(|w| w.resets_at.is_none_or(|at| at.as_millis() > t))
-                    };
-                    (running(usage.primary) || running(usage.secondary))
+                    usage
+                        .is_current(Timestamp::from_millis(t))
                         .then(|| (limit.id.clone(), usage.clone()))
                 })
                 .collect(),
@@ -401,9 +398,7 @@ impl Pool {
                 continue;
             }
             // Merged state may add at most half the limits, like families.
-            if let Some(index) =
-                self.limit_index(id, usage.limit_name.as_deref(), MAX_LIMITS / 2)
-            {
+            if let Some(index) = self.limit_index(id, usage.limit_name.as_deref(), MAX_LIMITS / 2) {
                 reports.push((index, usage));
             }
         }

@@ -2,8 +2,8 @@
 //! the pool's aggregate usage, and the per-account view for status snapshots. The rule that
 //! turns a report into a block is `Rules::usage_blocked_until` (index.rs).
 
-use super::{Limit, Pool};
 use super::account::{Account, mark_changed};
+use super::{Limit, Pool};
 use crate::status::UsageStatus;
 use crate::usage::{LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow};
 use crate::{AccountId, PolicyError, Timestamp, UsageState};
@@ -222,9 +222,8 @@ impl Pool {
 
     /// The usage part of an account's status at `t`.
     pub(super) fn usage_status(&self, a: &Account, t: u64) -> Vec<UsageStatus> {
-        let running = |w: Option<UsageWindow>| {
-            w.filter(|w| w.resets_at.is_none_or(|at| at.as_millis() > t))
-        };
+        let running =
+            |w: Option<UsageWindow>| w.filter(|w| w.resets_at.is_none_or(|at| at.as_millis() > t));
         self.limits
             .iter()
             .enumerate()
@@ -246,7 +245,12 @@ impl Pool {
 
     /// The index of limit `id` (normalized), adding it while the pool has fewer than `cap`
     /// limits; a new `name` is remembered and re-maps model families to limits.
-    pub(super) fn limit_index(&mut self, id: &str, name: Option<&str>, cap: usize) -> Option<usize> {
+    pub(super) fn limit_index(
+        &mut self,
+        id: &str,
+        name: Option<&str>,
+        cap: usize,
+    ) -> Option<usize> {
         let index = match self.limits.iter().position(|l| l.id == id) {
             Some(index) => index,
             None if self.limits.len() < cap.min(MAX_LIMITS) => {
@@ -272,7 +276,11 @@ impl Pool {
     pub(super) fn limit_of_family(&self, name: &str) -> usize {
         self.limits
             .iter()
-            .position(|l| l.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .position(|l| {
+                l.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
             .filter(|&index| index != 0)
             .unwrap_or(0)
     }

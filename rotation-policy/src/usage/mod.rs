@@ -133,7 +133,9 @@ impl UsageWindow {
 
     /// Sets the window length; a value outside 1..=[`MAX_WINDOW_MINUTES`] reads as unknown.
     pub fn with_window_minutes(mut self, minutes: u32) -> Self {
-        self.window_minutes = (1..=MAX_WINDOW_MINUTES).contains(&minutes).then_some(minutes);
+        self.window_minutes = (1..=MAX_WINDOW_MINUTES)
+            .contains(&minutes)
+            .then_some(minutes);
         self
     }
 
@@ -259,7 +261,11 @@ impl UsageReport {
     /// Adds or replaces one limit's usage, keeping ids unique and at most [`MAX_LIMITS`];
     /// returns whether it was kept.
     pub fn push(&mut self, limit: LimitUsage) -> bool {
-        if let Some(existing) = self.limits.iter_mut().find(|l| l.limit_id == limit.limit_id) {
+        if let Some(existing) = self
+            .limits
+            .iter_mut()
+            .find(|l| l.limit_id == limit.limit_id)
+        {
             *existing = limit;
             return true;
         }
