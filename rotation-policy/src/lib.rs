@@ -252,7 +252,7 @@ pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
 pub use state::{
     AccountState, Cooldown, Disabled, FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN,
-    MergeReport, POLICY_STATE_VERSION, PolicyState,
+    MergeReport, POLICY_STATE_VERSION, PolicyState, UsageState,
 };
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,

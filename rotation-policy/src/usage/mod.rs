@@ -43,12 +43,18 @@ pub const MAX_WINDOW_MINUTES: u32 = 400 * 24 * 60;
 /// assert_eq!(Percent::new(-1.0), None);
 /// assert_eq!(Percent::new(1e300), None);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Percent(f64);
 
 // A `Percent` is never NaN (checked in `new`), so `==` is an equivalence.
 impl Eq for Percent {}
+
+impl PartialOrd for Percent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Percent {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -102,7 +108,7 @@ impl<'de> Deserialize<'de> for Percent {
 /// assert_eq!(window.used_percent.get(), 40.0);
 /// assert_eq!(window.window_minutes, Some(300));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageWindow {
     /// How much of the window is used.
@@ -127,7 +133,9 @@ impl UsageWindow {
 
     /// Sets the window length; a value outside 1..=[`MAX_WINDOW_MINUTES`] reads as unknown.
     pub fn with_window_minutes(mut self, minutes: u32) -> Self {
-        self.window_minutes = (1..=MAX_WINDOW_MINUTES).contains(&minutes).then_some(minutes);
+        self.window_minutes = (1..=MAX_WINDOW_MINUTES)
+            .contains(&minutes)
+            .then_some(minutes);
         self
     }
 
@@ -253,7 +261,11 @@ impl UsageReport {
     /// Adds or replaces one limit's usage, keeping ids unique and at most [`MAX_LIMITS`];
     /// returns whether it was kept.
     pub fn push(&mut self, limit: LimitUsage) -> bool {
-        if let Some(existing) = self.limits.iter_mut().find(|l| l.limit_id == limit.limit_id) {
+        if let Some(existing) = self
+            .limits
+            .iter_mut()
+            .find(|l| l.limit_id == limit.limit_id)
+        {
             *existing = limit;
             return true;
         }
