@@ -328,6 +328,12 @@ impl State {
     fn client_usage(&mut self, now: Timestamp) -> Arc<usage::ClientUsage> {
         self.usage.get(&self.policy, now)
     }
+
+    /// A `codex.rate_limits` event with the pool's usage of `limit_id` (see
+    /// `usage::UsageCache::event`).
+    fn usage_event(&mut self, now: Timestamp, limit_id: &str) -> Bytes {
+        self.usage.event(&self.policy, now, limit_id)
+    }
 }
 
 pub(crate) struct Shared {
@@ -517,8 +523,10 @@ impl RotationProxy {
         self.shared.status()
     }
 
-    /// Stops accepting, waits for open streams (up to the grace period), then saves running
-    /// cooldowns and last use to the pool store (refreshed tokens were saved at each refresh).
+    /// Stops accepting, waits for open streams (up to the grace period), then writes what the
+    /// policy learned since the last sync tick to the shared state (`pool-state.json`) and
+    /// saves running cooldowns and last use to the pool store (refreshed tokens were saved
+    /// at each refresh).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -531,7 +539,13 @@ impl RotationProxy {
         }
         let shared = self.shared.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let status = shared.lock().policy.status(now());
+            let (status, changes) = {
+                let mut state = shared.lock();
+                (state.policy.status(now()), state.policy.take_changes())
+            };
+            // What was learned since the last sync tick (a usage report, a 429) is shared
+            // too, so the next run or another process steers by it.
+            sync::save_last_changes(&shared, &changes);
             shared.accounts.save_observations(&status)
         })
         .await;

@@ -126,6 +126,24 @@ pub(crate) async fn follow_pool(shared: Arc<Shared>) {
     }
 }
 
+/// How long shutdown waits for the state file's lock.
+const SHUTDOWN_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// At shutdown: writes `changes` (what the policy learned since the last tick) to the
+/// shared state. Blocking; waits at most [`SHUTDOWN_LOCK_WAIT`] for the file's lock.
+pub(crate) fn save_last_changes(shared: &Shared, changes: &PolicyState) {
+    let Some(store) = shared.accounts.store() else {
+        return;
+    };
+    if changes.accounts.is_empty() {
+        return;
+    }
+    let store = store.clone().with_lock_timeout(SHUTDOWN_LOCK_WAIT);
+    if let Err(err) = store.save_policy_state_stamped(changes, Some(super::now())) {
+        tracing::warn!(error = %auth_core::terminal::escape_control(&err.to_string()), "could not share the policy state at shutdown");
+    }
+}
+
 /// After merging shared `state`: the pool's word wins both ways. What the pool keeps out
 /// (disabled by hand, gone for everyone) stays out, and a disable for one of those reasons
 /// that came from the shared state while the pool no longer holds it (the person signed in

@@ -106,6 +106,8 @@ impl ClientUsage {
 #[derive(Debug, Default)]
 pub(crate) struct UsageCache {
     made: Option<(Instant, Arc<ClientUsage>)>,
+    /// When a report of a limit the cached usage lacked last had it remade.
+    remade_for_missing: Option<Instant>,
 }
 
 impl UsageCache {
@@ -113,12 +115,31 @@ impl UsageCache {
     pub(crate) fn get(&mut self, policy: &Pool, now: Timestamp) -> Arc<ClientUsage> {
         match &self.made {
             Some((at, usage)) if at.elapsed() < USAGE_TTL => usage.clone(),
-            _ => {
-                let usage = Arc::new(ClientUsage::new(policy.pool_usage(now)));
-                self.made = Some((Instant::now(), usage.clone()));
-                usage
-            }
+            _ => self.remake(policy, now),
         }
+    }
+
+    /// The `codex.rate_limits` event data of the pool's usage of `limit_id`. The first
+    /// report of a limit finds it missing from usage made before that report: then the
+    /// usage is remade at once, at most once per [`USAGE_TTL`] besides the regular
+    /// remaking (a second new limit within that time gets an event without windows).
+    pub(crate) fn event(&mut self, policy: &Pool, now: Timestamp, limit_id: &str) -> Bytes {
+        let usage = self.get(policy, now);
+        if usage.report.limit(limit_id).is_none()
+            && self
+                .remade_for_missing
+                .is_none_or(|at| at.elapsed() >= USAGE_TTL)
+        {
+            self.remade_for_missing = Some(Instant::now());
+            return self.remake(policy, now).event(limit_id);
+        }
+        usage.event(limit_id)
+    }
+
+    fn remake(&mut self, policy: &Pool, now: Timestamp) -> Arc<ClientUsage> {
+        let usage = Arc::new(ClientUsage::new(policy.pool_usage(now)));
+        self.made = Some((Instant::now(), usage.clone()));
+        usage
     }
 }
 
@@ -155,9 +176,9 @@ impl DataObserver for StreamUsage {
             // ok: only an account the pool no longer holds is refused; nothing to record.
             let _ = state.policy.record_usage(&self.account, &report, t);
         }
-        let client = state.client_usage(t);
+        let event = state.usage_event(t, &limit_id);
         drop(state);
-        DataLine::Replace(client.event(&limit_id))
+        DataLine::Replace(event)
     }
 }
 
