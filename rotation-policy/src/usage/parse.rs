@@ -704,7 +704,12 @@ fn json_short_text(raw: &RawValue) -> Option<String> {
 
 /// A JSON number (integer or decimal) as a double.
 fn json_number(raw: &RawValue) -> Option<f64> {
-    serde_json::from_str::<f64>(raw.get()).ok()
+    // serde_json says whether it is a JSON number at all; the standard library then reads it
+    // correctly rounded. serde_json's own reading can be one unit in the last place off
+    // (unless its `float_roundtrip` feature is on), and a percentage written back must read
+    // as the same number.
+    serde_json::from_str::<f64>(raw.get()).ok()?;
+    raw.get().parse().ok()
 }
 
 /// A JSON number that is a whole, non-negative value (`300` or `300.0`).
@@ -1078,6 +1083,22 @@ mod tests {
         assert_eq!(codex.primary, None);
         assert_eq!(codex.secondary.unwrap().resets_at, None);
         assert_eq!(report.plan_type.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn event_numbers_are_read_correctly_rounded() {
+        // serde_json's default reading of this number is one unit in the last place off.
+        let text = "5.375997437596789e-251";
+        let json = format!(
+            r#"{{"type":"codex.rate_limits","rate_limits":{{"primary":{{"used_percent":{text}}}}}}}"#
+        );
+        let window = event(&json)
+            .unwrap()
+            .limit("codex")
+            .unwrap()
+            .primary
+            .unwrap();
+        assert_eq!(window.used_percent.get(), text.parse::<f64>().unwrap());
     }
 
     #[test]
