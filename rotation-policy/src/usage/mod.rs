@@ -55,6 +55,7 @@ pub struct Percent(f64);
 // A `Percent` is never NaN (checked in `new`), so `==` is an equivalence.
 impl Eq for Percent {}
 
+// One order for both traits (never NaN, no -0.0: `total_cmp` agrees with `<` on these).
 impl PartialOrd for Percent {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
@@ -64,13 +65,6 @@ impl PartialOrd for Percent {
 impl Ord for Percent {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
-    }
-}
-
-// One order for both traits (never NaN, no -0.0: `total_cmp` agrees with `<` on these).
-impl PartialOrd for Percent {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
     }
 }
 
