@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 use rotation_policy::usage::{DEFAULT_LIMIT, LimitUsage, UsageReport, UsageWindow};
 use rotation_policy::{AccountId, Pool, Timestamp, UsageStatus};
 use serde::Serialize;
@@ -68,17 +68,25 @@ pub(crate) fn strip_usage_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// What clients are told about the pool's usage, made once per [`USAGE_TTL`].
+/// What clients are told about the pool's usage, made once per [`USAGE_TTL`]: the headers
+/// and one event per limit, written ahead so an answer only copies them.
 #[derive(Debug, Default)]
 pub(crate) struct ClientUsage {
     report: UsageReport,
     headers: HeaderMap,
+    events: Vec<(String, Bytes)>,
 }
 
 impl ClientUsage {
     fn new(report: UsageReport) -> Self {
+        let events = report
+            .limits
+            .iter()
+            .map(|limit| (limit.limit_id().to_owned(), one_limit_event(limit.clone())))
+            .collect();
         ClientUsage {
-            headers: usage_headers(&report),
+            headers: report.to_headers(),
+            events,
             report,
         }
     }
@@ -95,26 +103,56 @@ impl ClientUsage {
         }
     }
 
-    /// The data of a `codex.rate_limits` event with the pool's usage of `limit_id` (without
-    /// windows when the pool knows none for it).
-    pub(crate) fn event(&self, limit_id: &str) -> Bytes {
-        Bytes::from(rate_limits_event(&self.report, limit_id))
+    /// The data of a `codex.rate_limits` event with the pool's usage of `limit_id`, if the
+    /// pool knows that limit.
+    fn event(&self, limit_id: &str) -> Option<Bytes> {
+        self.events
+            .iter()
+            .find(|(id, _)| id == limit_id)
+            .map(|(_, event)| event.clone())
+    }
+}
+
+/// The `codex.rate_limits` event data of one limit.
+fn one_limit_event(limit: LimitUsage) -> Bytes {
+    let mut report = UsageReport::default();
+    report.push(limit);
+    Bytes::from(report.to_event_json())
+}
+
+/// The event for a limit the pool knows no window of: it names the limit, without windows
+/// (never the account's).
+fn windowless_event(limit_id: &str) -> Bytes {
+    match LimitUsage::new(limit_id) {
+        Some(limit) => one_limit_event(limit),
+        None => Bytes::from(UsageReport::default().to_event_json()),
     }
 }
 
 /// The pool's usage as sent to clients, remade when older than [`USAGE_TTL`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct UsageCache {
     made: Option<(Instant, Arc<ClientUsage>)>,
     /// When a report of a limit the cached usage lacked last had it remade.
     remade_for_missing: Option<Instant>,
+    ttl: Duration,
+}
+
+impl Default for UsageCache {
+    fn default() -> Self {
+        UsageCache {
+            made: None,
+            remade_for_missing: None,
+            ttl: USAGE_TTL,
+        }
+    }
 }
 
 impl UsageCache {
     /// The pool's usage as of at most [`USAGE_TTL`] ago. O(1), or O(accounts) once per TTL.
     pub(crate) fn get(&mut self, policy: &Pool, now: Timestamp) -> Arc<ClientUsage> {
         match &self.made {
-            Some((at, usage)) if at.elapsed() < USAGE_TTL => usage.clone(),
+            Some((at, usage)) if at.elapsed() < self.ttl => usage.clone(),
             _ => self.remake(policy, now),
         }
     }
@@ -125,15 +163,19 @@ impl UsageCache {
     /// remaking (a second new limit within that time gets an event without windows).
     pub(crate) fn event(&mut self, policy: &Pool, now: Timestamp, limit_id: &str) -> Bytes {
         let usage = self.get(policy, now);
-        if usage.report.limit(limit_id).is_none()
-            && self
-                .remade_for_missing
-                .is_none_or(|at| at.elapsed() >= USAGE_TTL)
+        if let Some(event) = usage.event(limit_id) {
+            return event;
+        }
+        if self
+            .remade_for_missing
+            .is_none_or(|at| at.elapsed() >= self.ttl)
         {
             self.remade_for_missing = Some(Instant::now());
-            return self.remake(policy, now).event(limit_id);
+            if let Some(event) = self.remake(policy, now).event(limit_id) {
+                return event;
+            }
         }
-        usage.event(limit_id)
+        windowless_event(limit_id)
     }
 
     fn remake(&mut self, policy: &Pool, now: Timestamp) -> Arc<ClientUsage> {
@@ -184,98 +226,6 @@ impl DataObserver for StreamUsage {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The usage headers of `report`, as the Codex backend names them.
-fn usage_headers(report: &UsageReport) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let mut put = |name: String, value: String| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
-        }
-    };
-    for limit in &report.limits {
-        // `codex_bengalfox` is sent as `x-codex-bengalfox-…`.
-        let prefix = format!("x-{}", limit.limit_id().replace('_', "-"));
-        for (kind, window) in [("primary", &limit.primary), ("secondary", &limit.secondary)] {
-            let Some(window) = window else { continue };
-            put(
-                format!("{prefix}-{kind}-used-percent"),
-                window.used_percent.get().to_string(),
-            );
-            if let Some(minutes) = window.window_minutes {
-                put(
-                    format!("{prefix}-{kind}-window-minutes"),
-                    minutes.to_string(),
-                );
-            }
-            if let Some(at) = window.resets_at {
-                put(
-                    format!("{prefix}-{kind}-reset-at"),
-                    (at.as_millis() / 1000).to_string(),
-                );
-            }
-        }
-        if let Some(name) = &limit.limit_name {
-            put(format!("{prefix}-limit-name"), name.clone());
-        }
-    }
-    if let Some(credits) = &report.credits {
-        put(
-            "x-codex-credits-has-credits".into(),
-            credits.has_credits.to_string(),
-        );
-        put(
-            "x-codex-credits-unlimited".into(),
-            credits.unlimited.to_string(),
-        );
-        if let Some(balance) = &credits.balance {
-            put("x-codex-credits-balance".into(), balance.clone());
-        }
-    }
-    headers
-}
-
-/// A `codex.rate_limits` event with `report`'s usage of `limit_id`.
-fn rate_limits_event(report: &UsageReport, limit_id: &str) -> String {
-    let window = |w: &UsageWindow| {
-        let mut v = serde_json::json!({ "used_percent": w.used_percent.get() });
-        if let Some(minutes) = w.window_minutes {
-            v["window_minutes"] = minutes.into();
-        }
-        if let Some(at) = w.resets_at {
-            v["reset_at"] = (at.as_millis() / 1000).into();
-        }
-        v
-    };
-    let mut event = serde_json::json!({ "type": RATE_LIMITS_EVENT });
-    if let Some(plan) = &report.plan_type {
-        event["plan_type"] = plan.as_str().into();
-    }
-    let mut limits = serde_json::Map::new();
-    if let Some(limit) = report.limit(limit_id) {
-        if let Some(w) = &limit.primary {
-            limits.insert("primary".into(), window(w));
-        }
-        if let Some(w) = &limit.secondary {
-            limits.insert("secondary".into(), window(w));
-        }
-    }
-    event["rate_limits"] = limits.into();
-    if let Some(credits) = &report.credits {
-        event["credits"] = serde_json::json!({
-            "has_credits": credits.has_credits,
-            "unlimited": credits.unlimited,
-            "balance": credits.balance,
-        });
-    }
-    if limit_id != DEFAULT_LIMIT {
-        event["metered_limit_name"] = limit_id.into();
-    }
-    event.to_string()
 }
 
 /// One usage window, as `/status` shows it.
@@ -364,6 +314,7 @@ impl PoolUsageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use rotation_policy::usage::Percent;
 
     fn window(used: f64, minutes: u32, resets_at_s: u64) -> UsageWindow {
@@ -417,41 +368,112 @@ mod tests {
         );
     }
 
+    const NOW: Timestamp = Timestamp::from_millis(1_699_999_000_000);
+
+    /// `a` reported [`report`], `b` a `codex` primary window at 17.5 %.
+    fn pool() -> (Pool, AccountId) {
+        let mut pool = Pool::new(rotation_policy::PolicyConfig::default(), 0).unwrap();
+        let (a, b) = (AccountId::new("a").unwrap(), AccountId::new("b").unwrap());
+        pool.add(a.clone()).unwrap();
+        pool.add(b.clone()).unwrap();
+        pool.record_usage(&a, &report(), NOW).unwrap();
+        let mut codex = LimitUsage::new("codex").unwrap();
+        codex.primary = Some(window(17.5, 300, 1_700_001_000));
+        let mut of_b = UsageReport::default();
+        of_b.push(codex);
+        pool.record_usage(&b, &of_b, NOW).unwrap();
+        (pool, b)
+    }
+
+    fn text(bytes: Bytes) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     #[test]
-    fn the_pool_usage_is_written_as_the_backend_writes_it() {
-        let usage = ClientUsage::new(report());
+    fn clients_get_the_pools_usage_written_as_the_backend_writes_it() {
+        let (pool, _) = pool();
+        let mut cache = UsageCache::default();
+        let usage = cache.get(&pool, NOW);
         let mut h = HeaderMap::new();
+        h.insert(
+            "x-codex-primary-used-percent",
+            HeaderValue::from_static("99"),
+        );
+        h.insert("x-codex-promo-message", HeaderValue::from_static("hi"));
+        strip_usage_headers(&mut h);
         usage.write_headers(&mut h);
         let mut shown: Vec<String> = h
             .iter()
             .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
             .collect();
         shown.sort_unstable();
+        // Means of both accounts (one not heard from for a window counts 0 %), the earliest
+        // reset of a window in use.
         insta::assert_snapshot!(shown.join("\n"), @r"
         x-codex-bengalfox-limit-name: gpt-5.2-codex-sonic
-        x-codex-bengalfox-primary-used-percent: 80
+        x-codex-bengalfox-primary-used-percent: 40
         x-codex-primary-reset-at: 1700000000
-        x-codex-primary-used-percent: 42.5
+        x-codex-primary-used-percent: 30
         x-codex-primary-window-minutes: 300
         x-codex-secondary-reset-at: 1700500000
-        x-codex-secondary-used-percent: 7
+        x-codex-secondary-used-percent: 3.5
         x-codex-secondary-window-minutes: 10080
         ");
-        // Every header written is one a client strips as usage.
+        // Every header written is one a client's answer is stripped of first.
         assert!(h.keys().all(is_usage_header));
         insta::assert_snapshot!(
-            String::from_utf8(usage.event("codex").to_vec()).unwrap(),
-            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":42.5,"window_minutes":300,"reset_at":1700000000},"secondary":{"used_percent":7.0,"window_minutes":10080,"reset_at":1700500000}}}"#
+            text(cache.event(&pool, NOW, "codex")),
+            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":30.0,"window_minutes":300,"reset_at":1700000000},"secondary":{"used_percent":3.5,"window_minutes":10080,"reset_at":1700500000}}}"#
         );
         insta::assert_snapshot!(
-            String::from_utf8(usage.event("codex_bengalfox").to_vec()).unwrap(),
-            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":80.0}},"metered_limit_name":"codex_bengalfox"}"#
+            text(cache.event(&pool, NOW, "codex_bengalfox")),
+            @r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":40.0}},"metered_limit_name":"codex_bengalfox"}"#
         );
         // A limit the pool knows nothing of: an event without windows, never the account's.
         insta::assert_snapshot!(
-            String::from_utf8(usage.event("codex_other").to_vec()).unwrap(),
-            @r#"{"type":"codex.rate_limits","rate_limits":{},"metered_limit_name":"codex_other"}"#
+            text(cache.event(&pool, NOW, "codex_other")),
+            @r#"{"type":"codex.rate_limits","metered_limit_name":"codex_other"}"#
         );
+    }
+
+    #[test]
+    fn the_pools_usage_is_made_once_per_ttl_and_at_once_for_a_new_limit() {
+        let (mut pool, b) = pool();
+        // A TTL no slow test machine outlasts.
+        let mut cache = UsageCache {
+            ttl: Duration::from_secs(3600),
+            ..UsageCache::default()
+        };
+        let first = cache.get(&pool, NOW);
+        // A new report within the TTL: the same usage is sent, nothing recomputed.
+        let mut codex = LimitUsage::new("codex").unwrap();
+        codex.primary = Some(window(60.0, 300, 1_700_001_000));
+        let mut newer = UsageReport::default();
+        newer.push(codex);
+        pool.record_usage(&b, &newer, NOW).unwrap();
+        assert!(Arc::ptr_eq(&first, &cache.get(&pool, NOW)));
+        assert!(text(cache.event(&pool, NOW, "codex")).contains(r#""used_percent":30.0"#));
+        // The first report of a limit is told at once (the usage remade), and a second new
+        // limit within the TTL gets an event without windows.
+        let report_limit = |pool: &mut Pool, id: &str, used: f64| {
+            let mut limit = LimitUsage::new(id).unwrap();
+            limit.primary = Some(UsageWindow::new(Percent::new(used).unwrap()));
+            let mut report = UsageReport::default();
+            report.push(limit);
+            pool.record_usage(&b, &report, NOW).unwrap();
+        };
+        report_limit(&mut pool, "codex_one", 50.0);
+        let one = text(cache.event(&pool, NOW, "codex_one"));
+        assert!(one.contains(r#""used_percent":25.0"#), "{one}");
+        let remade = cache.get(&pool, NOW);
+        assert!(!Arc::ptr_eq(&first, &remade));
+        assert!(text(cache.event(&pool, NOW, "codex")).contains(r#""used_percent":51.25"#));
+        report_limit(&mut pool, "codex_two", 70.0);
+        assert_eq!(
+            text(cache.event(&pool, NOW, "codex_two")),
+            r#"{"type":"codex.rate_limits","metered_limit_name":"codex_two"}"#
+        );
+        assert!(Arc::ptr_eq(&remade, &cache.get(&pool, NOW)));
     }
 
     #[test]
