@@ -377,6 +377,25 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// A proxy's shared state over `policy`, without accounts or a listener, for unit tests
+    /// of its parts (upstream `http://127.0.0.1:9`, nothing listens there).
+    pub(crate) fn for_tests(policy: Pool) -> Self {
+        let token = WrapperToken::generate().unwrap_or_else(|e| panic!("{e}"));
+        let options = ProxyOptions::new("http://127.0.0.1:9", token);
+        Shared {
+            upstream: UpstreamBase::parse(&options.upstream).unwrap_or_else(|e| panic!("{e}")),
+            body_budget: BodyBudget::new(options.body_budget),
+            options,
+            client: reqwest::Client::new(),
+            state: Mutex::new(State::new(policy)),
+            accounts: Accounts::new(),
+            started_at: WallTimestamp::now(),
+        }
+    }
+}
+
 fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
@@ -626,17 +645,7 @@ mod tests {
 
     #[tokio::test]
     async fn user_facing_error_answers() {
-        let token = WrapperToken::generate().unwrap();
-        let options = ProxyOptions::new("http://127.0.0.1:9", token);
-        let shared = Shared {
-            upstream: UpstreamBase::parse(&options.upstream).unwrap(),
-            body_budget: BodyBudget::new(options.body_budget),
-            options,
-            client: reqwest::Client::new(),
-            state: Mutex::new(State::new(Pool::new(PolicyConfig::default(), 1).unwrap())),
-            accounts: Accounts::new(),
-            started_at: WallTimestamp::now(),
-        };
+        let shared = Shared::for_tests(Pool::new(PolicyConfig::default(), 1).unwrap());
         let mut out = String::new();
         for (name, response) in [
             ("413", too_large(&shared)),

@@ -179,3 +179,101 @@ impl Drop for CountedBody {
         self.shared.lock().counters.streams_open -= 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use rotation_policy::usage::UsageReport;
+    use rotation_policy::{PolicyConfig, Pool};
+
+    const EVENT: &str = r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":97.5,"window_minutes":300,"reset_at":4102444800}}}"#;
+
+    /// An upstream answer of `account` reporting 97.5 % in headers and in the stream.
+    fn upstream_answer(chunks: Vec<String>) -> reqwest::Response {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(16);
+        for chunk in chunks {
+            tx.try_send(Frame::data(Bytes::from(chunk)))
+                .unwrap_or_else(|_| panic!("channel full"));
+        }
+        drop(tx);
+        let mut answer = http::Response::new(reqwest::Body::wrap(body));
+        let h = answer.headers_mut();
+        h.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "999".parse().unwrap());
+        h.insert("x-codex-primary-used-percent", "97.5".parse().unwrap());
+        h.insert("x-codex-primary-reset-at", "4102444800".parse().unwrap());
+        h.insert("x-codex-promo-message", "account-specific".parse().unwrap());
+        h.insert("x-request-id", "req-1".parse().unwrap());
+        reqwest::Response::from(answer)
+    }
+
+    fn usage_headers(headers: &HeaderMap) -> Vec<String> {
+        let mut shown: Vec<String> = headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-codex-"))
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        shown.sort_unstable();
+        shown
+    }
+
+    /// The account's usage never reaches the client: with nothing known to the pool when
+    /// the answer starts, it carries no usage headers; the event is recorded for the account
+    /// on the way and replaced by the pool's usage (the one account, at 97.5 %, over the
+    /// threshold, counts as 100 %); everything else passes byte for byte.
+    #[tokio::test]
+    async fn the_client_gets_the_pools_usage_and_the_account_its_report_recorded() {
+        let id = AccountId::new("a").unwrap();
+        let mut pool = Pool::new(PolicyConfig::default(), 1).unwrap();
+        pool.add(id.clone()).unwrap();
+        let shared = Arc::new(Shared::for_tests(pool));
+        let event_line = format!("data: {EVENT}\n");
+        let (head, tail) = event_line.split_at(20);
+        let chunks = vec![
+            "event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: codex.rate_limits\n".to_owned(),
+            head.to_owned(),
+            tail.to_owned(),
+            "\nevent: response.completed\ndata: {\"type\":\"response.completed\"}\n\n".to_owned(),
+        ];
+        let answer = stream_back(&shared, upstream_answer(chunks), id.clone(), "gpt-5");
+        assert!(
+            usage_headers(answer.headers()).is_empty(),
+            "{:?}",
+            answer.headers()
+        );
+        assert_eq!(answer.headers()["x-request-id"], "req-1");
+        assert!(answer.headers().get(header::CONTENT_LENGTH).is_none());
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "event: response.created\ndata: {\"type\":\"response.created\"}\n\n\
+             event: codex.rate_limits\ndata: {\"type\":\"codex.rate_limits\",\"rate_limits\":{\"primary\":{\"used_percent\":100.0,\"window_minutes\":300,\"reset_at\":4102444800}}}\n\n\
+             event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n"
+        );
+        // The account's report was recorded: it is over the threshold until its reset.
+        let mut state = shared.lock();
+        let status = state.policy.account_status(&id, now()).unwrap();
+        assert_eq!(status.usage.len(), 1);
+        assert!(status.usage[0].blocked_until.is_some());
+        assert_eq!(state.counters.streams_open, 0);
+        // Answers get the pool's usage in headers too.
+        state.usage = super::super::usage::UsageCache::default();
+        let pool = state.client_usage(now());
+        assert_eq!(pool.report(), &state.policy.pool_usage(now()));
+        drop(state);
+        let answer = stream_back(&shared, upstream_answer(vec![]), id, "gpt-5");
+        assert_eq!(
+            usage_headers(answer.headers()),
+            [
+                "x-codex-primary-reset-at: 4102444800",
+                "x-codex-primary-used-percent: 100",
+                "x-codex-primary-window-minutes: 300"
+            ]
+        );
+        assert_eq!(
+            UsageReport::from_headers(answer.headers()),
+            shared.lock().policy.pool_usage(now())
+        );
+    }
+}
