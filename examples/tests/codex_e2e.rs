@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use auth_storage::PoolStore;
-use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, seed_pool};
+use examples::mock_upstream::{
+    Behavior, MockConfig, MockUpstream, MockUsage, MockWindow, UsageChannel, seed_pool,
+};
 use examples::proxy::{
     CodexRoute, PROVIDER_ID, ProxyOptions, RotationProxy, TOKEN_ENV, WrapperToken,
     load_pool_accounts,
@@ -422,4 +424,187 @@ async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token(
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
     mock.shutdown().await;
+}
+
+/// `codex exec` through the proxy against accounts that report usage (in headers, then in
+/// the stream's `codex.rate_limits` event only): the usage the CLI records in its session
+/// file is the pool's (the mean of both accounts, the earliest reset), not that of the
+/// account that served it.
+///
+/// Codex CLI 0.169 does not read `codex.rate_limits` events of an HTTP stream (seen: with
+/// the event alone and no usage headers, its session records no windows); it takes usage
+/// from the response headers. So in the event-only run the pool learned both accounts'
+/// usage from events alone, and the CLI is shown it in the headers the proxy writes; the
+/// rewritten event itself is checked in `tests/proxy_usage.rs`.
+#[tokio::test(flavor = "current_thread")]
+async fn codex_records_the_pools_usage_not_the_serving_accounts() {
+    let Some(codex) = common::codex_bin() else {
+        common::skip(
+            "codex_records_the_pools_usage_not_the_serving_accounts",
+            "no Codex CLI (set CODEX_BIN or run .ci/run)",
+        );
+        return;
+    };
+    for channel in [UsageChannel::Headers, UsageChannel::Event] {
+        codex_sees_the_pool(&codex, channel).await;
+    }
+}
+
+async fn codex_sees_the_pool(codex: &std::path::Path, channel: UsageChannel) {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mock = MockUpstream::start(
+        MockConfig::default()
+            .reply(REPLY)
+            .usage(
+                "ws-hot",
+                MockUsage::new(MockWindow::new(80.0, 0.0, 300, HOUR))
+                    .secondary(MockWindow::new(30.0, 0.0, 10_080, 48 * HOUR))
+                    .via(channel),
+            )
+            .usage(
+                "ws-cool",
+                MockUsage::new(MockWindow::new(20.0, 0.0, 300, 3 * HOUR))
+                    .secondary(MockWindow::new(10.0, 0.0, 10_080, 24 * HOUR))
+                    .via(channel),
+            ),
+    )
+    .await
+    .unwrap();
+    let mut accounts = examples::proxy::Accounts::new();
+    for id in ["ws-hot", "ws-cool"] {
+        let login = mock.synthetic_account(id, &format!("{id}@example.com"), false);
+        accounts
+            .push(Some(&login.email), None, login.tokens)
+            .unwrap();
+    }
+    let token = WrapperToken::generate().unwrap();
+    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
+    options.token_url = mock.token_url();
+    let proxy = RotationProxy::start(options, accounts).await.unwrap();
+    // One answer from each account (least recently used first), so the pool knows both;
+    // then past the proxy's usage cache (one sync interval).
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/responses", proxy.base_url()))
+            .bearer_auth(token.secret().expose())
+            .body(r#"{"model":"gpt-5","input":"warm up"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let codex_home = tempfile::tempdir().unwrap();
+    CodexRoute::apply(codex_home.path(), &proxy.base_url()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(codex)
+            .args(["exec", "--skip-git-repo-check", "Say hello"])
+            .current_dir(work.path())
+            .env("CODEX_HOME", codex_home.path())
+            .env(TOKEN_ENV, token.secret().expose())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("codex exec finished within 90 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(REPLY),
+        "codex exec failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The hotter account served codex (least recently used after the warm-up).
+    assert!(mock.stats().accounts["ws-hot"].ok >= 2, "{channel:?}");
+    let hot = mock.usage("ws-hot").unwrap();
+    let cool = mock.usage("ws-cool").unwrap();
+
+    // What the CLI recorded: the last `token_count` event with usage in its rollout file,
+    // `{"type":"event_msg","payload":{"type":"token_count",…,"rate_limits":{"limit_id":
+    // "codex","primary":{"used_percent","window_minutes","resets_at"},"secondary":{…}}}}`
+    // (seen with Codex CLI 0.169).
+    let rollouts: Vec<_> = walk(&codex_home.path().join("sessions"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rollout-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    assert_eq!(rollouts.len(), 1, "{channel:?}: {rollouts:?}");
+    let recorded = std::fs::read_to_string(&rollouts[0]).unwrap();
+    let limits = recorded
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "event_msg" && v["payload"]["type"] == "token_count")
+        .map(|v| v["payload"]["rate_limits"].clone())
+        .rfind(|r| r.is_object())
+        .unwrap_or_else(|| panic!("{channel:?}: no token_count with rate_limits in\n{recorded}"));
+    let pool = proxy.status().pool_usage;
+    assert_eq!(pool.limits.len(), 1, "{pool:?}");
+    let (primary, secondary) = (
+        pool.limits[0].primary.clone().unwrap(),
+        pool.limits[0].secondary.clone().unwrap(),
+    );
+    // The pool: the mean of 80 % and 20 % (30 % and 10 %), resetting with the earliest
+    // window in use.
+    assert_eq!((primary.used_percent, secondary.used_percent), (50.0, 20.0));
+    let secs = |ms: Option<u64>| ms.map(|ms| ms / 1000);
+    assert_eq!(
+        secs(primary.resets_at_ms),
+        Some(u64::try_from(hot.primary.reset_at.min(cool.primary.reset_at)).unwrap())
+    );
+    assert_eq!(limits["limit_id"], "codex", "{channel:?}: {limits:#}");
+    for (shown, pool) in [
+        (&limits["primary"], &primary),
+        (&limits["secondary"], &secondary),
+    ] {
+        assert_eq!(
+            shown["used_percent"], pool.used_percent,
+            "{channel:?}: {limits:#}"
+        );
+        assert_eq!(
+            shown["window_minutes"],
+            pool.window_minutes.unwrap(),
+            "{channel:?}: {limits:#}"
+        );
+        assert_eq!(
+            shown["resets_at"],
+            secs(pool.resets_at_ms).unwrap(),
+            "{channel:?}: {limits:#}"
+        );
+    }
+    proxy.shutdown().await;
+    mock.shutdown().await;
+}
+
+/// Every file under `dir` (bounded depth: sessions/YYYY/MM/DD/file).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && depth < 4 {
+                dirs.push((path, depth + 1));
+            } else if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
 }
