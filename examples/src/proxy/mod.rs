@@ -28,6 +28,14 @@
 //! tool) that are still running are given to the policy at start, so a restarted proxy does
 //! not spend requests on accounts the upstream is still rate limiting.
 //!
+//! Usage: the usage every upstream answer reports (its `x-codex-*` headers, and a
+//! `codex.rate_limits` event read from the stream as it passes, unbuffered) is recorded for
+//! its account ([`rotation_policy::Pool::record_usage`]), so an account over the usage
+//! threshold gets no request before its window resets. Clients are told the pool's usage
+//! instead of the account's, in the headers and in the event (`usage.rs`, aggregation rules
+//! in [`PoolUsageReport`]'s module); `/status` shows both. What the policy learned is shared
+//! through `pool-state.json` (also at shutdown), so the next run starts with it.
+//!
 //! Counters satisfy, at every snapshot: `requests == in_flight + ok + upstream_errors +
 //! gave_up + no_account + bad_gateway + cancelled` (wrapper-auth `401`s, `413`s, body-budget
 //! `503`s, request-target `400`s and method `405`s are counted apart, as they never reach

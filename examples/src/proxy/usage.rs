@@ -1,23 +1,40 @@
-//! Usage reports in the proxy: what every upstream answer says about its account's usage
-//! goes to the policy, and what the client is told is the pool's usage, never one account's.
+//! Usage reports in the proxy (I/O shell around `rotation_policy`'s usage parsers and
+//! [`Pool::pool_usage`]): what every upstream answer says about its account's usage goes
+//! to the policy, and what the client is told is the pool's usage, never one account's.
 //!
 //! | where the upstream reports usage | what the proxy does |
 //! | --- | --- |
-//! | response headers (`x-codex-primary-used-percent`, … and `x-<limit>-…` for metered limits, `x-codex-credits-*`) | read at response time and recorded for the account ([`Pool::record_usage`]) before the answer's outcome is reported, under the same lock; then every such header is removed and the pool's usage headers are sent instead |
-//! | a `codex.rate_limits` server-sent event | read as the stream passes through (`sse.rs`, nothing buffered but the event's own line), recorded for the account, and the line replaced by the pool's usage of the same limit |
+//! | response headers (`x-codex-primary-used-percent`, … and `x-<limit>-…` for metered limits, `x-codex-credits-*`), on any answer, a `429` too | read at response time and recorded for the account ([`Pool::record_usage`]) before the answer's outcome is reported, under the same lock; then every usage header is removed and the pool's usage headers are sent instead |
+//! | a `codex.rate_limits` server-sent event | read as the stream passes through (`sse.rs`: bytes go on as they arrive, only the current data line is held), recorded for the account, and the line replaced by the pool's usage of the same limit |
 //!
-//! Every `x-codex-*` header is removed (promotions and credits are per account too), and
-//! any other `x-<limit>-primary-…`, `-secondary-…` or `-limit-name` header.
+//! Removed from every answer: each `x-codex-*` header (promotions and credits are per
+//! account too) and any other `x-<limit>-primary-…`, `-secondary-…` or `-limit-name`
+//! header. An account over the usage threshold then gets no request counted against that
+//! limit until its window resets (the policy's rule); the report is shared through
+//! `pool-state.json`, so other proxies and the next run steer by it.
 //!
-//! The pool's usage is [`Pool::pool_usage`]: per limit and window, the mean of the
-//! enabled accounts' use, where an account at or above the usage threshold counts as
-//! 100 % (it takes no more requests), and as reset time the earliest reset that gives
-//! capacity back. So a client's rate-limit display (the Codex CLI's `/status` and its
-//! session log) shows how much of the whole pool is spent, and "100 %" only when every
-//! account is.
+//! # What clients are told: the pool's usage
 //!
-//! Computing it walks every account, so it is done at most once per [`USAGE_TTL`] (the
-//! pool-state sync interval) and shared by every answer in between.
+//! [`Pool::pool_usage`], per limit and window:
+//!
+//! | field | the pool's value |
+//! | --- | --- |
+//! | used percent | the mean over enabled accounts of: the account's reported use while its window runs; 100 % at or above the usage threshold (what is left cannot be used); 0 % once its window has reset or when it reported nothing |
+//! | reset time | the earliest reset of a window with use in it (when capacity comes back) |
+//! | window length | the longest reported |
+//! | limit name | the latest reported |
+//!
+//! A window no enabled account reported is left out, so is a limit without windows; credits
+//! and plan are not aggregated (never sent). So a client's rate-limit display (the Codex
+//! CLI's status line and the `token_count` events of its session log) shows how much of the
+//! whole pool is spent, and 100 % only when every account is spent or over the threshold.
+//!
+//! Computing it walks every account, so it is made at most once per [`USAGE_TTL`] (the
+//! pool-state sync interval) and shared by every answer in between: an answer may carry the
+//! pool's usage as of up to that long ago. One exception keeps the account's own figures
+//! from reaching a client: an event of a limit the cached usage lacks (the first report of
+//! that limit) has the usage remade at once, at most once per TTL; a second new limit
+//! within that time is answered with an event that names the limit without windows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,7 +245,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// One usage window, as `/status` shows it.
+/// One usage window, as `/status` shows it (example: [`PoolUsageReport`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct WindowReport {
@@ -240,7 +257,8 @@ pub struct WindowReport {
     pub resets_at_ms: Option<u64>,
 }
 
-/// One limit's usage (of an account or of the pool), as `/status` shows it.
+/// One limit's usage (of an account or of the pool), as `/status` shows it (example:
+/// [`PoolUsageReport`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct LimitReport {
@@ -270,7 +288,8 @@ impl LimitReport {
     }
 }
 
-/// One limit's usage of one account, as `/status` shows it.
+/// One limit's usage of one account, as `/status` shows it
+/// ([`AccountReport::usage`](super::AccountReport::usage); example: [`PoolUsageReport`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct AccountUsage {
@@ -295,7 +314,47 @@ impl AccountUsage {
     }
 }
 
-/// The pool's usage, as `/status` shows it (what clients are told; see the module docs).
+/// The pool's usage, as `/status` shows it: what clients are told in their answers' usage
+/// headers and events. Per limit and window, the mean of the enabled accounts' use (an
+/// account at or above the usage threshold counts as 100 %, one whose window reset or that
+/// reported nothing as 0 %), resetting at the earliest reset of a window in use.
+///
+/// ```
+/// use std::time::Duration;
+/// use examples::mock_upstream::{MockConfig, MockUpstream, MockUsage, MockWindow};
+/// use examples::proxy::{Accounts, ProxyOptions, RotationProxy, WrapperToken};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // ws-1's 5-hour window is at 90 % and grows 9 % per request; ws-2 reports nothing.
+/// let window = MockWindow::new(90.0, 9.0, 300, Duration::from_secs(3600));
+/// let mock = MockUpstream::start(MockConfig::default().usage("ws-1", MockUsage::new(window))).await?;
+/// let mut accounts = Accounts::new();
+/// for id in ["ws-1", "ws-2"] {
+///     let login = mock.synthetic_account(id, &format!("{id}@example.com"), false);
+///     accounts.push(Some(&login.email), None, login.tokens)?;
+/// }
+/// let token = WrapperToken::generate()?;
+/// let proxy = RotationProxy::start(ProxyOptions::new(mock.base_url(), token.clone()), accounts).await?;
+/// let answer = reqwest::Client::builder().no_proxy().build()?
+///     .post(format!("{}/responses", proxy.base_url()))
+///     .bearer_auth(token.secret().expose())
+///     .body(r#"{"model":"gpt-5","input":"hi"}"#)
+///     .send()
+///     .await?;
+/// // ws-1 answered at 99 %, over the 95 % threshold: it counts as 100 %, ws-2 as 0 %.
+/// assert_eq!(answer.headers()["x-codex-primary-used-percent"], "50");
+///
+/// let status = proxy.status();
+/// let ws_1 = &status.accounts[0].usage[0];
+/// assert_eq!(ws_1.limit.primary.as_ref().map(|w| w.used_percent), Some(99.0));
+/// assert!(ws_1.blocked_until_ms.is_some()); // no request before its reset
+/// let pool = &status.pool_usage.limits[0];
+/// assert_eq!((pool.limit_id.as_str(), pool.primary.as_ref().map(|w| w.used_percent)), ("codex", Some(50.0)));
+/// proxy.shutdown().await;
+/// mock.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PoolUsageReport {
