@@ -333,7 +333,7 @@ pub mod usage;
 pub use config::{PolicyConfig, Strategy, TokenBucket};
 pub use error::PolicyError;
 pub use id::{AccountId, MAX_ACCOUNT_ID_LEN};
-pub use pool::Pool;
+pub use pool::{Pool, USAGE_REFRESH};
 pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
 pub use state::{

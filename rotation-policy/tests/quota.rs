@@ -569,3 +569,53 @@ fn hostile_usage_in_a_shared_file_is_bounded() {
         status.usage.len()
     );
 }
+
+#[test]
+fn reports_that_bring_no_news_are_not_kept_so_shared_state_settles() {
+    let mut pool = pool_with(PolicyConfig::default(), &["a"]);
+    let five_hour = |used| codex(Some(window(used, Some(300), Some(5 * HOUR))), None);
+    pool.record_usage(&id("a"), &five_hour(40.0), at(0))
+        .unwrap();
+    assert_eq!(pool.take_changes().accounts.len(), 1);
+    // Under a point, same reset, same side of the threshold, within a minute: no news.
+    for (used, now) in [(40.5, 1_000), (40.9, 30_000), (39.2, 59_999)] {
+        pool.record_usage(&id("a"), &five_hour(used), at(now))
+            .unwrap();
+        assert!(pool.take_changes().accounts.is_empty(), "{used} at {now}");
+    }
+    assert_eq!(pool_observed(&pool), at(0));
+    // Each of these is news.
+    let mut now = 60_000;
+    pool.record_usage(&id("a"), &five_hour(40.5), at(now))
+        .unwrap(); // a minute on
+    assert_eq!(pool.take_changes().accounts.len(), 1);
+    assert_eq!(pool_observed(&pool), at(now));
+    now += 1;
+    pool.record_usage(&id("a"), &five_hour(41.5), at(now))
+        .unwrap(); // a whole point
+    assert_eq!(pool.take_changes().accounts.len(), 1);
+    now += 1;
+    let moved = codex(Some(window(41.5, Some(300), Some(6 * HOUR))), None);
+    pool.record_usage(&id("a"), &moved, at(now)).unwrap(); // a new reset time
+    assert_eq!(pool.take_changes().accounts.len(), 1);
+    now += 1;
+    let mut config = PolicyConfig::default();
+    config.usage_threshold = 42;
+    let mut strict = pool_with(config, &["a"]);
+    strict
+        .record_usage(&id("a"), &five_hour(41.5), at(now))
+        .unwrap();
+    strict.take_changes();
+    strict
+        .record_usage(&id("a"), &five_hour(42.0), at(now + 1))
+        .unwrap(); // crosses it
+    assert_eq!(strict.take_changes().accounts.len(), 1);
+    assert!(matches!(
+        pick(&mut strict, "gpt-5", now + 1),
+        Selection::Exhausted { .. }
+    ));
+}
+
+fn pool_observed(pool: &Pool) -> Timestamp {
+    pool.account_status(&id("a"), at(0)).unwrap().usage[0].observed_at
+}

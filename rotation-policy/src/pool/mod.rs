@@ -7,6 +7,8 @@ mod index;
 mod shared;
 mod usage;
 
+pub use usage::USAGE_REFRESH;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 

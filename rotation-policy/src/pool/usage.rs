@@ -8,6 +8,33 @@ use crate::status::UsageStatus;
 use crate::usage::{LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow};
 use crate::{AccountId, PolicyError, Timestamp, UsageState};
 
+/// How long a kept usage report stands when later ones bring no news (see
+/// [`Pool::record_usage`]).
+pub const USAGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `next` (for the same limit) is news against `kept`: see [`Pool::record_usage`].
+fn news(kept: &UsageState, next: &UsageState, threshold: f64) -> bool {
+    let refresh = u64::try_from(USAGE_REFRESH.as_millis()).unwrap_or(u64::MAX);
+    let window_news = |a: Option<UsageWindow>, b: Option<UsageWindow>| match (a, b) {
+        (Some(a), Some(b)) => {
+            let (x, y) = (a.used_percent.get(), b.used_percent.get());
+            a.resets_at != b.resets_at
+                || a.window_minutes != b.window_minutes
+                || (x >= threshold) != (y >= threshold)
+                || (x - y).abs() >= 1.0
+        }
+        (None, None) => false,
+        _ => true,
+    };
+    next.observed_at
+        .as_millis()
+        .saturating_sub(kept.observed_at.as_millis())
+        >= refresh
+        || kept.limit_name != next.limit_name
+        || window_news(kept.primary, next.primary)
+        || window_news(kept.secondary, next.secondary)
+}
+
 impl Pool {
     /// Records what the upstream reported about `id`'s usage windows: from
     /// [`UsageReport::from_headers`] of every answer (a `429` too), from
@@ -15,7 +42,11 @@ impl Pool {
     /// query. Call it before [`report`](Self::report)ing the answer's outcome.
     ///
     /// For each limit in the report, the windows it names replace the ones known (a window
-    /// it leaves out is kept until that window's reset). An account with a window at or
+    /// it leaves out is kept until that window's reset). A report that is no news is not
+    /// kept: one that moves no window by a whole percentage point, changes no reset, window
+    /// length, name or block, and comes within [`USAGE_REFRESH`] of the report kept. A busy
+    /// account reports on every answer; this way the pool's shared state (and the file
+    /// processes share it through) changes at most once a minute for it, not per answer. An account with a window at or
     /// above [`usage_threshold`](crate::PolicyConfig::usage_threshold) serves no request
     /// counted against that limit until the window resets: it waits like a cooling account,
     /// so [`Selection::Exhausted`](crate::Selection::Exhausted) stays exact. A request counts
@@ -104,8 +135,16 @@ impl Pool {
             next.secondary = limit
                 .secondary
                 .or_else(|| still_running(previous.as_ref().and_then(|p| p.secondary)));
-            changed |= previous.as_ref() != Some(&next);
-            *known = Some(next);
+            let threshold = self.rules.usage_threshold;
+            match previous {
+                Some(previous) if !news(&previous, &next, threshold) => {
+                    *known = Some(previous);
+                }
+                _ => {
+                    changed = true;
+                    *known = Some(next);
+                }
+            }
         }
         if let Some(account) = self.slots[slot as usize].as_mut() {
             if changed {
