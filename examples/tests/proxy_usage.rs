@@ -436,3 +436,26 @@ async fn status_shows_per_account_usage_and_the_pools() {
     );
     s.stop().await;
 }
+
+/// An account whose window is already full: the upstream answers `429` (with the usage and
+/// `Retry-After` until the reset), the request moves on to the other account, and the full
+/// one rests until its reset.
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_window_is_answered_429_and_the_request_moves_on() {
+    let config = MockConfig::default().usage(
+        "ws-full",
+        MockUsage::new(MockWindow::new(100.0, 1.0, 300, HOUR)),
+    );
+    let s = start(config, &["ws-full", "ws-b"]).await;
+    for _ in 0..3 {
+        assert_eq!(s.ask().await.status, 200);
+    }
+    let stats = s.mock.stats();
+    assert_eq!(stats.accounts["ws-full"].rate_limited, 1, "{stats:?}");
+    assert_eq!(stats.accounts.get("ws-full").map_or(0, |c| c.ok), 0);
+    assert_eq!(stats.accounts["ws-b"].ok, 3);
+    let reset_at = ms(s.mock.usage("ws-full").unwrap().primary.reset_at);
+    let status = s.stop().await;
+    assert_eq!(status.counters.retries, 1);
+    assert_eq!(status.accounts[0].usage[0].blocked_until_ms, Some(reset_at));
+}
