@@ -66,7 +66,9 @@
 //! let status = proxy.status();
 //! assert!(status.overflow.active_now);
 //! assert_eq!(status.overflow.requests_served, 1);
-//! assert_eq!(openai.requests()[0].bearer.as_deref(), Some("sk-test-overflow"));
+//! let sent = openai.requests();
+//! assert_eq!(sent[0].bearer.as_ref().map(|k| k.expose()), Some("sk-test-overflow"));
+//! assert!(!sent[0].chatgpt_account_id);
 //! proxy.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -273,8 +275,8 @@ pub(crate) struct Overflow {
 #[derive(Default)]
 struct Stats {
     status: OverflowStatus,
-    /// The proxy's `attempts` counter when the overflow source last took a request: while
-    /// it has not moved, no ChatGPT account was dispatched since.
+    /// The proxy's `attempts` counter when the overflow source took the latest request it
+    /// answered: while it has not moved, no ChatGPT account was dispatched since.
     attempts_at_last_take: Option<u64>,
 }
 
@@ -338,12 +340,10 @@ pub(crate) async fn serve(
     // The same mapping and rules as for the upstream; the forwarding loop already resolved
     // this target against the upstream, so a refusal here is not expected.
     let url = overflow.base.resolve(outgoing.uri).ok()?;
-    {
-        let attempts = shared.lock().counters.attempts;
-        let mut stats = overflow.stats();
-        stats.status.in_flight += 1;
-        stats.attempts_at_last_take = Some(attempts);
-    }
+    // Read before sending: an account dispatched while this request is with the overflow
+    // source ends `active_now`.
+    let attempts = shared.lock().counters.attempts;
+    overflow.stats().status.in_flight += 1;
     let mut taken = Taken {
         overflow_of: shared.clone(),
         answered: false,
@@ -381,6 +381,7 @@ pub(crate) async fn serve(
             stats.status.ok += 1;
         }
         stats.status.last_served_at = Some(WallTimestamp::now().to_string());
+        stats.attempts_at_last_take = Some(attempts);
     }
     taken.answered = true;
     tracing::info!(

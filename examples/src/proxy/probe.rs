@@ -66,23 +66,38 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let upstream = MockUpstream::start(MockConfig::default()).await?;
+//! // Nobody has used ws-1 through this proxy, but it is at 99 % of its 5-hour window.
 //! let usage = MockUsage::start().await?;
-//! usage.set("ws-1", UsageAnswer::used(12.0, 3.0));
+//! usage.set("ws-1", UsageAnswer::used(99, 40));
+//! usage.set("ws-2", UsageAnswer::used(10, 5));
 //! let mut accounts = Accounts::new();
-//! let login = upstream.synthetic_account("ws-1", "one@example.com", false);
-//! accounts.push(Some(&login.email), None, login.tokens)?;
-//!
-//! let mut options = ProxyOptions::new(upstream.base_url(), WrapperToken::generate()?);
-//! let mut probe = UsageProbe::new(usage.url());
+//! for id in ["ws-1", "ws-2"] {
+//!     let login = upstream.synthetic_account(id, &format!("{id}@example.com"), false);
+//!     accounts.push(Some(&login.email), None, login.tokens)?;
+//! }
+//! let token = WrapperToken::generate()?;
+//! let mut options = ProxyOptions::new(upstream.base_url(), token.clone());
+//! let mut probe = UsageProbe::new(usage.url()); // CHATGPT_USAGE_URL in a program
 //! probe.interval = Duration::from_millis(50);
 //! options.usage_probe = Some(probe);
 //! let proxy = RotationProxy::start(options, accounts).await?;
 //!
-//! // The account has never been seen: it is queried at once, and then not again for a while.
-//! assert!(usage.wait_for_queries(1, Duration::from_secs(5)).await);
-//! tokio::time::sleep(Duration::from_millis(200)).await;
-//! assert_eq!(usage.queries().len(), 1);
-//! assert_eq!(proxy.status().usage_probe.queries, 1);
+//! // Both accounts have never been seen: each is queried once, at once.
+//! assert!(usage.wait_for_queries(2, Duration::from_secs(5)).await);
+//! for _ in 0..250 {
+//!     if proxy.status().usage_probe.recorded == 2 { break; }
+//!     tokio::time::sleep(Duration::from_millis(20)).await;
+//! }
+//! // ws-1 is over the policy's usage threshold (95 %): the request goes to ws-2.
+//! let answer = reqwest::Client::builder().no_proxy().build()?
+//!     .post(format!("{}/responses", proxy.base_url()))
+//!     .bearer_auth(token.secret().expose())
+//!     .body(r#"{"model":"gpt-5","input":"hi"}"#)
+//!     .send()
+//!     .await?;
+//! assert_eq!(answer.status(), 200);
+//! assert_eq!(upstream.stats().accounts["ws-2"].ok, 1);
+//! assert_eq!(proxy.status().usage_probe.queries, 2);
 //! proxy.shutdown().await;
 //! # Ok(()) }
 //! ```
