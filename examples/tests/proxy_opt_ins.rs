@@ -1,7 +1,9 @@
 //! The rotation proxy's two opt-in capabilities against loopback mocks: the idle usage
 //! probe (who is queried, how often, what an answer does, what stays out of the logs) and
 //! the overflow source (when it serves, when it does not, what `/status` says, where the
-//! key goes).
+//! key goes), in-process and as the `rotation-proxy` program.
+
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -576,4 +578,209 @@ async fn an_unreachable_overflow_source_leaves_the_pools_answer() {
     assert!(!o.active_now, "it served nothing: {o:?}");
     assert_eq!(status.counters.gave_up, 2);
     assert_invariant(&status);
+}
+
+/// The program: `--usage-probe …` and `--overflow --overflow-key-file` turn both on; the
+/// key comes from a `chmod 600` file (or `$OPENAI_API_KEY`), never from argv, and reaches
+/// neither stdout, stderr (at debug level) nor `/status`. Missing or exposed keys and
+/// out-of-range settings are refused at start.
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_of_sight() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    const TEST: &str =
+        "rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_of_sight";
+    let Some(binary) = common::example_or_skip("rotation-proxy", TEST) else {
+        return;
+    };
+    let wrapper = "test-wrapper-token-0123456789";
+    let upstream = MockUpstream::start(MockConfig::default().account("ws-bin", rate_limited()))
+        .await
+        .unwrap();
+    let usage = MockUsage::start().await.unwrap();
+    let openai = MockOpenAi::start().await.unwrap();
+    let login = upstream.synthetic_account("ws-bin", "binary.user@example.com", false);
+    let pool_dir = tempfile::tempdir().unwrap();
+    seed_pool(
+        &PoolStore::new(pool_dir.path()),
+        std::slice::from_ref(&login),
+    )
+    .unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("openai.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let command = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-config-rewrite",
+            "--pool-dir",
+        ])
+        .arg(pool_dir.path())
+        .args(["--upstream", &upstream.base_url()])
+        .args(["--token-url", &upstream.token_url()])
+        .args(extra)
+        .env(examples::proxy::TOKEN_ENV, wrapper)
+        .env_remove("OPENAI_API_KEY")
+        .env("RUST_LOG", "debug");
+        cmd
+    };
+    let key_path = key_file.to_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::from(command(&[
+        "--usage-probe",
+        "--usage-probe-url",
+        &usage.url(),
+        "--usage-probe-interval",
+        "1",
+        "--overflow",
+        "--overflow-url",
+        &openai.base_url(),
+        "--overflow-key-file",
+        &key_path,
+    ]))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_text = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all).await;
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), stdout.next_line()).await
+    {
+        let done = line.contains("overflow source");
+        seen.push(line);
+        if done || seen.len() > 20 {
+            break;
+        }
+    }
+    let base_url = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("rotation-proxy: listening on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line in {seen:?}"))
+        .to_owned();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("usage probe on (at most 6 queries a minute)")),
+        "{seen:?}"
+    );
+    let stdout_rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(60), stdout.next_line()).await
+        {
+            rest.push(line);
+        }
+        rest
+    });
+
+    assert!(usage.wait_for_queries(1, Duration::from_secs(10)).await);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answer = client
+        .post(format!("{base_url}/responses"))
+        .bearer_auth(wrapper)
+        .body(r#"{"model":"gpt-5","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("overflow source"));
+    let status_url = format!("{}/status", base_url.trim_end_matches("/v1"));
+    let status = client
+        .get(status_url)
+        .bearer_auth(wrapper)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["overflow"]["configured"], true, "{json:#}");
+    assert_eq!(json["overflow"]["active_now"], true, "{json:#}");
+    assert_eq!(json["overflow"]["requests_served"], 1, "{json:#}");
+    assert_eq!(json["usage_probe"]["configured"], true, "{json:#}");
+    assert!(
+        json["usage_probe"]["queries"].as_u64() >= Some(1),
+        "{json:#}"
+    );
+    assert_eq!(
+        openai.requests()[0].bearer.as_ref().map(Secret::expose),
+        Some(KEY)
+    );
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success());
+    let stderr = stderr_text.await.unwrap();
+    let rest = stdout_rest.await.unwrap().join("\n");
+    assert!(
+        rest.contains("1 requests served by the overflow source"),
+        "{rest}"
+    );
+    let secrets = [
+        KEY.to_owned(),
+        login.tokens.access_token.expose().to_owned(),
+        login.tokens.refresh_token.expose().to_owned(),
+        login.email.clone(),
+    ];
+    let printed = format!("{}\n{rest}\n{stderr}\n{status}", seen.join("\n"));
+    assert_no_secret(&printed, &secrets, "the program's output or /status");
+
+    // Refused at start, with a message saying what to do and no key in it.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (extra, expected) in [
+        (&["--overflow"][..], "OPENAI_API_KEY"),
+        (
+            &["--overflow", "--overflow-key-file", &key_path][..],
+            "chmod 600",
+        ),
+        (
+            &["--overflow", "--overflow-url", "ftp://api.example/v1"][..],
+            "must use http or https",
+        ),
+        (
+            &["--usage-probe", "--usage-probe-per-minute", "0"][..],
+            "--usage-probe-per-minute",
+        ),
+        (
+            &["--usage-probe-url", "http://127.0.0.1:1/x"][..],
+            "--usage-probe",
+        ),
+    ] {
+        let mut cmd = command(extra);
+        if extra.contains(&"ftp://api.example/v1") {
+            cmd.env("OPENAI_API_KEY", KEY);
+        }
+        let run = common::run_bounded(cmd, Duration::from_secs(20));
+        assert_ne!(run.code, Some(0), "{extra:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{extra:?}: {}", run.stderr);
+        assert!(!run.stderr.contains(KEY) && !run.stdout.contains(KEY));
+    }
+    usage.shutdown().await;
+    openai.shutdown().await;
+    upstream.shutdown().await;
 }
