@@ -49,6 +49,11 @@
 //! | `401`, `403` | nothing but a log line and `refused`: no refresh, no disable, no cooldown (a request on the account decides that) |
 //! | any other status, a network error, the timeout | nothing but a log line and `failed` |
 //!
+//! What the probe records is shared like any usage report: the proxy writes it to the pool's
+//! shared state, so other proxies over the pool see it as fresh and do not ask again. The
+//! probe also remembers when it last asked each account, because a failed query leaves no
+//! observation and the policy keeps an earlier observation when a new report brings no news.
+//!
 //! **Tokens.** The probe never refreshes a token: refresh tokens are single use and shared
 //! with every Codex home holding the login, a background task is aborted when the proxy
 //! stops (a refresh cut between the issuer's answer and the save would lose the login),
