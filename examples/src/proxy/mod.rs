@@ -46,6 +46,12 @@
 //! budget ([`ProxyOptions::body_budget`]) besides the per-request cap: over the budget is
 //! `503` with `Retry-After`.
 //!
+//! Two capabilities are off unless asked for: the idle usage probe
+//! ([`ProxyOptions::usage_probe`], [`UsageProbe`]) asks the backend's usage endpoint about
+//! accounts whose usage nobody has seen for a while, and the overflow source
+//! ([`ProxyOptions::overflow`], [`OverflowSource`]) serves requests with an OpenAI API key
+//! while no ChatGPT account can. Their rules are tables in their modules' docs.
+//!
 //! ```
 //! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
 //! use examples::proxy::{Accounts, ProxyOptions, RotationProxy, WrapperToken};

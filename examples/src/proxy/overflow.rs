@@ -7,71 +7,8 @@
 //! `ChatGPT-Account-Id`. The Codex CLI sends the same Responses API body to
 //! `api.openai.com` when it is signed in with an API key, so the body goes unchanged.
 //!
-//! # When the overflow source serves
-//!
-//! | the pool, for this request | without overflow | with overflow |
-//! |---|---|---|
-//! | an account is usable now | it serves | it serves; the overflow source gets nothing |
-//! | every enabled account is cooling down or over its usage threshold ([`Selection::Exhausted`](rotation_policy::Selection::Exhausted)) | `429 pool_exhausted` + `retry_after_ms` | the overflow source serves |
-//! | the last attempt failed (429, 401, 403, 5xx, network, refresh) and no account is usable now (the policy returns the answer *with* a `retry_after`) | that failure + `retry_after_ms` | the overflow source serves |
-//! | the last attempt failed, another account is usable but the request's attempts are spent | the upstream's answer | the same: the pool is not out of capacity |
-//! | the policy says wait a moment (`max_wait`) for an account | waits, then that account | the same |
-//! | no account enabled (all disabled by hand, logins gone) or all tried | `503 no_account` | the same: disabled accounts are the user's decision, not a shortage |
-//! | the request is pinned to one account | as the pool answers | the same: another source cannot continue that account's conversation |
-//!
-//! | the overflow source | the client gets |
-//! |---|---|
-//! | answers (any status) | that answer, streamed as it comes (counted in `requests_served`) |
-//! | cannot be reached, or times out before answering | the answer the proxy would have given without it (counted in `failures`) |
-//!
-//! **The key** is read from an environment variable or a file ([`OverflowSource::key_from_env`],
-//! [`OverflowSource::key_from_file`]), never from the command line (another user can read a
-//! process's arguments), and held as an [`auth_core::Secret`]: it reaches only the
-//! `Authorization` header (marked sensitive) and is never in a log, an error, `Debug`
-//! output or `/status`.
-//!
-//! **Status.** `/status` shows `overflow` ([`OverflowStatus`]): whether it is configured,
-//! its base URL, whether it is serving (`active_now`: a request is with it, or it served the
-//! latest request that found no account and no account was dispatched since), and counts.
-//!
-//! ```
-//! use examples::mock_openai::MockOpenAi;
-//! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
-//! use examples::proxy::{Accounts, OverflowSource, ProxyOptions, RotationProxy, WrapperToken};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // The only ChatGPT account is rate limited; an API key stands by.
-//! let limited = Behavior::RateLimited { retry_after: std::time::Duration::from_secs(60), times: u32::MAX };
-//! let upstream = MockUpstream::start(MockConfig::default().account("ws-1", limited)).await?;
-//! let openai = MockOpenAi::start().await?;
-//! let mut accounts = Accounts::new();
-//! let login = upstream.synthetic_account("ws-1", "one@example.com", false);
-//! accounts.push(Some(&login.email), None, login.tokens)?;
-//!
-//! let token = WrapperToken::generate()?;
-//! let mut options = ProxyOptions::new(upstream.base_url(), token.clone());
-//! // In a program: OverflowSource::key_from_env("OPENAI_API_KEY")?
-//! let key = auth_core::Secret::new("sk-test-overflow".to_owned());
-//! options.overflow = Some(OverflowSource::new(openai.base_url(), key));
-//! let proxy = RotationProxy::start(options, accounts).await?;
-//!
-//! let answer = reqwest::Client::builder().no_proxy().build()?
-//!     .post(format!("{}/responses", proxy.base_url()))
-//!     .bearer_auth(token.secret().expose())
-//!     .body(r#"{"model":"gpt-5","input":"hi"}"#)
-//!     .send()
-//!     .await?;
-//! assert_eq!(answer.status(), 200);
-//! let status = proxy.status();
-//! assert!(status.overflow.active_now);
-//! assert_eq!(status.overflow.requests_served, 1);
-//! let sent = openai.requests();
-//! assert_eq!(sent[0].bearer.as_ref().map(|k| k.expose()), Some("sk-test-overflow"));
-//! assert!(!sent[0].chatgpt_account_id);
-//! proxy.shutdown().await;
-//! # Ok(()) }
-//! ```
+//! The rules (when it serves, the key, the status) are on [`OverflowSource`], with an
+//! end-to-end example.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -99,13 +36,86 @@ const KEY_MAX: usize = 4096;
 
 /// An OpenAI API key and where to use it ([`ProxyOptions::overflow`](super::ProxyOptions::overflow)).
 ///
-/// `Debug` shows the base URL only.
+/// A request it serves goes to `{base_url}/<path>` by the same mapping (and refusals) as to
+/// the upstream, with the client's forwardable headers, `Authorization: Bearer <key>` and no
+/// `ChatGPT-Account-Id`; the body goes unchanged (the Codex CLI sends the same Responses API
+/// body to `api.openai.com` when it is signed in with an API key). `Debug` shows the base
+/// URL only.
 ///
 /// ```
 /// use examples::proxy::{OPENAI_API_BASE, OverflowSource};
 ///
 /// let source = OverflowSource::new(OPENAI_API_BASE, auth_core::Secret::new("sk-123".into()));
 /// assert!(!format!("{source:?}").contains("sk-123"));
+/// ```
+///
+/// # When the overflow source serves
+///
+/// | the pool, for this request | without overflow | with overflow |
+/// |---|---|---|
+/// | an account is usable now | it serves | it serves; the overflow source gets nothing |
+/// | every enabled account is cooling down or over its usage threshold ([`Selection::Exhausted`](rotation_policy::Selection::Exhausted)) | `429 pool_exhausted` + `retry_after_ms` | the overflow source serves |
+/// | the last attempt failed (429, 401, 403, 5xx, network, refresh) and no account is usable now (the policy returns the answer *with* a `retry_after`) | that failure + `retry_after_ms` | the overflow source serves |
+/// | the last attempt failed, another account is usable but the request's attempts are spent | the upstream's answer | the same: the pool is not out of capacity |
+/// | the policy says wait a moment (`max_wait`) for an account | waits, then that account | the same |
+/// | no account enabled (all disabled by hand, logins gone) or all tried | `503 no_account` | the same: disabled accounts are the user's decision, not a shortage |
+/// | the request is pinned to one account | as the pool answers | the same: another source cannot continue that account's conversation |
+///
+/// | the overflow source | the client gets |
+/// |---|---|
+/// | answers (any status) | that answer, streamed as it comes (counted in `requests_served`) |
+/// | cannot be reached, or times out before answering | the answer the proxy would have given without it (counted in `failures`) |
+///
+/// **The key** is read from an environment variable or a file ([`OverflowSource::key_from_env`],
+/// [`OverflowSource::key_from_file`]), never from the command line (another user can read a
+/// process's arguments), and held as an [`auth_core::Secret`]: it reaches only the
+/// `Authorization` header (marked sensitive) and is never in a log, an error, `Debug`
+/// output or `/status`.
+///
+/// **Status.** `/status` shows `overflow` ([`OverflowStatus`]): whether it is configured,
+/// its base URL, whether it is serving (`active_now`: a request is with it, or it served the
+/// latest request that found no account and no account was dispatched since), and counts.
+/// A request it answers also counts in the proxy's `ok` or `upstream_errors` (so the
+/// counters still add up), never in `attempts`: no account was dispatched for it. Its
+/// answers are not usage of any account and are not reported to the policy.
+///
+/// ```
+/// use examples::mock_openai::MockOpenAi;
+/// use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
+/// use examples::proxy::{Accounts, OverflowSource, ProxyOptions, RotationProxy, WrapperToken};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The only ChatGPT account is rate limited; an API key stands by.
+/// let limited = Behavior::RateLimited { retry_after: std::time::Duration::from_secs(60), times: u32::MAX };
+/// let upstream = MockUpstream::start(MockConfig::default().account("ws-1", limited)).await?;
+/// let openai = MockOpenAi::start().await?;
+/// let mut accounts = Accounts::new();
+/// let login = upstream.synthetic_account("ws-1", "one@example.com", false);
+/// accounts.push(Some(&login.email), None, login.tokens)?;
+///
+/// let token = WrapperToken::generate()?;
+/// let mut options = ProxyOptions::new(upstream.base_url(), token.clone());
+/// // In a program: OverflowSource::key_from_env("OPENAI_API_KEY")?
+/// let key = auth_core::Secret::new("sk-test-overflow".to_owned());
+/// options.overflow = Some(OverflowSource::new(openai.base_url(), key));
+/// let proxy = RotationProxy::start(options, accounts).await?;
+///
+/// let answer = reqwest::Client::builder().no_proxy().build()?
+///     .post(format!("{}/responses", proxy.base_url()))
+///     .bearer_auth(token.secret().expose())
+///     .body(r#"{"model":"gpt-5","input":"hi"}"#)
+///     .send()
+///     .await?;
+/// assert_eq!(answer.status(), 200);
+/// let status = proxy.status();
+/// assert!(status.overflow.active_now);
+/// assert_eq!(status.overflow.requests_served, 1);
+/// let sent = openai.requests();
+/// assert_eq!(sent[0].bearer.as_ref().map(|k| k.expose()), Some("sk-test-overflow"));
+/// assert!(!sent[0].chatgpt_account_id);
+/// proxy.shutdown().await;
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 #[non_exhaustive]

@@ -13,99 +13,8 @@
 //! functions of their inputs; [`run`] is the I/O shell, one background task per proxy that
 //! the proxy aborts when it stops.
 //!
-//! # When an account is queried
-//!
-//! Every [`UsageProbe::interval`] the probe takes the policy's snapshot and queries, most
-//! overdue first (never seen before any other), the accounts for which every row below
-//! says "yes":
-//!
-//! | the account | queried? |
-//! |---|---|
-//! | disabled (by hand, login gone, too many 401s) | no |
-//! | a 401 seen and not refreshed since (`needs_refresh`) | no: its token is being replaced |
-//! | an account-wide cooldown running (after a 401, a 403 or a burst of failures) | no: the backend refuses it or is in trouble |
-//! | rate limited for a model family only | yes: when its windows reset is what is worth knowing |
-//! | a query for it still in flight | no (at most one per account) |
-//! | usage observed (from any source) or queried less than [`UsageProbe::stale_after`] ago | no |
-//! | its access token expired or expires within the proxy's refresh margin | no, and counted in `skipped_expired`: the probe never refreshes a token (see below); the account's next request does |
-//! | otherwise | yes, while the budget lasts |
-//!
-//! # Limits
-//!
-//! | limit | value |
-//! |---|---|
-//! | queries, all accounts together | at most [`UsageProbe::per_minute`] in any 60 seconds (default 6) |
-//! | queries per account | one in flight; then none for `stale_after` (default 15 min), whatever the answer |
-//! | one query | [`UsageProbe::timeout`] (default 10 s) for the whole exchange, body included |
-//! | answer body read | the first 64 KiB |
-//! | policy dispatches, pacing buckets | untouched: a query is not a model request |
-//!
-//! # What an answer does
-//!
-//! | answer | effect |
-//! |---|---|
-//! | `2xx` whose JSON [`UsageReport::from_usage_json`] reads, with at least one window | [`Pool::record_usage`](rotation_policy::Pool::record_usage): a window at or over the policy's `usage_threshold` keeps the account out until it resets |
-//! | `2xx` unreadable, or with no window | nothing (counted `unreadable`) |
-//! | `401`, `403` | nothing but a log line and `refused`: no refresh, no disable, no cooldown (a request on the account decides that) |
-//! | any other status, a network error, the timeout | nothing but a log line and `failed` |
-//!
-//! What the probe records is shared like any usage report: the proxy writes it to the pool's
-//! shared state, so other proxies over the pool see it as fresh and do not ask again. The
-//! probe also remembers when it last asked each account, because a failed query leaves no
-//! observation and the policy keeps an earlier observation when a new report brings no news.
-//!
-//! **Tokens.** The probe never refreshes a token: refresh tokens are single use and shared
-//! with every Codex home holding the login, a background task is aborted when the proxy
-//! stops (a refresh cut between the issuer's answer and the save would lose the login),
-//! and a refresh for a mere probe spends the issuer's goodwill on an idle account. An
-//! account whose access token needs a refresh is left to its next request. Tokens reach
-//! only the `Authorization` header (marked sensitive); logs name the account id, never a
-//! token, an email or the answer's body.
-//!
-//! ```
-//! use std::time::Duration;
-//! use examples::mock_upstream::{MockConfig, MockUpstream};
-//! use examples::mock_usage::{MockUsage, UsageAnswer};
-//! use examples::proxy::{Accounts, ProxyOptions, RotationProxy, UsageProbe, WrapperToken};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let upstream = MockUpstream::start(MockConfig::default()).await?;
-//! // Nobody has used ws-1 through this proxy, but it is at 99 % of its 5-hour window.
-//! let usage = MockUsage::start().await?;
-//! usage.set("ws-1", UsageAnswer::used(99, 40));
-//! usage.set("ws-2", UsageAnswer::used(10, 5));
-//! let mut accounts = Accounts::new();
-//! for id in ["ws-1", "ws-2"] {
-//!     let login = upstream.synthetic_account(id, &format!("{id}@example.com"), false);
-//!     accounts.push(Some(&login.email), None, login.tokens)?;
-//! }
-//! let token = WrapperToken::generate()?;
-//! let mut options = ProxyOptions::new(upstream.base_url(), token.clone());
-//! let mut probe = UsageProbe::new(usage.url()); // CHATGPT_USAGE_URL in a program
-//! probe.interval = Duration::from_millis(50);
-//! options.usage_probe = Some(probe);
-//! let proxy = RotationProxy::start(options, accounts).await?;
-//!
-//! // Both accounts have never been seen: each is queried once, at once.
-//! assert!(usage.wait_for_queries(2, Duration::from_secs(5)).await);
-//! for _ in 0..250 {
-//!     if proxy.status().usage_probe.recorded == 2 { break; }
-//!     tokio::time::sleep(Duration::from_millis(20)).await;
-//! }
-//! // ws-1 is over the policy's usage threshold (95 %): the request goes to ws-2.
-//! let answer = reqwest::Client::builder().no_proxy().build()?
-//!     .post(format!("{}/responses", proxy.base_url()))
-//!     .bearer_auth(token.secret().expose())
-//!     .body(r#"{"model":"gpt-5","input":"hi"}"#)
-//!     .send()
-//!     .await?;
-//! assert_eq!(answer.status(), 200);
-//! assert_eq!(upstream.stats().accounts["ws-2"].ok, 1);
-//! assert_eq!(proxy.status().usage_probe.queries, 2);
-//! proxy.shutdown().await;
-//! # Ok(()) }
-//! ```
+//! The rules (when an account is queried, the limits, what an answer does) are on
+//! [`UsageProbe`], with an end-to-end example.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,6 +54,100 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// assert_eq!(probe.stale_after, Duration::from_secs(15 * 60));
 /// probe.per_minute = 0;
 /// assert!(probe.validate().is_err());
+/// ```
+///
+/// # When an account is queried
+///
+/// Every [`UsageProbe::interval`] the probe takes the policy's snapshot and queries, most
+/// overdue first (never seen before any other), the accounts for which every row below
+/// says "yes":
+///
+/// | the account | queried? |
+/// |---|---|
+/// | disabled (by hand, login gone, too many 401s) | no |
+/// | a 401 seen and not refreshed since (`needs_refresh`) | no: its token is being replaced |
+/// | an account-wide cooldown running (after a 401, a 403 or a burst of failures) | no: the backend refuses it or is in trouble |
+/// | rate limited for a model family only | yes: when its windows reset is what is worth knowing |
+/// | a query for it still in flight | no (at most one per account) |
+/// | usage observed (from any source) or queried less than [`UsageProbe::stale_after`] ago | no |
+/// | its access token expired or expires within the proxy's refresh margin | no, and counted in `skipped_expired`: the probe never refreshes a token (see below); the account's next request does |
+/// | otherwise | yes, while the budget lasts |
+///
+/// # Limits
+///
+/// | limit | value |
+/// |---|---|
+/// | queries, all accounts together | at most [`UsageProbe::per_minute`] in any 60 seconds (default 6) |
+/// | queries per account | one in flight; then none for `stale_after` (default 15 min), whatever the answer |
+/// | one query | [`UsageProbe::timeout`] (default 10 s) for the whole exchange, body included |
+/// | answer body read | the first 64 KiB |
+/// | policy dispatches, pacing buckets | untouched: a query is not a model request |
+///
+/// # What an answer does
+///
+/// | answer | effect |
+/// |---|---|
+/// | `2xx` whose JSON [`UsageReport::from_usage_json`] reads, with at least one window | [`Pool::record_usage`](rotation_policy::Pool::record_usage): a window at or over the policy's `usage_threshold` keeps the account out until it resets |
+/// | `2xx` unreadable, or with no window | nothing (counted `unreadable`) |
+/// | `401`, `403` | nothing but a log line and `refused`: no refresh, no disable, no cooldown (a request on the account decides that) |
+/// | any other status, a network error, the timeout | nothing but a log line and `failed` |
+///
+/// What the probe records is shared like any usage report: the proxy writes it to the pool's
+/// shared state, so other proxies over the pool see it as fresh and do not ask again. The
+/// probe also remembers when it last asked each account, because a failed query leaves no
+/// observation and the policy keeps an earlier observation when a new report brings no news.
+///
+/// **Tokens.** The probe never refreshes a token: refresh tokens are single use and shared
+/// with every Codex home holding the login, a background task is aborted when the proxy
+/// stops (a refresh cut between the issuer's answer and the save would lose the login),
+/// and a refresh for a mere probe spends the issuer's goodwill on an idle account. An
+/// account whose access token needs a refresh is left to its next request. Tokens reach
+/// only the `Authorization` header (marked sensitive); logs name the account id, never a
+/// token, an email or the answer's body.
+///
+/// ```
+/// use std::time::Duration;
+/// use examples::mock_upstream::{MockConfig, MockUpstream};
+/// use examples::mock_usage::{MockUsage, UsageAnswer};
+/// use examples::proxy::{Accounts, ProxyOptions, RotationProxy, UsageProbe, WrapperToken};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let upstream = MockUpstream::start(MockConfig::default()).await?;
+/// // Nobody has used ws-1 through this proxy, but it is at 99 % of its 5-hour window.
+/// let usage = MockUsage::start().await?;
+/// usage.set("ws-1", UsageAnswer::used(99, 40));
+/// usage.set("ws-2", UsageAnswer::used(10, 5));
+/// let mut accounts = Accounts::new();
+/// for id in ["ws-1", "ws-2"] {
+///     let login = upstream.synthetic_account(id, &format!("{id}@example.com"), false);
+///     accounts.push(Some(&login.email), None, login.tokens)?;
+/// }
+/// let token = WrapperToken::generate()?;
+/// let mut options = ProxyOptions::new(upstream.base_url(), token.clone());
+/// let mut probe = UsageProbe::new(usage.url()); // CHATGPT_USAGE_URL in a program
+/// probe.interval = Duration::from_millis(50);
+/// options.usage_probe = Some(probe);
+/// let proxy = RotationProxy::start(options, accounts).await?;
+///
+/// // Both accounts have never been seen: each is queried once, at once.
+/// assert!(usage.wait_for_queries(2, Duration::from_secs(5)).await);
+/// for _ in 0..250 {
+///     if proxy.status().usage_probe.recorded == 2 { break; }
+///     tokio::time::sleep(Duration::from_millis(20)).await;
+/// }
+/// // ws-1 is over the policy's usage threshold (95 %): the request goes to ws-2.
+/// let answer = reqwest::Client::builder().no_proxy().build()?
+///     .post(format!("{}/responses", proxy.base_url()))
+///     .bearer_auth(token.secret().expose())
+///     .body(r#"{"model":"gpt-5","input":"hi"}"#)
+///     .send()
+///     .await?;
+/// assert_eq!(answer.status(), 200);
+/// assert_eq!(upstream.stats().accounts["ws-2"].ok, 1);
+/// assert_eq!(proxy.status().usage_probe.queries, 2);
+/// proxy.shutdown().await;
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
