@@ -12,11 +12,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use examples::mock_usage::{MockUsage, UsageAnswer};
+//! use examples::mock_usage::{MockUsageEndpoint, UsageAnswer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let usage = MockUsage::start().await?;
+//! let usage = MockUsageEndpoint::start().await?;
 //! usage.set("ws-1", UsageAnswer::used(99, 40));
 //! let body = reqwest::Client::builder().no_proxy().build()?
 //!     .get(usage.url())
@@ -112,23 +112,23 @@ struct Inner {
     queries: Vec<UsageQuery>,
 }
 
-/// A running mock usage endpoint; stops on [`MockUsage::shutdown`] or drop.
-pub struct MockUsage {
+/// A running mock usage endpoint; stops on [`MockUsageEndpoint::shutdown`] or drop.
+pub struct MockUsageEndpoint {
     addr: SocketAddr,
     state: Arc<State>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for MockUsage {
+impl std::fmt::Debug for MockUsageEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockUsage")
+        f.debug_struct("MockUsageEndpoint")
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
 
-impl MockUsage {
+impl MockUsageEndpoint {
     /// Binds `127.0.0.1:0` and serves until shut down. Accounts without an answer set get
     /// `UsageAnswer::used(10, 5)`.
     pub async fn start() -> std::io::Result<Self> {
@@ -198,7 +198,7 @@ impl MockUsage {
     }
 }
 
-impl Drop for MockUsage {
+impl Drop for MockUsageEndpoint {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

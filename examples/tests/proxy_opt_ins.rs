@@ -12,7 +12,7 @@ use auth_core::Secret;
 use auth_storage::PoolStore;
 use examples::mock_openai::MockOpenAi;
 use examples::mock_upstream::{Behavior, MockConfig, MockUpstream, SyntheticAccount, seed_pool};
-use examples::mock_usage::{MockUsage, UsageAnswer};
+use examples::mock_usage::{MockUsageEndpoint, UsageAnswer};
 use examples::proxy::{
     Accounts, OverflowSource, ProxyOptions, RotationProxy, StatusReport, UsageProbe, WrapperToken,
     load_pool_accounts,
@@ -146,7 +146,7 @@ impl Harness {
     }
 }
 
-fn probe(usage: &MockUsage, per_minute: u32) -> UsageProbe {
+fn probe(usage: &MockUsageEndpoint, per_minute: u32) -> UsageProbe {
     let mut probe = UsageProbe::new(usage.url());
     probe.interval = Duration::from_millis(20);
     probe.stale_after = Duration::from_secs(3600);
@@ -185,7 +185,7 @@ fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
 #[tokio::test(flavor = "current_thread")]
 async fn stale_accounts_are_queried_once_and_fresh_ones_not() {
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let usage = MockUsage::start().await.unwrap();
+    let usage = MockUsageEndpoint::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = PoolStore::new(dir.path());
     let logins: Vec<SyntheticAccount> = ["ws-a", "ws-b", "ws-fresh"]
@@ -266,7 +266,7 @@ async fn stale_accounts_are_queried_once_and_fresh_ones_not() {
 /// However many accounts are due, no more than `per_minute` queries go out in a minute.
 #[tokio::test(flavor = "current_thread")]
 async fn the_probe_keeps_to_its_queries_per_minute() {
-    let usage = MockUsage::start().await.unwrap();
+    let usage = MockUsageEndpoint::start().await.unwrap();
     let ids = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"];
     let h = harness(MockConfig::default(), &ids, &[], |o| {
         o.usage_probe = Some(probe(&usage, 3));
@@ -292,7 +292,7 @@ async fn the_probe_keeps_to_its_queries_per_minute() {
 /// sent nothing; the other serves every request.
 #[tokio::test(flavor = "current_thread")]
 async fn a_probe_answer_at_99_percent_keeps_the_account_out() {
-    let usage = MockUsage::start().await.unwrap();
+    let usage = MockUsageEndpoint::start().await.unwrap();
     usage.set("ws-full", UsageAnswer::used(99, 40));
     usage.set("ws-free", UsageAnswer::used(10, 5));
     let h = harness(MockConfig::default(), &["ws-full", "ws-free"], &[], |o| {
@@ -333,7 +333,7 @@ async fn a_probe_answer_at_99_percent_keeps_the_account_out() {
 async fn bad_answers_are_harmless_and_no_secret_is_logged() {
     let logs = Capture::default();
     let _guard = logs.install();
-    let usage = MockUsage::start().await.unwrap();
+    let usage = MockUsageEndpoint::start().await.unwrap();
     usage.set(
         "ws-garbage",
         UsageAnswer::Body(b"<html>\x00\xff not json".to_vec()),
@@ -600,7 +600,7 @@ async fn rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_o
     let upstream = MockUpstream::start(MockConfig::default().account("ws-bin", rate_limited()))
         .await
         .unwrap();
-    let usage = MockUsage::start().await.unwrap();
+    let usage = MockUsageEndpoint::start().await.unwrap();
     let openai = MockOpenAi::start().await.unwrap();
     let login = upstream.synthetic_account("ws-bin", "binary.user@example.com", false);
     let pool_dir = tempfile::tempdir().unwrap();

@@ -108,14 +108,14 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// ```
 /// use std::time::Duration;
 /// use examples::mock_upstream::{MockConfig, MockUpstream};
-/// use examples::mock_usage::{MockUsage, UsageAnswer};
+/// use examples::mock_usage::{MockUsageEndpoint, UsageAnswer};
 /// use examples::proxy::{Accounts, ProxyOptions, RotationProxy, UsageProbe, WrapperToken};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let upstream = MockUpstream::start(MockConfig::default()).await?;
 /// // Nobody has used ws-1 through this proxy, but it is at 99 % of its 5-hour window.
-/// let usage = MockUsage::start().await?;
+/// let usage = MockUsageEndpoint::start().await?;
 /// usage.set("ws-1", UsageAnswer::used(99, 40));
 /// usage.set("ws-2", UsageAnswer::used(10, 5));
 /// let mut accounts = Accounts::new();
