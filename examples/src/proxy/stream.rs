@@ -187,10 +187,19 @@ mod tests {
     use rotation_policy::usage::UsageReport;
     use rotation_policy::{PolicyConfig, Pool};
 
-    const EVENT: &str = r#"{"type":"codex.rate_limits","rate_limits":{"primary":{"used_percent":97.5,"window_minutes":300,"reset_at":4102444800}}}"#;
+    /// An hour from now, in Unix seconds: within the reported 5-hour window.
+    fn reset_at() -> u64 {
+        now().as_millis() / 1000 + 3600
+    }
+
+    fn event(reset_at: u64) -> String {
+        format!(
+            r#"{{"type":"codex.rate_limits","rate_limits":{{"primary":{{"used_percent":97.5,"window_minutes":300,"reset_at":{reset_at}}}}}}}"#
+        )
+    }
 
     /// An upstream answer of `account` reporting 97.5 % in headers and in the stream.
-    fn upstream_answer(chunks: Vec<String>) -> reqwest::Response {
+    fn upstream_answer(chunks: Vec<String>, reset_at: u64) -> reqwest::Response {
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(16);
         for chunk in chunks {
             tx.try_send(Frame::data(Bytes::from(chunk)))
@@ -202,7 +211,10 @@ mod tests {
         h.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
         h.insert(header::CONTENT_LENGTH, "999".parse().unwrap());
         h.insert("x-codex-primary-used-percent", "97.5".parse().unwrap());
-        h.insert("x-codex-primary-reset-at", "4102444800".parse().unwrap());
+        h.insert(
+            "x-codex-primary-reset-at",
+            reset_at.to_string().parse().unwrap(),
+        );
         h.insert("x-codex-promo-message", "account-specific".parse().unwrap());
         h.insert("x-request-id", "req-1".parse().unwrap());
         reqwest::Response::from(answer)
@@ -228,7 +240,8 @@ mod tests {
         let mut pool = Pool::new(PolicyConfig::default(), 1).unwrap();
         pool.add(id.clone()).unwrap();
         let shared = Arc::new(Shared::for_tests(pool));
-        let event_line = format!("data: {EVENT}\n");
+        let reset = reset_at();
+        let event_line = format!("data: {}\n", event(reset));
         let (head, tail) = event_line.split_at(20);
         let chunks = vec![
             "event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: codex.rate_limits\n".to_owned(),
@@ -236,7 +249,7 @@ mod tests {
             tail.to_owned(),
             "\nevent: response.completed\ndata: {\"type\":\"response.completed\"}\n\n".to_owned(),
         ];
-        let answer = stream_back(&shared, upstream_answer(chunks), id.clone(), "gpt-5");
+        let answer = stream_back(&shared, upstream_answer(chunks, reset), id.clone(), "gpt-5");
         assert!(
             usage_headers(answer.headers()).is_empty(),
             "{:?}",
@@ -248,8 +261,9 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             "event: response.created\ndata: {\"type\":\"response.created\"}\n\n\
-             event: codex.rate_limits\ndata: {\"type\":\"codex.rate_limits\",\"rate_limits\":{\"primary\":{\"used_percent\":100.0,\"window_minutes\":300,\"reset_at\":4102444800}}}\n\n\
+             event: codex.rate_limits\ndata: {\"type\":\"codex.rate_limits\",\"rate_limits\":{\"primary\":{\"used_percent\":100.0,\"window_minutes\":300,\"reset_at\":RESET}}}\n\n\
              event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n"
+                .replace("RESET", &reset.to_string())
         );
         // The account's report was recorded: it is over the threshold until its reset.
         let mut state = shared.lock();
@@ -262,11 +276,11 @@ mod tests {
         let pool = state.client_usage(now());
         assert_eq!(pool.report(), &state.policy.pool_usage(now()));
         drop(state);
-        let answer = stream_back(&shared, upstream_answer(vec![]), id, "gpt-5");
+        let answer = stream_back(&shared, upstream_answer(vec![], reset), id, "gpt-5");
         assert_eq!(
             usage_headers(answer.headers()),
             [
-                "x-codex-primary-reset-at: 4102444800",
+                format!("x-codex-primary-reset-at: {reset}").as_str(),
                 "x-codex-primary-used-percent: 100",
                 "x-codex-primary-window-minutes: 300"
             ]
