@@ -22,7 +22,7 @@ use super::overflow::{self, Outgoing};
 use super::stream::stream_back;
 use super::{BoxBody, Shared, gone, headers, now, strip_hop_by_hop};
 
-/// The two fields of a Responses API body that steer account selection.
+/// The fields of a Responses API body that steer account selection.
 ///
 /// Read without copying the body: keys and the two values are borrowed raw (`RawValue`),
 /// every other value is skipped, and only values up to [`PEEK_FIELD_MAX`] bytes are decoded.
@@ -33,6 +33,7 @@ use super::{BoxBody, Shared, gone, headers, now, strip_hop_by_hop};
 struct Peek {
     model: Option<String>,
     prompt_cache_key: Option<String>,
+    previous_response_id: Option<String>,
 }
 
 /// Longest raw `model` or `prompt_cache_key` value that is decoded (longer ones are ignored).
@@ -56,6 +57,9 @@ impl<'de> serde::Deserialize<'de> for Peek {
                         r#""model""# => peek.model = small_string(map.next_value()?),
                         r#""prompt_cache_key""# => {
                             peek.prompt_cache_key = small_string(map.next_value()?);
+                        }
+                        r#""previous_response_id""# => {
+                            peek.previous_response_id = small_string(map.next_value()?);
                         }
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
@@ -153,7 +157,15 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             );
         }
     };
-    let mut request = routing_request(&body, &parts.headers);
+    let (mut request, continues) = routing_request(&body, &parts.headers);
+    // A continuation goes to the account that created the response it continues, if known.
+    let pinned = continues.and_then(|id| {
+        let creators = shared.creators();
+        creators.creator(&id).cloned()
+    });
+    if let Some(owner) = &pinned {
+        request = request.with_account(owner.clone());
+    }
     let mut fwd_headers = parts.headers.clone();
     strip_hop_by_hop(&mut fwd_headers);
     headers::strip_request_only(&mut fwd_headers);
@@ -204,6 +216,28 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             Ok(id) => {
                 pending.dispatched = Some(id.clone());
                 id
+            }
+            Err(Some(retry_after)) if pinned.is_some() => {
+                pending.finish(Answer::GaveUp, None);
+                tracing::info!(
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "the account of a continued conversation is busy"
+                );
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "continuation_account_busy",
+                    "previous_response_id belongs to an account that is cooling down or out of quota, and no other account can continue it; retry after retry_after_ms",
+                    Some(retry_after),
+                );
+            }
+            Err(None) if pinned.is_some() && gone_answer.is_none() && attempt == 0 => {
+                pending.finish(Answer::NoAccount, None);
+                return json_error(
+                    StatusCode::CONFLICT,
+                    "continuation_account_unavailable",
+                    "previous_response_id belongs to an account that is disabled or no longer in the pool; no other account can continue it, so start a new conversation",
+                    None,
+                );
             }
             Err(Some(retry_after)) => {
                 if let Some(served) =
@@ -437,8 +471,9 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
 }
 
 /// The policy's view of the request: the model family from the body, and the session (the
-/// body's `prompt_cache_key`, else a `session_id`/`conversation_id` header) for affinity.
-fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request {
+/// body's `prompt_cache_key`, else a `session_id`/`conversation_id` header) for affinity;
+/// and the `previous_response_id` it continues, if any.
+fn routing_request(body: &[u8], headers: &HeaderMap) -> (rotation_policy::Request, Option<String>) {
     let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
     let family = peek
         .model
@@ -450,10 +485,11 @@ fn routing_request(body: &[u8], headers: &HeaderMap) -> rotation_policy::Request
             .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
     });
     let request = rotation_policy::Request::new(family);
-    match session {
+    let request = match session {
         Some(session) => request.with_session(session_key(session)),
         None => request,
-    }
+    };
+    (request, peek.previous_response_id)
 }
 
 /// Longest session key the policy is given as sent; longer ones are replaced by their digest.
@@ -650,8 +686,15 @@ mod tests {
             peek(body),
             Peek {
                 model: Some("gpt-5".into()),
-                prompt_cache_key: Some("s-1".into())
+                prompt_cache_key: Some("s-1".into()),
+                previous_response_id: None,
             }
+        );
+        assert_eq!(
+            peek(r#"{"previous_response_id":"resp_1","model":"m"}"#)
+                .previous_response_id
+                .as_deref(),
+            Some("resp_1")
         );
         // Escapes in short values are decoded.
         assert_eq!(
@@ -677,7 +720,8 @@ mod tests {
             peek(&long),
             Peek {
                 model: None,
-                prompt_cache_key: Some("k".into())
+                prompt_cache_key: Some("k".into()),
+                previous_response_id: None,
             }
         );
         let escaped_key = format!(r#"{{"\n{}":0,"model":"m"}}"#, "A".repeat(100_000));
@@ -690,11 +734,11 @@ mod tests {
     fn the_routing_request_falls_back_to_star_and_session_headers() {
         let mut headers = HeaderMap::new();
         headers.insert("session_id", HeaderValue::from_static("h-1"));
-        let r = routing_request(br#"{"model":"gpt-5","prompt_cache_key":"p-1"}"#, &headers);
+        let (r, _) = routing_request(br#"{"model":"gpt-5","prompt_cache_key":"p-1"}"#, &headers);
         assert_eq!((r.family(), r.session()), ("gpt-5", Some("p-1")));
-        let r = routing_request(b"not json", &headers);
+        let (r, _) = routing_request(b"not json", &headers);
         assert_eq!((r.family(), r.session()), ("*", Some("h-1")));
-        let r = routing_request(br#"{"model":""}"#, &HeaderMap::new());
+        let (r, _) = routing_request(br#"{"model":""}"#, &HeaderMap::new());
         assert_eq!((r.family(), r.session()), ("*", None));
     }
 
@@ -723,12 +767,12 @@ mod tests {
         // Both sources of a session go through it: a 300 KB `session_id` header...
         let mut headers = HeaderMap::new();
         headers.insert("session_id", HeaderValue::from_str(&huge).unwrap());
-        let r = routing_request(b"{}", &headers);
+        let (r, _) = routing_request(b"{}", &headers);
         assert_eq!(r.session(), Some(session_key(huge.clone()).as_str()));
         // ...and a body's `prompt_cache_key` (decoded up to PEEK_FIELD_MAX).
         let key = "k".repeat(PEEK_FIELD_MAX - 2);
         let body = format!(r#"{{"prompt_cache_key":"{key}"}}"#);
-        let r = routing_request(body.as_bytes(), &HeaderMap::new());
+        let (r, _) = routing_request(body.as_bytes(), &HeaderMap::new());
         assert_eq!(r.session(), Some(session_key(key).as_str()));
     }
 }

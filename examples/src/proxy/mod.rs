@@ -41,6 +41,13 @@
 //! `503`s, request-target `400`s and method `405`s are counted apart, as they never reach
 //! account selection).
 //!
+//! A request continuing a conversation (`previous_response_id`) goes only to the account
+//! that created that response (learned from each stream's `response.created` event, at
+//! most 100,000 ids remembered); while that account cannot serve, the client gets `429
+//! continuation_account_busy` with `Retry-After`, or `409 continuation_account_unavailable`
+//! once it is out of the pool — never another account, which cannot know the conversation
+//! (rules in `continuation.rs`).
+//!
 //! Only `GET`, `HEAD`, `POST`, `PUT`, `PATCH` and `DELETE` are forwarded; any other method
 //! (`CONNECT`, `TRACE`, `OPTIONS`, extension methods) is answered `405` with `Allow` and never
 //! sent upstream.
@@ -105,6 +112,7 @@ mod accounts;
 mod answers;
 mod budget;
 mod codex_config;
+mod continuation;
 mod forward;
 mod gone;
 mod headers;
@@ -383,9 +391,19 @@ pub(crate) struct Shared {
     overflow: Option<overflow::Overflow>,
     /// The usage probe's counters and bookkeeping (idle when it is off).
     usage_probe: probe::ProbeState,
+    /// Which account created which response (for `previous_response_id`); its own lock,
+    /// so stream events never wait for the policy's.
+    creators: Mutex<continuation::Creators>,
 }
 
 impl Shared {
+    fn creators(&self) -> MutexGuard<'_, continuation::Creators> {
+        // Every change to the table leaves it consistent before anything can panic.
+        self.creators
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section below leaves the state consistent before anything can
         // panic, so a poisoned lock still guards valid data.
@@ -435,6 +453,9 @@ impl Shared {
             started_at: WallTimestamp::now(),
             overflow: None,
             usage_probe: probe::ProbeState::default(),
+            creators: Mutex::new(continuation::Creators::with_capacity(
+                continuation::MAX_REMEMBERED,
+            )),
         }
     }
 }
@@ -559,6 +580,9 @@ impl RotationProxy {
             started_at: WallTimestamp::now(),
             overflow,
             usage_probe: probe::ProbeState::default(),
+            creators: Mutex::new(continuation::Creators::with_capacity(
+                continuation::MAX_REMEMBERED,
+            )),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let handler = shared.clone();

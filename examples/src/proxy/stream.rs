@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use rotation_policy::{AccountId, Outcome};
 
+use super::continuation::ResponseIds;
 use super::sse::SseTap;
 use super::usage::{StreamUsage, strip_usage_headers};
 use super::{BoxBody, BoxError, Shared, now, strip_hop_by_hop};
@@ -28,7 +29,10 @@ pub(super) fn stream_back(
     let tap = is_event_stream(&headers).then(|| {
         // Events may be rewritten, so the length may change.
         headers.remove(header::CONTENT_LENGTH);
-        SseTap::new(StreamUsage::new(shared.clone(), account.clone()))
+        SseTap::new((
+            StreamUsage::new(shared.clone(), account.clone()),
+            ResponseIds::new(shared.clone(), account.clone()),
+        ))
     });
     let upstream: http::Response<reqwest::Body> = response.into();
     let usage = {
@@ -75,7 +79,7 @@ struct CountedBody {
     account: AccountId,
     family: String,
     /// Reads usage events of an event stream (none for other bodies).
-    tap: Option<SseTap<StreamUsage>>,
+    tap: Option<SseTap<(StreamUsage, ResponseIds)>>,
     /// Trailers that arrived while the tap still held bytes: sent after them.
     trailers: Option<Frame<Bytes>>,
     /// The upstream body has ended (what the tap held may still be due).
