@@ -478,7 +478,8 @@ pub fn reconcile_with_pool(policy: &mut rotation_policy::Pool, doc: &PoolDocumen
 }
 
 /// Drops what no reader would use any more: cooldowns that ended before `now` (every pool
-/// ignores them) and accounts left with nothing to say.
+/// ignores them), usage reports whose windows all reset, and accounts left with nothing to
+/// say.
 fn prune_ended(state: &mut PolicyState, now: Timestamp) {
     let empty = rotation_policy::AccountState::default();
     state.accounts.retain(|_, account| {
@@ -486,6 +487,7 @@ fn prune_ended(state: &mut PolicyState, now: Timestamp) {
         if account.cooldown.as_ref().is_some_and(|c| c.until <= now) {
             account.cooldown = None;
         }
+        account.usage.retain(|_, usage| usage.is_current(now));
         *account != empty
     });
 }

@@ -713,6 +713,37 @@ fn ended_cooldowns_are_dropped_from_the_file_as_it_is_written() {
     assert_eq!(store.load_policy_state().unwrap().state, state);
 }
 
+/// Usage reports go the same way: one whose every window has reset is dropped as the file
+/// is written (it says nothing any more); a running one stays.
+#[test]
+fn usage_reports_whose_windows_reset_are_dropped_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = seeded(dir.path(), 2);
+    let usage = |resets: Duration| {
+        let json = format!(
+            r#"{{"usage":{{"codex":{{"observed_at":{},"primary":{{"used_percent":99,"resets_at":{}}}}}}}}}"#,
+            at(Duration::ZERO).as_millis(),
+            at(resets).as_millis()
+        );
+        serde_json::from_str::<rotation_policy::AccountState>(&json).unwrap()
+    };
+    let (state, _) = store
+        .save_policy_state_stamped(
+            &state_of([
+                (ids[0].clone(), usage(Duration::from_secs(60))),
+                (ids[1].clone(), usage(Duration::from_secs(3600))),
+            ]),
+            Some(at(Duration::from_secs(120))),
+        )
+        .unwrap();
+    assert!(!state.accounts.contains_key(&ids[0]), "{state:?}");
+    assert!(
+        state.accounts[&ids[1]].usage.contains_key("codex"),
+        "{state:?}"
+    );
+    assert_eq!(store.load_policy_state().unwrap().state, state);
+}
+
 mod arbitrary_files {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};

@@ -4,6 +4,7 @@
 //! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
 //!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite] [--body-budget BYTES]
 //!     [--refresh-margin SECS] [--bucket-capacity N] [--bucket-refill-ms MS]
+//!     [--strategy lru|round-robin|health|quota-aware|sticky] [--usage-threshold PERCENT]
 //! ```
 //!
 //! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
@@ -79,6 +80,38 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     bucket_refill_ms: u64,
+    /// How an account is picked among those that can serve: least recently used,
+    /// round robin, by health, quota-aware (the one whose usage window resets soonest:
+    /// spends the capacity that would expire unused), or sticky (the last one while it can
+    /// serve: warm prompt caches, weekly windows reset at different times).
+    #[arg(long, value_enum, default_value_t = StrategyArg::Lru)]
+    strategy: StrategyArg,
+    /// An account whose reported usage of a window reaches this percentage serves nothing
+    /// counted against that window until it resets (1–100).
+    #[arg(long, default_value_t = 95, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    usage_threshold: u8,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StrategyArg {
+    Lru,
+    RoundRobin,
+    Health,
+    QuotaAware,
+    Sticky,
+}
+
+impl From<StrategyArg> for rotation_policy::Strategy {
+    fn from(arg: StrategyArg) -> Self {
+        match arg {
+            StrategyArg::Lru => rotation_policy::Strategy::LeastRecentlyUsed,
+            StrategyArg::RoundRobin => rotation_policy::Strategy::RoundRobin,
+            StrategyArg::Health => rotation_policy::Strategy::HealthWeighted,
+            StrategyArg::QuotaAware => rotation_policy::Strategy::QuotaAware,
+            StrategyArg::Sticky => rotation_policy::Strategy::Sticky,
+        }
+    }
 }
 
 /// A budget of 0 would answer every request with a body 413: refuse it at start instead.
@@ -148,6 +181,8 @@ async fn run(args: Args) -> Result<(), String> {
             std::time::Duration::from_millis(args.bucket_refill_ms),
         )
     });
+    options.policy.strategy = args.strategy.into();
+    options.policy.usage_threshold = args.usage_threshold;
     let proxy = RotationProxy::start(options, accounts)
         .await
         .map_err(|e| e.to_string())?;

@@ -87,12 +87,14 @@
 //! # The rules
 //!
 //! An account is a **candidate** for a request when it is enabled, past its account-wide
-//! cooldown, past its rate-limit cooldown for the request's model family, has a whole token
+//! cooldown, past its rate-limit cooldown for the request's model family, below the
+//! [usage threshold](#usage-windows) in every window of the family's limit, has a whole token
 //! in its bucket, and has not been tried for this request yet. Among candidates a session's
 //! bound account wins (affinity, renewed for [`PolicyConfig::session_ttl`] on each use);
-//! otherwise the [`Strategy`] picks (least recently used, round robin, or health-weighted:
-//! a share of picks proportional to health + 1, by stride scheduling) and
-//! the session moves to the pick.
+//! otherwise the [`Strategy`] picks (least recently used, round robin, health-weighted — a
+//! share of picks proportional to health + 1, by stride scheduling —, quota-aware — the
+//! soonest usage reset first —, or sticky — the last pick while it can serve) and the
+//! session moves to the pick.
 //!
 //! | outcome | effect on the account |
 //! |---|---|
@@ -113,6 +115,86 @@
 //! After a failure, [`Pool::report`] retries on another account while the request has
 //! attempts left ([`PolicyConfig::max_attempts`]) — never on an account this request already
 //! tried, so one bad request cannot replay across the whole pool.
+//!
+//! # Usage windows
+//!
+//! ChatGPT-plan accounts have usage windows (about 5 hours and a week), and the Codex backend
+//! says on every answer how much of each is used (headers, or a `codex.rate_limits` stream
+//! event; [`usage`] parses both). Given to [`Pool::record_usage`], a report keeps the account
+//! off requests of that limit from [`PolicyConfig::usage_threshold`] (95 % by default) until
+//! the window resets — before the upstream answers 429 — and [`Strategy::QuotaAware`] spends
+//! first the capacity that would expire first:
+//!
+//! ```
+//! use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! use http::HeaderMap;
+//! use rotation_policy::usage::UsageReport;
+//! use rotation_policy::{AccountId, Outcome, PolicyConfig, Pool, Request, Selection, Strategy, Timestamp};
+//!
+//! let mut config = PolicyConfig::default();
+//! config.strategy = Strategy::QuotaAware;
+//! let mut pool = Pool::new(config, 42)?;
+//! for id in ["acct-1", "acct-2"] {
+//!     pool.add(AccountId::new(id)?)?;
+//! }
+//! let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+//! let now = Timestamp::from_system_time(wall);
+//! let reset = |secs: u64| (1_700_000_000 + secs).to_string();
+//!
+//! // Stand-in for the upstream: its answers report each account's usage in headers.
+//! let upstream = |account: &AccountId| -> HeaderMap {
+//!     let (five_hour, five_hour_reset, weekly_reset) = match account.as_str() {
+//!         "acct-1" => ("97.0", reset(3_600), reset(86_400)), // weekly resets tomorrow
+//!         _ => ("20.0", reset(7_200), reset(6 * 86_400)),
+//!     };
+//!     let mut headers = HeaderMap::new();
+//!     for (name, value) in [
+//!         ("x-codex-primary-used-percent", five_hour.to_owned()),
+//!         ("x-codex-primary-window-minutes", "300".to_owned()),
+//!         ("x-codex-primary-reset-at", five_hour_reset),
+//!         ("x-codex-secondary-used-percent", "50.0".to_owned()),
+//!         ("x-codex-secondary-window-minutes", "10080".to_owned()),
+//!         ("x-codex-secondary-reset-at", weekly_reset),
+//!     ] {
+//!         headers.insert(name, value.parse().unwrap());
+//!     }
+//!     headers
+//! };
+//!
+//! // Each answer: record its usage, then report its outcome.
+//! let mut served = Vec::new();
+//! for _ in 0..3 {
+//!     let mut request = Request::new("gpt-5");
+//!     let Selection::Account(account) = pool.select(&mut request, now) else { unreachable!() };
+//!     pool.consume(&account, now)?;
+//!     let headers = upstream(&account);
+//!     pool.record_usage(&account, &UsageReport::from_headers(&headers), now)?;
+//!     pool.report(&mut request, &account, Outcome::from_response(200, &headers, wall), now);
+//!     served.push(account.as_str().to_owned());
+//! }
+//! // acct-1 served first (nothing known yet), then reported 97 % of its 5-hour window: past
+//! // the threshold, it waits for that reset, so acct-2 serves although acct-1's weekly
+//! // capacity would expire sooner.
+//! assert_eq!(served, ["acct-1", "acct-2", "acct-2"]);
+//! let status = pool.account_status(&AccountId::new("acct-1")?, now).unwrap();
+//! assert_eq!(status.usage[0].blocked_until, Some(now.saturating_add(Duration::from_secs(3_600))));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The block, per limit a report names (a model counts against the metered limit whose
+//! reported `limit_name` is its family, else against `codex`):
+//!
+//! | the window at or above the threshold has | the account serves that limit's requests again at |
+//! |---|---|
+//! | `resets_at` | `resets_at`, but at most `window_minutes` (else 8 days) after the report |
+//! | `window_minutes` only | the report + `window_minutes` |
+//! | neither | the report + [`max_cooldown`](PolicyConfig::max_cooldown) (it is tried again and reports anew) |
+//! | a `resets_at` that has passed | now: the window started over |
+//!
+//! The block is one more "usable from" time in the waiting index, so
+//! `Exhausted { retry_after }` stays exact. [`Pool::pool_usage`] aggregates the pool's usage
+//! (for a proxy's clients); [`Request::with_account`] pins a request that only one account
+//! can serve (a conversation continued with `previous_response_id`).
 //!
 //! # Persisting and sharing state
 //!
@@ -187,6 +269,7 @@
 //! | family cooldowns | per family the later `until` (one with a known start over one without); streak = the larger |
 //! | disabled / enabled | the later of the last disable and the last explicit enable; equal times: disabled; a gone login ([`DisabledReason::LoginRequired`], [`DisabledReason::Deactivated`]) is never cleared by an earlier enable |
 //! | health, `needs_refresh`, streaks | the observation with the later `health_at`; ties: the lower health |
+//! | usage, per limit | the report with the later `observed_at` |
 //! | a time after [`LAST_PLAUSIBLE_TIME`] (year 9999), a cooldown longer than [`MAX_COOLDOWN_SPAN`] (30 days) | nothing: it reads as absent |
 //!
 //! Merging into a pool only extends cooldowns it runs, caps merged cooldowns at the pool's
@@ -218,6 +301,9 @@
 //! - the first request of a new model family indexes every account once: O(n log n);
 //!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"` (a
 //!   merge adds at most half of them);
+//! - [`Pool::record_usage`]: O(L + F · log n) for L limits in the report (a limit name seen
+//!   for the first time re-maps model families: O(n log n), at most a few times);
+//!   [`Pool::pool_usage`]: O(n · L);
 //! - [`Pool::status`]: O(n log n) (a full snapshot).
 //!
 //! The `select_report` benchmark measures select + consume + report against a linear scan
@@ -247,12 +333,12 @@ pub mod usage;
 pub use config::{PolicyConfig, Strategy, TokenBucket};
 pub use error::PolicyError;
 pub use id::{AccountId, MAX_ACCOUNT_ID_LEN};
-pub use pool::Pool;
+pub use pool::{Pool, USAGE_REFRESH};
 pub use request::{Decision, Outcome, Request, Selection};
 pub use retry_after::{RetryAfter, RetryAfterError, RetryAfterSource};
 pub use state::{
     AccountState, Cooldown, Disabled, FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN,
-    MergeReport, POLICY_STATE_VERSION, PolicyState,
+    MergeReport, POLICY_STATE_VERSION, PolicyState, UsageState,
 };
 pub use status::{
     AccountStatus, CooldownReason, Counters, DisabledReason, FamilyCooldown, OutcomeCounts,

@@ -22,6 +22,7 @@
 //! | `families.<family>` | per family, one with a `since` over one without (whatever their ends), then the later `until`, then the later `since`; `streak` = the larger | a 429 cools that family for everyone, and a cooldown its start bounds replaces one nothing bounds (an older writer's, or junk) |
 //! | `disabled` / `enabled_since` | each the later one (equal `disabled.since`: `deactivated` > `login-required` > `unauthorized` > `manual`); the account is disabled when `disabled.since` ≥ `enabled_since` (equal times: disabled) | a disable holds until an explicit *later* enable; a gone login (`login-required`, `deactivated`) is never cleared by an earlier enable |
 //! | `health`, `needs_refresh`, `unauthorized_streak`, `burst_streak` | one observation, whole: the one with the later `health_at`; equal `health_at`: the lower health, then `needs_refresh`, then the larger streaks | the latest view of the account wins, ties deterministically |
+//! | `usage.<limit>` | per limit, the report with the later `observed_at`, whole; equal times: the higher primary use, then the higher secondary use, then the name | every process steers by the latest usage the upstream reported for the account |
 //! | what no writer can have written: any time after [`LAST_PLAUSIBLE_TIME`] (year 9999), a cooldown running longer than [`MAX_COOLDOWN_SPAN`] (30 days) from its `since` | nothing: it reads as absent, on either side (a stamp is dropped, an observation reads as none) | junk in a file (`"until": 18446744073709551615`) never wins against the real records written after it |
 //! | `version` | [`POLICY_STATE_VERSION`] | a merged document is in this crate's format |
 //!
@@ -111,7 +112,14 @@
 //!       "cooldown": { "until": 1700000060000, "reason": "forbidden", "since": 1700000000000 },
 //!       "families": { "gpt-5": { "until": 1700000030000, "streak": 2, "since": 1700000000000 } },
 //!       "health": 45,
-//!       "health_at": 1700000000000
+//!       "health_at": 1700000000000,
+//!       "usage": {
+//!         "codex": {
+//!           "observed_at": 1700000000000,
+//!           "primary": { "used_percent": 97.0, "window_minutes": 300, "resets_at": 1700003600000 },
+//!           "secondary": { "used_percent": 40.5, "window_minutes": 10080, "resets_at": 1700400000000 }
+//!         }
+//!       }
 //!     },
 //!     "acct-2": { "disabled": { "reason": "login-required", "since": 1700000000000 } }
 //!   }
@@ -126,6 +134,7 @@ use serde::de::IntoDeserializer;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::status::{CooldownReason, DisabledReason};
+use crate::usage::{MAX_WINDOW_MINUTES, Percent, UsageWindow, normalize_limit_id, short_text};
 use crate::{AccountId, Timestamp};
 
 /// The format version this crate writes (see [`PolicyState::version`]).
@@ -292,7 +301,119 @@ pub struct AccountState {
     /// Consecutive failure bursts (each doubles the next burst's cooldown).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub burst_streak: u32,
+    /// The latest usage the upstream reported, by limit id (`codex`, …); see
+    /// [`Pool::record_usage`](crate::Pool::record_usage).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, UsageState>,
 }
+
+/// One limit's usage of one account as last reported, and when.
+///
+/// Read leniently: a window whose `used_percent` is not a number from 0 to 1000 reads as
+/// absent, a `window_minutes` or `resets_at` out of range as unknown.
+///
+/// ```
+/// use rotation_policy::{Timestamp, UsageState};
+/// use rotation_policy::usage::{Percent, UsageWindow};
+/// let json = r#"{"observed_at":5,"primary":{"used_percent":97.5,"resets_at":60000},"secondary":{"used_percent":"junk"}}"#;
+/// let state: UsageState = serde_json::from_str(json)?;
+/// assert_eq!(state.primary.map(|w| w.used_percent.get()), Some(97.5));
+/// assert_eq!(state.secondary, None);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UsageState {
+    /// When the report was received.
+    #[serde(default)]
+    pub observed_at: Timestamp,
+    /// The limit's name (for a metered limit, the model counted against it).
+    #[serde(
+        default,
+        deserialize_with = "lenient_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub limit_name: Option<String>,
+    /// The short window (about 5 hours).
+    #[serde(
+        default,
+        deserialize_with = "lenient_window",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub primary: Option<UsageWindow>,
+    /// The long window (about a week).
+    #[serde(
+        default,
+        deserialize_with = "lenient_window",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary: Option<UsageWindow>,
+}
+
+impl UsageState {
+    /// A report received at `observed_at`, without windows yet.
+    ///
+    /// ```
+    /// # use rotation_policy::{Timestamp, UsageState};
+    /// assert_eq!(UsageState::new(Timestamp::ZERO).primary, None);
+    /// ```
+    pub fn new(observed_at: Timestamp) -> Self {
+        UsageState {
+            observed_at,
+            limit_name: None,
+            primary: None,
+            secondary: None,
+        }
+    }
+
+    /// Whether the report still says something at `now`: a window of it runs (its reset is
+    /// later), or a window without a known reset was reported less than 8 days ago (no
+    /// window is longer than a week). A report that says nothing can be dropped.
+    ///
+    /// ```
+    /// # use rotation_policy::{Timestamp, UsageState};
+    /// use rotation_policy::usage::{Percent, UsageWindow};
+    /// let mut state = UsageState::new(Timestamp::ZERO);
+    /// state.primary = Some(UsageWindow::new(Percent::FULL).with_resets_at(Timestamp::from_millis(60_000)));
+    /// assert!(state.is_current(Timestamp::from_millis(59_999)));
+    /// assert!(!state.is_current(Timestamp::from_millis(60_000)));
+    /// ```
+    pub fn is_current(&self, now: Timestamp) -> bool {
+        let stale_after = self
+            .observed_at
+            .saturating_add(Duration::from_secs(8 * 24 * 60 * 60));
+        [self.primary, self.secondary]
+            .into_iter()
+            .flatten()
+            .any(|w| match w.resets_at {
+                Some(at) => at > now,
+                None => stale_after > now,
+            })
+    }
+
+    /// The order of reports of one limit: later first; equal times by a total order of the
+    /// content, so every writer breaks ties alike.
+    pub(crate) fn key(&self) -> UsageKey<'_> {
+        (
+            self.observed_at,
+            self.primary,
+            self.secondary,
+            self.limit_name.as_deref(),
+        )
+    }
+
+    pub(crate) fn is_plausible(&self) -> bool {
+        plausible(self.observed_at)
+    }
+}
+
+/// See [`UsageState::key`].
+pub(crate) type UsageKey<'a> = (
+    Timestamp,
+    Option<UsageWindow>,
+    Option<UsageWindow>,
+    Option<&'a str>,
+);
 
 impl Default for AccountState {
     fn default() -> Self {
@@ -307,6 +428,7 @@ impl Default for AccountState {
             needs_refresh: false,
             unauthorized_streak: 0,
             burst_streak: 0,
+            usage: BTreeMap::new(),
         }
     }
 }
@@ -343,6 +465,10 @@ impl AccountState {
             self.burst_streak = 0;
             changed = true;
         }
+        let reports = self.usage.len();
+        self.usage
+            .retain(|id, u| u.is_plausible() && normalize_limit_id(id).as_deref() == Some(id));
+        changed |= self.usage.len() != reports;
         changed
     }
 
@@ -394,6 +520,22 @@ impl AccountState {
             self.burst_streak = other.burst_streak;
             changed = true;
         }
+        for (id, theirs) in &other.usage {
+            if !theirs.is_plausible() || normalize_limit_id(id).as_deref() != Some(id) {
+                continue;
+            }
+            match self.usage.get_mut(id) {
+                Some(ours) if ours.key() >= theirs.key() => {}
+                Some(ours) => {
+                    *ours = theirs.clone();
+                    changed = true;
+                }
+                None => {
+                    self.usage.insert(id.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
         changed
     }
 
@@ -427,6 +569,18 @@ impl AccountState {
             && stamp(other.enabled_since) <= stamp(self.enabled_since)
             && (!plausible(other.health_at)
                 || other.observation_key() <= self.plausible_observation_key())
+            && other
+                .usage
+                .iter()
+                .filter(|(id, u)| {
+                    u.is_plausible() && normalize_limit_id(id).as_deref() == Some(*id)
+                })
+                .all(|(id, theirs)| {
+                    self.usage
+                        .get(id)
+                        .filter(|ours| ours.is_plausible())
+                        .is_some_and(|ours| theirs.key() <= ours.key())
+                })
     }
 
     /// The order of health observations: later first, then lower health, then the more
@@ -708,6 +862,37 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// A usage window, or `None` for anything that is not one (see [`UsageState`]).
+fn lenient_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UsageWindow>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let Some(used) = value
+        .get("used_percent")
+        .and_then(serde_json::Value::as_f64)
+        .and_then(Percent::new)
+    else {
+        return Ok(None);
+    };
+    let mut window = UsageWindow::new(used);
+    if let Some(minutes) = value
+        .get("window_minutes")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|m| u32::try_from(m).ok())
+        .filter(|m| *m <= MAX_WINDOW_MINUTES)
+    {
+        window = window.with_window_minutes(minutes);
+    }
+    if let Some(at) = value.get("resets_at").and_then(serde_json::Value::as_u64) {
+        window = window.with_resets_at(Timestamp::from_millis(at));
+    }
+    Ok(Some(window))
+}
+
+/// A short printable text, or `None` for anything else.
+fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(value.as_str().and_then(short_text))
+}
+
 fn health_up_to_100<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     Ok(u8::deserialize(d)?.min(FULL_HEALTH))
 }
@@ -799,6 +984,7 @@ mod tests {
                         needs_refresh,
                         unauthorized_streak,
                         burst_streak,
+                        usage: BTreeMap::new(),
                     }
                 },
             )

@@ -153,7 +153,8 @@ pub struct AccountStatus {
     /// Reported outcomes.
     pub outcomes: OutcomeCounts,
     /// The latest usage known per limit (reported by the upstream or merged from shared
-    /// state), with what it means for selection.
+    /// state), with what it means for selection. Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<UsageStatus>,
 }
 

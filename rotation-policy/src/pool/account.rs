@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use super::index::{Place, Rules};
 use crate::status::{CooldownReason, DisabledReason, OutcomeCounts};
-use crate::{AccountId, Outcome};
+use crate::{AccountId, Outcome, UsageState};
 
 /// An account's state for one model family, and where it sits in that family's index.
 #[derive(Clone, Debug)]
@@ -95,12 +95,28 @@ pub(super) struct Account {
     pub(super) attempts: u64,
     pub(super) outcomes: OutcomeCounts,
     pub(super) families: Vec<PerFamily>,
+    /// The latest usage report per limit (indexed like the pool's limits; shorter when
+    /// later limits have no report). Shared state.
+    pub(super) usage: Vec<Option<UsageState>>,
 }
 
 /// The part of an account's shared state one health observation consists of.
 pub(super) type Observation = (u8, bool, u32, u32);
 
 impl Account {
+    /// The latest usage report of `limit`, if any.
+    pub(super) fn usage(&self, limit: usize) -> Option<&UsageState> {
+        self.usage.get(limit).and_then(Option::as_ref)
+    }
+
+    /// The report slot of `limit`, grown as needed.
+    pub(super) fn usage_mut(&mut self, limit: usize) -> &mut Option<UsageState> {
+        if self.usage.len() <= limit {
+            self.usage.resize(limit + 1, None);
+        }
+        &mut self.usage[limit]
+    }
+
     pub(super) fn observation(&self) -> Observation {
         (
             self.health,

@@ -4,14 +4,20 @@
 use std::collections::BTreeMap;
 
 use super::account::Account;
-use crate::PolicyConfig;
 use crate::config::Strategy;
 use crate::status::CooldownReason;
 use crate::time::ceil_millis;
+use crate::usage::UsageWindow;
+use crate::{PolicyConfig, Timestamp};
 
 /// Ordering key of a usable account within a family; smaller is picked first. The account's
 /// insertion order is always part of it, so keys are unique.
 pub(super) type Key = (u64, u64, u64);
+
+/// The longest a usage report blocks an account whose window length is not known: a little
+/// over the longest window seen (a week), so a hostile or broken `resets_at` cannot pin an
+/// account for long.
+pub(super) const MAX_USAGE_BLOCK: u64 = 8 * 24 * 60 * 60 * 1000;
 
 /// Where an account sits in one family's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +39,11 @@ pub(super) struct Family {
     pub(super) waiting: BTreeMap<(u64, u64), u32>,
     /// Insertion order of the last account round-robin picked.
     pub(super) cursor: u64,
+    /// The usage limit requests of this family count against (index into the pool's
+    /// limits; 0 is [`DEFAULT_LIMIT`](crate::usage::DEFAULT_LIMIT)).
+    pub(super) limit: usize,
+    /// `(slot, generation)` of the account the sticky strategy picked last.
+    pub(super) sticky: Option<(u32, u32)>,
 }
 
 /// Immutable policy numbers, pre-converted to milliseconds.
@@ -55,6 +66,8 @@ pub(super) struct Rules {
     pub(super) forbidden_cooldown: u64,
     pub(super) jitter_percent: u64,
     pub(super) max_families: usize,
+    /// Percent of a usage window at which an account stops being a candidate.
+    pub(super) usage_threshold: f64,
 }
 
 impl Rules {
@@ -78,6 +91,7 @@ impl Rules {
             forbidden_cooldown: ceil_millis(c.forbidden_cooldown),
             jitter_percent: u64::from(c.jitter_percent),
             max_families: c.max_families,
+            usage_threshold: f64::from(c.usage_threshold),
         }
     }
 
@@ -91,14 +105,59 @@ impl Rules {
         }
     }
 
-    pub(super) fn key(&self, a: &Account) -> Key {
+    /// The account's key in the ready set of a family counting against `limit`.
+    pub(super) fn key(&self, a: &Account, limit: usize) -> Key {
         match self.strategy {
-            Strategy::LeastRecentlyUsed => (a.last_used, a.order, 0),
+            Strategy::LeastRecentlyUsed | Strategy::Sticky => (a.last_used, a.order, 0),
             Strategy::RoundRobin => (a.order, 0, 0),
             Strategy::HealthWeighted => (a.pass, a.order, 0),
-            Strategy::QuotaAware => (a.order, 0, 0),
-            Strategy::Sticky => (a.last_used, a.order, 0),
+            Strategy::QuotaAware => {
+                // Soonest reset first: the long window's (it holds the most capacity, and
+                // what it has left when it resets is lost), then the short one's. A window
+                // not known sorts last: an account with no running window has nothing that
+                // can expire.
+                let reset = |w: Option<UsageWindow>| {
+                    w.and_then(|w| w.resets_at)
+                        .map_or(u64::MAX, Timestamp::as_millis)
+                };
+                match a.usage(limit) {
+                    Some(u) => (reset(u.secondary), reset(u.primary), a.order),
+                    None => (u64::MAX, u64::MAX, a.order),
+                }
+            }
         }
+    }
+
+    /// Until when (ms) the account's reported usage of `limit` keeps it out: the latest end
+    /// of a window at or above the threshold, 0 if none.
+    ///
+    /// | the window at or above the threshold has | blocked until |
+    /// |---|---|
+    /// | `resets_at` | `resets_at`, but at most `window_minutes` (else [`MAX_USAGE_BLOCK`]) after the report |
+    /// | no `resets_at`, `window_minutes` | the report + `window_minutes` (the latest it can reset) |
+    /// | neither | the report + `max_cooldown` (then the account is tried again and reports anew) |
+    pub(super) fn usage_blocked_until(&self, a: &Account, limit: usize) -> u64 {
+        let Some(usage) = a.usage(limit) else {
+            return 0;
+        };
+        let observed = usage.observed_at.as_millis();
+        [usage.primary, usage.secondary]
+            .into_iter()
+            .flatten()
+            .filter(|w| w.used_percent.get() >= self.usage_threshold)
+            .map(|w| {
+                let longest = w
+                    .window_minutes
+                    .map_or(MAX_USAGE_BLOCK, |m| u64::from(m).saturating_mul(60_000));
+                let cap = observed.saturating_add(longest);
+                match (w.resets_at, w.window_minutes) {
+                    (Some(at), _) => at.as_millis().min(cap),
+                    (None, Some(_)) => cap,
+                    (None, None) => observed.saturating_add(self.max_cooldown),
+                }
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// When the bucket next holds a whole token.
@@ -111,10 +170,12 @@ impl Rules {
         }
     }
 
-    pub(super) fn available_at(&self, a: &Account, family: usize) -> u64 {
+    /// When the account is usable for `family` (which counts against `limit`).
+    pub(super) fn available_at(&self, a: &Account, family: usize, limit: usize) -> u64 {
         a.cooldown_until
             .max(a.families[family].cooldown_until)
             .max(self.bucket_ready_at(a))
+            .max(self.usage_blocked_until(a, limit))
     }
 
     /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
@@ -126,12 +187,13 @@ impl Rules {
         family: usize,
         clock: u64,
     ) {
+        let limit = families[family].limit;
         let desired = if a.disabled.is_some() {
             Place::Absent
         } else {
-            let at = self.available_at(a, family);
+            let at = self.available_at(a, family, limit);
             if at <= clock {
-                Place::Ready(self.key(a))
+                Place::Ready(self.key(a, limit))
             } else {
                 Place::Waiting(at)
             }

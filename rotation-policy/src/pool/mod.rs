@@ -5,6 +5,9 @@
 mod account;
 mod index;
 mod shared;
+mod usage;
+
+pub use usage::USAGE_REFRESH;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -39,6 +42,14 @@ const HEALTH_STRIDE: u64 = 1_000_000;
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
+/// A usage limit the pool has seen reported (index 0 is always the default limit).
+#[derive(Clone, Debug)]
+struct Limit {
+    id: String,
+    /// The latest name reported for it: model families of this name count against it.
+    name: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 struct Binding {
     slot: u32,
@@ -67,6 +78,8 @@ pub struct Pool {
     by_id: HashMap<AccountId, u32>,
     families: Vec<Family>,
     family_ids: HashMap<String, usize>,
+    /// Usage limits seen, at most [`MAX_LIMITS`](crate::usage::MAX_LIMITS).
+    limits: Vec<Limit>,
     sessions: HashMap<String, Binding>,
     /// `(expires, seq) -> session key`, to drop expired bindings in order.
     expiry: BTreeMap<(u64, u64), String>,
@@ -104,6 +117,10 @@ impl Pool {
             by_id: HashMap::new(),
             families: Vec::new(),
             family_ids: HashMap::new(),
+            limits: vec![Limit {
+                id: crate::usage::DEFAULT_LIMIT.to_owned(),
+                name: None,
+            }],
             sessions: HashMap::new(),
             expiry: BTreeMap::new(),
             session_seq: 0,
@@ -220,6 +237,7 @@ impl Pool {
             attempts: 0,
             outcomes: OutcomeCounts::default(),
             families: vec![PerFamily::NEW; self.families.len()],
+            usage: Vec::new(),
         };
         self.rules
             .place_everywhere(&mut account, &mut self.families, slot, self.clock);
@@ -406,26 +424,6 @@ impl Pool {
         Ok(())
     }
 
-    /// Records what the upstream reported about `id`'s usage windows (from
-    /// [`UsageReport::from_headers`](crate::usage::UsageReport::from_headers) of every
-    /// answer, [`UsageReport::from_event`](crate::usage::UsageReport::from_event) of a
-    /// stream's `codex.rate_limits` event, or a usage query).
-    pub fn record_usage(
-        &mut self,
-        id: &AccountId,
-        report: &crate::usage::UsageReport,
-        now: Timestamp,
-    ) -> Result<(), PolicyError> {
-        let _ = (id, report, now);
-        Ok(())
-    }
-
-    /// The pool's usage as one report, for clients that show usage.
-    pub fn pool_usage(&self, now: Timestamp) -> crate::usage::UsageReport {
-        let _ = now;
-        crate::usage::UsageReport::default()
-    }
-
     /// Picks the account for the next attempt of `request`, or says why there is none.
     ///
     /// Only enabled accounts that are out of every cooldown for the request's family, have
@@ -459,6 +457,16 @@ impl Pool {
         self.promote(family);
         self.prune_sessions();
 
+        if let Some(pinned) = &request.account {
+            return match self.pinned_place(family, request, pinned) {
+                Ok(slot) => self.hand_out(request, family, slot, false, false),
+                Err(answer) => {
+                    self.counters.exhausted += 1;
+                    answer
+                }
+            };
+        }
+
         let mut bound_live = false;
         let mut chosen = None;
         if let (Some(_), Some(session)) = (self.rules.session_ttl, request.session.as_ref())
@@ -483,15 +491,59 @@ impl Pool {
                 None => Selection::NoAccount,
             };
         };
+        self.hand_out(request, family, slot, by_affinity, bound_live)
+    }
 
+    /// Where the account a request is pinned to stands: `Ok(slot)` when it may serve now,
+    /// else the answer to give.
+    fn pinned_place(
+        &self,
+        family: usize,
+        request: &Request,
+        pinned: &AccountId,
+    ) -> Result<u32, Selection> {
+        let Some(&slot) = self.by_id.get(pinned) else {
+            return Err(Selection::NoAccount);
+        };
+        if !self.is_untried(request, slot) {
+            return Err(Selection::NoAccount);
+        }
+        match self.slots[slot as usize]
+            .as_ref()
+            .map(|a| a.families[family].place)
+        {
+            Some(Place::Ready(_)) => Ok(slot),
+            Some(Place::Waiting(at)) => Err(Selection::Exhausted {
+                retry_after: Duration::from_millis(at.saturating_sub(self.clock)),
+            }),
+            Some(Place::Absent) | None => Err(Selection::NoAccount),
+        }
+    }
+
+    /// Hands the account in `slot` out for the next attempt of `request`: the strategy's
+    /// bookkeeping, the request's attempts, counters and the session binding.
+    fn hand_out(
+        &mut self,
+        request: &mut Request,
+        family: usize,
+        slot: u32,
+        by_affinity: bool,
+        bound_live: bool,
+    ) -> Selection {
         let rotated = request.attempts > 0 || (bound_live && !by_affinity);
         self.use_seq += 1;
         let Some(account) = self.slots[slot as usize].as_mut() else {
             // ok: indexed slots always hold an account; answer conservatively if not.
             return Selection::NoAccount;
         };
-        if !by_affinity && self.rules.strategy == Strategy::RoundRobin {
-            self.families[family].cursor = account.order;
+        if !by_affinity {
+            match self.rules.strategy {
+                Strategy::RoundRobin => self.families[family].cursor = account.order,
+                Strategy::Sticky => {
+                    self.families[family].sticky = Some((slot, account.generation));
+                }
+                _ => {}
+            }
         }
         account.last_used = self.use_seq;
         if self.rules.strategy == Strategy::HealthWeighted {
@@ -518,7 +570,9 @@ impl Pool {
         if rotated {
             self.counters.rotations += 1;
         }
-        if let (Some(ttl), Some(session)) = (self.rules.session_ttl, request.session.as_ref()) {
+        if request.account.is_none()
+            && let (Some(ttl), Some(session)) = (self.rules.session_ttl, request.session.as_ref())
+        {
             self.bind(session, slot, generation, self.clock.saturating_add(ttl));
         }
         Selection::Account(id)
@@ -641,6 +695,19 @@ impl Pool {
         if outcome == Outcome::Success {
             return Decision::ReturnToClient { retry_after: None };
         }
+        if let Some(pinned) = &request.account {
+            // Only that account may serve the request, and it was tried: nothing to retry
+            // on. The wait is until it is usable again.
+            let retry_after = self.by_id.get(pinned).and_then(|&slot| {
+                match self.slots[slot as usize].as_ref()?.families[family].place {
+                    Place::Waiting(at) if at > self.clock => {
+                        Some(Duration::from_millis(at - self.clock))
+                    }
+                    _ => None,
+                }
+            });
+            return Decision::ReturnToClient { retry_after };
+        }
         if request.attempts < self.rules.max_attempts {
             match self.earliest(family, Some(request)) {
                 Some(at) if at <= self.clock => return Decision::Retry,
@@ -732,7 +799,7 @@ impl Pool {
             in_flight: a.in_flight,
             attempts: a.attempts,
             outcomes: a.outcomes,
-            usage: Vec::new(),
+            usage: self.usage_status(a, t),
         }
     }
 
@@ -789,6 +856,8 @@ impl Pool {
             ready: BTreeMap::new(),
             waiting: BTreeMap::new(),
             cursor: 0,
+            limit: self.limit_of_family(name),
+            sticky: None,
         });
         for (slot, account) in self.slots.iter_mut().enumerate() {
             if let Some(account) = account {
@@ -830,7 +899,7 @@ impl Pool {
             }
             index.waiting.pop_first();
             if let Some(Some(account)) = self.slots.get_mut(slot as usize) {
-                let key = self.rules.key(account);
+                let key = self.rules.key(account, index.limit);
                 index.ready.insert(key, slot);
                 account.families[family].place = Place::Ready(key);
             }
@@ -849,6 +918,15 @@ impl Pool {
     fn pick(&self, family: usize, request: &Request) -> Option<u32> {
         let index = &self.families[family];
         let untried = |slot: &u32| self.is_untried(request, *slot);
+        if self.rules.strategy == Strategy::Sticky
+            && let Some((slot, generation)) = index.sticky
+            && let Some(Some(account)) = self.slots.get(slot as usize)
+            && account.generation == generation
+            && matches!(account.families[family].place, Place::Ready(_))
+            && untried(&slot)
+        {
+            return Some(slot);
+        }
         if self.rules.strategy == Strategy::RoundRobin {
             let start = (index.cursor.saturating_add(1), 0, 0);
             index

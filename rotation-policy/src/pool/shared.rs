@@ -8,6 +8,7 @@ use super::Pool;
 use super::account::{Account, adopt_family, mark_changed};
 use crate::state::{cooldown_rank, disabled_rank};
 use crate::status::{CooldownReason, DisabledReason};
+use crate::usage::{MAX_LIMITS, normalize_limit_id};
 use crate::{
     AccountId, AccountState, Cooldown, Disabled, FamilyState, MergeReport, POLICY_STATE_VERSION,
     PolicyState, Timestamp,
@@ -235,6 +236,17 @@ impl Pool {
             needs_refresh: a.needs_refresh,
             unauthorized_streak: a.unauthorized_streak,
             burst_streak: a.burst_streak,
+            usage: self
+                .limits
+                .iter()
+                .enumerate()
+                .filter_map(|(index, limit)| {
+                    let usage = a.usage(index)?;
+                    usage
+                        .is_current(Timestamp::from_millis(t))
+                        .then(|| (limit.id.clone(), usage.clone()))
+                })
+                .collect(),
         }
     }
 
@@ -373,6 +385,32 @@ impl Pool {
             account.unauthorized_streak = theirs.unauthorized_streak;
             account.burst_streak = theirs.burst_streak;
             changed = true;
+        }
+
+        // Usage: per limit, the later report. Limits first (a new name re-maps families).
+        let mut reports = Vec::new();
+        for (id, usage) in &theirs.usage {
+            if !usage.is_plausible() || normalize_limit_id(id).as_deref() != Some(id.as_str()) {
+                report.ignored_implausible += 1;
+                continue;
+            }
+            if !fresh(usage.observed_at) {
+                continue;
+            }
+            // Merged state may add at most half the limits, like families.
+            if let Some(index) = self.limit_index(id, usage.limit_name.as_deref(), MAX_LIMITS / 2) {
+                reports.push((index, usage));
+            }
+        }
+        let Some(account) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return changed;
+        };
+        for (index, theirs) in reports {
+            let ours = account.usage_mut(index);
+            if ours.as_ref().is_none_or(|ours| theirs.key() > ours.key()) {
+                *ours = Some(theirs.clone());
+                changed = true;
+            }
         }
 
         report.ignored_future += ignored;

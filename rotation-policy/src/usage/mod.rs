@@ -30,6 +30,11 @@ pub const MAX_LIMIT_NAME_LEN: usize = 128;
 /// Longest window length kept: 400 days, in minutes. Longer reads as unknown.
 pub const MAX_WINDOW_MINUTES: u32 = 400 * 24 * 60;
 
+/// Largest JSON document the parsers read (a stream event's `data`, the usage endpoint's
+/// answer): 64 KiB. Real ones are well under 2 KiB; a larger one is refused unread, so a
+/// hostile upstream cannot make a parse cost more than this.
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+
 /// A share of a usage window, in percent: finite, 0 to 100 inclusive.
 ///
 /// Reports above 100 (an account used past its limit) read as 100; negative, NaN, infinite
@@ -43,12 +48,19 @@ pub const MAX_WINDOW_MINUTES: u32 = 400 * 24 * 60;
 /// assert_eq!(Percent::new(-1.0), None);
 /// assert_eq!(Percent::new(1e300), None);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Percent(f64);
 
 // A `Percent` is never NaN (checked in `new`), so `==` is an equivalence.
 impl Eq for Percent {}
+
+// One order for both traits (never NaN, no -0.0: `total_cmp` agrees with `<` on these).
+impl PartialOrd for Percent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Percent {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -102,7 +114,7 @@ impl<'de> Deserialize<'de> for Percent {
 /// assert_eq!(window.used_percent.get(), 40.0);
 /// assert_eq!(window.window_minutes, Some(300));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageWindow {
     /// How much of the window is used.
@@ -127,7 +139,9 @@ impl UsageWindow {
 
     /// Sets the window length; a value outside 1..=[`MAX_WINDOW_MINUTES`] reads as unknown.
     pub fn with_window_minutes(mut self, minutes: u32) -> Self {
-        self.window_minutes = (1..=MAX_WINDOW_MINUTES).contains(&minutes).then_some(minutes);
+        self.window_minutes = (1..=MAX_WINDOW_MINUTES)
+            .contains(&minutes)
+            .then_some(minutes);
         self
     }
 
@@ -219,7 +233,10 @@ pub struct Credits {
 ///
 /// Build one with the parsers ([`UsageReport::from_headers`], [`UsageReport::from_event`],
 /// [`UsageReport::from_usage_json`]) and give it to
-/// [`Pool::record_usage`](crate::Pool::record_usage).
+/// [`Pool::record_usage`](crate::Pool::record_usage). A proxy that shows its clients the
+/// pool's usage writes a report back in the same wire forms:
+/// [`UsageReport::write_headers`] / [`UsageReport::to_headers`] and
+/// [`UsageReport::to_event_json`]; what the header parser produced, it reads back unchanged.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageReport {
@@ -253,7 +270,11 @@ impl UsageReport {
     /// Adds or replaces one limit's usage, keeping ids unique and at most [`MAX_LIMITS`];
     /// returns whether it was kept.
     pub fn push(&mut self, limit: LimitUsage) -> bool {
-        if let Some(existing) = self.limits.iter_mut().find(|l| l.limit_id == limit.limit_id) {
+        if let Some(existing) = self
+            .limits
+            .iter_mut()
+            .find(|l| l.limit_id == limit.limit_id)
+        {
             *existing = limit;
             return true;
         }

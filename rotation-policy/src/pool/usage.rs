@@ -1,0 +1,346 @@
+//! Usage reports in the pool: recording them, which limit a model family counts against,
+//! the pool's aggregate usage, and the per-account view for status snapshots. The rule that
+//! turns a report into a block is `Rules::usage_blocked_until` (index.rs).
+
+use super::account::{Account, mark_changed};
+use super::{Limit, Pool};
+use crate::status::UsageStatus;
+use crate::usage::{LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow};
+use crate::{AccountId, PolicyError, Timestamp, UsageState};
+
+/// How long a kept usage report stands when later ones bring no news (see
+/// [`Pool::record_usage`]).
+pub const USAGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `next` (for the same limit) is news against `kept`: see [`Pool::record_usage`].
+fn news(kept: &UsageState, next: &UsageState, threshold: f64) -> bool {
+    let refresh = u64::try_from(USAGE_REFRESH.as_millis()).unwrap_or(u64::MAX);
+    let window_news = |a: Option<UsageWindow>, b: Option<UsageWindow>| match (a, b) {
+        (Some(a), Some(b)) => {
+            let (x, y) = (a.used_percent.get(), b.used_percent.get());
+            a.resets_at != b.resets_at
+                || a.window_minutes != b.window_minutes
+                || (x >= threshold) != (y >= threshold)
+                || (x - y).abs() >= 1.0
+        }
+        (None, None) => false,
+        _ => true,
+    };
+    next.observed_at
+        .as_millis()
+        .saturating_sub(kept.observed_at.as_millis())
+        >= refresh
+        || kept.limit_name != next.limit_name
+        || window_news(kept.primary, next.primary)
+        || window_news(kept.secondary, next.secondary)
+}
+
+impl Pool {
+    /// Records what the upstream reported about `id`'s usage windows: from
+    /// [`UsageReport::from_headers`] of every answer (a `429` too), from
+    /// [`UsageReport::from_event`] of a stream's `codex.rate_limits` event, or from a usage
+    /// query. Call it before [`report`](Self::report)ing the answer's outcome.
+    ///
+    /// For each limit in the report, the windows it names replace the ones known (a window
+    /// it leaves out is kept until that window's reset). A report that is no news is not
+    /// kept: one that moves no window by a whole percentage point, changes no reset, window
+    /// length, name or block, and comes within [`USAGE_REFRESH`] of the report kept. A busy
+    /// account reports on every answer; this way the pool's shared state (and the file
+    /// processes share it through) changes at most once a minute for it, not per answer. An account with a window at or
+    /// above [`usage_threshold`](crate::PolicyConfig::usage_threshold) serves no request
+    /// counted against that limit until the window resets: it waits like a cooling account,
+    /// so [`Selection::Exhausted`](crate::Selection::Exhausted) stays exact. A request counts
+    /// against the metered limit whose reported `limit_name` is its model family (ASCII
+    /// case ignored), else against [`DEFAULT_LIMIT`](crate::usage::DEFAULT_LIMIT).
+    ///
+    /// | the window at or above the threshold has | the account waits until |
+    /// |---|---|
+    /// | `resets_at` | `resets_at`, but at most `window_minutes` (else 8 days) after the report |
+    /// | `window_minutes` only | the report + `window_minutes` (the latest it can reset) |
+    /// | neither | the report + [`max_cooldown`](crate::PolicyConfig::max_cooldown), when it is tried again |
+    ///
+    /// The report is shared state ([`AccountState::usage`](crate::AccountState::usage)):
+    /// other processes and the next run steer by it. At most
+    /// [`MAX_LIMITS`] limits are kept per pool; reports of further ones are ignored.
+    /// O(L + F log n) for L limits in the report.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::HeaderMap;
+    /// use rotation_policy::usage::{LimitUsage, Percent, UsageReport, UsageWindow};
+    /// use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
+    ///
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?; // usage_threshold: 95 %
+    /// let (a, b) = (AccountId::new("a")?, AccountId::new("b")?);
+    /// pool.add(a.clone())?;
+    /// pool.add(b.clone())?;
+    /// let now = Timestamp::from_millis(1_700_000_000_000);
+    /// let in_an_hour = now.saturating_add(Duration::from_secs(3600));
+    ///
+    /// // `a`'s 5-hour window is 99 % used and resets in an hour.
+    /// let mut codex = LimitUsage::new("codex").unwrap();
+    /// codex.primary = Some(
+    ///     UsageWindow::new(Percent::new(99.0).unwrap()).with_window_minutes(300).with_resets_at(in_an_hour),
+    /// );
+    /// let mut report = UsageReport::default();
+    /// report.push(codex);
+    /// pool.record_usage(&a, &report, now)?;
+    ///
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), now), Selection::Account(b.clone()));
+    /// pool.disable(&b)?;
+    /// assert_eq!(
+    ///     pool.select(&mut Request::new("gpt-5"), now),
+    ///     Selection::Exhausted { retry_after: Duration::from_secs(3600) } // exact: the reset
+    /// );
+    /// assert_eq!(pool.select(&mut Request::new("gpt-5"), in_an_hour), Selection::Account(a));
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn record_usage(
+        &mut self,
+        id: &AccountId,
+        report: &UsageReport,
+        now: Timestamp,
+    ) -> Result<(), PolicyError> {
+        self.tick(now);
+        let slot = self.slot_of(id)?;
+        let clock = self.clock;
+        let mut changed = false;
+        for limit in report.limits.iter().filter(|l| l.has_windows()) {
+            let Some(index) =
+                self.limit_index(limit.limit_id(), limit.limit_name.as_deref(), MAX_LIMITS)
+            else {
+                continue;
+            };
+            let Some(account) = self.slots[slot as usize].as_mut() else {
+                break;
+            };
+            let known = account.usage_mut(index);
+            // Never stamped before what it replaces (which may have been merged from a
+            // process whose clock runs ahead), so the newer report wins every merge.
+            let observed = known
+                .as_ref()
+                .map_or(clock, |k| clock.max(k.observed_at.as_millis()));
+            let still_running = |w: Option<UsageWindow>| {
+                w.filter(|w| w.resets_at.is_some_and(|at| at.as_millis() > clock))
+            };
+            let previous = known.take();
+            let mut next = UsageState::new(Timestamp::from_millis(observed));
+            next.limit_name = limit
+                .limit_name
+                .clone()
+                .or_else(|| previous.as_ref().and_then(|p| p.limit_name.clone()));
+            next.primary = limit
+                .primary
+                .or_else(|| still_running(previous.as_ref().and_then(|p| p.primary)));
+            next.secondary = limit
+                .secondary
+                .or_else(|| still_running(previous.as_ref().and_then(|p| p.secondary)));
+            let threshold = self.rules.usage_threshold;
+            match previous {
+                Some(previous) if !news(&previous, &next, threshold) => {
+                    *known = Some(previous);
+                }
+                _ => {
+                    changed = true;
+                    *known = Some(next);
+                }
+            }
+        }
+        if let Some(account) = self.slots[slot as usize].as_mut() {
+            if changed {
+                mark_changed(&mut self.changed, account, slot);
+            }
+            self.rules
+                .place_everywhere(account, &mut self.families, slot, clock);
+        }
+        Ok(())
+    }
+
+    /// The pool's usage as one report, per limit and window, for clients that show usage
+    /// (a proxy sends it as the usage headers of its answers, so a client sees the pool it
+    /// is using rather than whichever account served it). O(n · L); compute it now and
+    /// then (a proxy: once per sync tick), not per request.
+    ///
+    /// | field | the pool's value |
+    /// |---|---|
+    /// | `used_percent` | the mean over enabled accounts: an account's reported use while its window runs, 100 % at or above [`usage_threshold`](crate::PolicyConfig::usage_threshold) (what is left cannot be used), 0 % once the window has reset or when nothing was reported |
+    /// | `resets_at` | the earliest reset of a window with use in it (when capacity comes back) |
+    /// | `window_minutes` | the longest reported |
+    /// | `limit_name` | the latest reported |
+    ///
+    /// A window no enabled account reported is left out, and so is a limit without windows;
+    /// credits and plan are not aggregated.
+    ///
+    /// ```
+    /// use rotation_policy::usage::{LimitUsage, Percent, UsageReport, UsageWindow};
+    /// use rotation_policy::{AccountId, PolicyConfig, Pool, Timestamp};
+    ///
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
+    /// for (id, used) in [("a", 99.0), ("b", 40.0)] {
+    ///     let id = AccountId::new(id)?;
+    ///     pool.add(id.clone())?;
+    ///     let mut codex = LimitUsage::new("codex").unwrap();
+    ///     codex.primary = Some(UsageWindow::new(Percent::new(used).unwrap()));
+    ///     let mut report = UsageReport::default();
+    ///     report.push(codex);
+    ///     pool.record_usage(&id, &report, Timestamp::ZERO)?;
+    /// }
+    /// let pool_usage = pool.pool_usage(Timestamp::ZERO);
+    /// let primary = pool_usage.limit("codex").and_then(|l| l.primary).unwrap();
+    /// assert_eq!(primary.used_percent.get(), 70.0); // (100 + 40) / 2: `a` is past 95 %
+    /// # Ok::<(), rotation_policy::PolicyError>(())
+    /// ```
+    pub fn pool_usage(&self, now: Timestamp) -> UsageReport {
+        let t = self.clock.max(now.as_millis());
+        let enabled: Vec<&Account> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|a| a.disabled.is_none())
+            .collect();
+        let mut report = UsageReport::default();
+        for (index, limit) in self.limits.iter().enumerate() {
+            let Some(mut usage) = LimitUsage::new(&limit.id) else {
+                continue;
+            };
+            usage.limit_name = limit.name.clone();
+            usage.primary = self.aggregate(&enabled, t, |a| a.usage(index).and_then(|u| u.primary));
+            usage.secondary =
+                self.aggregate(&enabled, t, |a| a.usage(index).and_then(|u| u.secondary));
+            if usage.has_windows() {
+                report.push(usage);
+            }
+        }
+        report
+    }
+
+    /// One window of the pool (see [`pool_usage`](Self::pool_usage)).
+    fn aggregate(
+        &self,
+        accounts: &[&Account],
+        t: u64,
+        window: impl Fn(&Account) -> Option<UsageWindow>,
+    ) -> Option<UsageWindow> {
+        let mut known = false;
+        let mut sum = 0.0;
+        let mut minutes: Option<u32> = None;
+        let mut resets: Option<Timestamp> = None;
+        for account in accounts {
+            let Some(w) = window(account) else { continue };
+            known = true;
+            minutes = minutes.max(w.window_minutes);
+            if w.resets_at.is_some_and(|at| at.as_millis() <= t) {
+                continue; // reset since: nothing used
+            }
+            let used = if w.used_percent.get() >= self.rules.usage_threshold {
+                100.0
+            } else {
+                w.used_percent.get()
+            };
+            sum += used;
+            if used > 0.0
+                && let Some(at) = w.resets_at
+            {
+                resets = Some(resets.map_or(at, |r| r.min(at)));
+            }
+        }
+        if !known {
+            return None;
+        }
+        // ok: `known` means at least one account, and the mean of values in 0..=100 is one.
+        let mean = Percent::new(sum / accounts.len() as f64).unwrap_or(Percent::FULL);
+        let mut out = UsageWindow::new(mean);
+        if let Some(m) = minutes {
+            out = out.with_window_minutes(m);
+        }
+        if let Some(at) = resets {
+            out = out.with_resets_at(at);
+        }
+        Some(out)
+    }
+
+    /// The usage part of an account's status at `t`.
+    pub(super) fn usage_status(&self, a: &Account, t: u64) -> Vec<UsageStatus> {
+        let running =
+            |w: Option<UsageWindow>| w.filter(|w| w.resets_at.is_none_or(|at| at.as_millis() > t));
+        self.limits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, limit)| {
+                let usage = a.usage(index)?;
+                let mut shown = LimitUsage::new(&limit.id)?;
+                shown.limit_name = usage.limit_name.clone().or_else(|| limit.name.clone());
+                shown.primary = running(usage.primary);
+                shown.secondary = running(usage.secondary);
+                let blocked = self.rules.usage_blocked_until(a, index);
+                Some(UsageStatus {
+                    limit: shown,
+                    observed_at: usage.observed_at,
+                    blocked_until: (blocked > t).then_some(Timestamp::from_millis(blocked)),
+                })
+            })
+            .collect()
+    }
+
+    /// The index of limit `id` (normalized), adding it while the pool has fewer than `cap`
+    /// limits; a new `name` is remembered and re-maps model families to limits.
+    pub(super) fn limit_index(
+        &mut self,
+        id: &str,
+        name: Option<&str>,
+        cap: usize,
+    ) -> Option<usize> {
+        let index = match self.limits.iter().position(|l| l.id == id) {
+            Some(index) => index,
+            None if self.limits.len() < cap.min(MAX_LIMITS) => {
+                self.limits.push(Limit {
+                    id: id.to_owned(),
+                    name: None,
+                });
+                self.limits.len() - 1
+            }
+            None => return None,
+        };
+        if let Some(name) = name
+            && self.limits[index].name.as_deref() != Some(name)
+        {
+            self.limits[index].name = Some(name.to_owned());
+            self.remap_families();
+        }
+        Some(index)
+    }
+
+    /// The limit requests of model family `name` count against: the metered limit that
+    /// names it, else the default one (index 0).
+    pub(super) fn limit_of_family(&self, name: &str) -> usize {
+        self.limits
+            .iter()
+            .position(|l| {
+                l.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .filter(|&index| index != 0)
+            .unwrap_or(0)
+    }
+
+    /// Points every family at the limit it counts against now, re-indexing the accounts of
+    /// those that changed (O(n log n) each; it happens when a limit's name is first
+    /// reported or changes, at most a few times).
+    fn remap_families(&mut self) {
+        for family in 0..self.families.len() {
+            let limit = self.limit_of_family(&self.families[family].name);
+            if self.families[family].limit == limit {
+                continue;
+            }
+            self.families[family].limit = limit;
+            for (slot, account) in self.slots.iter_mut().enumerate() {
+                if let Some(account) = account {
+                    // ok: slots.len() fits in u32, checked in `add`.
+                    self.rules
+                        .place(account, &mut self.families, slot as u32, family, self.clock);
+                }
+            }
+        }
+    }
+}
