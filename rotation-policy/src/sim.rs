@@ -254,6 +254,9 @@ pub struct WindowReport {
     /// Requests the client did not get served (pool exhausted, or the policy gave up after
     /// 429s or other errors): `requests − served`.
     pub refused: u64,
+    /// Requests refused, by the day they arrived on (index 0 = the first day; no entries
+    /// after the last day with a refusal).
+    pub refused_by_day: Vec<u64>,
     /// Usage units of every request that arrived, each counted once however often tried.
     pub demand_units: u64,
     /// Units of the served requests.
@@ -321,6 +324,10 @@ struct Live {
     family: usize,
     /// Units it costs when served (window model only).
     cost: u32,
+    /// When it arrived (ms).
+    arrived_at: u64,
+    /// Whether it ended served.
+    served: bool,
     /// The dispatched attempt waiting for its response: account, what the upstream said,
     /// and the usage its answer carried.
     pending: Option<(AccountId, Outcome, Option<UsageReport>)>,
@@ -436,6 +443,11 @@ impl Quota {
 
 const WINDOW_MS: u64 = 60_000;
 
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest [`WindowReport::refused_by_day`] (the last entry counts every later day).
+const MAX_DAYS_COUNTED: usize = 1_000;
+
 /// Runs the simulation. Fails only if `config.policy`, `config.windows` or
 /// `config.demand` is invalid (the error names the field).
 pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
@@ -508,6 +520,15 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
         .max_attempts
         .saturating_mul(3)
         .saturating_add(2);
+    if let Some(quota) = upstream.quota.as_mut()
+        && quota.model.usage_known_at_start
+    {
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(usage) = quota.usage(i, 0) {
+                pool.record_usage(id, &usage, Timestamp::ZERO)?;
+            }
+        }
+    }
     let mut arrived = 0usize;
     let mut clock: u64 = 0;
     let first = match (&arrivals, workload.as_mut()) {
@@ -546,6 +567,8 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                     request,
                     family,
                     cost,
+                    arrived_at: clock,
+                    served: false,
                     pending: None,
                     passes: 0,
                 },
@@ -592,6 +615,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                 Decision::ReturnToClient { retry_after } => {
                     if outcome == Outcome::Success {
                         report.served += 1;
+                        state.served = true;
                     } else if let (Outcome::RateLimited { .. }, Some(wait)) = (outcome, retry_after)
                     {
                         report.exhausted(wait);
@@ -643,7 +667,21 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                 events.push(Reverse((at, seq, which)));
             }
             None => {
-                live.remove(&which);
+                if let Some(done) = live.remove(&which)
+                    && let Some(quota) = upstream.quota.as_mut()
+                    && !done.served
+                {
+                    // Bounded: a run of constant-rate traffic with huge gaps shares the last
+                    // day's count rather than growing the list without end.
+                    let day = usize::try_from(done.arrived_at / DAY_MS)
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_DAYS_COUNTED - 1);
+                    let by_day = &mut quota.report.refused_by_day;
+                    if by_day.len() <= day {
+                        by_day.resize(day + 1, 0);
+                    }
+                    by_day[day] += 1;
+                }
             }
         }
     }

@@ -79,6 +79,11 @@ pub struct WindowModel {
     /// before the run (an account whose week ends in a day has used 6/7 of it), 0 a fresh
     /// pool whose every account starts its week unused.
     pub weekly_used_at_start: u8,
+    /// Whether the pool knows every account's usage before the first request, as a proxy
+    /// that queries the usage endpoint of each account when it starts (or reads usage
+    /// shared by an earlier run) would. `false` (default): the pool learns an account's
+    /// usage only from answers, so an account never used has no usage known.
+    pub usage_known_at_start: bool,
 }
 
 impl Default for WindowModel {
@@ -92,6 +97,7 @@ impl Default for WindowModel {
             cost_max: 5,
             reports_include_request: false,
             weekly_used_at_start: 100,
+            usage_known_at_start: false,
         }
     }
 }
@@ -380,6 +386,7 @@ mod tests {
             cost_max: 4,
             reports_include_request: false,
             weekly_used_at_start: 0,
+            usage_known_at_start: false,
         }
     }
 
