@@ -109,6 +109,10 @@ struct Args {
     /// already gone: 100 = a pool in full use before the run, 0 = a fresh pool (with --windows).
     #[arg(long, default_value_t = 100, requires = "windows", value_parser = clap::value_parser!(u8).range(0..=100))]
     weekly_used_at_start: u8,
+    /// The pool knows every account's usage before the first request, as after a usage
+    /// query per account at start (with --windows; default: learned from answers only).
+    #[arg(long, requires = "windows")]
+    usage_known_at_start: bool,
     /// Run least recently used, round robin, quota-aware and sticky on the same seed and
     /// workload and print them side by side.
     #[arg(long)]
@@ -127,6 +131,7 @@ fn sim_config(args: &Args) -> SimConfig {
         if let Some(windows) = config.windows.as_mut() {
             windows.reports_include_request = args.exact_usage;
             windows.weekly_used_at_start = args.weekly_used_at_start;
+            windows.usage_known_at_start = args.usage_known_at_start;
         }
         config
     } else {
@@ -201,7 +206,7 @@ fn print_setup(config: &SimConfig, report: &SimReport) {
                 config.accounts, demand.days, demand.peak_per_account_hour, config.seed
             );
             println!(
-                "usage windows: {} units per {} h from first use, {} per {} days reset at staggered times; {}-{} units a request; usage threshold {}%{}",
+                "usage windows: {} units per {} h from first use, {} per {} days reset at staggered times; {}-{} units a request; threshold {}%{}",
                 model.primary_capacity,
                 model.primary_length.as_secs() / 3600,
                 model.secondary_capacity,
@@ -213,6 +218,15 @@ fn print_setup(config: &SimConfig, report: &SimReport) {
                     "; exact usage reports"
                 } else {
                     ""
+                }
+            );
+            println!(
+                "at start: weeks {}% used pro rata of the time gone; usage {}",
+                model.weekly_used_at_start,
+                if model.usage_known_at_start {
+                    "of every account known to the pool"
+                } else {
+                    "learned from answers only"
                 }
             );
             if let Some(w) = &report.windows {
@@ -262,42 +276,57 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
     println!();
     println!("breakdown");
     println!(
-        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>9} {:>8}",
+        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>11} {:>6}",
         "strategy",
         "exhausted",
         "gave up",
         "retries",
         "weekly 429s",
         "served units",
-        "accounts",
+        "5 h windows",
         "waits"
     );
     for (strategy, r) in runs {
-        let weekly = r
-            .windows
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |w| w.weekly_429s.to_string());
-        let units = r
-            .windows
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |w| w.served_units.to_string());
-        let used = r.accounts.iter().filter(|a| a.successes > 0).count();
+        let (weekly, units, windows) = r.windows.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            |w| {
+                (
+                    w.weekly_429s.to_string(),
+                    w.served_units.to_string(),
+                    w.primary.windows_ended.to_string(),
+                )
+            },
+        );
         println!(
-            "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>9} {:>8}",
+            "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>11} {:>6}",
             strategy.name(),
             r.pool_exhausted,
             r.upstream_errors + r.no_account,
             r.counters.retries,
             weekly,
             units,
-            used,
+            windows,
             r.waits
         );
     }
+    if runs.iter().any(|(_, r)| r.windows.is_some()) {
+        println!("refused per day");
+        for (strategy, r) in runs {
+            if let Some(w) = &r.windows {
+                let days: Vec<String> = w.refused_by_day.iter().map(u64::to_string).collect();
+                let days = if days.is_empty() {
+                    "none".to_owned()
+                } else {
+                    days.join(" ")
+                };
+                println!("  {:<12} {days}", strategy.name());
+            }
+        }
+    }
     println!(
-        "  exhausted: no account usable (answered 429 with retry_after); gave up: attempts used up"
+        "  exhausted: no account usable (answered 429 with retry_after); gave up: attempts used up;"
     );
-    println!("  accounts: accounts that served at least one request");
+    println!("  5 h windows: short windows that ended (each started by a first use)");
     println!();
     println!(
         "time: {:.1} ms of wall time for {} runs{}",
