@@ -233,10 +233,11 @@ fn print_setup(config: &SimConfig, report: &SimReport) {
                 let weeks = f64::from(demand.days) / 7.0;
                 let capacity = config.accounts as f64 * f64::from(model.secondary_capacity) * weeks;
                 println!(
-                    "demand: {} requests, {} units ({:.0}% of the pool's weekly capacity over the run)",
+                    "demand: {} requests, {} units ({:.0}% of the pool's weekly capacity, pro rata over {} days)",
                     report.requests,
                     w.demand_units,
-                    pct_f(w.demand_units as f64, capacity)
+                    pct_f(w.demand_units as f64, capacity),
+                    demand.days
                 );
             }
         }
@@ -276,7 +277,7 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
     println!();
     println!("breakdown");
     println!(
-        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>11} {:>6}",
+        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
         "strategy",
         "exhausted",
         "gave up",
@@ -298,7 +299,7 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
             },
         );
         println!(
-            "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>11} {:>6}",
+            "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
             strategy.name(),
             r.pool_exhausted,
             r.upstream_errors + r.no_account,
