@@ -4,6 +4,9 @@
 //! cargo run --example rotation-proxy -- [--listen 127.0.0.1:PORT] [--pool-dir DIR]
 //!     [--codex-home DIR] [--upstream URL] [--no-config-rewrite] [--body-budget BYTES]
 //!     [--refresh-margin SECS] [--bucket-capacity N] [--bucket-refill-ms MS]
+//!     [--usage-probe [--usage-probe-url URL] [--usage-probe-interval SECS]
+//!      [--usage-probe-stale SECS] [--usage-probe-per-minute N] [--usage-probe-timeout SECS]]
+//!     [--overflow [--overflow-url URL] [--overflow-key-env NAME | --overflow-key-file PATH]]
 //!     [--strategy lru|round-robin|health|quota-aware|sticky] [--usage-threshold PERCENT]
 //! ```
 //!
@@ -26,18 +29,29 @@
 //! login is gone for everyone (a revoked token, a deactivated workspace) marks it in the
 //! pool, so no process uses it until someone signs in to it again.
 //!
+//! Two capabilities are off unless asked for. `--usage-probe` asks the backend's usage
+//! endpoint about accounts whose usage nobody has seen for a while (at most
+//! `--usage-probe-per-minute` queries a minute, never refreshing a token for it), so an
+//! account near its limit is left alone before a request finds out. `--overflow` lets an
+//! OpenAI API key (read from `$OPENAI_API_KEY`, `--overflow-key-env NAME` or a `chmod 600`
+//! `--overflow-key-file`; never from the command line, which other users can read) serve
+//! requests while every ChatGPT account is cooling down or out of quota, instead of
+//! answering `429`. `/status` shows both (`usage_probe`, `overflow`; never the key).
+//!
 //! The wrapper token comes from `ROTATION_PROXY_TOKEN`; when unset, one is generated and
 //! printed once on stdout. Logs (stderr, `RUST_LOG`) never contain tokens or full emails.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use auth_storage::PoolStore;
 use clap::Parser;
 use examples::proxy::{
-    CHATGPT_CODEX_UPSTREAM, CodexRoute, DEFAULT_BODY_BUDGET, OPENAI_TOKEN_URL, ProxyOptions,
-    RotationProxy, TOKEN_ENV, WrapperToken, load_pool_accounts, shutdown_signal,
+    CHATGPT_CODEX_UPSTREAM, CHATGPT_USAGE_URL, CodexRoute, DEFAULT_BODY_BUDGET, MAX_PER_MINUTE,
+    OPENAI_API_BASE, OPENAI_TOKEN_URL, OverflowSource, ProxyOptions, RotationProxy, TOKEN_ENV,
+    UsageProbe, WrapperToken, load_pool_accounts, shutdown_signal,
 };
 
 #[derive(Parser, Debug)]
@@ -80,6 +94,47 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     bucket_refill_ms: u64,
+    /// Query the usage endpoint about accounts whose usage is unknown or stale (off by
+    /// default). Uses each account's access token as it is: never refreshes one for it.
+    #[arg(long)]
+    usage_probe: bool,
+    /// The usage endpoint.
+    #[arg(long, default_value = CHATGPT_USAGE_URL, value_name = "URL", requires = "usage_probe")]
+    usage_probe_url: String,
+    /// Seconds between looks for accounts to query.
+    #[arg(long, default_value_t = 60, value_name = "SECS", requires = "usage_probe",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    usage_probe_interval: u64,
+    /// Query an account when nothing was heard about its usage for this many seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECS", requires = "usage_probe",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    usage_probe_stale: u64,
+    /// Usage queries per minute, all accounts together.
+    #[arg(long, default_value_t = 6, value_name = "N", requires = "usage_probe",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PER_MINUTE)))]
+    usage_probe_per_minute: u32,
+    /// Seconds one usage query may take.
+    #[arg(long, default_value_t = 10, value_name = "SECS", requires = "usage_probe",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    usage_probe_timeout: u64,
+    /// Serve requests with an OpenAI API key while every ChatGPT account is cooling down or
+    /// out of quota (off by default). The key never goes on the command line.
+    #[arg(long)]
+    overflow: bool,
+    /// The API the key belongs to; /v1/<path> goes to <URL>/<path>.
+    #[arg(long, default_value = OPENAI_API_BASE, value_name = "URL", requires = "overflow")]
+    overflow_url: String,
+    /// Environment variable holding the overflow key.
+    #[arg(
+        long,
+        default_value = "OPENAI_API_KEY",
+        value_name = "NAME",
+        requires = "overflow"
+    )]
+    overflow_key_env: String,
+    /// File holding the overflow key (first line; chmod 600); instead of the variable.
+    #[arg(long, value_name = "PATH", requires = "overflow")]
+    overflow_key_file: Option<PathBuf>,
     /// How an account is picked among those that can serve: least recently used,
     /// round robin, by health, quota-aware (the one whose usage window resets soonest:
     /// spends the capacity that would expire unused), or sticky (the last one while it can
@@ -181,6 +236,22 @@ async fn run(args: Args) -> Result<(), String> {
             std::time::Duration::from_millis(args.bucket_refill_ms),
         )
     });
+    if args.usage_probe {
+        let mut probe = UsageProbe::new(args.usage_probe_url.clone());
+        probe.interval = Duration::from_secs(args.usage_probe_interval);
+        probe.stale_after = Duration::from_secs(args.usage_probe_stale);
+        probe.per_minute = args.usage_probe_per_minute;
+        probe.timeout = Duration::from_secs(args.usage_probe_timeout);
+        options.usage_probe = Some(probe);
+    }
+    if args.overflow {
+        let key = match &args.overflow_key_file {
+            Some(path) => OverflowSource::key_from_file(path),
+            None => OverflowSource::key_from_env(&args.overflow_key_env),
+        }
+        .map_err(|e| format!("--overflow: {e}"))?;
+        options.overflow = Some(OverflowSource::new(args.overflow_url.clone(), key));
+    }
     options.policy.strategy = args.strategy.into();
     options.policy.usage_threshold = args.usage_threshold;
     let proxy = RotationProxy::start(options, accounts)
@@ -191,6 +262,18 @@ async fn run(args: Args) -> Result<(), String> {
         "rotation-proxy: listening on {base_url} ({} accounts)",
         proxy.status().accounts.len()
     );
+    let status = proxy.status();
+    if status.usage_probe.configured {
+        println!(
+            "rotation-proxy: usage probe on (at most {} queries a minute)",
+            args.usage_probe_per_minute
+        );
+    }
+    if let Some(url) = &status.overflow.base_url {
+        println!(
+            "rotation-proxy: overflow source {url} serves while every account is cooling down or out of quota"
+        );
+    }
     if generated {
         // Shown once, on stdout, so the user can export it; never logged.
         println!(
@@ -249,5 +332,11 @@ async fn run(args: Args) -> Result<(), String> {
         "rotation-proxy: {} requests ({} ok, {} upstream errors, {} gave up), {} attempts, {} refreshes",
         c.requests, c.ok, c.upstream_errors, c.gave_up, c.attempts, c.refreshes
     );
+    if status.overflow.configured {
+        println!(
+            "rotation-proxy: {} requests served by the overflow source",
+            status.overflow.requests_served
+        );
+    }
     result
 }

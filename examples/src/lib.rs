@@ -6,5 +6,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod account_add;
+pub mod mock_openai;
 pub mod mock_upstream;
+pub mod mock_usage;
 pub mod proxy;

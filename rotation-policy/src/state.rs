@@ -366,9 +366,8 @@ impl UsageState {
         }
     }
 
-    /// Whether the report still says something at `now`: a window of it runs (its reset is
-    /// later), or a window without a known reset was reported less than 8 days ago (no
-    /// window is longer than a week). A report that says nothing can be dropped.
+    /// Whether the report still says something at `now`: a window of it still runs
+    /// ([`UsageWindow::ends_at`] is later). A report that says nothing can be dropped.
     ///
     /// ```
     /// # use rotation_policy::{Timestamp, UsageState};
@@ -379,16 +378,10 @@ impl UsageState {
     /// assert!(!state.is_current(Timestamp::from_millis(60_000)));
     /// ```
     pub fn is_current(&self, now: Timestamp) -> bool {
-        let stale_after = self
-            .observed_at
-            .saturating_add(Duration::from_secs(8 * 24 * 60 * 60));
         [self.primary, self.secondary]
             .into_iter()
             .flatten()
-            .any(|w| match w.resets_at {
-                Some(at) => at > now,
-                None => stale_after > now,
-            })
+            .any(|w| w.ends_at(self.observed_at) > now)
     }
 
     /// The order of reports of one limit: later first; equal times by a total order of the

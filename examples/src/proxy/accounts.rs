@@ -308,16 +308,7 @@ impl Accounts {
             .ok_or_else(|| RefreshFailure::new(format!("{id} is not in the pool")))?;
         let (creds, expiring) = {
             let t = guard(&entry.tokens);
-            let expiring =
-                t.0.access_token_expires_at()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|exp| {
-                        // A margin past the end of time covers every expiry (no overflow panic).
-                        SystemTime::now()
-                            .checked_add(shared.options.refresh_margin)
-                            .is_none_or(|limit| exp <= limit)
-                    });
+            let expiring = expires_within(&t.0, shared.options.refresh_margin);
             (credentials(&t.0, t.1), expiring)
         };
         if !expiring {
@@ -327,6 +318,20 @@ impl Accounts {
         self.refresh(shared, &entry, creds.generation)
             .await
             .map(|(creds, _)| creds)
+    }
+
+    /// Credentials as they are, or `None` when the account is unknown or its access token
+    /// expires within `margin` (then only a request, through
+    /// [`usable_credentials`](Self::usable_credentials), refreshes it). Never refreshes: for
+    /// callers that must not spend a refresh token, such as the usage probe.
+    pub(crate) fn current_credentials(
+        &self,
+        id: &AccountId,
+        margin: std::time::Duration,
+    ) -> Option<AccountCredentials> {
+        let entry = self.entry(id)?;
+        let t = guard(&entry.tokens);
+        (!expires_within(&t.0, margin)).then(|| credentials(&t.0, t.1))
     }
 
     /// After upstream `401` with `used`: refresh once (others rejected with the same token wait
@@ -753,6 +758,20 @@ pub(crate) fn standing(account: &Account) -> Standing {
         Some(reason) => Standing::Disabled(reason),
         None => Standing::Enabled,
     }
+}
+
+/// Whether the access token's `exp` is within `margin` from now (or past).
+fn expires_within(tokens: &TokenData, margin: std::time::Duration) -> bool {
+    tokens
+        .access_token_expires_at()
+        .ok()
+        .flatten()
+        .is_some_and(|exp| {
+            // A margin past the end of time covers every expiry (no overflow panic).
+            SystemTime::now()
+                .checked_add(margin)
+                .is_none_or(|limit| exp <= limit)
+        })
 }
 
 /// Whether `a` was issued after `b` (a later access-token expiry).

@@ -17,6 +17,7 @@ use super::accounts::{AccountCredentials, AfterRejection, GoneMark};
 use super::answers::{FORWARDED_METHODS, bad_method, bad_target, busy, json_error, too_large};
 use super::budget::{self, BodyRefusal};
 use super::in_flight::{Answer, Pending};
+use super::overflow::{self, Outgoing};
 use super::stream::stream_back;
 use super::{BoxBody, Shared, gone, headers, now, strip_hop_by_hop};
 
@@ -155,6 +156,13 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     let mut fwd_headers = parts.headers.clone();
     strip_hop_by_hop(&mut fwd_headers);
     headers::strip_request_only(&mut fwd_headers);
+    // Where no account is usable now, the overflow source (if any) may take the request.
+    let outgoing = Outgoing {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &fwd_headers,
+        body: &body,
+    };
 
     {
         let mut state = shared.lock();
@@ -197,6 +205,11 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 id
             }
             Err(Some(retry_after)) => {
+                if let Some(served) =
+                    overflow::serve(&shared, &mut pending, &request, &outgoing).await
+                {
+                    return served;
+                }
                 pending.finish(Answer::GaveUp, None);
                 tracing::info!(
                     retry_after_ms = retry_after.as_millis() as u64,
@@ -233,6 +246,12 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                     refresh_failure_outcome(&failure),
                     Some(failure.message),
                 );
+                if let Some(served) =
+                    overflow::serve_if_out(&shared, &mut pending, &request, &outgoing, &decision)
+                        .await
+                {
+                    return served;
+                }
                 let next = step(decision, |retry_after| {
                     pending.finish(Answer::GaveUp, None);
                     json_error(
@@ -269,6 +288,12 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 tracing::warn!(account = %account, error = %message, "upstream unreachable");
                 let decision =
                     pending.record_outcome(&mut request, &account, outcome, Some(message.clone()));
+                if let Some(served) =
+                    overflow::serve_if_out(&shared, &mut pending, &request, &outgoing, &decision)
+                        .await
+                {
+                    return served;
+                }
                 let next = step(decision, |retry_after| {
                     pending.finish(Answer::BadGateway, Some(message));
                     json_error(
@@ -369,6 +394,11 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         } else {
             pending.record_outcome(&mut request, &account, outcome, error.clone())
         };
+        if let Some(served) =
+            overflow::serve_if_out(&shared, &mut pending, &request, &outgoing, &decision).await
+        {
+            return served;
+        }
         let next = step(decision, |retry_after| match retry_after {
             Some(wait) if outcome != Outcome::Success => {
                 pending.finish(Answer::GaveUp, error);

@@ -46,6 +46,12 @@
 //! budget ([`ProxyOptions::body_budget`]) besides the per-request cap: over the budget is
 //! `503` with `Retry-After`.
 //!
+//! Two capabilities are off unless asked for: the idle usage probe
+//! ([`ProxyOptions::usage_probe`], [`UsageProbe`]) asks the backend's usage endpoint about
+//! accounts whose usage nobody has seen for a while, and the overflow source
+//! ([`ProxyOptions::overflow`], [`OverflowSource`]) serves requests with an OpenAI API key
+//! while no ChatGPT account can. Their rules are tables in their modules' docs.
+//!
 //! ```
 //! use examples::mock_upstream::{Behavior, MockConfig, MockUpstream};
 //! use examples::proxy::{Accounts, ProxyOptions, RotationProxy, WrapperToken};
@@ -95,6 +101,8 @@ mod forward;
 mod gone;
 mod headers;
 mod in_flight;
+mod overflow;
+mod probe;
 mod serve;
 mod stream;
 mod sync;
@@ -121,6 +129,8 @@ use budget::BodyBudget;
 pub use codex_config::{CodexRoute, PROVIDER_ID};
 use forward::forward;
 pub use headers::strip_hop_by_hop;
+pub use overflow::{OPENAI_API_BASE, OverflowKeyError, OverflowSource, OverflowStatus};
+pub use probe::{CHATGPT_USAGE_URL, MAX_PER_MINUTE, UsageProbe, UsageProbeError, UsageProbeStatus};
 pub use serve::{serve_http1, shutdown_signal};
 pub use sync::SYNC_INTERVAL;
 use target::UpstreamBase;
@@ -173,6 +183,11 @@ pub struct ProxyOptions {
     pub grace: Duration,
     /// Refresh an access token this long before its `exp`.
     pub refresh_margin: Duration,
+    /// The idle usage probe (off by default; see [`UsageProbe`] for when it queries).
+    pub usage_probe: Option<UsageProbe>,
+    /// An OpenAI API key that serves only when no ChatGPT account can (off by default;
+    /// see [`OverflowSource`] for when it serves).
+    pub overflow: Option<OverflowSource>,
 }
 
 impl ProxyOptions {
@@ -201,6 +216,8 @@ impl ProxyOptions {
             body_idle_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             refresh_margin: Duration::from_secs(60),
+            usage_probe: None,
+            overflow: None,
         }
     }
 }
@@ -232,6 +249,12 @@ pub enum ProxyError {
     /// The upstream URL cannot be used (the value is not repeated: it may hold secrets).
     #[error(transparent)]
     Upstream(#[from] UpstreamUrlError),
+    /// The usage probe's settings cannot be used.
+    #[error(transparent)]
+    UsageProbe(#[from] UsageProbeError),
+    /// The overflow source's base URL cannot be used (the value is not repeated).
+    #[error("overflow source: {0}")]
+    OverflowUrl(UpstreamUrlError),
 }
 
 /// The proxy's own counters (see the module docs for the invariant).
@@ -299,6 +322,10 @@ pub struct StatusReport {
     pub policy: rotation_policy::PoolStatus,
     /// The last error (redacted), if any.
     pub last_error: Option<String>,
+    /// The idle usage probe's counters (`configured: false` when it is off).
+    pub usage_probe: UsageProbeStatus,
+    /// The overflow source (`configured: false` when there is none; never the key).
+    pub overflow: OverflowStatus,
 }
 
 struct State {
@@ -315,6 +342,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     accounts: Accounts,
     started_at: WallTimestamp,
+    /// The overflow source, if configured.
+    overflow: Option<overflow::Overflow>,
+    /// The usage probe's counters and bookkeeping (idle when it is off).
+    usage_probe: probe::ProbeState,
 }
 
 impl Shared {
@@ -341,6 +372,8 @@ impl Shared {
             accounts,
             policy,
             last_error,
+            usage_probe: self.usage_probe.status(self.options.usage_probe.is_some()),
+            overflow: overflow::status(self, counters.attempts),
         }
     }
 }
@@ -357,6 +390,8 @@ pub struct RotationProxy {
     task: Option<JoinHandle<()>>,
     /// Follows the pool file (live account changes).
     follower: Option<JoinHandle<()>>,
+    /// The usage probe, when it is on.
+    usage_probe: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RotationProxy {
@@ -371,6 +406,13 @@ impl RotationProxy {
     /// Binds `options.listen` and starts serving `accounts`.
     pub async fn start(options: ProxyOptions, accounts: Accounts) -> Result<Self, ProxyError> {
         let upstream = UpstreamBase::parse(&options.upstream)?;
+        if let Some(probe) = &options.usage_probe {
+            probe.validate()?;
+        }
+        let overflow = match &options.overflow {
+            Some(source) => Some(overflow::Overflow::new(source).map_err(ProxyError::OverflowUrl)?),
+            None => None,
+        };
         if accounts.is_empty() {
             return Err(ProxyError::EmptyPool);
         }
@@ -458,6 +500,8 @@ impl RotationProxy {
             }),
             accounts,
             started_at: WallTimestamp::now(),
+            overflow,
+            usage_probe: probe::ProbeState::default(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let handler = shared.clone();
@@ -470,6 +514,11 @@ impl RotationProxy {
             grace,
         ));
         let follower = tokio::spawn(sync::follow_pool(shared.clone()));
+        let usage_probe = shared
+            .options
+            .usage_probe
+            .clone()
+            .map(|probe| tokio::spawn(probe::run(shared.clone(), probe)));
         tracing::info!(%addr, accounts = shared.accounts.len(), "rotation proxy listening");
         Ok(Self {
             addr,
@@ -477,6 +526,7 @@ impl RotationProxy {
             stop: Some(stop),
             task: Some(task),
             follower: Some(follower),
+            usage_probe,
         })
     }
 
@@ -498,6 +548,9 @@ impl RotationProxy {
     /// Stops accepting, waits for open streams (up to the grace period), then saves running
     /// cooldowns and last use to the pool store (refreshed tokens were saved at each refresh).
     pub async fn shutdown(mut self) {
+        if let Some(probe) = self.usage_probe.take() {
+            probe.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -532,6 +585,9 @@ impl Drop for RotationProxy {
         }
         if let Some(follower) = self.follower.take() {
             follower.abort();
+        }
+        if let Some(probe) = self.usage_probe.take() {
+            probe.abort();
         }
     }
 }
@@ -604,6 +660,8 @@ mod tests {
             }),
             accounts: Accounts::new(),
             started_at: WallTimestamp::now(),
+            overflow: None,
+            usage_probe: probe::ProbeState::default(),
         };
         let mut out = String::new();
         for (name, response) in [

@@ -4,20 +4,15 @@
 use std::collections::BTreeMap;
 
 use super::account::Account;
+use crate::PolicyConfig;
 use crate::config::Strategy;
 use crate::status::CooldownReason;
 use crate::time::ceil_millis;
 use crate::usage::UsageWindow;
-use crate::{PolicyConfig, Timestamp};
 
 /// Ordering key of a usable account within a family; smaller is picked first. The account's
 /// insertion order is always part of it, so keys are unique.
 pub(super) type Key = (u64, u64, u64);
-
-/// The longest a usage report blocks an account whose window length is not known: a little
-/// over the longest window seen (a week), so a hostile or broken `resets_at` cannot pin an
-/// account for long.
-pub(super) const MAX_USAGE_BLOCK: u64 = 8 * 24 * 60 * 60 * 1000;
 
 /// Where an account sits in one family's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,23 +100,27 @@ impl Rules {
         }
     }
 
-    /// The account's key in the ready set of a family counting against `limit`.
-    pub(super) fn key(&self, a: &Account, limit: usize) -> Key {
+    /// The account's key at `clock` in the ready set of a family counting against `limit`.
+    pub(super) fn key(&self, a: &Account, limit: usize, clock: u64) -> Key {
         match self.strategy {
             Strategy::LeastRecentlyUsed | Strategy::Sticky => (a.last_used, a.order, 0),
             Strategy::RoundRobin => (a.order, 0, 0),
             Strategy::HealthWeighted => (a.pass, a.order, 0),
             Strategy::QuotaAware => {
-                // Soonest reset first: the long window's (it holds the most capacity, and
+                // Soonest end first: the long window's (it holds the most capacity, and
                 // what it has left when it resets is lost), then the short one's. A window
-                // not known sorts last: an account with no running window has nothing that
-                // can expire.
-                let reset = |w: Option<UsageWindow>| {
-                    w.and_then(|w| w.resets_at)
-                        .map_or(u64::MAX, Timestamp::as_millis)
-                };
+                // not known, or over by `clock`, sorts last: nothing of it can expire. (The
+                // key of an account in the ready set is renewed as its windows end: see
+                // `Pool::renew_stale_keys`.)
                 match a.usage(limit) {
-                    Some(u) => (reset(u.secondary), reset(u.primary), a.order),
+                    Some(u) => {
+                        let end = |w: Option<UsageWindow>| {
+                            w.map(|w| w.ends_at(u.observed_at).as_millis())
+                                .filter(|&end| end > clock)
+                                .unwrap_or(u64::MAX)
+                        };
+                        (end(u.secondary), end(u.primary), a.order)
+                    }
                     None => (u64::MAX, u64::MAX, a.order),
                 }
             }
@@ -133,27 +132,22 @@ impl Rules {
     ///
     /// | the window at or above the threshold has | blocked until |
     /// |---|---|
-    /// | `resets_at` | `resets_at`, but at most `window_minutes` (else [`MAX_USAGE_BLOCK`]) after the report |
-    /// | no `resets_at`, `window_minutes` | the report + `window_minutes` (the latest it can reset) |
+    /// | `resets_at` or `window_minutes` | its end ([`UsageWindow::ends_at`]): `resets_at`, but at most `window_minutes` (else 8 days) after the report |
     /// | neither | the report + `max_cooldown` (then the account is tried again and reports anew) |
     pub(super) fn usage_blocked_until(&self, a: &Account, limit: usize) -> u64 {
         let Some(usage) = a.usage(limit) else {
             return 0;
         };
-        let observed = usage.observed_at.as_millis();
+        let observed = usage.observed_at;
         [usage.primary, usage.secondary]
             .into_iter()
             .flatten()
             .filter(|w| w.used_percent.get() >= self.usage_threshold)
             .map(|w| {
-                let longest = w
-                    .window_minutes
-                    .map_or(MAX_USAGE_BLOCK, |m| u64::from(m).saturating_mul(60_000));
-                let cap = observed.saturating_add(longest);
-                match (w.resets_at, w.window_minutes) {
-                    (Some(at), _) => at.as_millis().min(cap),
-                    (None, Some(_)) => cap,
-                    (None, None) => observed.saturating_add(self.max_cooldown),
+                if w.resets_at.is_none() && w.window_minutes.is_none() {
+                    observed.as_millis().saturating_add(self.max_cooldown)
+                } else {
+                    w.ends_at(observed).as_millis()
                 }
             })
             .max()
@@ -193,7 +187,7 @@ impl Rules {
         } else {
             let at = self.available_at(a, family, limit);
             if at <= clock {
-                Place::Ready(self.key(a, limit))
+                Place::Ready(self.key(a, limit, clock))
             } else {
                 Place::Waiting(at)
             }

@@ -482,6 +482,9 @@ impl Pool {
             }
         }
         let by_affinity = chosen.is_some();
+        if chosen.is_none() {
+            self.renew_stale_keys(family, request);
+        }
         let Some(slot) = chosen.or_else(|| self.pick(family, request)) else {
             self.counters.exhausted += 1;
             return match self.earliest(family, Some(request)) {
@@ -536,7 +539,9 @@ impl Pool {
             // ok: indexed slots always hold an account; answer conservatively if not.
             return Selection::NoAccount;
         };
-        if !by_affinity {
+        // The strategy's own picks move its order; a session's bound account and a pinned
+        // request's account are not its picks.
+        if !by_affinity && request.account.is_none() {
             match self.rules.strategy {
                 Strategy::RoundRobin => self.families[family].cursor = account.order,
                 Strategy::Sticky => {
@@ -899,10 +904,36 @@ impl Pool {
             }
             index.waiting.pop_first();
             if let Some(Some(account)) = self.slots.get_mut(slot as usize) {
-                let key = self.rules.key(account, index.limit);
+                let key = self.rules.key(account, index.limit, self.clock);
                 index.ready.insert(key, slot);
                 account.families[family].place = Place::Ready(key);
             }
+        }
+    }
+
+    /// Quota-aware keys hold the end of a usage window, which passes with time while the
+    /// account sits in the ready set: before a pick, the accounts that would be picked are
+    /// re-keyed while their key is stale (their window ended: now they sort last). Each
+    /// re-key follows a window's end, so this is amortized O(log n) per usage report.
+    fn renew_stale_keys(&mut self, family: usize, request: &Request) {
+        if self.rules.strategy != Strategy::QuotaAware {
+            return;
+        }
+        let limit = self.families[family].limit;
+        // Bounded: each round re-keys one account to a key it keeps until its next report.
+        for _ in 0..=self.families[family].ready.len() {
+            let Some(slot) = self.pick(family, request) else {
+                return;
+            };
+            let Some(account) = self.slots[slot as usize].as_mut() else {
+                return;
+            };
+            let fresh = self.rules.key(account, limit, self.clock);
+            if account.families[family].place == Place::Ready(fresh) {
+                return;
+            }
+            self.rules
+                .place(account, &mut self.families, slot, family, self.clock);
         }
     }
 

@@ -115,15 +115,20 @@ impl Pool {
                 break;
             };
             let known = account.usage_mut(index);
-            // Never stamped before what it replaces (which may have been merged from a
-            // process whose clock runs ahead), so the newer report wins every merge.
-            let observed = known
-                .as_ref()
-                .map_or(clock, |k| clock.max(k.observed_at.as_millis()));
-            let still_running = |w: Option<UsageWindow>| {
-                w.filter(|w| w.resets_at.is_some_and(|at| at.as_millis() > clock))
-            };
+            // Stamped after what it replaces (which may have been merged from a process whose
+            // clock runs ahead), so the newer report wins every merge, ties included.
+            let observed = known.as_ref().map_or(clock, |k| {
+                clock.max(k.observed_at.as_millis().saturating_add(1))
+            });
             let previous = known.take();
+            // A window the report leaves out is kept while it runs, with the end it had
+            // (re-stamped, its cap would move with the new report).
+            let reported_at = previous.as_ref().map_or(Timestamp::ZERO, |p| p.observed_at);
+            let still_running = |w: Option<UsageWindow>| {
+                w.filter(|w| w.resets_at.is_some())
+                    .map(|w| w.with_resets_at(w.ends_at(reported_at)))
+                    .filter(|w| w.resets_at.is_some_and(|at| at.as_millis() > clock))
+            };
             let mut next = UsageState::new(Timestamp::from_millis(observed));
             next.limit_name = limit
                 .limit_name
@@ -163,8 +168,8 @@ impl Pool {
     ///
     /// | field | the pool's value |
     /// |---|---|
-    /// | `used_percent` | the mean over enabled accounts: an account's reported use while its window runs, 100 % at or above [`usage_threshold`](crate::PolicyConfig::usage_threshold) (what is left cannot be used), 0 % once the window has reset or when nothing was reported |
-    /// | `resets_at` | the earliest reset of a window with use in it (when capacity comes back) |
+    /// | `used_percent` | the mean over enabled accounts: an account's reported use while its window runs, 100 % at or above [`usage_threshold`](crate::PolicyConfig::usage_threshold) (what is left cannot be used), 0 % once the window has ended ([`UsageWindow::ends_at`]) or when nothing was reported |
+    /// | `resets_at` | the earliest reset of a running window with use in it (when capacity comes back) |
     /// | `window_minutes` | the longest reported |
     /// | `limit_name` | the latest reported |
     ///
@@ -204,9 +209,14 @@ impl Pool {
                 continue;
             };
             usage.limit_name = limit.name.clone();
-            usage.primary = self.aggregate(&enabled, t, |a| a.usage(index).and_then(|u| u.primary));
-            usage.secondary =
-                self.aggregate(&enabled, t, |a| a.usage(index).and_then(|u| u.secondary));
+            usage.primary = self.aggregate(&enabled, t, |a| {
+                a.usage(index)
+                    .and_then(|u| Some((u.primary?, u.observed_at)))
+            });
+            usage.secondary = self.aggregate(&enabled, t, |a| {
+                a.usage(index)
+                    .and_then(|u| Some((u.secondary?, u.observed_at)))
+            });
             if usage.has_windows() {
                 report.push(usage);
             }
@@ -219,18 +229,21 @@ impl Pool {
         &self,
         accounts: &[&Account],
         t: u64,
-        window: impl Fn(&Account) -> Option<UsageWindow>,
+        window: impl Fn(&Account) -> Option<(UsageWindow, Timestamp)>,
     ) -> Option<UsageWindow> {
         let mut known = false;
         let mut sum = 0.0;
         let mut minutes: Option<u32> = None;
         let mut resets: Option<Timestamp> = None;
         for account in accounts {
-            let Some(w) = window(account) else { continue };
+            let Some((w, reported_at)) = window(account) else {
+                continue;
+            };
             known = true;
             minutes = minutes.max(w.window_minutes);
-            if w.resets_at.is_some_and(|at| at.as_millis() <= t) {
-                continue; // reset since: nothing used
+            let end = w.ends_at(reported_at);
+            if end.as_millis() <= t {
+                continue; // over since: nothing used
             }
             let used = if w.used_percent.get() >= self.rules.usage_threshold {
                 100.0
@@ -238,10 +251,8 @@ impl Pool {
                 w.used_percent.get()
             };
             sum += used;
-            if used > 0.0
-                && let Some(at) = w.resets_at
-            {
-                resets = Some(resets.map_or(at, |r| r.min(at)));
+            if used > 0.0 && w.resets_at.is_some() {
+                resets = Some(resets.map_or(end, |r| r.min(end)));
             }
         }
         if !known {
@@ -261,8 +272,9 @@ impl Pool {
 
     /// The usage part of an account's status at `t`.
     pub(super) fn usage_status(&self, a: &Account, t: u64) -> Vec<UsageStatus> {
-        let running =
-            |w: Option<UsageWindow>| w.filter(|w| w.resets_at.is_none_or(|at| at.as_millis() > t));
+        let running = |w: Option<UsageWindow>, reported_at: Timestamp| {
+            w.filter(|w| w.ends_at(reported_at).as_millis() > t)
+        };
         self.limits
             .iter()
             .enumerate()
@@ -270,8 +282,8 @@ impl Pool {
                 let usage = a.usage(index)?;
                 let mut shown = LimitUsage::new(&limit.id)?;
                 shown.limit_name = usage.limit_name.clone().or_else(|| limit.name.clone());
-                shown.primary = running(usage.primary);
-                shown.secondary = running(usage.secondary);
+                shown.primary = running(usage.primary, usage.observed_at);
+                shown.secondary = running(usage.secondary, usage.observed_at);
                 let blocked = self.rules.usage_blocked_until(a, index);
                 Some(UsageStatus {
                     limit: shown,

@@ -27,6 +27,11 @@ pub const MAX_LIMIT_ID_LEN: usize = 64;
 /// Longest limit name or plan type kept (bytes).
 pub const MAX_LIMIT_NAME_LEN: usize = 128;
 
+/// How long after a report a window of unknown length is taken to end at the latest: a
+/// little over the longest window seen (a week), so a hostile or broken reset time cannot
+/// pin an account for long. See [`UsageWindow::ends_at`].
+pub const MAX_WINDOW_SPAN: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 60 * 60);
+
 /// Longest window length kept: 400 days, in minutes. Longer reads as unknown.
 pub const MAX_WINDOW_MINUTES: u32 = 400 * 24 * 60;
 
@@ -135,6 +140,28 @@ impl UsageWindow {
             window_minutes: None,
             resets_at: None,
         }
+    }
+
+    /// When the window ends at the latest, given that it was reported at `reported_at`: its
+    /// `resets_at`, but never later than one window length after the report (a window
+    /// cannot run longer than itself), nor [`MAX_WINDOW_SPAN`] after it when the length is
+    /// not known. Once that time has passed, the window has started over at 0 %.
+    ///
+    /// ```
+    /// use rotation_policy::Timestamp;
+    /// use rotation_policy::usage::{Percent, UsageWindow};
+    /// let reported = Timestamp::from_millis(1_000);
+    /// let w = UsageWindow::new(Percent::FULL).with_window_minutes(1);
+    /// assert_eq!(w.ends_at(reported), Timestamp::from_millis(61_000));
+    /// let w = w.with_resets_at(Timestamp::from_millis(30_000));
+    /// assert_eq!(w.ends_at(reported), Timestamp::from_millis(30_000));
+    /// ```
+    pub fn ends_at(&self, reported_at: Timestamp) -> Timestamp {
+        let longest = self.window_minutes.map_or(MAX_WINDOW_SPAN, |m| {
+            std::time::Duration::from_secs(u64::from(m) * 60)
+        });
+        let cap = reported_at.saturating_add(longest);
+        self.resets_at.map_or(cap, |at| at.min(cap))
     }
 
     /// Sets the window length; a value outside 1..=[`MAX_WINDOW_MINUTES`] reads as unknown.
