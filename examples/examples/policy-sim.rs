@@ -7,7 +7,9 @@
 //!     [--strategy lru|round-robin|health|quota-aware|sticky] [--sessions K]
 //!     [--upstream-limit L] [--gap-ms MS] [--json]
 //! cargo run -p examples --release --example policy-sim -- --windows [--days D]
-//!     [--peak-per-account-hour R] [--usage-threshold P] [--exact-usage] [--compare]
+//!     [--peak-per-account-hour R] [--usage-threshold P] [--exact-usage]
+//!     [--weekly-used-at-start P] [--usage-known-at-start] [--short-capacity UNITS]
+//!     [--weekly-capacity UNITS] [--compare]
 //! ```
 //!
 //! `--windows` meters every account with ChatGPT-style usage windows (5 hours from first
@@ -109,6 +111,12 @@ struct Args {
     /// already gone: 100 = a pool in full use before the run, 0 = a fresh pool (with --windows).
     #[arg(long, default_value_t = 100, requires = "windows", value_parser = clap::value_parser!(u8).range(0..=100))]
     weekly_used_at_start: u8,
+    /// Units of one account's 5-hour window [default: 150] (with --windows).
+    #[arg(long, requires = "windows", value_parser = clap::value_parser!(u32).range(5..))]
+    short_capacity: Option<u32>,
+    /// Units of one account's weekly window [default: 1500] (with --windows).
+    #[arg(long, requires = "windows", value_parser = clap::value_parser!(u32).range(5..))]
+    weekly_capacity: Option<u32>,
     /// The pool knows every account's usage before the first request, as after a usage
     /// query per account at start (with --windows; default: learned from answers only).
     #[arg(long, requires = "windows")]
@@ -132,6 +140,12 @@ fn sim_config(args: &Args) -> SimConfig {
             windows.reports_include_request = args.exact_usage;
             windows.weekly_used_at_start = args.weekly_used_at_start;
             windows.usage_known_at_start = args.usage_known_at_start;
+            if let Some(units) = args.short_capacity {
+                windows.primary_capacity = units;
+            }
+            if let Some(units) = args.weekly_capacity {
+                windows.secondary_capacity = units;
+            }
         }
         config
     } else {
