@@ -24,8 +24,8 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 /// With the default window model one account sustains about 10 requests an hour over its
 /// 5-hour window (150 units at 3 units a request), and 500 a week; the default peak of 10
 /// per account and hour makes busy days' peaks exceed what the pool's short windows
-/// sustain, nights far below it, and a week's demand about 15% above the pool's weekly
-/// capacity (≈ 58 peak-hours a week).
+/// sustain, nights far below it, and a week's demand 10–20 % above the pool's weekly
+/// capacity (≈ 58 peak-hours a week against 50).
 ///
 /// ```
 /// use rotation_policy::sim::{Demand, WEEKDAY_SHAPE};

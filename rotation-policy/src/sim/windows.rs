@@ -42,14 +42,16 @@ use crate::usage::{DEFAULT_LIMIT, LimitUsage, Percent, UsageReport, UsageWindow}
 /// windows) is an assumption: OpenAI publishes no number for it.
 ///
 /// ```
-/// use rotation_policy::sim::{simulate, Demand, SimConfig, WindowModel};
+/// use rotation_policy::sim::{simulate, SimConfig, WindowModel};
 ///
-/// let mut config = SimConfig::windowed(4, 1);
-/// config.windows = Some(WindowModel::default());
-/// config.demand = Some(Demand { days: 1, ..Demand::default() });
+/// let mut config = SimConfig::windowed(4, 1); // 4 accounts, 1 day of the default Demand
+/// let mut model = WindowModel::default();
+/// model.reports_include_request = true; // exact reports instead of one request behind
+/// config.windows = Some(model);
 /// let report = simulate(&config)?;
 /// let windows = report.windows.expect("window model on");
 /// assert!(windows.served_units > 0);
+/// assert_eq!(windows.window_429s, 0); // the 95 % threshold leaves room for any request
 /// # Ok::<(), rotation_policy::PolicyError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
