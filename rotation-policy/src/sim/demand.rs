@@ -132,7 +132,8 @@ impl Arrivals {
             let hour = t / HOUR_MS;
             let day = (hour / 24) as usize;
             let shape = u64::from(WEEKDAY_SHAPE[(hour % 24) as usize]);
-            let rate_milli = self.day_peak_milli.get(day).copied().unwrap_or(0) * shape / 100;
+            let day_peak = self.day_peak_milli.get(day).copied().unwrap_or(0);
+            let rate_milli = day_peak.saturating_mul(shape) / 100;
             if rate_milli == 0 {
                 t = (hour + 1) * HOUR_MS;
                 continue;
