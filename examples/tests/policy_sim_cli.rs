@@ -1,6 +1,8 @@
-//! Runs the built `policy-sim` example program: the summary a user plays with has the parts
-//! the issue asks for (rotations, waits, per-account load, time per decision), the same seed
-//! prints the same numbers, and bad arguments fail with a clear message.
+//! Runs the built `policy-sim` example program: the summary a user plays with has its parts
+//! (rotations, waits, per-account load, time per decision, and with `--windows` the usage
+//! windows), `--windows --compare` prints the strategies side by side (an insta snapshot of
+//! the table), the same seed prints the same numbers, and bad arguments fail with a clear
+//! message.
 //!
 //! Needs the example binary (`target/<profile>/examples/policy-sim`): plain
 //! `cargo test --workspace --all-features` builds it; with `--test policy_sim_cli` alone
@@ -186,4 +188,168 @@ fn bad_arguments_fail_with_a_clear_message() {
             );
         }
     }
+}
+
+/// The output of `--compare` without its wall-clock line.
+fn without_timing(output: &str) -> String {
+    output
+        .lines()
+        .filter(|line| !line.starts_with("time: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn windows_compare_prints_the_strategies_side_by_side() {
+    let Some(bin) = policy_sim("windows_compare_prints_the_strategies_side_by_side") else {
+        return;
+    };
+    let args = [
+        "--windows",
+        "--accounts",
+        "6",
+        "--days",
+        "2",
+        "--seed",
+        "3",
+        "--compare",
+    ];
+    let r = run(&bin, &args, LIMIT);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    // Same arguments, same numbers; only the timing line may differ.
+    let again = run(&bin, &args, LIMIT);
+    assert_eq!(without_timing(&r.stdout), without_timing(&again.stdout));
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("time: ")),
+        "{}",
+        r.stdout
+    );
+
+    // One row per strategy, in this order, and each row's numbers add up.
+    let rows: Vec<Vec<&str>> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("strategy "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|row| row[0]).collect();
+    assert_eq!(names, ["lru", "round-robin", "quota-aware", "sticky"]);
+    let requests: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("demand: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no demand line:\n{}", r.stdout));
+    for row in &rows {
+        let served: u64 = row[1].parse().unwrap();
+        let refused: u64 = row[3].parse().unwrap();
+        assert_eq!(served + refused, requests, "{row:?}");
+        assert!(row[4].ends_with('%') && row[5].ends_with('%'), "{row:?}");
+    }
+
+    insta::assert_snapshot!(without_timing(&r.stdout));
+
+    // --json prints every run in full, deterministically.
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let a = run(&bin, &json_args, LIMIT);
+    let b = run(&bin, &json_args, LIMIT);
+    assert_eq!(a.code, Some(0), "stderr: {}", a.stderr);
+    assert_eq!(a.stdout, b.stdout);
+    let runs: serde_json::Value = serde_json::from_str(&a.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for (entry, name) in runs.iter().zip(names) {
+        assert_eq!(entry["strategy"], name);
+        assert_eq!(entry["report"]["requests"], requests);
+        let windows = &entry["report"]["windows"];
+        assert_eq!(windows["weekly_resets"].as_array().map(Vec::len), Some(6));
+    }
+}
+
+#[test]
+fn window_arguments_are_checked() {
+    let Some(bin) = policy_sim("window_arguments_are_checked") else {
+        return;
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--windows", "--days", "0"], &["--days", "0", "1..="]),
+        (&["--days", "3"], &["--days", "--windows"]),
+        (
+            &["--windows", "--requests", "10"],
+            &["--requests", "--windows"],
+        ),
+        (
+            &["--windows", "--usage-threshold", "0"],
+            &["--usage-threshold", "0"],
+        ),
+        (&["--exact-usage"], &["--exact-usage", "--windows"]),
+        (
+            &["--strategy", "quota"],
+            &["--strategy", "quota-aware", "sticky"],
+        ),
+    ];
+    for (args, mentions) in cases {
+        let r = run(&bin, args, LIMIT);
+        assert_ne!(r.code, Some(0), "{args:?} should fail");
+        assert!(r.stdout.is_empty(), "{args:?} printed a summary anyway");
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {:?}", r.stderr);
+        for m in *mentions {
+            assert!(
+                r.stderr.contains(m),
+                "{args:?}: message should mention {m:?}: {}",
+                r.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn a_single_windowed_run_reports_its_usage_windows() {
+    let Some(bin) = policy_sim("a_single_windowed_run_reports_its_usage_windows") else {
+        return;
+    };
+    let r = run(
+        &bin,
+        &[
+            "--windows",
+            "--accounts",
+            "4",
+            "--days",
+            "1",
+            "--strategy",
+            "quota-aware",
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let s = &r.stdout;
+    assert!(
+        s.starts_with("policy-sim: 4 accounts, 1 days of demand"),
+        "{s}"
+    );
+    assert!(s.contains("\nstrategy quota-aware\n"), "{s}");
+    for label in [
+        "upstream 429s",
+        "served units",
+        "weekly unused",
+        "5 h unused",
+    ] {
+        assert!(s.contains(&format!("  {label} ")), "no {label} line:\n{s}");
+    }
+    let served = counter(s, "served  ");
+    let ended = served
+        + counter(s, "pool exhausted")
+        + counter(s, "upstream error")
+        + counter(s, "no account");
+    let requests: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("demand: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no demand line:\n{s}"));
+    assert_eq!(ended, requests, "{s}");
 }

@@ -19,6 +19,44 @@
 //! assert_eq!(report, simulate(&config)?); // deterministic
 //! # Ok::<(), rotation_policy::PolicyError>(())
 //! ```
+//!
+//! # Usage windows
+//!
+//! With [`SimConfig::windows`] the upstream also meters every account the way a ChatGPT
+//! plan meters Codex — a 5-hour window that starts at first use and a weekly window on a
+//! staggered schedule ([`WindowModel`] has the rules) — and reports the account's usage with
+//! every answer, which the simulation passes to [`Pool::record_usage`]. With
+//! [`SimConfig::demand`] requests follow a daily and weekly curve ([`Demand`]) over whole
+//! days instead of a constant rate. [`SimConfig::windowed`] sets both up and turns the other
+//! upstream troubles off, so strategies can be compared on quota alone:
+//!
+//! ```
+//! use rotation_policy::Strategy;
+//! use rotation_policy::sim::{simulate, SimConfig};
+//!
+//! let mut config = SimConfig::windowed(6, 2); // 6 accounts, 2 days
+//! let mut runs = Vec::new();
+//! for strategy in [Strategy::LeastRecentlyUsed, Strategy::QuotaAware] {
+//!     config.policy.strategy = strategy;
+//!     let report = simulate(&config)?;
+//!     let windows = report.windows.clone().expect("window model on");
+//!     assert_eq!(report.served + windows.refused, report.requests);
+//!     runs.push(report);
+//! }
+//! // The same seed draws the same workload for every strategy.
+//! assert_eq!(runs[0].requests, runs[1].requests);
+//! # Ok::<(), rotation_policy::PolicyError>(())
+//! ```
+//!
+//! Requests overlap in virtual time as they would in a proxy (a new one can arrive while
+//! earlier ones wait 0.3–1.5 s for the upstream); at the rates the demand curve produces
+//! that is rare, so they are in effect served one after another.
+
+mod demand;
+mod windows;
+
+pub use demand::{Demand, WEEKDAY_SHAPE};
+pub use windows::{WindowModel, WindowUse};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -28,10 +66,13 @@ use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
+use crate::usage::UsageReport;
 use crate::{
     AccountId, Counters, Decision, Outcome, PolicyConfig, PolicyError, Pool, Request, RetryAfter,
     Selection, Timestamp,
 };
+use demand::Arrivals;
+use windows::{AccountWindows, Charge, Expiry};
 
 /// The simulated world.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +81,14 @@ use crate::{
 pub struct SimConfig {
     /// Accounts in the pool.
     pub accounts: usize,
-    /// Client requests to serve.
+    /// Client requests to serve (not used with a [`demand`](Self::demand) curve).
     pub requests: usize,
     /// Seed for the upstream, the traffic and the pool's jitter.
     pub seed: u64,
     /// The policy under test.
     pub policy: PolicyConfig,
-    /// Average gap between client requests (uniform in 0..2×gap).
+    /// Average gap between client requests (uniform in 0..2×gap; not used with a
+    /// [`demand`](Self::demand) curve).
     pub request_gap: Duration,
     /// Distinct session keys requests are spread over (0 = no sessions).
     pub sessions: usize,
@@ -63,6 +105,16 @@ pub struct SimConfig {
     pub glitch_ppm: u32,
     /// The first this-many accounts have revoked tokens and always get 401.
     pub revoked_accounts: usize,
+    /// Usage windows metered by the upstream, reported with every 200 and 429 and given to
+    /// [`Pool::record_usage`]. `None` (default): no windows, no usage reports.
+    pub windows: Option<WindowModel>,
+    /// Requests arrive following this daily and weekly curve over whole days, instead of
+    /// `requests` requests `request_gap` apart. `None` (default): constant rate.
+    pub demand: Option<Demand>,
+    /// Keep every upstream call the window model judged in [`WindowReport::calls`], for
+    /// tests and diagnosis (a simulated week is tens of thousands of entries).
+    /// Default: false.
+    pub record_calls: bool,
 }
 
 impl Default for SimConfig {
@@ -80,6 +132,41 @@ impl Default for SimConfig {
             incident_length: Duration::from_secs(20),
             glitch_ppm: 3_000,
             revoked_accounts: 2,
+            windows: None,
+            demand: None,
+            record_calls: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The world for comparing strategies on usage windows: `accounts` accounts metered by
+    /// the default [`WindowModel`], traffic following the default [`Demand`] over `days`
+    /// days, and no other trouble (no per-minute limit, 5xx incidents, glitches or revoked
+    /// tokens) and no session keys, so that the strategy alone decides which account serves
+    /// (the simulated sessions are random keys, and affinity would override the strategy
+    /// for most requests). Everything else is [`SimConfig::default`].
+    ///
+    /// ```
+    /// use rotation_policy::sim::SimConfig;
+    /// let config = SimConfig::windowed(20, 7);
+    /// assert_eq!(config.demand.as_ref().map(|d| d.days), Some(7));
+    /// assert_eq!((config.glitch_ppm, config.sessions), (0, 0));
+    /// ```
+    pub fn windowed(accounts: usize, days: u32) -> SimConfig {
+        SimConfig {
+            accounts,
+            sessions: 0,
+            upstream_limit: u32::MAX,
+            incident_ppm: 0,
+            glitch_ppm: 0,
+            revoked_accounts: 0,
+            windows: Some(WindowModel::default()),
+            demand: Some(Demand {
+                days,
+                ..Demand::default()
+            }),
+            ..SimConfig::default()
         }
     }
 }
@@ -137,17 +224,113 @@ pub struct SimReport {
     pub load_max: u64,
     /// Per account, in pool order.
     pub accounts: Vec<SimAccount>,
+    /// Usage-window results, when [`SimConfig::windows`] is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowReport>,
+}
+
+/// What the usage windows saw in one run.
+///
+/// Every request ends served or refused: `served` (in [`SimReport`]) + `refused` =
+/// `requests`. The 429s the pool saw are [`Counters::outcomes`]`.rate_limited`; with the
+/// per-minute limit off (as in [`SimConfig::windowed`]) they are exactly `window_429s`.
+///
+/// ```
+/// use rotation_policy::sim::{simulate, SimConfig};
+/// let report = simulate(&SimConfig::windowed(3, 1))?;
+/// let windows = report.windows.expect("window model on");
+/// assert_eq!(report.served + windows.refused, report.requests);
+/// assert_eq!(report.counters.outcomes.rate_limited, windows.window_429s);
+/// assert_eq!(windows.weekly_resets.len(), 3);
+/// # Ok::<(), rotation_policy::PolicyError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WindowReport {
+    /// Upstream 429 answers because a request would have overflowed a usage window.
+    pub window_429s: u64,
+    /// Of those, answers where the weekly window would have overflowed.
+    pub weekly_429s: u64,
+    /// Requests the client did not get served (pool exhausted, or the policy gave up after
+    /// 429s or other errors): `requests − served`.
+    pub refused: u64,
+    /// Requests refused, by the day they arrived on (index 0 = the first day; no entries
+    /// after the last day with a refusal).
+    pub refused_by_day: Vec<u64>,
+    /// Usage units of every request that arrived, each counted once however often tried.
+    pub demand_units: u64,
+    /// Units of the served requests.
+    pub served_units: u64,
+    /// The primary (5 h) windows that ended during the run and what was left in them.
+    pub primary: WindowUse,
+    /// The weekly windows that ended during the run and what was left in them: capacity
+    /// that expired unused.
+    pub secondary: WindowUse,
+    /// Per account (pool order): when its first weekly window reset (ms from the start).
+    pub weekly_resets: Vec<u64>,
+    /// Every call the window model judged, in order, when [`SimConfig::record_calls`] is
+    /// on (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<UpstreamCall>,
+}
+
+/// One upstream call as the window model judged it (see [`SimConfig::record_calls`]).
+///
+/// ```
+/// use rotation_policy::sim::{simulate, SimConfig};
+/// let mut config = SimConfig::windowed(2, 1);
+/// config.record_calls = true;
+/// let report = simulate(&config)?;
+/// let calls = report.windows.expect("window model on").calls;
+/// assert!(calls.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms));
+/// assert!(calls.iter().all(|c| c.served == c.retry_after_ms.is_none()));
+/// # Ok::<(), rotation_policy::PolicyError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UpstreamCall {
+    /// When the upstream judged it (ms from the start).
+    pub at_ms: u64,
+    /// The account, by its index in the pool (`acct-NN`).
+    pub account: usize,
+    /// The request's cost in units.
+    pub cost: u32,
+    /// Served (200), else refused with 429.
+    pub served: bool,
+    /// For a 429: the `retry-after-ms` sent, time until the blocking window resets.
+    pub retry_after_ms: Option<u64>,
+    /// For a 429: whether the weekly window would have overflowed.
+    pub weekly_full: bool,
+    /// Units used in the running primary window after the call (0 if none runs).
+    pub primary_used: u64,
+    /// When that primary window resets, if one runs.
+    pub primary_resets_at: Option<u64>,
+    /// Units used in the weekly window after the call.
+    pub secondary_used: u64,
+    /// When the weekly window resets.
+    pub secondary_resets_at: u64,
 }
 
 /// Marks an arrival event in the queue.
 const ARRIVAL: usize = usize::MAX;
 
+/// Most requests a demand curve may bring (a hard bound on the run, far above any
+/// curve a validated [`Demand`] and a pool of a million accounts produce in practice).
+const MAX_DEMAND_ARRIVALS: usize = 100_000_000;
+
 /// A request in flight in the simulation.
 struct Live {
     request: Request,
     family: usize,
-    /// The dispatched attempt waiting for its response: account and what the upstream said.
-    pending: Option<(AccountId, Outcome)>,
+    /// Units it costs when served (window model only).
+    cost: u32,
+    /// When it arrived (ms).
+    arrived_at: u64,
+    /// Whether it ended served.
+    served: bool,
+    /// The dispatched attempt waiting for its response: account, what the upstream said,
+    /// and the usage its answer carried.
+    pending: Option<(AccountId, Outcome, Option<UsageReport>)>,
     passes: u32,
 }
 
@@ -164,14 +347,130 @@ struct Upstream {
     windows: Vec<Vec<(u64, u32)>>,
     /// Per account: incident end (ms).
     incident_until: Vec<u64>,
+    /// The usage windows, when modelled.
+    quota: Option<Quota>,
+}
+
+/// The upstream's usage windows of every account, and what they saw.
+struct Quota {
+    model: WindowModel,
+    accounts: Vec<AccountWindows>,
+    expiry: Expiry,
+    report: WindowReport,
+    record_calls: bool,
+}
+
+impl Quota {
+    fn new(model: &WindowModel, accounts: usize, seed: u64, record_calls: bool) -> Self {
+        // Staggered weeks: each account's first weekly reset is somewhere in the first week.
+        let mut phases = SplitMix64::new(seed ^ 0x00FA_5E5A_17ED);
+        let week = model.secondary_ms();
+        let resets: Vec<u64> = (0..accounts).map(|_| 1 + phases.below(week)).collect();
+        Quota {
+            model: model.clone(),
+            accounts: resets
+                .iter()
+                .map(|&at| AccountWindows::new(at, AccountWindows::used_at_start(model, at)))
+                .collect(),
+            expiry: Expiry::default(),
+            report: WindowReport {
+                weekly_resets: resets,
+                ..WindowReport::default()
+            },
+            record_calls,
+        }
+    }
+
+    /// The usage an answer reports without serving anything (e.g. another limit's 429).
+    fn usage(&mut self, account: usize, clock: u64) -> Option<UsageReport> {
+        let windows = self.accounts.get_mut(account)?;
+        windows.advance(clock, &self.model, &mut self.expiry);
+        Some(windows.report(&self.model, 0))
+    }
+
+    /// Serves or refuses a request of `cost` units; the retry-after (ms) of a refusal, and
+    /// the usage the answer reports.
+    fn call(&mut self, account: usize, cost: u32, clock: u64) -> (Option<u64>, UsageReport) {
+        let Some(windows) = self.accounts.get_mut(account) else {
+            return (None, UsageReport::default());
+        };
+        windows.advance(clock, &self.model, &mut self.expiry);
+        let charge = windows.charge(clock, cost, &self.model);
+        let (retry_after_ms, weekly_full, uncounted) = match charge {
+            Charge::Served => {
+                self.report.served_units += u64::from(cost);
+                let uncounted = if self.model.reports_include_request {
+                    0
+                } else {
+                    u64::from(cost)
+                };
+                (None, false, uncounted)
+            }
+            Charge::Refused { resets_at, weekly } => {
+                self.report.window_429s += 1;
+                self.report.weekly_429s += u64::from(weekly);
+                (Some(resets_at.saturating_sub(clock)), weekly, 0)
+            }
+        };
+        if self.record_calls {
+            self.report.calls.push(UpstreamCall {
+                at_ms: clock,
+                account,
+                cost,
+                served: retry_after_ms.is_none(),
+                retry_after_ms,
+                weekly_full,
+                primary_used: windows.primary_used(),
+                primary_resets_at: windows.primary_resets_at(),
+                secondary_used: windows.secondary_used(),
+                secondary_resets_at: windows.secondary_resets_at(),
+            });
+        }
+        (retry_after_ms, windows.report(&self.model, uncounted))
+    }
+
+    /// Ends every window that reset by `end` and hands over the results.
+    fn finish(mut self, end: u64, requests: u64, served: u64) -> WindowReport {
+        for windows in &mut self.accounts {
+            windows.advance(end, &self.model, &mut self.expiry);
+        }
+        self.report.primary = self.expiry.primary;
+        self.report.secondary = self.expiry.secondary;
+        self.report.refused = requests.saturating_sub(served);
+        self.report
+    }
 }
 
 const WINDOW_MS: u64 = 60_000;
 
-/// Runs the simulation. Fails only if `config.policy` is invalid.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest [`WindowReport::refused_by_day`] (the last entry counts every later day).
+const MAX_DAYS_COUNTED: usize = 1_000;
+
+/// Runs the simulation. Fails only if `config.policy`, `config.windows` or
+/// `config.demand` is invalid (the error names the field).
 pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
     let mut pool = Pool::new(config.policy.clone(), config.seed)?;
+    if let Some(model) = &config.windows {
+        model.validate()?;
+    }
+    if let Some(demand) = &config.demand {
+        demand.validate()?;
+    }
     let mut rng = SplitMix64::new(config.seed ^ 0x005E_ED0F_5111);
+    // With a demand curve the workload (arrival times, families, sessions, costs) has its
+    // own generator, so every strategy gets the same one: retries and waits draw from
+    // `rng` and would shift it. (Constant-rate runs keep drawing from `rng`, so their
+    // numbers are unchanged.)
+    let (arrivals, mut workload) = match &config.demand {
+        Some(demand) => {
+            let mut workload = SplitMix64::new(config.seed ^ 0x0057_0AD0_DE3A);
+            let arrivals = Arrivals::new(demand, config.accounts, &mut workload);
+            (Some(arrivals), Some(workload))
+        }
+        None => (None, None),
+    };
     let ids: Vec<AccountId> = (0..config.accounts)
         .map(|i| AccountId::new(format!("acct-{i:02}")))
         .collect::<Result<_, _>>()?;
@@ -188,6 +487,10 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
     let mut upstream = Upstream {
         windows: vec![vec![(0, 0); families.len()]; config.accounts],
         incident_until: vec![0; config.accounts],
+        quota: config
+            .windows
+            .as_ref()
+            .map(|model| Quota::new(model, config.accounts, config.seed, config.record_calls)),
     };
     let mut report = SimReport {
         requests: 0,
@@ -204,6 +507,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
         load_min: 0,
         load_max: 0,
         accounts: Vec::new(),
+        windows: None,
     };
     let gap = u64::try_from(config.request_gap.as_millis()).unwrap_or(u64::MAX);
     // Event queue: (time, sequence, what). Requests overlap in virtual time like they do
@@ -216,35 +520,70 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
         .max_attempts
         .saturating_mul(3)
         .saturating_add(2);
+    if let Some(quota) = upstream.quota.as_mut()
+        && quota.model.usage_known_at_start
+    {
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(usage) = quota.usage(i, 0) {
+                pool.record_usage(id, &usage, Timestamp::ZERO)?;
+            }
+        }
+    }
     let mut arrived = 0usize;
     let mut clock: u64 = 0;
-    if config.requests > 0 {
-        events.push(Reverse((0, seq, ARRIVAL)));
+    let first = match (&arrivals, workload.as_mut()) {
+        (Some(arrivals), Some(workload)) => arrivals.next(0, workload),
+        _ => (config.requests > 0).then_some(0),
+    };
+    if let Some(at) = first {
+        events.push(Reverse((at, seq, ARRIVAL)));
     }
     // Bounded: each request schedules at most `max_passes` steps, and arrivals stop after
-    // `config.requests`.
+    // `config.requests` (or at the end of the demand curve, and after
+    // `MAX_DEMAND_ARRIVALS`).
     while let Some(Reverse((time, _, which))) = events.pop() {
         clock = time;
         let now = Timestamp::from_millis(clock);
         let which = if which == ARRIVAL {
-            let family = rng.below(families.len() as u64) as usize;
+            let draw = match workload.as_mut() {
+                Some(workload) => workload,
+                None => &mut rng,
+            };
+            let family = draw.below(families.len() as u64) as usize;
             let mut request = Request::new(families[family].clone());
             if config.sessions > 0 {
-                request = request.with_session(format!("s{}", rng.below(config.sessions as u64)));
+                request = request.with_session(format!("s{}", draw.below(config.sessions as u64)));
+            }
+            let mut cost = 0;
+            if let Some(quota) = upstream.quota.as_mut() {
+                let spread = u64::from(quota.model.cost_max - quota.model.cost_min);
+                // ok: below(spread + 1) ≤ spread, which fits in u32.
+                cost = quota.model.cost_min + u32::try_from(draw.below(spread + 1)).unwrap_or(0);
+                quota.report.demand_units += u64::from(cost);
             }
             live.insert(
                 arrived,
                 Live {
                     request,
                     family,
+                    cost,
+                    arrived_at: clock,
+                    served: false,
                     pending: None,
                     passes: 0,
                 },
             );
             report.requests += 1;
             arrived += 1;
-            if arrived < config.requests {
-                let next = clock.saturating_add(rng.below(gap.saturating_mul(2).saturating_add(1)));
+            let next = match &arrivals {
+                Some(arrivals) if arrived < MAX_DEMAND_ARRIVALS => arrivals.next(clock, draw),
+                Some(_) => None,
+                None if arrived < config.requests => {
+                    Some(clock.saturating_add(draw.below(gap.saturating_mul(2).saturating_add(1))))
+                }
+                None => None,
+            };
+            if let Some(next) = next {
                 seq += 1;
                 events.push(Reverse((next, seq, ARRIVAL)));
             }
@@ -259,7 +598,11 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
         let next = if state.passes > max_passes {
             report.upstream_errors += 1;
             None
-        } else if let Some((account, outcome)) = state.pending.take() {
+        } else if let Some((account, outcome, usage)) = state.pending.take() {
+            // A proxy reads the usage headers of every answer before deciding on it.
+            if let Some(usage) = usage {
+                pool.record_usage(&account, &usage, now)?;
+            }
             report.decisions += 1;
             match pool.report(&mut state.request, &account, outcome, now) {
                 Decision::Retry => Some(clock),
@@ -272,6 +615,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                 Decision::ReturnToClient { retry_after } => {
                     if outcome == Outcome::Success {
                         report.served += 1;
+                        state.served = true;
                     } else if let (Outcome::RateLimited { .. }, Some(wait)) = (outcome, retry_after)
                     {
                         report.exhausted(wait);
@@ -292,15 +636,18 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                         None
                     } else {
                         let index = index_of.get(&account).copied().unwrap_or(0);
-                        let outcome = call_upstream(
+                        let (outcome, usage) = call_upstream(
                             config,
                             &mut upstream,
                             &mut rng,
-                            index,
-                            state.family,
-                            clock,
+                            Call {
+                                account: index,
+                                family: state.family,
+                                cost: state.cost,
+                                clock,
+                            },
                         );
-                        state.pending = Some((account, outcome));
+                        state.pending = Some((account, outcome, usage));
                         Some(clock.saturating_add(300 + rng.below(1_200)))
                     }
                 }
@@ -320,11 +667,29 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
                 events.push(Reverse((at, seq, which)));
             }
             None => {
-                live.remove(&which);
+                if let Some(done) = live.remove(&which)
+                    && let Some(quota) = upstream.quota.as_mut()
+                    && !done.served
+                {
+                    // Bounded: a run of constant-rate traffic with huge gaps shares the last
+                    // day's count rather than growing the list without end.
+                    let day = usize::try_from(done.arrived_at / DAY_MS)
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_DAYS_COUNTED - 1);
+                    let by_day = &mut quota.report.refused_by_day;
+                    if by_day.len() <= day {
+                        by_day.resize(day + 1, 0);
+                    }
+                    by_day[day] += 1;
+                }
             }
         }
     }
     report.virtual_ms = clock;
+    if let Some(quota) = upstream.quota.take() {
+        let demand_end = config.demand.as_ref().map_or(0, Demand::end_ms);
+        report.windows = Some(quota.finish(clock.max(demand_end), report.requests, report.served));
+    }
     let status = pool.status(Timestamp::from_millis(clock));
     report.counters = status.counters;
     report.accounts = status
@@ -346,31 +711,45 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
     Ok(report)
 }
 
+/// One attempt as the upstream sees it.
+struct Call {
+    account: usize,
+    family: usize,
+    cost: u32,
+    clock: u64,
+}
+
+/// The upstream's answer to one attempt, and the usage it reports (window model only; on
+/// 200 and 429 answers, as the real backend sends usage headers with both).
 fn call_upstream(
     config: &SimConfig,
     upstream: &mut Upstream,
     rng: &mut SplitMix64,
-    account: usize,
-    family: usize,
-    clock: u64,
-) -> Outcome {
+    call: Call,
+) -> (Outcome, Option<UsageReport>) {
+    let Call {
+        account,
+        family,
+        cost,
+        clock,
+    } = call;
     if account < config.revoked_accounts {
-        return Outcome::Unauthorized;
+        return (Outcome::Unauthorized, None);
     }
     let roll = rng.below(1_000_000);
     let glitch = u64::from(config.glitch_ppm);
     if roll < glitch {
-        return Outcome::NetworkError;
+        return (Outcome::NetworkError, None);
     }
     if roll < 2 * glitch {
-        return Outcome::Timeout;
+        return (Outcome::Timeout, None);
     }
     if rng.below(1_000_000) < u64::from(config.incident_ppm) {
         let length = u64::try_from(config.incident_length.as_millis()).unwrap_or(u64::MAX);
         upstream.incident_until[account] = clock.saturating_add(length);
     }
     if clock < upstream.incident_until[account] && rng.below(10) < 8 {
-        return Outcome::ServerError;
+        return (Outcome::ServerError, None);
     }
     let limit = (config.upstream_limit as u64 * (1 + account as u64 % 3) / 2).max(1);
     let window = &mut upstream.windows[account][family];
@@ -378,20 +757,37 @@ fn call_upstream(
         *window = (clock - clock % WINDOW_MS, 0);
     }
     if u64::from(window.1) >= limit {
-        // A real upstream's headers, through the same parser a proxy uses.
-        let mut headers = HeaderMap::new();
-        let reset = window.0 + WINDOW_MS - clock;
-        if let Ok(value) = HeaderValue::from_str(&reset.to_string()) {
-            headers.insert("retry-after-ms", value);
-        }
-        let wall = UNIX_EPOCH + Duration::from_millis(clock);
-        return Outcome::RateLimited {
-            retry_after: RetryAfter::from_headers(&headers, wall)
-                .ok()
-                .flatten()
-                .map(|hint| hint.wait),
-        };
+        let usage = upstream
+            .quota
+            .as_mut()
+            .and_then(|quota| quota.usage(account, clock));
+        return (rate_limited(window.0 + WINDOW_MS - clock, clock), usage);
     }
-    window.1 += 1;
-    Outcome::Success
+    let Some(quota) = upstream.quota.as_mut() else {
+        window.1 += 1;
+        return (Outcome::Success, None);
+    };
+    match quota.call(account, cost, clock) {
+        (Some(retry_after_ms), usage) => (rate_limited(retry_after_ms, clock), Some(usage)),
+        (None, usage) => {
+            window.1 += 1;
+            (Outcome::Success, Some(usage))
+        }
+    }
+}
+
+/// A 429 with `retry-after-ms: wait_ms`, read through the same parser a proxy uses (which
+/// caps it at one day; the policy then clamps it to `max_cooldown`).
+fn rate_limited(wait_ms: u64, clock: u64) -> Outcome {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&wait_ms.to_string()) {
+        headers.insert("retry-after-ms", value);
+    }
+    let wall = UNIX_EPOCH + Duration::from_millis(clock);
+    Outcome::RateLimited {
+        retry_after: RetryAfter::from_headers(&headers, wall)
+            .ok()
+            .flatten()
+            .map(|hint| hint.wait),
+    }
 }
