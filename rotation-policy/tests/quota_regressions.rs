@@ -272,3 +272,51 @@ fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
         "an account over the weekly threshold serves again"
     );
 }
+
+/// The merge rules keep, per limit, "the report with the later `observed_at`, whole": a
+/// merged report older than the account's own is not news and should change nothing
+/// (`MergeReport::changed` counts accounts "whose selection may differ now"; `pool_usage`
+/// names a limit by "the latest reported" name). Sequence: at 10 s, `a` reports its metered
+/// limit `codex_o4`, named `o4-mini`, 99 % used until T0 + 1 h, so `o4-mini` requests wait
+/// for it. A document then brings an older report of the same limit for `a` (stamped 1 ms,
+/// 10 % used) under another name. The merge keeps `a`'s own report and says nothing
+/// changed; `o4-mini` requests should still wait. The pool serves them with `a`: the losing
+/// report renamed the limit, so `o4-mini` no longer counts against it (its requests now
+/// count against the default limit, about which nothing is known).
+#[test]
+#[ignore = "pool bug: a merged usage report that loses the merge still renames its limit and re-maps families"]
+fn an_older_merged_report_does_not_rename_the_limit() {
+    let mut pool = pool_of(Strategy::LeastRecentlyUsed, &["a"]);
+    let now = at(10_000);
+    let mut o4 = LimitUsage::new("codex_o4").unwrap();
+    o4.limit_name = Some("o4-mini".to_owned());
+    o4.primary = Some(
+        window(99.0)
+            .with_window_minutes(300)
+            .with_resets_at(at(3_600_000)),
+    );
+    let mut report = UsageReport::default();
+    report.push(o4);
+    pool.record_usage(&id("a"), &report, now).unwrap();
+    assert!(matches!(
+        pool.select(&mut Request::new("o4-mini"), now),
+        Selection::Exhausted { .. }
+    ));
+
+    let mut older = UsageState::new(at(1));
+    older.limit_name = Some("another-model".to_owned());
+    older.primary = Some(window(10.0));
+    let mut account = AccountState::default();
+    account.usage.insert("codex_o4".to_owned(), older);
+    let mut file = PolicyState::default();
+    file.accounts.insert(id("a"), account);
+    let merged = pool.merge_state(&file, now);
+    assert_eq!(merged.changed, 0, "the older report was not taken");
+    assert!(
+        matches!(
+            pool.select(&mut Request::new("o4-mini"), now),
+            Selection::Exhausted { .. }
+        ),
+        "a report the merge did not take re-mapped the model to another limit"
+    );
+}

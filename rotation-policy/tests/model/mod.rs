@@ -41,6 +41,12 @@ pub mod pool_bugs {
     /// plus `window_minutes` at the latest (the block table's own rule). Regression:
     /// `a_window_without_reset_is_over_after_its_length`.
     pub const WINDOW_WITHOUT_RESET_RUNS_FOREVER: bool = true;
+    /// A merged report that loses to the account's own (older, or equal and lower) still
+    /// renames its limit, which re-maps model families: requests of a model stop counting
+    /// against the metered limit named after it, and an account over that limit serves
+    /// again, while the merge reports no change. Regression:
+    /// `an_older_merged_report_does_not_rename_the_limit`.
+    pub const LOSING_MERGED_REPORT_NAMES_ITS_LIMIT: bool = true;
 }
 
 /// The longest a usage report blocks an account when its window's length is not known
@@ -1362,6 +1368,8 @@ impl Model {
             }
             // Usage, per limit: the later report, whole (ties by content); only valid limit
             // ids, plausible and not from the future; a merge adds at most half the limits.
+            // A report that wins is news like a recorded one and names its limit; one that
+            // loses changes nothing.
             for (lid, theirs) in &s.usage {
                 if !real(theirs.observed_at)
                     || normalize_limit_id(lid).as_deref() != Some(lid.as_str())
@@ -1369,12 +1377,20 @@ impl Model {
                 {
                     continue;
                 }
-                if !self.see_limit(lid, theirs.limit_name.as_deref(), MAX_LIMITS / 2) {
+                let known = self.accounts[i].usage.iter().position(|(l, _)| l == lid);
+                let wins = known.is_none_or(|k| {
+                    usage_order(theirs) > usage_order(&self.accounts[i].usage[k].1)
+                });
+                let name = if wins || pool_bugs::LOSING_MERGED_REPORT_NAMES_ITS_LIMIT {
+                    theirs.limit_name.as_deref()
+                } else {
+                    None
+                };
+                if !self.see_limit(lid, name, MAX_LIMITS / 2) || !wins {
                     continue;
                 }
                 let a = &mut self.accounts[i];
-                match a.usage.iter().position(|(l, _)| l == lid) {
-                    Some(k) if usage_order(&a.usage[k].1) >= usage_order(theirs) => {}
+                match known {
                     Some(k) => a.usage[k].1 = theirs.clone(),
                     None => a.usage.push((lid.clone(), theirs.clone())),
                 }
