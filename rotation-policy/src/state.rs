@@ -925,7 +925,65 @@ mod tests {
         ]
     }
 
+    /// A usage window: few percentages, lengths and resets, so equal windows are common.
+    fn window() -> impl Strategy<Value = UsageWindow> {
+        (
+            prop_oneof![Just(0.0), Just(50.0), Just(95.0), Just(100.0)],
+            proptest::option::of(prop_oneof![Just(5u32), Just(300)]),
+            proptest::option::of(t()),
+        )
+            .prop_map(|(used, minutes, resets)| {
+                let mut w = UsageWindow::new(Percent::new(used).unwrap_or(Percent::ZERO));
+                if let Some(m) = minutes {
+                    w = w.with_window_minutes(m);
+                }
+                if let Some(at) = resets {
+                    w = w.with_resets_at(at);
+                }
+                w
+            })
+    }
+
+    /// Usage reports by limit id (one not normalized, which every merge ignores), with
+    /// small `observed_at`s so that ties between reports are common, one report often
+    /// repeated, so that both sides often hold the same one, and its copy from the future.
+    fn usage() -> impl Strategy<Value = BTreeMap<String, UsageState>> {
+        let report = (
+            t(),
+            proptest::option::of(prop_oneof![Just("a"), Just("b")]),
+            proptest::option::of(window()),
+            proptest::option::of(window()),
+        )
+            .prop_map(|(observed_at, name, primary, secondary)| {
+                let mut u = UsageState::new(observed_at);
+                u.limit_name = name.map(str::to_owned);
+                u.primary = primary;
+                u.secondary = secondary;
+                u
+            });
+        let mut usual = UsageState::new(Timestamp::from_millis(1));
+        usual.primary = Percent::new(95.0).map(UsageWindow::new);
+        // Stamped after year 9999: what normalizing drops, on either side.
+        let mut junk = usual.clone();
+        junk.observed_at = Timestamp::from_millis(u64::MAX);
+        proptest::collection::btree_map(
+            prop_oneof![Just("codex"), Just("codex_x"), Just("Codex")].prop_map(str::to_owned),
+            prop_oneof![6 => report, 2 => Just(usual), 1 => Just(junk)],
+            0..3,
+        )
+    }
+
+    /// Any account state; one in four holds usage reports only, so that the other side
+    /// often covers all else and the usage rules alone decide.
     fn account() -> impl Strategy<Value = AccountState> {
+        let usage_only = usage().prop_map(|usage| AccountState {
+            usage,
+            ..AccountState::default()
+        });
+        prop_oneof![3 => any_account(), 1 => usage_only]
+    }
+
+    fn any_account() -> impl Strategy<Value = AccountState> {
         (
             proptest::option::of((t(), any::<bool>(), t())),
             proptest::collection::btree_map(
@@ -936,9 +994,10 @@ mod tests {
             proptest::option::of((any::<bool>(), t())),
             (proptest::option::of(t()), proptest::option::of(t())),
             (0u8..=100, t(), any::<bool>(), 0u32..2, 0u32..2),
+            usage(),
         )
             .prop_map(
-                |(cooldown, families, disabled, (enabled, refreshed), obs)| {
+                |(cooldown, families, disabled, (enabled, refreshed), obs, usage)| {
                     let (health, health_at, needs_refresh, unauthorized_streak, burst_streak) = obs;
                     AccountState {
                         cooldown: cooldown.map(|(until, forbidden, since)| {
@@ -977,7 +1036,7 @@ mod tests {
                         needs_refresh,
                         unauthorized_streak,
                         burst_streak,
-                        usage: BTreeMap::new(),
+                        usage,
                     }
                 },
             )

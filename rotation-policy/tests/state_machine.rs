@@ -10,6 +10,14 @@
 //! every `Take` the file holds everything the pool knows (nothing was missed), and merging
 //! the file back leaves nothing to write (no ping-pong). After every step, exporting the
 //! pool and merging that into a fresh pool of the same accounts gives the same export.
+//!
+//! Usage: `RecordUsage` ops (and `Serve` ops, on each answer, as a proxy does) give small
+//! reports — the default limit, a metered limit whose name is one of the request families
+//! (in either case), one whose name changes between a family and none — with percentages
+//! around the threshold and resets in the past, near now and far ahead, fields missing;
+//! merged documents carry usage entries too (junk ids and times included). The usage part
+//! of every account's status and export and the pool's aggregate usage must agree with the
+//! model, and every strategy, quota-aware and sticky included, must pick as the model does.
 
 mod model;
 
@@ -17,13 +25,20 @@ use std::time::Duration;
 
 use model::{Model, ModelRequest, view_of};
 use proptest::prelude::*;
+use rotation_policy::usage::{LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow};
 use rotation_policy::{
     AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
     FamilyState, Outcome, PolicyConfig, PolicyError, PolicyState, Pool, Request, Selection,
-    Strategy as Pick, Timestamp, TokenBucket,
+    Strategy as Pick, Timestamp, TokenBucket, UsageState,
 };
 
 const ACCOUNTS: u8 = 6;
+
+/// The longest any answer may ask a client to wait: a usage block, at most 8 days from its
+/// report when the window's length is not known (the generated windows are at most a week
+/// long), whose report may be stamped up to `max_cooldown` (under a day) ahead; cooldowns
+/// are shorter.
+const LONGEST_WAIT: Duration = Duration::from_secs(9 * 24 * 3600);
 const FAMILIES: [&str; 3] = ["gpt-5", "gpt-5-codex", "o4-mini"];
 
 /// Family names a merged document may use: the request families, one no request uses, and
@@ -44,6 +59,67 @@ const DISABLED_REASONS: [DisabledReason; 4] = [
 /// A time relative to the harness clock (far future included), resolved when the op runs.
 type Offset = i64;
 
+/// Limit ids of usage reports and the names each may be reported with: the default limit
+/// (named after a family too, which must not re-map it), a metered limit named after the
+/// family `o4-mini` in two spellings, and one whose name moves between the family
+/// `gpt-5-codex` and a model no request uses.
+const LIMITS: [(&str, [Option<&str>; 3]); 3] = [
+    ("codex", [None, Some("Codex"), Some("gpt-5")]),
+    ("codex_o4", [None, Some("o4-mini"), Some("O4-MINI")]),
+    (
+        "codex_spare",
+        [None, Some("gpt-5-codex"), Some("unrelated-model")],
+    ),
+];
+
+/// Limit ids a merged document may use: those of `LIMITS`, one only documents use, and two
+/// no writer can have written (not normalized).
+const DOC_LIMITS: [&str; 6] = [
+    "codex",
+    "codex_o4",
+    "codex_spare",
+    "codex_doc_only",
+    "Codex",
+    "bad id",
+];
+
+/// Usage percentages: around the thresholds configs use (50, 80, 95, 100), with halves (so
+/// sums of them are exact and the pool's mean does not depend on summing order), and one
+/// above 100 (read as 100).
+const PERCENTS: [f64; 11] = [
+    0.0, 10.0, 49.5, 50.0, 79.5, 80.0, 94.5, 95.0, 99.5, 100.0, 130.0,
+];
+
+/// One generated usage window; its reset is an offset from `now`, resolved when used.
+#[derive(Clone, Debug)]
+struct GenWindow {
+    percent: usize,
+    /// `Some(0)` is out of range and reads as unknown.
+    minutes: Option<u32>,
+    resets: Option<Offset>,
+}
+
+/// One limit of a generated report: (index into `LIMITS`, index of its name, windows).
+#[derive(Clone, Debug)]
+struct GenLimit {
+    limit: usize,
+    name: usize,
+    primary: Option<GenWindow>,
+    secondary: Option<GenWindow>,
+}
+
+/// A generated usage entry of a document: index into `DOC_LIMITS`, `observed_at`, index of
+/// its name among that limit's names in `LIMITS` (the metered `codex_o4`'s for ids only
+/// documents use), windows.
+#[derive(Clone, Debug)]
+struct DocUsage {
+    limit: usize,
+    observed: Offset,
+    name: usize,
+    primary: Option<GenWindow>,
+    secondary: Option<GenWindow>,
+}
+
 /// One account of a document another process wrote; times are offsets from `now`.
 #[derive(Clone, Debug)]
 struct DocAccount {
@@ -57,6 +133,7 @@ struct DocAccount {
     refreshed_at: Option<Offset>,
     /// (health, health_at, needs_refresh, unauthorized_streak, burst_streak)
     observation: Option<(u8, Offset, bool, u32, u32)>,
+    usage: Vec<DocUsage>,
 }
 
 #[derive(Clone, Debug)]
@@ -78,11 +155,20 @@ enum Op {
     Refund(u8),
     Consume(u8),
     Advance(u64),
+    /// Usage reports of a few accounts (maybe not in the pool), one after the other.
+    RecordUsage(Vec<(u8, Vec<GenLimit>)>),
+    /// Reports of this many further limits (`extra_0`, …) for one account, one report each:
+    /// past `MAX_LIMITS` they are ignored.
+    FloodLimits(u8, u8),
     Serve {
         family: usize,
         session: Option<u8>,
+        /// The account the request is pinned to.
+        pinned: Option<u8>,
         consume: bool,
         outcomes: Vec<Outcome>,
+        /// Recorded for the serving account on each answer, before its outcome.
+        usage: Option<Vec<GenLimit>>,
     },
 }
 
@@ -114,6 +200,76 @@ fn offset() -> impl Strategy<Value = Offset> {
     ]
 }
 
+/// A reset: passed (long ago, just now), near now, within the hour, past the 8-day cap, or
+/// after year 9999 (read as unknown).
+fn reset_offset() -> impl Strategy<Value = Offset> {
+    const DAY: i64 = 24 * 60 * 60 * 1_000;
+    prop_oneof![
+        2 => -10 * DAY..-300_000i64,
+        3 => -3i64..=3,
+        6 => 1i64..400_000,
+        2 => 400_000i64..3_600_000,
+        1 => 8 * DAY - 3..=8 * DAY + 3,
+        1 => 9 * DAY..30 * DAY,
+        1 => Just(i64::MAX),
+    ]
+}
+
+fn gen_window() -> impl Strategy<Value = GenWindow> {
+    (
+        0..PERCENTS.len(),
+        proptest::option::of(prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(5),
+            Just(300),
+            Just(10_080)
+        ]),
+        proptest::option::of(reset_offset()),
+    )
+        .prop_map(|(percent, minutes, resets)| GenWindow {
+            percent,
+            minutes,
+            resets,
+        })
+}
+
+fn gen_limit() -> impl Strategy<Value = GenLimit> {
+    (
+        0..LIMITS.len(),
+        0usize..3,
+        proptest::option::weighted(0.75, gen_window()),
+        proptest::option::weighted(0.75, gen_window()),
+    )
+        .prop_map(|(limit, name, primary, secondary)| GenLimit {
+            limit,
+            name,
+            primary,
+            secondary,
+        })
+}
+
+fn gen_report() -> impl Strategy<Value = Vec<GenLimit>> {
+    proptest::collection::vec(gen_limit(), 0..3)
+}
+
+fn doc_usage() -> impl Strategy<Value = DocUsage> {
+    (
+        prop_oneof![4 => 0..3usize, 1 => 3..DOC_LIMITS.len()],
+        offset(),
+        0usize..3,
+        proptest::option::of(gen_window()),
+        proptest::option::of(gen_window()),
+    )
+        .prop_map(|(limit, observed, name, primary, secondary)| DocUsage {
+            limit,
+            observed,
+            name,
+            primary,
+            secondary,
+        })
+}
+
 fn doc_account() -> impl Strategy<Value = DocAccount> {
     (
         0..ACCOUNTS + 2,
@@ -131,9 +287,19 @@ fn doc_account() -> impl Strategy<Value = DocAccount> {
         proptest::option::of(offset()),
         proptest::option::of(offset()),
         proptest::option::of((0u8..=100, offset(), any::<bool>(), 0u32..4, 0u32..3)),
+        proptest::collection::vec(doc_usage(), 0..3),
     )
         .prop_map(
-            |(who, cooldown, families, disabled, enabled_since, refreshed_at, observation)| {
+            |(
+                who,
+                cooldown,
+                families,
+                disabled,
+                enabled_since,
+                refreshed_at,
+                observation,
+                usage,
+            )| {
                 DocAccount {
                     who,
                     cooldown,
@@ -142,6 +308,7 @@ fn doc_account() -> impl Strategy<Value = DocAccount> {
                     enabled_since,
                     refreshed_at,
                     observation,
+                    usage,
                 }
             },
         )
@@ -160,19 +327,25 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Take),
         1 => idx.clone().prop_map(Op::MarkRefreshed),
         1 => idx.clone().prop_map(Op::Refund),
-        1 => idx.prop_map(Op::Consume),
-        3 => prop_oneof![0u64..2_000, 0u64..120_000].prop_map(Op::Advance),
+        1 => idx.clone().prop_map(Op::Consume),
+        3 => prop_oneof![0u64..2_000, 0u64..120_000, 0u64..1_000_000].prop_map(Op::Advance),
+        3 => proptest::collection::vec((idx.clone(), gen_report()), 1..4).prop_map(Op::RecordUsage),
+        1 => (idx.clone(), 1u8..20).prop_map(|(i, n)| Op::FloodLimits(i, n)),
         8 => (
             0..FAMILIES.len(),
             proptest::option::of(0u8..3),
+            prop_oneof![3 => Just(None), 1 => idx.prop_map(Some)],
             any::<bool>(),
-            proptest::collection::vec(outcome(), 1..5)
+            proptest::collection::vec(outcome(), 1..5),
+            proptest::option::of(gen_report()),
         )
-            .prop_map(|(family, session, consume, outcomes)| Op::Serve {
+            .prop_map(|(family, session, pinned, consume, outcomes, usage)| Op::Serve {
                 family,
                 session,
+                pinned,
                 consume,
-                outcomes
+                outcomes,
+                usage,
             }),
     ]
 }
@@ -180,9 +353,11 @@ fn op() -> impl Strategy<Value = Op> {
 fn config() -> impl Strategy<Value = PolicyConfig> {
     (
         prop_oneof![
-            Just(Pick::LeastRecentlyUsed),
-            Just(Pick::RoundRobin),
-            Just(Pick::HealthWeighted)
+            1 => Just(Pick::LeastRecentlyUsed),
+            1 => Just(Pick::RoundRobin),
+            1 => Just(Pick::HealthWeighted),
+            2 => Just(Pick::QuotaAware),
+            2 => Just(Pick::Sticky),
         ],
         proptest::option::of(1u64..60_000),
         proptest::option::of((1u32..4, 1u64..5_000)),
@@ -191,6 +366,7 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
         (1u32..4, 1u64..60_000, 1u64..30_000),
         (1u64..120_000, 1u32..4, 1u64..300_000),
         (0u8..=50, 1usize..4),
+        prop_oneof![3 => Just(95u8), 1 => Just(50), 1 => Just(80), 1 => Just(100), 1 => 1u8..=100],
     )
         .prop_map(
             |(
@@ -202,6 +378,7 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
                 (burst, window, failure_cd),
                 (unauth_cd, disable_after, forbidden_cd),
                 (jitter, max_families),
+                threshold,
             )| {
                 let mut c = PolicyConfig::default();
                 c.strategy = strategy;
@@ -221,6 +398,7 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
                 c.forbidden_cooldown = Duration::from_millis(forbidden_cd);
                 c.jitter_percent = jitter;
                 c.max_families = max_families;
+                c.usage_threshold = threshold;
                 c
             },
         )
@@ -241,6 +419,31 @@ struct Harness {
 
 fn at(now: u64, offset: Offset) -> Timestamp {
     Timestamp::from_millis(now.saturating_add_signed(offset))
+}
+
+fn window(now: u64, w: &GenWindow) -> UsageWindow {
+    let mut window = UsageWindow::new(Percent::new(PERCENTS[w.percent]).unwrap());
+    if let Some(m) = w.minutes {
+        window = window.with_window_minutes(m);
+    }
+    if let Some(r) = w.resets {
+        window = window.with_resets_at(at(now, r));
+    }
+    window
+}
+
+/// The report `limits` describe at `now` (a later limit of the same id replaces an earlier).
+fn report(now: u64, limits: &[GenLimit]) -> UsageReport {
+    let mut report = UsageReport::default();
+    for l in limits {
+        let (id, names) = LIMITS[l.limit];
+        let mut limit = LimitUsage::new(id).unwrap();
+        limit.limit_name = names[l.name].map(str::to_owned);
+        limit.primary = l.primary.as_ref().map(|w| window(now, w));
+        limit.secondary = l.secondary.as_ref().map(|w| window(now, w));
+        report.push(limit);
+    }
+    report
 }
 
 impl Harness {
@@ -270,6 +473,15 @@ impl Harness {
                 s.needs_refresh = needs_refresh;
                 s.unauthorized_streak = unauthorized;
                 s.burst_streak = bursts;
+            }
+            for u in &d.usage {
+                let mut state = UsageState::new(at(now, u.observed));
+                // Names of the limit of that id where it has some, else the metered one's.
+                let names = LIMITS.get(u.limit).map_or(LIMITS[1].1, |l| l.1);
+                state.limit_name = names[u.name].map(str::to_owned);
+                state.primary = u.primary.as_ref().map(|w| window(now, w));
+                state.secondary = u.secondary.as_ref().map(|w| window(now, w));
+                s.usage.insert(DOC_LIMITS[u.limit].to_owned(), state);
             }
             doc.accounts.insert(id(d.who), s);
         }
@@ -344,8 +556,11 @@ impl Harness {
                 && s.enabled_since.is_none_or(within)
                 && s.refreshed_at.is_none_or(within)
                 && within(s.health_at)
+                && s.usage.values().all(|u| within(u.observed_at))
         });
-        if !in_horizon {
+        // A merge adds at most half of `MAX_LIMITS` limits, so a fresh pool cannot take the
+        // usage of a pool that saw more.
+        if !in_horizon || self.model.limit_ids().len() > MAX_LIMITS / 2 {
             return Ok(());
         }
         let mut fresh = Pool::new(config, 0).unwrap();
@@ -369,6 +584,10 @@ impl Harness {
         prop_assert_eq!(&view, &self.model.view(self.now));
         prop_assert_eq!(self.pool.export_state(), self.model.export());
         prop_assert_eq!(status.sessions, self.model.live_sessions(self.now));
+        prop_assert_eq!(
+            self.pool.pool_usage(Timestamp::from_millis(self.now)),
+            self.model.pool_usage(self.now)
+        );
         let c = &status.counters;
         let m = &self.model.counters;
         prop_assert_eq!(
@@ -414,14 +633,20 @@ impl Harness {
         &mut self,
         family: &str,
         session: Option<String>,
+        pinned: Option<AccountId>,
         consume: bool,
         outcomes: &[Outcome],
+        usage: Option<&[GenLimit]>,
     ) -> Result<(), TestCaseError> {
         let mut request = Request::new(family);
         if let Some(s) = &session {
             request = request.with_session(s.clone());
         }
         let mut mreq = ModelRequest::new(family, session.as_deref());
+        if let Some(account) = &pinned {
+            request = request.with_account(account.clone());
+            mreq = mreq.pinned(account.clone());
+        }
         // Bounded: attempts are capped by max_attempts (< 5) and each wait is followed by
         // a selection; 16 steps is far more than any legal run needs.
         for step in 0..16 {
@@ -435,6 +660,7 @@ impl Harness {
                 Selection::Account(account) => account,
                 Selection::Exhausted { retry_after } => {
                     prop_assert!(retry_after > Duration::ZERO);
+                    prop_assert!(retry_after <= LONGEST_WAIT, "{:?}", retry_after);
                     return Ok(());
                 }
                 Selection::NoAccount => return Ok(()),
@@ -442,6 +668,13 @@ impl Harness {
             // Affinity: a usable bound account is kept.
             if let Some(bound) = sticky {
                 prop_assert_eq!(&bound, &account, "session moved off a usable account");
+            }
+            if let Some(pinned) = &pinned {
+                prop_assert_eq!(
+                    pinned,
+                    &account,
+                    "a pinned request served by another account"
+                );
             }
             // The chosen account was usable at `now` by the pool's own account.
             let state = before
@@ -464,6 +697,16 @@ impl Harness {
                 state.tokens.is_none_or(|t| t >= 1),
                 "selected an empty bucket"
             );
+            let limit = tracked.as_deref().map(|f| self.model.limit_of(f));
+            prop_assert!(
+                !state
+                    .usage
+                    .iter()
+                    .any(|u| Some(u.limit.limit_id()) == limit.as_deref()
+                        && u.blocked_until.is_some()),
+                "selected an account over the usage threshold of the family's limit: {:?}",
+                state
+            );
 
             if consume {
                 let got = self.pool.consume(&account, now);
@@ -475,6 +718,13 @@ impl Harness {
                     }
                     (got, want) => prop_assert!(false, "consume: {:?} vs {:?}", got, want),
                 }
+            }
+            if let Some(limits) = usage {
+                let report = report(self.now, limits);
+                prop_assert_eq!(
+                    self.pool.record_usage(&account, &report, now).is_ok(),
+                    self.model.record_usage(&account, &report, self.now)
+                );
             }
             let outcome = outcomes[step % outcomes.len()];
             let got = self.pool.report(&mut request, &account, outcome, now);
@@ -491,7 +741,7 @@ impl Harness {
                 Decision::ReturnToClient { retry_after } => {
                     if let Some(wait) = retry_after {
                         prop_assert!(wait > Duration::ZERO);
-                        prop_assert!(wait <= Duration::from_secs(24 * 3600));
+                        prop_assert!(wait <= LONGEST_WAIT, "{:?}", wait);
                     }
                     return Ok(());
                 }
@@ -568,15 +818,52 @@ impl Harness {
                 }
             }
             Op::Advance(ms) => self.now += ms,
+            Op::FloodLimits(i, count) => {
+                for k in 0..*count {
+                    let mut limit = LimitUsage::new(&format!("extra_{k}")).unwrap();
+                    limit.primary = Some(window(
+                        self.now,
+                        &GenWindow {
+                            percent: 3,
+                            minutes: Some(300),
+                            resets: Some(3_600_000),
+                        },
+                    ));
+                    let mut report = UsageReport::default();
+                    report.push(limit);
+                    prop_assert_eq!(
+                        self.pool.record_usage(&id(*i), &report, now).is_ok(),
+                        self.model.record_usage(&id(*i), &report, self.now)
+                    );
+                }
+            }
+            Op::RecordUsage(reports) => {
+                for (i, limits) in reports {
+                    let report = report(self.now, limits);
+                    prop_assert_eq!(
+                        self.pool.record_usage(&id(*i), &report, now).is_ok(),
+                        self.model.record_usage(&id(*i), &report, self.now)
+                    );
+                }
+            }
             // (the round trip is checked after every step, below)
             Op::Serve {
                 family,
                 session,
+                pinned,
                 consume,
                 outcomes,
+                usage,
             } => {
                 let session = session.map(|s| format!("session-{s}"));
-                self.serve(FAMILIES[*family], session, *consume, outcomes)?;
+                self.serve(
+                    FAMILIES[*family],
+                    session,
+                    pinned.map(id),
+                    *consume,
+                    outcomes,
+                    usage.as_deref(),
+                )?;
             }
         }
         self.check_state()?;
@@ -642,8 +929,10 @@ fn reference_model_and_pool_agree_on_a_scripted_run() {
         h.run(&Op::Serve {
             family: usize::from(round % 2),
             session: Some(round % 3),
+            pinned: None,
             consume: true,
             outcomes: all[usize::from(round) % all.len()..].to_vec(),
+            usage: None,
         })
         .unwrap();
         h.run(&Op::Advance(9_000)).unwrap();

@@ -1,19 +1,57 @@
 //! A deliberately simple reference implementation of the rotation policy: plain vectors,
 //! linear scans, a level-based token bucket (not the pool's GCRA), and shared state exported
-//! and merged field by field, straight from the merge-rule table. The state-machine property
-//! test compares `Pool` against it step by step, and the `select_report` benchmark uses it as
-//! the naive baseline. Keep it obviously correct rather than fast.
+//! and merged field by field, straight from the merge-rule table. Usage reports are kept as
+//! reported, per account and limit id, and every rule about them (which limit a family counts
+//! against, until when a report blocks an account, the quota-aware order) is evaluated from
+//! them at the moment it is needed, never cached. The state-machine property test compares
+//! `Pool` against it step by step, and the `select_report` benchmark uses it as the naive
+//! baseline. Keep it obviously correct rather than fast.
 #![allow(dead_code, unreachable_pub)]
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rotation_policy::usage::{
+    DEFAULT_LIMIT, LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow, normalize_limit_id,
+};
 use rotation_policy::{
     AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
     FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN, Outcome, PolicyConfig, PolicyState,
-    PoolStatus, Selection, Strategy, Timestamp,
+    PoolStatus, Selection, Strategy, Timestamp, UsageState,
 };
+
+/// Known disagreements with the pool, each a pool bug with an ignored regression test in
+/// `tests/quota_regressions.rs`. While a switch is on, the model copies the pool's behaviour
+/// so the state-machine test keeps searching for other disagreements; turn it off (and
+/// delete it) when the pool is fixed, and the property test checks the documented rule.
+pub mod pool_bugs {
+    /// A pinned request's hand-out moves the round-robin cursor and the sticky account,
+    /// although the strategy did not pick it (a session's hand-out, likewise not a pick,
+    /// moves neither). Regressions: `a_pinned_request_does_not_move_the_sticky_account`,
+    /// `a_pinned_request_does_not_move_the_round_robin_cursor`.
+    pub const PINNED_HAND_OUT_IS_A_PICK: bool = true;
+    /// The quota-aware order ranks a window by its reported reset even after that reset
+    /// passed (the window is no longer running: nothing of it can expire), so such an
+    /// account goes first instead of last. Regression:
+    /// `quota_aware_ranks_a_window_that_already_reset_last`.
+    pub const QUOTA_ORDER_KEEPS_PASSED_RESETS: bool = true;
+    /// A window reported with `window_minutes` but no `resets_at` is shown in status, counted
+    /// in `pool_usage` and exported as running for ever, although it has reset by the report
+    /// plus `window_minutes` at the latest (the block table's own rule). Regression:
+    /// `a_window_without_reset_is_over_after_its_length`.
+    pub const WINDOW_WITHOUT_RESET_RUNS_FOREVER: bool = true;
+    /// A merged report that loses to the account's own (older, or equal and lower) still
+    /// renames its limit, which re-maps model families: requests of a model stop counting
+    /// against the metered limit named after it, and an account over that limit serves
+    /// again, while the merge reports no change. Regression:
+    /// `an_older_merged_report_does_not_rename_the_limit`.
+    pub const LOSING_MERGED_REPORT_NAMES_ITS_LIMIT: bool = true;
+}
+
+/// The longest a usage report blocks an account when its window's length is not known
+/// (`Pool::record_usage`'s table): 8 days.
+const MAX_USAGE_BLOCK: u64 = 8 * 24 * 60 * 60 * 1000;
 
 /// The fields of an account's status both implementations must agree on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +67,20 @@ pub struct View {
     pub tokens: Option<u32>,
     pub in_flight: u32,
     pub attempts: u64,
+    /// The usage part, one entry per limit the account has a report of, in the order the
+    /// limits were first seen.
+    pub usage: Vec<UsageView>,
+}
+
+/// One limit's usage in an account's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageView {
+    pub limit: String,
+    pub name: Option<String>,
+    pub primary: Option<UsageWindow>,
+    pub secondary: Option<UsageWindow>,
+    pub observed_at: u64,
+    pub blocked_until: Option<u64>,
 }
 
 /// The pool's status in the model's terms.
@@ -51,6 +103,18 @@ pub fn view_of(status: &PoolStatus) -> Vec<View> {
             tokens: a.tokens,
             in_flight: a.in_flight,
             attempts: a.attempts,
+            usage: a
+                .usage
+                .iter()
+                .map(|u| UsageView {
+                    limit: u.limit.limit_id().to_owned(),
+                    name: u.limit.limit_name.clone(),
+                    primary: u.limit.primary,
+                    secondary: u.limit.secondary,
+                    observed_at: u.observed_at.as_millis(),
+                    blocked_until: u.blocked_until.map(|t| t.as_millis()),
+                })
+                .collect(),
         })
         .collect()
 }
@@ -138,6 +202,8 @@ struct Acct {
     outcomes: Outcomes,
     /// Per family index.
     fam: Vec<Fam>,
+    /// The latest usage report per limit id, as `record_usage` or a merge left it.
+    usage: Vec<(String, UsageState)>,
 }
 
 /// One account's rate-limit state for one family.
@@ -156,6 +222,8 @@ struct Fam {
 pub struct ModelRequest {
     pub family: String,
     pub session: Option<String>,
+    /// The account the request is pinned to.
+    pub account: Option<AccountId>,
     pub attempts: u32,
     tried: Vec<(AccountId, u64)>,
 }
@@ -165,10 +233,26 @@ impl ModelRequest {
         ModelRequest {
             family: family.to_owned(),
             session: session.map(str::to_owned),
+            account: None,
             attempts: 0,
             tried: Vec::new(),
         }
     }
+
+    /// The same request, pinned to `account`.
+    pub fn pinned(mut self, account: AccountId) -> Self {
+        self.account = Some(account);
+        self
+    }
+}
+
+/// One model family: its name, the insertion order of the account round robin picked last,
+/// and the account (id, insertion order) the sticky strategy picked last.
+#[derive(Clone, Debug)]
+struct Family {
+    name: String,
+    cursor: u64,
+    sticky: Option<(AccountId, u64)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -186,7 +270,10 @@ pub struct Model {
     rng: Rng,
     clock: u64,
     accounts: Vec<Acct>,
-    families: Vec<(String, u64)>,
+    families: Vec<Family>,
+    /// Usage limits seen, in the order first seen: (id, the latest name reported for it).
+    /// The default limit is always first.
+    limits: Vec<(String, Option<String>)>,
     sessions: HashMap<String, (AccountId, u64, u64)>,
     use_seq: u64,
     pass_clock: u64,
@@ -203,6 +290,7 @@ impl Model {
             clock: 0,
             accounts: Vec::new(),
             families: Vec::new(),
+            limits: vec![(DEFAULT_LIMIT.to_owned(), None)],
             sessions: HashMap::new(),
             use_seq: 0,
             pass_clock: 0,
@@ -243,24 +331,281 @@ impl Model {
         }
     }
 
+    /// When `a` is usable for family `f`: after its cooldowns, its bucket's next token and
+    /// any usage block of the limit the family counts against.
     fn avail(&self, a: &Acct, f: usize) -> u64 {
-        a.until.max(a.fam[f].until).max(self.token_at(a))
+        let limit = self.limit_of(&self.families[f].name);
+        self.avail_in(a, f, &limit)
+    }
+
+    /// `avail` with the family's limit already looked up.
+    fn avail_in(&self, a: &Acct, f: usize, limit: &str) -> u64 {
+        a.until
+            .max(a.fam[f].until)
+            .max(self.token_at(a))
+            .max(self.blocked_until(a, limit))
+    }
+
+    // ----- usage -----
+
+    /// The limit requests of family `family` count against: a metered limit (any but the
+    /// default) whose latest reported name is the family, ASCII case ignored; else the
+    /// default limit.
+    pub fn limit_of(&self, family: &str) -> String {
+        self.limits
+            .iter()
+            .skip(1)
+            .find(|(_, name)| {
+                name.as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(family))
+            })
+            .map_or(DEFAULT_LIMIT, |(id, _)| id.as_str())
+            .to_owned()
+    }
+
+    /// The ids of the limits seen, in the order first seen.
+    pub fn limit_ids(&self) -> Vec<String> {
+        self.limits.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Makes sure limit `id` is known (adding it while fewer than `cap` are), and records
+    /// `name` as its latest name. Returns whether the limit is known.
+    fn see_limit(&mut self, id: &str, name: Option<&str>, cap: usize) -> bool {
+        let i = match self.limits.iter().position(|(l, _)| l == id) {
+            Some(i) => i,
+            None if self.limits.len() < cap => {
+                self.limits.push((id.to_owned(), None));
+                self.limits.len() - 1
+            }
+            None => return false,
+        };
+        if let Some(name) = name {
+            self.limits[i].1 = Some(name.to_owned());
+        }
+        true
+    }
+
+    fn usage_of<'a>(a: &'a Acct, limit: &str) -> Option<&'a UsageState> {
+        a.usage.iter().find(|(l, _)| l == limit).map(|(_, u)| u)
+    }
+
+    fn threshold(&self) -> f64 {
+        f64::from(self.c.usage_threshold)
+    }
+
+    /// Until when `a`'s report of `limit` blocks it (0: not at all), by the table of
+    /// `Pool::record_usage`: for each window at or above the threshold, its `resets_at`
+    /// capped at `window_minutes` (else 8 days) after the report; without a reset, the report
+    /// + `window_minutes`; with neither, the report + `max_cooldown`. The latest of them.
+    fn blocked_until(&self, a: &Acct, limit: &str) -> u64 {
+        let Some(u) = Self::usage_of(a, limit) else {
+            return 0;
+        };
+        let report = u.observed_at.as_millis();
+        let minutes = |m: u32| u64::from(m) * 60_000;
+        let mut until = 0;
+        for w in [u.primary, u.secondary].into_iter().flatten() {
+            if w.used_percent.get() < self.threshold() {
+                continue;
+            }
+            let end = match (w.resets_at, w.window_minutes) {
+                (Some(at), Some(m)) => at.as_millis().min(report.saturating_add(minutes(m))),
+                (Some(at), None) => at.as_millis().min(report.saturating_add(MAX_USAGE_BLOCK)),
+                (None, Some(m)) => report.saturating_add(minutes(m)),
+                (None, None) => report.saturating_add(ms(self.c.max_cooldown)),
+            };
+            until = until.max(end);
+        }
+        until
+    }
+
+    /// Whether window `w` of a report received at `observed` is still running at `t`: its
+    /// reset is after `t`; without a reset, the latest it can reset (the report +
+    /// `window_minutes`, as the block table says) is after `t`; with neither, it may run.
+    fn running(w: &UsageWindow, observed: Timestamp, t: u64) -> bool {
+        match (w.resets_at, w.window_minutes) {
+            (Some(at), _) => at.as_millis() > t,
+            (None, Some(m)) if !pool_bugs::WINDOW_WITHOUT_RESET_RUNS_FOREVER => {
+                observed.as_millis().saturating_add(u64::from(m) * 60_000) > t
+            }
+            (None, _) => true,
+        }
+    }
+
+    /// The quota-aware order of `a` for a family counting against `limit`: the running long
+    /// window's reset, then the running short window's, a window not known or not running
+    /// last; then insertion order.
+    fn quota_key(&self, a: &Acct, limit: &str) -> (u64, u64, u64) {
+        let clock = self.clock;
+        let reset = |w: Option<UsageWindow>| {
+            w.and_then(|w| w.resets_at)
+                .map(Timestamp::as_millis)
+                .filter(|&at| pool_bugs::QUOTA_ORDER_KEEPS_PASSED_RESETS || at > clock)
+                .unwrap_or(u64::MAX)
+        };
+        match Self::usage_of(a, limit) {
+            Some(u) => (reset(u.secondary), reset(u.primary), a.order),
+            None => (u64::MAX, u64::MAX, a.order),
+        }
+    }
+
+    /// `Pool::record_usage`: per limit of the report that has a window, the windows named
+    /// replace the ones known, a window left out is kept while its reset is in the future;
+    /// the name is the report's, else the one known; stamped with the clock, never before
+    /// the report it replaces. Limits past `MAX_LIMITS` are ignored. `false` for an unknown
+    /// account.
+    ///
+    /// "Never before" allows a stamp *equal* to a merged report's, and then the newer report
+    /// loses the merge whenever its content orders lower, although the state docs promise a
+    /// later local event always wins (`a_newer_report_wins_over_a_merged_one_stamped_ahead`
+    /// in `tests/quota_regressions.rs`). The model keeps the stamp rule as specified; the fix
+    /// belongs to the rule.
+    pub fn record_usage(&mut self, id: &AccountId, report: &UsageReport, now: u64) -> bool {
+        self.tick(now);
+        let clock = self.clock;
+        let Some(i) = self.find(id) else {
+            return false;
+        };
+        for limit in &report.limits {
+            if limit.primary.is_none() && limit.secondary.is_none() {
+                continue; // says nothing
+            }
+            let lid = limit.limit_id();
+            if !self.see_limit(lid, limit.limit_name.as_deref(), MAX_LIMITS) {
+                continue;
+            }
+            let a = &mut self.accounts[i];
+            let known = a.usage.iter().position(|(l, _)| l == lid);
+            let before = known.map(|k| a.usage[k].1.clone());
+            let kept = |w: Option<UsageWindow>| {
+                w.filter(|w| w.resets_at.is_some_and(|at| at.as_millis() > clock))
+            };
+            let observed = before
+                .as_ref()
+                .map_or(clock, |b| clock.max(b.observed_at.as_millis()));
+            let mut next = UsageState::new(ms_t(observed));
+            next.limit_name = limit
+                .limit_name
+                .clone()
+                .or_else(|| before.as_ref().and_then(|b| b.limit_name.clone()));
+            next.primary = limit
+                .primary
+                .or_else(|| kept(before.as_ref().and_then(|b| b.primary)));
+            next.secondary = limit
+                .secondary
+                .or_else(|| kept(before.as_ref().and_then(|b| b.secondary)));
+            match known {
+                Some(k) => a.usage[k].1 = next,
+                None => a.usage.push((lid.to_owned(), next)),
+            }
+        }
+        true
+    }
+
+    /// The usage part of `a`'s status at `t`: per limit it has a report of, in the order
+    /// limits were first seen; windows whose reset passed left out; the account's own name
+    /// for the limit, else the limit's; blocked until the block's end while that is after `t`.
+    fn usage_view(&self, a: &Acct, t: u64) -> Vec<UsageView> {
+        self.limits
+            .iter()
+            .filter_map(|(lid, name)| {
+                let u = Self::usage_of(a, lid)?;
+                let running =
+                    |w: Option<UsageWindow>| w.filter(|w| Self::running(w, u.observed_at, t));
+                let blocked = self.blocked_until(a, lid);
+                Some(UsageView {
+                    limit: lid.clone(),
+                    name: u.limit_name.clone().or_else(|| name.clone()),
+                    primary: running(u.primary),
+                    secondary: running(u.secondary),
+                    observed_at: u.observed_at.as_millis(),
+                    blocked_until: (blocked > t).then_some(blocked),
+                })
+            })
+            .collect()
+    }
+
+    /// `Pool::pool_usage`, from its table: per limit and window, the mean over enabled
+    /// accounts of their use (100 at or above the threshold, 0 once reset or not reported),
+    /// the earliest reset of a running window with use in it, the longest length reported,
+    /// the limit's latest name; windows no enabled account reported and limits without
+    /// windows left out.
+    pub fn pool_usage(&self, now: u64) -> UsageReport {
+        let t = self.clock.max(now);
+        let enabled: Vec<&Acct> = self
+            .accounts
+            .iter()
+            .filter(|a| a.disabled.is_none())
+            .collect();
+        let mut report = UsageReport::default();
+        for (lid, name) in &self.limits {
+            let window = |pick: fn(&UsageState) -> Option<UsageWindow>| {
+                // (window, when it was reported)
+                let reported: Vec<(UsageWindow, Timestamp)> = enabled
+                    .iter()
+                    .filter_map(|a| Self::usage_of(a, lid))
+                    .filter_map(|u| Some((pick(u)?, u.observed_at)))
+                    .collect();
+                if reported.is_empty() {
+                    return None;
+                }
+                let used = |(w, observed): &(UsageWindow, Timestamp)| {
+                    if !Self::running(w, *observed, t) {
+                        0.0
+                    } else if w.used_percent.get() >= self.threshold() {
+                        100.0
+                    } else {
+                        w.used_percent.get()
+                    }
+                };
+                let mut sum = 0.0;
+                for r in &reported {
+                    sum += used(r);
+                }
+                let mean = Percent::new(sum / enabled.len() as f64)?;
+                let mut out = UsageWindow::new(mean);
+                if let Some(m) = reported.iter().filter_map(|(w, _)| w.window_minutes).max() {
+                    out = out.with_window_minutes(m);
+                }
+                if let Some(at) = reported
+                    .iter()
+                    .filter(|r| Self::running(&r.0, r.1, t) && used(r) > 0.0)
+                    .filter_map(|(w, _)| w.resets_at)
+                    .min()
+                {
+                    out = out.with_resets_at(at);
+                }
+                Some(out)
+            };
+            let mut limit = LimitUsage::new(lid).expect("limit ids are valid");
+            limit.limit_name = name.clone();
+            limit.primary = window(|u| u.primary);
+            limit.secondary = window(|u| u.secondary);
+            if limit.primary.is_some() || limit.secondary.is_some() {
+                report.push(limit);
+            }
+        }
+        report
     }
 
     fn family(&mut self, name: &str) -> usize {
-        if let Some(i) = self.families.iter().position(|(n, _)| n == name) {
+        if let Some(i) = self.families.iter().position(|f| f.name == name) {
             return i;
         }
-        let named = self.families.iter().filter(|(n, _)| n != "*").count();
+        let named = self.families.iter().filter(|f| f.name != "*").count();
         let name = if name != "*" && named >= self.c.max_families {
-            if let Some(i) = self.families.iter().position(|(n, _)| n == "*") {
+            if let Some(i) = self.families.iter().position(|f| f.name == "*") {
                 return i;
             }
             "*"
         } else {
             name
         };
-        self.families.push((name.to_owned(), 0));
+        self.families.push(Family {
+            name: name.to_owned(),
+            cursor: 0,
+            sticky: None,
+        });
         for a in &mut self.accounts {
             a.fam.push(Fam::default());
         }
@@ -270,10 +615,10 @@ impl Model {
     /// The family a merged record for `name` goes to: one already tracked, or a new one
     /// while fewer than half of `max_families` named families are tracked; never `*`.
     fn merge_family(&mut self, name: &str) -> Option<usize> {
-        if let Some(i) = self.families.iter().position(|(n, _)| n == name) {
+        if let Some(i) = self.families.iter().position(|f| f.name == name) {
             return Some(i);
         }
-        let named = self.families.iter().filter(|(n, _)| n != "*").count();
+        let named = self.families.iter().filter(|f| f.name != "*").count();
         if name == "*" || named >= self.c.max_families / 2 {
             return None;
         }
@@ -282,18 +627,18 @@ impl Model {
 
     /// Every family tracked, in the order it was first used.
     pub fn family_names(&self) -> Vec<String> {
-        self.families.iter().map(|(n, _)| n.clone()).collect()
+        self.families.iter().map(|f| f.name.clone()).collect()
     }
 
     /// The family name `name` is tracked under (itself, or `*` past `max_families`), once
     /// it has been used.
     pub fn resolved_family(&self, name: &str) -> Option<String> {
-        if self.families.iter().any(|(n, _)| n == name) {
+        if self.families.iter().any(|f| f.name == name) {
             return Some(name.to_owned());
         }
         self.families
             .iter()
-            .any(|(n, _)| n == "*")
+            .any(|f| f.name == "*")
             .then(|| "*".to_owned())
     }
 
@@ -331,6 +676,7 @@ impl Model {
             attempts: 0,
             outcomes: Outcomes::new(),
             fam: vec![Fam::default(); self.families.len()],
+            usage: Vec::new(),
         });
         true
     }
@@ -454,7 +800,10 @@ impl Model {
     pub fn bound_candidate(&mut self, r: &ModelRequest, now: u64) -> Option<AccountId> {
         self.tick(now);
         self.c.session_ttl?;
-        let f = self.families.iter().position(|(n, _)| *n == r.family)?;
+        if r.account.is_some() {
+            return None; // affinity does not apply to a pinned request
+        }
+        let f = self.families.iter().position(|f| f.name == r.family)?;
         let (id, order, expires) = self.sessions.get(r.session.as_ref()?)?.clone();
         if expires <= self.clock {
             return None;
@@ -473,6 +822,28 @@ impl Model {
             return Selection::NoAccount;
         }
         let f = self.family(&r.family);
+        if let Some(pinned) = r.account.clone() {
+            // Only the pinned account: handed out when usable, else exactly when it will be
+            // (cooling, out of tokens, over the threshold); never when it is disabled, gone
+            // or already tried.
+            let answer = match self.find(&pinned) {
+                Some(i)
+                    if self.accounts[i].disabled.is_none()
+                        && Self::untried(r, &self.accounts[i]) =>
+                {
+                    let at = self.avail(&self.accounts[i], f);
+                    if at <= self.clock {
+                        return self.hand_out(r, f, i, false, false);
+                    }
+                    Selection::Exhausted {
+                        retry_after: Duration::from_millis(at - self.clock),
+                    }
+                }
+                _ => Selection::NoAccount,
+            };
+            self.counters.exhausted += 1;
+            return answer;
+        }
         let mut live = false;
         let mut chosen: Option<usize> = None;
         if let (Some(_), Some(s)) = (self.c.session_ttl, r.session.as_ref())
@@ -490,9 +861,15 @@ impl Model {
             let cands: Vec<usize> = (0..self.accounts.len())
                 .filter(|&i| self.candidate(r, &self.accounts[i], f))
                 .collect();
+            let least_recently_used = |m: &Model| {
+                cands.iter().copied().min_by_key(|&i| {
+                    let a = &m.accounts[i];
+                    (a.last_used, a.order)
+                })
+            };
             chosen = match self.c.strategy {
                 Strategy::RoundRobin => {
-                    let cursor = self.families[f].1;
+                    let cursor = self.families[f].cursor;
                     cands
                         .iter()
                         .copied()
@@ -509,10 +886,28 @@ impl Model {
                     let a = &self.accounts[i];
                     (a.pass, a.order)
                 }),
-                _ => cands.iter().copied().min_by_key(|&i| {
-                    let a = &self.accounts[i];
-                    (a.last_used, a.order)
-                }),
+                Strategy::QuotaAware => {
+                    let limit = self.limit_of(&self.families[f].name);
+                    cands
+                        .iter()
+                        .copied()
+                        .min_by_key(|&i| self.quota_key(&self.accounts[i], &limit))
+                }
+                Strategy::Sticky => {
+                    // The family's last pick while it is a candidate, else the least
+                    // recently used candidate.
+                    let last = self.families[f].sticky.clone();
+                    cands
+                        .iter()
+                        .copied()
+                        .find(|&i| {
+                            last.as_ref().is_some_and(|(id, order)| {
+                                self.accounts[i].id == *id && self.accounts[i].order == *order
+                            })
+                        })
+                        .or_else(|| least_recently_used(self))
+                }
+                _ => least_recently_used(self),
             };
         }
         let Some(i) = chosen else {
@@ -530,9 +925,30 @@ impl Model {
                 None => Selection::NoAccount,
             };
         };
+        self.hand_out(r, f, i, by_affinity, live)
+    }
+
+    /// Hands account `i` out for the next attempt of `r` (family `f`).
+    fn hand_out(
+        &mut self,
+        r: &mut ModelRequest,
+        f: usize,
+        i: usize,
+        by_affinity: bool,
+        live: bool,
+    ) -> Selection {
         let rotated = r.attempts > 0 || (live && !by_affinity);
-        if !by_affinity && self.c.strategy == Strategy::RoundRobin {
-            self.families[f].1 = self.accounts[i].order;
+        // The strategy's own picks move its cursor; affinity and pinning are not its picks.
+        let pick = !by_affinity && (r.account.is_none() || pool_bugs::PINNED_HAND_OUT_IS_A_PICK);
+        if pick {
+            match self.c.strategy {
+                Strategy::RoundRobin => self.families[f].cursor = self.accounts[i].order,
+                Strategy::Sticky => {
+                    self.families[f].sticky =
+                        Some((self.accounts[i].id.clone(), self.accounts[i].order));
+                }
+                _ => {}
+            }
         }
         self.use_seq += 1;
         let a = &mut self.accounts[i];
@@ -556,7 +972,9 @@ impl Model {
             self.counters.rotations += 1;
         }
         let (id, order) = (a.id.clone(), a.order);
-        if let (Some(ttl), Some(s)) = (self.c.session_ttl, r.session.as_ref()) {
+        if r.account.is_none()
+            && let (Some(ttl), Some(s)) = (self.c.session_ttl, r.session.as_ref())
+        {
             self.sessions
                 .insert(s.clone(), (id.clone(), order, self.clock + ms(ttl)));
         }
@@ -711,6 +1129,18 @@ impl Model {
         if o == Outcome::Success {
             return Decision::ReturnToClient { retry_after: None };
         }
+        if let Some(pinned) = &r.account {
+            // Nothing else may serve it and the pinned account was tried: back to the
+            // client, with the time until the pinned account is usable, if it will be.
+            let retry_after = self
+                .find(pinned)
+                .map(|i| &self.accounts[i])
+                .filter(|a| a.disabled.is_none())
+                .map(|a| self.avail(a, f))
+                .filter(|&at| at > self.clock)
+                .map(|at| Duration::from_millis(at - self.clock));
+            return Decision::ReturnToClient { retry_after };
+        }
         let earliest = |m: &Model, only_untried: bool| {
             m.accounts
                 .iter()
@@ -749,7 +1179,7 @@ impl Model {
                     .iter()
                     .zip(&self.families)
                     .filter(|(s, _)| s.until > t)
-                    .map(|(s, (name, _))| (name.clone(), s.until, s.streak))
+                    .map(|(s, family)| (family.name.clone(), s.until, s.streak))
                     .collect(),
                 needs_refresh: a.needs_refresh,
                 health: a.health,
@@ -758,6 +1188,7 @@ impl Model {
                     .map(|(_, refill)| (self.level(a, t) / refill) as u32),
                 in_flight: a.in_flight,
                 attempts: a.attempts,
+                usage: self.usage_view(a, t),
             })
             .collect()
     }
@@ -773,7 +1204,7 @@ impl Model {
             {
                 s.cooldown = Some(Cooldown::new(ms_t(a.until), reason, ms_t(a.until_since)));
             }
-            for (f, (name, _)) in a.fam.iter().zip(&self.families) {
+            for (f, Family { name, .. }) in a.fam.iter().zip(&self.families) {
                 if f.until > t {
                     let family =
                         FamilyState::new(ms_t(f.until), f.streak).with_since(ms_t(f.since));
@@ -788,6 +1219,16 @@ impl Model {
             s.needs_refresh = a.needs_refresh;
             s.unauthorized_streak = a.unauthorized_streak;
             s.burst_streak = a.burst_streak;
+            // A report is shared, whole, while one of its windows runs.
+            for (lid, u) in &a.usage {
+                if [u.primary, u.secondary]
+                    .iter()
+                    .flatten()
+                    .any(|w| Self::running(w, u.observed_at, t))
+                {
+                    s.usage.insert(lid.clone(), u.clone());
+                }
+            }
             state.accounts.insert(a.id.clone(), s);
         }
         state
@@ -925,6 +1366,35 @@ impl Model {
                 a.unauthorized_streak = s.unauthorized_streak;
                 a.burst_streak = s.burst_streak;
             }
+            // Usage, per limit: the later report, whole (ties by content); only valid limit
+            // ids, plausible and not from the future; a merge adds at most half the limits.
+            // A report that wins is news like a recorded one and names its limit; one that
+            // loses changes nothing.
+            for (lid, theirs) in &s.usage {
+                if !real(theirs.observed_at)
+                    || normalize_limit_id(lid).as_deref() != Some(lid.as_str())
+                    || !ok(theirs.observed_at)
+                {
+                    continue;
+                }
+                let known = self.accounts[i].usage.iter().position(|(l, _)| l == lid);
+                let wins = known.is_none_or(|k| {
+                    usage_order(theirs) > usage_order(&self.accounts[i].usage[k].1)
+                });
+                let name = if wins || pool_bugs::LOSING_MERGED_REPORT_NAMES_ITS_LIMIT {
+                    theirs.limit_name.as_deref()
+                } else {
+                    None
+                };
+                if !self.see_limit(lid, name, MAX_LIMITS / 2) || !wins {
+                    continue;
+                }
+                let a = &mut self.accounts[i];
+                match known {
+                    Some(k) => a.usage[k].1 = theirs.clone(),
+                    None => a.usage.push((lid.clone(), theirs.clone())),
+                }
+            }
         }
         unknown
     }
@@ -933,6 +1403,32 @@ impl Model {
         let t = self.clock.max(now);
         self.sessions.values().filter(|s| s.2 > t).count()
     }
+}
+
+/// A window in the order of `usage_order`: (use, length, reset).
+pub type WindowOrder = Option<(Percent, Option<u32>, Option<Timestamp>)>;
+
+/// See `usage_order`.
+pub type UsageOrder<'a> = (Timestamp, WindowOrder, WindowOrder, Option<&'a str>);
+
+/// The order of two reports of one limit: the later `observed_at`; equal times by the
+/// content, which every writer must order alike (`UsageState` documents "a total order of the
+/// content"): the primary window, then the secondary one (each by use, then length, then
+/// reset; a missing window or field lowest), then the name (missing lowest).
+///
+/// The rule table in `rotation_policy::state` says "the higher primary use, then the higher
+/// secondary use, then the name", which leaves out the windows' lengths and resets and puts
+/// them after the name; the pool compares them first. Both are total and give a join; the
+/// table is the inexact one.
+pub fn usage_order(u: &UsageState) -> UsageOrder<'_> {
+    let window =
+        |w: Option<UsageWindow>| w.map(|w| (w.used_percent, w.window_minutes, w.resets_at));
+    (
+        u.observed_at,
+        window(u.primary),
+        window(u.secondary),
+        u.limit_name.as_deref(),
+    )
 }
 
 fn ms_t(ms: u64) -> Timestamp {
