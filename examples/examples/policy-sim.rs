@@ -58,13 +58,27 @@ impl StrategyArg {
     }
 }
 
-/// The strategies `--compare` runs, in table order.
-const COMPARED: [StrategyArg; 4] = [
-    StrategyArg::Lru,
-    StrategyArg::RoundRobin,
-    StrategyArg::QuotaAware,
-    StrategyArg::Sticky,
+/// What `--compare` runs, in table order: least recently used and round robin as they
+/// were before usage reports (they learn of a full window from the upstream's 429 only),
+/// then every strategy given the usage each answer reports.
+const COMPARED: [(StrategyArg, bool); 6] = [
+    (StrategyArg::Lru, false),
+    (StrategyArg::RoundRobin, false),
+    (StrategyArg::Lru, true),
+    (StrategyArg::RoundRobin, true),
+    (StrategyArg::QuotaAware, true),
+    (StrategyArg::Sticky, true),
 ];
+
+/// A run's row label: the strategy, marked `/no-usage` when the policy was not given the
+/// usage reports (as before quota-aware rotation: it learns of a full window from a 429).
+fn label(strategy: StrategyArg, usage_reports: bool) -> String {
+    if usage_reports {
+        strategy.name().to_owned()
+    } else {
+        format!("{}/no-usage", strategy.name())
+    }
+}
 
 /// Simulate account rotation with the rotation-policy crate.
 #[derive(Debug, Parser)]
@@ -179,18 +193,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.compare {
         let started = Instant::now();
         let mut runs = Vec::with_capacity(COMPARED.len());
-        for strategy in COMPARED {
+        for (strategy, usage_reports) in COMPARED {
             let mut config = config.clone();
             config.policy.strategy = strategy.strategy();
-            runs.push((strategy, simulate(&config)?));
+            if let Some(model) = config.windows.as_mut() {
+                model.usage_reports = usage_reports;
+            }
+            runs.push((label(strategy, usage_reports), simulate(&config)?));
         }
         let elapsed = started.elapsed();
         if args.json {
             let runs: Vec<_> = runs
                 .iter()
-                .map(|(strategy, report)| {
-                    serde_json::json!({ "strategy": strategy.name(), "report": report })
-                })
+                .map(|(strategy, report)| serde_json::json!({ "strategy": strategy, "report": report }))
                 .collect();
             println!("{}", serde_json::to_string_pretty(&runs)?);
             return Ok(());
@@ -262,14 +277,14 @@ fn print_setup(config: &SimConfig, report: &SimReport) {
     }
 }
 
-fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elapsed: Duration) {
+fn print_comparison(config: &SimConfig, runs: &[(String, SimReport)], elapsed: Duration) {
     let Some((_, first)) = runs.first() else {
         return;
     };
     print_setup(config, first);
     println!();
     println!(
-        "{:<12} {:>8} {:>10} {:>8} {:>14} {:>11}",
+        "{:<20} {:>8} {:>10} {:>8} {:>14} {:>11}",
         "strategy", "served", "429s seen", "refused", "weekly unused", "5 h unused"
     );
     let unused = |r: &SimReport, weekly: bool| match &r.windows {
@@ -279,8 +294,8 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
     };
     for (strategy, r) in runs {
         println!(
-            "{:<12} {:>8} {:>10} {:>8} {:>14} {:>11}",
-            strategy.name(),
+            "{:<20} {:>8} {:>10} {:>8} {:>14} {:>11}",
+            strategy,
             r.served,
             r.counters.outcomes.rate_limited,
             r.requests - r.served,
@@ -291,7 +306,7 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
     println!();
     println!("breakdown");
     println!(
-        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
+        "{:<20} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
         "strategy",
         "exhausted",
         "gave up",
@@ -313,8 +328,8 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
             },
         );
         println!(
-            "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
-            strategy.name(),
+            "{:<20} {:>10} {:>8} {:>8} {:>12} {:>13} {:>12} {:>6}",
+            strategy,
             r.pool_exhausted,
             r.upstream_errors + r.no_account,
             r.counters.retries,
@@ -334,7 +349,7 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
                 } else {
                     days.join(" ")
                 };
-                println!("  {:<12} {days}", strategy.name());
+                println!("  {:<20} {days}", strategy);
             }
         }
     }
@@ -342,6 +357,9 @@ fn print_comparison(config: &SimConfig, runs: &[(StrategyArg, SimReport)], elaps
         "  exhausted: no account usable (answered 429 with retry_after); gave up: attempts used up;"
     );
     println!("  5 h windows: short windows that ended (each started by a first use)");
+    println!(
+        "  /no-usage: the policy is not given the usage reports (it learns of a full window from a 429 alone)"
+    );
     println!();
     println!(
         "time: {:.1} ms of wall time for {} runs{}",

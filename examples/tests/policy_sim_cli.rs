@@ -235,7 +235,17 @@ fn windows_compare_prints_the_strategies_side_by_side() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     let names: Vec<&str> = rows.iter().map(|row| row[0]).collect();
-    assert_eq!(names, ["lru", "round-robin", "quota-aware", "sticky"]);
+    assert_eq!(
+        names,
+        [
+            "lru/no-usage",
+            "round-robin/no-usage",
+            "lru",
+            "round-robin",
+            "quota-aware",
+            "sticky"
+        ]
+    );
     let requests: u64 = r
         .stdout
         .lines()
@@ -261,7 +271,7 @@ fn windows_compare_prints_the_strategies_side_by_side() {
     assert_eq!(a.stdout, b.stdout);
     let runs: serde_json::Value = serde_json::from_str(&a.stdout).unwrap();
     let runs = runs.as_array().unwrap();
-    assert_eq!(runs.len(), 4);
+    assert_eq!(runs.len(), 6);
     for (entry, name) in runs.iter().zip(names) {
         assert_eq!(entry["strategy"], name);
         assert_eq!(entry["report"]["requests"], requests);

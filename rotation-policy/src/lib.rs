@@ -92,9 +92,9 @@
 //! in its bucket, and has not been tried for this request yet. Among candidates a session's
 //! bound account wins (affinity, renewed for [`PolicyConfig::session_ttl`] on each use);
 //! otherwise the [`Strategy`] picks (least recently used, round robin, health-weighted — a
-//! share of picks proportional to health + 1, by stride scheduling —, quota-aware — the
-//! soonest usage reset first —, or sticky — the last pick while it can serve) and the
-//! session moves to the pick.
+//! share of picks proportional to health + 1, by stride scheduling —, quota-aware — a week
+//! about to end first, else least recently used —, or sticky — the last pick while it can
+//! serve) and the session moves to the pick.
 //!
 //! | outcome | effect on the account |
 //! |---|---|
@@ -121,9 +121,10 @@
 //! ChatGPT-plan accounts have usage windows (about 5 hours and a week), and the Codex backend
 //! says on every answer how much of each is used (headers, or a `codex.rate_limits` stream
 //! event; [`usage`] parses both). Given to [`Pool::record_usage`], a report keeps the account
-//! off requests of that limit from [`PolicyConfig::usage_threshold`] (95 % by default) until
-//! the window resets — before the upstream answers 429 — and [`Strategy::QuotaAware`] spends
-//! first the capacity that would expire first:
+//! off requests of that limit once the requests it could still get might overflow a window
+//! (or from [`PolicyConfig::usage_threshold`], a reserve) until the window resets — before
+//! the upstream answers 429 — and [`Strategy::QuotaAware`] spends
+//! first the capacity that would otherwise expire unused:
 //!
 //! ```
 //! use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -144,7 +145,7 @@
 //! // Stand-in for the upstream: its answers report each account's usage in headers.
 //! let upstream = |account: &AccountId| -> HeaderMap {
 //!     let (five_hour, five_hour_reset, weekly_reset) = match account.as_str() {
-//!         "acct-1" => ("97.0", reset(3_600), reset(86_400)), // weekly resets tomorrow
+//!         "acct-1" => ("99.0", reset(3_600), reset(86_400)), // weekly resets tomorrow
 //!         _ => ("20.0", reset(7_200), reset(6 * 86_400)),
 //!     };
 //!     let mut headers = HeaderMap::new();
@@ -172,9 +173,8 @@
 //!     pool.report(&mut request, &account, Outcome::from_response(200, &headers, wall), now);
 //!     served.push(account.as_str().to_owned());
 //! }
-//! // acct-1 served first (nothing known yet), then reported 97 % of its 5-hour window: past
-//! // the threshold, it waits for that reset, so acct-2 serves although acct-1's weekly
-//! // capacity would expire sooner.
+//! // acct-1 served first (nothing known yet), then reported 99 % of its 5-hour window: two
+//! // more requests could overflow it, so it waits for that reset and acct-2 serves.
 //! assert_eq!(served, ["acct-1", "acct-2", "acct-2"]);
 //! let status = pool.account_status(&AccountId::new("acct-1")?, now).unwrap();
 //! assert_eq!(status.usage[0].blocked_until, Some(now.saturating_add(Duration::from_secs(3_600))));
@@ -184,12 +184,12 @@
 //! The block, per limit a report names (a model counts against the metered limit whose
 //! reported `limit_name` is its family, else against `codex`):
 //!
-//! | the window at or above the threshold has | the account serves that limit's requests again at |
+//! | the window | the account serves that limit's requests again at |
 //! |---|---|
-//! | `resets_at` | `resets_at`, but at most `window_minutes` (else 8 days) after the report |
-//! | `window_minutes` only | the report + `window_minutes` |
-//! | neither | the report + [`max_cooldown`](PolicyConfig::max_cooldown) (it is tried again and reports anew) |
-//! | a `resets_at` that has passed | now: the window started over |
+//! | within the margin: two more requests' worth, plus the requests in flight, would overflow it (usage headers come before the answer, so a report lags one request; a request's worth is the largest rise seen between two reports, at least 1 point) — or at or above the threshold | the window's end: `resets_at`, but at most `window_minutes` (else 8 days) after the report; with neither, the report + [`max_cooldown`](PolicyConfig::max_cooldown) (it is tried again and reports anew) |
+//! | the long window in its last twentieth, under [`Strategy::QuotaAware`] | at once, until it is full: what it has left expires at the reset |
+//! | answered 429 while past the threshold or margin | the window's end (it is taken as full) |
+//! | one whose end has passed | now: the window started over |
 //!
 //! The block is one more "usable from" time in the waiting index, so
 //! `Exhausted { retry_after }` stays exact. [`Pool::pool_usage`] aggregates the pool's usage

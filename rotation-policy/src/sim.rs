@@ -520,8 +520,13 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
         .max_attempts
         .saturating_mul(3)
         .saturating_add(2);
+    let usage_reports = upstream
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.model.usage_reports);
     if let Some(quota) = upstream.quota.as_mut()
         && quota.model.usage_known_at_start
+        && quota.model.usage_reports
     {
         for (i, id) in ids.iter().enumerate() {
             if let Some(usage) = quota.usage(i, 0) {
@@ -600,7 +605,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
             None
         } else if let Some((account, outcome, usage)) = state.pending.take() {
             // A proxy reads the usage headers of every answer before deciding on it.
-            if let Some(usage) = usage {
+            if let Some(usage) = usage.filter(|_| usage_reports) {
                 pool.record_usage(&account, &usage, now)?;
             }
             report.decisions += 1;

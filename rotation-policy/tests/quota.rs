@@ -19,6 +19,14 @@ fn at(ms: u64) -> Timestamp {
     Timestamp::from_millis(T0 + ms)
 }
 
+/// The policy with a 5 % reserve: accounts are left at 95 % (the default is 100 %, where
+/// the learned margin alone decides).
+fn threshold_95() -> PolicyConfig {
+    let mut config = PolicyConfig::default();
+    config.usage_threshold = 95;
+    config
+}
+
 fn id(name: &str) -> AccountId {
     AccountId::new(name).unwrap()
 }
@@ -78,7 +86,7 @@ fn served_by(pool: &mut Pool, family: &str, now: u64) -> String {
 
 #[test]
 fn at_the_threshold_an_account_waits_for_its_reset_and_the_wait_is_exact() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b"]);
     // Just under the threshold (95 %): still a candidate.
     pool.record_usage(
         &id("a"),
@@ -125,7 +133,7 @@ fn at_the_threshold_an_account_waits_for_its_reset_and_the_wait_is_exact() {
 
 #[test]
 fn a_429_with_usage_at_100_waits_for_the_reset_not_only_the_cooldown() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a"]);
+    let mut pool = pool_with(threshold_95(), &["a"]);
     let mut request = Request::new("gpt-5");
     assert_eq!(
         pool.select(&mut request, at(0)),
@@ -152,7 +160,7 @@ fn a_429_with_usage_at_100_waits_for_the_reset_not_only_the_cooldown() {
 
 #[test]
 fn the_block_rules_table_holds_row_by_row() {
-    let config = PolicyConfig::default(); // max_cooldown 15 min
+    let config = threshold_95(); // max_cooldown 15 min
     let blocked_for = |w: UsageWindow| {
         let mut pool = pool_with(config.clone(), &["a"]);
         pool.record_usage(&id("a"), &codex(Some(w), None), at(0))
@@ -189,19 +197,21 @@ fn the_block_rules_table_holds_row_by_row() {
 
 #[test]
 fn the_threshold_is_configurable_and_validated() {
+    // A reserve of 20 %: out at 80 %, though the margin would allow more.
     let mut config = PolicyConfig::default();
-    config.usage_threshold = 100;
+    assert_eq!(config.usage_threshold, 100);
+    config.usage_threshold = 80;
     let mut pool = pool_with(config.clone(), &["a"]);
     pool.record_usage(
         &id("a"),
-        &codex(Some(window(99.9, None, Some(HOUR))), None),
+        &codex(Some(window(79.9, None, Some(HOUR))), None),
         at(0),
     )
     .unwrap();
     assert_eq!(served_by(&mut pool, "gpt-5", 0), "a");
     pool.record_usage(
         &id("a"),
-        &codex(Some(window(100.0, None, Some(HOUR))), None),
+        &codex(Some(window(80.0, None, Some(HOUR))), None),
         at(0),
     )
     .unwrap();
@@ -226,7 +236,7 @@ fn the_threshold_is_configurable_and_validated() {
 
 #[test]
 fn a_metered_limit_blocks_only_the_model_it_names() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b"]);
     // Families exist before the limit's name is known, and after.
     assert_eq!(served_by(&mut pool, "gpt-5.2-codex-sonic", 0), "a");
     let sonic = report(
@@ -274,7 +284,7 @@ fn a_metered_limit_blocks_only_the_model_it_names() {
 
 #[test]
 fn a_report_keeps_windows_it_leaves_out_until_they_reset() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b"]);
     pool.record_usage(
         &id("a"),
         &codex(None, Some(window(97.0, Some(10_080), Some(DAY)))),
@@ -305,47 +315,172 @@ fn a_report_keeps_windows_it_leaves_out_until_they_reset() {
     assert_eq!(usage.observed_at, at(MIN));
 }
 
+/// A weekly window's last twentieth: 8 h 24 min.
+const LAST_TWENTIETH: u64 = 7 * DAY / 20;
+
 #[test]
-fn quota_aware_spends_the_capacity_that_resets_first() {
-    let mut config = PolicyConfig::default();
+fn quota_aware_spends_first_what_expires_soonest_and_spreads_the_rest() {
+    let mut config = threshold_95();
     config.strategy = Strategy::QuotaAware;
-    config.session_ttl = None;
     let mut pool = pool_with(config, &["a", "b", "c", "d"]);
-    // Nothing known: insertion order.
-    assert_eq!(served_by(&mut pool, "gpt-5", 0), "a");
-    let weekly = |used, reset| Some(window(used, Some(10_080), Some(reset)));
-    let short = |reset| Some(window(10.0, Some(300), Some(reset)));
-    pool.record_usage(&id("a"), &codex(short(HOUR), weekly(10.0, 6 * DAY)), at(0))
+    let weekly = |used, end| Some(window(used, Some(10_080), Some(end)));
+    let short = Some(window(10.0, Some(300), Some(5 * HOUR)));
+    // `b` and `c` are in their week's last twentieth (their leftover expires within
+    // 8.4 h); `a`'s week ends in 6 days; nothing is known of `d`.
+    pool.record_usage(&id("a"), &codex(short, weekly(10.0, 6 * DAY)), at(0))
         .unwrap();
-    pool.record_usage(&id("b"), &codex(short(4 * HOUR), weekly(60.0, DAY)), at(0))
+    pool.record_usage(&id("b"), &codex(short, weekly(60.0, 4 * HOUR)), at(0))
         .unwrap();
-    pool.record_usage(&id("c"), &codex(short(2 * HOUR), weekly(30.0, DAY)), at(0))
+    pool.record_usage(&id("c"), &codex(short, weekly(30.0, 2 * HOUR)), at(0))
         .unwrap();
-    // `b` and `c` lose their weekly headroom tomorrow; `c`'s short window resets first. `d`
-    // has no running window: nothing of it can expire, so it comes last.
-    for expected in ["c", "c"] {
-        assert_eq!(served_by(&mut pool, "gpt-5", 1), expected);
+    // Soonest end first, for as long as it can serve.
+    for _ in 0..3 {
+        assert_eq!(served_by(&mut pool, "gpt-5", 1), "c");
     }
-    // `c` reaches the threshold: `b` is next, then `a`, then `d`.
-    pool.record_usage(&id("c"), &codex(short(2 * HOUR), weekly(95.0, DAY)), at(2))
+    // Past the threshold in its last twentieth it is still spent (what is left expires)...
+    pool.record_usage(&id("c"), &codex(short, weekly(97.0, 2 * HOUR)), at(2))
         .unwrap();
-    assert_eq!(served_by(&mut pool, "gpt-5", 2), "b");
+    assert_eq!(served_by(&mut pool, "gpt-5", 2), "c");
+    // ...until it is full.
+    pool.record_usage(&id("c"), &codex(short, weekly(100.0, 2 * HOUR)), at(3))
+        .unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", 3), "b");
+    // Nothing else is about to expire: least recently used spreads the rest (every
+    // short window keeps rolling). (`c` would be back in a new week after 2 h.)
     pool.disable(&id("b")).unwrap();
-    assert_eq!(served_by(&mut pool, "gpt-5", 2), "a");
-    pool.disable(&id("a")).unwrap();
-    assert_eq!(served_by(&mut pool, "gpt-5", 2), "d");
+    pool.disable(&id("c")).unwrap();
+    let mut order = Vec::new();
+    for now in 4..8 {
+        order.push(served_by(&mut pool, "gpt-5", now));
+    }
+    assert_eq!(order, ["a", "d", "a", "d"]);
+    // As time moves `a` into its last twentieth, it goes first with no report at all.
+    let a_expiring = 6 * DAY - LAST_TWENTIETH;
+    assert_eq!(served_by(&mut pool, "gpt-5", a_expiring - 1), "a");
+    assert_eq!(served_by(&mut pool, "gpt-5", a_expiring - 1), "d");
+    assert_eq!(served_by(&mut pool, "gpt-5", a_expiring), "a");
+    assert_eq!(served_by(&mut pool, "gpt-5", a_expiring + 1), "a");
     // Affinity still wins over the order.
+    pool.disable(&id("a")).unwrap();
+    let mut request = Request::new("gpt-5").with_session("s");
+    let Selection::Account(bound) = pool.select(&mut request, at(a_expiring + 2)) else {
+        panic!("no account");
+    };
     pool.enable(&id("a")).unwrap();
     let mut request = Request::new("gpt-5").with_session("s");
     assert_eq!(
-        pool.select(&mut request, at(3)),
-        Selection::Account(id("a"))
+        pool.select(&mut request, at(a_expiring + 3)),
+        Selection::Account(bound)
     );
+    assert_eq!(served_by(&mut pool, "gpt-5", a_expiring + 3), "a");
+}
+
+#[test]
+fn only_quota_aware_spends_a_window_past_the_threshold_and_a_429_ends_that() {
+    for (strategy, spends) in [
+        (Strategy::LeastRecentlyUsed, false),
+        (Strategy::RoundRobin, false),
+        (Strategy::Sticky, false),
+        (Strategy::QuotaAware, true),
+    ] {
+        let mut config = threshold_95();
+        config.strategy = strategy;
+        let mut pool = pool_with(config, &["a"]);
+        let end = DAY;
+        let report = codex(None, Some(window(97.0, Some(10_080), Some(end))));
+        pool.record_usage(&id("a"), &report, at(0)).unwrap();
+        // Before the last twentieth: out for every strategy, until the twentieth starts
+        // (quota-aware) or the end (the others).
+        let until = if spends { end - LAST_TWENTIETH } else { end };
+        assert_eq!(
+            pick(&mut pool, "gpt-5", 0),
+            Selection::Exhausted {
+                retry_after: Duration::from_millis(until)
+            },
+            "{strategy:?}"
+        );
+        let now = end - LAST_TWENTIETH;
+        let mut request = Request::new("gpt-5");
+        let selection = pool.select(&mut request, at(now));
+        if !spends {
+            assert!(
+                matches!(selection, Selection::Exhausted { .. }),
+                "{strategy:?}"
+            );
+            continue;
+        }
+        assert_eq!(selection, Selection::Account(id("a")));
+        pool.consume(&id("a"), at(now)).unwrap();
+        // The upstream says no: the window is full, out until it ends (not for the 429's
+        // short cooldown).
+        let limited = Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        assert_eq!(
+            pool.report(&mut request, &id("a"), limited, at(now)),
+            Decision::ReturnToClient {
+                retry_after: Some(Duration::from_millis(LAST_TWENTIETH))
+            }
+        );
+        let status = pool.account_status(&id("a"), at(now)).unwrap();
+        let weekly = status.usage[0].limit.secondary.unwrap();
+        assert_eq!(weekly.used_percent.get(), 100.0);
+    }
+}
+
+#[test]
+fn an_account_is_left_two_requests_before_its_window_would_overflow() {
+    let config = PolicyConfig::default(); // threshold 100: the margin alone
+    let mut pool = pool_with(config.clone(), &["a", "b"]);
+    let five_hour = |used| codex(Some(window(used, Some(300), Some(5 * HOUR))), None);
+    // Nothing learned yet: a request is taken to use a point, so 98 % still fits two...
+    pool.record_usage(&id("a"), &five_hour(98.0), at(0))
+        .unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", 0), "a");
+    // ...and 99 % does not.
+    let mut pool = pool_with(config.clone(), &["a", "b"]);
+    pool.record_usage(&id("a"), &five_hour(99.0), at(0))
+        .unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", 0), "b");
+    // A new window, then rises of 2, 2 and 4 points: one request uses up to 4 points.
+    let six_hour = |used| codex(Some(window(used, Some(360), Some(6 * HOUR))), None);
+    let mut now = 1;
+    for used in [84.0, 86.0, 88.0] {
+        pool.record_usage(&id("a"), &six_hour(used), at(now))
+            .unwrap();
+        now += 1;
+    }
+    // 92 + 2 × 4 = 100: still fits.
+    pool.record_usage(&id("a"), &six_hour(92.0), at(now))
+        .unwrap();
+    pool.disable(&id("b")).unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", now), "a");
+    // 92.5 + 2 × 4 > 100: the answer just served and the next request could overflow it.
+    pool.record_usage(&id("a"), &six_hour(92.5), at(now + 1))
+        .unwrap();
+    assert_eq!(
+        pick(&mut pool, "gpt-5", now + 1),
+        Selection::Exhausted {
+            retry_after: Duration::from_millis(6 * HOUR - now - 1)
+        }
+    );
+    // A jump larger than 10 points is someone else's traffic, not one request: the step
+    // stays at most 10.
+    let mut pool = pool_with(threshold_95(), &["a"]);
+    pool.record_usage(&id("a"), &six_hour(10.0), at(0)).unwrap();
+    pool.record_usage(&id("a"), &six_hour(70.0), at(1)).unwrap();
+    pool.record_usage(&id("a"), &six_hour(79.0), at(2)).unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", 2), "a"); // 79 + 2 × 10 = 99
+    pool.record_usage(&id("a"), &six_hour(80.5), at(3)).unwrap();
+    assert!(matches!(
+        pick(&mut pool, "gpt-5", 3),
+        Selection::Exhausted { .. }
+    ));
 }
 
 #[test]
 fn sticky_stays_on_its_account_until_it_cannot_serve() {
-    let mut config = PolicyConfig::default();
+    let mut config = threshold_95();
     config.strategy = Strategy::Sticky;
     config.session_ttl = None;
     let mut pool = pool_with(config, &["a", "b", "c"]);
@@ -386,7 +521,7 @@ fn sticky_stays_on_its_account_until_it_cannot_serve() {
 
 #[test]
 fn a_pinned_request_goes_only_to_its_account() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b"]);
     let pinned = || Request::new("gpt-5").with_account(id("b"));
     assert_eq!(
         pool.select(&mut pinned(), at(0)),
@@ -439,7 +574,7 @@ fn a_pinned_request_goes_only_to_its_account() {
 
 #[test]
 fn the_pool_aggregate_follows_its_table() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b", "c", "d"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b", "c", "d"]);
     pool.record_usage(
         &id("a"),
         &codex(Some(window(96.0, Some(300), Some(3 * HOUR))), None),
@@ -475,13 +610,13 @@ fn the_pool_aggregate_follows_its_table() {
         .unwrap();
     assert_eq!(primary.used_percent.get(), 70.0);
     // An empty pool says nothing.
-    let empty = pool_with(PolicyConfig::default(), &[]);
+    let empty = pool_with(threshold_95(), &[]);
     assert!(empty.pool_usage(at(0)).is_empty());
 }
 
 #[test]
 fn usage_is_shared_state_and_the_later_report_wins() {
-    let mut first = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut first = pool_with(threshold_95(), &["a", "b"]);
     first
         .record_usage(
             &id("a"),
@@ -498,7 +633,7 @@ fn usage_is_shared_state_and_the_later_report_wins() {
     );
 
     // A restarted or second process merges the file: `a` is blocked there too.
-    let mut second = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut second = pool_with(threshold_95(), &["a", "b"]);
     let file: PolicyState = serde_json::from_str(&json).unwrap();
     assert_eq!(second.merge_state(&file, at(MIN)).changed, 1);
     assert_eq!(served_by(&mut second, "gpt-5", MIN), "b");
@@ -532,7 +667,7 @@ fn usage_is_shared_state_and_the_later_report_wins() {
 
 #[test]
 fn hostile_usage_in_a_shared_file_is_bounded() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let mut pool = pool_with(threshold_95(), &["a", "b"]);
     // Junk values read as absent; a future-stamped report is ignored; bad limit ids too.
     let json = format!(
         r#"{{"version":1,"accounts":{{"a":{{"usage":{{
@@ -572,7 +707,7 @@ fn hostile_usage_in_a_shared_file_is_bounded() {
 
 #[test]
 fn reports_that_bring_no_news_are_not_kept_so_shared_state_settles() {
-    let mut pool = pool_with(PolicyConfig::default(), &["a"]);
+    let mut pool = pool_with(threshold_95(), &["a"]);
     let five_hour = |used| codex(Some(window(used, Some(300), Some(5 * HOUR))), None);
     pool.record_usage(&id("a"), &five_hour(40.0), at(0))
         .unwrap();
@@ -599,7 +734,7 @@ fn reports_that_bring_no_news_are_not_kept_so_shared_state_settles() {
     pool.record_usage(&id("a"), &moved, at(now)).unwrap(); // a new reset time
     assert_eq!(pool.take_changes().accounts.len(), 1);
     now += 1;
-    let mut config = PolicyConfig::default();
+    let mut config = threshold_95();
     config.usage_threshold = 42;
     let mut strict = pool_with(config, &["a"]);
     strict
@@ -618,4 +753,31 @@ fn reports_that_bring_no_news_are_not_kept_so_shared_state_settles() {
 
 fn pool_observed(pool: &Pool) -> Timestamp {
     pool.account_status(&id("a"), at(0)).unwrap().usage[0].observed_at
+}
+
+#[test]
+fn requests_in_flight_count_against_the_margin() {
+    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    pool.disable(&id("b")).unwrap();
+    let window_at = |used| codex(Some(window(used, Some(300), Some(5 * HOUR))), None);
+    for (now, used) in [(0, 80.0), (1, 84.0)] {
+        pool.record_usage(&id("a"), &window_at(used), at(now))
+            .unwrap(); // a step of 4
+    }
+    pool.record_usage(&id("a"), &window_at(88.0), at(2))
+        .unwrap();
+    // 88 + 2 × 4 ≤ 100; with one request on its way, 88 + 3 × 4 = 100 still fits...
+    let mut first = Request::new("gpt-5");
+    assert_eq!(pool.select(&mut first, at(3)), Selection::Account(id("a")));
+    pool.consume(&id("a"), at(3)).unwrap();
+    let mut second = Request::new("gpt-5");
+    assert_eq!(pool.select(&mut second, at(3)), Selection::Account(id("a")));
+    pool.consume(&id("a"), at(3)).unwrap();
+    // ...with two, 88 + 4 × 4 does not: no third until one answers.
+    assert!(matches!(
+        pick(&mut pool, "gpt-5", 3),
+        Selection::Exhausted { .. }
+    ));
+    pool.report(&mut first, &id("a"), Outcome::Success, at(4));
+    assert_eq!(served_by(&mut pool, "gpt-5", 4), "a");
 }

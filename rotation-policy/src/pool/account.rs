@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 
 use super::index::{Place, Rules};
 use crate::status::{CooldownReason, DisabledReason, OutcomeCounts};
-use crate::{AccountId, Outcome, UsageState};
+use crate::usage::UsageWindow;
+use crate::{AccountId, Outcome, Timestamp, UsageState};
 
 /// An account's state for one model family, and where it sits in that family's index.
 #[derive(Clone, Debug)]
@@ -21,6 +22,9 @@ pub(super) struct PerFamily {
     /// Consecutive rate limits.
     pub(super) streak: u32,
     pub(super) place: Place,
+    /// When the account's key in this family's ready set changes by itself (its entry in
+    /// the family's `rekey` index).
+    pub(super) rekey_at: Option<u64>,
 }
 
 impl PerFamily {
@@ -30,6 +34,7 @@ impl PerFamily {
         unstamped_seen: 0,
         streak: 0,
         place: Place::Absent,
+        rekey_at: None,
     };
 
     /// Takes the cooldown from `since` to `until` if it orders after the one held (later
@@ -98,6 +103,38 @@ pub(super) struct Account {
     /// The latest usage report per limit (indexed like the pool's limits; shorter when
     /// later limits have no report). Shared state.
     pub(super) usage: Vec<Option<UsageState>>,
+    /// What this process learned of how much one request uses, per limit (same indexes).
+    pub(super) steps: Vec<Steps>,
+}
+
+/// The most one request is taken to use of a window (percentage points): a larger rise
+/// between two reports comes from traffic of others on the same account (the Codex CLI
+/// itself, another proxy), not from one request.
+pub(super) const MAX_STEP: f64 = 10.0;
+
+/// How much one request uses of a limit's windows, learned from the reports this process
+/// saw: the largest rise of a window's use between two reports of the same window (same
+/// reset), at most [`MAX_STEP`]. Per process: it paces this process's requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Steps {
+    /// The last use seen of the primary and secondary window, with that window's reset.
+    seen: [Option<(f64, Option<Timestamp>)>; 2],
+    /// The largest rise seen, primary and secondary.
+    pub(super) step: [f64; 2],
+}
+
+impl Steps {
+    /// Learns from a report of window `which` (0: primary, 1: secondary).
+    pub(super) fn observe(&mut self, which: usize, window: &UsageWindow) {
+        let used = window.used_percent.get();
+        if let Some((before, resets)) = self.seen[which]
+            && resets == window.resets_at
+            && used > before
+        {
+            self.step[which] = self.step[which].max((used - before).min(MAX_STEP));
+        }
+        self.seen[which] = Some((used, window.resets_at));
+    }
 }
 
 /// The part of an account's shared state one health observation consists of.
@@ -107,6 +144,19 @@ impl Account {
     /// The latest usage report of `limit`, if any.
     pub(super) fn usage(&self, limit: usize) -> Option<&UsageState> {
         self.usage.get(limit).and_then(Option::as_ref)
+    }
+
+    /// What this process learned of one request's use of `limit`'s windows.
+    pub(super) fn steps(&self, limit: usize) -> Steps {
+        self.steps.get(limit).copied().unwrap_or_default()
+    }
+
+    /// The learning slot of `limit`, grown as needed.
+    pub(super) fn steps_mut(&mut self, limit: usize) -> &mut Steps {
+        if self.steps.len() <= limit {
+            self.steps.resize(limit + 1, Steps::default());
+        }
+        &mut self.steps[limit]
     }
 
     /// The report slot of `limit`, grown as needed.

@@ -8,11 +8,19 @@ use crate::PolicyConfig;
 use crate::config::Strategy;
 use crate::status::CooldownReason;
 use crate::time::ceil_millis;
-use crate::usage::UsageWindow;
+use crate::usage::Percent;
 
 /// Ordering key of a usable account within a family; smaller is picked first. The account's
 /// insertion order is always part of it, so keys are unique.
 pub(super) type Key = (u64, u64, u64);
+
+/// The least a request is taken to use of a window (percentage points) before this process
+/// has seen one: an account reported at 99 % is left, one at 98 % gets one more.
+pub(super) const MIN_STEP: f64 = 1.0;
+
+/// Quota-aware rotation spends a window past the threshold in the last `1 / SQUEEZE_SHARE`
+/// of its length (15 minutes of 5 hours, 8.4 hours of a week).
+pub(super) const SQUEEZE_SHARE: u64 = 20;
 
 /// Where an account sits in one family's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +47,9 @@ pub(super) struct Family {
     pub(super) limit: usize,
     /// `(slot, generation)` of the account the sticky strategy picked last.
     pub(super) sticky: Option<(u32, u32)>,
+    /// `(when, order) -> slot` of ready accounts whose key changes at a known time (the
+    /// quota-aware order moves with the clock); see [`Rules::key_changes_at`].
+    pub(super) rekey: BTreeMap<(u64, u64), u32>,
 }
 
 /// Immutable policy numbers, pre-converted to milliseconds.
@@ -107,24 +118,43 @@ impl Rules {
             Strategy::RoundRobin => (a.order, 0, 0),
             Strategy::HealthWeighted => (a.pass, a.order, 0),
             Strategy::QuotaAware => {
-                // Soonest end first: the long window's (it holds the most capacity, and
-                // what it has left when it resets is lost), then the short one's. A window
-                // not known, or over by `clock`, sorts last: nothing of it can expire. (The
-                // key of an account in the ready set is renewed as its windows end: see
-                // `Pool::renew_stale_keys`.)
-                match a.usage(limit) {
-                    Some(u) => {
-                        let end = |w: Option<UsageWindow>| {
-                            w.map(|w| w.ends_at(u.observed_at).as_millis())
-                                .filter(|&end| end > clock)
-                                .unwrap_or(u64::MAX)
-                        };
-                        (end(u.secondary), end(u.primary), a.order)
-                    }
-                    None => (u64::MAX, u64::MAX, a.order),
+                // The long window's end, when it is in its last twentieth (what it has left
+                // expires soon: spend it first, soonest end first); else least recently
+                // used, which keeps every account's short window rolling. (The key is
+                // renewed as time moves an account into its last twentieth: see
+                // `Rules::key_changes_at` and `Pool::renew_keys`.)
+                match self.expiring_end(a, limit, clock) {
+                    Some(end) => (0, end, a.order),
+                    None => (1, a.last_used, a.order),
                 }
             }
         }
+    }
+
+    /// The next time after `clock` at which [`key`](Self::key) of `a` changes by itself
+    /// (without a report): when the quota-aware order moves the account into its long
+    /// window's last twentieth, and when that window ends.
+    pub(super) fn key_changes_at(&self, a: &Account, limit: usize, clock: u64) -> Option<u64> {
+        if self.strategy != Strategy::QuotaAware {
+            return None;
+        }
+        let usage = a.usage(limit)?;
+        let long = usage.secondary.or(usage.primary)?;
+        let minutes = long.window_minutes?;
+        let end = long.ends_at(usage.observed_at).as_millis();
+        let from = end.saturating_sub(u64::from(minutes).saturating_mul(60_000) / SQUEEZE_SHARE);
+        [from, end].into_iter().find(|&t| t > clock)
+    }
+
+    /// The end of `limit`'s long window when `clock` is in its last twentieth (and it has
+    /// not ended), for the quota-aware order.
+    pub(super) fn expiring_end(&self, a: &Account, limit: usize, clock: u64) -> Option<u64> {
+        let usage = a.usage(limit)?;
+        let long = usage.secondary.or(usage.primary)?;
+        let minutes = long.window_minutes?;
+        let end = long.ends_at(usage.observed_at).as_millis();
+        let last = u64::from(minutes).saturating_mul(60_000) / SQUEEZE_SHARE;
+        (end > clock && end.saturating_sub(last) <= clock).then_some(end)
     }
 
     /// Until when (ms) the account's reported usage of `limit` keeps it out: the latest end
@@ -134,24 +164,56 @@ impl Rules {
     /// |---|---|
     /// | `resets_at` or `window_minutes` | its end ([`UsageWindow::ends_at`]): `resets_at`, but at most `window_minutes` (else 8 days) after the report |
     /// | neither | the report + `max_cooldown` (then the account is tried again and reports anew) |
-    pub(super) fn usage_blocked_until(&self, a: &Account, limit: usize) -> u64 {
+    pub(super) fn usage_blocked_until(&self, a: &Account, limit: usize, clock: u64) -> u64 {
         let Some(usage) = a.usage(limit) else {
             return 0;
         };
         let observed = usage.observed_at;
+        let steps = a.steps(limit);
+        // The long window (the secondary one when reported) is the one whose leftover
+        // expires for good; what a short window has left comes back with the next one.
+        let long = if usage.secondary.is_some() { 1 } else { 0 };
         [usage.primary, usage.secondary]
             .into_iter()
-            .flatten()
-            .filter(|w| w.used_percent.get() >= self.usage_threshold)
-            .map(|w| {
+            .zip(steps.step)
+            .enumerate()
+            .filter_map(|(which, (w, step))| {
+                w.filter(|w| self.blocks(w.used_percent.get(), step, a.in_flight))
+                    .map(|w| (which, w))
+            })
+            .map(|(which, w)| {
                 if w.resets_at.is_none() && w.window_minutes.is_none() {
-                    observed.as_millis().saturating_add(self.max_cooldown)
-                } else {
-                    w.ends_at(observed).as_millis()
+                    return observed.as_millis().saturating_add(self.max_cooldown);
+                }
+                let end = w.ends_at(observed).as_millis();
+                match (self.strategy, w.window_minutes) {
+                    // Quota-aware spends what the long window has left in its last
+                    // twentieth: it would expire unused. Only a full window (or a 429)
+                    // stops that.
+                    (Strategy::QuotaAware, Some(minutes))
+                        if which == long && w.used_percent < Percent::FULL =>
+                    {
+                        let last = u64::from(minutes).saturating_mul(60_000) / SQUEEZE_SHARE;
+                        let from = end.saturating_sub(last);
+                        if from <= clock { 0 } else { from }
+                    }
+                    _ => end,
                 }
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Whether a window used `used` percent keeps the account out, given that one request
+    /// was seen to use up to `step` points of it and `in_flight` requests of this process
+    /// are on their way: at or above the threshold, or when two more requests' worth plus
+    /// those in flight (each at least [`MIN_STEP`]) would overflow it. Two, because a report
+    /// does not count the answer it came with yet (usage headers come before the answer is
+    /// generated), and the next request adds as much again: an account is left before the
+    /// upstream's 429, not at it.
+    pub(super) fn blocks(&self, used: f64, step: f64, in_flight: u32) -> bool {
+        let requests = 2.0 + f64::from(in_flight);
+        used >= self.usage_threshold || used + requests * step.max(MIN_STEP) > 100.0
     }
 
     /// When the bucket next holds a whole token.
@@ -165,11 +227,11 @@ impl Rules {
     }
 
     /// When the account is usable for `family` (which counts against `limit`).
-    pub(super) fn available_at(&self, a: &Account, family: usize, limit: usize) -> u64 {
+    pub(super) fn available_at(&self, a: &Account, family: usize, limit: usize, clock: u64) -> u64 {
         a.cooldown_until
             .max(a.families[family].cooldown_until)
             .max(self.bucket_ready_at(a))
-            .max(self.usage_blocked_until(a, limit))
+            .max(self.usage_blocked_until(a, limit, clock))
     }
 
     /// Puts account `a` (in `slot`) where it belongs in `family`'s index at `clock`.
@@ -185,18 +247,32 @@ impl Rules {
         let desired = if a.disabled.is_some() {
             Place::Absent
         } else {
-            let at = self.available_at(a, family, limit);
+            let at = self.available_at(a, family, limit, clock);
             if at <= clock {
                 Place::Ready(self.key(a, limit, clock))
             } else {
                 Place::Waiting(at)
             }
         };
-        let current = a.families[family].place;
+        let rekey_at = match desired {
+            Place::Ready(_) => self.key_changes_at(a, limit, clock),
+            _ => None,
+        };
+        let index = &mut families[family];
+        let state = &mut a.families[family];
+        if state.rekey_at != rekey_at {
+            if let Some(at) = state.rekey_at {
+                index.rekey.remove(&(at, a.order));
+            }
+            if let Some(at) = rekey_at {
+                index.rekey.insert((at, a.order), slot);
+            }
+            state.rekey_at = rekey_at;
+        }
+        let current = state.place;
         if current == desired {
             return;
         }
-        let index = &mut families[family];
         match current {
             Place::Absent => {}
             Place::Ready(key) => {

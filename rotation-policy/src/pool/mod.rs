@@ -39,6 +39,29 @@ const HEALTH_AUTH: u8 = 40;
 /// little traffic but never none (it can earn its health back).
 const HEALTH_STRIDE: u64 = 1_000_000;
 
+/// Marks every window of `limit` that is past the threshold or margin as full (see the
+/// 429 rule in `apply`); returns whether one changed.
+fn fill_windows_past_threshold(rules: &Rules, account: &mut Account, limit: usize) -> bool {
+    let step = account.steps(limit).step;
+    let Some(Some(usage)) = account.usage.get_mut(limit) else {
+        return false;
+    };
+    let mut changed = false;
+    for (window, step) in [&mut usage.primary, &mut usage.secondary]
+        .into_iter()
+        .zip(step)
+    {
+        if let Some(w) = window
+            && w.used_percent < crate::usage::Percent::FULL
+            && rules.blocks(w.used_percent.get(), step, 0)
+        {
+            w.used_percent = crate::usage::Percent::FULL;
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
@@ -238,6 +261,7 @@ impl Pool {
             outcomes: OutcomeCounts::default(),
             families: vec![PerFamily::NEW; self.families.len()],
             usage: Vec::new(),
+            steps: Vec::new(),
         };
         self.rules
             .place_everywhere(&mut account, &mut self.families, slot, self.clock);
@@ -483,7 +507,7 @@ impl Pool {
         }
         let by_affinity = chosen.is_some();
         if chosen.is_none() {
-            self.renew_stale_keys(family, request);
+            self.renew_keys(family);
         }
         let Some(slot) = chosen.or_else(|| self.pick(family, request)) else {
             self.counters.exhausted += 1;
@@ -863,6 +887,7 @@ impl Pool {
             cursor: 0,
             limit: self.limit_of_family(name),
             sticky: None,
+            rekey: BTreeMap::new(),
         });
         for (slot, account) in self.slots.iter_mut().enumerate() {
             if let Some(account) = account {
@@ -897,43 +922,45 @@ impl Pool {
     /// Moves every account of `family` whose wait is over into the ready set. Each move
     /// undoes one earlier move to waiting, so this is amortized O(log n) per state change.
     fn promote(&mut self, family: usize) {
-        let index = &mut self.families[family];
-        while let Some((&(at, _), &slot)) = index.waiting.first_key_value() {
+        // Bounded: each round removes one waiting entry; `place` puts the account in the
+        // ready set (its time has come), or back to waiting at a later time.
+        while let Some((&(at, _), &slot)) = self.families[family].waiting.first_key_value() {
             if at > self.clock {
                 break;
             }
-            index.waiting.pop_first();
+            self.families[family].waiting.pop_first();
             if let Some(Some(account)) = self.slots.get_mut(slot as usize) {
-                let key = self.rules.key(account, index.limit, self.clock);
-                index.ready.insert(key, slot);
-                account.families[family].place = Place::Ready(key);
+                // The entry is gone: forget it, so `place` does not look for it.
+                account.families[family].place = Place::Absent;
+                self.rules
+                    .place(account, &mut self.families, slot, family, self.clock);
             }
         }
     }
 
-    /// Quota-aware keys hold the end of a usage window, which passes with time while the
-    /// account sits in the ready set: before a pick, the accounts that would be picked are
-    /// re-keyed while their key is stale (their window ended: now they sort last). Each
-    /// re-key follows a window's end, so this is amortized O(log n) per usage report.
-    fn renew_stale_keys(&mut self, family: usize, request: &Request) {
-        if self.rules.strategy != Strategy::QuotaAware {
-            return;
-        }
-        let limit = self.families[family].limit;
-        // Bounded: each round re-keys one account to a key it keeps until its next report.
-        for _ in 0..=self.families[family].ready.len() {
-            let Some(slot) = self.pick(family, request) else {
-                return;
-            };
-            let Some(account) = self.slots[slot as usize].as_mut() else {
-                return;
-            };
-            let fresh = self.rules.key(account, limit, self.clock);
-            if account.families[family].place == Place::Ready(fresh) {
-                return;
+    /// Re-keys the ready accounts of `family` whose key changed with the clock (the
+    /// quota-aware order), so a pick sees the order at `now`. Each entry was put there by a
+    /// placement and is taken once: amortized O(log n) per state change.
+    fn renew_keys(&mut self, family: usize) {
+        while let Some((&entry, &slot)) = self.families[family].rekey.first_key_value() {
+            if entry.0 > self.clock {
+                break;
             }
-            self.rules
-                .place(account, &mut self.families, slot, family, self.clock);
+            if let Some(Some(account)) = self.slots.get_mut(slot as usize) {
+                // `place` removes the entry (the account's `rekey_at`) and adds the next
+                // one, if any, later than the clock.
+                self.rules
+                    .place(account, &mut self.families, slot, family, self.clock);
+            }
+            // Bounded: an entry `place` did not take (none should remain) goes now.
+            if self.families[family]
+                .rekey
+                .first_key_value()
+                .map(|(k, _)| *k)
+                == Some(entry)
+            {
+                self.families[family].rekey.pop_first();
+            }
         }
     }
 
@@ -1078,6 +1105,7 @@ impl Pool {
         };
         let burst_wait = bursting.then(|| self.backoff(self.rules.failure_cooldown, burst));
         let rules = &self.rules;
+        let limit = self.families[family].limit;
         let Some(account) = self.slots[slot as usize].as_mut() else {
             return;
         };
@@ -1121,6 +1149,10 @@ impl Pool {
                     slot_state.cooldown_until = until;
                     slot_state.cooldown_since = clock;
                 }
+                // A 429 on a window already past the threshold or margin (quota-aware
+                // spends such windows near their end) says the window is full: it stays out
+                // until its end, not only for the cooldown.
+                changed |= fill_windows_past_threshold(rules, account, limit);
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);

@@ -387,7 +387,8 @@ impl Pool {
             changed = true;
         }
 
-        // Usage: per limit, the later report. Limits first (a new name re-maps families).
+        // Usage: per limit, the later report. A report's limit name is taken only with the
+        // report (a name re-maps model families; one from a report that lost is stale).
         let mut reports = Vec::new();
         for (id, usage) in &theirs.usage {
             if !usage.is_plausible() || normalize_limit_id(id).as_deref() != Some(id.as_str()) {
@@ -398,20 +399,30 @@ impl Pool {
                 continue;
             }
             // Merged state may add at most half the limits, like families.
-            if let Some(index) = self.limit_index(id, usage.limit_name.as_deref(), MAX_LIMITS / 2) {
-                reports.push((index, usage));
+            if let Some(index) = self.limit_index(id, None, MAX_LIMITS / 2) {
+                reports.push((index, id, usage));
             }
         }
         let Some(account) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return changed;
         };
-        for (index, theirs) in reports {
+        let mut names = Vec::new();
+        for (index, id, theirs) in reports {
             let ours = account.usage_mut(index);
             if ours.as_ref().is_none_or(|ours| theirs.key() > ours.key()) {
                 *ours = Some(theirs.clone());
                 changed = true;
+                if let Some(name) = theirs.limit_name.as_deref() {
+                    names.push((id, name));
+                }
             }
         }
+        for (id, name) in names {
+            self.limit_index(id, Some(name), MAX_LIMITS / 2);
+        }
+        let Some(account) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return changed;
+        };
 
         report.ignored_future += ignored;
         if changed {

@@ -13,14 +13,14 @@ use crate::{AccountId, PolicyError, Timestamp, UsageState};
 pub const USAGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether `next` (for the same limit) is news against `kept`: see [`Pool::record_usage`].
-fn news(kept: &UsageState, next: &UsageState, threshold: f64) -> bool {
+fn news(kept: &UsageState, next: &UsageState, blocks: impl Fn(f64, usize) -> bool) -> bool {
     let refresh = u64::try_from(USAGE_REFRESH.as_millis()).unwrap_or(u64::MAX);
-    let window_news = |a: Option<UsageWindow>, b: Option<UsageWindow>| match (a, b) {
+    let window_news = |a: Option<UsageWindow>, b: Option<UsageWindow>, which: usize| match (a, b) {
         (Some(a), Some(b)) => {
             let (x, y) = (a.used_percent.get(), b.used_percent.get());
             a.resets_at != b.resets_at
                 || a.window_minutes != b.window_minutes
-                || (x >= threshold) != (y >= threshold)
+                || blocks(x, which) != blocks(y, which)
                 || (x - y).abs() >= 1.0
         }
         (None, None) => false,
@@ -31,8 +31,8 @@ fn news(kept: &UsageState, next: &UsageState, threshold: f64) -> bool {
         .saturating_sub(kept.observed_at.as_millis())
         >= refresh
         || kept.limit_name != next.limit_name
-        || window_news(kept.primary, next.primary)
-        || window_news(kept.secondary, next.secondary)
+        || window_news(kept.primary, next.primary, 0)
+        || window_news(kept.secondary, next.secondary, 1)
 }
 
 impl Pool {
@@ -42,22 +42,28 @@ impl Pool {
     /// query. Call it before [`report`](Self::report)ing the answer's outcome.
     ///
     /// For each limit in the report, the windows it names replace the ones known (a window
-    /// it leaves out is kept until that window's reset). A report that is no news is not
+    /// it leaves out is kept until that window's end, if it has a reset time). A report that is no news is not
     /// kept: one that moves no window by a whole percentage point, changes no reset, window
     /// length, name or block, and comes within [`USAGE_REFRESH`] of the report kept. A busy
     /// account reports on every answer; this way the pool's shared state (and the file
     /// processes share it through) changes at most once a minute for it, not per answer. An account with a window at or
-    /// above [`usage_threshold`](crate::PolicyConfig::usage_threshold) serves no request
-    /// counted against that limit until the window resets: it waits like a cooling account,
+    /// above [`usage_threshold`](crate::PolicyConfig::usage_threshold), or within the margin
+    /// below, serves no request counted against that limit until the window resets: it
+    /// waits like a cooling account,
     /// so [`Selection::Exhausted`](crate::Selection::Exhausted) stays exact. A request counts
     /// against the metered limit whose reported `limit_name` is its model family (ASCII
     /// case ignored), else against [`DEFAULT_LIMIT`](crate::usage::DEFAULT_LIMIT).
     ///
-    /// | the window at or above the threshold has | the account waits until |
+    /// | the window | the account waits until |
     /// |---|---|
-    /// | `resets_at` | `resets_at`, but at most `window_minutes` (else 8 days) after the report |
-    /// | `window_minutes` only | the report + `window_minutes` (the latest it can reset) |
-    /// | neither | the report + [`max_cooldown`](crate::PolicyConfig::max_cooldown), when it is tried again |
+    /// | within the margin — two more requests' worth, plus this process's requests in flight on it, would overflow it (a request's worth: the largest rise of the window's use between two reports this process saw, 1 to 10 points) — or at or above the threshold | the window's end: its `resets_at`, but at most `window_minutes` (else 8 days) after the report; with neither, the report + [`max_cooldown`](crate::PolicyConfig::max_cooldown), when it is tried again |
+    /// | the same, under [`Strategy::QuotaAware`](crate::Strategy::QuotaAware), for the long window in its last twentieth | not at all until it is full (reported at 100 %) |
+    /// | answered 429 while past the threshold or that margin | its end: the window is taken as full |
+    /// | one whose end has passed | nothing: it started over |
+    ///
+    /// Two requests' worth, because usage headers are sent before the answer is generated:
+    /// a report does not count the request it answers yet, and the next request adds as much
+    /// again. The margin is learned per process and not shared.
     ///
     /// The report is shared state ([`AccountState::usage`](crate::AccountState::usage)):
     /// other processes and the next run steer by it. At most
@@ -70,7 +76,7 @@ impl Pool {
     /// use rotation_policy::usage::{LimitUsage, Percent, UsageReport, UsageWindow};
     /// use rotation_policy::{AccountId, PolicyConfig, Pool, Request, Selection, Timestamp};
     ///
-    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?; // usage_threshold: 95 %
+    /// let mut pool = Pool::new(PolicyConfig::default(), 0)?;
     /// let (a, b) = (AccountId::new("a")?, AccountId::new("b")?);
     /// pool.add(a.clone())?;
     /// pool.add(b.clone())?;
@@ -114,6 +120,13 @@ impl Pool {
             let Some(account) = self.slots[slot as usize].as_mut() else {
                 break;
             };
+            let steps = account.steps_mut(index);
+            for (which, window) in [limit.primary, limit.secondary].iter().enumerate() {
+                if let Some(window) = window {
+                    steps.observe(which, window);
+                }
+            }
+            let step = steps.step;
             let known = account.usage_mut(index);
             // Stamped after what it replaces (which may have been merged from a process whose
             // clock runs ahead), so the newer report wins every merge, ties included.
@@ -140,9 +153,10 @@ impl Pool {
             next.secondary = limit
                 .secondary
                 .or_else(|| still_running(previous.as_ref().and_then(|p| p.secondary)));
-            let threshold = self.rules.usage_threshold;
+            let rules = &self.rules;
+            let blocks = |used: f64, which: usize| rules.blocks(used, step[which], 0);
             match previous {
-                Some(previous) if !news(&previous, &next, threshold) => {
+                Some(previous) if !news(&previous, &next, blocks) => {
                     *known = Some(previous);
                 }
                 _ => {
@@ -168,7 +182,7 @@ impl Pool {
     ///
     /// | field | the pool's value |
     /// |---|---|
-    /// | `used_percent` | the mean over enabled accounts: an account's reported use while its window runs, 100 % at or above [`usage_threshold`](crate::PolicyConfig::usage_threshold) (what is left cannot be used), 0 % once the window has ended ([`UsageWindow::ends_at`]) or when nothing was reported |
+    /// | `used_percent` | the mean over enabled accounts: an account's reported use while its window runs, 100 % when the window keeps it out (at or above [`usage_threshold`](crate::PolicyConfig::usage_threshold), or within the margin: what is left cannot be used), 0 % once the window has ended ([`UsageWindow::ends_at`]) or when nothing was reported |
     /// | `resets_at` | the earliest reset of a running window with use in it (when capacity comes back) |
     /// | `window_minutes` | the longest reported |
     /// | `limit_name` | the latest reported |
@@ -192,7 +206,7 @@ impl Pool {
     /// }
     /// let pool_usage = pool.pool_usage(Timestamp::ZERO);
     /// let primary = pool_usage.limit("codex").and_then(|l| l.primary).unwrap();
-    /// assert_eq!(primary.used_percent.get(), 70.0); // (100 + 40) / 2: `a` is past 95 %
+    /// assert_eq!(primary.used_percent.get(), 70.0); // (100 + 40) / 2: `a` is kept out
     /// # Ok::<(), rotation_policy::PolicyError>(())
     /// ```
     pub fn pool_usage(&self, now: Timestamp) -> UsageReport {
@@ -210,12 +224,12 @@ impl Pool {
             };
             usage.limit_name = limit.name.clone();
             usage.primary = self.aggregate(&enabled, t, |a| {
-                a.usage(index)
-                    .and_then(|u| Some((u.primary?, u.observed_at)))
+                let u = a.usage(index)?;
+                Some((u.primary?, u.observed_at, a.steps(index).step[0]))
             });
             usage.secondary = self.aggregate(&enabled, t, |a| {
-                a.usage(index)
-                    .and_then(|u| Some((u.secondary?, u.observed_at)))
+                let u = a.usage(index)?;
+                Some((u.secondary?, u.observed_at, a.steps(index).step[1]))
             });
             if usage.has_windows() {
                 report.push(usage);
@@ -229,14 +243,14 @@ impl Pool {
         &self,
         accounts: &[&Account],
         t: u64,
-        window: impl Fn(&Account) -> Option<(UsageWindow, Timestamp)>,
+        window: impl Fn(&Account) -> Option<(UsageWindow, Timestamp, f64)>,
     ) -> Option<UsageWindow> {
         let mut known = false;
         let mut sum = 0.0;
         let mut minutes: Option<u32> = None;
         let mut resets: Option<Timestamp> = None;
         for account in accounts {
-            let Some((w, reported_at)) = window(account) else {
+            let Some((w, reported_at, step)) = window(account) else {
                 continue;
             };
             known = true;
@@ -245,7 +259,8 @@ impl Pool {
             if end.as_millis() <= t {
                 continue; // over since: nothing used
             }
-            let used = if w.used_percent.get() >= self.rules.usage_threshold {
+            // A window the account is kept out of has nothing usable left.
+            let used = if self.rules.blocks(w.used_percent.get(), step, 0) {
                 100.0
             } else {
                 w.used_percent.get()
@@ -284,7 +299,7 @@ impl Pool {
                 shown.limit_name = usage.limit_name.clone().or_else(|| limit.name.clone());
                 shown.primary = running(usage.primary, usage.observed_at);
                 shown.secondary = running(usage.secondary, usage.observed_at);
-                let blocked = self.rules.usage_blocked_until(a, index);
+                let blocked = self.rules.usage_blocked_until(a, index, t);
                 Some(UsageStatus {
                     limit: shown,
                     observed_at: usage.observed_at,

@@ -51,7 +51,7 @@ use crate::usage::{DEFAULT_LIMIT, LimitUsage, Percent, UsageReport, UsageWindow}
 /// let report = simulate(&config)?;
 /// let windows = report.windows.expect("window model on");
 /// assert!(windows.served_units > 0);
-/// assert_eq!(windows.window_429s, 0); // the 95 % threshold leaves room for any request
+/// assert_eq!(windows.window_429s, 0); // the learned margin leaves room for any request
 /// # Ok::<(), rotation_policy::PolicyError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +86,10 @@ pub struct WindowModel {
     /// shared by an earlier run) would. `false` (default): the pool learns an account's
     /// usage only from answers, so an account never used has no usage known.
     pub usage_known_at_start: bool,
+    /// Whether the pool is given the usage the upstream reports (`true`, default). `false`
+    /// runs the policy as it was before usage reports: it learns of a full window only
+    /// from the upstream's 429 — the baseline quota-aware rotation is measured against.
+    pub usage_reports: bool,
 }
 
 impl Default for WindowModel {
@@ -100,6 +104,7 @@ impl Default for WindowModel {
             reports_include_request: false,
             weekly_used_at_start: 100,
             usage_known_at_start: false,
+            usage_reports: true,
         }
     }
 }
@@ -389,6 +394,7 @@ mod tests {
             reports_include_request: false,
             weekly_used_at_start: 0,
             usage_known_at_start: false,
+            usage_reports: true,
         }
     }
 
