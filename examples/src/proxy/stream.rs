@@ -236,12 +236,14 @@ mod tests {
 
     /// The account's usage never reaches the client: with nothing known to the pool when
     /// the answer starts, it carries no usage headers; the event is recorded for the account
-    /// on the way and replaced by the pool's usage (the one account, at 97.5 %, over the
+    /// on the way and replaced by the pool's usage (the one account, at 97.5 %, over a 95 %
     /// threshold, counts as 100 %); everything else passes byte for byte.
     #[tokio::test]
     async fn the_client_gets_the_pools_usage_and_the_account_its_report_recorded() {
         let id = AccountId::new("a").unwrap();
-        let mut pool = Pool::new(PolicyConfig::default(), 1).unwrap();
+        let mut config = PolicyConfig::default();
+        config.usage_threshold = 95;
+        let mut pool = Pool::new(config, 1).unwrap();
         pool.add(id.clone()).unwrap();
         let shared = Arc::new(Shared::for_tests(pool));
         let reset = reset_at();
