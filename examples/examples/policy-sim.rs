@@ -139,6 +139,11 @@ struct Args {
     /// workload and print them side by side.
     #[arg(long)]
     compare: bool,
+    /// With --compare: also run the next N-1 seeds (each strategy on each seed's workload)
+    /// and print the mean per strategy — one seed's differences of a percent are noise.
+    #[arg(long, default_value_t = 1, requires = "compare",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    seeds: u32,
     /// Print the full report as JSON instead of the summary.
     #[arg(long)]
     json: bool,
@@ -211,6 +216,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         print_comparison(&config, &runs, elapsed);
+        if args.seeds > 1 {
+            print_means(&config, args.seeds)?;
+        }
         return Ok(());
     }
 
@@ -223,6 +231,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     print_summary(&args, &config, &report, elapsed);
+    Ok(())
+}
+
+/// Each compared run's mean over `seeds` seeds (the first is `config.seed`): requests
+/// served, 429s seen and requests refused, and on how many seeds it served the most.
+fn print_means(config: &SimConfig, seeds: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let mut served = [0u64; COMPARED.len()];
+    let mut seen = [0u64; COMPARED.len()];
+    let mut refused = [0u64; COMPARED.len()];
+    let mut best = [0u32; COMPARED.len()];
+    for offset in 0..u64::from(seeds) {
+        let mut round = [0u64; COMPARED.len()];
+        for (i, (strategy, usage_reports)) in COMPARED.into_iter().enumerate() {
+            let mut config = config.clone();
+            config.seed = config.seed.wrapping_add(offset);
+            config.policy.strategy = strategy.strategy();
+            if let Some(model) = config.windows.as_mut() {
+                model.usage_reports = usage_reports;
+            }
+            let report = simulate(&config)?;
+            round[i] = report.served;
+            served[i] += report.served;
+            seen[i] += report.counters.outcomes.rate_limited;
+            refused[i] += report.requests - report.served;
+        }
+        let top = round.iter().copied().max().unwrap_or(0);
+        for (i, &n) in round.iter().enumerate() {
+            best[i] += u32::from(n == top);
+        }
+    }
+    let n = f64::from(seeds);
+    println!();
+    println!(
+        "mean over seeds {}..={}",
+        config.seed,
+        config.seed.wrapping_add(u64::from(seeds) - 1)
+    );
+    println!(
+        "{:<20} {:>9} {:>10} {:>9} {:>12}",
+        "strategy", "served", "429s seen", "refused", "most served"
+    );
+    for (i, (strategy, usage_reports)) in COMPARED.into_iter().enumerate() {
+        println!(
+            "{:<20} {:>9.1} {:>10.1} {:>9.1} {:>12}",
+            label(strategy, usage_reports),
+            served[i] as f64 / n,
+            seen[i] as f64 / n,
+            refused[i] as f64 / n,
+            format!("{}/{seeds}", best[i])
+        );
+    }
     Ok(())
 }
 

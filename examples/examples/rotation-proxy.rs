@@ -141,9 +141,11 @@ struct Args {
     /// serve: warm prompt caches, weekly windows reset at different times).
     #[arg(long, value_enum, default_value_t = StrategyArg::Lru)]
     strategy: StrategyArg,
-    /// An account whose reported usage of a window reaches this percentage serves nothing
-    /// counted against that window until it resets (1–100).
-    #[arg(long, default_value_t = 95, value_name = "PERCENT",
+    /// A reserve: an account whose reported usage of a window reaches this percentage serves
+    /// nothing counted against that window until it resets (1–100). Without one (100), an
+    /// account is left when the next requests could overflow a window (a margin learned
+    /// from the reports).
+    #[arg(long, default_value_t = 100, value_name = "PERCENT",
           value_parser = clap::value_parser!(u8).range(1..=100))]
     usage_threshold: u8,
 }

@@ -363,3 +363,80 @@ fn a_single_windowed_run_reports_its_usage_windows() {
         .unwrap_or_else(|| panic!("no demand line:\n{s}"));
     assert_eq!(ended, requests, "{s}");
 }
+
+#[test]
+fn seeds_print_each_strategys_mean() {
+    let Some(bin) = policy_sim("seeds_print_each_strategys_mean") else {
+        return;
+    };
+    let args = [
+        "--windows",
+        "--accounts",
+        "4",
+        "--days",
+        "1",
+        "--compare",
+        "--seeds",
+        "3",
+    ];
+    let r = run(&bin, &args, LIMIT);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let means: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("mean over seeds 1..=3"))
+        .skip(2)
+        .take_while(|l| !l.is_empty() && !l.starts_with("time"))
+        .collect();
+    assert_eq!(means.len(), 6, "{}", r.stdout);
+    // Each mean is the mean of the three single-seed runs.
+    for (row, name) in means.iter().zip([
+        "lru/no-usage",
+        "round-robin/no-usage",
+        "lru",
+        "round-robin",
+        "quota-aware",
+        "sticky",
+    ]) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[0], name);
+        let mut served = 0.0;
+        for seed in ["1", "2", "3"] {
+            let one = run(
+                &bin,
+                &[
+                    "--windows",
+                    "--accounts",
+                    "4",
+                    "--days",
+                    "1",
+                    "--compare",
+                    "--seed",
+                    seed,
+                ],
+                LIMIT,
+            );
+            let line = one
+                .stdout
+                .lines()
+                .skip_while(|l| !l.starts_with("strategy "))
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap();
+            served += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<f64>()
+                .unwrap();
+        }
+        let mean: f64 = fields[1].parse().unwrap();
+        assert!(
+            (mean - served / 3.0).abs() < 0.06,
+            "{name}: {mean} vs {}",
+            served / 3.0
+        );
+    }
+    // --seeds needs --compare.
+    let r = run(&bin, &["--windows", "--seeds", "3"], LIMIT);
+    assert_ne!(r.code, Some(0));
+}

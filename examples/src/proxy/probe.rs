@@ -136,7 +136,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 ///     if proxy.status().usage_probe.recorded == 2 { break; }
 ///     tokio::time::sleep(Duration::from_millis(20)).await;
 /// }
-/// // ws-1 is over the policy's usage threshold (95 %): the request goes to ws-2.
+/// // ws-1 is two requests from full (the policy's usage margin): the request goes to ws-2.
 /// let answer = reqwest::Client::builder().no_proxy().build()?
 ///     .post(format!("{}/responses", proxy.base_url()))
 ///     .bearer_auth(token.secret().expose())

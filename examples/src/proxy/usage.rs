@@ -342,7 +342,7 @@ impl AccountUsage {
 ///     .body(r#"{"model":"gpt-5","input":"hi"}"#)
 ///     .send()
 ///     .await?;
-/// // ws-1 answered at 99 %, over the 95 % threshold: it counts as 100 %, ws-2 as 0 %.
+/// // ws-1 answered at 99 %, two requests from full: it counts as 100 %, ws-2 as 0 %.
 /// assert_eq!(answer.headers()["x-codex-primary-used-percent"], "50");
 ///
 /// let status = proxy.status();
