@@ -302,7 +302,10 @@
 //!   at most [`PolicyConfig::max_families`] families are kept, the rest share `"*"` (a
 //!   merge adds at most half of them);
 //! - [`Pool::record_usage`]: O(L + F · log n) for L limits in the report (a limit name seen
-//!   for the first time re-maps model families: O(n log n), at most a few times);
+//!   for the first time re-maps model families: O(n log n), at most a few times); under
+//!   [`Strategy::QuotaAware`] a key that changes with the clock (a week entering its last
+//!   twentieth, or ending) is renewed before the next pick from a third index keyed by that
+//!   time: O(log n) per change, each following a report;
 //!   [`Pool::pool_usage`]: O(n · L);
 //! - [`Pool::status`]: O(n log n) (a full snapshot).
 //!

@@ -30,8 +30,9 @@
 //!
 //! Usage: the usage every upstream answer reports (its `x-codex-*` headers, and a
 //! `codex.rate_limits` event read from the stream as it passes, unbuffered) is recorded for
-//! its account ([`rotation_policy::Pool::record_usage`]), so an account over the usage
-//! threshold gets no request before its window resets. Clients are told the pool's usage
+//! its account ([`rotation_policy::Pool::record_usage`]), so an account out of headroom
+//! (two requests from a full window, or at the usage threshold) gets no request before its
+//! window resets. Clients are told the pool's usage
 //! instead of the account's, in the headers and in the event (`usage.rs`, aggregation rules
 //! in [`PoolUsageReport`]'s module); `/status` shows both. What the policy learned is shared
 //! through `pool-state.json` (also at shutdown), so the next run starts with it.

@@ -54,7 +54,7 @@ const KEY_MAX: usize = 4096;
 /// | the pool, for this request | without overflow | with overflow |
 /// |---|---|---|
 /// | an account is usable now | it serves | it serves; the overflow source gets nothing |
-/// | every enabled account is cooling down or over its usage threshold ([`Selection::Exhausted`](rotation_policy::Selection::Exhausted)) | `429 pool_exhausted` + `retry_after_ms` | the overflow source serves |
+/// | every enabled account is cooling down or out of usage headroom ([`Selection::Exhausted`](rotation_policy::Selection::Exhausted)) | `429 pool_exhausted` + `retry_after_ms` | the overflow source serves |
 /// | the last attempt failed (429, 401, 403, 5xx, network, refresh) and no account is usable now (the policy returns the answer *with* a `retry_after`) | that failure + `retry_after_ms` | the overflow source serves |
 /// | the last attempt failed, another account is usable but the request's attempts are spent | the upstream's answer | the same: the pool is not out of capacity |
 /// | the policy says wait a moment (`max_wait`) for an account | waits, then that account | the same |

@@ -87,7 +87,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 ///
 /// | answer | effect |
 /// |---|---|
-/// | `2xx` whose JSON [`UsageReport::from_usage_json`] reads, with at least one window | [`Pool::record_usage`](rotation_policy::Pool::record_usage): a window at or over the policy's `usage_threshold` keeps the account out until it resets |
+/// | `2xx` whose JSON [`UsageReport::from_usage_json`] reads, with at least one window | [`Pool::record_usage`](rotation_policy::Pool::record_usage): a window without headroom (the policy's margin or `usage_threshold`) keeps the account out until it resets |
 /// | `2xx` unreadable, or with no window | nothing (counted `unreadable`) |
 /// | `401`, `403` | nothing but a log line and `refused`: no refresh, no disable, no cooldown (a request on the account decides that) |
 /// | any other status, a network error, the timeout | nothing but a log line and `failed` |

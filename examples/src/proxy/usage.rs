@@ -9,7 +9,7 @@
 //!
 //! Removed from every answer: each `x-codex-*` header (promotions and credits are per
 //! account too) and any other `x-<limit>-primary-…`, `-secondary-…` or `-limit-name`
-//! header. An account over the usage threshold then gets no request counted against that
+//! header. An account out of headroom then gets no request counted against that
 //! limit until its window resets (the policy's rule); the report is shared through
 //! `pool-state.json`, so other proxies and the next run steer by it.
 //!
@@ -19,7 +19,7 @@
 //!
 //! | field | the pool's value |
 //! | --- | --- |
-//! | used percent | the mean over enabled accounts of: the account's reported use while its window runs; 100 % at or above the usage threshold (what is left cannot be used); 0 % once its window has reset or when it reported nothing |
+//! | used percent | the mean over enabled accounts of: the account's reported use while its window runs; 100 % once the window keeps it out (within the policy's margin or at its threshold: what is left cannot be used); 0 % once its window has reset or when it reported nothing |
 //! | reset time | the earliest reset of a window with use in it (when capacity comes back) |
 //! | window length | the longest reported |
 //! | limit name | the latest reported |
@@ -27,7 +27,7 @@
 //! A window no enabled account reported is left out, so is a limit without windows; credits
 //! and plan are not aggregated (never sent). So a client's rate-limit display (the Codex
 //! CLI's status line and the `token_count` events of its session log) shows how much of the
-//! whole pool is spent, and 100 % only when every account is spent or over the threshold.
+//! whole pool is spent, and 100 % only when every account is spent or kept out.
 //!
 //! Computing it walks every account, so it is made at most once per [`USAGE_TTL`] (the
 //! pool-state sync interval) and shared by every answer in between: an answer may carry the
@@ -299,8 +299,9 @@ pub struct AccountUsage {
     pub limit: LimitReport,
     /// When that was reported (ms since the Unix epoch).
     pub observed_at_ms: u64,
-    /// While set, the account serves no request counted against this limit: a window is at
-    /// or above the usage threshold until then (ms since the Unix epoch).
+    /// While set, the account serves no request counted against this limit: a window is out
+    /// of headroom (within the policy's margin or at its threshold) until then (ms since
+    /// the Unix epoch).
     pub blocked_until_ms: Option<u64>,
 }
 
@@ -316,7 +317,7 @@ impl AccountUsage {
 
 /// The pool's usage, as `/status` shows it: what clients are told in their answers' usage
 /// headers and events. Per limit and window, the mean of the enabled accounts' use (an
-/// account at or above the usage threshold counts as 100 %, one whose window reset or that
+/// account a window keeps out counts as 100 %, one whose window reset or that
 /// reported nothing as 0 %), resetting at the earliest reset of a window in use.
 ///
 /// ```
