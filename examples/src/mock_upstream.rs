@@ -171,6 +171,7 @@ pub struct MockConfig {
     token_stall: Option<Arc<tokio::sync::Notify>>,
     refresh_rejection: RefreshRejection,
     usage: HashMap<String, MockUsage>,
+    turn_state: bool,
 }
 
 impl Default for MockConfig {
@@ -189,11 +190,19 @@ impl Default for MockConfig {
             token_stall: None,
             refresh_rejection: RefreshRejection::default(),
             usage: HashMap::new(),
+            turn_state: false,
         }
     }
 }
 
 impl MockConfig {
+    /// Every `/responses` answer carries `x-codex-turn-state: ts-<account id>`, as the Codex
+    /// backend hands out for routing the next requests of a turn.
+    pub fn turn_state(mut self) -> Self {
+        self.turn_state = true;
+        self
+    }
+
     /// Sets the behaviour for requests carrying `ChatGPT-Account-Id: account_id` (others: [`Behavior::Ok`]).
     pub fn account(mut self, account_id: impl Into<String>, behavior: Behavior) -> Self {
         self.accounts.insert(account_id.into(), behavior);
@@ -1146,6 +1155,12 @@ async fn responses(state: Arc<State>, req: Request<Incoming>) -> Response<BoxBod
     };
     if let Some(reported) = &reported {
         reported.write_headers(response.headers_mut());
+    }
+    if state.config.turn_state
+        && let Some(account) = &account
+        && let Ok(v) = HeaderValue::from_str(&format!("ts-{account}"))
+    {
+        response.headers_mut().insert("x-codex-turn-state", v);
     }
     if want_hop {
         let h = response.headers_mut();

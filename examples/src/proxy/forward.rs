@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use super::accounts::{AccountCredentials, AfterRejection, GoneMark};
 use super::answers::{FORWARDED_METHODS, bad_method, bad_target, busy, json_error, too_large};
 use super::budget::{self, BodyRefusal};
+use super::continuation::{Owner, TURN_STATE, turn_state_key};
 use super::in_flight::{Answer, Pending};
 use super::overflow::{self, Outgoing};
 use super::stream::stream_back;
@@ -158,11 +159,21 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         }
     };
     let (mut request, continues) = routing_request(&body, &parts.headers);
-    // A continuation goes to the account that created the response it continues, if known.
-    let pinned = continues.and_then(|id| {
+    // A continuation goes to whoever created the response it continues (or issued the turn
+    // state it carries), if known (rules in `continuation.rs`).
+    let owner = {
         let creators = shared.creators();
-        creators.creator(&id).cloned()
-    });
+        continues
+            .and_then(|id| creators.creator(&id).cloned())
+            .or_else(|| {
+                let state = parts.headers.get(TURN_STATE)?;
+                creators.creator(&turn_state_key(state.as_bytes())).cloned()
+            })
+    };
+    let pinned = match &owner {
+        Some(Owner::Account(id)) => Some(id.clone()),
+        _ => None,
+    };
     if let Some(owner) = &pinned {
         request = request.with_account(owner.clone());
     }
@@ -187,6 +198,21 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         finished: false,
         dispatched: None,
     };
+    if owner == Some(Owner::Overflow) {
+        // The overflow source created the response: no account can continue it.
+        if let Some(served) = overflow::serve(&shared, &mut pending, &request, &outgoing).await {
+            return served;
+        }
+        pending.finish(Answer::NoAccount, None);
+        return json_error(
+            StatusCode::CONFLICT,
+            "continuation_account_unavailable",
+            "this request continues a conversation the overflow source created, which is not available now; start a new conversation",
+            None,
+        );
+    }
+    // How long this request has waited for an account whose pacing bucket was empty.
+    let mut paced = Duration::ZERO;
     // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
     let max_loops = shared
         .options
@@ -217,6 +243,15 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 pending.dispatched = Some(id.clone());
                 id
             }
+            // Only pacing (or a cooldown about to end) is in the way: wait for it, as for a
+            // retry, rather than refuse or hand the request to the overflow source.
+            Err(Some(retry_after))
+                if paced.saturating_add(retry_after) <= shared.options.policy.max_wait =>
+            {
+                paced += retry_after;
+                tokio::time::sleep(retry_after).await;
+                continue;
+            }
             Err(Some(retry_after)) if pinned.is_some() => {
                 pending.finish(Answer::GaveUp, None);
                 tracing::info!(
@@ -226,7 +261,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 return json_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "continuation_account_busy",
-                    "previous_response_id belongs to an account that is cooling down or out of quota, and no other account can continue it; retry after retry_after_ms",
+                    "this request continues a conversation (previous_response_id or x-codex-turn-state) of an account that is cooling down or out of quota, and no other account can continue it; retry after retry_after_ms",
                     Some(retry_after),
                 );
             }
@@ -235,7 +270,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 return json_error(
                     StatusCode::CONFLICT,
                     "continuation_account_unavailable",
-                    "previous_response_id belongs to an account that is disabled or no longer in the pool; no other account can continue it, so start a new conversation",
+                    "this request continues a conversation (previous_response_id or x-codex-turn-state) of an account that is disabled or no longer in the pool; no other account can continue it, so start a new conversation",
                     None,
                 );
             }

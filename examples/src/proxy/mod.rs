@@ -713,7 +713,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<BoxBody
         return r;
     }
     if path.starts_with("/v1/") {
-        return forward(shared, req).await;
+        let mut answer = forward(shared.clone(), req).await;
+        usage::set_pool_headers(&shared, answer.headers_mut());
+        return answer;
     }
     json_error(
         StatusCode::NOT_FOUND,

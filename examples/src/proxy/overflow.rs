@@ -24,6 +24,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use rotation_policy::Decision;
 use serde::Serialize;
 
+use super::continuation::{IdWatch, Owner, ResponseIds};
 use super::in_flight::{Answer, Pending};
 use super::target::{UpstreamBase, UpstreamUrlError};
 use super::{BoxBody, BoxError, Shared, strip_hop_by_hop};
@@ -412,6 +413,7 @@ pub(crate) async fn serve(
         inner: upstream.into_body(),
         taken,
         failed: false,
+        ids: IdWatch::new(ResponseIds::new(shared.clone(), Owner::Overflow)),
     };
     let mut out = Response::new(BodyExt::boxed_unsync(body));
     *out.status_mut() = status;
@@ -464,11 +466,13 @@ impl Drop for Taken {
     }
 }
 
-/// The overflow source's answer body, passed on frame by frame (no buffering).
+/// The overflow source's answer body, passed on frame by frame (no buffering), with the
+/// ids of the responses it creates learned on the way (their continuations come back here).
 struct OverflowBody {
     inner: reqwest::Body,
     taken: Taken,
     failed: bool,
+    ids: IdWatch,
 }
 
 impl Body for OverflowBody {
@@ -492,6 +496,12 @@ impl Body for OverflowBody {
                     );
                 }
                 Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.ids.watch(data);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
         }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use rotation_policy::{AccountId, Outcome};
 
-use super::continuation::ResponseIds;
+use super::continuation::{Owner, ResponseIds, TURN_STATE, turn_state_key};
 use super::sse::SseTap;
 use super::usage::{StreamUsage, strip_usage_headers};
 use super::{BoxBody, BoxError, Shared, now, strip_hop_by_hop};
@@ -26,12 +26,17 @@ pub(super) fn stream_back(
     let mut headers: HeaderMap = response.headers().clone();
     strip_hop_by_hop(&mut headers);
     strip_usage_headers(&mut headers);
+    if let Some(state) = headers.get(TURN_STATE) {
+        // The next requests of this turn carry it back: they belong to this account.
+        let key = turn_state_key(state.as_bytes());
+        shared.creators().learn(&key, Owner::Account(account.clone()));
+    }
     let tap = is_event_stream(&headers).then(|| {
         // Events may be rewritten, so the length may change.
         headers.remove(header::CONTENT_LENGTH);
         SseTap::new((
             StreamUsage::new(shared.clone(), account.clone()),
-            ResponseIds::new(shared.clone(), account.clone()),
+            ResponseIds::new(shared.clone(), Owner::Account(account.clone())),
         ))
     });
     let upstream: http::Response<reqwest::Body> = response.into();

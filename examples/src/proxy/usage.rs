@@ -7,9 +7,13 @@
 //! | response headers (`x-codex-primary-used-percent`, … and `x-<limit>-…` for metered limits, `x-codex-credits-*`), on any answer, a `429` too | read at response time and recorded for the account ([`Pool::record_usage`]) before the answer's outcome is reported, under the same lock; then every usage header is removed and the pool's usage headers are sent instead |
 //! | a `codex.rate_limits` server-sent event | read as the stream passes through (`sse.rs`: bytes go on as they arrive, only the current data line is held), recorded for the account, and the line replaced by the pool's usage of the same limit |
 //!
-//! Removed from every answer: each `x-codex-*` header (promotions and credits are per
-//! account too) and any other `x-<limit>-primary-…`, `-secondary-…` or `-limit-name`
-//! header. An account out of headroom then gets no request counted against that
+//! Removed from every answer: each usage header of any family (`x-<limit>-primary-…`,
+//! `-secondary-…`, `-limit-name`), the account's credits (`x-codex-credits-*`) and its
+//! account-specific notices (`x-codex-promo-message`, `x-codex-active-limit`,
+//! `x-codex-rate-limit-reached-type`). Other `x-codex-*` headers pass: they are the
+//! protocol's, not the account's usage (`x-codex-turn-state`, which the Codex CLI sends back
+//! within a turn, pins those requests to the account that issued it, see
+//! `continuation.rs`). An account out of headroom then gets no request counted against that
 //! limit until its window resets (the policy's rule); the report is shared through
 //! `pool-state.json`, so other proxies and the next run steer by it.
 //!
@@ -67,10 +71,27 @@ const USAGE_SUFFIXES: [&str; 8] = [
 /// The event type of a usage report in the response stream.
 const RATE_LIMITS_EVENT: &str = "codex.rate_limits";
 
+/// Account-specific `x-codex-*` headers besides the usage families: what one account's
+/// credits, promotions and limits are.
+const ACCOUNT_HEADERS: [&str; 3] = [
+    "x-codex-promo-message",
+    "x-codex-active-limit",
+    "x-codex-rate-limit-reached-type",
+];
+
 fn is_usage_header(name: &HeaderName) -> bool {
     let name = name.as_str();
-    name.starts_with("x-codex-")
+    name.starts_with("x-codex-credits-")
+        || ACCOUNT_HEADERS.contains(&name)
         || (name.starts_with("x-") && USAGE_SUFFIXES.iter().any(|s| name.ends_with(s)))
+}
+
+/// Gives an answer the pool's usage headers in place of any usage headers it carries: every
+/// answer the client gets, the proxy's own refusals and the overflow source's included.
+pub(crate) fn set_pool_headers(shared: &Shared, headers: &mut HeaderMap) {
+    strip_usage_headers(headers);
+    let usage = shared.lock().client_usage(now());
+    usage.write_headers(headers);
 }
 
 /// Removes every usage header an upstream answer carries (see the module docs).
