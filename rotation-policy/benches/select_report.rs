@@ -5,8 +5,9 @@
 //! - least recently used, outcomes only (the original one);
 //! - quota-aware, and every answer's usage report recorded (`record_usage`) before its
 //!   outcome is reported, as a proxy does with the usage headers: the account's windows move
-//!   with each report (so its place in the quota-aware order does), and now and then a report
-//!   puts it over the usage threshold until its short window resets.
+//!   with each report (so its place in the quota-aware order does: now and then its week is
+//!   in its last twentieth and it goes first), and now and then a report puts it within the
+//!   margin (two more requests could overflow its short window) until that window resets.
 //!
 //! Criterion reports both; afterwards a short manual timing loop prints ns/op for each and
 //! the ratio, and checks them against the targets (at 100,000 accounts: ≥ 50× faster than the
@@ -58,11 +59,13 @@ fn config(workload: Workload) -> PolicyConfig {
     c
 }
 
-/// The usage an answer at operation `i` (time `now`, ms) reports: the 5-hour window used a
-/// little more each time and resetting within the next 5 hours; every 40th answer it is at
-/// 99 % (over the default 95 % threshold) and resets 200 ms later, so the account waits
-/// until then; the weekly window resets at a time that varies with `i`, so accounts' places
-/// in the quota-aware order keep changing.
+/// The usage an answer at operation `i` (time `now`, ms) reports: the 5-hour window at up to
+/// 89 % and resetting within the next 5 hours; every 40th answer it is at 99 % (two more
+/// requests of at least a point each would overflow it: the default config, threshold 100,
+/// keeps the account out by the margin) and resets 200 ms later, so the account waits until
+/// then; the weekly window resets at a time that varies with `i` (about one report in twenty
+/// puts it in its last twentieth, which quota-aware spends first), so accounts' places in the
+/// quota-aware order keep changing.
 fn usage(i: u64, now: u64) -> UsageReport {
     const WEEK: u64 = 7 * 24 * 60 * 60 * 1000;
     let (used, resets_in) = if i % 40 == 21 {

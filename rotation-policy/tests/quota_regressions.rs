@@ -1,9 +1,10 @@
 //! Regression tests for disagreements between the pool's quota behaviour and its documented
 //! rules, found by the state-machine test against the reference model (`tests/model`) and by
-//! reading the rules next to it. Each test states the documented rule it checks and fails on
-//! the pool as it is; it is ignored until the pool is fixed. When a fix lands, remove the
-//! `#[ignore]` and turn off the matching switch in `tests/model/mod.rs` (`pool_bugs`), so the
-//! property test checks the documented rule from then on.
+//! reading the rules next to it. Each test states the documented rule it checks and the
+//! sequence that broke it. A test of a bug not fixed yet is ignored (`#[ignore = "pool bug:
+//! …"]`) and has a switch in `tests/model/mod.rs` (`pool_bugs`) that makes the model copy the
+//! pool meanwhile; when the fix lands, remove the `#[ignore]` and the switch, so the property
+//! test checks the documented rule from then on.
 
 use std::time::Duration;
 
@@ -67,12 +68,11 @@ fn serve(pool: &mut Pool, request: Request, now: u64) -> Selection {
 /// pick of the strategy — only that account may serve it — just as a session's bound
 /// account is not (a session's hand-out leaves the sticky account alone). Sequence: sticky
 /// pool of `a`, `b`; a plain request gets `a`; a request pinned to `b` gets `b`; the next
-/// plain request should get `a` again (usable all along). The pool gives `b`: the pinned
-/// hand-out moved the sticky account, so every continued conversation drags new traffic to
-/// its account, which undoes what the strategy is for (one account's windows used up at a
-/// time).
+/// plain request should get `a` again (usable all along). A pool that moves the sticky
+/// account on a pinned hand-out gives `b`: every continued conversation would drag new
+/// traffic to its account, which undoes what the strategy is for (one account's windows
+/// used up at a time).
 #[test]
-#[ignore = "pool bug: a pinned request's hand-out moves the sticky account"]
 fn a_pinned_request_does_not_move_the_sticky_account() {
     let mut pool = pool_of(Strategy::Sticky, &["a", "b"]);
     assert_eq!(
@@ -93,10 +93,9 @@ fn a_pinned_request_does_not_move_the_sticky_account() {
 /// The same for `Strategy::RoundRobin`: "the next usable account after the one picked last
 /// for the same model family". Sequence: round robin over `a`, `b`, `c`; a plain request
 /// gets `a`; a request pinned to `c` gets `c`; the next plain request should get `b` (the
-/// next after the last pick, `a`). The pool gives `a`: the pinned hand-out moved the cursor
-/// to `c`, so `b` was skipped.
+/// next after the last pick, `a`). A pool that moves the cursor on a pinned hand-out gives
+/// `a`: the cursor went to `c`, so `b` was skipped.
 #[test]
-#[ignore = "pool bug: a pinned request's hand-out moves the round-robin cursor"]
 fn a_pinned_request_does_not_move_the_round_robin_cursor() {
     let mut pool = pool_of(Strategy::RoundRobin, &["a", "b", "c"]);
     assert_eq!(
@@ -114,59 +113,58 @@ fn a_pinned_request_does_not_move_the_round_robin_cursor() {
     );
 }
 
-/// `Strategy::QuotaAware` spends "the capacity that expires first: … the one whose usage
-/// window resets soonest …; accounts with no usage known yet come last (no window of theirs
-/// is running, so nothing of theirs can expire)". A window whose reset has passed is not
-/// running either (status leaves such windows out: "they start again from 0 %"), so nothing
-/// of it can expire. Sequence: at T0, `a` reports its weekly window 10 % used, resetting at
-/// T0 + 1 s; `b` reports 10 % used, resetting at T0 + 7 days. At T0 + 2 s, `a`'s window has
-/// reset and `b`'s 90 % left expires in a week: `b` should be picked. The pool picks `a`: it
-/// ranks by the reported reset even after it passed, so an account whose report is stale
-/// goes first (the key is taken when the account is indexed and never revised as time
-/// passes).
+/// `Strategy::QuotaAware`: "an account whose long usage window (the weekly one) is in its
+/// last twentieth (8.4 hours of a week) goes first, soonest end first; … otherwise the least
+/// recently used". A window whose end has passed has started over: it is not in its last
+/// twentieth any more, so nothing of it is about to expire. Sequence: at T0, `a` and `b`
+/// report their weekly window 10 % used, `a`'s resetting at T0 + 1 s, `b`'s at T0 + 1 h:
+/// both are in their last twentieth and `a`'s ends first, so `a` serves. At T0 + 2 s `a`'s
+/// week has ended and `b`'s still ends within the hour: `b` should be picked. A pool that
+/// takes an account's order key when it indexes the account and does not renew it as time
+/// passes picks `a` again (its key still says "ends at T0 + 1 s"), so an account whose report
+/// is stale goes first.
 #[test]
-#[ignore = "pool bug: quota-aware order ranks a window whose reset already passed first, not last"]
 fn quota_aware_ranks_a_window_that_already_reset_last() {
     let mut pool = pool_of(Strategy::QuotaAware, &["a", "b"]);
-    let a_report = codex(
-        None,
-        Some(
-            window(10.0)
-                .with_window_minutes(10_080)
-                .with_resets_at(at(T0 + 1_000)),
-        ),
+    let weekly = |ends: u64| {
+        codex(
+            None,
+            Some(
+                window(10.0)
+                    .with_window_minutes(10_080)
+                    .with_resets_at(at(ends)),
+            ),
+        )
+    };
+    pool.record_usage(&id("a"), &weekly(T0 + 1_000), at(T0))
+        .unwrap();
+    pool.record_usage(&id("b"), &weekly(T0 + 60 * MINUTE), at(T0))
+        .unwrap();
+    assert_eq!(
+        serve(&mut pool, Request::new("gpt-5"), T0),
+        Selection::Account(id("a")),
+        "the week that ends first is spent first"
     );
-    let b_report = codex(
-        None,
-        Some(
-            window(10.0)
-                .with_window_minutes(10_080)
-                .with_resets_at(at(T0 + 7 * DAY)),
-        ),
-    );
-    pool.record_usage(&id("a"), &a_report, at(T0)).unwrap();
-    pool.record_usage(&id("b"), &b_report, at(T0)).unwrap();
     assert_eq!(
         pool.select(&mut Request::new("gpt-5"), at(T0 + 2_000)),
         Selection::Account(id("b")),
-        "an account whose window already reset was ranked before one whose window runs"
+        "an account whose window already ended was ranked before one whose week ends soon"
     );
 }
 
-/// `Pool::record_usage`'s table: a window at or above the threshold with `window_minutes`
-/// but no `resets_at` blocks until "the report + `window_minutes` (the latest it can
-/// reset)". So by then its reset has passed, and status leaves out "windows whose reset has
-/// passed … they start again from 0 %"; `pool_usage` counts a window "0 % once the window
-/// has reset". Sequence: at T0, `a` reports its primary window 97 % used, 60 minutes long,
-/// no reset time. At T0 + 2 h: status should show no primary window, and the pool's
-/// primary use should be 0 %. The pool still shows the 97 % window and counts it as 100 %
-/// (it treats a window without a reset time as running for ever: shown, counted and
-/// exported with every state write until another report replaces it).
+/// A window's end is "`resets_at`, but at most `window_minutes` (else 8 days) after the
+/// report" (`UsageWindow::ends_at`), and a window that blocks keeps the account out until
+/// then; once it has passed the window "started over". So status leaves it out and
+/// `pool_usage` counts it "0 % once the window has ended". Sequence: at T0, `a` reports its
+/// primary window 99 % used (two more requests could overflow it), 60 minutes long, no reset
+/// time. At T0 + 2 h: status should show no primary window, and the pool's primary use
+/// should be 0 %. A pool that takes a window without a reset time as running for ever shows
+/// the 99 % window and counts it as 100 % (and exports it with every state write) until
+/// another report replaces it.
 #[test]
-#[ignore = "pool bug: a window without resets_at counts as running for ever in status, pool_usage and export"]
 fn a_window_without_reset_is_over_after_its_length() {
     let mut pool = pool_of(Strategy::LeastRecentlyUsed, &["a"]);
-    let report = codex(Some(window(97.0).with_window_minutes(60)), None);
+    let report = codex(Some(window(99.0).with_window_minutes(60)), None);
     pool.record_usage(&id("a"), &report, at(T0)).unwrap();
     // The block ends after the window's length, as documented.
     assert_eq!(
@@ -193,21 +191,21 @@ fn a_window_without_reset_is_over_after_its_length() {
 /// The state docs ("Timestamps the pool writes"): every event is stamped "never earlier than
 /// the event it follows on that account, so a later local event always wins a merge against
 /// what the pool had merged before, even from a process whose clock runs a little ahead";
-/// `record_usage` says the same of its stamp ("so the newer report wins every merge"). But
-/// the stamp is only *not earlier*: a report stamped equal to the merged one loses whenever
-/// its content orders lower (ties go by content).
+/// `record_usage` stamps a report "after what it replaces … so the newer report wins every
+/// merge, ties included". A stamp that is only *not earlier* would tie with the merged one,
+/// and ties go by content.
 ///
 /// Sequence: a process whose clock runs 1 s ahead wrote `a`'s report stamped T0 + 1 s: the
 /// 5-hour window 99 % used but resetting at T0 + 50 ms, the weekly one 50 %. This pool
 /// merges it at T0. At T0 + 100 ms (the short window has reset) `a` reports the short
-/// window 1 % used and the weekly one 96 % (over the 95 % threshold until next week). After
-/// the usual sync (the pool's changes written into the shared file, the file merged back),
-/// the pool should still hold the newer report and keep `a` out until the weekly reset.
-/// Instead the newer report was stamped T0 + 1 s too, lost the tie to the older one (99 % >
-/// 1 %) in the file and then in the pool, and `a` serves again: the weekly block is lost
-/// until this pool's clock passes the other process's stamp and `a` reports again.
+/// window 1 % used and the weekly one 99 % (two more requests could overflow it: out until
+/// next week). After the usual sync (the pool's changes written into the shared file, the
+/// file merged back), the pool should still hold the newer report and keep `a` out until
+/// the weekly reset. Stamped T0 + 1 s too, the newer report would lose the tie to the older
+/// one (99 % > 1 %) in the file and then in the pool, and `a` would serve again: the weekly
+/// block lost until this pool's clock passes the other process's stamp and `a` reports
+/// again.
 #[test]
-#[ignore = "pool bug: a newer usage report stamped equal to a merged one loses to it by content"]
 fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
     let mut pool = pool_of(Strategy::LeastRecentlyUsed, &["a"]);
     let next_week = at(T0 + 7 * DAY);
@@ -236,7 +234,7 @@ fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
                 .with_resets_at(at(T0 + 5 * 60 * MINUTE)),
         ),
         Some(
-            window(96.0)
+            window(99.0)
                 .with_window_minutes(10_080)
                 .with_resets_at(next_week),
         ),
@@ -261,7 +259,7 @@ fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
         .map(|w| w.used_percent.get());
     assert_eq!(
         secondary,
-        Some(96.0),
+        Some(99.0),
         "the newer report was replaced by the older one"
     );
     assert!(
@@ -269,7 +267,7 @@ fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
             pool.select(&mut Request::new("gpt-5"), at(now)),
             Selection::Exhausted { .. }
         ),
-        "an account over the weekly threshold serves again"
+        "an account out of its weekly window serves again"
     );
 }
 
@@ -280,11 +278,10 @@ fn a_newer_report_wins_over_a_merged_one_stamped_ahead() {
 /// limit `codex_o4`, named `o4-mini`, 99 % used until T0 + 1 h, so `o4-mini` requests wait
 /// for it. A document then brings an older report of the same limit for `a` (stamped 1 ms,
 /// 10 % used) under another name. The merge keeps `a`'s own report and says nothing
-/// changed; `o4-mini` requests should still wait. The pool serves them with `a`: the losing
-/// report renamed the limit, so `o4-mini` no longer counts against it (its requests now
-/// count against the default limit, about which nothing is known).
+/// changed; `o4-mini` requests should still wait. A pool that takes the name of a report that
+/// lost serves them with `a`: the limit renamed, `o4-mini` no longer counts against it (its
+/// requests count against the default limit, about which nothing is known).
 #[test]
-#[ignore = "pool bug: a merged usage report that loses the merge still renames its limit and re-maps families"]
 fn an_older_merged_report_does_not_rename_the_limit() {
     let mut pool = pool_of(Strategy::LeastRecentlyUsed, &["a"]);
     let now = at(10_000);

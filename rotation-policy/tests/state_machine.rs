@@ -15,12 +15,19 @@
 //! reports — the default limit, a metered limit whose name is one of the request families
 //! (in either case), one whose name changes between a family and none — with percentages
 //! around the threshold and resets in the past, near now and far ahead, fields missing;
-//! merged documents carry usage entries too (junk ids and times included). The usage part
-//! of every account's status and export and the pool's aggregate usage must agree with the
-//! model, and every strategy, quota-aware and sticky included, must pick as the model does.
+//! merged documents carry usage entries too (junk ids and times included). `Nudge` ops send
+//! an account's last report of a limit again with its windows moved a little (the pool learns
+//! a request's size from such consecutive reports; moves under a point are news only when
+//! they cross the line where the window blocks). The usage part of every account's status
+//! and export and the pool's aggregate usage must agree with the model, and every strategy,
+//! quota-aware and sticky included, must pick as the model does. A second property runs quota
+//! traffic through a pool of every account, with reports shaped like a ChatGPT plan's (5-hour
+//! and weekly windows, often in their last twentieth), so quota-aware picks among several
+//! usable accounts, some spending a week about to end.
 
 mod model;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use model::{Model, ModelRequest, view_of};
@@ -83,12 +90,18 @@ const DOC_LIMITS: [&str; 6] = [
     "bad id",
 ];
 
-/// Usage percentages: around the thresholds configs use (50, 80, 95, 100), with halves (so
-/// sums of them are exact and the pool's mean does not depend on summing order), and one
-/// above 100 (read as 100).
-const PERCENTS: [f64; 11] = [
-    0.0, 10.0, 49.5, 50.0, 79.5, 80.0, 94.5, 95.0, 99.5, 100.0, 130.0,
+/// Usage percentages: around the thresholds configs use (50, 80, 95, 100) and the margin
+/// (two requests' worth: 98 is the last use that a request of 1 point leaves usable, 90 of
+/// 5 points), with halves (so sums of them are exact and the pool's mean does not depend on
+/// summing order), and one above 100 (read as 100).
+const PERCENTS: [f64; 15] = [
+    0.0, 10.0, 49.5, 50.0, 79.5, 80.0, 90.0, 94.5, 95.0, 98.0, 98.5, 99.0, 99.5, 100.0, 130.0,
 ];
+
+/// How far a `Nudge` moves a window's use (points): not at all, less than a whole point
+/// (no news unless it crosses the line where the window blocks), up to the largest request
+/// size the pool learns (10) and past it, and down.
+const NUDGES: [f64; 8] = [0.0, 0.5, 1.0, 1.5, 2.5, 4.0, 12.0, -0.5];
 
 /// One generated usage window; its reset is an offset from `now`, resolved when used.
 #[derive(Clone, Debug)]
@@ -160,6 +173,15 @@ enum Op {
     /// Reports of this many further limits (`extra_0`, …) for one account, one report each:
     /// past `MAX_LIMITS` they are ignored.
     FloodLimits(u8, u8),
+    /// The last report the test gave of an account and limit (index into `LIMITS`) again,
+    /// each window's use moved by a step of `NUDGES` (reset and length kept): consecutive
+    /// reports of the same window, from which the pool learns how much a request uses, and
+    /// moves of less than a point that cross the line where the window blocks.
+    Nudge {
+        who: u8,
+        limit: usize,
+        steps: [usize; 2],
+    },
     Serve {
         family: usize,
         session: Option<u8>,
@@ -200,8 +222,9 @@ fn offset() -> impl Strategy<Value = Offset> {
     ]
 }
 
-/// A reset: passed (long ago, just now), near now, within the hour, past the 8-day cap, or
-/// after year 9999 (read as unknown).
+/// A reset: passed (long ago, just now), near now, within the hour, within the last
+/// twentieth of a week (8.4 hours) or just before it, past the 8-day cap, or after year 9999
+/// (read as unknown).
 fn reset_offset() -> impl Strategy<Value = Offset> {
     const DAY: i64 = 24 * 60 * 60 * 1_000;
     prop_oneof![
@@ -209,6 +232,7 @@ fn reset_offset() -> impl Strategy<Value = Offset> {
         3 => -3i64..=3,
         6 => 1i64..400_000,
         2 => 400_000i64..3_600_000,
+        3 => 3_600_000i64..10 * 3_600_000,
         1 => 8 * DAY - 3..=8 * DAY + 3,
         1 => 9 * DAY..30 * DAY,
         1 => Just(i64::MAX),
@@ -251,6 +275,44 @@ fn gen_limit() -> impl Strategy<Value = GenLimit> {
 
 fn gen_report() -> impl Strategy<Value = Vec<GenLimit>> {
     proptest::collection::vec(gen_limit(), 0..3)
+}
+
+/// A window of a ChatGPT plan: `minutes` long, reset within that length from now, half the
+/// time within its last twentieth (where quota-aware rotation spends it first).
+fn plan_window(minutes: u32) -> impl Strategy<Value = GenWindow> {
+    let length = i64::from(minutes) * 60_000;
+    (0..PERCENTS.len(), prop_oneof![1..=length / 20, 1..=length]).prop_map(
+        move |(percent, reset)| GenWindow {
+            percent,
+            minutes: Some(minutes),
+            resets: Some(reset),
+        },
+    )
+}
+
+/// A limit as a ChatGPT plan reports it: a 5-hour primary window and a weekly secondary one
+/// (now and then one of them missing).
+fn plan_limit() -> impl Strategy<Value = GenLimit> {
+    (
+        0..LIMITS.len(),
+        0usize..3,
+        proptest::option::weighted(0.9, plan_window(300)),
+        proptest::option::weighted(0.9, plan_window(10_080)),
+    )
+        .prop_map(|(limit, name, primary, secondary)| GenLimit {
+            limit,
+            name,
+            primary,
+            secondary,
+        })
+}
+
+/// Quota traffic's reports: mostly a plan's, some of any shape.
+fn quota_report() -> impl Strategy<Value = Vec<GenLimit>> {
+    prop_oneof![
+        3 => proptest::collection::vec(plan_limit(), 1..3),
+        1 => gen_report(),
+    ]
 }
 
 fn doc_usage() -> impl Strategy<Value = DocUsage> {
@@ -322,32 +384,82 @@ fn op() -> impl Strategy<Value = Op> {
         1 => idx.clone().prop_map(Op::Disable),
         1 => (idx.clone(), 0..DISABLED_REASONS.len()).prop_map(|(i, r)| Op::DisableFor(i, r)),
         1 => idx.clone().prop_map(Op::Enable),
-        2 => (proptest::collection::vec(doc_account(), 1..4), any::<bool>())
-            .prop_map(|(accounts, direct)| Op::Merge { accounts, direct }),
+        2 => merge_op(),
         2 => Just(Op::Take),
         1 => idx.clone().prop_map(Op::MarkRefreshed),
         1 => idx.clone().prop_map(Op::Refund),
         1 => idx.clone().prop_map(Op::Consume),
         3 => prop_oneof![0u64..2_000, 0u64..120_000, 0u64..1_000_000].prop_map(Op::Advance),
-        3 => proptest::collection::vec((idx.clone(), gen_report()), 1..4).prop_map(Op::RecordUsage),
-        1 => (idx.clone(), 1u8..20).prop_map(|(i, n)| Op::FloodLimits(i, n)),
-        8 => (
-            0..FAMILIES.len(),
-            proptest::option::of(0u8..3),
-            prop_oneof![3 => Just(None), 1 => idx.prop_map(Some)],
-            any::<bool>(),
-            proptest::collection::vec(outcome(), 1..5),
-            proptest::option::of(gen_report()),
-        )
-            .prop_map(|(family, session, pinned, consume, outcomes, usage)| Op::Serve {
+        3 => record_usage_op(gen_report()),
+        1 => (idx, 1u8..20).prop_map(|(i, n)| Op::FloodLimits(i, n)),
+        4 => nudge_op(),
+        8 => serve_op(outcome(), gen_report()),
+    ]
+}
+
+/// The operations of quota traffic, for a pool that starts with every account: mostly
+/// answers (most of them successes) and usage reports, time moving by up to hours (so
+/// windows enter their last twentieth and end), and some shared state, cooldowns and
+/// disables; no adds and removes.
+fn quota_op() -> impl Strategy<Value = Op> {
+    let idx = 0..ACCOUNTS;
+    prop_oneof![
+        1 => idx.clone().prop_map(Op::Disable),
+        1 => idx.clone().prop_map(Op::Enable),
+        1 => merge_op(),
+        1 => Just(Op::Take),
+        1 => idx.clone().prop_map(Op::Refund),
+        1 => idx.prop_map(Op::Consume),
+        4 => prop_oneof![0u64..20_000, 0u64..1_000_000, 0u64..10 * 3_600_000].prop_map(Op::Advance),
+        3 => record_usage_op(quota_report()),
+        4 => nudge_op(),
+        10 => serve_op(prop_oneof![6 => Just(Outcome::Success), 1 => outcome()], quota_report()),
+    ]
+}
+
+fn merge_op() -> impl Strategy<Value = Op> {
+    (
+        proptest::collection::vec(doc_account(), 1..4),
+        any::<bool>(),
+    )
+        .prop_map(|(accounts, direct)| Op::Merge { accounts, direct })
+}
+
+fn record_usage_op(report: impl Strategy<Value = Vec<GenLimit>>) -> impl Strategy<Value = Op> {
+    proptest::collection::vec((0..ACCOUNTS, report), 1..4).prop_map(Op::RecordUsage)
+}
+
+fn nudge_op() -> impl Strategy<Value = Op> {
+    (
+        0..ACCOUNTS,
+        0..LIMITS.len(),
+        [0..NUDGES.len(), 0..NUDGES.len()],
+    )
+        .prop_map(|(who, limit, steps)| Op::Nudge { who, limit, steps })
+}
+
+fn serve_op(
+    outcome: impl Strategy<Value = Outcome>,
+    report: impl Strategy<Value = Vec<GenLimit>>,
+) -> impl Strategy<Value = Op> {
+    (
+        0..FAMILIES.len(),
+        proptest::option::of(0u8..3),
+        prop_oneof![3 => Just(None), 1 => (0..ACCOUNTS).prop_map(Some)],
+        any::<bool>(),
+        proptest::collection::vec(outcome, 1..5),
+        proptest::option::of(report),
+    )
+        .prop_map(
+            |(family, session, pinned, consume, outcomes, usage)| Op::Serve {
                 family,
                 session,
                 pinned,
                 consume,
                 outcomes,
                 usage,
-            }),
-    ]
+            },
+        )
 }
 
 fn config() -> impl Strategy<Value = PolicyConfig> {
@@ -366,7 +478,7 @@ fn config() -> impl Strategy<Value = PolicyConfig> {
         (1u32..4, 1u64..60_000, 1u64..30_000),
         (1u64..120_000, 1u32..4, 1u64..300_000),
         (0u8..=50, 1usize..4),
-        prop_oneof![3 => Just(95u8), 1 => Just(50), 1 => Just(80), 1 => Just(100), 1 => 1u8..=100],
+        prop_oneof![3 => Just(100u8), 2 => Just(95), 1 => Just(50), 1 => Just(80), 1 => 1u8..=100],
     )
         .prop_map(
             |(
@@ -415,6 +527,8 @@ struct Harness {
     capacity: Option<u32>,
     /// The shared file: what other processes and the pool's `take_changes` wrote.
     file: PolicyState,
+    /// The last report given of each (account, limit id), for `Nudge`.
+    sent: HashMap<(AccountId, String), LimitUsage>,
 }
 
 fn at(now: u64, offset: Offset) -> Timestamp {
@@ -578,6 +692,25 @@ impl Harness {
         Ok(())
     }
 
+    /// Gives `report` of `account` to the pool and the model (they must agree on whether
+    /// the account is known) and remembers its limits for `Nudge`.
+    fn record_usage(
+        &mut self,
+        account: &AccountId,
+        report: &UsageReport,
+    ) -> Result<(), TestCaseError> {
+        let now = Timestamp::from_millis(self.now);
+        prop_assert_eq!(
+            self.pool.record_usage(account, report, now).is_ok(),
+            self.model.record_usage(account, report, self.now)
+        );
+        for limit in &report.limits {
+            let key = (account.clone(), limit.limit_id().to_owned());
+            self.sent.insert(key, limit.clone());
+        }
+        Ok(())
+    }
+
     fn check_state(&self) -> Result<(), TestCaseError> {
         let status = self.pool.status(Timestamp::from_millis(self.now));
         let view = view_of(&status);
@@ -720,11 +853,7 @@ impl Harness {
                 }
             }
             if let Some(limits) = usage {
-                let report = report(self.now, limits);
-                prop_assert_eq!(
-                    self.pool.record_usage(&account, &report, now).is_ok(),
-                    self.model.record_usage(&account, &report, self.now)
-                );
+                self.record_usage(&account, &report(self.now, limits))?;
             }
             let outcome = outcomes[step % outcomes.len()];
             let got = self.pool.report(&mut request, &account, outcome, now);
@@ -824,7 +953,7 @@ impl Harness {
                     limit.primary = Some(window(
                         self.now,
                         &GenWindow {
-                            percent: 3,
+                            percent: 3, // 50 %
                             minutes: Some(300),
                             resets: Some(3_600_000),
                         },
@@ -839,11 +968,25 @@ impl Harness {
             }
             Op::RecordUsage(reports) => {
                 for (i, limits) in reports {
-                    let report = report(self.now, limits);
-                    prop_assert_eq!(
-                        self.pool.record_usage(&id(*i), &report, now).is_ok(),
-                        self.model.record_usage(&id(*i), &report, self.now)
-                    );
+                    self.record_usage(&id(*i), &report(self.now, limits))?;
+                }
+            }
+            Op::Nudge { who, limit, steps } => {
+                let key = (id(*who), LIMITS[*limit].0.to_owned());
+                if let Some(last) = self.sent.get(&key) {
+                    let mut next = last.clone();
+                    for (w, step) in [&mut next.primary, &mut next.secondary]
+                        .into_iter()
+                        .zip(steps)
+                    {
+                        if let Some(w) = w {
+                            let used = (w.used_percent.get() + NUDGES[*step]).max(0.0);
+                            w.used_percent = Percent::new(used).unwrap();
+                        }
+                    }
+                    let mut report = UsageReport::default();
+                    report.push(next);
+                    self.record_usage(&key.0, &report)?;
                 }
             }
             // (the round trip is checked after every step, below)
@@ -887,7 +1030,41 @@ proptest! {
             now: 0,
             capacity,
             file: PolicyState::default(),
+            sent: HashMap::new(),
         };
+        for op in &ops {
+            h.run(op)?;
+        }
+    }
+
+    /// The same comparison on quota traffic (`quota_op`) through a pool of every account,
+    /// mostly quota-aware: the usage rules (margin, learned request size, last twentieth,
+    /// 429s on full windows, the order by end) decide among several usable accounts.
+    #[test]
+    fn pool_matches_reference_model_on_quota_traffic(
+        config in config(),
+        strategy in prop_oneof![
+            4 => Just(Pick::QuotaAware),
+            1 => Just(Pick::Sticky),
+            1 => Just(Pick::LeastRecentlyUsed),
+        ],
+        seed in any::<u64>(),
+        ops in proptest::collection::vec(quota_op(), 1..80),
+    ) {
+        let mut config = config;
+        config.strategy = strategy;
+        let capacity = config.bucket.map(|b| b.capacity);
+        let mut h = Harness {
+            pool: Pool::new(config.clone(), seed).unwrap(),
+            model: Model::new(config, seed),
+            now: 0,
+            capacity,
+            file: PolicyState::default(),
+            sent: HashMap::new(),
+        };
+        for i in 0..ACCOUNTS {
+            h.run(&Op::Add(i))?;
+        }
         for op in &ops {
             h.run(op)?;
         }
@@ -910,6 +1087,7 @@ fn reference_model_and_pool_agree_on_a_scripted_run() {
         now: 0,
         capacity: Some(2),
         file: PolicyState::default(),
+        sent: HashMap::new(),
     };
     for i in 0..4 {
         h.run(&Op::Add(i)).unwrap();

@@ -1,9 +1,11 @@
 //! A deliberately simple reference implementation of the rotation policy: plain vectors,
 //! linear scans, a level-based token bucket (not the pool's GCRA), and shared state exported
 //! and merged field by field, straight from the merge-rule table. Usage reports are kept as
-//! reported, per account and limit id, and every rule about them (which limit a family counts
-//! against, until when a report blocks an account, the quota-aware order) is evaluated from
-//! them at the moment it is needed, never cached. The state-machine property test compares
+//! reported, per account and limit id, beside what the account's reports taught of one
+//! request's size (per process, never shared), and every rule about them (which limit a
+//! family counts against, the margin, until when a report blocks an account, the last
+//! twentieth, the quota-aware order) is evaluated from them at the moment it is needed,
+//! never cached. The state-machine property test compares
 //! `Pool` against it step by step, and the `select_report` benchmark uses it as the naive
 //! baseline. Keep it obviously correct rather than fast.
 #![allow(dead_code, unreachable_pub)]
@@ -18,40 +20,35 @@ use rotation_policy::usage::{
 use rotation_policy::{
     AccountId, AccountState, Cooldown, CooldownReason, Decision, Disabled, DisabledReason,
     FamilyState, LAST_PLAUSIBLE_TIME, MAX_COOLDOWN_SPAN, Outcome, PolicyConfig, PolicyState,
-    PoolStatus, Selection, Strategy, Timestamp, UsageState,
+    PoolStatus, Selection, Strategy, Timestamp, USAGE_REFRESH, UsageState,
 };
 
 /// Known disagreements with the pool, each a pool bug with an ignored regression test in
 /// `tests/quota_regressions.rs`. While a switch is on, the model copies the pool's behaviour
 /// so the state-machine test keeps searching for other disagreements; turn it off (and
 /// delete it) when the pool is fixed, and the property test checks the documented rule.
-pub mod pool_bugs {
-    /// A pinned request's hand-out moves the round-robin cursor and the sticky account,
-    /// although the strategy did not pick it (a session's hand-out, likewise not a pick,
-    /// moves neither). Regressions: `a_pinned_request_does_not_move_the_sticky_account`,
-    /// `a_pinned_request_does_not_move_the_round_robin_cursor`.
-    pub const PINNED_HAND_OUT_IS_A_PICK: bool = true;
-    /// The quota-aware order ranks a window by its reported reset even after that reset
-    /// passed (the window is no longer running: nothing of it can expire), so such an
-    /// account goes first instead of last. Regression:
-    /// `quota_aware_ranks_a_window_that_already_reset_last`.
-    pub const QUOTA_ORDER_KEEPS_PASSED_RESETS: bool = true;
-    /// A window reported with `window_minutes` but no `resets_at` is shown in status, counted
-    /// in `pool_usage` and exported as running for ever, although it has reset by the report
-    /// plus `window_minutes` at the latest (the block table's own rule). Regression:
-    /// `a_window_without_reset_is_over_after_its_length`.
-    pub const WINDOW_WITHOUT_RESET_RUNS_FOREVER: bool = true;
-    /// A merged report that loses to the account's own (older, or equal and lower) still
-    /// renames its limit, which re-maps model families: requests of a model stop counting
-    /// against the metered limit named after it, and an account over that limit serves
-    /// again, while the merge reports no change. Regression:
-    /// `an_older_merged_report_does_not_rename_the_limit`.
-    pub const LOSING_MERGED_REPORT_NAMES_ITS_LIMIT: bool = true;
-}
+///
+/// (Fixed and deleted so far: a pinned hand-out moved the round-robin cursor and the sticky
+/// account; the quota-aware order kept a passed reset; a window without a reset time ran for
+/// ever; a merged report that lost still renamed its limit.)
+pub mod pool_bugs {}
 
-/// The longest a usage report blocks an account when its window's length is not known
-/// (`Pool::record_usage`'s table): 8 days.
-const MAX_USAGE_BLOCK: u64 = 8 * 24 * 60 * 60 * 1000;
+/// How long after a report a window of unknown length ends at the latest (the documented
+/// cap of `UsageWindow::ends_at`): 8 days.
+const MAX_WINDOW_SPAN: u64 = 8 * 24 * 60 * 60 * 1000;
+
+/// The least one request is taken to use of a window, in points, before a rise was seen.
+const MIN_STEP: f64 = 1.0;
+
+/// The most one request is taken to use of a window, in points (a larger rise between two
+/// reports is other traffic on the account).
+const MAX_STEP: f64 = 10.0;
+
+/// Requests a report lags behind: the answer it came with, and the next request.
+const REQUESTS_AHEAD: f64 = 2.0;
+
+/// Quota-aware spends a long window in the last `1 / SQUEEZE_SHARE` of its length.
+const SQUEEZE_SHARE: u64 = 20;
 
 /// The fields of an account's status both implementations must agree on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +201,19 @@ struct Acct {
     fam: Vec<Fam>,
     /// The latest usage report per limit id, as `record_usage` or a merge left it.
     usage: Vec<(String, UsageState)>,
+    /// Per limit id, what this process learned of one request's use of its windows (never
+    /// shared: only `record_usage` teaches it).
+    steps: Vec<(String, Steps)>,
+}
+
+/// One limit's learned request size, for the primary window and the secondary one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Steps {
+    /// The last use reported of each window, with the reset it was reported with.
+    last: [Option<(f64, Option<Timestamp>)>; 2],
+    /// The largest rise of each window between two consecutive reports of it with the same
+    /// reset, at most `MAX_STEP` (0 until one was seen).
+    rise: [f64; 2],
 }
 
 /// One account's rate-limit state for one family.
@@ -343,7 +353,7 @@ impl Model {
         a.until
             .max(a.fam[f].until)
             .max(self.token_at(a))
-            .max(self.blocked_until(a, limit))
+            .max(self.blocked_until(a, limit, self.clock))
     }
 
     // ----- usage -----
@@ -393,73 +403,147 @@ impl Model {
         f64::from(self.c.usage_threshold)
     }
 
-    /// Until when `a`'s report of `limit` blocks it (0: not at all), by the table of
-    /// `Pool::record_usage`: for each window at or above the threshold, its `resets_at`
-    /// capped at `window_minutes` (else 8 days) after the report; without a reset, the report
-    /// + `window_minutes`; with neither, the report + `max_cooldown`. The latest of them.
-    fn blocked_until(&self, a: &Acct, limit: &str) -> u64 {
+    /// What `a` learned of one request's use of `limit`'s windows (nothing yet: no rise).
+    fn steps_of(a: &Acct, limit: &str) -> Steps {
+        a.steps
+            .iter()
+            .find(|(l, _)| l == limit)
+            .map_or_else(Steps::default, |(_, s)| *s)
+    }
+
+    /// When window `w` of a report stamped `reported` ends at the latest: its reset, but no
+    /// later than one window length after the report (`MAX_WINDOW_SPAN` when the length is
+    /// not known). Neither reset nor length: the report + `MAX_WINDOW_SPAN`.
+    fn window_end(w: &UsageWindow, reported: Timestamp) -> u64 {
+        let longest = w
+            .window_minutes
+            .map_or(MAX_WINDOW_SPAN, |m| u64::from(m) * 60_000);
+        let cap = reported.as_millis().saturating_add(longest);
+        match w.resets_at {
+            Some(at) => at.as_millis().min(cap),
+            None => cap,
+        }
+    }
+
+    /// Whether window `w` of a report stamped `reported` still runs at `t` (has not ended).
+    fn running(w: &UsageWindow, reported: Timestamp, t: u64) -> bool {
+        Self::window_end(w, reported) > t
+    }
+
+    /// Whether a window `used` percent full keeps an account out, when one request was seen
+    /// to use `rise` points of it and `in_flight` requests are on their way: at or above the
+    /// threshold, or when the requests ahead — `REQUESTS_AHEAD` plus those in flight, each at
+    /// least `MIN_STEP` — would take it past 100 %.
+    fn blocks(&self, used: f64, rise: f64, in_flight: u32) -> bool {
+        let ahead = REQUESTS_AHEAD + f64::from(in_flight);
+        used >= self.threshold() || used + ahead * rise.max(MIN_STEP) > 100.0
+    }
+
+    /// Which window of a report is the long one (0: primary, 1: secondary): the secondary
+    /// one when the report has it, else the primary one.
+    fn long_window(u: &UsageState) -> usize {
+        if u.secondary.is_some() { 1 } else { 0 }
+    }
+
+    /// When the last twentieth of window `w` (of a report stamped `reported`) starts: its end
+    /// less a twentieth of its length. `None` when its length is not known.
+    fn last_twentieth(w: &UsageWindow, reported: Timestamp) -> Option<u64> {
+        let length = u64::from(w.window_minutes?) * 60_000;
+        Some(Self::window_end(w, reported).saturating_sub(length / SQUEEZE_SHARE))
+    }
+
+    /// Until when `a`'s report of `limit` keeps it out at `t` (0: not at all), by the table
+    /// of `Pool::record_usage`. Each window that blocks (threshold, or the margin with the
+    /// account's requests in flight) keeps it out until the window's end — with neither reset
+    /// nor length, the report + `max_cooldown` — except, under `QuotaAware`, the long window
+    /// with a known length and less than 100 % used: only until its last twentieth starts.
+    /// The latest of them.
+    fn blocked_until(&self, a: &Acct, limit: &str, t: u64) -> u64 {
         let Some(u) = Self::usage_of(a, limit) else {
             return 0;
         };
-        let report = u.observed_at.as_millis();
-        let minutes = |m: u32| u64::from(m) * 60_000;
+        let steps = Self::steps_of(a, limit);
+        let long = Self::long_window(u);
         let mut until = 0;
-        for w in [u.primary, u.secondary].into_iter().flatten() {
-            if w.used_percent.get() < self.threshold() {
+        for (which, w) in [u.primary, u.secondary].into_iter().enumerate() {
+            let Some(w) = w else { continue };
+            let used = w.used_percent.get();
+            if !self.blocks(used, steps.rise[which], a.in_flight) {
                 continue;
             }
-            let end = match (w.resets_at, w.window_minutes) {
-                (Some(at), Some(m)) => at.as_millis().min(report.saturating_add(minutes(m))),
-                (Some(at), None) => at.as_millis().min(report.saturating_add(MAX_USAGE_BLOCK)),
-                (None, Some(m)) => report.saturating_add(minutes(m)),
-                (None, None) => report.saturating_add(ms(self.c.max_cooldown)),
+            let squeezed = self.c.strategy == Strategy::QuotaAware && which == long && used < 100.0;
+            let end = match Self::last_twentieth(&w, u.observed_at) {
+                Some(from) if squeezed => {
+                    if from <= t {
+                        0
+                    } else {
+                        from
+                    }
+                }
+                _ if w.resets_at.is_none() && w.window_minutes.is_none() => u
+                    .observed_at
+                    .as_millis()
+                    .saturating_add(ms(self.c.max_cooldown)),
+                _ => Self::window_end(&w, u.observed_at),
             };
             until = until.max(end);
         }
         until
     }
 
-    /// Whether window `w` of a report received at `observed` is still running at `t`: its
-    /// reset is after `t`; without a reset, the latest it can reset (the report +
-    /// `window_minutes`, as the block table says) is after `t`; with neither, it may run.
-    fn running(w: &UsageWindow, observed: Timestamp, t: u64) -> bool {
-        match (w.resets_at, w.window_minutes) {
-            (Some(at), _) => at.as_millis() > t,
-            (None, Some(m)) if !pool_bugs::WINDOW_WITHOUT_RESET_RUNS_FOREVER => {
-                observed.as_millis().saturating_add(u64::from(m) * 60_000) > t
-            }
-            (None, _) => true,
-        }
+    /// The end of the long window of `a`'s report of `limit` when `t` is in that window's
+    /// last twentieth (and before its end); `None` otherwise.
+    fn expiring_end(a: &Acct, limit: &str, t: u64) -> Option<u64> {
+        let u = Self::usage_of(a, limit)?;
+        let w = [u.primary, u.secondary][Self::long_window(u)]?;
+        let from = Self::last_twentieth(&w, u.observed_at)?;
+        let end = Self::window_end(&w, u.observed_at);
+        (from <= t && t < end).then_some(end)
     }
 
-    /// The quota-aware order of `a` for a family counting against `limit`: the running long
-    /// window's reset, then the running short window's, a window not known or not running
-    /// last; then insertion order.
+    /// The quota-aware order of `a` for a family counting against `limit`, at the model
+    /// clock: accounts whose long window is in its last twentieth first, soonest end first;
+    /// then the others, least recently used first; ties by insertion order.
     fn quota_key(&self, a: &Acct, limit: &str) -> (u64, u64, u64) {
-        let clock = self.clock;
-        let reset = |w: Option<UsageWindow>| {
-            w.and_then(|w| w.resets_at)
-                .map(Timestamp::as_millis)
-                .filter(|&at| pool_bugs::QUOTA_ORDER_KEEPS_PASSED_RESETS || at > clock)
-                .unwrap_or(u64::MAX)
-        };
-        match Self::usage_of(a, limit) {
-            Some(u) => (reset(u.secondary), reset(u.primary), a.order),
-            None => (u64::MAX, u64::MAX, a.order),
+        match Self::expiring_end(a, limit, self.clock) {
+            Some(end) => (0, end, a.order),
+            None => (1, a.last_used, a.order),
         }
     }
 
-    /// `Pool::record_usage`: per limit of the report that has a window, the windows named
-    /// replace the ones known, a window left out is kept while its reset is in the future;
-    /// the name is the report's, else the one known; stamped with the clock, never before
-    /// the report it replaces. Limits past `MAX_LIMITS` are ignored. `false` for an unknown
-    /// account.
-    ///
-    /// "Never before" allows a stamp *equal* to a merged report's, and then the newer report
-    /// loses the merge whenever its content orders lower, although the state docs promise a
-    /// later local event always wins (`a_newer_report_wins_over_a_merged_one_stamped_ahead`
-    /// in `tests/quota_regressions.rs`). The model keeps the stamp rule as specified; the fix
-    /// belongs to the rule.
+    /// Whether report `next` is news against the report `kept` of the same limit (by
+    /// `Pool::record_usage`): stamped `USAGE_REFRESH` or more later, another name, or a window
+    /// that appeared, went, changed its reset or length, moved a whole point, or moved across
+    /// the line where it blocks (threshold or margin, nothing in flight).
+    fn news(&self, kept: &UsageState, next: &UsageState, steps: &Steps) -> bool {
+        let windows = |u: &UsageState| [u.primary, u.secondary];
+        let window_news = |which: usize| match (windows(kept)[which], windows(next)[which]) {
+            (None, None) => false,
+            (Some(a), Some(b)) => {
+                let (x, y) = (a.used_percent.get(), b.used_percent.get());
+                let rise = steps.rise[which];
+                a.resets_at != b.resets_at
+                    || a.window_minutes != b.window_minutes
+                    || (x - y).abs() >= 1.0
+                    || self.blocks(x, rise, 0) != self.blocks(y, rise, 0)
+            }
+            _ => true,
+        };
+        let refresh = ms(USAGE_REFRESH);
+        next.observed_at.as_millis() - kept.observed_at.as_millis() >= refresh
+            || kept.limit_name != next.limit_name
+            || window_news(0)
+            || window_news(1)
+    }
+
+    /// `Pool::record_usage`: per limit of the report that has a window (limits past
+    /// `MAX_LIMITS` ignored), the account first learns the request size: a window's rise
+    /// since the last report of it with the same reset, at most `MAX_STEP`, raises the size
+    /// learned. Then the next report: the windows named replace the ones known, a window left
+    /// out is kept if it has a reset and its end is ahead (with that end as its reset); the
+    /// name is the report's, else the one known; stamped with the clock, but strictly after
+    /// the report it replaces. A next report that is no news leaves the known one as it is.
+    /// `false` for an unknown account.
     pub fn record_usage(&mut self, id: &AccountId, report: &UsageReport, now: u64) -> bool {
         self.tick(now);
         let clock = self.clock;
@@ -474,15 +558,33 @@ impl Model {
             if !self.see_limit(lid, limit.limit_name.as_deref(), MAX_LIMITS) {
                 continue;
             }
+            let mut steps = Self::steps_of(&self.accounts[i], lid);
+            for (which, w) in [limit.primary, limit.secondary].into_iter().enumerate() {
+                let Some(w) = w else { continue };
+                let used = w.used_percent.get();
+                if let Some((last, reset)) = steps.last[which]
+                    && reset == w.resets_at
+                    && used > last
+                {
+                    steps.rise[which] = steps.rise[which].max((used - last).min(MAX_STEP));
+                }
+                steps.last[which] = Some((used, w.resets_at));
+            }
             let a = &mut self.accounts[i];
-            let known = a.usage.iter().position(|(l, _)| l == lid);
-            let before = known.map(|k| a.usage[k].1.clone());
+            match a.steps.iter_mut().find(|(l, _)| l == lid) {
+                Some((_, s)) => *s = steps,
+                None => a.steps.push((lid.to_owned(), steps)),
+            }
+            let before = Self::usage_of(&self.accounts[i], lid).cloned();
             let kept = |w: Option<UsageWindow>| {
-                w.filter(|w| w.resets_at.is_some_and(|at| at.as_millis() > clock))
+                let (b, w) = (before.as_ref()?, w?);
+                w.resets_at?;
+                let end = Self::window_end(&w, b.observed_at);
+                (end > clock).then(|| w.with_resets_at(ms_t(end)))
             };
             let observed = before
                 .as_ref()
-                .map_or(clock, |b| clock.max(b.observed_at.as_millis()));
+                .map_or(clock, |b| clock.max(b.observed_at.as_millis() + 1));
             let mut next = UsageState::new(ms_t(observed));
             next.limit_name = limit
                 .limit_name
@@ -494,17 +596,49 @@ impl Model {
             next.secondary = limit
                 .secondary
                 .or_else(|| kept(before.as_ref().and_then(|b| b.secondary)));
-            match known {
-                Some(k) => a.usage[k].1 = next,
+            if let Some(b) = &before
+                && !self.news(b, &next, &steps)
+            {
+                continue;
+            }
+            let a = &mut self.accounts[i];
+            match a.usage.iter_mut().find(|(l, _)| l == lid) {
+                Some((_, u)) => *u = next,
                 None => a.usage.push((lid.to_owned(), next)),
             }
         }
         true
     }
 
+    /// The 429 rule: every window of `a`'s report of `limit` that blocks (threshold or
+    /// margin, nothing in flight) is taken as full.
+    fn fill_blocking_windows(&mut self, i: usize, limit: &str) {
+        let steps = Self::steps_of(&self.accounts[i], limit);
+        let Some(u) = Self::usage_of(&self.accounts[i], limit) else {
+            return;
+        };
+        let full = [u.primary, u.secondary]
+            .map(|w| w.map(|w| w.used_percent.get()))
+            .iter()
+            .enumerate()
+            .map(|(which, used)| used.is_some_and(|used| self.blocks(used, steps.rise[which], 0)))
+            .collect::<Vec<_>>();
+        let a = &mut self.accounts[i];
+        let Some((_, u)) = a.usage.iter_mut().find(|(l, _)| l == limit) else {
+            return;
+        };
+        for (w, full) in [&mut u.primary, &mut u.secondary].into_iter().zip(full) {
+            if let Some(w) = w
+                && full
+            {
+                w.used_percent = Percent::FULL;
+            }
+        }
+    }
+
     /// The usage part of `a`'s status at `t`: per limit it has a report of, in the order
-    /// limits were first seen; windows whose reset passed left out; the account's own name
-    /// for the limit, else the limit's; blocked until the block's end while that is after `t`.
+    /// limits were first seen; windows that ended left out; the account's own name for the
+    /// limit, else the limit's; blocked until the block's end while that is after `t`.
     fn usage_view(&self, a: &Acct, t: u64) -> Vec<UsageView> {
         self.limits
             .iter()
@@ -512,7 +646,7 @@ impl Model {
                 let u = Self::usage_of(a, lid)?;
                 let running =
                     |w: Option<UsageWindow>| w.filter(|w| Self::running(w, u.observed_at, t));
-                let blocked = self.blocked_until(a, lid);
+                let blocked = self.blocked_until(a, lid, t);
                 Some(UsageView {
                     limit: lid.clone(),
                     name: u.limit_name.clone().or_else(|| name.clone()),
@@ -526,10 +660,10 @@ impl Model {
     }
 
     /// `Pool::pool_usage`, from its table: per limit and window, the mean over enabled
-    /// accounts of their use (100 at or above the threshold, 0 once reset or not reported),
-    /// the earliest reset of a running window with use in it, the longest length reported,
-    /// the limit's latest name; windows no enabled account reported and limits without
-    /// windows left out.
+    /// accounts of their use (100 where the window blocks — threshold or margin, nothing in
+    /// flight —, 0 once it ended or when not reported), the earliest end of a running window
+    /// with a reset and use in it, the longest length reported, the limit's latest name;
+    /// windows no enabled account reported and limits without windows left out.
     pub fn pool_usage(&self, now: u64) -> UsageReport {
         let t = self.clock.max(now);
         let enabled: Vec<&Acct> = self
@@ -539,20 +673,23 @@ impl Model {
             .collect();
         let mut report = UsageReport::default();
         for (lid, name) in &self.limits {
-            let window = |pick: fn(&UsageState) -> Option<UsageWindow>| {
-                // (window, when it was reported)
-                let reported: Vec<(UsageWindow, Timestamp)> = enabled
+            let window = |which: usize| {
+                // (window, when it was reported, the rise learned for it)
+                let reported: Vec<(UsageWindow, Timestamp, f64)> = enabled
                     .iter()
-                    .filter_map(|a| Self::usage_of(a, lid))
-                    .filter_map(|u| Some((pick(u)?, u.observed_at)))
+                    .filter_map(|a| {
+                        let u = Self::usage_of(a, lid)?;
+                        let w = [u.primary, u.secondary][which]?;
+                        Some((w, u.observed_at, Self::steps_of(a, lid).rise[which]))
+                    })
                     .collect();
                 if reported.is_empty() {
                     return None;
                 }
-                let used = |(w, observed): &(UsageWindow, Timestamp)| {
+                let used = |(w, observed, rise): &(UsageWindow, Timestamp, f64)| {
                     if !Self::running(w, *observed, t) {
                         0.0
-                    } else if w.used_percent.get() >= self.threshold() {
+                    } else if self.blocks(w.used_percent.get(), *rise, 0) {
                         100.0
                     } else {
                         w.used_percent.get()
@@ -564,23 +701,24 @@ impl Model {
                 }
                 let mean = Percent::new(sum / enabled.len() as f64)?;
                 let mut out = UsageWindow::new(mean);
-                if let Some(m) = reported.iter().filter_map(|(w, _)| w.window_minutes).max() {
+                if let Some(m) = reported.iter().filter_map(|r| r.0.window_minutes).max() {
                     out = out.with_window_minutes(m);
                 }
-                if let Some(at) = reported
+                if let Some(end) = reported
                     .iter()
-                    .filter(|r| Self::running(&r.0, r.1, t) && used(r) > 0.0)
-                    .filter_map(|(w, _)| w.resets_at)
+                    .filter(|r| r.0.resets_at.is_some() && used(r) > 0.0)
+                    .filter(|r| Self::running(&r.0, r.1, t))
+                    .map(|r| Self::window_end(&r.0, r.1))
                     .min()
                 {
-                    out = out.with_resets_at(at);
+                    out = out.with_resets_at(ms_t(end));
                 }
                 Some(out)
             };
             let mut limit = LimitUsage::new(lid).expect("limit ids are valid");
             limit.limit_name = name.clone();
-            limit.primary = window(|u| u.primary);
-            limit.secondary = window(|u| u.secondary);
+            limit.primary = window(0);
+            limit.secondary = window(1);
             if limit.primary.is_some() || limit.secondary.is_some() {
                 report.push(limit);
             }
@@ -677,6 +815,7 @@ impl Model {
             outcomes: Outcomes::new(),
             fam: vec![Fam::default(); self.families.len()],
             usage: Vec::new(),
+            steps: Vec::new(),
         });
         true
     }
@@ -939,7 +1078,7 @@ impl Model {
     ) -> Selection {
         let rotated = r.attempts > 0 || (live && !by_affinity);
         // The strategy's own picks move its cursor; affinity and pinning are not its picks.
-        let pick = !by_affinity && (r.account.is_none() || pool_bugs::PINNED_HAND_OUT_IS_A_PICK);
+        let pick = !by_affinity && r.account.is_none();
         if pick {
             match self.c.strategy {
                 Strategy::RoundRobin => self.families[f].cursor = self.accounts[i].order,
@@ -1083,6 +1222,9 @@ impl Model {
                         a.fam[f].until = clock + wait;
                         a.fam[f].since = clock;
                     }
+                    // A 429 on a window that blocks says it is full: out until its end.
+                    let limit = self.limit_of(&self.families[f].name);
+                    self.fill_blocking_windows(i, &limit);
                 }
                 Outcome::Unauthorized => {
                     let (limit, cd) = (
@@ -1381,7 +1523,7 @@ impl Model {
                 let wins = known.is_none_or(|k| {
                     usage_order(theirs) > usage_order(&self.accounts[i].usage[k].1)
                 });
-                let name = if wins || pool_bugs::LOSING_MERGED_REPORT_NAMES_ITS_LIMIT {
+                let name = if wins {
                     theirs.limit_name.as_deref()
                 } else {
                     None
