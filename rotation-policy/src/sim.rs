@@ -515,9 +515,12 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, PolicyError> {
     let mut events: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
     let mut seq: u64 = 0;
     let mut live: HashMap<usize, Live> = HashMap::new();
+    // A 429 from a spent usage window does not use up an attempt, so a request may be tried
+    // on every account once.
     let max_passes = config
         .policy
         .max_attempts
+        .saturating_add(u32::try_from(config.accounts).unwrap_or(u32::MAX))
         .saturating_mul(3)
         .saturating_add(2);
     let usage_reports = upstream

@@ -324,8 +324,8 @@ pub struct AccountState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageState {
-    /// When the report was received.
-    #[serde(default)]
+    /// When the report was received (anything but a millisecond count reads as none).
+    #[serde(default, deserialize_with = "lenient_stamp")]
     pub observed_at: Timestamp,
     /// The limit's name (for a metered limit, the model counted against it).
     #[serde(
@@ -855,26 +855,31 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A usage window, or `None` for anything that is not one (see [`UsageState`]).
+/// A usage window, or `None` for anything that is not one (see [`UsageState`]). Read from
+/// the raw text field by field, so a number no `f64` holds (`1e999`) is an absent field,
+/// not a document that cannot be read.
 fn lenient_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UsageWindow>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    let Some(used) = value
-        .get("used_percent")
-        .and_then(serde_json::Value::as_f64)
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    let Ok(fields) =
+        serde_json::from_str::<BTreeMap<String, Box<serde_json::value::RawValue>>>(raw.get())
+    else {
+        return Ok(None);
+    };
+    let field = |name: &str| fields.get(name).map(|raw| raw.get());
+    let Some(used) = field("used_percent")
+        .and_then(|raw| serde_json::from_str::<f64>(raw).ok())
         .and_then(Percent::new)
     else {
         return Ok(None);
     };
     let mut window = UsageWindow::new(used);
-    if let Some(minutes) = value
-        .get("window_minutes")
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|m| u32::try_from(m).ok())
+    if let Some(minutes) = field("window_minutes")
+        .and_then(|raw| serde_json::from_str::<u32>(raw).ok())
         .filter(|m| *m <= MAX_WINDOW_MINUTES)
     {
         window = window.with_window_minutes(minutes);
     }
-    if let Some(at) = value.get("resets_at").and_then(serde_json::Value::as_u64) {
+    if let Some(at) = field("resets_at").and_then(|raw| serde_json::from_str::<u64>(raw).ok()) {
         window = window.with_resets_at(Timestamp::from_millis(at));
     }
     Ok(Some(window))
@@ -882,8 +887,16 @@ fn lenient_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UsageWindow>
 
 /// A short printable text, or `None` for anything else.
 fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    Ok(value.as_str().and_then(short_text))
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str::<String>(raw.get())
+        .ok()
+        .and_then(|text| short_text(&text)))
+}
+
+/// A time, or [`Timestamp::ZERO`] (none) for anything that is not a millisecond count.
+fn lenient_stamp<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str::<u64>(raw.get()).map_or(Timestamp::ZERO, Timestamp::from_millis))
 }
 
 fn health_up_to_100<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {

@@ -320,7 +320,7 @@ const LAST_TWENTIETH: u64 = 7 * DAY / 20;
 
 #[test]
 fn quota_aware_spends_first_what_expires_soonest_and_spreads_the_rest() {
-    let mut config = threshold_95();
+    let mut config = PolicyConfig::default();
     config.strategy = Strategy::QuotaAware;
     let mut pool = pool_with(config, &["a", "b", "c", "d"]);
     let weekly = |used, end| Some(window(used, Some(10_080), Some(end)));
@@ -376,18 +376,19 @@ fn quota_aware_spends_first_what_expires_soonest_and_spreads_the_rest() {
 }
 
 #[test]
-fn only_quota_aware_spends_a_window_past_the_threshold_and_a_429_ends_that() {
+fn only_quota_aware_spends_a_window_past_the_margin_and_a_429_ends_that() {
     for (strategy, spends) in [
         (Strategy::LeastRecentlyUsed, false),
         (Strategy::RoundRobin, false),
         (Strategy::Sticky, false),
         (Strategy::QuotaAware, true),
     ] {
-        let mut config = threshold_95();
+        let mut config = PolicyConfig::default();
         config.strategy = strategy;
         let mut pool = pool_with(config, &["a"]);
         let end = DAY;
-        let report = codex(None, Some(window(97.0, Some(10_080), Some(end))));
+        // 99.5 %: two more requests (at least a point each) could overflow it.
+        let report = codex(None, Some(window(99.5, Some(10_080), Some(end))));
         pool.record_usage(&id("a"), &report, at(0)).unwrap();
         // Before the last twentieth: out for every strategy, until the twentieth starts
         // (quota-aware) or the end (the others).
@@ -780,4 +781,221 @@ fn requests_in_flight_count_against_the_margin() {
     ));
     pool.report(&mut first, &id("a"), Outcome::Success, at(4));
     assert_eq!(served_by(&mut pool, "gpt-5", 4), "a");
+}
+
+#[test]
+fn a_429_from_a_spent_window_does_not_use_up_an_attempt() {
+    let mut pool = pool_with(PolicyConfig::default(), &["a", "b", "c", "d"]); // 3 attempts
+    let mut request = Request::new("gpt-5");
+    let limited = Outcome::RateLimited {
+        retry_after: Some(Duration::from_secs(60)),
+    };
+    let full = codex(Some(window(100.0, Some(300), Some(HOUR))), None);
+    // Three accounts answer 429 with their 5-hour window reported full (the upstream's
+    // `usage_limit_reached`): the request goes on to the fourth.
+    for expected in ["a", "b", "c"] {
+        assert_eq!(
+            pool.select(&mut request, at(0)),
+            Selection::Account(id(expected))
+        );
+        pool.record_usage(&id(expected), &full, at(0)).unwrap();
+        assert_eq!(
+            pool.report(&mut request, &id(expected), limited, at(0)),
+            Decision::Retry
+        );
+    }
+    assert_eq!(
+        pool.select(&mut request, at(0)),
+        Selection::Account(id("d"))
+    );
+    // Each account at most once: after `d`, nothing is left to try.
+    pool.record_usage(&id("d"), &full, at(0)).unwrap();
+    assert_eq!(
+        pool.report(&mut request, &id("d"), limited, at(0)),
+        Decision::ReturnToClient {
+            retry_after: Some(Duration::from_millis(HOUR))
+        }
+    );
+    let status = pool.status(at(0));
+    assert_eq!((status.counters.requests, status.counters.retries), (1, 3));
+    // A 429 that says nothing of usage (a per-minute limit) uses an attempt up, like any
+    // failure: one bad request does not go round the whole pool.
+    let mut pool = pool_with(PolicyConfig::default(), &["a", "b", "c", "d"]);
+    let mut request = Request::new("gpt-5");
+    for expected in ["a", "b", "c"] {
+        assert_eq!(
+            pool.select(&mut request, at(0)),
+            Selection::Account(id(expected))
+        );
+        pool.report(&mut request, &id(expected), limited, at(0));
+    }
+    assert_eq!(pool.select(&mut request, at(0)), Selection::NoAccount);
+}
+
+#[test]
+fn a_full_window_stays_full_until_its_end() {
+    let mut config = PolicyConfig::default();
+    config.strategy = Strategy::QuotaAware;
+    let mut pool = pool_with(config, &["a"]);
+    let end = 2 * HOUR; // well inside the week's last twentieth
+    let weekly = |used| codex(None, Some(window(used, Some(10_080), Some(end))));
+    pool.record_usage(&id("a"), &weekly(99.2), at(0)).unwrap();
+    assert_eq!(served_by(&mut pool, "gpt-5", 0), "a"); // spent: it expires anyway
+    // A report of 100 % a moment later is news (the window is full), though under a point.
+    pool.record_usage(&id("a"), &weekly(100.0), at(5)).unwrap();
+    assert!(matches!(
+        pick(&mut pool, "gpt-5", 5),
+        Selection::Exhausted { .. }
+    ));
+    // A report made before the request that filled it (lagging) does not empty it again.
+    pool.record_usage(&id("a"), &weekly(99.5), at(6)).unwrap();
+    assert_eq!(
+        pick(&mut pool, "gpt-5", 6),
+        Selection::Exhausted {
+            retry_after: Duration::from_millis(end - 6)
+        }
+    );
+    // Nor does one the 429 rule filled: a 429 marks it full, and a lagging report keeps it.
+    let mut pool = pool_with(
+        {
+            let mut c = PolicyConfig::default();
+            c.strategy = Strategy::QuotaAware;
+            c
+        },
+        &["a"],
+    );
+    pool.record_usage(&id("a"), &weekly(99.5), at(0)).unwrap();
+    let mut request = Request::new("gpt-5");
+    assert_eq!(
+        pool.select(&mut request, at(0)),
+        Selection::Account(id("a"))
+    );
+    let limited = Outcome::RateLimited {
+        retry_after: Some(Duration::from_secs(1)),
+    };
+    pool.report(&mut request, &id("a"), limited, at(1));
+    pool.record_usage(&id("a"), &weekly(99.5), at(2)).unwrap();
+    assert_eq!(
+        pick(&mut pool, "gpt-5", 2_000),
+        Selection::Exhausted {
+            retry_after: Duration::from_millis(end - 2_000)
+        }
+    );
+    // The fill is a newer report: it wins a merge against the one it corrected.
+    let state = pool.export_state();
+    let usage = &state.accounts[&id("a")].usage["codex"];
+    assert_eq!(usage.secondary.unwrap().used_percent.get(), 100.0);
+    assert!(usage.observed_at > at(0));
+}
+
+#[test]
+fn quota_aware_keeps_the_reserve_a_threshold_below_100_sets() {
+    let mut config = PolicyConfig::default();
+    config.strategy = Strategy::QuotaAware;
+    config.usage_threshold = 80;
+    let mut pool = pool_with(config, &["a"]);
+    let end = 6 * HOUR; // in the week's last twentieth
+    pool.record_usage(
+        &id("a"),
+        &codex(None, Some(window(85.0, Some(10_080), Some(end)))),
+        at(0),
+    )
+    .unwrap();
+    assert_eq!(
+        pick(&mut pool, "gpt-5", 0),
+        Selection::Exhausted {
+            retry_after: Duration::from_millis(end)
+        }
+    );
+}
+
+#[test]
+fn no_report_keeps_an_account_out_longer_than_8_days() {
+    let mut pool = pool_with(PolicyConfig::default(), &["a"]);
+    // A 400-day window (as a broken header or a hostile file might say), full.
+    let report = codex(Some(window(100.0, Some(576_000), Some(300 * DAY))), None);
+    pool.record_usage(&id("a"), &report, at(0)).unwrap();
+    assert_eq!(
+        pick(&mut pool, "gpt-5", 0),
+        Selection::Exhausted {
+            retry_after: Duration::from_millis(8 * DAY)
+        }
+    );
+}
+
+#[test]
+fn a_stale_report_does_not_rename_a_metered_limit() {
+    let mut pool = pool_with(PolicyConfig::default(), &["a", "b"]);
+    let metered = |name: &str, used| {
+        report(
+            "codex_x",
+            Some(name),
+            Some(window(used, Some(300), Some(HOUR))),
+            None,
+        )
+    };
+    pool.record_usage(&id("b"), &metered("m-new", 100.0), at(10 * MIN))
+        .unwrap();
+    assert!(matches!(
+        pool.select(
+            &mut Request::new("m-new").with_account(id("b")),
+            at(10 * MIN)
+        ),
+        Selection::Exhausted { .. }
+    ));
+    // Another process's older report of `a`, naming the limit as it was called before.
+    let old = format!(
+        r#"{{"version":1,"accounts":{{"a":{{"usage":{{"codex_x":{{"observed_at":{},"limit_name":"m-old","primary":{{"used_percent":5,"resets_at":{}}}}}}}}}}}}}"#,
+        T0 + 9 * MIN,
+        T0 + HOUR
+    );
+    pool.merge_state(&serde_json::from_str(&old).unwrap(), at(10 * MIN));
+    // `m-new` still counts against `codex_x`: `b` stays out of it.
+    pool.disable(&id("a")).unwrap();
+    assert!(matches!(
+        pick(&mut pool, "m-new", 10 * MIN),
+        Selection::Exhausted { .. }
+    ));
+    // Names that alternate from report to report re-map at most once a minute.
+    pool.enable(&id("a")).unwrap();
+    pool.record_usage(&id("a"), &metered("m-other", 5.0), at(10 * MIN + 1))
+        .unwrap();
+    assert!(matches!(
+        pick(&mut pool, "m-new", 10 * MIN + 1),
+        Selection::Account(_)
+    ));
+    pool.disable(&id("a")).unwrap();
+    assert!(matches!(
+        pick(&mut pool, "m-new", 10 * MIN + 2),
+        Selection::Exhausted { .. }
+    ));
+}
+
+#[test]
+fn numbers_no_f64_holds_in_a_shared_file_are_absent_fields() {
+    let json = r#"{"version":1,"accounts":{"a":{"health":40,"health_at":5,"usage":{
+        "codex":{"observed_at":-1,"primary":{"used_percent":1e999},"secondary":{"used_percent":50,"window_minutes":1e999,"resets_at":-3}},
+        "codex_y":{"observed_at":7,"limit_name":1e999,"primary":{"used_percent":"x"}}
+    }}}}"#;
+    let state: PolicyState = serde_json::from_str(json).unwrap();
+    let account = &state.accounts[&id("a")];
+    assert_eq!(account.health, 40); // the rest of the document is read
+    let codex = &account.usage["codex"];
+    assert_eq!(codex.observed_at, Timestamp::ZERO);
+    assert_eq!(codex.primary, None);
+    let secondary = codex.secondary.unwrap();
+    assert_eq!(secondary.used_percent.get(), 50.0);
+    assert_eq!(
+        (secondary.window_minutes, secondary.resets_at),
+        (None, None)
+    );
+    assert_eq!(account.usage["codex_y"].limit_name, None);
+    // The same through a `serde_json::Value` (how some callers read).
+    let value: serde_json::Value = serde_json::from_str(
+        r#"{"accounts":{"a":{"usage":{"codex":{"observed_at":3,"primary":{"used_percent":120}}}}}}"#,
+    )
+    .unwrap();
+    let state: PolicyState = serde_json::from_value(value).unwrap();
+    let primary = state.accounts[&id("a")].usage["codex"].primary.unwrap();
+    assert_eq!(primary.used_percent.get(), 100.0);
 }

@@ -189,9 +189,11 @@ impl Rules {
                 match (self.strategy, w.window_minutes) {
                     // Quota-aware spends what the long window has left in its last
                     // twentieth: it would expire unused. Only a full window (or a 429)
-                    // stops that.
+                    // stops that — and the threshold, a reserve kept for others.
                     (Strategy::QuotaAware, Some(minutes))
-                        if which == long && w.used_percent < Percent::FULL =>
+                        if which == long
+                            && w.used_percent < Percent::FULL
+                            && w.used_percent.get() < self.usage_threshold =>
                     {
                         let last = u64::from(minutes).saturating_mul(60_000) / SQUEEZE_SHARE;
                         let from = end.saturating_sub(last);

@@ -41,7 +41,12 @@ const HEALTH_STRIDE: u64 = 1_000_000;
 
 /// Marks every window of `limit` that is past the threshold or margin as full (see the
 /// 429 rule in `apply`); returns whether one changed.
-fn fill_windows_past_threshold(rules: &Rules, account: &mut Account, limit: usize) -> bool {
+fn fill_windows_past_threshold(
+    rules: &Rules,
+    account: &mut Account,
+    limit: usize,
+    clock: u64,
+) -> bool {
     let step = account.steps(limit).step;
     let Some(Some(usage)) = account.usage.get_mut(limit) else {
         return false;
@@ -59,6 +64,12 @@ fn fill_windows_past_threshold(rules: &Rules, account: &mut Account, limit: usiz
             changed = true;
         }
     }
+    if changed {
+        // A new report of this account's usage (the 429's): it wins merges over the one it
+        // corrects, here and in every process the change is shared with.
+        let stamp = clock.max(usage.observed_at.as_millis().saturating_add(1));
+        usage.observed_at = crate::Timestamp::from_millis(stamp);
+    }
     changed
 }
 
@@ -71,6 +82,8 @@ struct Limit {
     id: String,
     /// The latest name reported for it: model families of this name count against it.
     name: Option<String>,
+    /// When the report that gave `name` was received (ms); see `Pool::limit_index`.
+    named_at: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +156,7 @@ impl Pool {
             limits: vec![Limit {
                 id: crate::usage::DEFAULT_LIMIT.to_owned(),
                 name: None,
+                named_at: 0,
             }],
             sessions: HashMap::new(),
             expiry: BTreeMap::new(),
@@ -557,7 +571,7 @@ impl Pool {
         by_affinity: bool,
         bound_live: bool,
     ) -> Selection {
-        let rotated = request.attempts > 0 || (bound_live && !by_affinity);
+        let rotated = !request.tried.is_empty() || (bound_live && !by_affinity);
         self.use_seq += 1;
         let Some(account) = self.slots[slot as usize].as_mut() else {
             // ok: indexed slots always hold an account; answer conservatively if not.
@@ -591,7 +605,7 @@ impl Pool {
         request.attempts = request.attempts.saturating_add(1);
         request.tried.push((slot, generation));
         self.counters.attempts += 1;
-        if request.attempts == 1 {
+        if request.tried.len() == 1 {
             self.counters.requests += 1;
         } else {
             self.counters.retries += 1;
@@ -723,6 +737,12 @@ impl Pool {
         self.promote(family);
         if outcome == Outcome::Success {
             return Decision::ReturnToClient { retry_after: None };
+        }
+        if matches!(outcome, Outcome::RateLimited { .. }) && self.out_of_quota(account, family) {
+            // The account's usage window is spent: its condition, not the request's. It does
+            // not use up one of the request's attempts (each account is still tried at most
+            // once), so a request is not turned away while an untried account has headroom.
+            request.attempts = request.attempts.saturating_sub(1);
         }
         if let Some(pinned) = &request.account {
             // Only that account may serve the request, and it was tried: nothing to retry
@@ -936,6 +956,15 @@ impl Pool {
                     .place(account, &mut self.families, slot, family, self.clock);
             }
         }
+    }
+
+    /// Whether `id`'s reported usage keeps it out of `family` now.
+    fn out_of_quota(&self, id: &AccountId, family: usize) -> bool {
+        let limit = self.families[family].limit;
+        self.by_id
+            .get(id)
+            .and_then(|&slot| self.slots.get(slot as usize)?.as_ref())
+            .is_some_and(|a| self.rules.usage_blocked_until(a, limit, self.clock) > self.clock)
     }
 
     /// Re-keys the ready accounts of `family` whose key changed with the clock (the
@@ -1152,7 +1181,7 @@ impl Pool {
                 // A 429 on a window already past the threshold or margin (quota-aware
                 // spends such windows near their end) says the window is full: it stays out
                 // until its end, not only for the cooldown.
-                changed |= fill_windows_past_threshold(rules, account, limit);
+                changed |= fill_windows_past_threshold(rules, account, limit, clock);
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);

@@ -413,12 +413,12 @@ impl Pool {
                 *ours = Some(theirs.clone());
                 changed = true;
                 if let Some(name) = theirs.limit_name.as_deref() {
-                    names.push((id, name));
+                    names.push((id, name, theirs.observed_at.as_millis()));
                 }
             }
         }
-        for (id, name) in names {
-            self.limit_index(id, Some(name), MAX_LIMITS / 2);
+        for (id, name, at) in names {
+            self.limit_index(id, Some((name, at)), MAX_LIMITS / 2);
         }
         let Some(account) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return changed;

@@ -21,6 +21,7 @@ fn news(kept: &UsageState, next: &UsageState, blocks: impl Fn(f64, usize) -> boo
             a.resets_at != b.resets_at
                 || a.window_minutes != b.window_minutes
                 || blocks(x, which) != blocks(y, which)
+                || (x >= 100.0) != (y >= 100.0)
                 || (x - y).abs() >= 1.0
         }
         (None, None) => false,
@@ -112,9 +113,11 @@ impl Pool {
         let clock = self.clock;
         let mut changed = false;
         for limit in report.limits.iter().filter(|l| l.has_windows()) {
-            let Some(index) =
-                self.limit_index(limit.limit_id(), limit.limit_name.as_deref(), MAX_LIMITS)
-            else {
+            let Some(index) = self.limit_index(
+                limit.limit_id(),
+                limit.limit_name.as_deref().map(|name| (name, clock)),
+                MAX_LIMITS,
+            ) else {
                 continue;
             };
             let Some(account) = self.slots[slot as usize].as_mut() else {
@@ -147,12 +150,25 @@ impl Pool {
                 .limit_name
                 .clone()
                 .or_else(|| previous.as_ref().and_then(|p| p.limit_name.clone()));
-            next.primary = limit
-                .primary
-                .or_else(|| still_running(previous.as_ref().and_then(|p| p.primary)));
-            next.secondary = limit
-                .secondary
-                .or_else(|| still_running(previous.as_ref().and_then(|p| p.secondary)));
+            // A window known to be full (reported at 100 %, or answered 429) stays full until
+            // its end: a later report of the same window with less use was made before the
+            // request that filled it (reports lag their answers).
+            let still_full = |new: Option<UsageWindow>, old: Option<UsageWindow>| match (new, old) {
+                (Some(mut new), Some(old))
+                    if old.used_percent == Percent::FULL
+                        && new.resets_at == old.resets_at
+                        && old.ends_at(reported_at).as_millis() > clock =>
+                {
+                    new.used_percent = Percent::FULL;
+                    Some(new)
+                }
+                (new, _) => new,
+            };
+            let old = |w: fn(&UsageState) -> Option<UsageWindow>| previous.as_ref().and_then(w);
+            next.primary = still_full(limit.primary, old(|p| p.primary))
+                .or_else(|| still_running(old(|p| p.primary)));
+            next.secondary = still_full(limit.secondary, old(|p| p.secondary))
+                .or_else(|| still_running(old(|p| p.secondary)));
             let rules = &self.rules;
             let blocks = |used: f64, which: usize| rules.blocks(used, step[which], 0);
             match previous {
@@ -311,10 +327,16 @@ impl Pool {
 
     /// The index of limit `id` (normalized), adding it while the pool has fewer than `cap`
     /// limits; a new `name` is remembered and re-maps model families to limits.
+    ///
+    /// A name comes with the time of the report that carries it (`named_at`, ms): it replaces
+    /// the limit's name only when that report is at least [`USAGE_REFRESH`] newer than the
+    /// one that named it, so a stale report (merged from a file, or an old answer) never
+    /// renames a limit, and accounts reporting different names cannot make every report
+    /// re-map model families (at most once a minute per limit).
     pub(super) fn limit_index(
         &mut self,
         id: &str,
-        name: Option<&str>,
+        name: Option<(&str, u64)>,
         cap: usize,
     ) -> Option<usize> {
         let index = match self.limits.iter().position(|l| l.id == id) {
@@ -323,16 +345,25 @@ impl Pool {
                 self.limits.push(Limit {
                     id: id.to_owned(),
                     name: None,
+                    named_at: 0,
                 });
                 self.limits.len() - 1
             }
             None => return None,
         };
-        if let Some(name) = name
-            && self.limits[index].name.as_deref() != Some(name)
+        let refresh = u64::try_from(USAGE_REFRESH.as_millis()).unwrap_or(u64::MAX);
+        let limit = &mut self.limits[index];
+        if let Some((name, at)) = name
+            && limit.name.as_deref() != Some(name)
+            && (limit.name.is_none() || at >= limit.named_at.saturating_add(refresh))
         {
-            self.limits[index].name = Some(name.to_owned());
+            limit.name = Some(name.to_owned());
+            limit.named_at = at;
             self.remap_families();
+        } else if let Some((name, at)) = name
+            && limit.name.as_deref() == Some(name)
+        {
+            limit.named_at = limit.named_at.max(at);
         }
         Some(index)
     }

@@ -144,8 +144,9 @@ impl UsageWindow {
 
     /// When the window ends at the latest, given that it was reported at `reported_at`: its
     /// `resets_at`, but never later than one window length after the report (a window
-    /// cannot run longer than itself), nor [`MAX_WINDOW_SPAN`] after it when the length is
-    /// not known. Once that time has passed, the window has started over at 0 %.
+    /// cannot run longer than itself), nor [`MAX_WINDOW_SPAN`] after it (no window is longer
+    /// than a week: a report of a longer one, or of none, is not trusted to keep an account
+    /// out for longer). Once that time has passed, the window has started over at 0 %.
     ///
     /// ```
     /// use rotation_policy::Timestamp;
@@ -158,7 +159,7 @@ impl UsageWindow {
     /// ```
     pub fn ends_at(&self, reported_at: Timestamp) -> Timestamp {
         let longest = self.window_minutes.map_or(MAX_WINDOW_SPAN, |m| {
-            std::time::Duration::from_secs(u64::from(m) * 60)
+            std::time::Duration::from_secs(u64::from(m) * 60).min(MAX_WINDOW_SPAN)
         });
         let cap = reported_at.saturating_add(longest);
         self.resets_at.map_or(cap, |at| at.min(cap))
