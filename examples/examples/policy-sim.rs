@@ -115,7 +115,7 @@ struct Args {
     /// Requests per account and hour at the busiest hours of a weekday (with --windows).
     #[arg(long, default_value_t = 10, requires = "windows", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     peak_per_account_hour: u32,
-    /// Usage threshold of the policy, in percent [default: the policy's, 95].
+    /// Usage threshold of the policy, in percent [default: the policy's, 100: no reserve].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
     usage_threshold: Option<u8>,
     /// Usage reported with a 200 already counts that request (the real headers cannot).

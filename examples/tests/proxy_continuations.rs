@@ -226,7 +226,12 @@ async fn start_with(
 /// reaches the client (it is not usage).
 #[tokio::test]
 async fn a_turn_state_keeps_the_turn_on_the_account_that_issued_it() {
-    let s = start_with(MockConfig::default().turn_state(), &["ws-1", "ws-2"], |_| {}).await;
+    let s = start_with(
+        MockConfig::default().turn_state(),
+        &["ws-1", "ws-2"],
+        |_| {},
+    )
+    .await;
     let response = s
         .client
         .post(format!("{}/responses", s.proxy.base_url()))
@@ -235,7 +240,10 @@ async fn a_turn_state_keeps_the_turn_on_the_account_that_issued_it() {
         .send()
         .await
         .unwrap();
-    let state = response.headers()["x-codex-turn-state"].to_str().unwrap().to_owned();
+    let state = response.headers()["x-codex-turn-state"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(state, "ts-ws-1");
     let _ = response.text().await;
     for _ in 0..3 {
@@ -351,8 +359,14 @@ async fn the_proxys_own_429_carries_the_pools_usage() {
     }
     let (status, headers, body) = last.unwrap();
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert!(!body.contains("usage_limit_reached"), "the proxy's own answer: {body}");
-    assert_eq!(headers["x-codex-primary-used-percent"], "100", "{headers:?}");
+    assert!(
+        !body.contains("usage_limit_reached"),
+        "the proxy's own answer: {body}"
+    );
+    assert_eq!(
+        headers["x-codex-primary-used-percent"], "100",
+        "{headers:?}"
+    );
     s.proxy.shutdown().await;
     s.mock.shutdown().await;
 }

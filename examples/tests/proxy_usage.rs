@@ -461,3 +461,27 @@ async fn a_full_window_is_answered_429_and_the_request_moves_on() {
     assert_eq!(status.counters.retries, 1);
     assert_eq!(status.accounts[0].usage[0].blocked_until_ms, Some(reset_at));
 }
+
+/// Three accounts answer `429 usage_limit_reached` with their windows reported full — as
+/// many as a request's attempts — and a fourth has headroom: the request is served by the
+/// fourth (a spent window does not use up an attempt), never answered with an account's
+/// 429.
+#[tokio::test(flavor = "current_thread")]
+async fn full_accounts_do_not_use_up_a_requests_attempts() {
+    let mut config = MockConfig::default();
+    for id in ["ws-1", "ws-2", "ws-3"] {
+        config = config.usage(id, MockUsage::new(MockWindow::new(100.0, 0.0, 300, HOUR)));
+    }
+    let s = start(config, &["ws-1", "ws-2", "ws-3", "ws-free"]).await;
+    let answer = s.ask().await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let stats = s.mock.stats();
+    assert_eq!(stats.accounts["ws-free"].ok, 1, "{stats:?}");
+    for id in ["ws-1", "ws-2", "ws-3"] {
+        assert_eq!(stats.accounts[id].rate_limited, 1, "{id}: {stats:?}");
+    }
+    // They are out now: the next request goes straight to the one with headroom.
+    assert_eq!(s.ask().await.status, 200);
+    assert_eq!(s.mock.stats().accounts["ws-free"].ok, 2);
+    s.stop().await;
+}

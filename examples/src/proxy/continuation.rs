@@ -261,8 +261,14 @@ mod tests {
         let mut creators = Creators::with_capacity(10);
         creators.learn("resp_1", Owner::Account(account("a")));
         creators.learn("resp_2", Owner::Account(account("b")));
-        assert_eq!(creators.creator("resp_1"), Some(&Owner::Account(account("a"))));
-        assert_eq!(creators.creator("resp_2"), Some(&Owner::Account(account("b"))));
+        assert_eq!(
+            creators.creator("resp_1"),
+            Some(&Owner::Account(account("a")))
+        );
+        assert_eq!(
+            creators.creator("resp_2"),
+            Some(&Owner::Account(account("b")))
+        );
         assert_eq!(creators.creator("resp_3"), None);
         // Ids that cannot be real are not remembered.
         for bad in ["", "x\ny", &"r".repeat(MAX_RESPONSE_ID_LEN + 1)] {
@@ -324,8 +330,8 @@ mod tests {
             r#"{"type":"response.created","response":{"id":"resp_c"}}"#,
         );
         for cut in [1, 2, 7, 64, 1000, stream.len()] {
-            let pool = rotation_policy::Pool::new(rotation_policy::PolicyConfig::default(), 1)
-                .unwrap();
+            let pool =
+                rotation_policy::Pool::new(rotation_policy::PolicyConfig::default(), 1).unwrap();
             let shared = Arc::new(Shared::for_tests(pool));
             let mut watch = IdWatch::new(ResponseIds::new(shared.clone(), Owner::Overflow));
             for chunk in stream.as_bytes().chunks(cut) {
@@ -333,7 +339,11 @@ mod tests {
             }
             let creators = shared.creators();
             for id in ["resp_a", "resp_b", "resp_c"] {
-                assert_eq!(creators.creator(id), Some(&Owner::Overflow), "{id} cut {cut}");
+                assert_eq!(
+                    creators.creator(id),
+                    Some(&Owner::Overflow),
+                    "{id} cut {cut}"
+                );
             }
             assert_eq!(creators.len(), 3);
         }

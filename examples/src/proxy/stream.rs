@@ -29,7 +29,9 @@ pub(super) fn stream_back(
     if let Some(state) = headers.get(TURN_STATE) {
         // The next requests of this turn carry it back: they belong to this account.
         let key = turn_state_key(state.as_bytes());
-        shared.creators().learn(&key, Owner::Account(account.clone()));
+        shared
+            .creators()
+            .learn(&key, Owner::Account(account.clone()));
     }
     let tap = is_event_stream(&headers).then(|| {
         // Events may be rewritten, so the length may change.

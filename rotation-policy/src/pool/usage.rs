@@ -57,10 +57,14 @@ impl Pool {
     ///
     /// | the window | the account waits until |
     /// |---|---|
-    /// | within the margin — two more requests' worth, plus this process's requests in flight on it, would overflow it (a request's worth: the largest rise of the window's use between two reports this process saw, 1 to 10 points) — or at or above the threshold | the window's end: its `resets_at`, but at most `window_minutes` (else 8 days) after the report; with neither, the report + [`max_cooldown`](crate::PolicyConfig::max_cooldown), when it is tried again |
-    /// | the same, under [`Strategy::QuotaAware`](crate::Strategy::QuotaAware), for the long window in its last twentieth | not at all until it is full (reported at 100 %) |
-    /// | answered 429 while past the threshold or that margin | its end: the window is taken as full |
+    /// | within the margin — two more requests' worth, plus this process's requests in flight on it, would overflow it (a request's worth: the largest rise of the window's use between two reports this process saw, 1 to 10 points) — or at or above the threshold | the window's end ([`UsageWindow::ends_at`]): its `resets_at`, but at most `window_minutes` and at most 8 days after the report; with neither reset nor length, the report + [`max_cooldown`](crate::PolicyConfig::max_cooldown), when it is tried again |
+    /// | the same, under [`Strategy::QuotaAware`](crate::Strategy::QuotaAware), for the long window in its last twentieth, below the threshold and not full | not at all |
+    /// | full: reported at 100 %, or answered 429 while past the threshold or margin (the report is then corrected and re-stamped) | its end; a later report of the same window with less use does not empty it (it was made before the request that filled it) |
     /// | one whose end has passed | nothing: it started over |
+    ///
+    /// A 429 from an account its usage now keeps out does not use up one of the request's
+    /// attempts ([`report`](Self::report)): a request is not turned away while an untried
+    /// account has headroom.
     ///
     /// Two requests' worth, because usage headers are sent before the answer is generated:
     /// a report does not count the request it answers yet, and the next request adds as much
