@@ -478,8 +478,8 @@ pub fn reconcile_with_pool(policy: &mut rotation_policy::Pool, doc: &PoolDocumen
 }
 
 /// Drops what no reader would use any more: cooldowns that ended before `now` (every pool
-/// ignores them), usage reports whose windows all reset, and accounts left with nothing to
-/// say.
+/// ignores them), usage reports whose windows all reset, usage of more limits than a pool
+/// keeps, and accounts left with nothing to say.
 fn prune_ended(state: &mut PolicyState, now: Timestamp) {
     let empty = rotation_policy::AccountState::default();
     state.accounts.retain(|_, account| {
@@ -488,6 +488,15 @@ fn prune_ended(state: &mut PolicyState, now: Timestamp) {
             account.cooldown = None;
         }
         account.usage.retain(|_, usage| usage.is_current(now));
+        // A pool keeps at most MAX_LIMITS limits: more in the file (a hostile or broken
+        // writer's) would only grow it. The default limit first, then by id.
+        if account.usage.len() > rotation_policy::usage::MAX_LIMITS {
+            let mut ids: Vec<String> = account.usage.keys().cloned().collect();
+            ids.sort_by_key(|id| (id != rotation_policy::usage::DEFAULT_LIMIT, id.clone()));
+            for id in ids.into_iter().skip(rotation_policy::usage::MAX_LIMITS) {
+                account.usage.remove(&id);
+            }
+        }
         *account != empty
     });
 }
