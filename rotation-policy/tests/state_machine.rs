@@ -15,7 +15,9 @@
 //! reports — the default limit, a metered limit whose name is one of the request families
 //! (in either case), one whose name changes between a family and none — with percentages
 //! around the threshold and resets in the past, near now and far ahead, fields missing;
-//! merged documents carry usage entries too (junk ids and times included). `Nudge` ops send
+//! merged documents carry usage entries too (junk ids and times included), written as text
+//! with a usage field now and then junk no reader can hold (`1e999`, `-1`, …), which must
+//! read as that field absent and the rest as written. `Nudge` ops send
 //! an account's last report of a limit again with its windows moved a little (the pool learns
 //! a request's size from such consecutive reports; moves under a point are news only when
 //! they cross the line where the window blocks). The usage part of every account's status
@@ -101,7 +103,36 @@ const PERCENTS: [f64; 15] = [
 /// How far a `Nudge` moves a window's use (points): not at all, less than a whole point
 /// (no news unless it crosses the line where the window blocks), up to the largest request
 /// size the pool learns (10) and past it, and down.
-const NUDGES: [f64; 8] = [0.0, 0.5, 1.0, 1.5, 2.5, 4.0, 12.0, -0.5];
+const NUDGES: [f64; 10] = [0.0, 0.5, 1.0, 1.5, 2.5, 4.0, 12.0, -0.5, -3.0, -20.0];
+
+/// Texts no usage field of a shared document can hold (no `f64`, or out of range for every
+/// field, or not a number at all): a reader takes each as an absent field (`observed_at`:
+/// 0), never as an unreadable document.
+const JUNK: [&str; 8] = [
+    "1e999",
+    "-1e999",
+    "-1",
+    "-0.5",
+    "18446744073709551616",
+    "[1]",
+    "{\"used_percent\":1e999,\"resets_at\":-1}",
+    "true",
+];
+
+/// Where `DocUsage::junk` goes: `observed_at`, `limit_name`, a whole window, or one field
+/// of a window (primary: 2..6, secondary: 6..10).
+const JUNK_FIELDS: [&str; 10] = [
+    "observed_at",
+    "limit_name",
+    "primary",
+    "primary.used_percent",
+    "primary.window_minutes",
+    "primary.resets_at",
+    "secondary",
+    "secondary.used_percent",
+    "secondary.window_minutes",
+    "secondary.resets_at",
+];
 
 /// One generated usage window; its reset is an offset from `now`, resolved when used.
 #[derive(Clone, Debug)]
@@ -131,6 +162,8 @@ struct DocUsage {
     name: usize,
     primary: Option<GenWindow>,
     secondary: Option<GenWindow>,
+    /// A field written as junk text: (index into `JUNK_FIELDS`, index into `JUNK`).
+    junk: Option<(usize, usize)>,
 }
 
 /// One account of a document another process wrote; times are offsets from `now`.
@@ -247,7 +280,10 @@ fn gen_window() -> impl Strategy<Value = GenWindow> {
             Just(1),
             Just(5),
             Just(300),
-            Just(10_080)
+            Just(10_080),
+            // Longer than the 8 days a report may keep an account out.
+            Just(20_160),
+            Just(576_000)
         ]),
         proptest::option::of(reset_offset()),
     )
@@ -322,14 +358,18 @@ fn doc_usage() -> impl Strategy<Value = DocUsage> {
         0usize..3,
         proptest::option::of(gen_window()),
         proptest::option::of(gen_window()),
+        proptest::option::weighted(0.3, (0..JUNK_FIELDS.len(), 0..JUNK.len())),
     )
-        .prop_map(|(limit, observed, name, primary, secondary)| DocUsage {
-            limit,
-            observed,
-            name,
-            primary,
-            secondary,
-        })
+        .prop_map(
+            |(limit, observed, name, primary, secondary, junk)| DocUsage {
+                limit,
+                observed,
+                name,
+                primary,
+                secondary,
+                junk,
+            },
+        )
 }
 
 fn doc_account() -> impl Strategy<Value = DocAccount> {
@@ -531,6 +571,32 @@ struct Harness {
     sent: HashMap<(AccountId, String), LimitUsage>,
 }
 
+/// The documented reading of a junk usage field: `observed_at` reads as 0 (none), the name
+/// as none, a junk window or `used_percent` as no window, a junk `window_minutes` or
+/// `resets_at` as unknown.
+fn read_junk_as_absent(state: &mut UsageState, field: &str) {
+    let (window, name) = field.split_once('.').unwrap_or((field, ""));
+    let w = match window {
+        "observed_at" => return state.observed_at = Timestamp::ZERO,
+        "limit_name" => return state.limit_name = None,
+        "primary" => &mut state.primary,
+        _ => &mut state.secondary,
+    };
+    match name {
+        "" | "used_percent" => *w = None,
+        "window_minutes" => {
+            if let Some(w) = w {
+                w.window_minutes = None;
+            }
+        }
+        _ => {
+            if let Some(w) = w {
+                w.resets_at = None;
+            }
+        }
+    }
+}
+
 fn at(now: u64, offset: Offset) -> Timestamp {
     Timestamp::from_millis(now.saturating_add_signed(offset))
 }
@@ -595,11 +661,49 @@ impl Harness {
                 state.limit_name = names[u.name].map(str::to_owned);
                 state.primary = u.primary.as_ref().map(|w| window(now, w));
                 state.secondary = u.secondary.as_ref().map(|w| window(now, w));
+                if let Some((field, _)) = u.junk {
+                    read_junk_as_absent(&mut state, JUNK_FIELDS[field]);
+                }
                 s.usage.insert(DOC_LIMITS[u.limit].to_owned(), state);
             }
             doc.accounts.insert(id(d.who), s);
         }
         doc
+    }
+
+    /// The text another process wrote for `accounts`: `document` with each junk field
+    /// written as its junk text. The pool reads it; it must read as `document` says.
+    fn document_text(&self, accounts: &[DocAccount]) -> String {
+        let doc = self.document(&[]);
+        let mut value = serde_json::to_value(&doc).unwrap();
+        let mut junk = Vec::new();
+        for (k, d) in accounts.iter().enumerate() {
+            let written = self.document(&accounts[k..=k]);
+            let mut account = serde_json::to_value(&written.accounts[&id(d.who)]).unwrap();
+            for (j, u) in d.usage.iter().enumerate() {
+                // A later entry of the same limit replaces this one.
+                let replaced = d.usage[j + 1..].iter().any(|v| v.limit == u.limit);
+                let Some((field, text)) = u.junk.filter(|_| !replaced) else {
+                    continue;
+                };
+                let holder = format!("@junk{}@", junk.len());
+                junk.push((holder.clone(), JUNK[text]));
+                let entry = &mut account["usage"][DOC_LIMITS[u.limit]];
+                match JUNK_FIELDS[field].split_once('.') {
+                    Some((window, name)) if entry[window].is_object() => {
+                        entry[window][name] = holder.into();
+                    }
+                    Some((window, _)) => entry[window] = holder.into(),
+                    None => entry[JUNK_FIELDS[field]] = holder.into(),
+                }
+            }
+            value["accounts"][id(d.who).as_str()] = account;
+        }
+        let mut text = value.to_string();
+        for (holder, raw) in junk {
+            text = text.replace(&format!("\"{holder}\""), raw);
+        }
+        text
     }
 
     /// Merges the shared file into the pool and the model.
@@ -914,6 +1018,12 @@ impl Harness {
             }
             Op::Merge { accounts, direct } => {
                 let doc = self.document(accounts);
+                // Written as text and read back: junk usage fields read as absent, the rest
+                // of the document as written.
+                let text = self.document_text(accounts);
+                let read: PolicyState = serde_json::from_str(&text)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+                prop_assert_eq!(&read, &doc, "{}", text);
                 if *direct {
                     self.merge(&doc)?;
                     self.file.merge(&doc);

@@ -33,7 +33,7 @@ use rotation_policy::{
 /// ever; a merged report that lost still renamed its limit.)
 pub mod pool_bugs {}
 
-/// How long after a report a window of unknown length ends at the latest (the documented
+/// How long after a report a window ends at the latest, whatever its length (the documented
 /// cap of `UsageWindow::ends_at`): 8 days.
 const MAX_WINDOW_SPAN: u64 = 8 * 24 * 60 * 60 * 1000;
 
@@ -284,6 +284,9 @@ pub struct Model {
     /// Usage limits seen, in the order first seen: (id, the latest name reported for it).
     /// The default limit is always first.
     limits: Vec<(String, Option<String>)>,
+    /// Per limit (same order): when the report that gave its name was received, raised by
+    /// reports of the same name.
+    named_at: Vec<u64>,
     sessions: HashMap<String, (AccountId, u64, u64)>,
     use_seq: u64,
     pass_clock: u64,
@@ -301,6 +304,7 @@ impl Model {
             accounts: Vec::new(),
             families: Vec::new(),
             limits: vec![(DEFAULT_LIMIT.to_owned(), None)],
+            named_at: vec![0],
             sessions: HashMap::new(),
             use_seq: 0,
             pass_clock: 0,
@@ -378,19 +382,31 @@ impl Model {
         self.limits.iter().map(|(id, _)| id.clone()).collect()
     }
 
-    /// Makes sure limit `id` is known (adding it while fewer than `cap` are), and records
-    /// `name` as its latest name. Returns whether the limit is known.
-    fn see_limit(&mut self, id: &str, name: Option<&str>, cap: usize) -> bool {
+    /// Makes sure limit `id` is known (adding it while fewer than `cap` are), and takes
+    /// `name`, from a report received at `at`, as its name when it has none, or when the
+    /// report is at least `USAGE_REFRESH` later than the one that named it (a stale report
+    /// never renames; names alternating between accounts re-map at most once a minute). The
+    /// same name again only moves the naming time later. Returns whether the limit is known.
+    fn see_limit(&mut self, id: &str, name: Option<(&str, u64)>, cap: usize) -> bool {
         let i = match self.limits.iter().position(|(l, _)| l == id) {
             Some(i) => i,
             None if self.limits.len() < cap => {
                 self.limits.push((id.to_owned(), None));
+                self.named_at.push(0);
                 self.limits.len() - 1
             }
             None => return false,
         };
-        if let Some(name) = name {
-            self.limits[i].1 = Some(name.to_owned());
+        if let Some((name, at)) = name {
+            let named_at = &mut self.named_at[i];
+            match &self.limits[i].1 {
+                Some(known) if known == name => *named_at = (*named_at).max(at),
+                Some(_) if at < named_at.saturating_add(ms(USAGE_REFRESH)) => {}
+                _ => {
+                    self.limits[i].1 = Some(name.to_owned());
+                    *named_at = at;
+                }
+            }
         }
         true
     }
@@ -412,12 +428,13 @@ impl Model {
     }
 
     /// When window `w` of a report stamped `reported` ends at the latest: its reset, but no
-    /// later than one window length after the report (`MAX_WINDOW_SPAN` when the length is
-    /// not known). Neither reset nor length: the report + `MAX_WINDOW_SPAN`.
+    /// later than one window length after the report, nor `MAX_WINDOW_SPAN` after it (no
+    /// report keeps an account out longer, whatever length it gives). Neither reset nor
+    /// length: the report + `MAX_WINDOW_SPAN`.
     fn window_end(w: &UsageWindow, reported: Timestamp) -> u64 {
-        let longest = w
-            .window_minutes
-            .map_or(MAX_WINDOW_SPAN, |m| u64::from(m) * 60_000);
+        let longest = w.window_minutes.map_or(MAX_WINDOW_SPAN, |m| {
+            (u64::from(m) * 60_000).min(MAX_WINDOW_SPAN)
+        });
         let cap = reported.as_millis().saturating_add(longest);
         match w.resets_at {
             Some(at) => at.as_millis().min(cap),
@@ -456,7 +473,8 @@ impl Model {
     /// of `Pool::record_usage`. Each window that blocks (threshold, or the margin with the
     /// account's requests in flight) keeps it out until the window's end — with neither reset
     /// nor length, the report + `max_cooldown` — except, under `QuotaAware`, the long window
-    /// with a known length and less than 100 % used: only until its last twentieth starts.
+    /// with a known length, less than 100 % used and below the threshold: only until its last
+    /// twentieth starts.
     /// The latest of them.
     fn blocked_until(&self, a: &Acct, limit: &str, t: u64) -> u64 {
         let Some(u) = Self::usage_of(a, limit) else {
@@ -471,7 +489,11 @@ impl Model {
             if !self.blocks(used, steps.rise[which], a.in_flight) {
                 continue;
             }
-            let squeezed = self.c.strategy == Strategy::QuotaAware && which == long && used < 100.0;
+            // The threshold is a reserve: quota-aware never spends past it.
+            let squeezed = self.c.strategy == Strategy::QuotaAware
+                && which == long
+                && used < 100.0
+                && used < self.threshold();
             let end = match Self::last_twentieth(&w, u.observed_at) {
                 Some(from) if squeezed => {
                     if from <= t {
@@ -514,7 +536,7 @@ impl Model {
     /// Whether report `next` is news against the report `kept` of the same limit (by
     /// `Pool::record_usage`): stamped `USAGE_REFRESH` or more later, another name, or a window
     /// that appeared, went, changed its reset or length, moved a whole point, or moved across
-    /// the line where it blocks (threshold or margin, nothing in flight).
+    /// the line where it blocks (threshold or margin, nothing in flight) or across 100 %.
     fn news(&self, kept: &UsageState, next: &UsageState, steps: &Steps) -> bool {
         let windows = |u: &UsageState| [u.primary, u.secondary];
         let window_news = |which: usize| match (windows(kept)[which], windows(next)[which]) {
@@ -526,6 +548,7 @@ impl Model {
                     || a.window_minutes != b.window_minutes
                     || (x - y).abs() >= 1.0
                     || self.blocks(x, rise, 0) != self.blocks(y, rise, 0)
+                    || (x >= 100.0) != (y >= 100.0)
             }
             _ => true,
         };
@@ -540,9 +563,11 @@ impl Model {
     /// `MAX_LIMITS` ignored), the account first learns the request size: a window's rise
     /// since the last report of it with the same reset, at most `MAX_STEP`, raises the size
     /// learned. Then the next report: the windows named replace the ones known, a window left
-    /// out is kept if it has a reset and its end is ahead (with that end as its reset); the
-    /// name is the report's, else the one known; stamped with the clock, but strictly after
-    /// the report it replaces. A next report that is no news leaves the known one as it is.
+    /// out is kept if it has a reset and its end is ahead (with that end as its reset), a
+    /// window named with the reset of a known window at 100 % whose end is ahead stays at
+    /// 100 %; the name is the report's, else the one known; stamped with the clock, but
+    /// strictly after the report it replaces. A next report that is no news leaves the known
+    /// one as it is. The limit's name is stamped with the clock (see `see_limit`).
     /// `false` for an unknown account.
     pub fn record_usage(&mut self, id: &AccountId, report: &UsageReport, now: u64) -> bool {
         self.tick(now);
@@ -555,7 +580,8 @@ impl Model {
                 continue; // says nothing
             }
             let lid = limit.limit_id();
-            if !self.see_limit(lid, limit.limit_name.as_deref(), MAX_LIMITS) {
+            let name = limit.limit_name.as_deref().map(|n| (n, clock));
+            if !self.see_limit(lid, name, MAX_LIMITS) {
                 continue;
             }
             let mut steps = Self::steps_of(&self.accounts[i], lid);
@@ -590,12 +616,30 @@ impl Model {
                 .limit_name
                 .clone()
                 .or_else(|| before.as_ref().and_then(|b| b.limit_name.clone()));
-            next.primary = limit
-                .primary
-                .or_else(|| kept(before.as_ref().and_then(|b| b.primary)));
-            next.secondary = limit
-                .secondary
-                .or_else(|| kept(before.as_ref().and_then(|b| b.secondary)));
+            // A window known full (reported at 100 %, or filled by a 429) with the same reset
+            // stays full while it runs: a report of it with less use lags the answer that
+            // filled it.
+            let full = |w: Option<UsageWindow>, old: Option<UsageWindow>| {
+                let (mut w, old, b) = (w?, old?, before.as_ref()?);
+                let still = old.used_percent.get() >= 100.0
+                    && old.resets_at == w.resets_at
+                    && Self::window_end(&old, b.observed_at) > clock;
+                if still {
+                    w.used_percent = Percent::FULL;
+                }
+                Some(w)
+            };
+            let old = |which: usize| {
+                before
+                    .as_ref()
+                    .and_then(|b| [b.primary, b.secondary][which])
+            };
+            next.primary = full(limit.primary, old(0))
+                .or(limit.primary)
+                .or_else(|| kept(old(0)));
+            next.secondary = full(limit.secondary, old(1))
+                .or(limit.secondary)
+                .or_else(|| kept(old(1)));
             if let Some(b) = &before
                 && !self.news(b, &next, &steps)
             {
@@ -611,8 +655,10 @@ impl Model {
     }
 
     /// The 429 rule: every window of `a`'s report of `limit` that blocks (threshold or
-    /// margin, nothing in flight) is taken as full.
+    /// margin, nothing in flight) is taken as full. When that changed a window, the report is
+    /// a new one (the 429's): stamped with the clock, but strictly after the one it corrects.
     fn fill_blocking_windows(&mut self, i: usize, limit: &str) {
+        let clock = self.clock;
         let steps = Self::steps_of(&self.accounts[i], limit);
         let Some(u) = Self::usage_of(&self.accounts[i], limit) else {
             return;
@@ -627,12 +673,18 @@ impl Model {
         let Some((_, u)) = a.usage.iter_mut().find(|(l, _)| l == limit) else {
             return;
         };
+        let mut changed = false;
         for (w, full) in [&mut u.primary, &mut u.secondary].into_iter().zip(full) {
             if let Some(w) = w
                 && full
+                && w.used_percent != Percent::FULL
             {
                 w.used_percent = Percent::FULL;
+                changed = true;
             }
+        }
+        if changed {
+            u.observed_at = ms_t(clock.max(u.observed_at.as_millis() + 1));
         }
     }
 
@@ -1076,7 +1128,9 @@ impl Model {
         by_affinity: bool,
         live: bool,
     ) -> Selection {
-        let rotated = r.attempts > 0 || (live && !by_affinity);
+        // Counted by the accounts the request tried (a 429 from a spent window gives the
+        // attempt back, not the account).
+        let rotated = !r.tried.is_empty() || (live && !by_affinity);
         // The strategy's own picks move its cursor; affinity and pinning are not its picks.
         let pick = !by_affinity && r.account.is_none();
         if pick {
@@ -1102,7 +1156,7 @@ impl Model {
         r.attempts += 1;
         r.tried.push((a.id.clone(), a.order));
         self.counters.attempts += 1;
-        if r.attempts == 1 {
+        if r.tried.len() == 1 {
             self.counters.requests += 1;
         } else {
             self.counters.retries += 1;
@@ -1270,6 +1324,17 @@ impl Model {
         }
         if o == Outcome::Success {
             return Decision::ReturnToClient { retry_after: None };
+        }
+        // A 429 from an account its usage keeps out of the family now (the outcome applied):
+        // the account's window is spent, not the request's chances; the attempt is given
+        // back (the account stays tried).
+        if matches!(o, Outcome::RateLimited { .. })
+            && let Some(i) = self.find(id)
+        {
+            let limit = self.limit_of(&self.families[f].name);
+            if self.blocked_until(&self.accounts[i], &limit, self.clock) > self.clock {
+                r.attempts = r.attempts.saturating_sub(1);
+            }
         }
         if let Some(pinned) = &r.account {
             // Nothing else may serve it and the pinned account was tried: back to the
@@ -1524,7 +1589,8 @@ impl Model {
                     usage_order(theirs) > usage_order(&self.accounts[i].usage[k].1)
                 });
                 let name = if wins {
-                    theirs.limit_name.as_deref()
+                    let at = theirs.observed_at.as_millis();
+                    theirs.limit_name.as_deref().map(|n| (n, at))
                 } else {
                     None
                 };
