@@ -8,6 +8,7 @@
 //!      [--usage-probe-stale SECS] [--usage-probe-per-minute N] [--usage-probe-timeout SECS]]
 //!     [--overflow [--overflow-url URL] [--overflow-key-env NAME | --overflow-key-file PATH]]
 //!     [--strategy lru|round-robin|health|quota-aware|sticky] [--usage-threshold PERCENT]
+//!     [--max-wait-ms MS]
 //! ```
 //!
 //! On start it points `CODEX_HOME/config.toml` at itself (provider `rotation-proxy`,
@@ -148,6 +149,11 @@ struct Args {
     #[arg(long, default_value_t = 100, value_name = "PERCENT",
           value_parser = clap::value_parser!(u8).range(1..=100))]
     usage_threshold: u8,
+    /// Longest a request is held for an account about to be usable (its pacing bucket
+    /// refills, or its cooldown ends, within this time) before the client is answered 429.
+    /// 0 answers at once.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    max_wait_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -256,6 +262,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     options.policy.strategy = args.strategy.into();
     options.policy.usage_threshold = args.usage_threshold;
+    options.policy.max_wait = std::time::Duration::from_millis(args.max_wait_ms);
     let proxy = RotationProxy::start(options, accounts)
         .await
         .map_err(|e| e.to_string())?;

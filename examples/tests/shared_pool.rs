@@ -270,6 +270,10 @@ impl World {
             "--no-config-rewrite",
             "--refresh-margin",
             "1",
+            // Overload answered at once (429), not held for a paced account: the load
+            // below counts on many quick answers.
+            "--max-wait-ms",
+            "0",
             "--pool-dir",
         ])
         .arg(self.pool_dir())

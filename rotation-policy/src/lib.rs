@@ -187,7 +187,7 @@
 //!
 //! | the window | the account serves that limit's requests again at |
 //! |---|---|
-//! | within the margin: two more requests' worth, plus the requests in flight, would overflow it (usage headers come before the answer, so a report lags one request; a request's worth is the largest rise seen between two reports, at least 1 point) — or at or above the threshold | the window's end: `resets_at`, but at most `window_minutes` (else 8 days) after the report; with neither, the report + [`max_cooldown`](PolicyConfig::max_cooldown) (it is tried again and reports anew) |
+//! | within the margin: two more requests' worth, plus the requests in flight, would overflow it (usage headers come before the answer, so a report lags one request; a request's worth is the largest rise seen between two reports, at least 1 point) — or at or above the threshold | the window's end: `resets_at`, but at most `window_minutes` and at most 8 days after the report; with neither, the report + [`max_cooldown`](PolicyConfig::max_cooldown) (it is tried again and reports anew) |
 //! | the long window in its last twentieth, under [`Strategy::QuotaAware`], below the threshold | at once, until it is full: what it has left expires at the reset |
 //! | full: reported at 100 %, or answered 429 while past the threshold or margin | the window's end (a lagging report with less use does not empty it) |
 //! | one whose end has passed | now: the window started over |

@@ -162,7 +162,7 @@ impl Rules {
     ///
     /// | the window at or above the threshold has | blocked until |
     /// |---|---|
-    /// | `resets_at` or `window_minutes` | its end ([`UsageWindow::ends_at`]): `resets_at`, but at most `window_minutes` (else 8 days) after the report |
+    /// | `resets_at` or `window_minutes` | its end ([`UsageWindow::ends_at`]): `resets_at`, but at most `window_minutes` and at most 8 days after the report |
     /// | neither | the report + `max_cooldown` (then the account is tried again and reports anew) |
     pub(super) fn usage_blocked_until(&self, a: &Account, limit: usize, clock: u64) -> u64 {
         let Some(usage) = a.usage(limit) else {
