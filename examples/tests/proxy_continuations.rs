@@ -40,23 +40,7 @@ impl Answer {
 }
 
 async fn start(ids: &[&str]) -> Setup {
-    let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let mut accounts = Accounts::new();
-    for id in ids {
-        let s = mock.synthetic_account(id, &format!("owner.{id}@example.com"), false);
-        accounts.push(Some(&s.email), None, s.tokens).unwrap();
-    }
-    let token = WrapperToken::generate().unwrap();
-    let mut options = ProxyOptions::new(mock.base_url(), token.clone());
-    options.token_url = mock.token_url();
-    options.policy.session_ttl = None; // least recently used alone decides the rest
-    let proxy = RotationProxy::start(options, accounts).await.unwrap();
-    Setup {
-        mock,
-        proxy,
-        token,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
-    }
+    start_with(MockConfig::default(), ids, |_| {}).await
 }
 
 impl Setup {

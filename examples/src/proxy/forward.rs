@@ -578,7 +578,7 @@ fn select(
 
 /// The client's forwardable headers plus the account's `Authorization` (marked sensitive,
 /// so it is never logged) and `ChatGPT-Account-Id`.
-fn account_headers(forwarded: &HeaderMap, creds: &AccountCredentials) -> HeaderMap {
+pub(super) fn account_headers(forwarded: &HeaderMap, creds: &AccountCredentials) -> HeaderMap {
     let mut headers = forwarded.clone();
     if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose())) {
         v.set_sensitive(true);
@@ -694,7 +694,13 @@ fn refresh_failure_outcome(failure: &super::accounts::RefreshFailure) -> Outcome
 
 /// A reqwest error without its URL (which could carry query secrets).
 fn describe(err: &reqwest::Error) -> String {
-    let kind = if err.is_connect() {
+    error_kind(err).to_owned()
+}
+
+/// What kind of failure a reqwest error is, for logs and messages: never its text, which
+/// can carry the URL (and a query's secrets).
+pub(super) fn error_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_connect() {
         "connection failed"
     } else if err.is_timeout() {
         "timed out"
@@ -702,8 +708,7 @@ fn describe(err: &reqwest::Error) -> String {
         "body error"
     } else {
         "request error"
-    };
-    kind.to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -369,13 +369,7 @@ pub(crate) async fn serve(
     let response = match sent {
         Ok(response) => response,
         Err(err) => {
-            let kind = if err.is_timeout() {
-                "timed out"
-            } else if err.is_connect() {
-                "connection failed"
-            } else {
-                "request error"
-            };
+            let kind = super::forward::error_kind(&err);
             overflow.stats().status.failures += 1;
             tracing::warn!(
                 error = kind,

@@ -489,13 +489,7 @@ async fn ask(client: &reqwest::Client, url: url::Url, creds: &AccountCredentials
         Ok(response) => response,
         Err(err) => {
             // The error's text may carry the URL; only its kind is logged.
-            let kind = if err.is_timeout() {
-                "timed out"
-            } else if err.is_connect() {
-                "connection failed"
-            } else {
-                "request error"
-            };
+            let kind = super::forward::error_kind(&err);
             tracing::warn!(
                 error = kind,
                 "usage probe: the usage endpoint could not be reached"
@@ -521,18 +515,7 @@ async fn ask(client: &reqwest::Client, url: url::Url, creds: &AccountCredentials
 /// The account's `Authorization` (marked sensitive, so it is never logged) and
 /// `ChatGPT-Account-Id`, and `Accept: application/json`.
 fn query_headers(creds: &AccountCredentials) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", creds.access_token.expose())) {
-        v.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    if let Some(id) = creds
-        .chatgpt_account_id
-        .as_deref()
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert("chatgpt-account-id", id);
-    }
+    let mut headers = super::forward::account_headers(&HeaderMap::new(), creds);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     headers
 }
