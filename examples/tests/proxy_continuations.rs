@@ -310,6 +310,9 @@ async fn pacing_alone_is_waited_for() {
     assert_eq!(second.status, StatusCode::OK, "{}", second.body);
     assert!(started.elapsed() >= Duration::from_millis(700));
     assert_eq!(s.asked("ws-1"), 2);
+    // A wait is not a retry: each request was sent once.
+    let counters = s.proxy.status().counters;
+    assert_eq!((counters.attempts, counters.retries), (2, 0));
     s.proxy.shutdown().await;
     s.mock.shutdown().await;
 }

@@ -213,6 +213,8 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     }
     // How long this request has waited for an account whose pacing bucket was empty.
     let mut paced = Duration::ZERO;
+    // Rounds of the loop spent waiting that way (no account was handed out in them).
+    let mut paced_rounds = 0u32;
     // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
     let max_loops = shared
         .options
@@ -235,7 +237,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             }
             None => {
                 resent = false;
-                select(&shared, &mut request, attempt)
+                select(&shared, &mut request, attempt > paced_rounds)
             }
         };
         let account = match selected {
@@ -249,6 +251,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                 if paced.saturating_add(retry_after) <= shared.options.policy.max_wait =>
             {
                 paced += retry_after;
+                paced_rounds += 1;
                 tokio::time::sleep(retry_after).await;
                 continue;
             }
@@ -552,12 +555,13 @@ fn session_key(session: String) -> String {
     key
 }
 
-/// Asks the policy for an account and takes one dispatch from it. `Err(Some(wait))`: every
-/// account is cooling down; `Err(None)`: none left to try.
+/// Asks the policy for an account and takes one dispatch from it (`retry`: an account was
+/// handed out for this request before). `Err(Some(wait))`: every account is cooling down;
+/// `Err(None)`: none left to try.
 fn select(
     shared: &Shared,
     request: &mut rotation_policy::Request,
-    attempt: u32,
+    retry: bool,
 ) -> Result<AccountId, Option<Duration>> {
     let mut state = shared.lock();
     let t = now();
@@ -566,7 +570,7 @@ fn select(
             // ok to ignore: `consume` only fails for an unknown id, just selected.
             let _ = state.policy.consume(&id, t);
             state.counters.attempts += 1;
-            if attempt > 0 {
+            if retry {
                 state.counters.retries += 1;
             }
             Ok(id)
