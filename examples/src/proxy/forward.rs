@@ -211,17 +211,24 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             None,
         );
     }
-    // How long this request has waited for an account whose pacing bucket was empty.
+    // How long this request has waited for an account whose pacing bucket was empty. Such
+    // waits are bounded by this time (`max_wait`), not by the rounds below.
     let mut paced = Duration::ZERO;
-    // Rounds of the loop spent waiting that way (no account was handed out in them).
-    let mut paced_rounds = 0u32;
-    // Bounded: the policy stops after `max_attempts`; this guards against a policy bug.
+    // Bounded: the policy hands out each account at most once per request, and at most
+    // `max_attempts` of them, except that a 429 from a spent usage window gives an attempt
+    // back, so up to every account may be tried; each attempt takes at most a few rounds
+    // (a refresh, a re-send). This guards against a policy bug.
+    let accounts = u32::try_from(shared.lock().policy.len()).unwrap_or(u32::MAX);
     let max_loops = shared
         .options
         .policy
         .max_attempts
-        .saturating_mul(4)
-        .clamp(4, 64);
+        .saturating_add(accounts)
+        .saturating_mul(3)
+        .clamp(4, 100_000);
+    // Every round, waits included: one more guard, never reached in practice (a wait
+    // sleeps at least a millisecond, and waits stop after `max_wait`).
+    let max_rounds = max_loops.saturating_add(100_000);
     let mut last_status: Option<StatusCode> = None;
     // Set when an attempt must be re-sent on the same account with its refreshed token.
     let mut resend: Option<AccountId> = None;
@@ -229,7 +236,12 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     let mut resent = false;
     // The last upstream answer saying an account's login is gone, with that account.
     let mut gone_answer: Option<(reqwest::Response, AccountId)> = None;
-    for attempt in 0..max_loops {
+    let mut next_attempt: u32 = 0;
+    let mut rounds: u32 = 0;
+    while next_attempt < max_loops && rounds < max_rounds {
+        rounds += 1;
+        let attempt = next_attempt;
+        next_attempt += 1;
         let selected = match resend.take() {
             Some(id) => {
                 shared.lock().counters.resends += 1;
@@ -237,7 +249,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             }
             None => {
                 resent = false;
-                select(&shared, &mut request, attempt > paced_rounds)
+                select(&shared, &mut request, attempt > 0)
             }
         };
         let account = match selected {
@@ -250,9 +262,11 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             Err(Some(retry_after))
                 if paced.saturating_add(retry_after) <= shared.options.policy.max_wait =>
             {
-                paced += retry_after;
-                paced_rounds += 1;
-                tokio::time::sleep(retry_after).await;
+                // Not an attempt: nothing was handed out.
+                next_attempt = attempt;
+                let wait = retry_after.max(Duration::from_millis(1));
+                paced += wait;
+                tokio::time::sleep(wait).await;
                 continue;
             }
             Err(Some(retry_after)) if pinned.is_some() => {
@@ -268,7 +282,7 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
                     Some(retry_after),
                 );
             }
-            Err(None) if pinned.is_some() && gone_answer.is_none() && attempt == 0 => {
+            Err(None) if pinned.is_some() && gone_answer.is_none() && last_status.is_none() => {
                 pending.finish(Answer::NoAccount, None);
                 return json_error(
                     StatusCode::CONFLICT,
@@ -501,9 +515,9 @@ pub(super) async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     }
     pending.finish(Answer::GaveUp, Some("retry loop bound reached".to_owned()));
     json_error(
-        last_status.unwrap_or(StatusCode::BAD_GATEWAY),
+        last_status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         "retries_exhausted",
-        "the request failed on every attempt",
+        "the request could not be served (the proxy's retry bound was reached)",
         None,
     )
 }

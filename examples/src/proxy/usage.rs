@@ -7,13 +7,12 @@
 //! | response headers (`x-codex-primary-used-percent`, … and `x-<limit>-…` for metered limits, `x-codex-credits-*`), on any answer, a `429` too | read at response time and recorded for the account ([`Pool::record_usage`]) before the answer's outcome is reported, under the same lock; then every usage header is removed and the pool's usage headers are sent instead |
 //! | a `codex.rate_limits` server-sent event | read as the stream passes through (`sse.rs`: bytes go on as they arrive, only the current data line is held), recorded for the account, and the line replaced by the pool's usage of the same limit |
 //!
-//! Removed from every answer: each usage header of any family (`x-<limit>-primary-…`,
-//! `-secondary-…`, `-limit-name`), the account's credits (`x-codex-credits-*`) and its
-//! account-specific notices (`x-codex-promo-message`, `x-codex-active-limit`,
-//! `x-codex-rate-limit-reached-type`). Other `x-codex-*` headers pass: they are the
-//! protocol's, not the account's usage (`x-codex-turn-state`, which the Codex CLI sends back
-//! within a turn, pins those requests to the account that issued it, see
-//! `continuation.rs`). An account out of headroom then gets no request counted against that
+//! Removed from every answer: every `x-codex-*` header but the protocol's own (an
+//! allow-list: `x-codex-turn-state`, which the Codex CLI sends back within a turn and which
+//! pins those requests to the account that issued it, see `continuation.rs`, and
+//! `x-codex-safety-buffering-enabled`) — usage, reset times, credits, plan and promotions
+//! are the serving account's — and the usage headers of any other family
+//! (`x-<limit>-primary-…`, `-secondary-…`, `-limit-name`). An account out of headroom then gets no request counted against that
 //! limit until its window resets (the policy's rule); the report is shared through
 //! `pool-state.json`, so other proxies and the next run steer by it.
 //!
@@ -57,7 +56,7 @@ use super::{Shared, now};
 pub(crate) const USAGE_TTL: Duration = super::sync::SYNC_INTERVAL;
 
 /// Header-name endings of a usage family `x-<limit>-…` (codex-rs `rate_limits.rs`).
-const USAGE_SUFFIXES: [&str; 8] = [
+const USAGE_SUFFIXES: [&str; 10] = [
     "-primary-used-percent",
     "-primary-window-minutes",
     "-primary-reset-at",
@@ -65,24 +64,23 @@ const USAGE_SUFFIXES: [&str; 8] = [
     "-secondary-window-minutes",
     "-secondary-reset-at",
     "-primary-over-secondary-limit-percent",
+    "-primary-reset-after-seconds",
+    "-secondary-reset-after-seconds",
     "-limit-name",
 ];
 
 /// The event type of a usage report in the response stream.
 const RATE_LIMITS_EVENT: &str = "codex.rate_limits";
 
-/// Account-specific `x-codex-*` headers besides the usage families: what one account's
-/// credits, promotions and limits are.
-const ACCOUNT_HEADERS: [&str; 3] = [
-    "x-codex-promo-message",
-    "x-codex-active-limit",
-    "x-codex-rate-limit-reached-type",
-];
+/// The `x-codex-*` answer headers that are the protocol's, not one account's: they pass.
+/// Every other `x-codex-*` header (usage, reset times, credits, plan, promotions, and any
+/// new one) is the serving account's and is removed — an allow-list, so a header the
+/// backend adds later cannot leak one account's figures.
+const PROTOCOL_HEADERS: [&str; 2] = ["x-codex-turn-state", "x-codex-safety-buffering-enabled"];
 
 fn is_usage_header(name: &HeaderName) -> bool {
     let name = name.as_str();
-    name.starts_with("x-codex-credits-")
-        || ACCOUNT_HEADERS.contains(&name)
+    (name.starts_with("x-codex-") && !PROTOCOL_HEADERS.contains(&name))
         || (name.starts_with("x-") && USAGE_SUFFIXES.iter().any(|s| name.ends_with(s)))
 }
 
