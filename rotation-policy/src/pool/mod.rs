@@ -39,40 +39,6 @@ const HEALTH_AUTH: u8 = 40;
 /// little traffic but never none (it can earn its health back).
 const HEALTH_STRIDE: u64 = 1_000_000;
 
-/// Marks every window of `limit` that is past the threshold or margin as full (see the
-/// 429 rule in `apply`); returns whether one changed.
-fn fill_windows_past_threshold(
-    rules: &Rules,
-    account: &mut Account,
-    limit: usize,
-    clock: u64,
-) -> bool {
-    let step = account.steps(limit).step;
-    let Some(Some(usage)) = account.usage.get_mut(limit) else {
-        return false;
-    };
-    let mut changed = false;
-    for (window, step) in [&mut usage.primary, &mut usage.secondary]
-        .into_iter()
-        .zip(step)
-    {
-        if let Some(w) = window
-            && w.used_percent < crate::usage::Percent::FULL
-            && rules.blocks(w.used_percent.get(), step, 0)
-        {
-            w.used_percent = crate::usage::Percent::FULL;
-            changed = true;
-        }
-    }
-    if changed {
-        // A new report of this account's usage (the 429's): it wins merges over the one it
-        // corrects, here and in every process the change is shared with.
-        let stamp = clock.max(usage.observed_at.as_millis().saturating_add(1));
-        usage.observed_at = crate::Timestamp::from_millis(stamp);
-    }
-    changed
-}
-
 /// The family name shared by model families beyond `max_families`.
 const OVERFLOW_FAMILY: &str = "*";
 
@@ -1181,7 +1147,7 @@ impl Pool {
                 // A 429 on a window already past the threshold or margin (quota-aware
                 // spends such windows near their end) says the window is full: it stays out
                 // until its end, not only for the cooldown.
-                changed |= fill_windows_past_threshold(rules, account, limit, clock);
+                changed |= usage::fill_windows_past_threshold(rules, account, limit, clock);
             }
             Outcome::Unauthorized => {
                 account.health = account.health.saturating_sub(HEALTH_AUTH);

@@ -3,6 +3,7 @@
 //! turns a report into a block is `Rules::usage_blocked_until` (index.rs).
 
 use super::account::{Account, mark_changed};
+use super::index::Rules;
 use super::{Limit, Pool};
 use crate::status::UsageStatus;
 use crate::usage::{LimitUsage, MAX_LIMITS, Percent, UsageReport, UsageWindow};
@@ -405,4 +406,38 @@ impl Pool {
             }
         }
     }
+}
+
+/// Marks every window of `limit` that is past the threshold or margin as full (see the
+/// 429 rule in `apply`); returns whether one changed.
+pub(super) fn fill_windows_past_threshold(
+    rules: &Rules,
+    account: &mut Account,
+    limit: usize,
+    clock: u64,
+) -> bool {
+    let step = account.steps(limit).step;
+    let Some(Some(usage)) = account.usage.get_mut(limit) else {
+        return false;
+    };
+    let mut changed = false;
+    for (window, step) in [&mut usage.primary, &mut usage.secondary]
+        .into_iter()
+        .zip(step)
+    {
+        if let Some(w) = window
+            && w.used_percent < crate::usage::Percent::FULL
+            && rules.blocks(w.used_percent.get(), step, 0)
+        {
+            w.used_percent = crate::usage::Percent::FULL;
+            changed = true;
+        }
+    }
+    if changed {
+        // A new report of this account's usage (the 429's): it wins merges over the one it
+        // corrects, here and in every process the change is shared with.
+        let stamp = clock.max(usage.observed_at.as_millis().saturating_add(1));
+        usage.observed_at = crate::Timestamp::from_millis(stamp);
+    }
+    changed
 }
