@@ -8,15 +8,15 @@
 //! | input | output |
 //! | --- | --- |
 //! | a line not starting with `data:` | passed through unchanged, as soon as its first bytes show it is not a data line |
-//! | a `data:` line, up to [`MAX_LINE`] bytes before its `\n` | held until its `\n`, then given to the observer: kept byte for byte, or rewritten as `data: <replacement>` with the line's own ending (`\n` or `\r\n`) |
+//! | a `data:` line, up to [`MAX_LINE`] bytes before its end | held until its end (`\n` or `\r`), then given to the observer: kept byte for byte, or rewritten as `data: <replacement>` with the line's own end |
 //! | a line longer than [`MAX_LINE`] | passed through unread (held bytes flushed, the rest streamed) |
 //! | an incomplete line at the end of the stream | passed through unread: a client never dispatches an event without its end |
 //!
 //! The output does not depend on how the input is cut into chunks (a proptest checks it).
 //! Holding a data line until its end delays nothing a client can use: an event is
-//! dispatched only at the blank line that follows it. Lines end at `\n` (with an optional
-//! `\r` before it, as the Codex backend writes them); a lone `\r`, which the SSE format also
-//! allows as a line end, is not treated as one, so such a line is passed through unread. A
+//! dispatched only at the blank line that follows it. Lines end at `\n` or `\r`, as the SSE
+//! format allows (`\r\n` is read as a line ending at `\r` followed by an empty one ending
+//! at `\n`: the bytes sent are the same, and an empty line is never rewritten). A
 //! multi-line `data` value is given to the observer one line at a time.
 
 use bytes::{Bytes, BytesMut};
@@ -85,7 +85,7 @@ impl<O: DataObserver> SseTap<O> {
         let mut pos = 0;
         while pos < chunk.len() {
             let rest = &chunk[pos..];
-            match rest.iter().position(|&b| b == b'\n') {
+            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
                 Some(i) => {
                     let end = pos + i + 1;
                     if self.passing {
@@ -131,15 +131,11 @@ impl<O: DataObserver> SseTap<O> {
         Bytes::from(std::mem::take(&mut self.held))
     }
 
-    /// One whole line, `\n` included.
+    /// One whole line, its end (`\n` or `\r`) included.
     fn line(&mut self, line: Bytes, out: &mut Output) {
         let content = line.len() - 1;
-        let ending = if line[..content].ends_with(b"\r") {
-            2
-        } else {
-            1
-        };
-        let body = &line[..line.len() - ending];
+        let ending = 1;
+        let body = &line[..content];
         let Some(value) = body.strip_prefix(DATA) else {
             out.push(line);
             return;
@@ -254,6 +250,24 @@ mod tests {
         assert_eq!(seen, [b"{\"a\":1}".to_vec(), b"swap:1".to_vec()]);
     }
 
+    /// A stream whose lines end at a lone `\r` (the SSE format allows it) is read line by
+    /// line like any other: each data line is given to the observer as soon as it ends,
+    /// never held to the end of the stream.
+    #[test]
+    fn lone_carriage_returns_end_lines() {
+        let mut tap = SseTap::new(Recorder::default());
+        assert_eq!(
+            tap.feed(Bytes::from_static(b"event: x\rdata: swap:1\r")),
+            "event: x\rdata: SWAPPED(6)\r"
+        );
+        assert!(tap.is_empty());
+        assert_eq!(
+            tap.feed(Bytes::from_static(b"\rdata: b\r\r")),
+            "\rdata: b\r\r"
+        );
+        assert_eq!(tap.observer.seen, [b"swap:1".to_vec(), b"b".to_vec()]);
+    }
+
     #[test]
     fn lines_over_the_limit_pass_unread_whole_or_in_pieces() {
         let long = format!("data: swap:{}\n", "x".repeat(20));
@@ -308,7 +322,7 @@ mod tests {
     fn stream() -> impl Strategy<Value = Vec<u8>> {
         let line = prop_oneof![
             "(event|id|retry): [a-z0-9. ]{0,12}\n".prop_map(String::into_bytes),
-            "data: ?(swap:)?[a-z{}\":, ]{0,24}\r?\n".prop_map(String::into_bytes),
+            "data: ?(swap:)?[a-z{}\":, ]{0,24}(\r|\n|\r\n)".prop_map(String::into_bytes),
             Just(b"\n".to_vec()),
             ": [ -~]{0,10}\n".prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..24),
