@@ -93,35 +93,13 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
     );
     assert!(rewritten.contains(TOKEN_ENV), "{rewritten}");
 
-    let work = tempfile::tempdir().unwrap();
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&codex)
-            .args([
-                "exec",
-                "--skip-git-repo-check",
-                "Say hello through the proxy",
-            ])
-            .current_dir(work.path())
-            .env("CODEX_HOME", codex_home.path())
-            .env(TOKEN_ENV, token.secret().expose())
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    run_codex_exec(
+        &codex,
+        codex_home.path(),
+        token.secret().expose(),
+        "Say hello through the proxy",
     )
-    .await
-    .expect("codex exec finished within 90 s")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains(REPLY),
-        "codex exec failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    .await;
 
     // The rotation is visible in /status (over HTTP, with the wrapper token) and at the mock.
     let status_body = reqwest::Client::builder()
@@ -328,35 +306,13 @@ async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token(
         "{rewritten}"
     );
 
-    let work = tempfile::tempdir().unwrap();
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(&codex)
-            .args([
-                "exec",
-                "--skip-git-repo-check",
-                "Say hello through the proxy",
-            ])
-            .current_dir(work.path())
-            .env("CODEX_HOME", codex_home.path())
-            .env(TOKEN_ENV, &token)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    run_codex_exec(
+        &codex,
+        codex_home.path(),
+        &token,
+        "Say hello through the proxy",
     )
-    .await
-    .expect("codex exec finished within 90 s")
-    .unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && out.contains(REPLY),
-        "codex exec failed ({}):\n{out}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    .await;
 
     let status_body = reqwest::Client::builder()
         .no_proxy()
@@ -499,31 +455,13 @@ async fn codex_sees_the_pool(codex: &std::path::Path, channel: UsageChannel) {
 
     let codex_home = tempfile::tempdir().unwrap();
     CodexRoute::apply(codex_home.path(), &proxy.base_url()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(codex)
-            .args(["exec", "--skip-git-repo-check", "Say hello"])
-            .current_dir(work.path())
-            .env("CODEX_HOME", codex_home.path())
-            .env(TOKEN_ENV, token.secret().expose())
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    run_codex_exec(
+        codex,
+        codex_home.path(),
+        token.secret().expose(),
+        "Say hello",
     )
-    .await
-    .expect("codex exec finished within 90 s")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains(REPLY),
-        "codex exec failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    .await;
     // The hotter account served codex (least recently used after the warm-up).
     assert!(mock.stats().accounts["ws-hot"].ok >= 2, "{channel:?}");
     let hot = mock.usage("ws-hot").unwrap();
@@ -586,6 +524,42 @@ async fn codex_sees_the_pool(codex: &std::path::Path, channel: UsageChannel) {
     }
     proxy.shutdown().await;
     mock.shutdown().await;
+}
+
+/// Runs `codex exec PROMPT` (temporary working directory, `CODEX_HOME` = `codex_home`, the
+/// wrapper token in its env key, no OpenAI variables, at most 90 s) and checks that it
+/// completed with the mock upstream's reply.
+async fn run_codex_exec(
+    codex: &std::path::Path,
+    codex_home: &std::path::Path,
+    token: &str,
+    prompt: &str,
+) {
+    let work = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(codex)
+            .args(["exec", "--skip-git-repo-check", prompt])
+            .current_dir(work.path())
+            .env("CODEX_HOME", codex_home)
+            .env(TOKEN_ENV, token)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("codex exec finished within 90 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(REPLY),
+        "codex exec failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
 }
 
 /// Every file under `dir` (bounded depth: sessions/YYYY/MM/DD/file).
