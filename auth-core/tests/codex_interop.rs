@@ -71,14 +71,11 @@ fn run_codex(bin: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -> Out
 }
 
 fn write_auth(home: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(home.join("auth.json"))
-        .unwrap();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(home.join("auth.json")).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
