@@ -97,11 +97,13 @@ impl Timestamp {
         }
         // Beyond the platform's range (e.g. Windows' 100 ns ticks overflow before u64 ms do):
         // approach the latest representable time by halving steps, at most ~2 × 64 tries.
+        // A step below the platform's resolution (Windows: 100 ns) adds nothing and must
+        // halve too, or the loop never ends.
         let (mut time, mut step) = (UNIX_EPOCH, since);
         while !step.is_zero() {
             match time.checked_add(step) {
-                Some(later) => time = later,
-                None => step /= 2,
+                Some(later) if later > time => time = later,
+                _ => step /= 2,
             }
         }
         time
