@@ -12,10 +12,13 @@ import json
 import os
 import re
 import subprocess
+import signal
 import sys
+import tempfile
 import time
 
 WINE = os.environ.get("WINE", "/usr/lib/wine/wine64")
+WINESERVER = os.environ.get("WINESERVER", "/usr/lib/wine/wineserver")
 # One executable may run for at most this long (every test of ours is bounded well below).
 EXE_TIMEOUT_S = int(os.environ.get("WINE_TEST_TIMEOUT_S", "600"))
 RESULT = re.compile(
@@ -45,21 +48,33 @@ def executables(messages):
 
 
 def run(path, env):
+    """Runs one executable; its output goes to a file (Wine's helper processes may keep a
+    pipe open after the test ends). On timeout the whole process group and the prefix's
+    wineserver are killed, so one hung test cannot hang the run."""
     start = time.monotonic()
-    try:
-        proc = subprocess.run(
+    with tempfile.TemporaryFile() as out_file:
+        proc = subprocess.Popen(
             [WINE, path, "--test-threads=2"],
             env=env,
-            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            stdout=out_file,
             stderr=subprocess.STDOUT,
-            timeout=EXE_TIMEOUT_S,
+            start_new_session=True,
         )
-        out = proc.stdout.decode("utf-8", "replace")
-        code = proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode("utf-8", "replace")
-        out += f"\n(killed after {EXE_TIMEOUT_S} s)\n"
-        code = None
+        try:
+            code = proc.wait(timeout=EXE_TIMEOUT_S)
+            note = ""
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            subprocess.run([WINESERVER, "--kill"], env=env, check=False)
+            proc.wait()
+            code = None
+            note = f"\n(killed after {EXE_TIMEOUT_S} s)\n"
+        out_file.seek(0)
+        out = out_file.read().decode("utf-8", "replace") + note
     return code, out, time.monotonic() - start
 
 
