@@ -23,7 +23,7 @@ pub enum LookupMethod {
     SockDiag,
     /// Linux `/proc/net/tcp{,6}` + `/proc/<pid>/fd` (native).
     Procfs,
-    /// macOS libproc socket enumeration (native, best-effort).
+    /// macOS libproc socket enumeration (native; type-checked in CI, not run).
     Libproc,
     /// Windows TCP table API (native, best-effort).
     TcpTable,

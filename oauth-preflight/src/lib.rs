@@ -36,9 +36,10 @@
 //! the asked address, a wildcard, or the other `localhost` family (`[::1]` for `127.0.0.1`).
 //! Linux asks the kernel for LISTEN sockets over `NETLINK_SOCK_DIAG` (falling back to
 //! `/proc/net/tcp{,6}`) and matches socket inodes against `/proc/<pid>/fd` — no process
-//! is spawned. macOS and Windows use their native socket tables (best-effort,
-//! untested in CI). `lsof` is the fallback; every result says which [`LookupMethod`]
-//! answered. Processes of other users that cannot be inspected are reported as such.
+//! is spawned. macOS and Windows use their native socket tables (macOS: type-checked in
+//! CI for both Apple targets, not run). `lsof` is the fallback; every result says which
+//! [`LookupMethod`] answered. Processes of other users that cannot be inspected are
+//! reported as such.
 //!
 //! [`inspect`] reports every process holding each socket (forked children share it).
 //! [`free`] first looks quickly ([`HolderLookup::find_first_holders`]: likely holders

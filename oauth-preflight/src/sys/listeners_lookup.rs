@@ -1,5 +1,6 @@
-//! macOS and Windows (best-effort, not built in CI): LISTEN sockets from the native socket
-//! tables through the `listeners` crate (libproc on macOS, `GetExtendedTcpTable` on Windows).
+//! macOS and Windows (built in CI for both; never run on macOS): LISTEN sockets from the
+//! native socket tables through the `listeners` crate (libproc on macOS,
+//! `GetExtendedTcpTable` on Windows).
 
 use crate::{Error, HolderLookup, LookupMethod, PortHolder, ProcessInfo};
 

@@ -1,28 +1,91 @@
-//! macOS (best-effort, not built in CI): identity from libproc, signals via `kill(2)` after
-//! re-verifying the start time (macOS has no pidfd).
+//! macOS: identity from libproc (`proc_pidinfo`, `proc_pidpath`), signals via `kill(2)`
+//! after re-verifying the start time (macOS has no pidfd). Type-checked and linted for
+//! `aarch64-apple-darwin` and `x86_64-apple-darwin` in CI (`.ci/macos-check`), never run
+//! there; the record layout and its decoding (`proc_info.rs`) are unit-tested on Linux.
+//!
+//! The two libproc calls are declared here rather than through a bindings crate: generated
+//! bindings need the macOS SDK at build time, which only a Mac has, and then nothing here
+//! could be type-checked elsewhere. All `unsafe` of the macOS port is in this file.
+#![allow(unsafe_code)]
 
+use std::ffi::{c_int, c_void};
 use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use libproc::bsd_info::BSDInfo;
-use libproc::proc_pid::{name, pidinfo, pidpath};
 use rustix::process::{Pid, Signal};
 
+use super::proc_info::{
+    PROC_PIDPATHINFO_MAXSIZE, PROC_PIDTBSDINFO_SIZE, ProcBsdInfo, path_from_buffer,
+};
 use super::{Signalled, Stop, StopHandle};
-use crate::{ProcessInfo, StartTime};
+use crate::ProcessInfo;
 
-/// Name, executable, real uid and start time (µs since the epoch) from libproc.
+/// `PROC_PIDTBSDINFO`: the `proc_pidinfo` flavor that fills a `struct proc_bsdinfo`.
+const PROC_PIDTBSDINFO: c_int = 3;
+
+// libproc is part of libSystem, which every macOS program links (Rust's std included);
+// naming it here states where the symbols come from and adds no library.
+#[link(name = "System", kind = "dylib")]
+unsafe extern "C" {
+    /// Fills `buffer` with the record `flavor` selects for `pid`; returns the number of
+    /// bytes written, 0 or less on failure (no such process, not permitted).
+    fn proc_pidinfo(
+        pid: c_int,
+        flavor: c_int,
+        arg: u64,
+        buffer: *mut c_void,
+        buffersize: c_int,
+    ) -> c_int;
+    /// Writes the executable's path, NUL-terminated, into `buffer` (at most `buffersize`
+    /// bytes); returns the path's length, 0 or less on failure.
+    fn proc_pidpath(pid: c_int, buffer: *mut c_void, buffersize: u32) -> c_int;
+}
+
+/// The BSD record of `pid`, or `None` when it cannot be read (gone, a zombie, not ours
+/// to see) or came back short.
+fn bsd_info(pid: c_int) -> Option<ProcBsdInfo> {
+    let mut info = ProcBsdInfo::default();
+    // SAFETY: `info` is a live, writable `#[repr(C)]` record whose layout and size
+    // (PROC_PIDTBSDINFO_SIZE bytes) are asserted to match `struct proc_bsdinfo` at compile
+    // time; the size passed bounds what the kernel writes. Every field is an integer or a
+    // byte array, so whatever bytes it writes are a valid value.
+    let written = unsafe {
+        proc_pidinfo(
+            pid,
+            PROC_PIDTBSDINFO,
+            0,
+            (&raw mut info).cast::<c_void>(),
+            PROC_PIDTBSDINFO_SIZE,
+        )
+    };
+    (written == PROC_PIDTBSDINFO_SIZE).then_some(info)
+}
+
+/// The executable's path, bytes kept exactly; `None` when it cannot be read.
+fn executable_path(pid: c_int) -> Option<PathBuf> {
+    let mut buf = [0u8; PROC_PIDPATHINFO_MAXSIZE];
+    let size = u32::try_from(buf.len()).ok()?;
+    // SAFETY: `buf` is writable for its full length, which is the size passed, so the
+    // call writes within it; `path_from_buffer` reads only within `buf` too.
+    let returned = unsafe { proc_pidpath(pid, buf.as_mut_ptr().cast::<c_void>(), size) };
+    path_from_buffer(&buf, returned)
+}
+
+/// Name, executable, real uid and start time (µs since the epoch) from libproc. The name
+/// is the one `proc_name` reports, taken from the same record as the start time.
 /// argv is not read (it needs `KERN_PROCARGS2`); the matcher then uses the executable.
 pub(crate) fn describe(pid: u32) -> Option<ProcessInfo> {
-    let raw = i32::try_from(pid).ok()?;
-    let info = pidinfo::<BSDInfo>(raw, 0).ok()?;
-    let start = u64::from(info.pbi_start_tvsec)
-        .saturating_mul(1_000_000)
-        .saturating_add(u64::from(info.pbi_start_tvusec));
-    let mut p = ProcessInfo::new(pid, name(raw).unwrap_or_default())
-        .with_uid(u32::from(info.pbi_ruid))
-        .with_start_time(StartTime(start));
-    if let Ok(path) = pidpath(raw) {
+    let raw = c_int::try_from(pid).ok()?;
+    let info = bsd_info(raw)?;
+    // A record of another pid is not this process (defensive: the kernel fills the one asked).
+    if info.pbi_pid != pid {
+        return None;
+    }
+    let mut p = ProcessInfo::new(pid, info.name())
+        .with_uid(info.pbi_ruid)
+        .with_start_time(info.start_time());
+    if let Some(path) = executable_path(raw) {
         p = p.with_exe(path);
     }
     Some(p)
