@@ -1,13 +1,10 @@
 //! The real Codex CLI: `codex login` holds 127.0.0.1:1455, `free` stops it.
-#![cfg(target_os = "linux")]
-
-mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::skip;
+use crate::common::skip;
 use oauth_preflight::{CODEX_CALLBACK_PORT, FreePolicy, Outcome, free, inspect};
 
 /// Both tests need 1455: run them one at a time.

@@ -1,13 +1,10 @@
 //! Real processes holding real ephemeral loopback ports: found, freed or refused.
-#![cfg(target_os = "linux")]
-
-mod common;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Family, Spec, skip, spawn, v4};
+use crate::common::{Family, Spec, skip, spawn, v4};
 use oauth_preflight::{
     Error, FreePolicy, HolderLookup, LookupMethod, LsofLookup, Outcome, PortHolder, ProcfsLookup,
     SockDiagLookup, free, inspect, inspect_with,
@@ -113,7 +110,7 @@ fn dry_run_names_the_helper_and_kills_nothing() {
 
 #[test]
 fn codex_holder_of_another_user_is_refused_and_left_alive() {
-    if !common::is_root() {
+    if !crate::common::is_root() {
         skip(
             "codex_holder_of_another_user_is_refused_and_left_alive",
             "needs root to start a process as uid 65534",
@@ -142,7 +139,7 @@ fn codex_holder_of_another_user_is_refused_and_left_alive() {
 
 #[test]
 fn ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed() {
-    if !common::ipv6_available() {
+    if !crate::common::ipv6_available() {
         skip(
             "ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed",
             "no IPv6 loopback here",
@@ -169,7 +166,7 @@ fn ipv6_only_holder_blocks_the_ipv4_callback_and_is_freed() {
 #[test]
 fn dual_stack_wildcard_holder_blocks_the_ipv4_bind_and_is_refused_or_freed() {
     const NAME: &str = "dual_stack_wildcard_holder_blocks_the_ipv4_bind_and_is_refused_or_freed";
-    if !common::ipv6_available() {
+    if !crate::common::ipv6_available() {
         skip(NAME, "no IPv6 here");
         return;
     }
@@ -391,7 +388,7 @@ const INNER_PORT_ENV: &str = "OAUTH_PREFLIGHT_INNER_PORT";
 #[test]
 fn holders_we_cannot_inspect_are_reported_as_unknown_not_guessed() {
     const NAME: &str = "holders_we_cannot_inspect_are_reported_as_unknown_not_guessed";
-    if !common::is_root() {
+    if !crate::common::is_root() {
         skip(NAME, "needs root to run the unprivileged half as uid 65534");
         return;
     }
@@ -402,7 +399,7 @@ fn holders_we_cannot_inspect_are_reported_as_unknown_not_guessed() {
     let run = std::process::Command::new(&exe)
         .args([
             "--exact",
-            "unprivileged_view_of_a_root_holder",
+            "linux::unprivileged_view_of_a_root_holder",
             "--ignored",
             "--nocapture",
         ])
@@ -542,7 +539,7 @@ fn quick_lookup_finds_a_holder_outside_the_likely_set() {
 #[test]
 fn quick_lookup_finds_a_holder_owned_by_another_uid_than_its_socket() {
     const NAME: &str = "quick_lookup_finds_a_holder_owned_by_another_uid_than_its_socket";
-    if !common::is_root() {
+    if !crate::common::is_root() {
         skip(NAME, "needs root to switch the holder to uid 65534");
         return;
     }

@@ -3,9 +3,6 @@
 //! must be refused (an option's value or an argument only *mentions* codex, `argv[0]` lies,
 //! the holder is our own parent), each checked through `free` (so the pidfd path runs) with
 //! the holder's fate asserted. Also: hostile names and argv never reach the message raw.
-#![cfg(target_os = "linux")]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -13,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{holder, python3, skip, start, start_and_read_port, v4};
+use crate::common::{holder, python3, skip, start, start_and_read_port, v4};
 use oauth_preflight::{FreePolicy, Outcome, free, inspect};
 
 /// Listens on an ephemeral 127.0.0.1 port, prints it, lives at most 60 s.
@@ -359,7 +356,7 @@ fn a_codex_holder_that_is_our_parent_is_reported_not_stopped() {
         .arg(&me)
         .args([
             "--exact",
-            "run_by_a_codex_parent_holding_the_port",
+            "linux::run_by_a_codex_parent_holding_the_port",
             "--ignored",
             "--nocapture",
         ])
