@@ -35,7 +35,7 @@ pub struct FreePolicy {
 
 impl Default for FreePolicy {
     /// Codex matcher, 1 s grace between SIGTERM and SIGKILL, 1.5 s wait for the port,
-    /// native lookup then `lsof`.
+    /// native lookup then `lsof` (Unix).
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(1),
@@ -63,7 +63,8 @@ impl fmt::Debug for FreePolicy {
 }
 
 impl FreePolicy {
-    /// Time between SIGTERM and SIGKILL.
+    /// Time between SIGTERM and SIGKILL (Windows: how long a terminated process may take to
+    /// exit before `TerminateProcess` is called again).
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
@@ -120,7 +121,10 @@ impl FreePolicy {
 /// Holders get SIGTERM, then SIGKILL after the grace period; then `free` waits until the
 /// port can actually be bound. On Linux each holder is pinned with a pidfd *before* its
 /// identity (start time, executable, argv) is re-checked, so a reused pid is never
-/// signalled; without pidfds the start time is re-checked right before each `kill`.
+/// signalled; without pidfds the start time is re-checked right before each `kill`. On
+/// Windows a process handle pins the holder, its creation time and executable are re-read
+/// through it, and `TerminateProcess` goes through it (Windows has no polite stop request
+/// for another console program, so there is no SIGTERM step).
 ///
 /// Blocking (up to grace + 2 × bind wait); from async code call it in `spawn_blocking`.
 ///

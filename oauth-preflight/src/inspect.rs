@@ -23,9 +23,9 @@ pub enum LookupMethod {
     SockDiag,
     /// Linux `/proc/net/tcp{,6}` + `/proc/<pid>/fd` (native).
     Procfs,
-    /// macOS libproc socket enumeration (native; type-checked in CI, not run).
+    /// macOS libproc socket enumeration via `listeners` (native; type-checked, not run).
     Libproc,
-    /// Windows TCP table API (native, best-effort).
+    /// Windows `GetExtendedTcpTable`, LISTEN rows only, + a handle per owner (native).
     TcpTable,
     /// `lsof` (fallback, spawns a process).
     Lsof,
@@ -80,8 +80,8 @@ impl PortHolder {
 
 /// Finds LISTEN sockets on a TCP port and the processes holding them.
 ///
-/// Implemented by [`ProcfsLookup`](crate::ProcfsLookup) (Linux), the macOS and Windows
-/// native lookups, and [`LsofLookup`](crate::LsofLookup). Implement it to plug in another
+/// Implemented by `SockDiagLookup` and `ProcfsLookup` (Linux), `TcpTableLookup` (Windows),
+/// the macOS native lookup, and `LsofLookup` (Unix); each exists only on its platform. Implement it to plug in another
 /// source (e.g. a remote agent, or a fixed answer in tests).
 ///
 /// ```
@@ -137,8 +137,10 @@ pub fn native_lookups() -> Vec<Arc<dyn HolderLookup>> {
         Arc::new(crate::SockDiagLookup::new()),
         Arc::new(crate::ProcfsLookup::new()),
     ];
-    #[cfg(any(target_os = "macos", target_os = "windows"))]
+    #[cfg(target_os = "macos")]
     return vec![Arc::new(crate::sys::ListenersLookup)];
+    #[cfg(target_os = "windows")]
+    return vec![Arc::new(crate::TcpTableLookup::new())];
     #[allow(unreachable_code)]
     Vec::new()
 }

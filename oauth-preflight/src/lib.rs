@@ -36,10 +36,12 @@
 //! the asked address, a wildcard, or the other `localhost` family (`[::1]` for `127.0.0.1`).
 //! Linux asks the kernel for LISTEN sockets over `NETLINK_SOCK_DIAG` (falling back to
 //! `/proc/net/tcp{,6}`) and matches socket inodes against `/proc/<pid>/fd` — no process
-//! is spawned. macOS and Windows use their native socket tables (macOS: type-checked in
-//! CI for both Apple targets, not run). `lsof` is the fallback; every result says which
-//! [`LookupMethod`] answered. Processes of other users that cannot be inspected are
-//! reported as such.
+//! is spawned. Windows reads the LISTEN rows of its TCP table (`GetExtendedTcpTable`;
+//! tested under Wine 8, which cannot name socket owners, see the README); macOS reads its
+//! socket table through `listeners` (type-checked, not run), which does not tell LISTEN
+//! sockets from accepted connections. `lsof` is the fallback on Unix; every result says
+//! which [`LookupMethod`] answered. Processes that cannot be inspected (other users' without
+//! root, or on Windows ones that cannot be opened) are reported as such, never guessed.
 //!
 //! [`inspect`] reports every process holding each socket (forked children share it).
 //! [`free`] first looks quickly ([`HolderLookup::find_first_holders`]: likely holders
@@ -85,6 +87,8 @@ pub use outcome::{Outcome, Stopped, investigate_command};
 pub use process::{ProcessInfo, StartTime};
 #[cfg(target_os = "linux")]
 pub use sys::linux::{ProcfsLookup, SockDiagLookup};
+#[cfg(target_os = "windows")]
+pub use sys::windows::TcpTableLookup;
 
 /// The port `codex login` listens on for the OAuth callback.
 pub const CODEX_CALLBACK_PORT: u16 = 1455;

@@ -25,7 +25,8 @@ pub struct Stopped {
     pub pid: u32,
     /// Its short name.
     pub name: String,
-    /// True when it ignored SIGTERM for the grace period and was SIGKILLed.
+    /// True when it ignored SIGTERM for the grace period and was SIGKILLed (Windows: when
+    /// it was still running after the grace period and `TerminateProcess` was called again).
     pub forced: bool,
     /// True when signals went through a pidfd (or a process handle), false when the start
     /// time was re-verified before each `kill`.
@@ -201,16 +202,28 @@ pub fn investigate_command(port: u16) -> String {
     }
 }
 
+/// How a process was stopped, in words true for this platform: Unix sends SIGTERM, then
+/// SIGKILL after the grace period; Windows has no polite stop request for another console
+/// program, so both levels are `TerminateProcess`.
+fn how_stopped(forced: bool) -> &'static str {
+    match (cfg!(windows), forced) {
+        (false, false) => "SIGTERM",
+        (false, true) => "SIGKILL after it ignored SIGTERM",
+        (true, false) => "TerminateProcess",
+        (true, true) => "a second TerminateProcess after the grace period",
+    }
+}
+
 fn list_stopped(stopped: &[Stopped]) -> String {
     stopped
         .iter()
         .map(|s| {
-            let how = if s.forced {
-                "SIGKILL after it ignored SIGTERM"
-            } else {
-                "SIGTERM"
-            };
-            format!("pid {} ({}) with {how}", s.pid, Escaped(&s.name))
+            format!(
+                "pid {} ({}) with {}",
+                s.pid,
+                Escaped(&s.name),
+                how_stopped(s.forced)
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -254,10 +267,15 @@ impl fmt::Display for Outcome {
                 method,
             } => {
                 let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                let how = if cfg!(windows) {
+                    "with TerminateProcess"
+                } else {
+                    "SIGTERM, then SIGKILL if it ignores that"
+                };
                 write!(
                     f,
                     "Dry run: port {addr} is held by {}, {} owned by you (found via {method}); \
-                     it would be stopped (SIGTERM, then SIGKILL if it ignores that). Nothing was killed.",
+                     it would be stopped ({how}). Nothing was killed.",
                     who.join(", "),
                     Escaped(helper),
                 )
@@ -315,12 +333,21 @@ impl fmt::Display for Outcome {
                 socket_uid,
                 method,
             } => {
-                let owner =
-                    socket_uid.map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
+                // Windows sockets have no owning user, only an owning process.
+                let owner = match socket_uid {
+                    Some(u) => format!(", owned by uid {u}"),
+                    None if cfg!(windows) => String::new(),
+                    None => ", owned by an unknown user".to_owned(),
+                };
+                let hint = if cfg!(windows) {
+                    " (its last column is the owning pid)"
+                } else {
+                    " (as root to see other users' processes)"
+                };
                 write!(
                     f,
-                    "Port {addr} is held by a process we cannot inspect (socket {socket}, owned by {owner}; \
-                     found via {method}); nothing was killed. Investigate with {} (as root to see other users' processes).",
+                    "Port {addr} is held by a process we cannot inspect (socket {socket}{owner}; \
+                     found via {method}); nothing was killed. Investigate with {}{hint}.",
                     investigate_command(port)
                 )
             }
@@ -358,9 +385,10 @@ impl fmt::Display for Outcome {
                 } else {
                     format!(" (already stopped: {})", list_stopped(stopped))
                 };
+                let verb = if cfg!(windows) { "terminate" } else { "signal" };
                 write!(
                     f,
-                    "Could not signal {holder}, which holds port {addr}: {}{s}. \
+                    "Could not {verb} {holder}, which holds port {addr}: {}{s}. \
                      Investigate with {}.",
                     Escaped(message),
                     investigate_command(port)
@@ -380,6 +408,23 @@ impl fmt::Display for Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which wording family this platform's messages use (the snapshot suffix).
+    fn platform_words() -> &'static str {
+        if cfg!(windows) { "windows" } else { "unix" }
+    }
+
+    #[test]
+    fn investigate_command_names_this_platforms_tools() {
+        let expected = if cfg!(windows) {
+            "`netstat -ano | findstr :1455`"
+        } else if cfg!(target_os = "linux") {
+            "`lsof -i tcp:1455` or `ss -ltnp 'sport = :1455'`"
+        } else {
+            "`lsof -i tcp:1455`"
+        };
+        assert_eq!(investigate_command(1455), expected);
+    }
 
     #[test]
     fn freed_and_still_held_messages_list_what_was_stopped() {
@@ -409,6 +454,11 @@ mod tests {
             stopped,
             waited_ms: 1500,
         };
-        insta::assert_snapshot!(format!("{freed}\n{still}"));
+        // The stop words differ by platform (signals on Unix, TerminateProcess on Windows);
+        // the investigate hint is pinned by `investigate_command`'s own test.
+        let text = format!("{freed}\n{still}").replace(&investigate_command(1455), "<investigate>");
+        insta::with_settings!({ snapshot_suffix => platform_words() }, {
+            insta::assert_snapshot!(text);
+        });
     }
 }

@@ -79,6 +79,35 @@ impl ProcessInfo {
         }
     }
 
+    /// What this platform tells about the running process `pid`: the identity [`free`]
+    /// verifies again before it stops anything. `None` when there is no such process (or it
+    /// has exited) or it cannot be inspected.
+    ///
+    /// | platform | name | exe | argv | uid | start time |
+    /// |---|---|---|---|---|---|
+    /// | Linux | `/proc/<pid>/comm` | `/proc/<pid>/exe` | `/proc/<pid>/cmdline` | `/proc/<pid>/status` | `/proc/<pid>/stat` field 22 |
+    /// | macOS | libproc | libproc | not read | libproc | libproc |
+    /// | Windows | the executable's file name | `QueryFullProcessImageNameW` | not read | none | `GetProcessTimes` |
+    ///
+    /// Useful for a [`HolderLookup`](crate::HolderLookup) of your own that knows pids from
+    /// elsewhere (a pid file, an agent).
+    ///
+    /// ```
+    /// use oauth_preflight::ProcessInfo;
+    ///
+    /// let me = ProcessInfo::read(std::process::id()).expect("this process");
+    /// assert_eq!(me.pid, std::process::id());
+    /// assert!(me.start_time.is_some());
+    /// # #[cfg(any(target_os = "linux", windows))]
+    /// assert_eq!(me.exe.as_deref(), Some(std::env::current_exe()?.as_path()));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// [`free`]: crate::free
+    pub fn read(pid: u32) -> Option<Self> {
+        crate::sys::describe(pid)
+    }
+
     /// Sets the executable path.
     #[must_use]
     pub fn with_exe(mut self, exe: impl Into<PathBuf>) -> Self {

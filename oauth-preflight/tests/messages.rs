@@ -1,7 +1,14 @@
-//! The sentences users see, pinned with insta (Linux wording of the investigate hint).
-#![cfg(target_os = "linux")]
+//! The sentences users see, pinned with insta on every platform. The words for stopping
+//! differ between Unix (SIGTERM, SIGKILL) and Windows (TerminateProcess), so there is one
+//! snapshot per family (`@unix`, `@windows`); the investigate hint differs on each OS, so
+//! it is replaced by `<investigate>` and checked against `investigate_command` instead.
 
-use oauth_preflight::{LookupMethod, Outcome, ProcessInfo, StartTime};
+use oauth_preflight::{LookupMethod, Outcome, ProcessInfo, StartTime, investigate_command};
+
+/// Which wording family this platform's messages use (the snapshot suffix).
+fn platform_words() -> &'static str {
+    if cfg!(windows) { "windows" } else { "unix" }
+}
 
 fn addr() -> std::net::SocketAddr {
     "127.0.0.1:1455".parse().unwrap()
@@ -153,7 +160,10 @@ fn user_facing_messages() {
         .iter()
         .map(|(name, o)| format!("{name}:\n  {o}\n"))
         .collect();
-    insta::assert_snapshot!(text);
+    let text = text.replace(&investigate_command(1455), "<investigate>");
+    insta::with_settings!({ snapshot_suffix => platform_words() }, {
+        insta::assert_snapshot!(text);
+    });
 }
 
 #[test]
@@ -162,11 +172,14 @@ fn refusals_say_nothing_was_killed_and_how_to_investigate() {
         if o.is_ready() || matches!(o, Outcome::StillHeld { .. } | Outcome::SignalFailed { .. }) {
             continue;
         }
-        let msg = o.to_string().to_lowercase();
+        let msg = o.to_string();
         if name != "bind_failed" && name != "would_free" {
-            assert!(msg.contains("lsof -i tcp:1455"), "{name}: {msg}");
+            assert!(msg.contains(&investigate_command(1455)), "{name}: {msg}");
         }
-        assert!(msg.contains("nothing was killed"), "{name}: {msg}");
+        assert!(
+            msg.to_lowercase().contains("nothing was killed"),
+            "{name}: {msg}"
+        );
     }
 }
 

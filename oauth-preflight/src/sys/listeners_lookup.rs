@@ -1,20 +1,21 @@
-//! macOS and Windows (built in CI for both; never run on macOS): LISTEN sockets from the
-//! native socket tables through the `listeners` crate (libproc on macOS,
-//! `GetExtendedTcpTable` on Windows).
+//! macOS: LISTEN sockets from the native socket table through the `listeners` crate
+//! (libproc). Type-checked for aarch64/x86_64-apple-darwin, not run.
+//!
+//! `listeners` 0.5 does not report a socket's TCP state, so every TCP socket on the port
+//! counts, accepted connections of a listener too: a refusal here can be stricter than on
+//! Linux, and a process holding only a connection accepted on the port counts as a holder.
+//! (Windows used this crate too; it now reads the LISTEN-only TCP table itself, see
+//! `windows.rs`, because of exactly that.)
 
 use crate::{Error, HolderLookup, LookupMethod, PortHolder, ProcessInfo};
 
-/// Native lookup on macOS (libproc) and Windows (TCP table API), via `listeners`.
+/// Native lookup on macOS (libproc), via `listeners`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ListenersLookup;
 
 impl HolderLookup for ListenersLookup {
     fn method(&self) -> LookupMethod {
-        if cfg!(windows) {
-            LookupMethod::TcpTable
-        } else {
-            LookupMethod::Libproc
-        }
+        LookupMethod::Libproc
     }
 
     fn find_listeners(&self, port: u16) -> Result<Vec<PortHolder>, Error> {
@@ -24,9 +25,8 @@ impl HolderLookup for ListenersLookup {
         })?;
         Ok(all
             .into_iter()
-            // `listeners` 0.5 does not report a socket's TCP state (on Windows it reads the
-            // table of every TCP socket), so sockets accepted on the port count too: their
-            // owner holds the port as well. Pid 0 (Windows' TIME_WAIT rows) owns nothing.
+            // `listeners` 0.5 does not report a socket's TCP state, so sockets accepted on
+            // the port count too: their owner holds the port as well.
             .filter(|l| {
                 l.protocol == listeners::Protocol::TCP
                     && l.socket.port() == port
