@@ -12,37 +12,44 @@
 //!   target's own directory (the Codex CLI follows the link too, so both keep writing the
 //!   same file);
 //! * a **FIFO, socket, device or directory** (directly or as a symlink's target) is refused
-//!   with [`StorageError::NotRegularFile`] and left alone — never written through, never
+//!   with [`StorageError::NotRegularFile`](crate::StorageError::NotRegularFile) and left alone — never written through, never
 //!   replaced;
 //! * a **missing directory** is created with mode 0700, missing parents too. Directories
 //!   that already exist keep the mode their owner gave them.
 //!
 //! Reads (`read_if_exists`) open without blocking, accept only regular files and stop at a
 //! size limit given per kind of file.
+//!
+//! On Windows a rename over (or removal of) a file another process has open is retried
+//! with a bounded backoff, then refused with
+//! [`StorageError::StillInUse`](crate::StorageError::StillInUse).
+//!
+//! The work is done by the workspace's [`atomic_file`] crate (shared with
+//! `config-rewrite`); this module fixes this crate's choices (mode 0600, the default retry,
+//! a warning log when the directory fsync after a rename fails) and maps its errors into
+//! [`StorageError`](crate::StorageError).
 
-use std::io::Write;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Result, StorageError};
+use atomic_file::{InUseRetry, ReplaceOptions};
 
-/// How many times a rename is retried when Windows reports a sharing violation (another
-/// process, often an anti-virus scanner or the Codex CLI, has the target open).
-pub(crate) const RENAME_ATTEMPTS: u32 = 10;
-const RENAME_BACKOFF: Duration = Duration::from_millis(20);
+use crate::error::Result;
 
 /// Replace `path` with `bytes` atomically. The file ends up with mode 0600 on Unix.
 ///
 /// `temp_prefix` names the temporary file (e.g. `.auth-` like the Codex CLI does) so a stray
-/// temp left by a crash is recognisable.
+/// temp left by a crash is recognisable. The work is [`atomic_file::replace`] with
+/// [`FileMode::Private`](atomic_file::FileMode::Private) and the default
+/// [`InUseRetry`].
 ///
 /// # Errors
-/// [`StorageError::Io`] naming the file or directory that failed (the old file is then
-/// untouched and the temporary file removed: an error always means the file was not
-/// replaced, so the fsync of the directory after the rename is only logged when it fails);
-/// [`StorageError::StillInUse`] when Windows kept
-/// reporting the target as open by another process through every retry;
-/// [`StorageError::NotRegularFile`] when something other than a regular file is there.
+/// [`StorageError::Io`](crate::StorageError::Io) naming the file or directory that failed
+/// (the old file is then untouched and the temporary file removed: an error always means
+/// the file was not replaced, so the fsync of the directory after the rename is only logged
+/// when it fails); [`StorageError::StillInUse`](crate::StorageError::StillInUse) when
+/// Windows kept reporting the target as open by another process through every retry;
+/// [`StorageError::NotRegularFile`](crate::StorageError::NotRegularFile) when something
+/// other than a regular file is there.
 ///
 /// ```
 /// # #[cfg(unix)] {
@@ -57,149 +64,44 @@ const RENAME_BACKOFF: Duration = Duration::from_millis(20);
 /// # }
 /// ```
 pub fn write_atomic(path: &Path, bytes: &[u8], temp_prefix: &str) -> Result<()> {
-    let target = resolve_target(path)?;
-    let path = target.as_path();
-    let dir = parent_dir(path);
-    auth_core::regular_file::create_private_dir_all(dir)
-        .map_err(|e| StorageError::io("create the directory", dir, e))?;
-    // tempfile creates the file with O_EXCL and mode 0600 on Unix.
-    let mut temp = tempfile::Builder::new()
-        .prefix(temp_prefix)
-        .tempfile_in(dir)
-        .map_err(|e| StorageError::io("create a temporary file in", dir, e))?;
-    temp.write_all(bytes)
-        .and_then(|()| temp.as_file().sync_all())
-        .map_err(|e| StorageError::io("write a temporary file in", dir, e))?;
-    rename_with_retry(temp, path)?;
-    if let Err(err) = sync_dir(dir) {
+    let done = atomic_file::replace(path, bytes, &ReplaceOptions::new(temp_prefix))?;
+    if let Some(err) = done.dir_sync_error {
         // ok: the rename has happened and every reader sees the new file. Reporting a
         // failure now would make callers undo or retry a write that took effect; a lost
         // directory fsync only matters if the machine crashes before the next one.
-        tracing::warn!(%err, file = %crate::error::shown(path), "replaced, but the directory fsync failed");
+        tracing::warn!(%err, file = %crate::error::shown(&done.target), "replaced, but the directory fsync failed");
     }
     Ok(())
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-fn rename_with_retry(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    retry_rename(
-        temp,
-        path,
-        RENAME_ATTEMPTS,
-        is_sharing_violation,
-        |temp, path| {
-            temp.persist(path)
-                .map(|_| ())
-                .map_err(|e| (e.file, e.error))
-        },
-    )
-}
-
-/// The retry loop of [`rename_with_retry`], with the rename and the "is it transient?"
-/// decision passed in so it can be exercised on every platform.
-///
-/// `rename` gives the temporary file back with its error; dropping it on the final failure
-/// removes the temporary file.
-fn retry_rename<T>(
-    mut temp: T,
-    path: &Path,
-    attempts: u32,
-    transient: impl Fn(&std::io::Error) -> bool,
-    mut rename: impl FnMut(T, &Path) -> std::result::Result<(), (T, std::io::Error)>,
-) -> Result<()> {
-    let mut attempt = 1;
-    loop {
-        match rename(temp, path) {
-            Ok(()) => return Ok(()),
-            Err((file, error)) if transient(&error) => {
-                if attempt >= attempts {
-                    return Err(StorageError::StillInUse {
-                        path: path.to_path_buf(),
-                        attempts,
-                        source: error,
-                    });
-                }
-                temp = file;
-                attempt += 1;
-                std::thread::sleep(RENAME_BACKOFF * attempt);
-            }
-            Err((_file, error)) => {
-                return Err(StorageError::io(
-                    "rename a temporary file over",
-                    path,
-                    error,
-                ));
-            }
-        }
-    }
-}
-
-/// Windows reports a file another process has open as EBUSY/EPERM/EACCES-like errors
-/// (ERROR_SHARING_VIOLATION, ERROR_ACCESS_DENIED, ERROR_LOCK_VIOLATION); they are transient.
-/// On Unix a rename never fails for that reason, so nothing is retried there.
-fn is_sharing_violation(err: &std::io::Error) -> bool {
-    if cfg!(windows) {
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ResourceBusy
-        ) || matches!(err.raw_os_error(), Some(5 | 32 | 33))
-    } else {
-        false
-    }
 }
 
 /// Make a rename durable: fsync the directory that holds the entry (Unix only; Windows has
 /// no directory handles to sync and NTFS journals metadata).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io("fsync the directory", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-    }
-    Ok(())
+    Ok(atomic_file::sync_dir(dir)?)
 }
 
 /// The file a write to `path` replaces: `path`'s final symlink target (or `path` itself),
-/// checked to be a regular file or missing.
-pub(crate) fn resolve_target(path: &Path) -> Result<std::path::PathBuf> {
-    let target = auth_core::regular_file::resolve_symlinks(path)?;
-    match auth_core::regular_file::ensure_regular_or_missing(&target) {
-        Ok(()) => Ok(target),
-        // Name the path the caller knows, not the link target.
-        Err(auth_core::regular_file::FileError::NotRegular { kind, .. }) => {
-            Err(StorageError::NotRegularFile {
-                path: path.to_path_buf(),
-                kind,
-            })
-        }
-        Err(other) => Err(other.into()),
-    }
+/// checked to be a regular file or missing; a refusal names `path`.
+pub(crate) fn resolve_target(path: &Path) -> Result<PathBuf> {
+    Ok(atomic_file::resolve_target(path)?)
 }
 
 /// Read a whole regular file of at most `limit` bytes; `Ok(None)` when it does not exist.
 /// Never blocks (a FIFO is refused at once) and never reads past `limit`.
 pub(crate) fn read_if_exists(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-    Ok(auth_core::regular_file::read_regular(path, limit)?)
+    Ok(atomic_file::read_regular(path, limit)?)
 }
 
-/// Remove a file; `Ok(false)` when it did not exist.
+/// Remove a file durably (its directory fsynced; on Windows retried while another process
+/// has it open); `Ok(false)` when it did not exist.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(StorageError::io("remove", path, e)),
+    let removed = atomic_file::remove_durably(path, InUseRetry::default())?;
+    if let Some(err) = removed.dir_sync_error {
+        // ok: the file is gone for every reader; as for `write_atomic`, do not report a
+        // change that took effect as a failure.
+        tracing::warn!(%err, file = %crate::error::shown(path), "removed, but the directory fsync failed");
     }
+    Ok(removed.existed)
 }
 
 #[cfg(test)]
@@ -232,88 +134,6 @@ mod tests {
         write_atomic(&path, b"new", ".auth-").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-    }
-
-    fn sharing_violation() -> std::io::Error {
-        // ERROR_SHARING_VIOLATION as Windows reports it.
-        std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "The process cannot access the file because it is being used by another process. \
-             (os error 32)",
-        )
-    }
-
-    #[test]
-    fn a_transient_rename_failure_is_retried_until_it_succeeds() {
-        let mut calls = 0;
-        let result = retry_rename(
-            "temp",
-            Path::new("/x/auth.json"),
-            RENAME_ATTEMPTS,
-            |e| e.kind() == std::io::ErrorKind::PermissionDenied,
-            |t, _| {
-                calls += 1;
-                if calls < 3 {
-                    Err((t, sharing_violation()))
-                } else {
-                    Ok(())
-                }
-            },
-        );
-        assert!(result.is_ok(), "{result:?}");
-        assert_eq!(calls, 3);
-    }
-
-    #[test]
-    fn giving_up_reports_the_real_cause_and_how_often_it_tried() {
-        let mut calls = 0;
-        let err = retry_rename(
-            "temp",
-            Path::new("/x/auth.json"),
-            4,
-            |e| e.kind() == std::io::ErrorKind::PermissionDenied,
-            |t, _| {
-                calls += 1;
-                Err((t, sharing_violation()))
-            },
-        )
-        .unwrap_err();
-        assert_eq!(calls, 4, "bounded");
-        let text = err.to_string();
-        assert!(
-            matches!(err, StorageError::StillInUse { attempts: 4, .. }),
-            "{err:?}"
-        );
-        assert!(text.contains("/x/auth.json"), "{text}");
-        assert!(text.contains("4 attempts"), "{text}");
-        assert!(text.contains("os error 32"), "the cause is kept: {text}");
-        assert!(std::error::Error::source(&err).is_some());
-    }
-
-    #[test]
-    fn a_permanent_rename_failure_is_not_retried() {
-        let mut calls = 0;
-        let err = retry_rename(
-            "temp",
-            Path::new("/x/auth.json"),
-            RENAME_ATTEMPTS,
-            |_| false,
-            |t, _| {
-                calls += 1;
-                Err((t, std::io::Error::other("read-only file system")))
-            },
-        )
-        .unwrap_err();
-        assert_eq!(calls, 1);
-        assert!(err.to_string().contains("read-only file system"), "{err}");
-    }
-
-    #[test]
-    fn only_windows_treats_access_errors_as_sharing_violations() {
-        let busy = std::io::Error::from_raw_os_error(32);
-        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        assert_eq!(is_sharing_violation(&busy), cfg!(windows));
-        assert_eq!(is_sharing_violation(&denied), cfg!(windows));
     }
 
     #[test]

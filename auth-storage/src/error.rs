@@ -272,10 +272,42 @@ impl From<auth_core::regular_file::FileError> for StorageError {
                 path,
                 source,
             },
-            // FileError is non-exhaustive: keep whatever a newer variant says.
+            FileError::StillInUse {
+                action: "replace",
+                path,
+                attempts,
+                source,
+            } => Self::StillInUse {
+                path,
+                attempts,
+                source,
+            },
+            // A removal (the only other in-use operation): `StillInUse` speaks of replacing.
+            FileError::StillInUse {
+                action,
+                path,
+                attempts,
+                source,
+            } => Self::Io {
+                action,
+                path,
+                source: std::io::Error::new(
+                    source.kind(),
+                    format!(
+                        "{source}; another process kept it open through {attempts} attempts, \
+                         close programs using it and retry"
+                    ),
+                ),
+            },
+            FileError::SymlinkLoop { path, .. } => Self::Io {
+                action: "resolve",
+                path,
+                source: std::io::Error::other("too many levels of symbolic links"),
+            },
+            // FileError is non-exhaustive: keep whatever a newer variant says and its path.
             other => Self::Io {
                 action: "use",
-                path: PathBuf::new(),
+                path: other.path().to_path_buf(),
                 source: std::io::Error::other(other.to_string()),
             },
         }
@@ -392,5 +424,51 @@ mod tests {
         .map(|e| StorageError::from(e).to_string())
         .collect();
         insta::assert_snapshot!(texts.join("\n"));
+    }
+
+    #[test]
+    fn file_errors_keep_their_meaning_and_message() {
+        use auth_core::regular_file::FileError;
+        let path = PathBuf::from("/home/me/.codex/auth.json");
+        let in_use = |action| FileError::StillInUse {
+            action,
+            path: path.clone(),
+            attempts: 10,
+            source: std::io::Error::from_raw_os_error(32),
+        };
+        let err = StorageError::from(in_use("replace"));
+        assert!(
+            matches!(&err, StorageError::StillInUse { attempts: 10, source, .. } if source.raw_os_error() == Some(32)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("could not replace /home/me/.codex/auth.json: another process kept it open through 10 attempts ("),
+            "{err}"
+        );
+        let err = StorageError::from(in_use("remove"));
+        assert!(
+            matches!(
+                err,
+                StorageError::Io {
+                    action: "remove",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("could not remove /home/me/.codex/auth.json: "),
+            "{text}"
+        );
+        assert!(text.contains("through 10 attempts"), "{text}");
+        let err = StorageError::from(FileError::SymlinkLoop {
+            path: path.clone(),
+            hops: 40,
+        });
+        assert_eq!(
+            err.to_string(),
+            "could not resolve /home/me/.codex/auth.json: too many levels of symbolic links"
+        );
     }
 }

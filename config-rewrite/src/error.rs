@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 /// Text from a file or its name, displayed with control, bidi and line-separator
 /// characters escaped (`\x1b`, `\u{202e}`) so a hostile key or path cannot forge output
 /// lines or send terminal escape sequences. The same form as `auth_core::terminal` (this
-/// crate depends on none of the workspace's crates, so it keeps its own copy).
+/// crate depends on none of the workspace's crates but `atomic-file`, so it keeps its own
+/// copy).
 pub(crate) struct Shown<'a>(&'a str);
 
 /// A control (C0, DEL, C1), bidi or line-separator character: escaped when shown, and
@@ -256,6 +257,24 @@ pub enum Error {
         /// What is on disk and what to do (paths only, never configuration values).
         applied: String,
     },
+    /// Windows kept refusing to replace or delete the file because another program had it
+    /// open (an editor, a scanner, Codex reading it), through every retry. Nothing changed.
+    #[error(
+        "could not {action} {}: another program kept it open through {attempts} attempts \
+         ({source}); close programs using it and retry (nothing was changed)",
+        shown_path(path)
+    )]
+    StillInUse {
+        /// What was attempted: `replace` or `remove`.
+        action: &'static str,
+        /// The file (a symlink's final target).
+        path: PathBuf,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The operating system's error from the last attempt.
+        #[source]
+        source: io::Error,
+    },
     /// The file kept changing under us while we edited it (another program writing it).
     #[error(
         "{}: the file changed while it was being edited; retry when the other writer is done",
@@ -273,6 +292,47 @@ impl Error {
             action,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl From<atomic_file::FileError> for Error {
+    fn from(err: atomic_file::FileError) -> Self {
+        use atomic_file::FileError;
+        match err {
+            FileError::NotRegular { path, kind } => Error::NotRegularFile { path, kind },
+            FileError::TooLarge { path, limit } => Error::FileTooLarge { path, limit },
+            FileError::StillInUse {
+                action,
+                path,
+                attempts,
+                source,
+            } => Error::StillInUse {
+                action,
+                path,
+                attempts,
+                source,
+            },
+            FileError::SymlinkLoop { path, .. } => Error::io(
+                "resolve",
+                path,
+                io::Error::other("too many levels of symbolic links"),
+            ),
+            FileError::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            // FileError is non-exhaustive: keep whatever a newer variant says and its path.
+            other => Error::io(
+                "use",
+                other.path().to_path_buf(),
+                io::Error::other(other.to_string()),
+            ),
         }
     }
 }
@@ -334,6 +394,12 @@ mod tests {
             Error::InvalidRecordFile {
                 path: path.with_file_name("config.toml.revert.json"),
                 reason: "not valid JSON at line 1, column 3".into(),
+            },
+            Error::StillInUse {
+                action: "replace",
+                path: path.clone(),
+                attempts: 10,
+                source: io::Error::other("Access denied. (os error 5)"),
             },
         ];
         let text: Vec<String> = messages.iter().map(ToString::to_string).collect();
@@ -422,6 +488,57 @@ mod tests {
         ];
         let text: Vec<String> = messages.iter().map(ToString::to_string).collect();
         insta::assert_snapshot!(text.join("\n"));
+    }
+
+    #[test]
+    fn file_errors_keep_their_meaning() {
+        use atomic_file::{FileError, FileKind};
+        let path = PathBuf::from("/home/me/.codex/config.toml");
+        let err = Error::from(FileError::NotRegular {
+            path: path.clone(),
+            kind: FileKind::Fifo,
+        });
+        assert!(
+            matches!(&err, Error::NotRegularFile { path: p, kind: FileKind::Fifo } if *p == path),
+            "{err:?}"
+        );
+        let err = Error::from(FileError::TooLarge {
+            path: path.clone(),
+            limit: 7,
+        });
+        assert!(
+            matches!(err, Error::FileTooLarge { limit: 7, .. }),
+            "{err:?}"
+        );
+        let err = Error::from(FileError::StillInUse {
+            action: "remove",
+            path: path.clone(),
+            attempts: 3,
+            source: io::Error::from_raw_os_error(32),
+        });
+        assert!(
+            matches!(&err, Error::StillInUse { action: "remove", attempts: 3, source, .. } if source.raw_os_error() == Some(32)),
+            "{err:?}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let err = Error::from(FileError::SymlinkLoop {
+            path: path.clone(),
+            hops: 40,
+        });
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    action: "resolve",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "could not resolve /home/me/.codex/config.toml: too many levels of symbolic links"
+        );
     }
 
     #[test]

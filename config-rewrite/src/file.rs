@@ -16,10 +16,12 @@
 //! concurrent writer of the configuration (Codex, an editor) is detected by re-reading just
 //! before the rename; our edit is recomputed on top of its change, never over it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use atomic_file::{FileMode, InUseRetry, ReplaceOptions};
 
 use crate::edit::{RestoreOutcome, apply_to_str, restore_str};
 use crate::error::{EditError, Error, line_col};
@@ -60,7 +62,9 @@ pub struct RestoreReport {
 ///
 /// # Errors
 /// [`Error::Config`] for invalid TOML or a refused edit, [`Error::Io`] when the file cannot be
-/// read or replaced, [`Error::ConcurrentModification`] when another writer keeps changing it.
+/// read or replaced, [`Error::StillInUse`] when Windows kept reporting it open by another
+/// program through every retry, [`Error::ConcurrentModification`] when another writer keeps
+/// changing it.
 ///
 /// ```
 /// use config_rewrite::{ProviderSpec, Rewrite, Target};
@@ -133,7 +137,8 @@ fn apply_locked(
 ///
 /// # Errors
 /// [`Error::Config`] when the file was made invalid since (it is left alone),
-/// [`Error::Io`] when it cannot be read or replaced.
+/// [`Error::Io`] when it cannot be read or replaced, [`Error::StillInUse`] when Windows kept
+/// reporting it open by another program through every retry.
 ///
 /// ```
 /// use config_rewrite::{ProviderSpec, RestoreOutcome, Rewrite, Target};
@@ -280,7 +285,7 @@ impl RevertFile {
     /// ```
     pub fn is_pending(&self) -> Result<bool, Error> {
         // Symlinks are followed: a dangling link is no record yet, as for `load`.
-        crate::regular::ensure_regular_or_missing(&self.path)?;
+        atomic_file::ensure_regular_or_missing(&self.path)?;
         match fs::metadata(&self.path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -301,7 +306,7 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load(&self) -> Result<Option<RevertRecord>, Error> {
-        let Some(bytes) = crate::regular::read_regular(&self.path, crate::RECORD_MAX_BYTES)? else {
+        let Some(bytes) = atomic_file::read_regular(&self.path, crate::RECORD_MAX_BYTES)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -458,7 +463,8 @@ impl RevertFile {
     /// Writes `record` here (atomically, mode 0600), replacing any previous one.
     ///
     /// # Errors
-    /// [`Error::Io`] when the file cannot be written.
+    /// [`Error::Io`] when the file cannot be written, [`Error::StillInUse`] (Windows) when
+    /// another program kept it open through every retry.
     ///
     /// ```
     /// # use config_rewrite::{Rewrite, RevertFile};
@@ -477,7 +483,7 @@ impl RevertFile {
                 io::Error::other(e),
             )
         })?;
-        write_atomic(&self.path, &json, Some(0o600))
+        write_atomic(&self.path, &json, FileMode::Private)
     }
 
     /// Deletes the record file (no error when it is already gone). A symlinked record is kept
@@ -485,14 +491,15 @@ impl RevertFile {
     /// [`store`](Self::store) writes through it again.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be removed (or the link cannot be followed).
+    /// [`Error::Io`] when it cannot be removed (or the link cannot be followed),
+    /// [`Error::StillInUse`] (Windows) when another program kept it open through every retry.
     ///
     /// ```
     /// config_rewrite::RevertFile::at("/nonexistent/r.json").discard()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn discard(&self) -> Result<(), Error> {
-        remove_durably(&follow_links(&self.path)?)
+        remove_durably(&atomic_file::resolve_symlinks(&self.path)?)
     }
 }
 
@@ -545,41 +552,9 @@ fn lock_dir(_dir: &Path) -> Result<EditLock, Error> {
 
 /// Follows a symlinked config to its target so renaming replaces the target, not the link,
 /// and refuses a target that is there but not a regular file (naming `config`, the path the
-/// caller knows).
+/// caller knows). A symlink loop is an [`Error::Io`].
 fn resolve(config: &Path) -> Result<PathBuf, Error> {
-    let target = follow_links(config)?;
-    match crate::regular::ensure_regular_or_missing(&target) {
-        Ok(()) => Ok(target),
-        Err(Error::NotRegularFile { kind, .. }) => Err(Error::NotRegularFile {
-            path: config.to_path_buf(),
-            kind,
-        }),
-        Err(other) => Err(other),
-    }
-}
-
-fn follow_links(config: &Path) -> Result<PathBuf, Error> {
-    let mut path = config.to_path_buf();
-    // Bounded: a symlink loop ends with an error instead of spinning.
-    for _ in 0..40 {
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let link = fs::read_link(&path).map_err(|e| Error::io("read link", &path, e))?;
-                path = match path.parent() {
-                    Some(parent) => parent.join(link),
-                    None => link,
-                };
-            }
-            Ok(_) => return Ok(path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
-            Err(e) => return Err(Error::io("inspect", &path, e)),
-        }
-    }
-    Err(Error::io(
-        "resolve",
-        config,
-        io::Error::other("too many levels of symbolic links"),
-    ))
+    Ok(atomic_file::resolve_target(config)?)
 }
 
 /// Reads a configuration file the way [`apply`] and [`restore`] do: `Ok(None)` when it does
@@ -609,7 +584,7 @@ pub fn read_config(path: &Path) -> Result<Option<String>, Error> {
 }
 
 fn read_text(path: &Path) -> Result<Option<String>, Error> {
-    let Some(bytes) = crate::regular::read_regular(path, crate::CONFIG_MAX_BYTES)? else {
+    let Some(bytes) = atomic_file::read_regular(path, crate::CONFIG_MAX_BYTES)? else {
         return Ok(None);
     };
     String::from_utf8(bytes).map(Some).map_err(|e| {
@@ -636,28 +611,11 @@ fn replace_if_unchanged(
         return Ok(false);
     }
     match new {
-        Some(text) => {
-            let mode = current_mode(path)?;
-            write_atomic(path, text.as_bytes(), mode.or(Some(0o600)))?;
-        }
+        // The user's file keeps its permission bits; a new one is private.
+        Some(text) => write_atomic(path, text.as_bytes(), FileMode::Keep { new: 0o600 })?,
         None => remove_durably(path)?,
     }
     Ok(true)
-}
-
-#[cfg(unix)]
-fn current_mode(path: &Path) -> Result<Option<u32>, Error> {
-    use std::os::unix::fs::PermissionsExt;
-    match fs::metadata(path) {
-        Ok(meta) => Ok(Some(meta.permissions().mode() & 0o7777)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("inspect", path, e)),
-    }
-}
-
-#[cfg(not(unix))]
-fn current_mode(_path: &Path) -> Result<Option<u32>, Error> {
-    Ok(None)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -667,72 +625,31 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Temp file in the same directory, fsync, rename over `path`, fsync the directory.
+/// Temp file in the same directory (`.config-rewrite-XXXXXX.tmp`), fsync, rename over
+/// `path` (on Windows retried while another program has it open), fsync the directory:
+/// [`atomic_file::replace`].
 ///
 /// A symlink at `path` is followed and kept (its final target is replaced); a FIFO, socket,
 /// device or directory there is refused and left alone; missing directories are created 0700.
-fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
-    let target = resolve(path)?;
-    let path = target.as_path();
-    let dir = parent_dir(path);
-    crate::regular::create_private_dir_all(dir)
-        .map_err(|e| Error::io("create directory", dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".config-rewrite-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| Error::io("write", tmp.path().to_path_buf(), e))?;
-    set_mode(tmp.as_file(), tmp.path(), mode)?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("flush", tmp.path().to_path_buf(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("replace", path, e.error))?;
-    // ok: the rename has happened and every reader sees the new file. Failing now would make
-    // callers undo (or redo) a change that took effect, e.g. drop the revert record of a
-    // rewrite that is in place; a lost directory fsync only matters after a crash.
-    let _ = sync_dir(dir);
+fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> Result<(), Error> {
+    let options = ReplaceOptions::new(".config-rewrite-")
+        .temp_suffix(".tmp")
+        .mode(mode);
+    // ok: a failed directory fsync after the rename is not an error: the rename has
+    // happened and every reader sees the new file. Failing now would make callers undo (or
+    // redo) a change that took effect, e.g. drop the revert record of a rewrite that is in
+    // place; a lost directory fsync only matters after a crash.
+    let _ = atomic_file::replace(path, bytes, &options)?.dir_sync_error;
     Ok(())
 }
 
-#[cfg(unix)]
-fn set_mode(file: &File, path: &Path, mode: Option<u32>) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(mode) = mode {
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set permissions of", path, e))?;
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn set_mode(_file: &File, _path: &Path, _mode: Option<u32>) -> Result<(), Error> {
-    Ok(())
-}
-
+/// Deletes `path` (a missing file is fine) and fsyncs its directory; on Windows retried
+/// while another program has it open.
 fn remove_durably(path: &Path) -> Result<(), Error> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_dir(parent_dir(path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
-    }
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    OpenOptions::new()
-        .read(true)
-        .open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("flush directory", dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), Error> {
-    // Directories cannot be opened for fsync on Windows; the rename is already durable enough.
-    let _ = OpenOptions::new;
+    // ok: as for `write_atomic`, the file is gone for every reader once the unlink
+    // succeeded; a failed directory fsync after it must not be reported as "not removed"
+    // (a restore would then put a rewrite back whose revert record is already gone).
+    let _ = atomic_file::remove_durably(path, InUseRetry::default())?.dir_sync_error;
     Ok(())
 }
 

@@ -18,8 +18,10 @@
 //!   hold the text themselves.
 //!
 //! Invalid TOML is refused with its line and column, and the file is left untouched. Writes
-//! are atomic, keep the file's permissions, and run under an advisory lock on the
-//! configuration's directory so two of our processes never interleave.
+//! are atomic (the workspace's `atomic-file` crate), keep the file's permissions, and run
+//! under an advisory lock on the configuration's directory so two of our processes never
+//! interleave. On Windows a file another program holds open is retried for a moment, then
+//! refused with [`Error::StillInUse`]; nothing changes.
 //! All functions are blocking; from async code call them through `spawn_blocking`.
 //!
 //! # Profiles
