@@ -9,20 +9,55 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use auth_core::jwt::{self, IdTokenClaims, PlanType};
 use auth_core::{AuthDocument, AuthMode, Secret, Timestamp, TokenData};
 
-fn codex_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("CODEX_BIN") {
-        return Some(PathBuf::from(bin));
+/// The Codex CLI, or `None` after printing the visible `SKIP:` line for `test` with the
+/// reason.
+fn codex_bin_or_skip(test: &str) -> Option<PathBuf> {
+    find_codex().map_err(|reason| skip(test, &reason)).ok()
+}
+
+/// The Codex CLI: `CODEX_BIN`, else the workspace's npm install, else `codex` on PATH — or
+/// why there is none. On Windows only a Windows program counts (`CODEX_BIN` naming an
+/// `.exe`, or `codex.exe` on PATH): the workspace's npm install holds the Linux binary,
+/// which a Windows process cannot start.
+fn find_codex() -> Result<PathBuf, String> {
+    let windows = cfg!(windows);
+    if let Some(bin) = std::env::var_os("CODEX_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        let is_exe = bin
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("exe"));
+        if windows && !is_exe {
+            return Err(format!(
+                "CODEX_BIN ({}) is not a Windows program; set it to a Windows codex.exe",
+                bin.display()
+            ));
+        }
+        return Ok(bin);
     }
-    let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
-    );
-    if vendored.is_file() {
-        return Some(vendored);
+    if !windows {
+        let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        );
+        if vendored.is_file() {
+            return Ok(vendored);
+        }
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("codex"))
-        .find(|candidate| candidate.is_file())
+    let name = format!("codex{}", std::env::consts::EXE_SUFFIX);
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(&name))
+                .find(|candidate| candidate.is_file())
+        })
+        .ok_or_else(|| {
+            if windows {
+                "no Windows Codex CLI (set CODEX_BIN to a Windows codex.exe)".to_owned()
+            } else {
+                "Codex CLI not found (set CODEX_BIN)".to_owned()
+            }
+        })
 }
 
 fn skip(test: &str, reason: &str) {
@@ -124,11 +159,8 @@ fn chatgpt_document() -> AuthDocument {
 
 #[test]
 fn cli_accepts_api_key_document_we_write() {
-    let Some(bin) = codex_bin() else {
-        return skip(
-            "cli_accepts_api_key_document_we_write",
-            "Codex CLI not found",
-        );
+    let Some(bin) = codex_bin_or_skip("cli_accepts_api_key_document_we_write") else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let doc = AuthDocument::api_key(Secret::new("sk-interop-test-key".into()));
@@ -141,11 +173,8 @@ fn cli_accepts_api_key_document_we_write() {
 
 #[test]
 fn cli_accepts_chatgpt_document_we_write() {
-    let Some(bin) = codex_bin() else {
-        return skip(
-            "cli_accepts_chatgpt_document_we_write",
-            "Codex CLI not found",
-        );
+    let Some(bin) = codex_bin_or_skip("cli_accepts_chatgpt_document_we_write") else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let mut doc = chatgpt_document();
@@ -168,11 +197,8 @@ fn cli_accepts_chatgpt_document_we_write() {
 
 #[test]
 fn cli_rejects_non_jwt_id_token_as_we_do() {
-    let Some(bin) = codex_bin() else {
-        return skip(
-            "cli_rejects_non_jwt_id_token_as_we_do",
-            "Codex CLI not found",
-        );
+    let Some(bin) = codex_bin_or_skip("cli_rejects_non_jwt_id_token_as_we_do") else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let text_doc = r#"{
@@ -196,11 +222,8 @@ fn cli_rejects_non_jwt_id_token_as_we_do() {
 
 #[test]
 fn we_read_what_cli_writes_with_api_key() {
-    let Some(bin) = codex_bin() else {
-        return skip(
-            "we_read_what_cli_writes_with_api_key",
-            "Codex CLI not found",
-        );
+    let Some(bin) = codex_bin_or_skip("we_read_what_cli_writes_with_api_key") else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let out = run_codex(

@@ -426,8 +426,24 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Keeps a second `tracing` dispatcher registered for the rest of the process.
+///
+/// While exactly one dispatcher is registered, tracing-core (0.1.36) decides whether an
+/// event macro is enabled from the default subscriber of whichever thread reaches it first,
+/// and caches that for the whole process. This test installs a subscriber on its own
+/// thread while the other tests of this binary run in parallel without one: when one of
+/// them reached `refresh_succeeded` first, the event was cached as never wanted and this
+/// test saw no trace of it (seen under Wine, where the threads interleave differently;
+/// tokio-rs/tracing#3611). With two dispatchers registered, tracing asks each thread's
+/// subscriber at every event.
+fn keep_a_second_dispatcher_registered() {
+    static INERT: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    INERT.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 #[tokio::test]
 async fn logs_carry_lifecycle_events_but_no_tokens_or_bodies() {
+    keep_a_second_dispatcher_registered();
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

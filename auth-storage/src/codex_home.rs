@@ -58,8 +58,19 @@ impl CodexHome {
         Self { dir: dir.into() }
     }
 
-    /// The Codex home the CLI would use: `$CODEX_HOME` if set and non-empty, else
-    /// `~/.codex`. `None` when neither that variable nor a home directory is known.
+    /// The Codex home the CLI would use: `$CODEX_HOME` if set and non-empty, else `.codex` in
+    /// the user's home directory, found as the CLI finds it: on Unix `$HOME` (when set and
+    /// non-empty) or else the user's entry in the password database; on Windows the user's
+    /// profile folder as the shell knows it (`FOLDERID_Profile`, normally what
+    /// `%USERPROFILE%` says — the CLI ignores `USERPROFILE` and `HOME` there, and so does
+    /// this). `None` when neither that variable nor a home directory is known.
+    ///
+    /// ```
+    /// // With CODEX_HOME unset this is <home>/.codex; either way it names a directory.
+    /// if let Some(home) = auth_storage::CodexHome::from_env() {
+    ///     assert!(home.auth_file().ends_with("auth.json"));
+    /// }
+    /// ```
     pub fn from_env() -> Option<Self> {
         if let Some(dir) = std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
             return Some(Self::new(dir));
@@ -158,11 +169,62 @@ pub struct CommitGuard {
     _commit: FileLock,
 }
 
+/// The user's home directory by the rule the Codex CLI follows (the `dirs` crate's): see
+/// [`CodexHome::from_env`].
 pub(crate) fn user_home() -> Option<PathBuf> {
-    let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    #[cfg(windows)]
+    {
+        profile_folder::get()
+    }
+    #[cfg(not(windows))]
+    {
+        // std reads $HOME first and the password database when it is unset.
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(std::env::home_dir)
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// The user's profile folder from the shell (`SHGetKnownFolderPath(FOLDERID_Profile)`), the
+/// directory the Codex CLI puts `.codex` in on Windows.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod profile_folder {
+    use std::ffi::OsString;
+    use std::os::windows::ffi::OsStringExt as _;
+    use std::path::PathBuf;
+
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{FOLDERID_Profile, KF_FLAG_DEFAULT, SHGetKnownFolderPath};
+
+    pub(super) fn get() -> Option<PathBuf> {
+        let mut raw: windows_sys::core::PWSTR = std::ptr::null_mut();
+        // SAFETY: the GUID and the out pointer are valid for the call; a null token means
+        // the current user. On return `raw` is null or a buffer we must free.
+        let hr = unsafe {
+            SHGetKnownFolderPath(
+                &FOLDERID_Profile,
+                KF_FLAG_DEFAULT as u32,
+                std::ptr::null_mut(),
+                &mut raw,
+            )
+        };
+        let path = (hr == 0 && !raw.is_null()).then(|| {
+            // SAFETY: on success `raw` is a NUL-terminated UTF-16 string owned by us until
+            // it is freed below; we read up to (not including) its terminator.
+            let wide = unsafe {
+                let len = (0..).take_while(|&i| *raw.add(i) != 0).count();
+                std::slice::from_raw_parts(raw, len)
+            };
+            PathBuf::from(OsString::from_wide(wide))
+        });
+        // SAFETY: `raw` came from SHGetKnownFolderPath (which requires this even on
+        // failure) and is freed exactly once; null is allowed.
+        unsafe { CoTaskMemFree(raw.cast_const().cast()) };
+        path.filter(|p| !p.as_os_str().is_empty())
+    }
 }
 
 #[cfg(test)]

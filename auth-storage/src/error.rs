@@ -159,6 +159,25 @@ pub enum StorageError {
         /// The keyring's own message.
         detail: String,
     },
+    /// The login is bigger than an entry of the OS keyring holds (Windows Credential
+    /// Manager: 2560 bytes of UTF-16 — a ChatGPT login, with its three tokens, usually is).
+    /// Nothing was written. The file store, or `auto` (which falls back to it), keeps it.
+    #[error(
+        "the login is {size} bytes as the OS keyring stores it, more than the {limit} its \
+         entry {account:?} of service {service:?} can hold (Windows Credential Manager's limit); \
+         keep it in auth.json instead: cli_auth_credentials_store = \"file\", or \"auto\", \
+         which falls back to the file"
+    )]
+    KeyringValueTooLarge {
+        /// Keyring service name (`Codex Auth`).
+        service: String,
+        /// Keyring account name (`cli|<hash>`), not a secret.
+        account: String,
+        /// The document's size in the keyring's measure.
+        size: usize,
+        /// The most an entry holds, in the same measure.
+        limit: usize,
+    },
     /// The document could not be serialized (should not happen for our own types).
     #[error("could not serialize {what}: {detail}")]
     Serialize {

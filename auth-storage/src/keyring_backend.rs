@@ -14,13 +14,70 @@ use std::sync::{Arc, Mutex};
 
 /// Why a keyring operation failed. The message comes from the keyring and never contains the
 /// stored value.
+///
+/// ```
+/// use auth_storage::keyring_backend::KeyringFailure;
+/// let failure = KeyringFailure::new(true, "no Secret Service on the session bus");
+/// assert!(failure.unavailable && failure.too_large.is_none());
+/// let failure = KeyringFailure::too_large(5_000, 2_560);
+/// assert_eq!(failure.too_large.map(|t| t.limit), Some(2_560));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyringFailure {
     /// `true` when no keyring is usable at all (no Secret Service on the bus, no D-Bus
-    /// session, locked platform store) — the case where `auto` mode falls back to the file.
+    /// session, locked platform store).
     pub unavailable: bool,
     /// Human-readable description.
     pub message: String,
+    /// `Some` when the keyring refused the value for its size (Windows Credential Manager
+    /// holds at most 2560 bytes per entry); a store turns this into
+    /// [`StorageError::KeyringValueTooLarge`](crate::StorageError::KeyringValueTooLarge).
+    pub too_large: Option<ValueTooLarge>,
+}
+
+/// How much bigger a value was than a keyring entry holds, both in the keyring's own measure
+/// (bytes of UTF-16 for Windows Credential Manager, which stores text that way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ValueTooLarge {
+    /// The value's size.
+    pub size: usize,
+    /// The most an entry holds.
+    pub limit: usize,
+}
+
+impl KeyringFailure {
+    /// A failure described by the keyring's `message` (`unavailable`: no keyring is usable
+    /// at all).
+    pub fn new(unavailable: bool, message: impl Into<String>) -> Self {
+        Self {
+            unavailable,
+            message: message.into(),
+            too_large: None,
+        }
+    }
+
+    /// The keyring refused a value of `size` because an entry holds at most `limit`.
+    pub fn too_large(size: usize, limit: usize) -> Self {
+        Self {
+            unavailable: false,
+            message: format!(
+                "the value is {size} bytes as the keyring stores it; an entry holds at most {limit}"
+            ),
+            too_large: Some(ValueTooLarge { size, limit }),
+        }
+    }
+}
+
+/// The most a Windows Credential Manager entry holds (`CRED_MAX_CREDENTIAL_BLOB_SIZE`, 5 ×
+/// 512 bytes), and text is stored there as UTF-16: 1280 UTF-16 code units. Also the limit
+/// [`MockKeyring::with_windows_limit`] imitates.
+pub const WINDOWS_CREDENTIAL_MAX_BYTES: usize = 2560;
+
+/// `value`'s size as Windows Credential Manager stores it (UTF-16, two bytes a unit).
+pub fn windows_credential_size(value: &str) -> usize {
+    value.encode_utf16().count() * 2
 }
 
 impl fmt::Display for KeyringFailure {
@@ -47,9 +104,18 @@ pub trait KeyringBackend: fmt::Debug + Send + Sync {
     fn delete(&self, service: &str, account: &str) -> Result<bool, KeyringFailure>;
 }
 
-/// An in-memory keyring for tests, with switchable failure.
+/// An in-memory keyring for tests, with switchable failure and, optionally, Windows
+/// Credential Manager's size limit.
 ///
 /// Clones share the same entries.
+///
+/// ```
+/// use auth_storage::keyring_backend::{KeyringBackend, MockKeyring};
+/// let kr = MockKeyring::default().with_windows_limit();
+/// let refused = kr.save("Codex Auth", "cli|0123456789abcdef", &"x".repeat(1281)).unwrap_err();
+/// assert_eq!(refused.too_large.map(|t| t.size), Some(2562));
+/// kr.save("Codex Auth", "cli|0123456789abcdef", &"x".repeat(1280)).unwrap();
+/// ```
 #[derive(Clone, Default)]
 pub struct MockKeyring {
     inner: Arc<Mutex<MockState>>,
@@ -59,6 +125,8 @@ pub struct MockKeyring {
 struct MockState {
     entries: HashMap<(String, String), String>,
     failure: Option<KeyringFailure>,
+    /// Refuse values whose UTF-16 size is over this, like Windows Credential Manager.
+    limit: Option<usize>,
 }
 
 impl fmt::Debug for MockKeyring {
@@ -76,26 +144,37 @@ impl MockKeyring {
         }
     }
 
+    /// Refuse values bigger than a Windows Credential Manager entry holds
+    /// ([`WINDOWS_CREDENTIAL_MAX_BYTES`] of UTF-16), as the real one does.
+    #[must_use]
+    pub fn with_windows_limit(self) -> Self {
+        if let Ok(mut s) = self.inner.lock() {
+            s.limit = Some(WINDOWS_CREDENTIAL_MAX_BYTES);
+        }
+        self
+    }
+
     /// A failure that means "no keyring here".
     pub fn unavailable() -> KeyringFailure {
-        KeyringFailure {
-            unavailable: true,
-            message: "mock keyring: no secret service".to_owned(),
-        }
+        KeyringFailure::new(true, "mock keyring: no secret service")
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&mut HashMap<(String, String), String>) -> T,
     ) -> Result<T, KeyringFailure> {
-        let mut state = self.inner.lock().map_err(|_| KeyringFailure {
-            unavailable: false,
-            message: "mock keyring poisoned".to_owned(),
-        })?;
+        let mut state = self
+            .inner
+            .lock()
+            .map_err(|_| KeyringFailure::new(false, "mock keyring poisoned"))?;
         if let Some(failure) = state.failure.clone() {
             return Err(failure);
         }
         Ok(f(&mut state.entries))
+    }
+
+    fn limit(&self) -> Option<usize> {
+        self.inner.lock().ok().and_then(|s| s.limit)
     }
 }
 
@@ -105,6 +184,12 @@ impl KeyringBackend for MockKeyring {
     }
 
     fn save(&self, service: &str, account: &str, value: &str) -> Result<(), KeyringFailure> {
+        if let Some(limit) = self.limit() {
+            let size = windows_credential_size(value);
+            if size > limit {
+                return Err(KeyringFailure::too_large(size, limit));
+            }
+        }
         self.with(|m| {
             m.insert((service.to_owned(), account.to_owned()), value.to_owned());
         })
@@ -121,12 +206,19 @@ impl KeyringBackend for MockKeyring {
 /// The OS keyring through the `keyring` crate (feature `keyring`).
 ///
 /// Linux/FreeBSD/OpenBSD: the freedesktop Secret Service (gnome-keyring, KWallet, KeePassXC)
-/// over `zbus`, a pure-Rust D-Bus implementation, with an encrypted session. macOS: the login
-/// Keychain. Windows: Credential Manager. Only Linux is tested; the others are best-effort
-/// and rely on the `keyring` crate.
+/// over `zbus`, a pure-Rust D-Bus implementation, with an encrypted session (tested against
+/// gnome-keyring). Windows: Credential Manager, a generic credential with the target name
+/// `<account>.<service>` and the value as UTF-16 (tested against Wine's implementation). A
+/// Credential Manager entry holds at most [`WINDOWS_CREDENTIAL_MAX_BYTES`] (1280 UTF-16 code
+/// units); a bigger value, which a ChatGPT login usually is, is refused with
+/// [`KeyringFailure::too_large`] — the Codex CLI (0.169, same `keyring` version) cannot keep
+/// such a login in the Windows keyring either, and its `auto` mode falls back to
+/// `auth.json`, as [`AutoStore`](crate::AutoStore) does. macOS: the login Keychain
+/// (type-checked only).
 ///
-/// Every call opens its own connection to the session bus named by
-/// `DBUS_SESSION_BUS_ADDRESS`, so it is blocking: call it from `spawn_blocking` in async code.
+/// On Linux every call opens its own connection to the session bus named by
+/// `DBUS_SESSION_BUS_ADDRESS`; on every OS the calls block: call them from `spawn_blocking`
+/// in async code.
 #[cfg(feature = "keyring")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsKeyring;
@@ -140,9 +232,22 @@ mod os {
             err,
             keyring::Error::PlatformFailure(_) | keyring::Error::NoStorageAccess(_)
         );
-        KeyringFailure {
-            unavailable,
-            message: err.to_string(),
+        KeyringFailure::new(unavailable, err.to_string())
+    }
+
+    /// A refused save: [`KeyringFailure::too_large`] when the keyring said the value (the
+    /// `password` attribute) is too long, with the value's size in the keyring's measure.
+    fn save_failure(err: keyring::Error, value: &str) -> KeyringFailure {
+        match err {
+            keyring::Error::TooLong(attribute, limit) if attribute.starts_with("password") => {
+                let size = if cfg!(windows) {
+                    super::windows_credential_size(value)
+                } else {
+                    value.len()
+                };
+                KeyringFailure::too_large(size, limit as usize)
+            }
+            other => failure(other),
         }
     }
 
@@ -158,8 +263,9 @@ mod os {
 
         fn save(&self, service: &str, account: &str, value: &str) -> Result<(), KeyringFailure> {
             keyring::Entry::new(service, account)
-                .and_then(|e| e.set_password(value))
-                .map_err(failure)
+                .map_err(failure)?
+                .set_password(value)
+                .map_err(|e| save_failure(e, value))
         }
 
         fn delete(&self, service: &str, account: &str) -> Result<bool, KeyringFailure> {

@@ -68,6 +68,8 @@ pub mod pool;
 #[cfg(feature = "refresh")]
 mod pool_refresh;
 #[cfg(feature = "refresh")]
+mod process;
+#[cfg(feature = "refresh")]
 pub mod refresh;
 mod store;
 

@@ -327,7 +327,7 @@ impl PoolRefresher {
         }
         if let Some(mark) = &held.interrupted
             && mark.pid != std::process::id()
-            && process_alive(mark.pid)
+            && crate::process::may_still_run(mark.pid, mark.started_at)
             && unix_now().saturating_sub(mark.started_at) < IN_FLIGHT_HOLD.as_secs()
         {
             // Its answer lives in that process's memory, which keeps trying to save it.
@@ -759,20 +759,6 @@ impl Identity {
             other.account_id.as_deref(),
             other.email.as_deref(),
         )
-    }
-}
-
-/// Whether process `pid` is running (on Linux, `/proc/<pid>` exists; elsewhere assumed
-/// running, and [`IN_FLIGHT_HOLD`] bounds the wait).
-fn process_alive(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = pid;
-        true
     }
 }
 

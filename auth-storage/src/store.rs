@@ -123,6 +123,11 @@ impl CredentialStore for FileStore {
 /// [`CodexHome::keyring_account`]) — where the Codex CLI looks with
 /// `cli_auth_credentials_store = "keyring"`. The value is the compact JSON document.
 ///
+/// A document bigger than the keyring holds (on Windows a ChatGPT login usually is; see
+/// [`OsKeyring`](crate::keyring_backend)) is refused with
+/// [`StorageError::KeyringValueTooLarge`], nothing written; [`AutoStore`] then keeps it in
+/// `auth.json`, as the CLI's `auto` mode does.
+///
 /// Like the CLI, a successful save removes the `auth.json` fallback file so a stale file
 /// cannot shadow the keyring, and delete removes both.
 #[derive(Debug, Clone)]
@@ -143,6 +148,14 @@ impl KeyringStore {
         action: &'static str,
         f: crate::keyring_backend::KeyringFailure,
     ) -> StorageError {
+        if let Some(too_large) = f.too_large {
+            return StorageError::KeyringValueTooLarge {
+                service: KEYRING_SERVICE.to_owned(),
+                account: self.home.keyring_account(),
+                size: too_large.size,
+                limit: too_large.limit,
+            };
+        }
         StorageError::Keyring {
             action,
             service: KEYRING_SERVICE.to_owned(),
@@ -429,6 +442,60 @@ mod tests {
 
     fn doc(key: &str) -> AuthDocument {
         AuthDocument::api_key(Secret::new(key.to_owned()))
+    }
+
+    /// A login bigger than a Windows Credential Manager entry: the keyring store refuses it
+    /// with a typed error and writes nothing (the old `auth.json` stays); `auto` keeps it in
+    /// `auth.json` and says why; a small login still goes to the keyring.
+    #[test]
+    fn a_login_too_large_for_the_keyring_is_a_typed_error_and_auto_keeps_it_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        std::fs::write(home.auth_file(), b"{\"OPENAI_API_KEY\":\"sk-old\"}").unwrap();
+        let kr = MockKeyring::default().with_windows_limit();
+        let big = doc(&format!("sk-{}", "k".repeat(1400)));
+        let size =
+            crate::keyring_backend::windows_credential_size(&serde_json::to_string(&big).unwrap());
+
+        let store = KeyringStore::new(home.clone(), Arc::new(kr.clone()));
+        let err = store.save(&big).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StorageError::KeyringValueTooLarge { size: s, limit: 2560, account, .. }
+                    if *s == size && *account == home.keyring_account()
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("auth.json") && text.contains("2560"),
+            "{text}"
+        );
+        assert!(!text.contains("kkkk"), "no secret in the message: {text}");
+        assert_eq!(err.effect(), crate::FailureEffect::NothingChanged);
+        assert!(store.load().unwrap().is_none(), "nothing in the keyring");
+        assert_eq!(
+            std::fs::read(home.auth_file()).unwrap(),
+            b"{\"OPENAI_API_KEY\":\"sk-old\"}",
+            "the file is left as it was"
+        );
+
+        let auto = AutoStore::new(home.clone(), Arc::new(kr.clone()));
+        let placement = auto.save_reporting(&big, &home.lock().unwrap()).unwrap();
+        assert!(
+            matches!(&placement, Placement::FileFallback { keyring_error } if keyring_error.contains("2560")),
+            "{placement:?}"
+        );
+        assert_eq!(FileStore::new(home.clone()).load().unwrap().unwrap(), big);
+        assert_eq!(auto.load().unwrap().unwrap(), big);
+
+        let placement = auto
+            .save_reporting(&doc("sk-small"), &home.lock().unwrap())
+            .unwrap();
+        assert_eq!(placement, Placement::Keyring);
+        assert!(!home.auth_file().exists());
+        assert_eq!(auto.load().unwrap().unwrap(), doc("sk-small"));
     }
 
     #[test]

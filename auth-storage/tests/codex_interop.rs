@@ -4,15 +4,13 @@ mod common;
 
 use auth_core::{AuthDocument, AuthMode, Timestamp};
 use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore};
-use common::{codex_bin, run_codex, skip, tokens};
+use common::{codex_bin_or_skip, run_codex, tokens};
 
 #[test]
 fn cli_reports_logged_in_for_a_file_store_chatgpt_login() {
-    let Some(codex) = codex_bin() else {
-        return skip(
-            "cli_reports_logged_in_for_a_file_store_chatgpt_login",
-            "Codex CLI not found",
-        );
+    let Some(codex) = codex_bin_or_skip("cli_reports_logged_in_for_a_file_store_chatgpt_login")
+    else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::new(CodexHome::new(dir.path()));
@@ -44,11 +42,10 @@ fn cli_reports_logged_in_for_a_file_store_chatgpt_login() {
 
 #[test]
 fn we_read_an_api_key_login_the_cli_wrote_and_keep_its_lock_files() {
-    let Some(codex) = codex_bin() else {
-        return skip(
-            "we_read_an_api_key_login_the_cli_wrote",
-            "Codex CLI not found",
-        );
+    let Some(codex) =
+        codex_bin_or_skip("we_read_an_api_key_login_the_cli_wrote_and_keep_its_lock_files")
+    else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = run_codex(
@@ -83,11 +80,8 @@ fn we_read_an_api_key_login_the_cli_wrote_and_keep_its_lock_files() {
 
 #[test]
 fn cli_accepts_an_activated_pool_account() {
-    let Some(codex) = codex_bin() else {
-        return skip(
-            "cli_accepts_an_activated_pool_account",
-            "Codex CLI not found",
-        );
+    let Some(codex) = codex_bin_or_skip("cli_accepts_an_activated_pool_account") else {
+        return;
     };
     let pool_dir = tempfile::tempdir().unwrap();
     let source = tempfile::tempdir().unwrap();
@@ -126,11 +120,8 @@ fn cli_waits_while_we_hold_either_of_its_lock_files() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    let Some(codex) = codex_bin() else {
-        return skip(
-            "cli_waits_while_we_hold_either_of_its_lock_files",
-            "Codex CLI not found",
-        );
+    let Some(codex) = codex_bin_or_skip("cli_waits_while_we_hold_either_of_its_lock_files") else {
+        return;
     };
     for which in ["auth.lock", "auth.json.lock"] {
         let dir = tempfile::tempdir().unwrap();

@@ -1,21 +1,29 @@
 //! Real files that are not what they should be: FIFOs, sockets, devices, directories,
 //! symlinks and oversized sparse files where `auth.json`, `pool.json`, a backup or a lock
-//! file is expected; and the modes of everything the stores create. Unix only (FIFOs,
-//! sockets, modes); every operation that could block runs on a thread with a deadline.
-#![cfg(unix)]
+//! file is expected; and the modes of everything the stores create. Every operation that
+//! could block runs on a thread with a deadline.
+//!
+//! On Windows the kinds a plain path can hold there are planted (a directory, an oversized
+//! file); the cases about FIFOs, sockets, devices, symlinks and modes are Unix only and say
+//! so with a `SKIP:` line (`unix_only_cases`).
 
 mod common;
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt as _;
+#[cfg(unix)]
 use std::path::{Path, PathBuf};
 
-use auth_core::regular_file::{AUTH_JSON_MAX_BYTES, FileKind};
+use auth_core::regular_file::AUTH_JSON_MAX_BYTES;
+#[cfg(unix)]
+use auth_core::regular_file::FileKind;
 use auth_core::{AuthDocument, Secret};
 use auth_storage::pool::{Account, POOL_FILE_MAX_BYTES};
 use auth_storage::{CodexHome, CredentialStore, FileStore, PoolStore, StorageError};
 use common::hostile::{Planted, bounded};
 use common::tokens;
 
+#[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -98,7 +106,14 @@ fn a_hostile_backup_is_skipped_without_blocking() {
 
 #[test]
 fn lock_files_that_are_not_regular_files_are_refused() {
-    for planted in [Planted::Fifo, Planted::DevZeroLink, Planted::Directory] {
+    let kinds = [
+        #[cfg(unix)]
+        Planted::Fifo,
+        #[cfg(unix)]
+        Planted::DevZeroLink,
+        Planted::Directory,
+    ];
+    for planted in kinds {
         let dir = tempfile::tempdir().unwrap();
         let store = PoolStore::new(dir.path());
         let _guard = planted.plant(&dir.path().join("pool.lock"));
@@ -124,6 +139,7 @@ fn lock_files_that_are_not_regular_files_are_refused() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_symlinked_auth_json_is_followed_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,6 +172,7 @@ fn a_symlinked_auth_json_is_followed_and_kept() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_symlinked_pool_json_is_followed_and_backups_are_real_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,6 +210,7 @@ fn a_symlinked_pool_json_is_followed_and_backups_are_real_files() {
     assert_eq!(store.load().unwrap().pool.accounts.len(), 2);
 }
 
+#[cfg(unix)]
 #[test]
 fn a_loose_pool_json_never_leaves_a_loose_backup() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,6 +233,7 @@ fn a_loose_pool_json_never_leaves_a_loose_backup() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn directories_the_stores_create_are_private_and_existing_ones_are_left_alone() {
     let base = tempfile::tempdir().unwrap();
@@ -238,10 +257,12 @@ fn directories_the_stores_create_are_private_and_existing_ones_are_left_alone() 
     assert_eq!(mode(&pool_dir.join("pool.lock")), 0o600);
 }
 
+#[cfg(unix)]
 const UMASK_CHILD: &str = "AUTH_STORAGE_TEST_UMASK_CHILD";
 
 /// Run the stores with umask 000 in a child process (the umask is per process, so it is
 /// not changed under the other tests running in this one).
+#[cfg(unix)]
 #[test]
 fn an_open_umask_loosens_nothing() {
     let exe = std::env::current_exe().unwrap();
@@ -262,6 +283,7 @@ fn an_open_umask_loosens_nothing() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn umask_child() {
     if std::env::var_os(UMASK_CHILD).is_none() {
@@ -293,10 +315,13 @@ fn umask_child() {
 
 /// The real Codex CLI with a symlinked `auth.json`: it writes through the link (keeping it)
 /// and locks `<target>.lock`; we do the same, and each reads what the other wrote.
+#[cfg(unix)]
 #[test]
 fn a_symlinked_auth_json_interoperates_with_the_codex_cli() {
-    let Some(codex) = common::codex_bin() else {
-        return common::skip("a_symlinked_auth_json_interoperates", "Codex CLI not found");
+    let Some(codex) =
+        common::codex_bin_or_skip("a_symlinked_auth_json_interoperates_with_the_codex_cli")
+    else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let dot = dir.path().join("dotfiles");
@@ -347,6 +372,7 @@ fn a_directory_named_like_a_backup_never_fails_a_save() {
     assert_eq!(store.load().unwrap().pool.accounts.len(), 5);
 }
 
+#[cfg(unix)]
 #[test]
 fn loading_a_loose_pool_json_makes_it_private() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,6 +391,7 @@ fn loading_a_loose_pool_json_makes_it_private() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn a_damaged_symlinked_pool_json_is_kept_aside_and_the_link_survives_recovery() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,12 +440,7 @@ fn a_damaged_symlinked_pool_json_is_kept_aside_and_the_link_survives_recovery() 
 
 #[test]
 fn a_hostile_object_in_the_current_backup_slot_is_refused_and_left_alone() {
-    for planted in [
-        Planted::Fifo,
-        Planted::Socket,
-        Planted::DevZeroLink,
-        Planted::Directory,
-    ] {
+    for planted in Planted::special() {
         let dir = tempfile::tempdir().unwrap();
         let store = PoolStore::new(dir.path());
         store
@@ -443,6 +465,7 @@ fn a_hostile_object_in_the_current_backup_slot_is_refused_and_left_alone() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_symlinked_auth_json_to_a_special_file_creates_no_lock_file_anywhere() {
     for planted in [Planted::Fifo, Planted::Socket, Planted::Directory] {
@@ -472,27 +495,23 @@ fn a_switch_refused_for_its_pool_lock_creates_no_lock_file_in_the_home() {
         .unwrap();
     let lock = dir.path().join("pool").join("pool.lock");
     std::fs::remove_file(&lock).unwrap();
-    Planted::Fifo.plant(&lock);
+    #[cfg(unix)]
+    let planted = Planted::Fifo;
+    #[cfg(not(unix))]
+    let planted = Planted::Directory;
+    let _guard = planted.plant(&lock);
     let home = CodexHome::new(dir.path().join("home"));
     let store = FileStore::new(home.clone());
     let err = bounded("PoolStore::switch_to", move || {
         pool.switch_to(0, &store, 1_700_000_000).unwrap_err()
     });
-    assert!(
-        matches!(
-            &err,
-            StorageError::NotRegularFile {
-                kind: FileKind::Fifo,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(planted.refused_at(&err, &lock), "{err:?}");
     assert!(!home.dir().exists(), "no Codex home or lock file created");
 }
 
+#[cfg(unix)]
 #[test]
-fn the_reset_marker_is_never_followed_and_only_a_regular_file_counts() {
+fn the_reset_marker_is_never_followed() {
     // A dangling symlink at the marker's name: removing the last account must not create
     // its target (outside the pool directory), and the write is refused, nothing changed.
     let dir = tempfile::tempdir().unwrap();
@@ -520,9 +539,12 @@ fn the_reset_marker_is_never_followed_and_only_a_regular_file_counts() {
         "the link was followed"
     );
     assert_eq!(std::fs::read(store.file()).unwrap(), before);
+}
 
-    // A directory at the marker's name is not a marker: losing pool.json still recovers
-    // the accounts from the backups.
+/// A directory at the reset marker's name is not a marker: losing pool.json still recovers
+/// the accounts from the backups.
+#[test]
+fn a_directory_at_the_reset_marker_name_is_no_marker() {
     let dir = tempfile::tempdir().unwrap();
     let store = PoolStore::new(dir.path());
     for id in ["acct-a", "acct-b"] {
@@ -536,6 +558,7 @@ fn the_reset_marker_is_never_followed_and_only_a_regular_file_counts() {
     assert_eq!(loaded.pool.accounts.len(), 2, "{:?}", loaded.recovery);
 }
 
+#[cfg(unix)]
 #[test]
 fn a_dangling_link_at_the_damaged_file_name_is_never_written_through() {
     // pool.json is a link to a damaged file; the next write keeps a copy of the damaged
@@ -582,4 +605,26 @@ fn a_dangling_link_at_the_damaged_file_name_is_never_written_through() {
         "the pool.json link is kept"
     );
     assert_eq!(store.load().unwrap().pool.accounts.len(), 2);
+}
+
+/// The cases above that need what Windows has no plain path for: say so.
+#[cfg(not(unix))]
+#[test]
+fn unix_only_cases() {
+    for (test, reason) in [
+        (
+            "FIFOs, sockets and /dev/zero where a file is expected",
+            "Windows keeps pipes and devices outside the file system's directories",
+        ),
+        (
+            "symlinked auth.json, pool.json, reset marker and damaged-file name",
+            "creating symlinks on Windows needs a privilege test processes do not have",
+        ),
+        (
+            "file and directory modes, umask",
+            "Windows has no Unix permission bits (files get the directory's ACL)",
+        ),
+    ] {
+        common::skip(test, reason);
+    }
 }

@@ -9,26 +9,41 @@
 //! workspace forbids `unsafe` (so no `std::env::set_var`): the parent test starts the
 //! daemons and re-runs this test binary as child processes with `DBUS_SESSION_BUS_ADDRESS`
 //! set; the `child_keyring` test does nothing unless `AUTH_STORAGE_KEYRING_ROLE` is set.
-#![cfg(all(feature = "keyring", target_os = "linux"))]
+//!
+//! Linux only (the Secret Service); elsewhere the test says so with a `SKIP:` line. Windows's
+//! Credential Manager has its own test (`keyring_credential_manager.rs`).
+#![cfg(feature = "keyring")]
 
 mod common;
 
+#[cfg(target_os = "linux")]
 use std::io::{BufRead, BufReader, Write};
+#[cfg(target_os = "linux")]
 use std::path::Path;
+#[cfg(target_os = "linux")]
 use std::process::{Child, ChildStdin, Command, Stdio};
+#[cfg(target_os = "linux")]
 use std::sync::Arc;
+#[cfg(target_os = "linux")]
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
 use auth_core::{AuthDocument, AuthMode, Timestamp};
+#[cfg(target_os = "linux")]
 use auth_storage::keyring_backend::OsKeyring;
+#[cfg(target_os = "linux")]
 use auth_storage::{AutoStore, CodexHome, CredentialStore, KeyringStore, Placement};
+#[cfg(target_os = "linux")]
 use common::{codex_bin, run_bounded, skip, tokens};
 
+#[cfg(target_os = "linux")]
 const ROLE: &str = "AUTH_STORAGE_KEYRING_ROLE";
+#[cfg(target_os = "linux")]
 const HOME: &str = "AUTH_STORAGE_KEYRING_HOME";
 
 /// Child side: one keyring operation, result on stdout as `RESULT <text>`.
 #[test]
+#[cfg(target_os = "linux")]
 fn child_keyring() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
@@ -83,6 +98,7 @@ fn child_keyring() {
     }
 }
 
+#[cfg(target_os = "linux")]
 struct Daemons {
     /// `gnome-keyring-daemon` (killed on drop).
     children: Vec<Child>,
@@ -93,6 +109,7 @@ struct Daemons {
     base: tempfile::TempDir,
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for Daemons {
     fn drop(&mut self) {
         for child in self.children.iter_mut().rev() {
@@ -114,6 +131,7 @@ impl Drop for Daemons {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Daemons {
     fn env(&self, cmd: &mut Command) {
         cmd.env("DBUS_SESSION_BUS_ADDRESS", &self.bus);
@@ -121,6 +139,7 @@ impl Daemons {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn private_dirs(base: &Path, cmd: &mut Command) {
     cmd.env("HOME", base)
         .env("XDG_RUNTIME_DIR", base.join("run"))
@@ -128,6 +147,7 @@ fn private_dirs(base: &Path, cmd: &mut Command) {
         .env("XDG_CONFIG_HOME", base.join("config"));
 }
 
+#[cfg(target_os = "linux")]
 fn has_program(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
@@ -135,6 +155,7 @@ fn has_program(name: &str) -> bool {
 
 /// A private session bus from `dbus-run-session` (what a desktop session or CI would use),
 /// with gnome-keyring's Secret Service on it, unlocked with a throwaway password.
+#[cfg(target_os = "linux")]
 fn start_daemons() -> Result<Daemons, String> {
     for program in ["dbus-run-session", "gnome-keyring-daemon"] {
         if !has_program(program) {
@@ -222,6 +243,7 @@ fn start_daemons() -> Result<Daemons, String> {
 }
 
 /// Runs one keyring operation in a child process on the daemons' bus.
+#[cfg(target_os = "linux")]
 fn child_result(daemons: &Daemons, role: &str, home: &Path) -> Option<String> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -239,10 +261,12 @@ fn child_result(daemons: &Daemons, role: &str, home: &Path) -> Option<String> {
         .map(|t| t.lines().next().unwrap_or("").to_owned())
 }
 
+#[cfg(target_os = "linux")]
 fn child(daemons: &Daemons, role: &str, home: &Path) -> String {
     child_result(daemons, role, home).unwrap_or_else(|| panic!("child {role} printed no result"))
 }
 
+#[cfg(target_os = "linux")]
 fn secret_tool_search(daemons: &Daemons) -> String {
     let mut cmd = Command::new("secret-tool");
     cmd.args(["search", "--all", "service", "Codex Auth"]);
@@ -251,6 +275,7 @@ fn secret_tool_search(daemons: &Daemons) -> String {
     format!("{out}{err}")
 }
 
+#[cfg(target_os = "linux")]
 fn codex(
     daemons: &Daemons,
     bin: &Path,
@@ -267,6 +292,7 @@ fn codex(
     (code, format!("{out}{err}"))
 }
 
+#[cfg(target_os = "linux")]
 fn keyring_home() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -278,6 +304,7 @@ fn keyring_home() -> tempfile::TempDir {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn real_secret_service_round_trip_and_codex_interop() {
     if std::env::var_os(ROLE).is_some() {
         return;
@@ -381,4 +408,14 @@ fn real_secret_service_round_trip_and_codex_interop() {
         "file-fallback"
     );
     assert!(fallback_home.path().join("auth.json").exists());
+}
+
+#[cfg(not(target_os = "linux"))]
+#[test]
+fn real_secret_service_round_trip_and_codex_interop() {
+    common::skip(
+        "real_secret_service_round_trip_and_codex_interop",
+        "the freedesktop Secret Service (D-Bus, gnome-keyring) is the Linux keyring; this OS's \
+         keyring is tested in keyring_credential_manager.rs (Windows) or not here (macOS)",
+    );
 }

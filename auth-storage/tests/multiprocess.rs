@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use auth_storage::PoolStore;
 use serde_json::Value;
 
@@ -135,8 +137,9 @@ fn child_crash_writer() {
     // Bounded even if the parent never kills us.
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        let n = store
-            .update(|p| {
+        // The parent's readers may hold the file open (see `retry_while_in_use`).
+        let n = common::retry_while_in_use(|| {
+            store.update(|p| {
                 // A payload that changes size every time widens the write window.
                 let n = bump(p, "writes");
                 p.extra.insert(
@@ -145,7 +148,8 @@ fn child_crash_writer() {
                 );
                 n
             })
-            .unwrap();
+        })
+        .unwrap();
         writeln!(out, "{n}").unwrap();
         out.flush().unwrap();
     }
@@ -263,6 +267,7 @@ fn readers_never_see_a_torn_file_while_another_process_writes() {
             }
             last = now;
             reads += 1;
+            common::pause_between_reads();
         }
     }));
     let _ = child.kill();
@@ -277,6 +282,133 @@ fn readers_never_see_a_torn_file_while_another_process_writes() {
     let _ = writeln!(
         std::io::stderr(),
         "readers: {reads} reads, {distinct} versions, none torn"
+    );
+}
+
+/// A reader holding `pool.json` open while an update replaces it. On Unix the update goes
+/// through at once and the reader goes on reading the old document, whole. On Windows an
+/// open file cannot be replaced by a plain rename: the update retries while the reader holds
+/// on (about a second), then fails with `StillInUse` having changed nothing; a reader that
+/// lets go within that time costs the writer only the wait.
+#[test]
+fn a_reader_holding_the_pool_open_delays_or_fails_a_write_but_never_tears_it() {
+    use std::io::Read;
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = PoolStore::new(dir.path());
+    store.update(|p| bump(p, "writes")).unwrap();
+    let before = std::fs::read(store.file()).unwrap();
+
+    let mut held = std::fs::File::open(store.file()).unwrap();
+    let started = Instant::now();
+    let result = store.update(|p| bump(p, "writes"));
+    let waited = started.elapsed();
+    let mut seen = Vec::new();
+    held.read_to_end(&mut seen).unwrap();
+    assert_eq!(
+        seen, before,
+        "the reader reads the document it opened, whole"
+    );
+    let expected = match result {
+        // Unix, and Windows where the rename can use POSIX semantics.
+        Ok(_) => 2,
+        // Only Windows refuses to replace an open file; anywhere else this is a failure.
+        Err(auth_storage::StorageError::StillInUse { attempts, .. }) if cfg!(windows) => {
+            assert!(attempts > 1, "{attempts}");
+            assert!(
+                waited >= Duration::from_millis(500),
+                "it gave up after {waited:?}, without waiting for the reader"
+            );
+            assert_eq!(
+                std::fs::read(store.file()).unwrap(),
+                before,
+                "nothing changed"
+            );
+            common::assert_no_partial_files(dir.path());
+            let _ = writeln!(
+                std::io::stderr(),
+                "a reader holding pool.json open made the update fail after {waited:?}: \
+                 StillInUse, the file unchanged"
+            );
+            1
+        }
+        Err(other) => panic!("{other}"),
+    };
+    drop(held);
+    let loaded = store.load().unwrap();
+    assert!(loaded.recovery.is_none(), "{:?}", loaded.recovery);
+    assert_eq!(counter(&loaded.pool, "writes"), expected);
+
+    // A reader that lets go while the update waits costs it only the wait.
+    let held = std::fs::File::open(store.file()).unwrap();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+    });
+    store.update(|p| bump(p, "writes")).unwrap();
+    reader.join().unwrap();
+    assert_eq!(counter(&store.load().unwrap().pool, "writes"), expected + 1);
+    common::assert_no_partial_files(dir.path());
+}
+
+/// Child: locks `$AUTH_STORAGE_POOL/held.lock`, says so on stdout and holds the lock until
+/// killed (at most 60 s).
+#[test]
+fn child_lock_holder() {
+    if std::env::var(CHILD_ENV).as_deref() != Ok("lock-holder") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(std::env::var("AUTH_STORAGE_POOL").unwrap());
+    let _lock = auth_storage::lock::FileLock::acquire(
+        &dir.join("held.lock"),
+        0o600,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    println!("\nLOCKED");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A lock file locked by another process (`flock` on Unix, `LockFileEx` on Windows) keeps
+/// this one out, and killing the holder (SIGKILL, `TerminateProcess`) releases it: the OS
+/// drops the locks of a dead process, so a crashed writer never blocks the others.
+#[test]
+fn a_lock_held_by_another_process_excludes_and_dies_with_it() {
+    use auth_storage::lock::FileLock;
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.lock");
+    let mut child = spawn_child(
+        "child_lock_holder",
+        "lock-holder",
+        dir.path(),
+        Stdio::piped(),
+    );
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Bounded: the child exits (and stdout ends) within 60 s whatever happens.
+    let locked = lines.any(|l| l.is_ok_and(|l| l.trim() == "LOCKED"));
+    let excluded = FileLock::try_acquire(&path, 0o600).unwrap().is_none();
+    let waited = FileLock::acquire(&path, 0o600, Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(locked, "the child never took the lock");
+    assert!(excluded, "a lock another process holds was granted");
+    assert!(
+        matches!(waited, Err(auth_storage::StorageError::LockTimeout { .. })),
+        "{waited:?}"
+    );
+    // Windows releases a dead process's locks soon, not necessarily at once: wait a little.
+    let started = Instant::now();
+    FileLock::acquire(&path, 0o600, Duration::from_secs(10)).unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "lock released {:?} after its holder was killed",
+        started.elapsed()
     );
 }
 

@@ -57,6 +57,8 @@ fn summary(store: &PoolStore) -> String {
             "error: {}",
             e.to_string()
                 .replace(&store.dir().display().to_string(), "<dir>")
+                // One snapshot for every OS: `<dir>\pool.json` on Windows.
+                .replace("<dir>\\", "<dir>/")
         ),
     }
 }

@@ -777,6 +777,17 @@ async fn importing_a_login_another_home_holds_is_refused() {
         .unwrap();
 }
 
+/// Set for [`child_that_waits_to_be_killed`].
+const IDLE_CHILD: &str = "AUTH_STORAGE_IDLE_CHILD";
+
+/// Child: a live process that does nothing until killed (bounded: 30 s).
+#[test]
+fn child_that_waits_to_be_killed() {
+    if std::env::var_os(IDLE_CHILD).is_some() {
+        std::thread::sleep(Duration::from_secs(30));
+    }
+}
+
 /// Proxy review F1: a process whose save of a refresh's answer failed keeps the new tokens
 /// in memory and its in-flight mark in the pool. While that process runs, no other process
 /// sends the (probably spent) refresh token: `InFlightElsewhere`, no request. The process
@@ -786,11 +797,9 @@ async fn importing_a_login_another_home_holds_is_refused() {
 async fn a_live_process_holding_an_unsaved_answer_holds_others_off() {
     let f = Fixture::new();
     let (t0, id) = f.add_expired("live@example.com", "ws-live");
-    // Another process (alive) left its in-flight mark: pretend with a sleeping child.
-    let mut other = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    // Another process (alive) left its in-flight mark: pretend with a child of this test
+    // binary that waits to be killed (portable, unlike `sleep`).
+    let mut other = common::spawn_test_child("child_that_waits_to_be_killed", [(IDLE_CHILD, "1")]);
     let pid = other.id();
     f.pool
         .update(|p| {

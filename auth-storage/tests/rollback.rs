@@ -521,10 +521,10 @@ impl auth_storage::keyring_backend::KeyringBackend for ReadOnlyKeyring {
         value: &str,
     ) -> Result<(), auth_storage::keyring_backend::KeyringFailure> {
         if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(auth_storage::keyring_backend::KeyringFailure {
-                unavailable: false,
-                message: "the collection is locked".into(),
-            });
+            return Err(auth_storage::keyring_backend::KeyringFailure::new(
+                false,
+                "the collection is locked",
+            ));
         }
         self.inner.save(service, account, value)
     }

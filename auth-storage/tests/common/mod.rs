@@ -9,7 +9,6 @@ use auth_core::jwt::{IdTokenClaims, PlanType};
 use auth_core::{Secret, TokenData};
 
 #[cfg(feature = "refresh")]
-#[cfg(unix)]
 pub(crate) mod hostile;
 pub(crate) mod refresh;
 
@@ -45,25 +44,60 @@ pub(crate) fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
 }
 
-/// The real Codex CLI, located as the workspace brief says; `None` means skip.
+/// The real Codex CLI this platform can run (see [`find_codex`]); `None` means skip.
 pub(crate) fn codex_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CODEX_BIN").map(PathBuf::from)
-        && p.is_file()
+    find_codex().ok()
+}
+
+/// [`codex_bin`], printing the visible `SKIP:` line for `test` with the reason when there
+/// is none to run.
+pub(crate) fn codex_bin_or_skip(test: &str) -> Option<PathBuf> {
+    find_codex().map_err(|reason| skip(test, &reason)).ok()
+}
+
+/// The Codex CLI: `CODEX_BIN`, else the workspace's npm install, else `codex` on PATH — or
+/// why there is none. On Windows only a Windows program counts (`CODEX_BIN` naming an
+/// `.exe`, or `codex.exe` on PATH): the workspace's npm install holds the Linux binary,
+/// which a Windows process cannot start.
+fn find_codex() -> Result<PathBuf, String> {
+    let windows = cfg!(windows);
+    if let Some(bin) = std::env::var_os("CODEX_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
     {
-        return Some(p);
+        let is_exe = bin
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("exe"));
+        if windows && !is_exe {
+            return Err(format!(
+                "CODEX_BIN ({}) is not a Windows program; set it to a Windows codex.exe",
+                bin.display()
+            ));
+        }
+        return Ok(bin);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let p = root.join(
-        ".codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
-    );
-    if p.is_file() {
-        return Some(p);
+    if !windows {
+        let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        );
+        if local.is_file() {
+            return Ok(local);
+        }
     }
-    let ok = Command::new("codex")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success());
-    ok.unwrap_or(false).then(|| PathBuf::from("codex"))
+    let name = format!("codex{}", std::env::consts::EXE_SUFFIX);
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(&name))
+                .find(|candidate| candidate.is_file())
+        })
+        .ok_or_else(|| {
+            if windows {
+                "no Windows Codex CLI (set CODEX_BIN to a Windows codex.exe)".to_owned()
+            } else {
+                "Codex CLI not found (set CODEX_BIN)".to_owned()
+            }
+        })
 }
 
 /// Run `codex <args>` with `CODEX_HOME=home`, optional stdin; returns (exit code, stdout+stderr).
@@ -308,6 +342,38 @@ pub(crate) fn assert_no_partial_files(root: &Path) {
                 );
             }
         }
+    }
+}
+
+/// Run `write` again while it fails with [`StorageError::StillInUse`] (bounded: 60 s),
+/// as a caller does.
+///
+/// On Windows a file that another process has open cannot be replaced by a rename (unless
+/// the rename uses NTFS's POSIX semantics, which Wine does not have): a write retries for
+/// about a second, then gives up with `StillInUse` having changed nothing. Tests whose
+/// readers poll the file without pause meet that; on Unix it never happens.
+///
+/// [`StorageError::StillInUse`]: auth_storage::StorageError::StillInUse
+pub(crate) fn retry_while_in_use<T>(
+    mut write: impl FnMut() -> auth_storage::Result<T>,
+) -> auth_storage::Result<T> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match write() {
+            Err(auth_storage::StorageError::StillInUse { .. })
+                if std::time::Instant::now() < until => {}
+            other => return other,
+        }
+    }
+}
+
+/// The pause a test's unlocked reader makes between two reads of a file other processes
+/// replace. None on Unix; on Windows a reader that reopens the file back to back keeps it
+/// open nearly all the time, and an open file cannot be replaced there (see
+/// [`retry_while_in_use`]), so the writers would barely get a turn.
+pub(crate) fn pause_between_reads() {
+    if cfg!(windows) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
