@@ -254,10 +254,18 @@ pub fn replace(path: &Path, bytes: &[u8], options: &ReplaceOptions) -> Result<Re
         temp,
         options.retry,
         |e| is_in_use(e, &target),
-        |temp| {
-            temp.persist(&target)
-                .map(drop)
-                .map_err(|e| (e.file, e.error))
+        // `std::fs::rename`, not tempfile's `persist` (`MoveFileExW` on Windows): on Windows
+        // 10 and later std renames with POSIX semantics, which replaces a file that another
+        // process holds open with `FILE_SHARE_DELETE` (as Rust programs, the Codex CLI among
+        // them, open files) instead of failing; it falls back to `MoveFileExW` elsewhere.
+        // On Unix both are rename(2).
+        |temp: tempfile::NamedTempFile| match std::fs::rename(temp.path(), &target) {
+            Ok(()) => {
+                // The temporary name is gone; nothing is left for the guard to delete.
+                let _ = temp.into_temp_path().keep();
+                Ok(())
+            }
+            Err(error) => Err((temp, error)),
         },
         std::thread::sleep,
     )

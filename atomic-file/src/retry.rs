@@ -15,6 +15,11 @@
 //! | delete the file | without `FILE_SHARE_DELETE` | `ERROR_SHARING_VIOLATION` (32) |
 //! | delete the file | with `FILE_SHARE_DELETE` | succeeds (the name goes when the handle closes) |
 //!
+//! Wine 8 has no POSIX rename semantics. Windows 10 and later do: there the rename
+//! (`std::fs::rename`, which asks for them) replaces a file whose holders opened it with
+//! `FILE_SHARE_DELETE`, as Rust's standard library does by default, so only holders without
+//! it are waited for. That is not checked here (Wine cannot run it).
+//!
 //! `ERROR_SHARING_VIOLATION` (32, "being used by another process") and
 //! `ERROR_LOCK_VIOLATION` (33, a byte-range lock held by another process) are the codes
 //! Windows uses for a file held by someone else; all three are treated as "in use" and
