@@ -503,12 +503,47 @@ impl RevertFile {
     }
 }
 
-/// An advisory lock (`flock`) on the configuration's directory, so two of our processes never
-/// interleave a read-modify-write of the same file. Locking the directory leaves no lock file
-/// behind. Released on drop. Codex itself does not take it; against Codex (or an editor) the
-/// re-read before every replace is the guard.
+/// File name of the edit lock, created in the directory of the configuration it guards
+/// (`~/.codex/.config-rewrite.lock`).
+///
+/// Every read-modify-write of a configuration or revert record by this crate holds an
+/// exclusive lock on this file, on every platform the same way (`flock` on Unix,
+/// `LockFileEx` on Windows, through `fs4`), so two of our processes never interleave their
+/// edits of one directory: a second process waits up to 10 s, then fails with
+/// [`Error::Busy`]. Another program can take part by locking the same file.
+///
+/// - It is a file of its own, not the directory (Windows cannot open a directory to lock
+///   it) and not `config.toml` (a Windows lock is mandatory: the Codex CLI reading a
+///   locked `config.toml` would fail). The Codex CLI reads `config.toml` and
+///   `<profile>.config.toml`, never this name, and takes no lock of its own on them; against
+///   it (or an editor) the re-read before every replace is the guard.
+/// - It is empty and never deleted: deleting a lock file another process has open would let
+///   a third process lock a new file while the second still holds the old one. Crashed
+///   holders release it (the system drops a dead process's locks).
+/// - Where it cannot be created because the directory lets us create nothing (read-only
+///   file system, no write permission), the edit goes on without it: such a process cannot
+///   replace a file there either (every write is a new file renamed into place), so there
+///   is nothing of ours to serialize, and its first write fails with the directory's error.
+///   An existing lock file we may not write (another account created it) is locked
+///   read-only.
+///
+/// ```
+/// use config_rewrite::{EDIT_LOCK_FILE, ProviderSpec, Rewrite, Target};
+/// let dir = tempfile::tempdir()?;
+/// let config = dir.path().join("config.toml");
+/// let rewrite = Rewrite::route_to(ProviderSpec::new("p", "http://127.0.0.1:9/v1"), Target::TopLevel);
+/// let record = config_rewrite::apply(&config, &rewrite)?;
+/// assert_eq!(std::fs::metadata(dir.path().join(EDIT_LOCK_FILE))?.len(), 0);
+/// config_rewrite::restore(&record)?;
+/// assert!(dir.path().join(EDIT_LOCK_FILE).is_file(), "left in place for the next edit");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const EDIT_LOCK_FILE: &str = ".config-rewrite.lock";
+
+/// The held edit lock on a configuration's directory ([`EDIT_LOCK_FILE`]); released on drop
+/// (closing the handle releases it, also when the process dies).
 struct EditLock {
-    _dir: Option<File>,
+    _file: Option<File>,
 }
 
 impl EditLock {
@@ -516,19 +551,23 @@ impl EditLock {
         let dir = parent_dir(target);
         if !dir.is_dir() {
             // Nothing to lock yet; the directory is created by the write.
-            return Ok(EditLock { _dir: None });
+            return Ok(EditLock { _file: None });
         }
         lock_dir(dir)
     }
 }
 
-#[cfg(unix)]
 fn lock_dir(dir: &Path) -> Result<EditLock, Error> {
-    let file = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    let path = dir.join(EDIT_LOCK_FILE);
+    let Some(file) = open_lock_file(&path)? else {
+        // The directory lets us create nothing, so nothing of ours can change in it: see
+        // EDIT_LOCK_FILE.
+        return Ok(EditLock { _file: None });
+    };
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match fs4::FileExt::try_lock(&file) {
-            Ok(()) => return Ok(EditLock { _dir: Some(file) }),
+            Ok(()) => return Ok(EditLock { _file: Some(file) }),
             Err(fs4::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -538,16 +577,37 @@ fn lock_dir(dir: &Path) -> Result<EditLock, Error> {
                     waited: LOCK_WAIT,
                 });
             }
-            Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock directory", dir, e)),
+            Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
     }
 }
 
-#[cfg(not(unix))]
-fn lock_dir(_dir: &Path) -> Result<EditLock, Error> {
-    // Directories cannot be opened as files on Windows: best-effort without the lock.
-    let _ = (LOCK_WAIT, Instant::now());
-    Ok(EditLock { _dir: None })
+/// Opens the lock file, creating it (empty, mode 0644: it holds nothing, and another
+/// account must be able to open it to lock it) when missing. `None` when it is missing and
+/// cannot be created because the directory lets us create nothing. A FIFO, socket, device
+/// or directory in its place is refused without blocking ([`Error::NotRegularFile`]):
+/// locking `/dev/null` would "work" and exclude nobody.
+fn open_lock_file(path: &Path) -> Result<Option<File>, Error> {
+    let mut create = std::fs::OpenOptions::new();
+    create.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o644);
+    match atomic_file::open_checked(path, &mut create) {
+        Err(atomic_file::FileError::Io { ref source, .. })
+            if matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            // flock and LockFileEx need no write access: lock an existing file read-only;
+            // `None` when there is none (and we cannot make one).
+            let mut read = std::fs::OpenOptions::new();
+            read.read(true);
+            Ok(atomic_file::open_checked(path, &mut read)?)
+        }
+        // `None` only if the directory vanished meanwhile: nothing there to serialize.
+        opened => Ok(opened?),
+    }
 }
 
 /// Follows a symlinked config to its target so renaming replaces the target, not the link,

@@ -19,9 +19,10 @@
 //!
 //! Invalid TOML is refused with its line and column, and the file is left untouched. Writes
 //! are atomic (the workspace's `atomic-file` crate), keep the file's permissions, and run
-//! under an advisory lock on the configuration's directory so two of our processes never
-//! interleave. On Windows a file another program holds open is retried for a moment, then
-//! refused with [`Error::StillInUse`]; nothing changes.
+//! under the edit lock of the configuration's directory ([`EDIT_LOCK_FILE`], the same on
+//! Unix and Windows) so two of our processes never interleave. On Windows a file another
+//! program holds open is retried for a moment, then refused with [`Error::StillInUse`];
+//! nothing changes.
 //! All functions are blocking; from async code call them through `spawn_blocking`.
 //!
 //! # Profiles
@@ -88,7 +89,9 @@ pub use edit::{
     Applied, RestoreOutcome, Restored, apply_to_str, legacy_profile_items, read_string, restore_str,
 };
 pub use error::{EditError, Error};
-pub use file::{RestoreReport, RevertFile, apply, profile_config_path, read_config, restore};
+pub use file::{
+    EDIT_LOCK_FILE, RestoreReport, RevertFile, apply, profile_config_path, read_config, restore,
+};
 pub use provider::{ProviderSpec, RESERVED_PROVIDER_IDS, Rewrite, Target, WireApi};
 pub use record::RevertRecord;
 pub use regular::{CONFIG_MAX_BYTES, FileKind, RECORD_MAX_BYTES};
