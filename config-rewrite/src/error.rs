@@ -356,7 +356,10 @@ mod tests {
 
     #[test]
     fn messages_are_actionable_sentences() {
+        // Paths written out whole: joining onto a Unix-style path would put a `\` into it
+        // on Windows, a difference of the test's making (real paths are native throughout).
         let path = PathBuf::from("/home/me/.codex/config.toml");
+        let record = PathBuf::from("/home/me/.codex/config.toml.revert.json");
         let config = |source| Error::Config {
             path: path.clone(),
             source,
@@ -379,7 +382,7 @@ mod tests {
             }),
             Error::PendingRevert {
                 config: path.clone(),
-                record: path.with_file_name("config.toml.revert.json"),
+                record: record.clone(),
             },
             Error::io(
                 "replace",
@@ -392,7 +395,7 @@ mod tests {
             },
             Error::ConcurrentModification { path: path.clone() },
             Error::InvalidRecordFile {
-                path: path.with_file_name("config.toml.revert.json"),
+                path: record,
                 reason: "not valid JSON at line 1, column 3".into(),
             },
             Error::StillInUse {
