@@ -77,11 +77,10 @@ fn login_status(bin: &Path, home: &Path) -> String {
 
 #[test]
 fn rewritten_corpus_configs_load_without_a_config_error() {
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "rewritten_corpus_configs_load_without_a_config_error",
-            "Codex CLI not found",
-        );
+    let Some(bin) =
+        common::codex_bin_or_skip("rewritten_corpus_configs_load_without_a_config_error")
+    else {
+        return;
     };
     for (name, original, target) in common::corpus() {
         let home = tempfile::tempdir().unwrap();
@@ -111,8 +110,8 @@ fn rewritten_corpus_configs_load_without_a_config_error() {
 
 #[test]
 fn codex_does_report_broken_configs() {
-    let Some(bin) = common::codex_bin() else {
-        return common::skip("codex_does_report_broken_configs", "Codex CLI not found");
+    let Some(bin) = common::codex_bin_or_skip("codex_does_report_broken_configs") else {
+        return;
     };
     let provider =
         "[model_providers.rotation-proxy]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
@@ -277,11 +276,8 @@ fn exec_through(bin: &Path, home: &Path, upstream: &Upstream, extra: &[&str]) ->
 
 #[test]
 fn codex_exec_uses_the_provider_we_wrote() {
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "codex_exec_uses_the_provider_we_wrote",
-            "Codex CLI not found",
-        );
+    let Some(bin) = common::codex_bin_or_skip("codex_exec_uses_the_provider_we_wrote") else {
+        return;
     };
     let upstream = Upstream::start();
     let home = tempfile::tempdir().unwrap();
@@ -309,8 +305,8 @@ fn codex_exec_uses_the_provider_we_wrote() {
 #[test]
 fn codex_exec_with_a_profile_file() {
     // Codex 0.169 profiles are layered files: `--profile work` reads `$CODEX_HOME/work.config.toml`.
-    let Some(bin) = common::codex_bin() else {
-        return common::skip("codex_exec_with_a_profile_file", "Codex CLI not found");
+    let Some(bin) = common::codex_bin_or_skip("codex_exec_with_a_profile_file") else {
+        return;
     };
     let upstream = Upstream::start();
     let home = tempfile::tempdir().unwrap();
@@ -331,11 +327,9 @@ fn codex_exec_with_a_profile_file() {
 fn restore_keeps_what_codex_itself_wrote_meanwhile() {
     // The CLI rewrites config.toml itself (here `codex mcp add`) while our rewrite is in place;
     // restore must undo only our keys and keep the CLI's addition.
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "restore_keeps_what_codex_itself_wrote_meanwhile",
-            "Codex CLI not found",
-        );
+    let Some(bin) = common::codex_bin_or_skip("restore_keeps_what_codex_itself_wrote_meanwhile")
+    else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("config.toml");
@@ -386,11 +380,9 @@ fn codex_reads_every_provider_field_we_can_write() {
     // type in any one of them is reported *at that field* — which Codex only does for
     // fields it deserializes (unknown keys are silently ignored), so a misspelt field name
     // here would fail this test.
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "codex_reads_every_provider_field_we_can_write",
-            "Codex CLI not found",
-        );
+    let Some(bin) = common::codex_bin_or_skip("codex_reads_every_provider_field_we_can_write")
+    else {
+        return;
     };
     use config_rewrite::{ProviderSpec, Rewrite, WireApi};
     let spec = ProviderSpec::new("all-fields", "http://127.0.0.1:9/v1")
@@ -448,11 +440,10 @@ fn codex_reads_every_provider_field_we_can_write() {
 #[test]
 fn codex_profiles_are_layer_files_and_legacy_tables_are_refused() {
     // The facts the crate docs state about Codex 0.169 profiles.
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "codex_profiles_are_layer_files_and_legacy_tables_are_refused",
-            "Codex CLI not found",
-        );
+    let Some(bin) =
+        common::codex_bin_or_skip("codex_profiles_are_layer_files_and_legacy_tables_are_refused")
+    else {
+        return;
     };
     let mcp_list = |home: &Path, profile: Option<&str>| {
         let mut args = Vec::new();
@@ -507,11 +498,10 @@ fn codex_ignores_model_provider_in_a_legacy_profile_table() {
     // Without --profile, Codex 0.169 accepts `[profiles.*]` tables but does not use them: a
     // provider named only there (and unknown) does not stop `codex exec` from using the
     // top-level one.
-    let Some(bin) = common::codex_bin() else {
-        return common::skip(
-            "codex_ignores_model_provider_in_a_legacy_profile_table",
-            "Codex CLI not found",
-        );
+    let Some(bin) =
+        common::codex_bin_or_skip("codex_ignores_model_provider_in_a_legacy_profile_table")
+    else {
+        return;
     };
     let upstream = Upstream::start();
     let home = tempfile::tempdir().unwrap();

@@ -43,23 +43,54 @@ pub fn proxy_rewrite(port: u16, target: Target) -> Rewrite {
     )
 }
 
-/// The Codex CLI: `CODEX_BIN`, the workspace's npm install, or `codex` on PATH.
-pub fn codex_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("CODEX_BIN") {
-        let bin = PathBuf::from(bin);
-        if bin.is_file() {
-            return Some(bin);
+/// The Codex CLI (`CODEX_BIN`, the workspace's npm install, or `codex` on PATH), printing a
+/// visible SKIP line for `test` (with the reason) when there is none to run.
+pub fn codex_bin_or_skip(test: &str) -> Option<PathBuf> {
+    find_codex().map_err(|reason| skip(test, &reason)).ok()
+}
+
+/// The Codex CLI this platform can run, or why there is none. On Windows only a Windows
+/// program counts: `CODEX_BIN` naming a `.exe`, or `codex.exe` on PATH (the workspace's npm
+/// install holds the Linux binary, which a Windows process cannot start).
+fn find_codex() -> Result<PathBuf, String> {
+    let windows = cfg!(windows);
+    if let Some(bin) = std::env::var_os("CODEX_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        let is_exe = bin
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("exe"));
+        if windows && !is_exe {
+            return Err(format!(
+                "CODEX_BIN ({}) is not a Windows program; set it to a Windows codex.exe",
+                bin.display()
+            ));
+        }
+        return Ok(bin);
+    }
+    if !windows {
+        let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        );
+        if local.is_file() {
+            return Ok(local);
         }
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
-    if local.is_file() {
-        return Some(local);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("codex"))
-        .find(|candidate| candidate.is_file())
+    let name = format!("codex{}", std::env::consts::EXE_SUFFIX);
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(&name))
+                .find(|candidate| candidate.is_file())
+        })
+        .ok_or_else(|| {
+            if windows {
+                "no Windows Codex CLI (set CODEX_BIN to a Windows codex.exe)".to_owned()
+            } else {
+                "Codex CLI not found (set CODEX_BIN)".to_owned()
+            }
+        })
 }
 
 pub fn skip(test: &str, reason: &str) {
