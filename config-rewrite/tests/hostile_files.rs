@@ -1,10 +1,11 @@
 //! Real files that are not what they should be where `config.toml` or a revert record is
 //! expected (FIFOs, sockets, `/dev/zero` symlinks, directories, oversized sparse files), a
-//! symlinked config, and the modes of what we create. Unix only; every operation that could
-//! block runs on a thread with a deadline.
-#![cfg(unix)]
+//! symlinked config, and the modes of what we create. Every operation that could block runs
+//! on a thread with a deadline. On Windows the directories and oversized files are planted
+//! (FIFOs, sockets and device files are Unix file types) and missing directories are
+//! checked to be created; the symlink tests print SKIP (creating a symlink there needs a
+//! privilege a user does not normally hold) and there are no mode bits to check.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -12,6 +13,12 @@ use std::time::Duration;
 use config_rewrite::{
     CONFIG_MAX_BYTES, Error, FileKind, ProviderSpec, RECORD_MAX_BYTES, RevertFile, Rewrite, Target,
 };
+
+#[cfg(not(unix))]
+fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
+}
 
 fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -29,22 +36,34 @@ fn rewrite() -> Rewrite {
     )
 }
 
+#[cfg(unix)]
 fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Planted {
+    #[cfg(unix)]
     Fifo,
+    #[cfg(unix)]
     Socket,
+    #[cfg(unix)]
     DevZeroLink,
     Directory,
     Oversized(u64),
 }
 
+/// What keeps a planted thing alive (the listening socket), dropped after the test.
+#[cfg(unix)]
+type Held = std::os::unix::net::UnixListener;
+#[cfg(not(unix))]
+type Held = ();
+
 impl Planted {
-    fn plant(self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
+    fn plant(self, path: &Path) -> Option<Held> {
         match self {
+            #[cfg(unix)]
             Self::Fifo => assert!(
                 std::process::Command::new("mkfifo")
                     .arg(path)
@@ -52,7 +71,9 @@ impl Planted {
                     .unwrap()
                     .success()
             ),
+            #[cfg(unix)]
             Self::Socket => return Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+            #[cfg(unix)]
             Self::DevZeroLink => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
             Self::Directory => std::fs::create_dir(path).unwrap(),
             Self::Oversized(limit) => std::fs::File::create(path)
@@ -65,8 +86,11 @@ impl Planted {
 
     fn refused_by(self, err: &Error) -> bool {
         match (self, err) {
+            #[cfg(unix)]
             (Self::Fifo, Error::NotRegularFile { kind, .. }) => *kind == FileKind::Fifo,
+            #[cfg(unix)]
             (Self::Socket, Error::NotRegularFile { kind, .. }) => *kind == FileKind::Socket,
+            #[cfg(unix)]
             (Self::DevZeroLink, Error::NotRegularFile { kind, .. }) => {
                 *kind == FileKind::CharDevice
             }
@@ -76,10 +100,13 @@ impl Planted {
         }
     }
 
-    fn all(limit: u64) -> [Planted; 5] {
-        [
+    fn all(limit: u64) -> Vec<Planted> {
+        vec![
+            #[cfg(unix)]
             Self::Fifo,
+            #[cfg(unix)]
             Self::Socket,
+            #[cfg(unix)]
             Self::DevZeroLink,
             Self::Directory,
             Self::Oversized(limit),
@@ -170,8 +197,23 @@ fn a_revert_record_that_is_not_a_regular_file_is_refused() {
     }
 }
 
+#[cfg(not(unix))]
+const NO_SYMLINKS: &str =
+    "creating a symlink on Windows needs a privilege a user does not normally hold";
+
+#[cfg(not(unix))]
 #[test]
 fn a_symlinked_config_is_followed_and_kept_and_the_record_is_private() {
+    skip(
+        "a_symlinked_config_is_followed_and_kept_and_the_record_is_private",
+        NO_SYMLINKS,
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlinked_config_is_followed_and_kept_and_the_record_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("dotfiles/codex.toml");
     std::fs::create_dir(real.parent().unwrap()).unwrap();
@@ -200,18 +242,32 @@ fn a_symlinked_config_is_followed_and_kept_and_the_record_is_private() {
     assert_eq!(std::fs::read_to_string(&real).unwrap(), "model = \"o3\"\n");
 }
 
+/// Missing directories are created (0700 on Unix; Windows has no mode bits, so there only
+/// their creation is checked).
 #[test]
 fn missing_directories_are_created_private_and_existing_ones_left_alone() {
     let base = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config: PathBuf = base.path().join("a/b/config.toml");
-    let revert = RevertFile::at(base.path().join("state/run/revert.json"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config: PathBuf = base.path().join("a").join("b").join("config.toml");
+    let revert = RevertFile::at(base.path().join("state").join("run").join("revert.json"));
     revert.apply(&config, &rewrite()).unwrap();
     for d in ["a", "a/b", "state", "state/run"] {
+        assert!(base.path().join(d).is_dir(), "{d}");
+        #[cfg(unix)]
         assert_eq!(mode(&base.path().join(d)), 0o700, "{d}");
     }
-    assert_eq!(mode(base.path()), 0o755);
-    assert_eq!(mode(&config), 0o600, "a new config is private");
+    assert!(revert.is_pending().unwrap());
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(base.path()), 0o755);
+        assert_eq!(mode(&config), 0o600, "a new config is private");
+    }
+    revert.restore().unwrap().unwrap();
+    assert!(!config.exists(), "the created config is removed again");
 }
 
 #[test]
@@ -236,6 +292,16 @@ fn refusal_messages() {
     insta::assert_snapshot!(text);
 }
 
+#[cfg(not(unix))]
+#[test]
+fn a_symlink_loop_at_the_record_is_an_io_error_everywhere() {
+    skip(
+        "a_symlink_loop_at_the_record_is_an_io_error_everywhere",
+        NO_SYMLINKS,
+    );
+}
+
+#[cfg(unix)]
 #[test]
 fn a_symlink_loop_at_the_record_is_an_io_error_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -265,6 +331,16 @@ fn a_symlink_loop_at_the_record_is_an_io_error_everywhere() {
 /// `load` and `restore` see nothing, and `apply` writes the record through the link (its
 /// target is created in the target's directory, 0600), keeping the link; `restore` deletes
 /// the target and keeps the link, so the next `apply` works the same way.
+#[cfg(not(unix))]
+#[test]
+fn a_dangling_symlink_at_the_record_is_no_record_yet_and_is_written_through() {
+    skip(
+        "a_dangling_symlink_at_the_record_is_no_record_yet_and_is_written_through",
+        NO_SYMLINKS,
+    );
+}
+
+#[cfg(unix)]
 #[test]
 fn a_dangling_symlink_at_the_record_is_no_record_yet_and_is_written_through() {
     let dir = tempfile::tempdir().unwrap();
