@@ -67,42 +67,70 @@ pub async fn serve_http1<F, Fut>(
     }
 }
 
-/// Resolves on Ctrl-C, or on SIGTERM on Unix.
+/// Resolves when the program is asked to stop: Ctrl-C, or SIGTERM, on Unix; on Windows
+/// Ctrl-C, Ctrl-Break, or the console closing, the user logging off or the system shutting
+/// down (Windows then lets a console program run a few more seconds before it kills it —
+/// Tokio keeps the process alive for that long — enough to restore `config.toml`).
 ///
-/// On Unix both handlers are installed when this is called, not when the future is first
-/// polled: call it before announcing readiness, so a signal sent right after the
-/// announcement is caught instead of killing the process with the config still rewritten.
-/// Call it from within a Tokio runtime (signal handlers need its driver).
+/// Every handler is installed when this is called, not when the future is first polled:
+/// call it before announcing readiness, so a signal sent right after the announcement is
+/// caught instead of killing the process with the config still rewritten. A handler that
+/// cannot be installed is left out. Call it from within a Tokio runtime (signal handlers
+/// need its driver).
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
     let (interrupt, terminate) = {
         use tokio::signal::unix::{SignalKind, signal};
+        let on = |kind| signal(kind).ok().map(|mut s| async move { s.recv().await });
+        (on(SignalKind::interrupt()), on(SignalKind::terminate()))
+    };
+    #[cfg(windows)]
+    let (ctrl_c, ctrl_break, close, logoff, shutdown) = {
+        use tokio::signal::windows;
         (
-            signal(SignalKind::interrupt()).ok(),
-            signal(SignalKind::terminate()).ok(),
+            windows::ctrl_c()
+                .ok()
+                .map(|mut s| async move { s.recv().await }),
+            windows::ctrl_break()
+                .ok()
+                .map(|mut s| async move { s.recv().await }),
+            windows::ctrl_close()
+                .ok()
+                .map(|mut s| async move { s.recv().await }),
+            windows::ctrl_logoff()
+                .ok()
+                .map(|mut s| async move { s.recv().await }),
+            windows::ctrl_shutdown()
+                .ok()
+                .map(|mut s| async move { s.recv().await }),
         )
     };
     async move {
         #[cfg(unix)]
-        {
-            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                () = wait(interrupt) => {}
-                () = wait(terminate) => {}
-            }
+        tokio::select! {
+            _ = or_never(interrupt) => {}
+            _ = or_never(terminate) => {}
         }
-        #[cfg(not(unix))]
-        {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        #[cfg(windows)]
+        tokio::select! {
+            _ = or_never(ctrl_c) => {}
+            _ = or_never(ctrl_break) => {}
+            _ = or_never(close) => {}
+            _ = or_never(logoff) => {}
+            _ = or_never(shutdown) => {}
         }
+        #[cfg(not(any(unix, windows)))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `future`'s output, or never when there is no future (its handler could not be installed).
+#[cfg(any(unix, windows))]
+async fn or_never<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
