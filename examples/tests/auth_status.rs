@@ -1,6 +1,8 @@
 //! Runs the built `auth-status` example against real files: prints what matters, never
 //! a secret, and fails clearly (without touching the file) on bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,18 +18,15 @@ const REFRESH: &str = "refresh-SECRET-value";
 /// `cargo test` builds examples next to the test binaries (`target/<profile>/examples`);
 /// build it explicitly if this test runs alone.
 fn example_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("auth-status");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "examples", "--example", "auth-status"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the auth-status example failed");
+    if let Some(bin) = common::example("auth-status") {
+        return bin;
     }
-    assert!(bin.is_file(), "no example binary at {}", bin.display());
-    bin
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "examples", "--example", "auth-status"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the auth-status example failed");
+    common::example("auth-status").expect("the auth-status example was just built")
 }
 
 /// A fresh, empty directory under the system temp dir, removed on drop.

@@ -9,23 +9,101 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The real Codex CLI: `CODEX_BIN`, else the workspace's npm install, else `codex` on PATH.
 pub fn codex_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CODEX_BIN")
+    find_codex().ok()
+}
+
+/// [`codex_bin`], printing a visible SKIP line for `test` (with the reason) when there is
+/// none to run.
+pub fn codex_bin_or_skip(test: &str) -> Option<PathBuf> {
+    find_codex().map_err(|reason| skip(test, &reason)).ok()
+}
+
+/// [`codex_bin_or_skip`] for a test that runs `codex exec`: also `None` (after a SKIP line)
+/// where `codex exec` cannot run at all. The Windows CLI 0.169 under Wine 8 stops before it
+/// reads any configuration ("failed to initialize in-process app-server client: Lock
+/// violation (os error 33)", in a home holding only a config of its own), so on Windows this
+/// is probed once, in such a home with a loopback provider; elsewhere the test runs it.
+pub fn codex_exec_or_skip(test: &str) -> Option<PathBuf> {
+    static BLOCKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let bin = codex_bin_or_skip(test)?;
+    let blocked = BLOCKED.get_or_init(|| {
+        if !cfg!(windows) {
+            return None;
+        }
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("config.toml"),
+            "model_provider = \"probe\"\n[model_providers.probe]\nname = \"probe\"\n\
+             base_url = \"http://127.0.0.1:9/v1\"\nwire_api = \"responses\"\n\
+             request_max_retries = 0\nstream_max_retries = 0\n",
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["exec", "--skip-git-repo-check", "probe"])
+            .current_dir(home.path())
+            .env("CODEX_HOME", home.path())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL");
+        let run = run_bounded(cmd, Duration::from_secs(60));
+        (run.stdout + &run.stderr)
+            .contains("(os error 33)")
+            .then(|| {
+                "`codex exec` stops here before reading any configuration (Lock violation, os \
+             error 33: the Windows CLI under Wine)"
+                    .to_owned()
+            })
+    });
+    match blocked {
+        Some(reason) => {
+            skip(test, reason);
+            None
+        }
+        None => Some(bin),
+    }
+}
+
+/// The Codex CLI this platform can run, or why there is none. On Windows only a Windows
+/// program counts: `CODEX_BIN` naming a `.exe`, or `codex.exe` on PATH (the workspace's npm
+/// install holds the Linux binary, which a Windows process cannot start).
+fn find_codex() -> Result<PathBuf, String> {
+    let windows = cfg!(windows);
+    if let Some(bin) = std::env::var_os("CODEX_BIN")
         .map(PathBuf::from)
         .filter(|p| p.is_file())
     {
-        return Some(p);
+        let is_exe = bin
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("exe"));
+        if windows && !is_exe {
+            return Err(format!(
+                "CODEX_BIN ({}) is not a Windows program; set it to a Windows codex.exe",
+                bin.display()
+            ));
+        }
+        return Ok(bin);
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(".codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
-    if local.is_file() {
-        return Some(local);
+    if !windows {
+        let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+            "../.codex-cli/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        );
+        if local.is_file() {
+            return Ok(local);
+        }
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("codex"))
-            .find(|p| p.is_file())
-    })
+    let name = format!("codex{}", std::env::consts::EXE_SUFFIX);
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(&name))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            if windows {
+                "no Windows Codex CLI (set CODEX_BIN to a Windows codex.exe)".to_owned()
+            } else {
+                "no Codex CLI (set CODEX_BIN or run .ci/run)".to_owned()
+            }
+        })
 }
 
 /// Prints a visible SKIP line (bypassing libtest's capture).
@@ -33,11 +111,13 @@ pub fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
 }
 
-/// A built example program (`target/<profile>/examples/<name>`), next to the test binary's
-/// `deps` directory. Plain `cargo test` builds the examples; `cargo test --test …` may not.
+/// A built example program (`target/<profile>/examples/<name>`, `<name>.exe` on Windows),
+/// next to the test binary's `deps` directory. Plain `cargo test` builds the examples (also
+/// `cargo test --no-run --target …`); `cargo test --test …` may not.
 pub fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let path = exe.parent()?.parent()?.join("examples").join(file);
     path.is_file().then_some(path)
 }
 
@@ -151,9 +231,81 @@ pub fn spawn_proxy_with(
     cmd.env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    own_process_group(&mut cmd);
+    cmd.spawn().unwrap()
+}
+
+/// On Windows, starts the program in a process group of its own, so that [`stop`] can send
+/// it a console event without sending it to every process on the console (the tests too).
+/// Console events reach only processes on the sender's console: a test process without one
+/// (run from a pipe, as under CI) first gets one, which the program then shares. Nothing to
+/// do on Unix, where a signal goes to one process.
+pub fn own_process_group(cmd: &mut tokio::process::Command) {
+    #[cfg(windows)]
+    {
+        // SAFETY: no arguments; fails harmlessly when this process has a console already.
+        #[allow(unsafe_code)]
+        unsafe {
+            windows_sys::Win32::System::Console::AllocConsole()
+        };
+        cmd.creation_flags(windows_sys::Win32::System::Threading::CREATE_NEW_PROCESS_GROUP);
+    }
+    #[cfg(not(windows))]
+    let _ = cmd;
+}
+
+/// How a user asks a running program to stop.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// SIGTERM (a service manager, `kill`).
+    Terminate,
+    /// Ctrl-C in its terminal (SIGINT).
+    Interrupt,
+}
+
+/// Asks `child` to stop as a user would; `false`, after a SKIP line for `test`, where that
+/// cannot be done here (the caller then checks no more than the program's work so far and
+/// lets the child be killed). On Unix the signal `how` names; on Windows both are
+/// Ctrl-Break, sent to the child's own process group (see [`own_process_group`]): Windows
+/// has no signals, and a Ctrl-C cannot be sent to one process group. Wine 8's console
+/// refuses to send it (the program's handler for it is in place all the same).
+#[must_use]
+pub fn stop_or_skip(child: &tokio::process::Child, how: Stop, test: &str) -> bool {
+    let pid = child.id().expect("the child is still running");
+    #[cfg(unix)]
+    {
+        let _ = test;
+        let signal = match how {
+            Stop::Terminate => "-TERM",
+            Stop::Interrupt => "-INT",
+        };
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+        true
+    }
+    #[cfg(windows)]
+    {
+        let _ = how;
+        use windows_sys::Win32::System::Console::{CTRL_BREAK_EVENT, GenerateConsoleCtrlEvent};
+        // SAFETY: a plain call with two integers; it reads and writes no memory of ours.
+        #[allow(unsafe_code)]
+        let sent = unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) };
+        if sent == 0 {
+            skip(
+                test,
+                &format!(
+                    "Ctrl-Break cannot be sent to a program here ({}; Wine's console), so \
+                     its graceful stop is not checked",
+                    std::io::Error::last_os_error()
+                ),
+            );
+        }
+        sent != 0
+    }
 }
 
 /// Sends `head` (a request line and headers, without the final blank line) plus
