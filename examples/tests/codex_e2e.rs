@@ -34,11 +34,7 @@ impl std::io::Write for Capture {
 
 #[tokio::test(flavor = "current_thread")]
 async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored() {
-    let Some(codex) = common::codex_bin() else {
-        common::skip(
-            "codex_exec_through_the_proxy",
-            "no Codex CLI (set CODEX_BIN or run .ci/run)",
-        );
+    let Some(codex) = common::codex_exec_or_skip("codex_exec_through_the_proxy") else {
         return;
     };
     // Capture every log line of this test (proxy + mock run on this thread).
@@ -228,16 +224,12 @@ async fn codex_exec_through_the_proxy_rotates_past_a_429_and_config_is_restored(
     }
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token() {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-    let Some(codex) = common::codex_bin() else {
-        common::skip(
-            "codex_exec_through_the_rotation_proxy_program",
-            "no Codex CLI (set CODEX_BIN or run .ci/run)",
-        );
+    let Some(codex) = common::codex_exec_or_skip("codex_exec_through_the_rotation_proxy_program")
+    else {
         return;
     };
     let Some(program) = common::example("rotation-proxy") else {
@@ -340,33 +332,35 @@ async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token(
         "{status:#}"
     );
 
-    let pid = proxy.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+    let graceful = common::stop_or_skip(
+        &proxy,
+        common::Stop::Terminate,
+        "codex_exec_through_the_rotation_proxy_program_with_its_generated_token",
     );
+    if !graceful {
+        proxy.kill().await.unwrap();
+    }
     let exit = tokio::time::timeout(Duration::from_secs(20), proxy.wait())
         .await
-        .expect("the proxy exits after SIGTERM")
+        .expect("the proxy exits when asked to stop")
         .unwrap();
-    assert!(exit.success(), "{exit:?}");
-    assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
-        original,
-        "the program restored config.toml byte for byte"
-    );
-    let pool = PoolStore::new(pool_dir.path()).load().unwrap().pool;
-    assert!(
-        pool.accounts[0].cooldowns.len() == 1 && pool.accounts[1].last_used_at.is_some(),
-        "the pool file shows the rotation: {:?}",
-        pool.accounts
-            .iter()
-            .map(|a| (&a.cooldowns, a.last_used_at))
-            .collect::<Vec<_>>()
-    );
+    if graceful {
+        assert!(exit.success(), "{exit:?}");
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            original,
+            "the program restored config.toml byte for byte"
+        );
+        let pool = PoolStore::new(pool_dir.path()).load().unwrap().pool;
+        assert!(
+            pool.accounts[0].cooldowns.len() == 1 && pool.accounts[1].last_used_at.is_some(),
+            "the pool file shows the rotation: {:?}",
+            pool.accounts
+                .iter()
+                .map(|a| (&a.cooldowns, a.last_used_at))
+                .collect::<Vec<_>>()
+        );
+    }
     let logs = stderr_task.await.unwrap();
     assert!(logs.contains("upstream answered"), "{logs}");
     for secret in [
@@ -394,11 +388,9 @@ async fn codex_exec_through_the_rotation_proxy_program_with_its_generated_token(
 /// rewritten event itself is checked in `tests/proxy_usage.rs`.
 #[tokio::test(flavor = "current_thread")]
 async fn codex_records_the_pools_usage_not_the_serving_accounts() {
-    let Some(codex) = common::codex_bin() else {
-        common::skip(
-            "codex_records_the_pools_usage_not_the_serving_accounts",
-            "no Codex CLI (set CODEX_BIN or run .ci/run)",
-        );
+    let Some(codex) =
+        common::codex_exec_or_skip("codex_records_the_pools_usage_not_the_serving_accounts")
+    else {
         return;
     };
     for channel in [UsageChannel::Headers, UsageChannel::Event] {

@@ -1,6 +1,8 @@
 //! The example programs as users run them: the demo, and the rotation-proxy binary with
-//! stale-rewrite recovery and SIGTERM shutdown. `cargo test` builds examples before running
-//! tests; when they are missing (e.g. `cargo test --test …`), the test says SKIP.
+//! stale-rewrite recovery and a graceful stop that restores `config.toml` (SIGTERM and
+//! Ctrl-C's SIGINT on Unix; Ctrl-Break on Windows, the console event a test can send to one
+//! process). `cargo test` builds examples before running tests; when they are missing (e.g.
+//! `cargo test --test …`), the test says SKIP.
 
 mod common;
 
@@ -57,9 +59,8 @@ async fn demo_runs_with_no_arguments_and_exits_zero() {
     );
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
-async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm() {
+async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_when_stopped() {
     let Some(binary) = common::example("rotation-proxy") else {
         common::skip(
             "rotation_proxy_binary",
@@ -141,29 +142,33 @@ async fn rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_on_sigterm(
     assert_eq!(answer.status(), 200);
     assert!(answer.text().await.unwrap().contains("via the binary"));
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let graceful = common::stop_or_skip(
+        &child,
+        common::Stop::Terminate,
+        "rotation_proxy_binary_recovers_a_stale_rewrite_and_restores_when_stopped",
+    );
+    if !graceful {
+        child.kill().await.unwrap();
+    }
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
-        .expect("the proxy exits after SIGTERM")
+        .expect("the proxy exits when asked to stop")
         .unwrap();
     while let Ok(Some(line)) = stdout.next_line().await {
         seen.push(line);
     }
-    assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
-    assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
-        original,
-        "config restored on SIGTERM"
-    );
-    assert!(
-        seen.iter().any(|l| l.contains("1 requests (1 ok")),
-        "{seen:?}"
-    );
+    if graceful {
+        assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            original,
+            "config restored when asked to stop"
+        );
+        assert!(
+            seen.iter().any(|l| l.contains("1 requests (1 ok")),
+            "{seen:?}"
+        );
+    }
     let logs = stderr_task.await.unwrap();
     assert!(logs.contains("upstream answered"), "{logs}");
     for secret in [
@@ -195,17 +200,7 @@ async fn lines_until(
     seen
 }
 
-#[cfg(unix)]
-fn signal(child: &tokio::process::Child, name: &str) {
-    let pid = child.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args([name, &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-}
-
-#[cfg(unix)]
+/// Stopped by Ctrl-C (SIGINT) on Unix, by Ctrl-Break on Windows (see [`common::stop`]).
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_and_restores_on_ctrl_c()
  {
@@ -307,20 +302,29 @@ async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_
         "{status:#}"
     );
 
-    signal(&child, "-INT"); // what Ctrl-C sends
+    let graceful = common::stop_or_skip(
+        &child,
+        common::Stop::Interrupt,
+        "rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_and_restores_on_ctrl_c",
+    );
+    if !graceful {
+        child.kill().await.unwrap();
+    }
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
-        .expect("the proxy exits after SIGINT")
+        .expect("the proxy exits after Ctrl-C")
         .unwrap();
     while let Ok(Some(line)) = stdout.next_line().await {
         seen.push(line);
     }
-    assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
-    assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
-        original,
-        "config restored on Ctrl-C"
-    );
+    if graceful {
+        assert!(exit.success(), "exit {exit:?}; stdout {seen:?}");
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            original,
+            "config restored on Ctrl-C"
+        );
+    }
     let logs = stderr_task.await.unwrap();
     assert!(
         logs.contains("running cooldowns restored from the pool"),
@@ -341,7 +345,6 @@ async fn rotation_proxy_binary_prints_a_generated_token_honours_saved_cooldowns_
     mock.shutdown().await;
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alone() {
     let Some(binary) = common::example("rotation-proxy") else {
@@ -400,32 +403,39 @@ async fn rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alo
     let codex_home = tempfile::tempdir().unwrap();
     let config = codex_home.path().join("config.toml");
     std::fs::write(&config, "model = \"o3\"\n").unwrap();
-    let mut child = tokio::process::Command::new(&binary)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-config-rewrite",
-            "--pool-dir",
-        ])
-        .arg(pool_dir.path())
-        .arg("--codex-home")
-        .arg(codex_home.path())
-        .args(["--upstream", &mock.base_url()])
-        .env(TOKEN_ENV, "test-wrapper-token-0123456789")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cmd = tokio::process::Command::new(&binary);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--no-config-rewrite",
+        "--pool-dir",
+    ])
+    .arg(pool_dir.path())
+    .arg("--codex-home")
+    .arg(codex_home.path())
+    .args(["--upstream", &mock.base_url()])
+    .env(TOKEN_ENV, "test-wrapper-token-0123456789")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    common::own_process_group(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let seen = lines_until(&mut stdout, "listening on").await;
     assert!(seen.iter().any(|l| l.contains("listening on")), "{seen:?}");
-    signal(&child, "-TERM");
+    let graceful = common::stop_or_skip(
+        &child,
+        common::Stop::Terminate,
+        "rotation_proxy_binary_refuses_non_loopback_and_can_leave_the_config_alone",
+    );
+    if !graceful {
+        child.kill().await.unwrap();
+    }
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
-        .expect("the proxy exits after SIGTERM")
+        .expect("the proxy exits when asked to stop")
         .unwrap();
-    assert!(exit.success());
+    assert!(exit.success() || !graceful, "{exit:?}");
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),
         "model = \"o3\"\n"
@@ -485,7 +495,6 @@ fn addr_of(base_url: &str) -> std::net::SocketAddr {
         .unwrap()
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_never_forwards_outside_the_upstream_base_path() {
     let Some(binary) = common::example_or_skip(
@@ -533,16 +542,22 @@ async fn rotation_proxy_binary_never_forwards_outside_the_upstream_base_path() {
         seen[0].host.as_deref(),
         Some(mock.addr().to_string().as_str())
     );
-    signal(&child, "-TERM");
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the proxy exits after SIGTERM")
-        .unwrap();
-    assert!(exit.success());
+    if common::stop_or_skip(
+        &child,
+        common::Stop::Terminate,
+        "rotation_proxy_binary_never_forwards_outside_the_upstream_base_path",
+    ) {
+        let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("the proxy exits when asked to stop")
+            .unwrap();
+        assert!(exit.success());
+    }
     mock.shutdown().await;
 }
 
 /// The peak resident set (`VmHWM`) of a running process, in bytes.
+#[cfg(target_os = "linux")]
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -551,6 +566,15 @@ fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+#[cfg(not(target_os = "linux"))]
+#[test]
+fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget() {
+    common::skip(
+        "rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget",
+        "the peak memory is read from Linux's /proc",
+    );
 }
 
 #[cfg(target_os = "linux")]
@@ -692,16 +716,19 @@ async fn rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget
         BUDGET >> 20,
         MARGIN >> 20,
     );
-    signal(&child, "-TERM");
+    assert!(common::stop_or_skip(
+        &child,
+        common::Stop::Terminate,
+        "rotation_proxy_binary_keeps_sixteen_60_mb_bodies_within_its_body_budget"
+    ));
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
-        .expect("the proxy exits after SIGTERM")
+        .expect("the proxy exits when asked to stop")
         .unwrap();
     assert!(exit.success());
     mock.shutdown().await;
 }
 
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_it() {
     let Some(binary) = common::example_or_skip(
@@ -750,7 +777,6 @@ async fn rotation_proxy_binary_refuses_an_unusable_upstream_url_without_echoing_
 /// `--bucket-capacity N --bucket-refill-ms MS` set the per-account pacing of the program:
 /// with a bucket of 2 that refills once a minute, one account serves 2 requests and the
 /// third is a clear 429; `--bucket-capacity 0` turns pacing off (12 in a row served).
-#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_takes_its_pacing_from_the_bucket_flags() {
     let Some(binary) = common::example_or_skip(
