@@ -3,12 +3,12 @@
 //! `pool.json` or `config.toml` is expected. Each program must exit non-zero quickly with a
 //! message naming the file and what it is — never hang (every run is bounded by
 //! `common::run_bounded`) and never touch what is there. Also: the directories the
-//! programs create for a pool or a Codex home are 0700. Unix only.
-#![cfg(unix)]
+//! programs create for a pool or a Codex home are 0700. On Windows the directories and
+//! oversized files are planted (FIFOs, sockets and device files are Unix file types; the
+//! tests about those alone print SKIP) and there are no mode bits to check.
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -20,31 +20,48 @@ use auth_storage::pool::Account;
 use common::{Run, run_bounded};
 
 const LIMIT: Duration = Duration::from_secs(30);
+#[cfg(not(unix))]
+const UNIX_FILE_TYPES: &str = "it plants FIFOs or device files, which are Unix file types";
 
 #[derive(Debug, Clone, Copy)]
 enum Planted {
+    #[cfg(unix)]
     Fifo,
+    #[cfg(unix)]
     Socket,
+    #[cfg(unix)]
     DevZeroLink,
     Directory,
     Oversized(u64),
 }
 
+/// What keeps a planted thing alive (the listening socket), dropped after the test.
+#[cfg(unix)]
+type Held = std::os::unix::net::UnixListener;
+#[cfg(not(unix))]
+type Held = ();
+
 impl Planted {
-    fn all(limit: u64) -> [Planted; 5] {
-        [
+    fn all(limit: u64) -> Vec<Planted> {
+        vec![
+            #[cfg(unix)]
             Self::Fifo,
+            #[cfg(unix)]
             Self::Socket,
+            #[cfg(unix)]
             Self::DevZeroLink,
             Self::Directory,
             Self::Oversized(limit),
         ]
     }
 
-    fn plant(self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
+    fn plant(self, path: &Path) -> Option<Held> {
         match self {
+            #[cfg(unix)]
             Self::Fifo => assert!(Command::new("mkfifo").arg(path).status().unwrap().success()),
+            #[cfg(unix)]
             Self::Socket => return Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+            #[cfg(unix)]
             Self::DevZeroLink => std::os::unix::fs::symlink("/dev/zero", path).unwrap(),
             Self::Directory => std::fs::create_dir(path).unwrap(),
             Self::Oversized(limit) => std::fs::File::create(path)
@@ -58,8 +75,11 @@ impl Planted {
     /// The words the message must use for this kind.
     fn words(self) -> &'static str {
         match self {
+            #[cfg(unix)]
             Self::Fifo => "is a FIFO (named pipe), not a regular file",
+            #[cfg(unix)]
             Self::Socket => "is a socket, not a regular file",
+            #[cfg(unix)]
             Self::DevZeroLink => "is a character device, not a regular file",
             Self::Directory => "is a directory, not a regular file",
             Self::Oversized(_) => "is larger than",
@@ -67,14 +87,18 @@ impl Planted {
     }
 
     fn still_there(self, path: &Path) -> bool {
+        #[cfg(unix)]
         use std::os::unix::fs::FileTypeExt as _;
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             return false;
         };
         let t = meta.file_type();
         match self {
+            #[cfg(unix)]
             Self::Fifo => t.is_fifo(),
+            #[cfg(unix)]
             Self::Socket => t.is_socket(),
+            #[cfg(unix)]
             Self::DevZeroLink => t.is_symlink(),
             Self::Directory => t.is_dir(),
             Self::Oversized(limit) => t.is_file() && meta.len() == limit + 1,
@@ -265,13 +289,19 @@ fn config_rewrite_refuses_a_non_regular_config_quickly() {
     }
 }
 
+/// Missing directories are created (0700, and the files in them 0600, on Unix; Windows has
+/// no mode bits, so there only their creation is checked, after a SKIP line for the modes).
 #[test]
 fn directories_the_programs_create_are_private() {
     let Some(bin) = common::example_or_skip("accounts", "directories_private") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let src = dir.path().join("src-home");
     auth_storage::atomic::write_atomic(
         &src.join("auth.json"),
@@ -302,20 +332,45 @@ fn directories_the_programs_create_are_private() {
         ],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for d in ["src-home", "a", "a/b", "a/b/pool", "c", "c/new-home"] {
-        assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        assert!(dir.path().join(d).is_dir(), "{d}");
     }
-    assert_eq!(
-        mode(dir.path()),
-        0o755,
-        "an existing directory keeps its mode"
-    );
     for f in [pool.join("pool.json"), target.join("auth.json")] {
-        assert_eq!(mode(&f), 0o600, "{f:?}");
+        assert!(f.is_file(), "{f:?}");
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in ["src-home", "a", "a/b", "a/b/pool", "c", "c/new-home"] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        }
+        assert_eq!(
+            mode(dir.path()),
+            0o755,
+            "an existing directory keeps its mode"
+        );
+        for f in [pool.join("pool.json"), target.join("auth.json")] {
+            assert_eq!(mode(&f), 0o600, "{f:?}");
+        }
+    }
+    #[cfg(not(unix))]
+    common::skip(
+        "directories_the_programs_create_are_private",
+        "no mode bits on Windows: only the creation is checked",
+    );
 }
 
+#[cfg(not(unix))]
+#[test]
+fn accounts_add_refuses_a_fifo_login_log_without_blocking() {
+    common::skip(
+        "accounts_add_refuses_a_fifo_login_log_without_blocking",
+        UNIX_FILE_TYPES,
+    );
+}
+
+#[cfg(unix)]
 #[test]
 fn accounts_add_refuses_a_fifo_login_log_without_blocking() {
     use examples::account_add::{AddOptions, add_account_blocking};
@@ -350,7 +405,14 @@ fn accounts_add_refuses_a_fifo_login_log_without_blocking() {
     );
 }
 
+#[cfg(not(unix))]
+#[test]
+fn refusal_messages_of_the_programs() {
+    common::skip("refusal_messages_of_the_programs", UNIX_FILE_TYPES);
+}
+
 /// What the programs print for a FIFO, with the temporary directory replaced by `[DIR]`.
+#[cfg(unix)]
 #[test]
 fn refusal_messages_of_the_programs() {
     let (Some(status), Some(accounts), Some(rewrite)) = (
@@ -476,8 +538,18 @@ fn rotation_proxy_refuses_a_non_regular_pool_json_at_start() {
     }
 }
 
+#[cfg(not(unix))]
+#[test]
+fn auth_status_refuses_a_link_to_a_silent_stdin_pipe() {
+    common::skip(
+        "auth_status_refuses_a_link_to_a_silent_stdin_pipe",
+        "a link to /dev/stdin is a Unix thing",
+    );
+}
+
 /// `auth.json` → `/dev/stdin` while stdin is a pipe nobody writes to: reading it would wait
 /// forever; the program must refuse it as a FIFO at once.
+#[cfg(unix)]
 #[test]
 fn auth_status_refuses_a_link_to_a_silent_stdin_pipe() {
     use std::process::Stdio;
