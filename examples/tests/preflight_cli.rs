@@ -1,5 +1,5 @@
 //! Runs the built `preflight` example program against real processes holding real ephemeral
-//! loopback ports: a free port passes, a `python3` holder is refused (exit 1, the message the
+//! loopback ports: a free port passes, a foreign holder is refused (exit 1, the message the
 //! issue asks for, holder alive), a holder named `codex` is only reported with `--dry-run`
 //! and stopped without it, `--json` parses, and `--then-login` says clearly when `codex` is
 //! missing (exit 127) or hands over to it.
@@ -7,25 +7,35 @@
 //! Needs the example binary (`target/<profile>/examples/preflight`): plain
 //! `cargo test --workspace --all-features` builds it; with `--test preflight_cli` alone
 //! build it first (`cargo build --workspace --all-features --examples`) or the tests print
-//! `SKIP`. Linux only (the holders are python3 processes found through `/proc`).
-#![cfg(target_os = "linux")]
+//! `SKIP`. The free port, the missing `codex` and a foreign holder (this test binary re-run
+//! as `child_listener`) run everywhere; the tests whose holders are python3 processes found
+//! through `/proc` (and a shell-script `codex`) are Linux only and print SKIP elsewhere.
 
 mod common;
 
 use common::Run;
 
-use std::io::{BufRead, BufReader};
+#[cfg(target_os = "linux")]
+use std::io::BufRead;
+use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener};
+#[cfg(target_os = "linux")]
 use std::os::unix::fs::PermissionsExt;
+#[cfg(target_os = "linux")]
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+#[cfg(target_os = "linux")]
+use std::process::ExitStatus;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::time::Instant;
 
 /// Bound on one run of the program (free + grace + bind wait are a few seconds at most).
 const LIMIT: Duration = Duration::from_secs(30);
 
+#[cfg(target_os = "linux")]
 /// Listens on an ephemeral 127.0.0.1 port, prints it, then sleeps (its life is bounded).
 const LISTENER_PY: &str = "import socket, time\n\
 s = socket.socket()\n\
@@ -38,6 +48,7 @@ fn preflight(test: &str) -> Option<PathBuf> {
     common::example_or_skip("preflight", test)
 }
 
+#[cfg(target_os = "linux")]
 /// A real python3 binary (not a shim script), so a copy of it can run under another name.
 fn python3(test: &str) -> Option<PathBuf> {
     let system = Path::new("/usr/bin/python3");
@@ -58,6 +69,7 @@ fn python3(test: &str) -> Option<PathBuf> {
     found
 }
 
+#[cfg(target_os = "linux")]
 /// A python3 process listening on 127.0.0.1; killed and reaped on drop.
 struct Holder {
     child: Child,
@@ -65,6 +77,7 @@ struct Holder {
     _dir: tempfile::TempDir,
 }
 
+#[cfg(target_os = "linux")]
 impl Holder {
     /// Runs the listener as python3 itself (`name: None`) or as a copy of python3 named `name`.
     fn spawn(python: &Path, name: Option<&str>) -> Self {
@@ -143,6 +156,7 @@ impl Holder {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -202,6 +216,7 @@ fn free_port_exits_0_and_says_free() {
     assert!(!r.stdout.contains("holder:"), "{}", r.all());
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn python3_holder_is_refused_with_exit_1_and_left_alive() {
     const NAME: &str = "python3_holder_is_refused_with_exit_1_and_left_alive";
@@ -234,6 +249,7 @@ fn python3_holder_is_refused_with_exit_1_and_left_alive() {
     );
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn codex_named_holder_dry_run_reports_it_and_kills_nothing() {
     const NAME: &str = "codex_named_holder_dry_run_reports_it_and_kills_nothing";
@@ -270,6 +286,7 @@ fn codex_named_holder_dry_run_reports_it_and_kills_nothing() {
     );
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn codex_named_holder_is_freed_and_the_port_bindable() {
     const NAME: &str = "codex_named_holder_is_freed_and_the_port_bindable";
@@ -295,6 +312,7 @@ fn codex_named_holder_is_freed_and_the_port_bindable() {
     TcpListener::bind(h.addr).expect("the port is bindable after preflight freed it");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn json_output_parses_for_refusal_free_and_dry_run() {
     const NAME: &str = "json_output_parses_for_refusal_free_and_dry_run";
@@ -399,6 +417,7 @@ fn then_login_without_codex_says_so_and_exits_127() {
     assert_eq!(objects[1]["login"], "not_installed");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn then_login_runs_codex_login_after_a_successful_preflight() {
     let Some(bin) = preflight("then_login_runs_codex_login_after_a_successful_preflight") else {
@@ -444,6 +463,7 @@ fn then_login_runs_codex_login_after_a_successful_preflight() {
     );
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn hostile_holder_names_are_escaped_and_json_stays_valid() {
     const NAME: &str = "hostile_holder_names_are_escaped_and_json_stays_valid";
@@ -486,4 +506,121 @@ fn hostile_holder_names_are_escaped_and_json_stays_valid() {
     assert!(argv0.ends_with(name), "JSON keeps the raw value: {argv0:?}");
     assert!(!v["message"].as_str().unwrap().chars().any(unsafe_char));
     assert!(h.is_alive(), "a refused holder must survive");
+}
+
+#[cfg(not(target_os = "linux"))]
+#[test]
+fn linux_only_tests() {
+    for test in [
+        "python3_holder_is_refused_with_exit_1_and_left_alive",
+        "codex_named_holder_dry_run_reports_it_and_kills_nothing",
+        "codex_named_holder_is_freed_and_the_port_bindable",
+        "json_output_parses_for_refusal_free_and_dry_run",
+        "then_login_runs_codex_login_after_a_successful_preflight",
+        "hostile_holder_names_are_escaped_and_json_stays_valid",
+    ] {
+        common::skip(
+            test,
+            "its holders are python3 processes found through Linux's /proc (and a \
+             shell-script codex)",
+        );
+    }
+}
+
+/// Set (to `listen`) in the environment of this binary re-run as a port holder.
+const ROLE: &str = "PREFLIGHT_CLI_TEST_ROLE";
+
+/// Child: listens on an ephemeral 127.0.0.1 port, prints `PORT <n>`, and holds it for at
+/// most 60 s (the parent kills it sooner).
+#[test]
+fn child_listener() {
+    if std::env::var(ROLE).as_deref() != Ok("listen") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("PORT {}", listener.local_addr().unwrap().port());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// This test binary listening on 127.0.0.1 as `child_listener`; killed and reaped on drop.
+struct SelfHolder {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl SelfHolder {
+    fn spawn() -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_listener",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, "listen")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in stdout.lines().map_while(Result::ok) {
+                // libtest may print `test child_listener ... ` in front of it.
+                if let Some(port) = line.split("PORT ").nth(1) {
+                    let _ = tx.send(port.trim().to_owned());
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let Ok(port) = line.parse::<u16>() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the holder did not report its port (got {line:?})");
+        };
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for SelfHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A holder that is no Codex login helper (this test binary) is refused on every platform:
+/// exit 1, nothing killed, the port still held. (Where the lookup cannot name the owner or
+/// does not show the socket — under Wine 8 — it is refused as a holder it cannot inspect.)
+#[test]
+fn a_foreign_holder_is_refused_with_exit_1_and_left_alive() {
+    let Some(bin) = preflight("a_foreign_holder_is_refused_with_exit_1_and_left_alive") else {
+        return;
+    };
+    let mut h = SelfHolder::spawn();
+    let port = h.addr.port().to_string();
+    let r = run(&bin, &["--port", &port, "--grace-ms", "300"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert_contains(
+        &r,
+        &r.stdout.to_lowercase(),
+        &[&format!("port 127.0.0.1:{port}"), "nothing was killed"],
+    );
+    assert!(!r.stdout.contains("Freed"), "{}", r.all());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        matches!(h.child.try_wait(), Ok(None)),
+        "a refused holder must survive:\n{}",
+        r.all()
+    );
+    assert!(
+        TcpListener::bind(h.addr).is_err(),
+        "the refused holder still has the port"
+    );
 }
