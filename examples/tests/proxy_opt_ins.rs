@@ -584,6 +584,15 @@ async fn an_unreachable_overflow_source_leaves_the_pools_answer() {
 /// key comes from a `chmod 600` file (or `$OPENAI_API_KEY`), never from argv, and reaches
 /// neither stdout, stderr (at debug level) nor `/status`. Missing or exposed keys and
 /// out-of-range settings are refused at start.
+#[cfg(not(unix))]
+#[test]
+fn rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_of_sight() {
+    common::skip(
+        "rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_of_sight",
+        "the key file is checked for its Unix mode (chmod 600)",
+    );
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
 async fn rotation_proxy_binary_takes_both_from_its_flags_and_keeps_the_key_out_of_sight() {
