@@ -1347,7 +1347,11 @@ impl Immutable {
         if !ok {
             skip(
                 test,
-                "`chattr +i` is not available (not root, or no immutable flag on this file system)",
+                if cfg!(windows) {
+                    "the faults are made with Linux's `chattr +i`, which Windows has not"
+                } else {
+                    "`chattr +i` is not available (not root, or no immutable flag on this file system)"
+                },
             );
             return None;
         }
