@@ -50,9 +50,10 @@ pub struct RestoreReport {
 /// same directory, fsync, rename, fsync of the directory), keeping its permission bits. A
 /// missing file is created (mode 0600); a symlink is followed and its target replaced. A file
 /// that is not valid TOML is refused with its line and column and left untouched. Applying
-/// the same rewrite twice writes nothing the second time. The read-modify-write runs under an
-/// advisory lock on the file's directory (waits up to 10 s for another of our processes), and
-/// the file is re-read just before the rename so a concurrent writer's change is not lost.
+/// the same rewrite twice writes nothing the second time. The read-modify-write runs under the
+/// edit lock of the file's directory ([`EDIT_LOCK_FILE`]; waits up to 10 s for another of our
+/// processes), and the file is re-read just before the rename so a concurrent writer's change
+/// is not lost.
 ///
 /// Keep the returned record somewhere safe *before* relying on the edit — or use
 /// [`RevertFile::apply`], which stores it beside the configuration first so a crashed
