@@ -18,7 +18,7 @@ mod windows {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use config_rewrite::{Error, RevertFile, Target};
+    use config_rewrite::{EDIT_LOCK_FILE, Error, RevertFile, Target};
 
     const FILE_SHARE_READ: u32 = 0x1;
     const FILE_SHARE_WRITE: u32 = 0x2;
@@ -32,6 +32,8 @@ mod windows {
             .unwrap()
     }
 
+    /// The names in `dir`, sorted: the empty edit lock ([`EDIT_LOCK_FILE`]) is among them
+    /// once an edit ran there; anything else would be a leftover.
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -74,7 +76,7 @@ mod windows {
         assert!(!revert.is_pending().unwrap());
         assert_eq!(
             entries(dir.path()),
-            ["config.toml"],
+            [EDIT_LOCK_FILE, "config.toml"],
             "no record, no temp file"
         );
     }
@@ -104,7 +106,7 @@ mod windows {
         assert!(text.contains("[model_providers.rotation-proxy]"), "{text}");
         revert.restore().unwrap();
         assert_eq!(std::fs::read_to_string(&config).unwrap(), ORIGINAL);
-        assert_eq!(entries(dir.path()), ["config.toml"]);
+        assert_eq!(entries(dir.path()), [EDIT_LOCK_FILE, "config.toml"]);
     }
 }
 
