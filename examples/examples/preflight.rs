@@ -41,7 +41,8 @@ struct Args {
     /// Print one JSON object instead of sentences.
     #[arg(long)]
     json: bool,
-    /// Milliseconds between SIGTERM and SIGKILL.
+    /// Milliseconds a stopped helper gets to exit before the second, forceful stop
+    /// (Unix: between SIGTERM and SIGKILL; Windows: between two TerminateProcess calls).
     #[arg(long, default_value_t = 1000)]
     grace_ms: u64,
     /// After a successful preflight, run `codex login` (arguments after `--` are passed on).
