@@ -484,7 +484,7 @@ impl RevertFile {
                 io::Error::other(e),
             )
         })?;
-        write_atomic(&self.path, &json, FileMode::Private)
+        write_atomic(&self.path, &json, FileMode::Private, InUseRetry::default())
     }
 
     /// Deletes the record file (no error when it is already gone). A symlinked record is kept
@@ -500,7 +500,10 @@ impl RevertFile {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn discard(&self) -> Result<(), Error> {
-        remove_durably(&atomic_file::resolve_symlinks(&self.path)?)
+        remove_durably(
+            &atomic_file::resolve_symlinks(&self.path)?,
+            InUseRetry::default(),
+        )
     }
 }
 
@@ -663,20 +666,56 @@ fn read_text(path: &Path) -> Result<Option<String>, Error> {
 
 /// Replaces (or, with `None`, removes) `path` unless its content changed from `expected`
 /// since we read it. Returns `false` when it changed.
+///
+/// On Windows a file another program has open cannot be renamed over. Each try re-reads the
+/// file right before its one rename, and a refused rename waits and tries again from that
+/// re-read: waiting out a program that is saving the file in place and then renaming over
+/// its save would drop it (and an edit computed from the file it had just truncated would
+/// wipe the user's settings). Bounded by [`InUseRetry::default`]; then
+/// [`Error::StillInUse`].
 fn replace_if_unchanged(
     path: &Path,
     expected: Option<&str>,
     new: Option<&str>,
 ) -> Result<bool, Error> {
-    if read_text(path).ok().flatten().as_deref() != expected {
-        return Ok(false);
+    let retry = InUseRetry::default();
+    let mut attempt = 1;
+    loop {
+        if read_text(path).ok().flatten().as_deref() != expected {
+            return Ok(false);
+        }
+        let result = match new {
+            // The user's file keeps its permission bits; a new one is private.
+            // One rename, no waiting inside: this loop re-reads before every retry.
+            Some(text) => write_atomic(
+                path,
+                text.as_bytes(),
+                FileMode::Keep { new: 0o600 },
+                InUseRetry::none(),
+            ),
+            None => remove_durably(path, InUseRetry::none()),
+        };
+        match result {
+            Err(Error::StillInUse { .. }) if attempt < retry.attempts() => {
+                std::thread::sleep(retry.backoff() * attempt);
+                attempt += 1;
+            }
+            Err(Error::StillInUse {
+                action,
+                path,
+                source,
+                ..
+            }) => {
+                return Err(Error::StillInUse {
+                    action,
+                    path,
+                    attempts: attempt,
+                    source,
+                });
+            }
+            other => return other.map(|()| true),
+        }
     }
-    match new {
-        // The user's file keeps its permission bits; a new one is private.
-        Some(text) => write_atomic(path, text.as_bytes(), FileMode::Keep { new: 0o600 })?,
-        None => remove_durably(path)?,
-    }
-    Ok(true)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -692,10 +731,11 @@ fn parent_dir(path: &Path) -> &Path {
 ///
 /// A symlink at `path` is followed and kept (its final target is replaced); a FIFO, socket,
 /// device or directory there is refused and left alone; missing directories are created 0700.
-fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> Result<(), Error> {
+fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode, retry: InUseRetry) -> Result<(), Error> {
     let options = ReplaceOptions::new(".config-rewrite-")
         .temp_suffix(".tmp")
-        .mode(mode);
+        .mode(mode)
+        .retry(retry);
     // ok: a failed directory fsync after the rename is not an error: the rename has
     // happened and every reader sees the new file. Failing now would make callers undo (or
     // redo) a change that took effect, e.g. drop the revert record of a rewrite that is in
@@ -706,11 +746,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: FileMode) -> Result<(), Error> 
 
 /// Deletes `path` (a missing file is fine) and fsyncs its directory; on Windows retried
 /// while another program has it open.
-fn remove_durably(path: &Path) -> Result<(), Error> {
+fn remove_durably(path: &Path, retry: InUseRetry) -> Result<(), Error> {
     // ok: as for `write_atomic`, the file is gone for every reader once the unlink
     // succeeded; a failed directory fsync after it must not be reported as "not removed"
     // (a restore would then put a rewrite back whose revert record is already gone).
-    let _ = atomic_file::remove_durably(path, InUseRetry::default())?.dir_sync_error;
+    let _ = atomic_file::remove_durably(path, retry)?.dir_sync_error;
     Ok(())
 }
 
