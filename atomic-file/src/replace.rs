@@ -231,11 +231,20 @@ pub fn replace(path: &Path, bytes: &[u8], options: &ReplaceOptions) -> Result<Re
     create_private_dir_all(dir)?;
     #[cfg(unix)]
     let mode = options.mode.bits_for(&target)?;
-    // tempfile creates the file with O_EXCL (CREATE_NEW) and mode 0600 on Unix.
+    // Our own open (create_new: O_EXCL / CREATE_NEW, mode 0600 on Unix) rather than
+    // tempfile's: on Windows tempfile marks its files FILE_ATTRIBUTE_TEMPORARY and clears
+    // that only in its own persist, so the renamed file would keep it (the system may then
+    // hold later writes to it in cache, and backup tools skip such files).
     let mut temp = tempfile::Builder::new()
         .prefix(&options.temp_prefix)
         .suffix(&options.temp_suffix)
-        .tempfile_in(dir)
+        .make_in(dir, |path| {
+            let mut open = std::fs::OpenOptions::new();
+            open.read(true).write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            open.open(path)
+        })
         .map_err(|e| FileError::io("create a temporary file in", dir, e))?;
     #[cfg(unix)]
     {
@@ -259,7 +268,7 @@ pub fn replace(path: &Path, bytes: &[u8], options: &ReplaceOptions) -> Result<Re
         // process holds open with `FILE_SHARE_DELETE` (as Rust programs, the Codex CLI among
         // them, open files) instead of failing; it falls back to `MoveFileExW` elsewhere.
         // On Unix both are rename(2).
-        |temp: tempfile::NamedTempFile| match std::fs::rename(temp.path(), &target) {
+        |temp: tempfile::NamedTempFile<std::fs::File>| match std::fs::rename(temp.path(), &target) {
             Ok(()) => {
                 // The temporary name is gone; nothing is left for the guard to delete.
                 let _ = temp.into_temp_path().keep();

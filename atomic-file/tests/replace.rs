@@ -497,3 +497,22 @@ fn readers_never_see_a_partial_file() {
     assert!(reads > 0);
     assert_eq!(entries(base.path()), ["pool.json"]);
 }
+
+/// The replaced file is an ordinary file: on Windows not marked `FILE_ATTRIBUTE_TEMPORARY`
+/// (tempfile sets it on its own files and clears it only in its own persist). Wine drops
+/// that attribute whatever is asked, so only Windows proper can fail this; Unix has no such
+/// attribute.
+#[test]
+fn the_replaced_file_is_not_marked_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.json");
+    atomic_file::replace(&path, b"{}", &options()).unwrap();
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::MetadataExt as _;
+        const FILE_ATTRIBUTE_TEMPORARY: u32 = 0x100;
+        let attributes = std::fs::metadata(&path).unwrap().file_attributes();
+        assert_eq!(attributes & FILE_ATTRIBUTE_TEMPORARY, 0, "{attributes:#x}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+}
