@@ -295,6 +295,14 @@ impl AutoStore {
             Err(KeyringOutcome::Failed(e)) => {
                 tracing::warn!(%e, "keyring unusable; saving to auth.json instead");
                 self.file.save_locked(doc, guard)?;
+                // A refused write (too large, say) leaves an older login in the keyring,
+                // which `load` reads first: remove it, so the login just saved is the one
+                // read (by us and by the Codex CLI, which reads in the same order).
+                let account = self.keyring.home.keyring_account();
+                if let Err(err) = self.keyring.backend.delete(KEYRING_SERVICE, &account) {
+                    let err = self.keyring.failure("delete", err);
+                    tracing::warn!(%err, "saved to auth.json, but an older keyring entry could not be removed");
+                }
                 Ok(Placement::FileFallback {
                     keyring_error: e.to_string(),
                 })
@@ -496,6 +504,35 @@ mod tests {
         assert_eq!(placement, Placement::Keyring);
         assert!(!home.auth_file().exists());
         assert_eq!(auto.load().unwrap().unwrap(), doc("sk-small"));
+    }
+
+    /// Small login first (into the keyring), then one too large for it (into the file): the
+    /// large one is what `load` gives, not the older keyring entry (found in review).
+    #[test]
+    fn a_fallback_save_is_what_auto_loads_even_after_a_keyring_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CodexHome::new(dir.path());
+        let kr = MockKeyring::default().with_windows_limit();
+        let auto = AutoStore::new(home.clone(), Arc::new(kr.clone()));
+        let small = doc("sk-small");
+        let big = doc(&format!("sk-{}", "k".repeat(1400)));
+        let placement = auto.save_reporting(&small, &home.lock().unwrap()).unwrap();
+        assert_eq!(placement, Placement::Keyring);
+        let placement = auto.save_reporting(&big, &home.lock().unwrap()).unwrap();
+        assert!(
+            matches!(placement, Placement::FileFallback { .. }),
+            "{placement:?}"
+        );
+        let (loaded, from) = auto.load_reporting().unwrap();
+        assert_eq!(loaded.unwrap(), big);
+        assert_eq!(from, Placement::File);
+        assert!(
+            KeyringStore::new(home.clone(), Arc::new(kr))
+                .load()
+                .unwrap()
+                .is_none(),
+            "the older keyring entry is gone"
+        );
     }
 
     #[test]
