@@ -8,8 +8,8 @@ use std::process::Command;
 use auth_core::jwt::{IdTokenClaims, PlanType};
 use auth_core::{Secret, TokenData};
 
-#[cfg(feature = "refresh")]
 pub(crate) mod hostile;
+#[cfg(feature = "refresh")]
 pub(crate) mod refresh;
 
 /// Real-shaped (unsigned, test-only) tokens for `email` in workspace `account_id`.

@@ -123,17 +123,16 @@ fn listener_table(af: u32) -> Result<Vec<u8>, String> {
     let mut buf: Vec<u32> = Vec::new();
     for _ in 0..TABLE_ATTEMPTS {
         let mut bytes = u32::try_from(buf.len() * 4).unwrap_or(u32::MAX);
-        // SAFETY: `buf` has room for `bytes` bytes (null with size 0 on the first call, which
-        // only asks for the size); the API writes at most `bytes` bytes and updates `bytes`.
+        let table = if buf.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        // SAFETY: `table` has room for `bytes` bytes (null with size 0 on the first call,
+        // which only asks for the size); the API writes at most `bytes` bytes and updates
+        // `bytes`.
         let status = unsafe {
-            GetExtendedTcpTable(
-                buf.as_mut_ptr().cast(),
-                &mut bytes,
-                0,
-                af,
-                TCP_TABLE_OWNER_PID_LISTENER,
-                0,
-            )
+            GetExtendedTcpTable(table, &mut bytes, 0, af, TCP_TABLE_OWNER_PID_LISTENER, 0)
         };
         match status {
             NO_ERROR => {
