@@ -157,6 +157,20 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&counter).unwrap(), "100");
     }
 
+    #[test]
+    fn a_directory_at_the_lock_path_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("dir.lock");
+        std::fs::create_dir(&sub).unwrap();
+        let err = FileLock::try_acquire(&sub, 0o600).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NotRegularFile { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        assert!(sub.is_dir(), "left alone");
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_lock_path_that_is_not_a_regular_file_is_refused_at_once() {
