@@ -672,7 +672,10 @@ fn read_text(path: &Path) -> Result<Option<String>, Error> {
 /// re-read: waiting out a program that is saving the file in place and then renaming over
 /// its save would drop it (and an edit computed from the file it had just truncated would
 /// wipe the user's settings). Bounded by [`InUseRetry::default`]; then
-/// [`Error::StillInUse`].
+/// [`Error::StillInUse`]. A holder that shares deleting (Rust's default) does not block the
+/// rename on Windows 10 and later, nor does any holder on Unix: there, as always, a program
+/// saving in place between our read and our rename loses its save (the re-read narrows
+/// that window to the rename itself).
 fn replace_if_unchanged(
     path: &Path,
     expected: Option<&str>,
@@ -681,8 +684,11 @@ fn replace_if_unchanged(
     let retry = InUseRetry::default();
     let mut attempt = 1;
     loop {
-        if read_text(path).ok().flatten().as_deref() != expected {
-            return Ok(false);
+        // A file that cannot be read now (a holder that shares no reading) is not "as
+        // expected", even where we expected none: the caller's own read reports why.
+        match read_text(path) {
+            Ok(now) if now.as_deref() == expected => {}
+            _ => return Ok(false),
         }
         let result = match new {
             // The user's file keeps its permission bits; a new one is private.
