@@ -21,6 +21,9 @@ WINE = os.environ.get("WINE", "/usr/lib/wine/wine64")
 WINESERVER = os.environ.get("WINESERVER", "/usr/lib/wine/wineserver")
 # One executable may run for at most this long (every test of ours is bounded well below).
 EXE_TIMEOUT_S = int(os.environ.get("WINE_TEST_TIMEOUT_S", "600"))
+# What Wine prints when a program loses its connection to the wineserver before it runs.
+WINE_INFRA_ERROR = "wine client error"
+RESULT_ANYWHERE = re.compile(r"^test result: ", re.M)
 RESULT = re.compile(
     r"^test result: (\w+)\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured; (\d+) filtered out"
 )
@@ -90,6 +93,11 @@ def main():
     broken = []
     for crate, name, kind, path in exes:
         code, out, took = run(path, env)
+        if code != 0 and WINE_INFRA_ERROR in out and not RESULT_ANYWHERE.search(out):
+            # Wine itself failed to start the program (its server went away under it): not a
+            # test result. Run it once more and say so.
+            print(f"retry  {crate}/{kind}/{name}: Wine failed to start it ({WINE_INFRA_ERROR})")
+            code, out, took = run(path, env)
         passed = failed = ignored = 0
         seen_result = False
         for line in out.splitlines():
